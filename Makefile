@@ -1,0 +1,64 @@
+# tollway — every target installs what it needs. See README.md.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help venv up down status demo test test-unit test-integration lint typecheck bench chaos schemas clean
+
+help:
+	@echo "make demo | test | up | down | status | lint | typecheck | bench | chaos | schemas | clean"
+
+$(STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "Python 3.11 is required ($(PY) not found)"; exit 1; }
+	@[ -x $(BIN)/python ] || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+up:
+	@infra/services.sh up
+
+down:
+	@infra/services.sh down
+
+status:
+	@infra/services.sh status
+
+demo: $(STAMP)
+	@started=0; infra/services.sh status >/dev/null 2>&1 || { infra/services.sh up && started=1; }; \
+	 TOLLWAY_TOPIC_PREFIX=$${TOLLWAY_TOPIC_PREFIX:-tollway} $(BIN)/tollway demo; rc=$$?; \
+	 [ $$started = 1 ] && infra/services.sh down; exit $$rc
+
+lint: $(STAMP)
+	$(BIN)/ruff check streams workers schemas tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy streams workers schemas
+
+test-unit: $(STAMP)
+	$(BIN)/pytest -q -m "not integration and not chaos"
+
+test-integration: $(STAMP) up
+	$(BIN)/pytest -q -m "integration and not chaos"
+
+test: $(STAMP) up
+	$(BIN)/ruff check streams workers schemas tests bench
+	$(BIN)/mypy streams workers schemas
+	$(BIN)/pytest -q -m "not chaos"
+
+bench: $(STAMP) up
+	$(BIN)/python -m bench.run
+
+chaos: $(STAMP) up
+	$(BIN)/pytest -q -m chaos -s
+
+schemas: $(STAMP)
+	$(BIN)/tollway schemas --out schemas/json
+
+clean:
+	infra/services.sh down || true
+	rm -rf .state $(VENV)

@@ -1,0 +1,227 @@
+"""The request envelope: the one event that travels every stage topic.
+
+Each stage fills in its own typed section and appends one :class:`Hop`. Times are epoch nanoseconds (``*_ns``) or
+milliseconds (``*_ms``) as their names say; money is integer micro-dollars (``*_micros``), never a float.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SCHEMA_VERSION = 1
+STAGES: tuple[str, ...] = ("retrieval", "policy", "cache", "model", "postprocess", "audit")
+DEFAULT_ROUTE: tuple[str, ...] = STAGES
+
+StageName = Literal["retrieval", "policy", "cache", "model", "postprocess", "audit"]
+
+
+class _Model(BaseModel):
+    # Unknown fields are refused so a typo in a producer is a clear error, not silently ignored data.
+    model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=False)
+
+
+class Tier(StrEnum):
+    """SLO tier: decides the latency budget and the lane (batch travels on separate lane topics)."""
+
+    INTERACTIVE = "interactive"
+    STANDARD = "standard"
+    BATCH = "batch"
+
+
+class Status(StrEnum):
+    """Terminal outcome of a request."""
+
+    OK = "ok"
+    CACHE_HIT = "cache_hit"
+    DENIED = "denied"
+    FAILED = "failed"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    DEAD_LETTERED = "dead_lettered"
+
+
+class Message(_Model):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+
+
+class GenerationParams(_Model):
+    max_tokens: int = Field(default=256, ge=1, le=32_768)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    response_format: dict[str, Any] | None = None
+
+
+class CacheControl(_Model):
+    read: bool = True
+    write: bool = True
+    ttl_s: int | None = Field(default=None, ge=1)
+    no_store: bool = False
+
+
+class Request(_Model):
+    messages: list[Message] = Field(min_length=1)
+    params: GenerationParams = Field(default_factory=GenerationParams)
+    model: str | None = None  # a catalog model name, or None / "auto" to let the router choose
+    quality_tier: str | None = None
+    session_id: str | None = Field(default=None, max_length=200)
+    task_id: str | None = Field(default=None, max_length=200)
+    cache: CacheControl = Field(default_factory=CacheControl)
+    reply_to: str | None = Field(default=None, max_length=249)
+
+    @property
+    def prompt(self) -> str:
+        """The last user message: what retrieval, cache and routing key on."""
+        for message in reversed(self.messages):
+            if message.role == "user":
+                return message.content
+        return self.messages[-1].content
+
+
+class Principal(_Model):
+    """Who sent the request: a key id (never the key) and the ingress's signature over the request's identity."""
+
+    key_id: str
+    signature: str = ""
+
+
+class Hop(_Model):
+    stage: str
+    worker_id: str
+    produced_at_ns: int  # Kafka record timestamp of the record this stage consumed
+    received_at_ns: int
+    started_at_ns: int
+    finished_at_ns: int = 0
+    batch_size: int = 1
+    status: str = "ok"
+    remaining_budget_ms: float = 0.0
+    budget_violation: bool = False
+
+    @property
+    def queue_ms(self) -> float:
+        """Time between the upstream produce and the start of work here: broker + consumer + batch wait."""
+        return max(0, self.started_at_ns - self.produced_at_ns) / 1e6
+
+    @property
+    def service_ms(self) -> float:
+        return max(0, self.finished_at_ns - self.started_at_ns) / 1e6
+
+
+class Passage(_Model):
+    doc_id: str
+    score: float
+    text: str
+
+
+class RetrievalResult(_Model):
+    passages: list[Passage] = Field(default_factory=list)
+    confidence: float = 0.0
+    session_turns: list[Message] = Field(default_factory=list)
+    skipped: str | None = None
+
+
+class PolicyDecision(_Model):
+    policy_version: str = ""
+    principal_key_id: str | None = None
+    allowed_models: list[str] = Field(default_factory=list)
+    allowed_regions: list[str] = Field(default_factory=list)
+    quality_tier: str | None = None
+    cache_allowed: bool = True
+    semantic_threshold: float | None = None
+    pii_found: dict[str, int] = Field(default_factory=dict)
+    injection_score: float = 0.0
+    injection_rules: list[str] = Field(default_factory=list)
+    decisions: list[str] = Field(default_factory=list)
+    reserved_micros: int = 0
+    reservation_id: str | None = None
+
+
+class CacheResult(_Model):
+    outcome: Literal["hit", "miss", "bypass", "error"] = "miss"
+    kind: Literal["exact", "semantic"] | None = None
+    similarity: float | None = None
+    saved_micros: int = 0
+    key: str | None = None
+    rejected_near_miss: bool = False
+
+
+class Usage(_Model):
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    output_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            cached_input_tokens=self.cached_input_tokens + other.cached_input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+        )
+
+
+class ModelResult(_Model):
+    model: str = ""
+    backend: str = ""
+    region: str = ""
+    quality_tier: str | None = None
+    routing: list[str] = Field(default_factory=list)  # the router's reasons, in order
+    attempts: int = 0
+    usage: Usage = Field(default_factory=Usage)
+    cost_micros: int = 0
+    latency_ms: float = 0.0
+
+
+class PostprocessResult(_Model):
+    actions: list[str] = Field(default_factory=list)
+    structured_output_valid: bool | None = None
+
+
+class Outcome(_Model):
+    status: Status
+    code: str = ""  # machine-readable: a denial code, "model_error", "deadline_exceeded", ...
+    message: str = ""
+    retry_after_s: float | None = None
+    stage: str = ""
+
+
+class Envelope(_Model):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    kind: Literal["request"] = "request"
+    request_id: str = Field(min_length=1, max_length=128)
+    tenant: str = Field(min_length=1, max_length=128)
+    principal: Principal | None = None
+    tier: Tier = Tier.STANDARD
+    created_at_ns: int
+    deadline_at_ns: int
+    request: Request
+    route: list[str] = Field(default_factory=lambda: list(DEFAULT_ROUTE))
+    hops: list[Hop] = Field(default_factory=list)
+    retrieval: RetrievalResult | None = None
+    policy: PolicyDecision | None = None
+    cache: CacheResult | None = None
+    model: ModelResult | None = None
+    postprocess: PostprocessResult | None = None
+    answer: str | None = None
+    outcome: Outcome | None = None
+    responded: bool = False  # set once the response for the terminal outcome has been published
+
+    @field_validator("route")
+    @classmethod
+    def _known_stages(cls, route: list[str]) -> list[str]:
+        unknown = [stage for stage in route if stage not in STAGES]
+        if unknown:
+            raise ValueError(f"unknown stage(s) in route: {unknown}")
+        return route
+
+    @property
+    def terminal(self) -> bool:
+        return self.outcome is not None
+
+    def finish(self, status: Status, *, code: str = "", message: str = "", stage: str = "",
+               retry_after_s: float | None = None) -> None:
+        """Give the request its terminal outcome; what is left of the route collapses to the audit stage."""
+        self.outcome = Outcome(status=status, code=code, message=message, stage=stage, retry_after_s=retry_after_s)
+        self.route = ["audit"] if stage != "audit" else []
+
+    def remaining_budget_ms(self, now_ns: int) -> float:
+        return (self.deadline_at_ns - now_ns) / 1e6

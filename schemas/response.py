@@ -1,0 +1,88 @@
+"""Events published at the edges: the response a producer waits for, and the dead-letter record."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.envelope import SCHEMA_VERSION, Envelope, Status, Usage
+
+
+class HopSummary(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    stage: str
+    queue_ms: float
+    service_ms: float
+    remaining_budget_ms: float = 0.0
+    batch_size: int = 1
+
+
+class Response(BaseModel):
+    """The answer (or the reason there is none) for one request, keyed by request_id on ``tollway.responses``."""
+
+    model_config = ConfigDict(extra="forbid")
+    schema_version: Literal[1] = SCHEMA_VERSION
+    kind: Literal["response"] = "response"
+    request_id: str
+    tenant: str
+    status: Status
+    code: str = ""
+    message: str = ""
+    retry_after_s: float | None = None
+    answer: str | None = None
+    model: str | None = None
+    usage: Usage = Field(default_factory=Usage)
+    cost_micros: int = 0
+    saved_micros: int = 0
+    cache: str | None = None
+    hops: list[HopSummary] = Field(default_factory=list)
+    created_at_ns: int = 0
+    completed_at_ns: int = 0
+    replay: bool = False  # true when this response repeats one already delivered (redelivery after a crash)
+
+    @classmethod
+    def from_envelope(cls, env: Envelope, *, completed_at_ns: int) -> Response:
+        outcome = env.outcome
+        assert outcome is not None, "a response needs a terminal outcome"
+        return cls(
+            request_id=env.request_id,
+            tenant=env.tenant,
+            status=outcome.status,
+            code=outcome.code,
+            message=outcome.message,
+            retry_after_s=outcome.retry_after_s,
+            answer=env.answer,
+            model=env.model.model if env.model else None,
+            usage=env.model.usage if env.model else Usage(),
+            cost_micros=env.model.cost_micros if env.model else 0,
+            saved_micros=env.cache.saved_micros if env.cache else 0,
+            cache=env.cache.outcome if env.cache else None,
+            hops=[
+                HopSummary(stage=h.stage, queue_ms=round(h.queue_ms, 3), service_ms=round(h.service_ms, 3),
+                           remaining_budget_ms=round(h.remaining_budget_ms, 1), batch_size=h.batch_size)
+                for h in env.hops
+            ],
+            created_at_ns=env.created_at_ns,
+            completed_at_ns=completed_at_ns,
+        )
+
+
+class DeadLetter(BaseModel):
+    """What a stage could not process: the reason, where it came from, and the original bytes (base64)."""
+
+    model_config = ConfigDict(extra="forbid")
+    schema_version: Literal[1] = SCHEMA_VERSION
+    kind: Literal["deadletter"] = "deadletter"
+    reason: str
+    error: str
+    stage: str
+    worker_id: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    request_id: str | None = None
+    tenant: str | None = None
+    original_b64: str
+    original_size: int
+    dead_lettered_at_ns: int

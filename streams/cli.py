@@ -1,0 +1,149 @@
+"""The ``tollway`` command. Exit codes: 0 ok, 1 the request failed or was denied, 2 usage, 3 a service is down."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from schemas.envelope import Status, Tier
+from schemas.errors import ConfigError, ServiceUnavailable
+from schemas.response import Response
+from streams.settings import get_settings
+
+app = typer.Typer(help="tollway: governed LLM inference on Kafka.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+console = Console()
+
+EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 1, 2, 3
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+
+
+def _run(coro: object) -> object:
+    try:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    except ServiceUnavailable as exc:
+        console.print(f"[red]service unavailable:[/] {exc}  (start the stack with `make up`)")
+        raise typer.Exit(EXIT_UNAVAILABLE) from exc
+    except ConfigError as exc:
+        console.print(f"[red]configuration error:[/] {exc}")
+        raise typer.Exit(EXIT_USAGE) from exc
+
+
+@app.command()
+def worker(stages: Annotated[list[str], typer.Argument(help="stage names, or 'all'")]) -> None:
+    """Run one or more stages in this process (each stage is its own consumer group)."""
+    from streams.worker import resolve_stages, run_workers
+
+    settings = get_settings()
+    _setup_logging(settings.log_level)
+    _run(run_workers(settings, resolve_stages(stages)))
+
+
+@app.command()
+def topics() -> None:
+    """Create every tollway topic that is missing (workers also do this on start)."""
+    from streams.topics import ensure_topics
+
+    created = _run(ensure_topics(get_settings()))
+    console.print(f"created {len(created)} topic(s)" + (f": {', '.join(created)}" if created else ""))  # type: ignore[arg-type]
+
+
+def latency_table(response: Response) -> Table:
+    table = Table(title=f"request {response.request_id} — per-stage latency", show_lines=False)
+    for col in ("stage", "queue ms", "service ms", "budget left ms", "batch"):
+        table.add_column(col, justify="right" if col != "stage" else "left")
+    for hop in response.hops:
+        table.add_row(hop.stage, f"{hop.queue_ms:.2f}", f"{hop.service_ms:.2f}", f"{hop.remaining_budget_ms:.0f}",
+                      str(hop.batch_size))
+    total = (response.completed_at_ns - response.created_at_ns) / 1e6
+    table.add_row("[b]end to end[/]", "", f"[b]{total:.2f}[/]", "", "")
+    return table
+
+
+@app.command()
+def submit(
+    prompt: Annotated[str, typer.Argument(help="the user prompt")],
+    tenant: Annotated[str, typer.Option(help="tenant id")] = "acme",
+    tier: Annotated[Tier, typer.Option(help="SLO tier")] = Tier.STANDARD,
+    model: Annotated[str | None, typer.Option(help="catalog model, default: routed")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the response")] = 30.0,
+    as_json: Annotated[bool, typer.Option("--json", help="print the response as JSON")] = False,
+) -> None:
+    """Publish one request, wait for its response, print the answer and the per-stage latency breakdown."""
+    from streams.client import Submitter, new_envelope
+
+    settings = get_settings()
+
+    async def go() -> Response:
+        async with Submitter(settings) as submitter:
+            env = new_envelope(prompt, tenant=tenant, tier=tier, settings=settings, model=model)
+            (response,) = await submitter.complete([env], timeout_s=timeout)
+            return response
+
+    try:
+        response = _run(go())
+    except TimeoutError as exc:
+        console.print(f"[red]no response within {timeout:.0f} s[/] — are the workers running? (`tollway worker all`)")
+        raise typer.Exit(EXIT_FAILED) from exc
+    assert isinstance(response, Response)
+    if as_json:
+        sys.stdout.write(orjson.dumps(response.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print_response(response)
+    if response.status not in (Status.OK, Status.CACHE_HIT):
+        raise typer.Exit(EXIT_FAILED)
+
+
+def print_response(response: Response) -> None:
+    status = response.status.value + (f" ({response.code})" if response.code else "")
+    console.print(f"[b]{status}[/]  model={response.model or '-'}  cost={response.cost_micros} µ$  "
+                  f"tokens in/cached/out={response.usage.input_tokens}/{response.usage.cached_input_tokens}/"
+                  f"{response.usage.output_tokens}")
+    if response.answer:
+        console.print(response.answer)
+    if response.message:
+        console.print(f"[yellow]{response.message}[/]")
+    console.print(latency_table(response))
+
+
+@app.command()
+def demo(
+    requests_file: Annotated[Path, typer.Option(help="JSONL of sample requests")] = Path("bench/samples.jsonl"),
+) -> None:
+    """Run every stage in-process, publish the bundled sample requests, print responses, latency and cost."""
+    from streams.demo import run_demo
+
+    settings = get_settings()
+    _setup_logging("WARNING")
+    _run(run_demo(settings, requests_file, console))
+
+
+@app.command("schemas")
+def export_schemas(out: Annotated[Path, typer.Option(help="directory for the JSON Schema files")] =
+                   Path("schemas/json")) -> None:
+    """Export the JSON Schemas of every event for producers in other languages."""
+    from schemas.export import export
+
+    for path in export(out):
+        console.print(f"wrote {path}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    app(args=list(argv) if argv is not None else None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""The batch runner: the thin Kafka shell every stage shares.
+
+One loop per stage: poll a batch (``getmany``) → decode (bad bytes → dead-letter) → stamp the hop → hand the live
+events to the stage's pure ``process`` → publish responses for terminal outcomes → produce each event to the next
+stage of its route, in its lane → wait for every acknowledgement → commit the batch's offsets.
+
+Delivery is at-least-once: a crash between produce and commit redelivers the batch; the audit and ledger stages
+deduplicate by request_id. Offsets are committed only after everything the batch produced is acknowledged, so
+nothing acknowledged to a producer is ever lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+
+from schemas.envelope import Envelope, Hop, Status
+from schemas.errors import BadEvent
+from schemas.response import DeadLetter, Response
+from streams import metrics
+from streams.codec import decode, encode
+from streams.settings import Settings
+from streams.topics import Topology
+from workers.context import Clock, StageContext
+
+log = logging.getLogger(__name__)
+
+ProcessFn = Callable[[list[Envelope], StageContext], Awaitable[list[Envelope]]]
+
+
+@dataclass
+class KafkaPublisher:
+    """Enqueues records on the shared producer and remembers the futures the runner must await before commit."""
+
+    producer: AIOKafkaProducer
+    pending: list[tuple[str, bytes, bytes | None]] = field(default_factory=list)
+
+    def publish(self, topic: str, value: bytes, *, key: bytes | None = None) -> None:
+        self.pending.append((topic, value, key))
+
+    async def flush(self) -> None:
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        # send() only appends to the producer's batch and hands back a delivery future; awaiting all deliveries
+        # at once lets one produce request carry the whole batch, and an unacknowledged batch never commits.
+        deliveries = [await self.producer.send(topic, value, key=key) for topic, value, key in pending]
+        await asyncio.gather(*deliveries)
+
+
+@dataclass
+class BatchOutcome:
+    consumed: int = 0
+    forwarded: int = 0
+    responses: int = 0
+    deadlettered: int = 0
+
+
+class StageRunner:
+    def __init__(
+        self,
+        *,
+        stage: str,
+        process: ProcessFn,
+        ctx: StageContext,
+        settings: Settings,
+        topology: Topology,
+        producer: AIOKafkaProducer,
+        publisher: KafkaPublisher,
+        clock: Clock,
+        consume_ingress: bool = False,
+    ) -> None:
+        self.stage = stage
+        self.process = process
+        self.ctx = ctx
+        self.settings = settings
+        self.topology = topology
+        self.producer = producer
+        self.publisher = publisher
+        self.clock = clock
+        self.topics: list[str] = list(topology.stage_lanes(stage))
+        if consume_ingress:
+            self.topics += list(topology.stage_lanes("ingress"))
+        self.consumer: AIOKafkaConsumer | None = None
+        self._stopping = asyncio.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self.consumer = AIOKafkaConsumer(
+            *self.topics,
+            bootstrap_servers=self.settings.bootstrap_servers,
+            group_id=self.topology.group(self.stage),
+            client_id=f"{self.settings.worker_id}-{self.stage}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.settings.batch_max_records,
+            fetch_max_wait_ms=max(1, self.settings.batch_wait_ms),
+            max_partition_fetch_bytes=self.settings.max_message_bytes * 2,
+        )
+        await self.consumer.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def close(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+
+    async def run(self) -> None:
+        assert self.consumer is not None, "start() first"
+        while not self._stopping.is_set():
+            batches = await self.consumer.getmany(
+                timeout_ms=100, max_records=self.settings.batch_max_records
+            )
+            if not batches:
+                continue
+            await self.handle(batches)
+            await self.consumer.commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
+
+    # ------------------------------------------------------------------ one batch
+    async def handle(self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> BatchOutcome:
+        received_ns = self.clock.now_ns()
+        result = BatchOutcome()
+        live: list[Envelope] = []
+        passing: list[Envelope] = []  # terminal or forwarded without work here
+        hops: dict[str, Hop] = {}
+        for records in batches.values():
+            for record in records:
+                result.consumed += 1
+                env = self._decode(record, result)
+                if env is None:
+                    continue
+                hop = Hop(stage=self.stage, worker_id=self.settings.worker_id,
+                          produced_at_ns=int(record.timestamp) * 1_000_000, received_at_ns=received_ns,
+                          started_at_ns=received_ns)
+                if env.route and env.route[0] == self.stage:
+                    env.route.pop(0)
+                elif env.route:
+                    hop.status = "forwarded"  # arrived on ingress but its route starts elsewhere
+                    env.hops.append(hop)
+                    passing.append(env)
+                    continue
+                elif self.stage != "audit":
+                    self._deadletter(record, BadEvent(f"route is empty at stage {self.stage}", reason="misrouted"),
+                                     result, env)
+                    continue
+                env.hops.append(hop)
+                hops[env.request_id] = hop
+                if env.terminal and self.stage != "audit":
+                    passing.append(env)
+                elif self.stage != "audit" and env.deadline_at_ns <= received_ns:
+                    # Never work a request whose deadline passed on arrival; end it now, explained.
+                    hop.status = "deadline_exceeded"
+                    env.finish(Status.DEADLINE_EXCEEDED, code="deadline_exceeded", stage=self.stage,
+                               message=f"deadline passed {-env.remaining_budget_ms(received_ns):.0f} ms before "
+                                       f"the {self.stage} stage")
+                    passing.append(env)
+                else:
+                    live.append(env)
+
+        started_ns = self.clock.now_ns()
+        for hop in hops.values():
+            hop.started_at_ns = started_ns
+            hop.batch_size = len(live)
+        outputs = await self._process(live, result) if live else []
+        finished_ns = self.clock.now_ns()
+        for env in (*outputs, *passing):
+            hop = hops.get(env.request_id)
+            if hop is not None:
+                hop.finished_at_ns = finished_ns
+                hop.remaining_budget_ms = round(env.remaining_budget_ms(finished_ns), 3)
+            self._forward(env, finished_ns, result)
+        for env in live:  # audit consumes events without forwarding them; finish their hop stamps too
+            hop = hops[env.request_id]
+            if hop.finished_at_ns == 0:
+                hop.finished_at_ns = finished_ns
+        await self.publisher.flush()
+        metrics.STAGE_EVENTS.labels(self.stage).inc(result.consumed)
+        metrics.STAGE_SERVICE_SECONDS.labels(self.stage).observe((finished_ns - started_ns) / 1e9)
+        for env in live:
+            metrics.STAGE_QUEUE_SECONDS.labels(self.stage).observe(hops[env.request_id].queue_ms / 1e3)
+        return result
+
+    async def _process(self, live: list[Envelope], result: BatchOutcome) -> list[Envelope]:
+        try:
+            return await self.process(live, self.ctx)
+        except Exception:
+            if len(live) == 1:
+                log.exception("stage %s failed on request %s", self.stage, live[0].request_id)
+                env = live[0]
+                env.finish(Status.FAILED, code="stage_error", stage=self.stage,
+                           message=f"the {self.stage} stage failed on this request; see the dead-letter topic")
+                self._deadletter_envelope(env, "stage_error", result)
+                return [env]
+        # One bad request must not fail its neighbours: retry one by one to isolate it.
+        outputs: list[Envelope] = []
+        for env in live:
+            outputs.extend(await self._process([env], result))
+        return outputs
+
+    def _decode(self, record: ConsumerRecord[bytes, bytes], result: BatchOutcome) -> Envelope | None:
+        value = record.value
+        try:
+            if value is not None and len(value) > self.settings.max_message_bytes:
+                raise BadEvent(f"record of {len(value)} bytes exceeds the {self.settings.max_message_bytes} limit",
+                               reason="oversized")
+            return decode(value)
+        except BadEvent as exc:
+            self._deadletter(record, exc, result, None)
+            return None
+
+    def _forward(self, env: Envelope, now_ns: int, result: BatchOutcome) -> None:
+        key = env.request_id.encode()
+        if not env.route and self.stage != "audit" and not env.terminal:
+            # A route that ends before the audit stage would lose the request silently; end it, explained.
+            env.finish(Status.FAILED, code="route_ended", stage=self.stage,
+                       message=f"the route ended at {self.stage} without reaching a terminal outcome")
+        if env.terminal and not env.responded:
+            response = encode(Response.from_envelope(env, completed_at_ns=now_ns))
+            self.publisher.publish(self.topology.responses, response, key=key)
+            if env.request.reply_to:
+                self.publisher.publish(env.request.reply_to, response, key=key)
+            env.responded = True
+            result.responses += 1
+            metrics.OUTCOMES.labels(self.stage, env.outcome.status if env.outcome else "").inc()
+        if env.route:
+            self.publisher.publish(self.topology.stage(env.route[0], env.tier), encode(env), key=key)
+            result.forwarded += 1
+
+    def _deadletter(self, record: ConsumerRecord[bytes, bytes], exc: BadEvent, result: BatchOutcome,
+                    env: Envelope | None) -> None:
+        raw = record.value or b""
+        letter = DeadLetter(
+            reason=exc.reason, error=str(exc)[:2000], stage=self.stage, worker_id=self.settings.worker_id,
+            source_topic=record.topic, source_partition=record.partition, source_offset=record.offset,
+            request_id=env.request_id if env else None, tenant=env.tenant if env else None,
+            original_b64=base64.b64encode(raw).decode(), original_size=len(raw),
+            dead_lettered_at_ns=self.clock.now_ns(),
+        )
+        self.publisher.publish(self.topology.deadletter, encode(letter), key=record.key)
+        result.deadlettered += 1
+        metrics.DEADLETTERS.labels(self.stage, exc.reason).inc()
+        log.warning("dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
+
+    def _deadletter_envelope(self, env: Envelope, reason: str, result: BatchOutcome) -> None:
+        raw = encode(env)
+        letter = DeadLetter(
+            reason=reason, error=f"stage {self.stage} raised while processing", stage=self.stage,
+            worker_id=self.settings.worker_id, source_topic=self.topology.stage(self.stage, env.tier),
+            source_partition=-1, source_offset=-1, request_id=env.request_id, tenant=env.tenant,
+            original_b64=base64.b64encode(raw).decode(), original_size=len(raw),
+            dead_lettered_at_ns=self.clock.now_ns(),
+        )
+        self.publisher.publish(self.topology.deadletter, encode(letter), key=env.request_id.encode())
+        result.deadlettered += 1
+        metrics.DEADLETTERS.labels(self.stage, reason).inc()
+
+
+def new_producer(settings: Settings) -> AIOKafkaProducer:
+    # Idempotence forces acks=all: aiokafka's default acks=1 can lose acknowledged records on a leader change.
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=f"{settings.worker_id}-producer",
+        enable_idempotence=True,
+        linger_ms=settings.producer_linger_ms,
+        max_batch_size=512 * 1024,
+        max_request_size=settings.max_message_bytes * 2,
+    )
+
+
+def topics_of(runners: Sequence[StageRunner]) -> list[str]:
+    return [topic for runner in runners for topic in runner.topics]

@@ -1,0 +1,47 @@
+"""The one place the environment is read. Everything else receives a frozen :class:`Settings`."""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TOLLWAY_", frozen=True, extra="ignore")
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Every topic and consumer group name starts with this, so tests and several deployments can share a broker.
+    topic_prefix: str = "tollway"
+    partitions: int = Field(default=4, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    # Batching: a stage consumes up to batch_max_records per poll, waiting at most batch_wait_ms for them.
+    batch_max_records: int = Field(default=500, ge=1)
+    batch_wait_ms: int = Field(default=5, ge=0)
+    producer_linger_ms: int = Field(default=2, ge=0)
+    max_message_bytes: int = Field(default=1_048_576, ge=1024)
+    worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    state_dir: Path = REPO_ROOT / ".state"
+    policy_file: Path | None = None
+    models_file: Path | None = None
+    # Latency budgets per SLO tier (ms); the per-stage allocation lives with the tiers in streams/budgets.py.
+    budget_interactive_ms: int = 2_000
+    budget_standard_ms: int = 10_000
+    budget_batch_ms: int = 3_600_000
+    # Secret the ingress signs principals with, so a stage can tell a forged principal from a real one.
+    principal_secret: SecretStr = SecretStr("tollway-dev-secret-change-me")
+    audit_secret: SecretStr = SecretStr("tollway-dev-audit-secret-change-me")
+    metrics_port: int | None = None
+    log_level: str = "INFO"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

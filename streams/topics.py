@@ -1,0 +1,127 @@
+"""Topic topology: names, lanes and explicit configs, created on start.
+
+    tollway.ingress[.batch]          producers publish requests here; the first stage of the route consumes it
+    tollway.<stage>[.batch]          one topic per stage and lane (batch tier travels on the .batch lane)
+    tollway.responses                one response per terminal outcome, keyed by request_id
+    tollway.audit.log                tamper-evident audit records (long retention)
+    tollway.deadletter               what no stage could process, with the reason and the original bytes
+    tollway.policy.docs              compacted: the current policy document
+    tollway.index.chunks             compacted: retrieval chunks per tenant
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+
+from schemas.envelope import STAGES, Tier
+from schemas.errors import ServiceUnavailable
+from streams.settings import Settings
+
+LANES = ("", ".batch")
+
+
+@dataclass(frozen=True)
+class Topology:
+    prefix: str
+
+    def stage(self, stage: str, tier: Tier | str = Tier.STANDARD) -> str:
+        return f"{self.prefix}.{stage}{'.batch' if tier == Tier.BATCH else ''}"
+
+    def ingress(self, tier: Tier | str = Tier.STANDARD) -> str:
+        return self.stage("ingress", tier)
+
+    def stage_lanes(self, stage: str) -> tuple[str, str]:
+        """(interactive lane, batch lane) for a stage."""
+        return self.stage(stage), self.stage(stage, Tier.BATCH)
+
+    @property
+    def responses(self) -> str:
+        return f"{self.prefix}.responses"
+
+    @property
+    def audit_log(self) -> str:
+        return f"{self.prefix}.audit.log"
+
+    @property
+    def deadletter(self) -> str:
+        return f"{self.prefix}.deadletter"
+
+    @property
+    def policy(self) -> str:
+        return f"{self.prefix}.policy.docs"
+
+    @property
+    def index(self) -> str:
+        return f"{self.prefix}.index.chunks"
+
+    def group(self, stage: str) -> str:
+        return f"{self.prefix}.{stage}"
+
+    def all_topics(self, settings: Settings) -> list[NewTopic]:
+        partitions, rf = settings.partitions, settings.replication_factor
+        max_bytes = str(settings.max_message_bytes * 2)
+        work = {"cleanup.policy": "delete", "retention.ms": str(7 * 24 * 3600 * 1000), "max.message.bytes": max_bytes}
+        topics = [
+            NewTopic(name, partitions, rf, topic_configs=dict(work))
+            for stage in ("ingress", *STAGES)
+            for name in self.stage_lanes(stage)
+        ]
+        topics += [
+            NewTopic(self.responses, partitions, rf, topic_configs=dict(work)),
+            NewTopic(self.deadletter, partitions, rf,
+                     topic_configs={**work, "retention.ms": str(30 * 24 * 3600 * 1000)}),
+            # Audit records are evidence: kept until an operator decides otherwise.
+            NewTopic(self.audit_log, partitions, rf, topic_configs={"cleanup.policy": "delete", "retention.ms": "-1",
+                                                                    "max.message.bytes": max_bytes}),
+            NewTopic(self.policy, 1, rf, topic_configs={"cleanup.policy": "compact"}),
+            NewTopic(self.index, partitions, rf, topic_configs={"cleanup.policy": "compact",
+                                                                "max.message.bytes": max_bytes}),
+        ]
+        return topics
+
+
+def topology(settings: Settings) -> Topology:
+    return Topology(settings.topic_prefix)
+
+
+async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[str]:
+    """Create every tollway topic that does not exist yet; returns the names created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=10_000)
+    try:
+        await asyncio.wait_for(admin.start(), timeout_s)
+    except (KafkaConnectionError, asyncio.TimeoutError, OSError) as exc:
+        raise ServiceUnavailable(f"Kafka is not reachable at {settings.bootstrap_servers}: {exc}") from exc
+    try:
+        wanted = topology(settings).all_topics(settings)
+        existing = set(await admin.list_topics())
+        missing = [t for t in wanted if t.name not in existing]
+        if missing:
+            try:
+                response = await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                return []  # another worker created them first
+            failed = [(name, code, msg) for name, code, msg in getattr(response, "topic_errors", [])
+                      if code not in (0, TopicAlreadyExistsError.errno)]
+            if failed:
+                raise ServiceUnavailable(f"Kafka refused to create topics: {failed}")
+            await _wait_for_leaders(admin, [t.name for t in missing], timeout_s)
+        return [t.name for t in missing]
+    finally:
+        await admin.close()
+
+
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float) -> None:
+    """New topics are usable once every partition has a leader; workers that start earlier see errors."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        described = await admin.describe_topics(names)
+        if all(t["error_code"] == 0 and t["partitions"] and all(p["leader"] >= 0 for p in t["partitions"])
+               for t in described):
+            return
+        await asyncio.sleep(0.1)
+    raise ServiceUnavailable(f"topics {names} have no leader after {timeout_s:.0f} s")

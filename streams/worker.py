@@ -1,0 +1,73 @@
+"""``tollway worker <stage>|all``: runs stage runners (one consumer group per stage) until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import signal
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+
+from schemas.envelope import DEFAULT_ROUTE, STAGES
+from schemas.errors import ConfigError
+from streams.runner import KafkaPublisher, StageRunner, new_producer
+from streams.settings import Settings
+from streams.topics import ensure_topics, topology
+from workers.context import StageContext, SystemClock
+
+log = logging.getLogger(__name__)
+
+
+def resolve_stages(names: Sequence[str]) -> list[str]:
+    if list(names) in (["all"], []):
+        return list(STAGES)
+    unknown = [n for n in names if n not in STAGES]
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {unknown}; choose from {', '.join(STAGES)} or 'all'")
+    return list(dict.fromkeys(names))
+
+
+async def run_workers(settings: Settings, stages: Sequence[str], *, ready: asyncio.Event | None = None,
+                      stop: asyncio.Event | None = None) -> None:
+    """Run the given stages in this process until ``stop`` is set (or SIGINT/SIGTERM)."""
+    await ensure_topics(settings)
+    topo = topology(settings)
+    clock = SystemClock()
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+    async with AsyncExitStack() as stack:
+        producer = new_producer(settings)
+        await producer.start()
+        stack.push_async_callback(producer.stop)
+        runners: list[StageRunner] = []
+        for stage in stages:
+            publisher = KafkaPublisher(producer)
+            base = StageContext(stage=stage, worker_id=settings.worker_id, clock=clock, publisher=publisher,
+                                topic_prefix=settings.topic_prefix)
+            wiring = importlib.import_module(f"streams.stage_{stage}")
+            ctx = await stack.enter_async_context(wiring.open_context(settings, base))
+            worker = importlib.import_module(f"workers.{stage}")
+            runner = StageRunner(stage=stage, process=worker.process, ctx=ctx, settings=settings, topology=topo,
+                                 producer=producer, publisher=publisher, clock=clock,
+                                 consume_ingress=(stage == DEFAULT_ROUTE[0]))
+            await runner.start()
+            stack.push_async_callback(runner.close)
+            runners.append(runner)
+        log.info("worker %s running stages %s", settings.worker_id, ", ".join(stages))
+        if ready is not None:
+            ready.set()
+        tasks = [asyncio.create_task(r.run(), name=f"stage-{r.stage}") for r in runners]
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+        for runner in runners:
+            runner.stop()
+        for task in tasks:
+            if task in done and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        await asyncio.wait(tasks, timeout=10)
+        stopper.cancel()

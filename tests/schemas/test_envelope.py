@@ -1,0 +1,56 @@
+from collections.abc import Callable
+
+import pytest
+from pydantic import ValidationError
+
+from schemas.envelope import DEFAULT_ROUTE, Envelope, Hop, Status, Usage
+
+
+def test_default_route_is_the_six_stages(make_envelope: Callable[..., Envelope]) -> None:
+    assert make_envelope().route == list(DEFAULT_ROUTE)
+    assert DEFAULT_ROUTE == ("retrieval", "policy", "cache", "model", "postprocess", "audit")
+
+
+def test_unknown_stage_in_route_is_rejected(make_envelope: Callable[..., Envelope]) -> None:
+    data = make_envelope().model_dump()
+    data["route"] = ["retrieval", "telepathy"]
+    with pytest.raises(ValidationError, match="unknown stage"):
+        Envelope.model_validate(data)
+
+
+def test_unknown_fields_are_rejected(make_envelope: Callable[..., Envelope]) -> None:
+    data = make_envelope().model_dump()
+    data["surprise"] = 1
+    with pytest.raises(ValidationError):
+        Envelope.model_validate(data)
+
+
+def test_finish_collapses_route_to_audit(make_envelope: Callable[..., Envelope]) -> None:
+    env = make_envelope()
+    env.route = ["cache", "model", "postprocess", "audit"]
+    env.finish(Status.DENIED, code="pii_blocked", stage="policy")
+    assert env.route == ["audit"]
+    assert env.terminal and env.outcome is not None and env.outcome.code == "pii_blocked"
+
+
+def test_hop_arithmetic() -> None:
+    hop = Hop(stage="cache", worker_id="w", produced_at_ns=1_000_000_000, received_at_ns=1_002_000_000,
+              started_at_ns=1_003_500_000, finished_at_ns=1_004_000_000)
+    assert hop.queue_ms == pytest.approx(3.5)
+    assert hop.service_ms == pytest.approx(0.5)
+
+
+def test_hop_clock_skew_never_negative() -> None:
+    hop = Hop(stage="cache", worker_id="w", produced_at_ns=2_000_000, received_at_ns=1_000_000,
+              started_at_ns=1_000_000, finished_at_ns=900_000)
+    assert hop.queue_ms == 0 and hop.service_ms == 0
+
+
+def test_remaining_budget(make_envelope: Callable[..., Envelope]) -> None:
+    env = make_envelope(budget_ms=500)
+    assert env.remaining_budget_ms(env.created_at_ns + 200_000_000) == pytest.approx(300)
+
+
+def test_usage_adds() -> None:
+    total = Usage(input_tokens=3, output_tokens=1) + Usage(input_tokens=2, cached_input_tokens=5)
+    assert total == Usage(input_tokens=5, cached_input_tokens=5, output_tokens=1)

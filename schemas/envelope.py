@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 STAGES: tuple[str, ...] = ("retrieval", "policy", "cache", "model", "postprocess", "audit")
 DEFAULT_ROUTE: tuple[str, ...] = STAGES
 

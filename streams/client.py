@@ -38,7 +38,7 @@ def new_envelope(prompt: str | list[Message], *, tenant: str, tier: Tier = Tier.
         tier=tier,
         created_at_ns=now,
         deadline_at_ns=now + budget_ms * 1_000_000,
-        request=Request(messages=messages, **request_fields),  # type: ignore[arg-type]
+        request=Request(messages=messages, **request_fields),
     )
 
 

@@ -143,6 +143,7 @@ class StageRunner:
                 elif env.route:
                     hop.status = "forwarded"  # arrived on ingress but its route starts elsewhere
                     env.hops.append(hop)
+                    hops[env.request_id] = hop
                     passing.append(env)
                     continue
                 elif self.stage != "audit":
@@ -169,16 +170,13 @@ class StageRunner:
             hop.batch_size = len(live)
         outputs = await self._process(live, result) if live else []
         finished_ns = self.clock.now_ns()
+        for stamp in hops.values():
+            stamp.finished_at_ns = finished_ns
         for env in (*outputs, *passing):
-            hop = hops.get(env.request_id)
-            if hop is not None:
-                hop.finished_at_ns = finished_ns
-                hop.remaining_budget_ms = round(env.remaining_budget_ms(finished_ns), 3)
+            stamp_or_none = hops.get(env.request_id)
+            if stamp_or_none is not None:
+                stamp_or_none.remaining_budget_ms = round(env.remaining_budget_ms(finished_ns), 3)
             self._forward(env, finished_ns, result)
-        for env in live:  # audit consumes events without forwarding them; finish their hop stamps too
-            hop = hops[env.request_id]
-            if hop.finished_at_ns == 0:
-                hop.finished_at_ns = finished_ns
         await self.publisher.flush()
         metrics.STAGE_EVENTS.labels(self.stage).inc(result.consumed)
         metrics.STAGE_SERVICE_SECONDS.labels(self.stage).observe((finished_ns - started_ns) / 1e9)

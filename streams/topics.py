@@ -93,7 +93,7 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=10_000)
     try:
         await asyncio.wait_for(admin.start(), timeout_s)
-    except (KafkaConnectionError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, KafkaConnectionError, OSError) as exc:
         raise ServiceUnavailable(f"Kafka is not reachable at {settings.bootstrap_servers}: {exc}") from exc
     try:
         wanted = topology(settings).all_topics(settings)

@@ -1,3 +1,4 @@
+import contextlib
 from collections.abc import Callable
 
 import orjson
@@ -48,10 +49,8 @@ def test_wrong_types_name_the_field(make_envelope: Callable[..., Envelope]) -> N
 
 @given(st.binary(max_size=512))
 def test_arbitrary_bytes_never_crash(raw: bytes) -> None:
-    try:
+    with contextlib.suppress(BadEvent):
         decode(raw)
-    except BadEvent:
-        pass
 
 
 @given(st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=200))

@@ -141,6 +141,16 @@ def export_schemas(out: Annotated[Path, typer.Option(help="directory for the JSO
         console.print(f"wrote {path}")
 
 
+def _register_areas() -> None:
+    from streams import cli_audit, cli_index, cli_ingress, cli_ledger, cli_policy
+
+    for area in (cli_policy, cli_index, cli_audit, cli_ledger, cli_ingress):
+        area.register(app)
+
+
+_register_areas()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     app(args=list(argv) if argv is not None else None)
 

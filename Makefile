@@ -4,6 +4,9 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The services' ports (infra/services.sh) and the clients' addresses (streams/settings.py) always agree.
+export TOLLWAY_BOOTSTRAP_SERVERS ?= 127.0.0.1:$(or $(TOLLWAY_KAFKA_PORT),9092)
+export TOLLWAY_REDIS_URL ?= redis://127.0.0.1:$(or $(TOLLWAY_REDIS_PORT),6379)/0
 
 .PHONY: help venv up down status demo test test-unit test-integration lint typecheck bench chaos schemas clean
 

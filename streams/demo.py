@@ -30,12 +30,12 @@ async def run_demo(settings: Settings, requests_file: Path, console: Console) ->
         workers.result()  # re-raise the worker's startup error
     try:
         samples = load_samples(requests_file)
-        envs = []
-        for sample in samples:
-            messages = [Message.model_validate(m) for m in sample["messages"]]  # type: ignore[attr-defined]
-            envs.append(new_envelope(messages, tenant=str(sample.get("tenant", "acme")),
-                                     tier=Tier(str(sample.get("tier", "standard"))), settings=settings))
         async with Submitter(settings) as submitter:
+            envs = []
+            for sample in samples:
+                messages = [Message.model_validate(m) for m in sample["messages"]]  # type: ignore[attr-defined]
+                envs.append(new_envelope(messages, tenant=str(sample.get("tenant", "acme")),
+                                         tier=Tier(str(sample.get("tier", "standard"))), settings=settings))
             responses = await submitter.complete(envs, timeout_s=60)
         from streams.cli import print_response
 

@@ -8,7 +8,8 @@
     ├── DeadlineExceeded       the request cannot finish within its latency budget
     ├── BackendError           a model, embedder, Redis or Kafka call failed (``retryable`` says if it may pass later)
     │   └── RateLimitedByBackend  a backend answered 429; ``retry_after_s`` when it said so
-    └── ServiceUnavailable     a required service (Kafka, Redis) cannot be reached
+    ├── ServiceUnavailable     a required service (Kafka, Redis) cannot be reached
+    └── AuditLogCorrupt        an audit chain on disk does not verify; the stage refuses to append to it
 
 Errors from aiokafka, redis and httpx are converted where they enter our code (``raise BackendError(...) from exc``).
 """
@@ -64,3 +65,7 @@ class RateLimitedByBackend(BackendError):
 
 class ServiceUnavailable(TollwayError):
     """Kafka or Redis cannot be reached."""
+
+
+class AuditLogCorrupt(TollwayError):
+    """An audit chain does not verify (or cannot be leased); run ``tollway audit verify`` to find the bad index."""

@@ -1,0 +1,58 @@
+"""The model backend slot: one Protocol, batch-shaped, so a batch-capable backend serves many requests per call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from schemas.envelope import Message, Passage, Usage
+from schemas.errors import BackendError
+from workers.catalog import LatencyProfile
+
+
+@dataclass(frozen=True)
+class ModelCall:
+    """One request to a model. ``messages`` are the caller's chat; ``passages`` the retrieved context."""
+
+    request_id: str
+    model: str  # the name the backend knows the model by
+    messages: list[Message]
+    passages: list[Passage] = field(default_factory=list)
+    max_tokens: int = 256
+    temperature: float = 0.0
+    timeout_s: float = 30.0  # what is left of the request's latency budget
+    latency: LatencyProfile | None = None  # the catalog entry's profile (the local backend can emulate it)
+
+
+@dataclass(frozen=True)
+class ModelReply:
+    """The answer to one :class:`ModelCall`, or the error that call alone met (its neighbours may have passed)."""
+
+    request_id: str
+    text: str = ""
+    usage: Usage = field(default_factory=Usage)
+    finish_reason: str = "stop"
+    error: BackendError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class ModelBackend(Protocol):
+    """Completes a list of calls; one reply per call, in order. Raises :class:`BackendError` when the whole call
+    failed (connection refused, batch timeout); per-request failures come back as ``ModelReply.error``."""
+
+    name: str
+
+    async def complete(self, requests: list[ModelCall]) -> list[ModelReply]: ...
+
+    async def aclose(self) -> None: ...
+
+
+def context_prompt(passages: list[Passage]) -> str:
+    """The system message that carries retrieved passages to a backend that takes chat messages."""
+    lines = ["Answer from the context below when it is relevant; cite the [doc id]. Say so when it does not answer "
+             "the question.", "", "Context:"]
+    lines += [f"[{p.doc_id}] {p.text}" for p in passages]
+    return "\n".join(lines)

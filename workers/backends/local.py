@@ -1,0 +1,203 @@
+"""The embedded ``local`` backend: a deterministic extractive answerer, no network and no weights.
+
+It answers the way a retrieval-grounded model should: it splits the retrieved passages (and any material pasted
+into the prompt after a colon) into sentences, scores each sentence by the idf-weighted overlap of its terms with
+the question plus the passage's retrieval score, and composes the best few, in order, with their [doc id]
+citations. Greetings, thanks and ticket classification get direct answers; a question no source covers gets an
+honest generic reply instead of an invention. Usage is counted with :mod:`workers.tokens`; a context prefix seen
+before counts as cached input (as a server's prefix cache would).
+
+Latency emulation: each model is one engine that runs one call at a time, and a call takes the catalog profile's
+``batch_ms`` (overhead + prefill of every prompt + decode steps shared across the batch) × ``latency_scale``.
+That is what makes micro-batching pay, as it does on a real GPU server; ``latency_scale=0`` disables the sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import re
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from schemas.envelope import Message, Passage, Usage
+from workers.backends.base import ModelCall, ModelReply, context_prompt
+from workers.tokens import count_message_tokens, count_tokens, truncate_to_tokens
+
+_WORD = re.compile(r"[a-z0-9]+")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])|\n+")
+_STOP_WORDS = (
+    "a an the and or but if of to in on at by for with from as is are was were be been being do does did done have "
+    "has had i me my we our us you your it its this that these those what which who whom when where why how can "
+    "could should would will shall may might must not no yes so than then there their they them he she his her "
+    "about into over under again any all each few more most other some such only own same too very just also please "
+    "tell give show explain describe summarise summarize question answer")
+_STOP = frozenset(_STOP_WORDS.split(" "))
+_GREETING = re.compile(r"^\s*(hi|hello|hey|good (morning|afternoon|evening))\b[\s!.,]*\w{0,12}[\s!.]*$", re.I)
+_THANKS = re.compile(r"^\s*(thanks|thank you|cheers)\b", re.I)
+_CLASSIFY = re.compile(r"\b(classify|categori[sz]e|triage|tag the|route this)\b", re.I)
+_SUMMARY = re.compile(r"\b(summari[sz]e|summary|tl;?dr|overview|bullet)", re.I)
+_COUNT = re.compile(r"\b(\d|one|two|three|four|five|six)\s+(bullet|point|sentence|item)", re.I)
+_NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
+_CATEGORIES: dict[str, tuple[str, ...]] = {
+    "billing": ("invoice", "bill", "charge", "refund", "payment", "price", "total", "subscription", "plan", "vat"),
+    "technical": ("error", "bug", "crash", "timeout", "api", "fail", "broken", "slow", "latency", "outage"),
+    "account": ("login", "password", "sso", "key", "access", "permission", "account", "2fa", "locked"),
+    "shipping": ("order", "delivery", "deliver", "ship", "shipped", "late", "damaged", "tracking", "parcel"),
+    "feedback": ("great", "love", "terrible", "awful", "happy", "unhappy", "review", "recommend"),
+}
+
+
+def _stem(word: str) -> str:
+    for suffix in ("ing", "ies", "es", "ed", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)] + ("y" if suffix == "ies" else "")
+    return word
+
+
+def terms(text: str) -> list[str]:
+    return [_stem(w) for w in _WORD.findall(text.lower()) if w not in _STOP]
+
+
+@dataclass(frozen=True)
+class _Sentence:
+    text: str
+    doc_id: str | None
+    passage_rank: int
+    position: int
+    passage_score: float
+
+
+def _sentences(passages: list[Passage], prompt: str) -> list[_Sentence]:
+    out: list[_Sentence] = []
+    for rank, passage in enumerate(passages):
+        for pos, text in enumerate(s.strip() for s in _SENTENCE.split(passage.text)):
+            if len(terms(text)) >= 2:
+                out.append(_Sentence(text, passage.doc_id, rank, pos, passage.score))
+    # Material pasted into the prompt ("Summarise the following: …") is a source too.
+    _, colon, material = prompt.partition(":")
+    if colon and len(material.split()) >= 12:
+        for pos, text in enumerate(s.strip() for s in _SENTENCE.split(material)):
+            if len(terms(text)) >= 2:
+                out.append(_Sentence(text, None, len(passages), pos, 0.0))
+    return out
+
+
+def _classify(prompt: str) -> str:
+    words = Counter(terms(prompt.partition(":")[2] or prompt))
+    scores = {cat: sum(words[_stem(k)] for k in keys) for cat, keys in _CATEGORIES.items()}
+    best = max(scores, key=lambda c: (scores[c], -list(_CATEGORIES).index(c)))
+    if scores[best] == 0:
+        return "Category: general. Nothing in the text points to billing, technical, account, shipping or feedback."
+    hits = [k for k in _CATEGORIES[best] if words[_stem(k)]]
+    return f"Category: {best}. The text mentions {', '.join(hits)}."
+
+
+def _topic(prompt: str) -> str:
+    words = [w for w in _WORD.findall(prompt.lower()) if w not in _STOP][:6]
+    return " ".join(words) or "that"
+
+
+def answer(prompt: str, passages: list[Passage]) -> str:
+    """The local model's reply to ``prompt`` given the retrieved ``passages`` (pure and deterministic)."""
+    if _GREETING.match(prompt):
+        return "Hello! Ask me a question and I'll answer from your organisation's documents."
+    if _THANKS.match(prompt):
+        return "You're welcome. Anything else I can help with?"
+    if _CLASSIFY.search(prompt):
+        return _classify(prompt)
+    sentences = _sentences(passages, prompt)
+    query = set(terms(prompt))
+    if not sentences:
+        if _SUMMARY.search(prompt):
+            return (f"I couldn't find the material to summarise ({_topic(prompt)}) among this tenant's indexed "
+                    "documents. Paste the text after a colon, or index the document and ask again.")
+        return (f"I don't have a source that covers {_topic(prompt)}, so I can't give a grounded answer. If it is "
+                "documented, add the document to the index and ask again; otherwise a specialist should take it.")
+    document_frequency = Counter(t for s in sentences for t in set(terms(s.text)))
+    n = len(sentences)
+
+    def overlap(sentence: _Sentence) -> float:
+        return sum(math.log(1 + n / document_frequency[t]) for t in query & set(terms(sentence.text)))
+
+    summary = bool(_SUMMARY.search(prompt))
+    ranked = sorted(sentences, key=lambda s: (-(overlap(s) + 0.5 * s.passage_score), s.passage_rank, s.position))
+    best = overlap(ranked[0])
+    if best == 0 and not summary:
+        closest = ranked[0].doc_id or "your text"
+        return f"The documents I found don't answer that directly. The closest is [{closest}]: {ranked[0].text}"
+    count_match = _COUNT.search(prompt)
+    wanted = (_NUMBERS.get(count_match.group(1).lower()) or int(count_match.group(1))) if count_match else \
+        (3 if summary else 2)
+    # Keep only sentences nearly as relevant as the best one: a second sentence must earn its place.
+    chosen = ranked[:wanted] if summary else [s for s in ranked if overlap(s) >= 0.5 * best][:wanted]
+    chosen.sort(key=lambda s: (s.passage_rank, s.position))
+    if summary:
+        return "\n".join(f"- {_cited(s.text, s.doc_id)}" for s in chosen)
+    parts = []
+    for i, s in enumerate(chosen):
+        last_of_doc = i + 1 == len(chosen) or chosen[i + 1].doc_id != s.doc_id
+        parts.append(_cited(s.text, s.doc_id) if last_of_doc else s.text)
+    return " ".join(parts)
+
+
+def _cited(sentence: str, doc_id: str | None) -> str:
+    if not doc_id:
+        return sentence
+    body = sentence.rstrip()
+    end = body[-1] if body and body[-1] in ".!?" else "."
+    return f"{body.rstrip('.!?')} [{doc_id}]{end}"
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, *, latency_scale: float = 1.0, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 prefix_cache_entries: int = 4096) -> None:
+        self.latency_scale = latency_scale
+        self._sleep = sleep
+        self._engines: dict[str, asyncio.Lock] = {}
+        self._prefixes: OrderedDict[bytes, None] = OrderedDict()
+        self._prefix_cache_entries = prefix_cache_entries
+        self.calls = 0  # batched calls served (benchmarks and tests read it)
+
+    async def complete(self, requests: list[ModelCall]) -> list[ModelReply]:
+        replies = [self._reply(call) for call in requests]
+        self.calls += 1
+        if self.latency_scale > 0 and requests and requests[0].latency is not None:
+            profile = requests[0].latency
+            delay_ms = profile.batch_ms([r.usage.input_tokens for r in replies],
+                                        [r.usage.output_tokens for r in replies]) * self.latency_scale
+            async with self._engines.setdefault(requests[0].model, asyncio.Lock()):
+                await self._sleep(delay_ms / 1000)
+        return replies
+
+    async def aclose(self) -> None:
+        return None
+
+    def _reply(self, call: ModelCall) -> ModelReply:
+        prompt = next((m.content for m in reversed(call.messages) if m.role == "user"), call.messages[-1].content)
+        text = answer(prompt, call.passages)
+        truncated = truncate_to_tokens(text, call.max_tokens)
+        chat: list[Message] = list(call.messages)
+        cached = 0
+        if call.passages:
+            context = context_prompt(call.passages)
+            chat.insert(0, Message(role="system", content=context))
+            if self._seen_prefix(context):
+                cached = count_tokens(context)
+        usage = Usage(input_tokens=count_message_tokens(chat), cached_input_tokens=cached,
+                      output_tokens=count_tokens(truncated))
+        return ModelReply(request_id=call.request_id, text=truncated, usage=usage,
+                          finish_reason="length" if truncated != text else "stop")
+
+    def _seen_prefix(self, context: str) -> bool:
+        digest = hashlib.blake2b(context.encode(), digest_size=16).digest()
+        seen = digest in self._prefixes
+        self._prefixes[digest] = None
+        self._prefixes.move_to_end(digest)
+        while len(self._prefixes) > self._prefix_cache_entries:
+            self._prefixes.popitem(last=False)
+        return seen

@@ -40,6 +40,7 @@ class Response(BaseModel):
     created_at_ns: int = 0
     completed_at_ns: int = 0
     replay: bool = False  # true when this response repeats one already delivered (redelivery after a crash)
+    task_id: str | None = None  # the task (agent run, ticket) the request belongs to: the ledger's cost per outcome
 
     @classmethod
     def from_envelope(cls, env: Envelope, *, completed_at_ns: int) -> Response:
@@ -65,6 +66,7 @@ class Response(BaseModel):
             ],
             created_at_ns=env.created_at_ns,
             completed_at_ns=completed_at_ns,
+            task_id=env.request.task_id,
         )
 
 

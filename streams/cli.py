@@ -131,6 +131,29 @@ def demo(
     _run(run_demo(settings, requests_file, console))
 
 
+@app.command()
+def report(
+    out: Annotated[Path, typer.Option(help="directory for latency.png and latency.html")] = Path("reports"),
+    responses_file: Annotated[Path | None, typer.Option("--responses", help="JSONL of responses instead of the "
+                                                        "responses topic")] = None,
+) -> None:
+    """Render the per-stage latency waterfall (PNG) and percentile table (HTML) of a run's responses."""
+    from streams.codec import decode_as
+    from streams.report import read_responses, write_report
+    from streams.topics import topology
+
+    settings = get_settings()
+    if responses_file is not None:
+        responses = [decode_as(line, Response) for line in responses_file.read_bytes().splitlines() if line.strip()]
+    else:
+        responses = _run(read_responses(settings.bootstrap_servers, topology(settings).responses))  # type: ignore[assignment]
+    if not responses:
+        console.print("no responses to report on")
+        raise typer.Exit(EXIT_FAILED)
+    png, page = write_report(responses, out)
+    console.print(f"wrote {png} and {page} ({len(responses)} responses)")
+
+
 @app.command("schemas")
 def export_schemas(out: Annotated[Path, typer.Option(help="directory for the JSON Schema files")] =
                    Path("schemas/json")) -> None:

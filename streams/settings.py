@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     audit_secret: SecretStr = SecretStr("tollway-dev-audit-secret-change-me")
     metrics_port: int | None = None
     log_level: str = "INFO"
+    # The cost ledger's Faust worker (`tollway ledger worker`): its web server answers /ledger/ queries.
+    ledger_host: str = "127.0.0.1"
+    ledger_port: int = Field(default=6066, ge=1, le=65535)
+    # Seen request ids are forgotten after this many days (a replayed response older than that would count again).
+    ledger_dedup_days: int = Field(default=8, ge=1)
 
 
 @lru_cache(maxsize=1)

@@ -7,6 +7,7 @@
     tollway.deadletter               what no stage could process, with the reason and the original bytes
     tollway.policy.docs              compacted: the current policy document
     tollway.index.chunks             compacted: retrieval chunks per tenant
+    tollway.outcomes                 task outcomes (resolved/failed) keyed by task_id: the ledger's cost per outcome
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ class Topology:
     def index(self) -> str:
         return f"{self.prefix}.index.chunks"
 
+    @property
+    def outcomes(self) -> str:
+        return f"{self.prefix}.outcomes"
+
     def group(self, stage: str) -> str:
         return f"{self.prefix}.{stage}"
 
@@ -80,6 +85,8 @@ class Topology:
             NewTopic(self.policy, 1, rf, topic_configs={"cleanup.policy": "compact"}),
             NewTopic(self.index, partitions, rf, topic_configs={"cleanup.policy": "compact",
                                                                 "max.message.bytes": max_bytes}),
+            # Outcomes: co-partitioned with responses (same count) for the ledger's Faust app; kept like audit.
+            NewTopic(self.outcomes, partitions, rf, topic_configs={"cleanup.policy": "delete", "retention.ms": "-1"}),
         ]
         return topics
 

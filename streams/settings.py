@@ -38,7 +38,8 @@ class Settings(BaseSettings):
     # Secret the ingress signs principals with, so a stage can tell a forged principal from a real one.
     principal_secret: SecretStr = SecretStr("tollway-dev-secret-change-me")
     audit_secret: SecretStr = SecretStr("tollway-dev-audit-secret-change-me")
-    metrics_port: int | None = None
+    metrics_port: int | None = None  # expose /metrics on this port (0 = any free port)
+    metrics_host: str = "127.0.0.1"
     log_level: str = "INFO"
     # The cost ledger's Faust worker (`tollway ledger worker`): its web server answers /ledger/ queries.
     ledger_host: str = "127.0.0.1"

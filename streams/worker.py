@@ -12,6 +12,7 @@ from contextlib import AsyncExitStack
 
 from schemas.envelope import DEFAULT_ROUTE, STAGES
 from schemas.errors import ConfigError
+from streams.metrics import serve_metrics
 from streams.runner import KafkaPublisher, StageRunner, new_producer
 from streams.settings import Settings
 from streams.topics import ensure_topics, topology
@@ -33,6 +34,9 @@ async def run_workers(settings: Settings, stages: Sequence[str], *, ready: async
                       stop: asyncio.Event | None = None) -> None:
     """Run the given stages in this process until ``stop`` is set (or SIGINT/SIGTERM)."""
     await ensure_topics(settings)
+    metrics_port = serve_metrics(settings.metrics_port, settings.metrics_host)
+    if metrics_port is not None:
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, metrics_port)
     topo = topology(settings)
     clock = SystemClock()
     stop = stop or asyncio.Event()

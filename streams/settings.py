@@ -7,7 +7,6 @@ import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
-from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,18 +43,6 @@ class Settings(BaseSettings):
     # Secret the ingress signs principals with, so a stage can tell a forged principal from a real one.
     principal_secret: SecretStr = SecretStr("tollway-dev-secret-change-me")
     audit_secret: SecretStr = SecretStr("tollway-dev-audit-secret-change-me")
-    # Audit log: prompt/answer as sha256 only ("hashes") or also in redacted form ("redacted"); never raw.
-    audit_content: Literal["hashes", "redacted"] = "hashes"
-    # Signed checkpoints every N records or T seconds (and on stop); Ed25519 instead of HMAC when a PEM key is set.
-    audit_checkpoint_records: int = Field(default=1000, ge=1)
-    audit_checkpoint_interval_s: float = Field(default=10.0, gt=0)
-    audit_ed25519_key_file: Path | None = None
-    audit_segment_records: int = Field(default=100_000, ge=1)
-    # Audit dedup claims outlive any redelivery: the work topics keep records 7 days.
-    audit_claim_ttl_days: int = Field(default=8, ge=1)
-    # Output guardrails (post-process): answers naming a blocked term are refused; longer answers are cut.
-    output_blocked_terms: tuple[str, ...] = ()
-    output_max_chars: int = Field(default=32_000, ge=1)
     # Audit log: prompt/answer as sha256 only ("hashes") or also in redacted form ("redacted"); never raw.
     audit_content: Literal["hashes", "redacted"] = "hashes"
     # Signed checkpoints every N records or T seconds (and on stop); Ed25519 instead of HMAC when a PEM key is set.

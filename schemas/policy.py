@@ -1,0 +1,189 @@
+"""The policy document: governance as data (YAML in, JSON on the compacted ``<prefix>.policy.docs`` topic).
+
+    version: "2026-11-29.1"            # recorded on every decision
+    models:                            # what the policy may allow: region (residency) and price
+      lite-eu: {region: eu, input_micros_per_mtok: 165000, output_micros_per_mtok: 660000}
+    tenants:
+      acme:
+        require_principal: true        # false: requests without a principal are accepted (demo, tests)
+        regions: [eu]                  # models outside these regions are never reached
+        allowed_models: [lite-eu]     # empty: every model in an allowed region
+        pii: {default: redact, credit_card: block}
+        injection: {action: block, threshold: 0.6}
+        rate_limits: {requests_per_minute: 600, tokens_per_minute: 200000}
+        budgets: {daily_micros: 50000000, monthly_micros: 1000000000}
+        cache: {allowed: true, semantic_threshold: 0.92}
+        keys:                          # only salted hashes; `tollway keys create --tenant acme` makes one
+          - {key_id: k_..., salt: ..., hash: ..., rate_limits: {...}, budgets: {...}}
+
+Money is integer micro-dollars; prices are micro-dollars per million tokens (as in the
+model catalog); the policy only uses them to size the budget reservation. Unknown fields are refused so a typo is
+an error with the path of the field, not a silently ignored rule.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from schemas.errors import ConfigError
+
+POLICY_SCHEMA_VERSION: Literal[1] = 1
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PiiAction(StrEnum):
+    ALLOW = "allow"
+    REDACT = "redact"
+    BLOCK = "block"
+
+
+PiiEntity = Literal["email", "phone", "credit_card", "iban", "us_ssn", "ip_address", "secret"]
+PII_ENTITIES: tuple[str, ...] = ("email", "phone", "credit_card", "iban", "us_ssn", "ip_address", "secret")
+
+
+class ModelSpec(_Doc):
+    region: str = Field(min_length=1)
+    input_micros_per_mtok: int = Field(default=0, ge=0)
+    output_micros_per_mtok: int = Field(default=0, ge=0)
+
+
+class PiiRules(_Doc):
+    default: PiiAction = PiiAction.REDACT
+    email: PiiAction | None = None
+    phone: PiiAction | None = None
+    credit_card: PiiAction | None = None
+    iban: PiiAction | None = None
+    us_ssn: PiiAction | None = None
+    ip_address: PiiAction | None = None
+    secret: PiiAction | None = None
+
+    def action(self, entity: str) -> PiiAction:
+        value: PiiAction | None = getattr(self, entity, None)
+        return value if value is not None else self.default
+
+
+class InjectionRules(_Doc):
+    action: Literal["allow", "flag", "block"] = "flag"
+    threshold: float = Field(default=0.6, gt=0.0, le=1.0)
+
+
+class RateLimits(_Doc):
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+
+
+class Budgets(_Doc):
+    daily_micros: int | None = Field(default=None, ge=0)
+    monthly_micros: int | None = Field(default=None, ge=0)
+
+
+class CachePolicy(_Doc):
+    allowed: bool = True
+    semantic_threshold: float | None = Field(default=None, gt=0.0, le=1.0)
+
+
+class KeyRecord(_Doc):
+    """An API key as the policy stores it: an id and a salted scrypt hash, never the key."""
+
+    key_id: str = Field(pattern=r"^k_[0-9a-f]{8,32}$")
+    salt: str = Field(min_length=16)  # hex
+    hash: str = Field(min_length=32)  # hex
+    scrypt_n: int = Field(default=2**14, ge=2**10)
+    created_at: str = ""
+    revoked: bool = False
+    description: str = ""
+    rate_limits: RateLimits = Field(default_factory=RateLimits)
+    budgets: Budgets = Field(default_factory=Budgets)
+
+
+class TenantPolicy(_Doc):
+    require_principal: bool = True
+    regions: list[str] = Field(default_factory=list)  # empty: no residency restriction
+    allowed_models: list[str] = Field(default_factory=list)  # empty: every model of the allowed regions
+    quality_tiers: list[str] = Field(default_factory=list)  # empty: any tier
+    default_quality_tier: str | None = None
+    pii: PiiRules = Field(default_factory=PiiRules)
+    injection: InjectionRules = Field(default_factory=InjectionRules)
+    rate_limits: RateLimits = Field(default_factory=RateLimits)
+    budgets: Budgets = Field(default_factory=Budgets)
+    cache: CachePolicy = Field(default_factory=CachePolicy)
+    keys: list[KeyRecord] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_keys(self) -> TenantPolicy:
+        ids = [k.key_id for k in self.keys]
+        if len(ids) != len(set(ids)):
+            raise ValueError(f"duplicate key_id in keys: {sorted({i for i in ids if ids.count(i) > 1})}")
+        if self.default_quality_tier and self.quality_tiers and self.default_quality_tier not in self.quality_tiers:
+            raise ValueError("default_quality_tier must be one of quality_tiers")
+        return self
+
+    def key(self, key_id: str) -> KeyRecord | None:
+        return next((k for k in self.keys if k.key_id == key_id), None)
+
+
+class EmbedderPolicy(_Doc):
+    # A remote embedder sees the prompt: the policy stage must then run before retrieval (see route_for).
+    remote: bool = False
+
+
+class PolicyDocument(_Doc):
+    schema_version: Literal[1] = POLICY_SCHEMA_VERSION
+    kind: Literal["policy"] = "policy"
+    version: str = Field(min_length=1, max_length=100)
+    models: dict[str, ModelSpec] = Field(default_factory=dict)
+    # Used for the budget reservation when a tenant may reach a model the document does not price.
+    default_price: ModelSpec = Field(default_factory=lambda: ModelSpec(region="any", input_micros_per_mtok=5_000_000,
+                                                                       output_micros_per_mtok=15_000_000))
+    embedder: EmbedderPolicy = Field(default_factory=EmbedderPolicy)
+    tenants: dict[str, TenantPolicy] = Field(default_factory=dict)
+    # Applied to a tenant the document does not name; absent: unknown tenants are refused.
+    default_tenant: TenantPolicy | None = None
+
+    @model_validator(mode="after")
+    def _models_are_declared(self) -> PolicyDocument:
+        declared = set(self.models)
+        for name, tenant in self.tenants.items():
+            unknown = [m for m in tenant.allowed_models if declared and m not in declared]
+            if unknown:
+                raise ValueError(f"tenants.{name}.allowed_models names undeclared model(s) {unknown}")
+        seen: dict[str, str] = {}
+        for name, tenant in self.tenants.items():
+            for key in tenant.keys:
+                if key.key_id in seen:
+                    raise ValueError(f"key {key.key_id} is listed under tenants {seen[key.key_id]} and {name}")
+                seen[key.key_id] = name
+        return self
+
+    def tenant(self, name: str) -> TenantPolicy | None:
+        return self.tenants.get(name, self.default_tenant)
+
+
+def format_errors(exc: ValidationError) -> list[str]:
+    """One line per error: the dotted path of the offending field, then what is wrong with it."""
+    return [f"{'.'.join(str(p) for p in err['loc']) or '<document>'}: {err['msg']}" for err in exc.errors()]
+
+
+def parse_policy(data: Any) -> PolicyDocument:
+    """Validate an already-loaded document; raises :class:`ConfigError` listing every bad field by path."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a policy document is a mapping, got {type(data).__name__}")
+    try:
+        return PolicyDocument.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("invalid policy document:\n  " + "\n  ".join(format_errors(exc))) from exc
+
+
+def load_policy_yaml(text: str) -> PolicyDocument:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"policy document is not valid YAML: {exc}") from exc
+    return parse_policy(data)

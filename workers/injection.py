@@ -1,0 +1,117 @@
+"""A rule-based prompt-injection detector: a score in [0, 1] and the names of the rules that matched.
+
+Each rule has a weight; the score is ``1 - Π(1 - weight)`` over the matched rules, so one strong signal (an
+instruction to ignore the previous instructions) crosses a 0.6 threshold alone while two weak ones (a role change
+and a "new task") need each other. Text is NFKC-normalised, zero-width characters are dropped and whitespace is
+collapsed first, so full-width letters or ``i\u200bgnore`` do not slip past. Retrieved passages are scanned too:
+an indirect injection arrives in a document, not in the user's message.
+
+This catches the common, literal attacks; it does not understand paraphrase. Measured on bench/injection_set.jsonl
+by ``bench/injection_eval.py``.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    weight: float
+    pattern: re.Pattern[str]
+
+
+@dataclass(frozen=True)
+class InjectionResult:
+    score: float
+    rules: tuple[str, ...]
+
+
+def _r(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern, re.IGNORECASE | re.MULTILINE)
+
+
+_PRIOR = r"(?:all |any |the |your |my |these |those |every )*(?:previous|prior|above|earlier|preceding|foregoing|" \
+         r"initial|original|system|developer|existing|old)"
+_INSTR = r"(?:instructions?|prompts?|rules|directions|directives|guidelines|guardrails|context|messages?|" \
+         r"constraints|programming|policies|orders|commands)"
+
+RULES: tuple[Rule, ...] = (
+    Rule("ignore_previous_instructions", 0.85,
+         _r(rf"\b(?:ignore|disregard|forget|override|skip|bypass|neglect|abandon|drop)\b.{{0,20}}?{_PRIOR}\s+"
+            rf"(?:\w+\s+){{0,2}}{_INSTR}")),
+    Rule("ignore_everything", 0.7,
+         _r(r"\b(?:ignore|disregard|forget)\s+(?:everything|all(?: of)? (?:that|this|it))\b"
+            r"(?:.{0,40}\b(?:said|told|above|before|instructions?))")),
+    Rule("reveal_system_prompt", 0.75,
+         _r(r"\b(?:reveal|show|print|repeat|output|display|leak|dump|give me|tell me|what (?:is|are|was|were)|"
+            r"write out|recite|spell out)\b.{0,30}?\b(?:your |the )?(?:system prompt|hidden prompt|initial prompt|"
+            r"(?:secret |hidden |original |initial |system )instructions|developer (?:message|prompt)|"
+            r"instructions you were given|pre-?prompt)")),
+    Rule("repeat_text_above", 0.7,
+         _r(r"\b(?:repeat|print|output|copy|return)\b.{0,25}\b(?:words|text|everything|all)\b.{0,15}"
+            r"\b(?:above|before this|preceding|prior to this)")),
+    Rule("role_override", 0.45,
+         _r(r"\b(?:you are now|from now on,? you(?: are|'re| will| must)|you will now act|act as (?:an? )?"
+            r"(?:unrestricted|unfiltered|uncensored|jailbroken|evil|rogue)|pretend (?:to be|you are|that you are) "
+            r"(?:an? )?(?:unrestricted|unfiltered|uncensored|different|evil|rogue|jailbroken)|roleplay as (?:an? )?"
+            r"(?:unrestricted|unfiltered|evil))")),
+    Rule("jailbreak_persona", 0.7,
+         _r(r"(?:\bDAN\b(?! brown)|\bdo anything now\b|\bdeveloper mode\b|\bjailbr(?:eak|oken)\b|\bgod mode\b|"
+            r"\bAIM\b.{0,20}machiavellian|\bSTAN\b.{0,20}strive to avoid norms)")),
+    Rule("no_restrictions", 0.5,
+         _r(r"\b(?:without|no|free (?:of|from)|ignore|remove|lift)\s+(?:any |all |your |the )*(?:ethical |moral |"
+            r"safety |content )?(?:restrictions|filters|filtering|limitations|censorship|guidelines|guardrails|"
+            r"rules)\b")),
+    Rule("disable_safety", 0.7,
+         _r(r"\b(?:disable|turn off|deactivate|switch off|bypass|circumvent|override)\s+(?:your |the |all |any )*"
+            r"(?:safety|content|moderation)?\s*(?:filters?|guardrails|safeguards|moderation|safety (?:checks|"
+            r"features|protocols|settings)|restrictions|censorship)")),
+    Rule("fake_system_delimiter", 0.75,
+         _r(r"(?:<\|im_start\|>\s*system|<\|system\|>|<\|endoftext\|>|</?system>|\[/?system\]|\[/?INST\]|<<SYS>>|"
+            r"^#{2,}\s*(?:system|new instructions)|\bBEGIN (?:SYSTEM|ADMIN) (?:PROMPT|INSTRUCTIONS)|"
+            r"^\s*system\s*(?:override|message|prompt)\s*:)")),
+    Rule("new_instructions", 0.45,
+         _r(r"(?:\bnew (?:instructions|directive|task|objective|rules)\s*:|\byour (?:new|real|actual|true) "
+            r"(?:task|goal|purpose|instructions|objective|job) (?:is|are)\b|\binstead,? (?:you (?:must|should|will) )?"
+            r"(?:say|output|respond with|reply with|print|write)\b|\bthe (?:above|previous) (?:was|were) "
+            r"(?:a test|fake|wrong)\b)")),
+    Rule("authority_claim", 0.35,
+         _r(r"\b(?:i am|i'm|this is|as) (?:your|the|an?) (?:developer|creator|administrator|admin|system "
+            r"administrator|openai|anthropic|owner|operator)\b.{0,60}\b(?:override|unlock|authori[sz]e|grant|"
+            r"allow|enable|permission|access|command|instruct)")),
+    Rule("exfiltration", 0.65,
+         _r(r"(?:!\[[^\]]*\]\(https?://[^)\s]*[?&][^)\s]*=|\b(?:send|post|upload|forward|exfiltrate|leak|transmit)"
+            r"\b.{0,40}\b(?:to|at|via)\s+(?:https?://|[\w.-]+@[\w.-]+|(?:my|this|the following) "
+            r"(?:server|url|endpoint|webhook|email))|\bcurl\s+(?:-\w+\s+)*https?://)")),
+    Rule("encoded_payload", 0.35,
+         _r(r"(?:\b(?:decode|base64|rot13|hex)\b.{0,40}\b(?:and|then)\b.{0,20}\b(?:follow|execute|run|obey|do)\b|"
+            r"[A-Za-z0-9+/]{120,}={0,2})")),
+    Rule("prompt_leak_hidden", 0.4,
+         _r(r"\b(?:do not|don't|never) (?:tell|inform|mention|reveal to|alert) (?:the )?(?:user|anyone|human)\b")),
+)
+
+_ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"), None)
+_SPACES = re.compile(r"[ \t\r\f\v]+")
+
+
+def normalise(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).translate(_ZERO_WIDTH)
+    return _SPACES.sub(" ", text)
+
+
+def score(texts: list[str]) -> InjectionResult:
+    """Score the concatenated texts (prompt messages and retrieved passages) of one request."""
+    matched: list[str] = []
+    normalised = [normalise(t) for t in texts if t]
+    for rule in RULES:
+        if any(rule.pattern.search(t) for t in normalised):
+            matched.append(rule.name)
+    remaining = 1.0
+    for rule in RULES:
+        if rule.name in matched:
+            remaining *= 1.0 - rule.weight
+    return InjectionResult(score=round(1.0 - remaining, 4), rules=tuple(matched))

@@ -1,0 +1,184 @@
+"""PII detection and redaction with typed placeholders (``<EMAIL_1>``).
+
+Detectors find candidates with a regex and keep only those that validate: card numbers pass Luhn and carry a known
+issuer prefix, IBANs pass mod-97 and their country's length (python-stdnum), US SSNs are outside the never-issued
+ranges (python-stdnum), IP addresses parse (``ipaddress``), phone numbers are valid for their region (phonenumbers,
+libphonenumber's metadata). Overlaps are resolved by a fixed priority (a card number is not also a phone number).
+
+A :class:`Redactor` is used once per request: the same value gets the same placeholder in every message and passage,
+so the model still sees that two mentions are one person. The value→placeholder map lives only in memory.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import phonenumbers
+from stdnum import iban as stdnum_iban
+from stdnum import luhn
+from stdnum.us import ssn as stdnum_ssn
+
+from schemas.policy import PiiAction
+
+
+@dataclass(frozen=True)
+class Finding:
+    entity: str
+    start: int
+    end: int
+    text: str
+
+
+# Lower number wins an overlap: specific, checksummed patterns before the lenient phone matcher.
+PRIORITY = {"secret": 0, "email": 1, "iban": 2, "credit_card": 3, "us_ssn": 4, "ip_address": 5, "phone": 6}
+
+_EMAIL = re.compile(r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@(?:[A-Za-z0-9-]{1,63}\.){1,8}[A-Za-z]{2,24}"
+                    r"(?![\w-])")
+_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d])")
+_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}")
+_SSN = re.compile(r"(?<![\d-])\d{3}([- ])\d{2}\1\d{4}(?![\d-])")
+_IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?!\.?\d)")
+_IPV6 = re.compile(r"(?<![0-9A-Fa-f:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![0-9A-Fa-f:])")
+_SECRETS = [
+    re.compile(r"\bAKIA[0-9A-Z]{16}\b"),  # AWS access key id
+    re.compile(r"\bgh[pousr]_[A-Za-z0-9]{36}\b"),  # GitHub token
+    re.compile(r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}"),  # OpenAI / Anthropic style
+    re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}"),  # Slack
+    re.compile(r"\b[sr]k_(?:live|test)_[A-Za-z0-9]{16,}"),  # Stripe
+    re.compile(r"\bAIza[0-9A-Za-z_-]{35}"),  # Google API key
+    re.compile(r"\btw_k_[0-9a-f]{8,32}_[A-Za-z0-9_-]{20,}"),  # our own keys
+    re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),  # JWT
+    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"),
+]
+# "password: hunter22" — only the value is the secret.
+_ASSIGNED_SECRET = re.compile(r"(?i)\b(?:api[_-]?key|secret(?:[_-]key)?|access[_-]token|auth[_-]token|password|"
+                              r"passwd|pwd)\b\s*[:=]\s*['\"]?([^\s'\"]{6,})")
+# Issuer prefixes: Visa, Mastercard (51-55, 2221-2720), Amex, Discover, Diners, JCB, Maestro/UnionPay.
+_CARD_PREFIX = re.compile(r"^(?:4|5[1-5]|2(?:2[2-9][1-9]|2[3-9]\d|[3-6]\d\d|7[01]\d|720)|3[47]|6011|65|64[4-9]|"
+                          r"3(?:0[0-5]|[68])|35(?:2[89]|[3-8]\d)|62|67)")
+_DIGITS = re.compile(r"\d")
+
+
+def _emails(text: str) -> Iterator[Finding]:
+    for m in _EMAIL.finditer(text):
+        yield Finding("email", m.start(), m.end(), m.group())
+
+
+def _cards(text: str) -> Iterator[Finding]:
+    for m in _CARD.finditer(text):
+        raw = m.group()
+        seps = set(re.sub(r"\d", "", raw))
+        if len(seps) > 1:
+            continue  # "4111 1111-1111 1111": mixed separators are not how a card number is written
+        digits = re.sub(r"\D", "", raw)
+        if 13 <= len(digits) <= 19 and _CARD_PREFIX.match(digits) and luhn.is_valid(digits):
+            yield Finding("credit_card", m.start(), m.end(), raw)
+
+
+def _ibans(text: str) -> Iterator[Finding]:
+    for m in _IBAN.finditer(text):
+        raw = m.group()
+        # The candidate may run on into the next word ("... 3000 AND"): shorten it token by token until it is valid.
+        positions = [i for i, c in enumerate(raw) if c != " "]
+        compact = raw.replace(" ", "")
+        for length in range(len(compact), 14, -1):
+            if stdnum_iban.is_valid(compact[:length]):
+                end = m.start() + positions[length - 1] + 1
+                following = text[end:end + 1]
+                if not following.isalnum():
+                    yield Finding("iban", m.start(), end, text[m.start():end])
+                break
+
+
+def _ssns(text: str) -> Iterator[Finding]:
+    for m in _SSN.finditer(text):
+        if stdnum_ssn.is_valid(m.group().replace(" ", "-")):
+            yield Finding("us_ssn", m.start(), m.end(), m.group())
+
+
+def _ips(text: str) -> Iterator[Finding]:
+    for m in _IPV4.finditer(text):
+        try:
+            ipaddress.IPv4Address(m.group())
+        except ValueError:
+            continue
+        yield Finding("ip_address", m.start(), m.end(), m.group())
+    if "::" in text or text.count(":") >= 7:
+        for m in _IPV6.finditer(text):
+            candidate = m.group()
+            if sum(1 for part in candidate.split(":") if part) < 2:
+                continue  # "a::b" style noise needs at least two groups to be worth redacting
+            try:
+                ipaddress.IPv6Address(candidate)
+            except ValueError:
+                continue
+            yield Finding("ip_address", m.start(), m.end(), candidate)
+
+
+def _phones(text: str, region: str) -> Iterator[Finding]:
+    if len(_DIGITS.findall(text)) < 7:
+        return
+    for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID):
+        yield Finding("phone", match.start, match.end, match.raw_string)
+
+
+def _secrets(text: str) -> Iterator[Finding]:
+    for pattern in _SECRETS:
+        for m in pattern.finditer(text):
+            yield Finding("secret", m.start(), m.end(), m.group())
+    for m in _ASSIGNED_SECRET.finditer(text):
+        yield Finding("secret", m.start(1), m.end(1), m.group(1))
+
+
+def detect(text: str, *, phone_region: str = "US") -> list[Finding]:
+    """Every PII finding in ``text``: validated, non-overlapping, in text order."""
+    candidates = [*_secrets(text), *_emails(text), *_ibans(text), *_cards(text), *_ssns(text), *_ips(text),
+                  *_phones(text, phone_region)]
+    candidates.sort(key=lambda f: (PRIORITY[f.entity], f.start - f.end))
+    taken: list[Finding] = []
+    for finding in candidates:
+        if all(finding.end <= t.start or finding.start >= t.end for t in taken):
+            taken.append(finding)
+    return sorted(taken, key=lambda f: f.start)
+
+
+@dataclass
+class Redactor:
+    """Redacts the texts of one request consistently. ``action(entity)`` says allow, redact or block."""
+
+    action: Callable[[str], PiiAction] = lambda _entity: PiiAction.REDACT
+    phone_region: str = "US"
+    counts: Counter[str] = field(default_factory=Counter)
+    blocked: set[str] = field(default_factory=set)
+    _placeholders: dict[tuple[str, str], str] = field(default_factory=dict)
+    _numbers: Counter[str] = field(default_factory=Counter)
+
+    def placeholder(self, entity: str, value: str) -> str:
+        key = (entity, value)
+        if key not in self._placeholders:
+            self._numbers[entity] += 1
+            self._placeholders[key] = f"<{entity.upper()}_{self._numbers[entity]}>"
+        return self._placeholders[key]
+
+    def redact(self, text: str) -> str:
+        findings = detect(text, phone_region=self.phone_region)
+        if not findings:
+            return text
+        out: list[str] = []
+        cursor = 0
+        for finding in findings:
+            self.counts[finding.entity] += 1
+            act = self.action(finding.entity)
+            if act is PiiAction.BLOCK:
+                self.blocked.add(finding.entity)
+            if act is PiiAction.ALLOW:
+                continue
+            out.append(text[cursor:finding.start])
+            out.append(self.placeholder(finding.entity, finding.text))
+            cursor = finding.end
+        out.append(text[cursor:])
+        return "".join(out)

@@ -1,0 +1,63 @@
+"""The offline embedder is deterministic, normalised and lexical; the HTTP one speaks /v1/embeddings."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+import pytest
+
+from schemas.errors import BackendError, RateLimitedByBackend
+from workers.embedding import HashingEmbedder, OpenAICompatibleEmbedder, normalise_text, stem
+
+
+async def test_rows_are_unit_length_and_empty_text_is_zero() -> None:
+    vectors = await HashingEmbedder().embed(["How do I reset my password?", "", "refund policy"])
+    assert vectors.dtype == np.float32 and vectors.shape == (3, 256)
+    norms = np.linalg.norm(vectors, axis=1)
+    assert norms[0] == pytest.approx(1, abs=1e-5) and norms[1] == 0 and norms[2] == pytest.approx(1, abs=1e-5)
+
+
+def test_same_vectors_in_another_process() -> None:
+    """Python's hash() is salted per process; the embedder must not depend on it."""
+    code = ("from workers.embedding import HashingEmbedder;"
+            "print(HashingEmbedder().embed_sync(['refund after 30 days'])[0][:8].round(6).tolist())")
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    here = HashingEmbedder().embed_sync(["refund after 30 days"])[0][:8].round(6).tolist()
+    assert other == str(here)
+
+
+def test_paraphrase_is_closer_than_an_unrelated_question() -> None:
+    v = HashingEmbedder().embed_sync(["How do I reset my password?", "how can i reset my password",
+                                      "What is the refund policy for annual plans?"])
+    assert v[0] @ v[1] > 0.9
+    assert v[0] @ v[2] < 0.3
+
+
+def test_normalisation() -> None:
+    assert normalise_text("I CAN'T  do it, it’s   fine") == "i can not do it, it is fine"
+    assert stem("refunds") == "refund" and stem("policies") == "policy" and stem("class") == "class"
+
+
+def _client(handler: httpx.MockTransport) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=handler, base_url="http://embed.test")
+
+
+async def test_openai_compatible_embedder_orders_and_normalises() -> None:
+    def handle(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/v1/embeddings" and request.headers["authorization"] == "Bearer k"
+        return httpx.Response(200, json={"data": [{"index": 1, "embedding": [0.0, 2.0]},
+                                                  {"index": 0, "embedding": [3.0, 4.0]}]})
+
+    async with _client(httpx.MockTransport(handle)) as client:
+        vectors = await OpenAICompatibleEmbedder(client, model="m", dim=2, api_key="k").embed(["a", "b"])
+    assert vectors.tolist() == [[pytest.approx(0.6), pytest.approx(0.8)], [0.0, 1.0]]
+
+
+@pytest.mark.parametrize(("status", "error"), [(429, RateLimitedByBackend), (500, BackendError)])
+async def test_openai_compatible_embedder_errors(status: int, error: type[Exception]) -> None:
+    async with _client(httpx.MockTransport(lambda r: httpx.Response(status, headers={"retry-after": "3"}))) as c:
+        with pytest.raises(error):
+            await OpenAICompatibleEmbedder(c, model="m", dim=2).embed(["a"])

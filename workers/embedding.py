@@ -1,0 +1,191 @@
+"""Text → dense, L2-normalised float32 vectors, behind one :class:`Embedder` protocol.
+
+``HashingEmbedder`` (the default) needs no network and no model: it extracts word, word-bigram and character
+trigram features from normalised text, hashes each feature with a stable hash (never Python's salted ``hash``) into
+one of ``2**14`` buckets, and sums a fixed pseudo-random ±1 vector per bucket (a Johnson–Lindenstrauss projection of
+the sparse feature vector). The ±1 table comes from SHAKE-256 of a fixed seed, so every process on every machine
+builds the same vectors for the same text. It captures lexical similarity (shared words, reordered words, small
+spelling changes), not meaning: that is why the semantic cache pairs it with the near-miss guard.
+
+``OpenAICompatibleEmbedder`` calls any ``/v1/embeddings`` endpoint (OpenAI, vLLM, Ollama, TEI) with httpx.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import re
+import unicodedata
+import zlib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Protocol
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+
+from schemas.errors import BackendError, RateLimitedByBackend
+
+Vectors = npt.NDArray[np.float32]
+
+_BUCKETS = 1 << 14
+_SEED = b"tollway-hashing-embedder-v1"
+
+_CONTRACTIONS = {
+    "n't": " not", "'re": " are", "'s": " is", "'m": " am", "'ll": " will", "'ve": " have", "'d": " would",
+}
+_CONTRACTION_RE = re.compile(r"(n't|'re|'s|'m|'ll|'ve|'d)\b")
+_IRREGULAR = {"ca not": "can not", "wo not": "will not", "sha not": "shall not", "cannot": "can not"}
+_IRREGULAR_RE = re.compile(r"\b(ca not|wo not|sha not|cannot)\b")
+_TOKEN_RE = re.compile(r"[a-z0-9]+(?:[.,][0-9]+)*|[%$€£]")
+# Words that carry little meaning get a small weight so "how do I" vs "how can I" barely moves the vector.
+_STOPWORD_TEXT = (
+    "a an the is are am was were be been being do does did can could would should will shall may might must "
+    "i me my we our you your it its this that these those to of in on at for from by with as and or if then so "
+    "what how which who whom whose when where why please tell explain kindly just there here about any some "
+    "have has had get got"
+)
+STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+
+
+class Embedder(Protocol):
+    """Turns texts into an ``(n, dim)`` float32 matrix whose rows have unit L2 norm (zero rows for empty text)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    async def embed(self, texts: list[str]) -> Vectors: ...
+
+
+def normalise_text(text: str) -> str:
+    """NFKC, case-folded, curly quotes straightened, English contractions expanded, whitespace collapsed."""
+    text = unicodedata.normalize("NFKC", text).casefold().replace("’", "'").replace("‘", "'")
+    text = _CONTRACTION_RE.sub(lambda m: _CONTRACTIONS[m.group(1)], text)
+    text = _IRREGULAR_RE.sub(lambda m: _IRREGULAR[m.group(1)], text)  # can't → ca not → can not
+    return " ".join(text.split())
+
+
+def tokens(text: str) -> list[str]:
+    """Word tokens of already-normalised text: words, numbers (``1,000`` and ``2.5`` stay whole) and symbols."""
+    return _TOKEN_RE.findall(text)
+
+
+def stem(word: str) -> str:
+    """A deliberately tiny suffix stripper: plurals and -ing/-ed, enough for "refunds" ≈ "refund"."""
+    if len(word) <= 3 or not word.isalpha() or word in STOPWORDS:
+        return word
+    for suffix, replacement in (("ies", "y"), ("sses", "ss"), ("ing", ""), ("ed", ""), ("es", ""), ("s", "")):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            if suffix == "s" and word.endswith("ss"):
+                return word
+            return word[: len(word) - len(suffix)] + replacement
+    return word
+
+
+def _features(text: str) -> dict[str, float]:
+    words = [stem(w) for w in tokens(normalise_text(text))]
+    feats: dict[str, float] = {}
+    for word in words:
+        weight = 0.25 if word in STOPWORDS else 1.0
+        feats["w:" + word] = feats.get("w:" + word, 0.0) + weight
+        if len(word) > 3:
+            padded = f"<{word}>"
+            for i in range(len(padded) - 2):
+                key = "c:" + padded[i:i + 3]
+                feats[key] = feats.get(key, 0.0) + 0.15 * weight
+    content = [w for w in words if w not in STOPWORDS]
+    for left, right in itertools.pairwise(content):
+        key = f"b:{left} {right}"
+        feats[key] = feats.get(key, 0.0) + 0.5
+    # Sub-linear term frequency: a word said five times is not five times as important.
+    return {k: float(np.sqrt(v)) for k, v in feats.items()}
+
+
+@lru_cache(maxsize=4)
+def _projection(dim: int) -> Vectors:
+    bits = np.frombuffer(hashlib.shake_256(_SEED + dim.to_bytes(4, "big")).digest(_BUCKETS * dim // 8),
+                         dtype=np.uint8)
+    signs = np.unpackbits(bits).reshape(_BUCKETS, dim).astype(np.float32)
+    table: Vectors = (signs * 2.0 - 1.0) / np.float32(np.sqrt(dim))
+    return table
+
+
+def l2_normalise(matrix: npt.NDArray[np.floating]) -> Vectors:
+    """Rows scaled to unit length; all-zero rows stay zero (so they match nothing)."""
+    matrix = np.asarray(matrix, dtype=np.float32)
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    normalised: Vectors = np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
+    return normalised
+
+
+@dataclass(frozen=True)
+class HashingEmbedder:
+    """Deterministic, offline embedder (see the module docstring)."""
+
+    dim: int = 256
+    name: str = field(default="hashing-v1")
+
+    def embed_sync(self, texts: list[str]) -> Vectors:
+        table = _projection(self.dim)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            feats = _features(text)
+            if not feats:
+                continue
+            buckets = np.fromiter((zlib.crc32(k.encode()) % _BUCKETS for k in feats), dtype=np.int64,
+                                  count=len(feats))
+            weights = np.fromiter(feats.values(), dtype=np.float32, count=len(feats))
+            out[row] = weights @ table[buckets]
+        return l2_normalise(out)
+
+    async def embed(self, texts: list[str]) -> Vectors:
+        # Pure CPU and ~20 µs per short text: cheaper inline than a thread hop.
+        return self.embed_sync(texts)
+
+
+@dataclass
+class OpenAICompatibleEmbedder:
+    """``POST {base_url}/v1/embeddings``; the vectors are re-normalised here whatever the server returns."""
+
+    client: httpx.AsyncClient
+    model: str
+    dim: int
+    api_key: str | None = None
+    max_batch: int = 256
+
+    @property
+    def name(self) -> str:
+        return f"openai:{self.model}"
+
+    async def embed(self, texts: list[str]) -> Vectors:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        rows: list[list[float]] = []
+        for start in range(0, len(texts), self.max_batch):
+            chunk = texts[start:start + self.max_batch]
+            try:
+                response = await self.client.post("/v1/embeddings", json={"model": self.model, "input": chunk},
+                                                  headers=headers)
+            except httpx.HTTPError as exc:
+                raise BackendError(f"embeddings endpoint unreachable: {exc}") from exc
+            if response.status_code == 429:
+                retry = response.headers.get("retry-after")
+                raise RateLimitedByBackend("embeddings endpoint rate-limited us",
+                                           retry_after_s=float(retry) if retry and retry.isdigit() else None)
+            if response.status_code >= 400:
+                raise BackendError(f"embeddings endpoint answered {response.status_code}: {response.text[:200]}",
+                                   retryable=response.status_code >= 500)
+            try:
+                data = sorted(response.json()["data"], key=lambda item: item["index"])
+                rows.extend(item["embedding"] for item in data)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise BackendError(f"embeddings endpoint sent an unexpected body: {exc}", retryable=False) from exc
+        matrix = np.asarray(rows, dtype=np.float32)
+        if matrix.shape != (len(texts), self.dim):
+            raise BackendError(f"expected {len(texts)}×{self.dim} embeddings, got {matrix.shape}", retryable=False)
+        return l2_normalise(matrix)

@@ -63,6 +63,22 @@ class Settings(BaseSettings):
     ledger_port: int = Field(default=6066, ge=1, le=65535)
     # Seen request ids are forgotten after this many days (a replayed response older than that would count again).
     ledger_dedup_days: int = Field(default=8, ge=1)
+    # Retrieval and cache (issue 3). The embedder is "hashing" (offline, deterministic) or "openai" (any
+    # OpenAI-compatible /v1/embeddings endpoint at embedding_url).
+    embedder: Literal["hashing", "openai"] = "hashing"
+    embedding_dim: int = Field(default=256, ge=8)
+    embedding_url: str | None = None
+    embedding_model: str = "text-embedding-3-small"
+    embedding_api_key: SecretStr | None = None
+    retrieval_top_k: int = Field(default=4, ge=1, le=50)
+    retrieval_min_score: float = Field(default=0.15, ge=-1.0, le=1.0)
+    memory_ttl_s: int = Field(default=3600, ge=1)
+    memory_max_turns: int = Field(default=10, ge=1)
+    cache_ttl_s: int = Field(default=86_400, ge=1)
+    cache_max_ttl_s: int = Field(default=7 * 86_400, ge=1)
+    cache_semantic_threshold: float = Field(default=0.88, gt=0.0, le=1.0)
+    # Redis calls on the request path give up quickly: a slow cache is a miss, never a stalled request.
+    redis_timeout_ms: int = Field(default=250, ge=1)
 
 
 @lru_cache(maxsize=1)

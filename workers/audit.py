@@ -18,50 +18,17 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
 
 from schemas.audit import AuditRecord, ContentMode
 from schemas.envelope import Envelope
 from workers.audit_chain import HmacSigner
+from workers.audit_claims import ClaimStore, MemoryClaimStore
 from workers.audit_record import encode_record, record_from_envelope
 from workers.audit_sink import AuditLog, MemoryAuditSink
 from workers.context import Publisher, StageContext
 from workers.redaction import BasicRedactor, Redactor
 
 NAME = "audit"
-
-ClaimResult = Literal["new", "ours", "skip"]
-
-
-class ClaimStore(Protocol):
-    async def claim(self, keys: list[str], owner: str, *, now_ms: int) -> list[ClaimResult]: ...
-
-    async def confirm(self, keys: list[str], owner: str) -> None: ...
-
-
-@dataclass
-class MemoryClaimStore:
-    stale_claim_ms: int = 30_000
-    claims: dict[str, tuple[str, str, int]] = field(default_factory=dict)  # key -> (state, owner, ms)
-
-    async def claim(self, keys: list[str], owner: str, *, now_ms: int) -> list[ClaimResult]:
-        results: list[ClaimResult] = []
-        for key in keys:
-            current = self.claims.get(key)
-            if current is None or (current[0] == "p" and current[1] != owner
-                                   and now_ms - current[2] > self.stale_claim_ms):
-                self.claims[key] = ("p", owner, now_ms)
-                results.append("new")
-            elif current[0] == "p" and current[1] == owner:
-                results.append("ours")
-            else:
-                results.append("skip")
-        return results
-
-    async def confirm(self, keys: list[str], owner: str) -> None:
-        for key in keys:
-            self.claims[key] = ("d", owner, 0)
-
 
 def _memory_log() -> AuditLog:
     return AuditLog(MemoryAuditSink(), HmacSigner(b"tollway-test-audit-secret"))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +115,14 @@ class FileAuditSink:
         raise AuditLogCorrupt(f"no free audit chain under {root} after 1000 tries")
 
     _lock: IO[bytes] | None = None
+
+    @property
+    def owner(self) -> str:
+        """A stable identity for this chain in the shared claim store (survives restarts, unique per state dir)."""
+        path = self.dir / ".owner"
+        if not path.exists():
+            path.write_text(f"{self.chain_id}-{uuid.uuid4().hex[:12]}")
+        return path.read_text().strip()
 
     def existing(self) -> Iterator[bytes]:
         for path in segments(self.dir):

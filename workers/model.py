@@ -1,17 +1,222 @@
-"""Model stage: routes each request to a model and calls it."""
+"""Model stage: routes each request to a model, calls it in micro-batches, falls back, and accounts for it.
+
+For a batch from the stream: route every request (:mod:`workers.router`), group the requests by chosen model,
+split each group into calls of at most ``max_batch`` requests (one call serves them all on a batch-capable
+backend), hold a capacity slot per request in flight, and run the calls concurrently. A failed call or request
+moves to the next candidate in its fallback chain (a 429 with Retry-After retries the same model once when the
+wait still fits the deadline); nothing is retried once the remaining budget cannot cover the candidate's expected
+time. Each backend has a circuit breaker; an open circuit is skipped by the router and by the fallback.
+
+Accounting on ``env.model``: the model, backend, region, tier, the router's reasons, attempts, token usage and the
+exact cost in integer micro-dollars (:meth:`workers.catalog.ModelSpec.cost_micros`, rounded half up once).
+"""
 
 from __future__ import annotations
 
-from schemas.envelope import Envelope, ModelResult, Usage
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+from schemas.envelope import Envelope, ModelResult, Status
+from schemas.errors import BackendError, RateLimitedByBackend
+from workers.backends.base import ModelBackend, ModelCall, ModelReply
+from workers.backends.local import LocalBackend
+from workers.catalog import ModelCatalog, ModelSpec, get_catalog
 from workers.context import StageContext
+from workers.router import BreakerBoard, GateBoard, route
 
 NAME = "model"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelContext(StageContext):
+    catalog: ModelCatalog = field(default_factory=get_catalog)
+    backends: Mapping[str, ModelBackend] = field(default_factory=lambda: {"local": LocalBackend(latency_scale=0)})
+    breakers: BreakerBoard = field(default_factory=BreakerBoard)
+    gates: GateBoard = field(default_factory=GateBoard)
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    micro_batching: bool = True
+    max_attempts: int = 3
+    # An attempt may take this many times its expected latency before it is abandoned for a fallback.
+    timeout_factor: float = 3.0
+    min_timeout_ms: float = 250.0
+
+
+_default_context: ModelContext | None = None
+
+
+def _as_model_context(ctx: StageContext) -> ModelContext:
+    """A plain StageContext (a pipeline run without wiring) gets the default catalog on the local backend."""
+    global _default_context
+    if isinstance(ctx, ModelContext):
+        return ctx
+    if _default_context is None or _default_context.clock is not ctx.clock:
+        _default_context = ModelContext(stage=ctx.stage, worker_id=ctx.worker_id, clock=ctx.clock,
+                                        publisher=ctx.publisher, topic_prefix=ctx.topic_prefix)
+    return _default_context
+
+
+@dataclass
+class _Pending:
+    env: Envelope
+    candidates: list[ModelSpec]
+    input_tokens: int
+    output_tokens: int
+    started_ns: int
+    reasons: list[str]
+    attempts: int = 0
+    retried_after_429: set[str] = field(default_factory=set)
+    not_before_ns: int = 0
+
+    @property
+    def model(self) -> ModelSpec:
+        return self.candidates[0]
+
+    def expected_ms(self, model: ModelSpec) -> float:
+        return model.latency.expected_ms(self.input_tokens, self.output_tokens)
 
 
 async def process(batch: list[Envelope], ctx: StageContext) -> list[Envelope]:
+    mctx = _as_model_context(ctx)
+    now_ns = mctx.clock.now_ns()
+    planned: dict[str, int] = defaultdict(int)
+    pending: list[_Pending] = []
     for env in batch:
-        prompt = env.request.prompt
-        env.answer = f"echo: {prompt}"
-        env.model = ModelResult(model="echo", backend="local", region="local",
-                                usage=Usage(input_tokens=len(prompt.split()), output_tokens=len(prompt.split()) + 1))
+        if env.cache is not None and env.cache.outcome == "hit" and env.answer is not None:
+            continue  # answered from the cache: no model call, no cost
+        decision = route(env, mctx.catalog, now_ns,
+                         breaker_allows=lambda backend, at: mctx.breakers(backend).allows(at),
+                         load=lambda name: mctx.gates.in_flight(name) + planned[name])
+        env.model = ModelResult(quality_tier=decision.tier, routing=list(decision.reasons))
+        if decision.chosen is None:
+            status = Status.DEADLINE_EXCEEDED if decision.failure_code == "deadline_exceeded" else Status.FAILED
+            env.finish(status, code=decision.failure_code or "no_eligible_model", message=decision.failure_message,
+                       stage=NAME)
+            continue
+        planned[decision.chosen.name] += 1
+        pending.append(_Pending(env, list(decision.candidates), decision.input_tokens,
+                                decision.expected_output_tokens, now_ns, env.model.routing))
+    while pending:
+        by_model: dict[str, list[_Pending]] = defaultdict(list)
+        for item in pending:
+            by_model[item.model.name].append(item)
+        calls: list[list[_Pending]] = []
+        for items in by_model.values():
+            size = min(items[0].model.max_batch, items[0].model.capacity) if mctx.micro_batching else 1
+            calls += [items[i:i + size] for i in range(0, len(items), size)]
+        outcomes = await asyncio.gather(*(_call(chunk, mctx) for chunk in calls))
+        pending = []
+        for chunk, replies in zip(calls, outcomes, strict=True):
+            for item, reply in zip(chunk, replies, strict=True):
+                if reply.error is None:
+                    _settle(item, reply, mctx)
+                elif _next_attempt(item, reply.error, mctx):
+                    pending.append(item)
     return batch
+
+
+async def _call(chunk: list[_Pending], ctx: ModelContext) -> list[ModelReply]:
+    """One backend call for requests that chose the same model; any failure comes back as per-request errors."""
+    spec = chunk[0].model
+    backend = ctx.backends.get(spec.backend)
+    if backend is None:
+        error = BackendError(f"backend {spec.backend!r} of model {spec.name} is not configured", retryable=False)
+        return [ModelReply(item.env.request_id, error=error) for item in chunk]
+    gate = ctx.gates(spec)
+    await gate.acquire(len(chunk))
+    try:
+        wait_ns = max(item.not_before_ns for item in chunk) - ctx.clock.now_ns()
+        if wait_ns > 0:
+            await ctx.sleep(wait_ns / 1e9)
+        now_ns = ctx.clock.now_ns()
+        breaker = ctx.breakers(spec.backend)
+        if not breaker.allows(now_ns):
+            error = BackendError(f"backend {spec.backend} circuit open", retryable=True)
+            return [ModelReply(item.env.request_id, error=error) for item in chunk]
+        budget_ms = min(item.env.remaining_budget_ms(now_ns) for item in chunk)
+        timeout_ms = min(budget_ms, max(ctx.min_timeout_ms,
+                                        ctx.timeout_factor * max(item.expected_ms(spec) for item in chunk)))
+        requests = [ModelCall(request_id=item.env.request_id, model=spec.served_as, messages=item.env.request.messages,
+                              passages=item.env.retrieval.passages if item.env.retrieval else [],
+                              max_tokens=item.env.request.params.max_tokens,
+                              temperature=item.env.request.params.temperature, timeout_s=timeout_ms / 1000,
+                              latency=spec.latency) for item in chunk]
+        for item in chunk:
+            item.attempts += 1
+        breaker.before_call(now_ns)
+        try:
+            replies = await asyncio.wait_for(backend.complete(requests), timeout_ms / 1000)
+        except TimeoutError:
+            breaker.record_failure(ctx.clock.now_ns())
+            error = BackendError(f"{spec.name} timed out after {timeout_ms:.0f} ms")
+            return [ModelReply(item.env.request_id, error=error) for item in chunk]
+        except BackendError as exc:
+            breaker.record_failure(ctx.clock.now_ns())
+            return [ModelReply(item.env.request_id, error=exc) for item in chunk]
+        if len(replies) != len(chunk):
+            breaker.record_failure(ctx.clock.now_ns())
+            error = BackendError(f"backend {spec.backend} returned {len(replies)} replies for {len(chunk)} requests")
+            return [ModelReply(item.env.request_id, error=error) for item in chunk]
+        if any(reply.ok for reply in replies):
+            breaker.record_success()
+        else:
+            breaker.record_failure(ctx.clock.now_ns())
+        return replies
+    finally:
+        await gate.release(len(chunk))
+
+
+def _settle(item: _Pending, reply: ModelReply, ctx: ModelContext) -> None:
+    spec, env = item.model, item.env
+    env.answer = reply.text
+    env.model = ModelResult(model=spec.name, backend=spec.backend, region=spec.region, quality_tier=spec.quality_tier,
+                            routing=item.reasons, attempts=item.attempts, usage=reply.usage,
+                            cost_micros=spec.cost_micros(reply.usage),
+                            latency_ms=round((ctx.clock.now_ns() - item.started_ns) / 1e6, 3))
+
+
+def _next_attempt(item: _Pending, error: BackendError, ctx: ModelContext) -> bool:
+    """Decide what a failed request does next; False when it has been given its terminal outcome."""
+    now_ns = ctx.clock.now_ns()
+    env, failed = item.env, item.model
+    remaining_ms = env.remaining_budget_ms(now_ns)
+    item.reasons.append(f"attempt {item.attempts} on {failed.name} failed: {error}")
+    if env.model is not None:
+        env.model.attempts = item.attempts
+    budget_blocked = False
+    if item.attempts < ctx.max_attempts:
+        retry_after = error.retry_after_s if isinstance(error, RateLimitedByBackend) else None
+        if (retry_after is not None and failed.name not in item.retried_after_429
+                and retry_after * 1000 + item.expected_ms(failed) <= remaining_ms):
+            item.retried_after_429.add(failed.name)
+            item.not_before_ns = now_ns + int(retry_after * 1e9)
+            item.reasons.append(f"retrying {failed.name} after its Retry-After of {retry_after:g} s")
+            return True
+        item.not_before_ns = 0
+        rest = item.candidates[1:]
+        while rest:
+            candidate = rest.pop(0)
+            if not ctx.breakers(candidate.backend).allows(now_ns):
+                item.reasons.append(f"{candidate.name}: backend {candidate.backend} circuit open")
+            elif item.expected_ms(candidate) > remaining_ms:
+                budget_blocked = True
+                item.reasons.append(f"{candidate.name}: expected {item.expected_ms(candidate):.0f} ms > "
+                                    f"{remaining_ms:.0f} ms left")
+            else:
+                item.candidates = [candidate, *rest]
+                item.reasons.append(f"fallback to {candidate.name}")
+                return True
+    item.candidates = item.candidates[:1]
+    if remaining_ms <= 0 or budget_blocked:
+        env.finish(Status.DEADLINE_EXCEEDED, code="deadline_exceeded", stage=NAME,
+                   message=f"{failed.name} failed ({error}) and {max(0.0, remaining_ms):.0f} ms of budget left "
+                           "cannot cover another attempt")
+    else:
+        env.finish(Status.FAILED, code="model_error", stage=NAME,
+                   message=f"every eligible model failed after {item.attempts} attempt(s); last: {error}",
+                   retry_after_s=error.retry_after_s if isinstance(error, RateLimitedByBackend) else None)
+    log.warning("request %s: model stage gave up after %d attempt(s): %s", env.request_id, item.attempts, error)
+    return False

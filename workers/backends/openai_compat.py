@@ -1,0 +1,105 @@
+"""The ``openai`` backend: any OpenAI-compatible ``/v1/chat/completions`` (vLLM, TGI, Ollama, llama.cpp, OpenAI).
+
+One HTTP request per call (the chat API takes one conversation), all of a batch's calls in flight at once on one
+pooled httpx client. Each request's timeout is the call's ``timeout_s`` (what is left of its latency budget).
+Errors are converted where they enter: 429 → :class:`RateLimitedByBackend` with Retry-After (seconds or an HTTP
+date), 5xx / timeouts / broken or malformed bodies → retryable :class:`BackendError`, other 4xx → non-retryable.
+Usage comes from the response (``prompt_tokens``, ``prompt_tokens_details.cached_tokens``, ``completion_tokens``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from typing import Any
+
+import httpx
+import orjson
+from pydantic import SecretStr
+
+from schemas.envelope import Usage
+from schemas.errors import BackendError, ConfigError, RateLimitedByBackend
+from workers.backends.base import ModelCall, ModelReply, context_prompt
+
+
+def parse_retry_after(value: str | None, *, now_s: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now_s is None else now_s))
+
+
+class OpenAICompatBackend:
+    def __init__(self, name: str, base_url: str, *, api_key: SecretStr | None = None, api_key_required: bool = False,
+                 timeout_s: float = 60.0, client: httpx.AsyncClient | None = None) -> None:
+        if api_key_required and api_key is None:
+            raise ConfigError(f"model backend {name!r} needs an API key: set TOLLWAY_MODEL_API_KEY")
+        self.name = name
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        headers = {"Authorization": f"Bearer {api_key.get_secret_value()}"} if api_key else {}
+        self._client = client or httpx.AsyncClient(headers=headers, timeout=timeout_s,
+                                                   limits=httpx.Limits(max_connections=256))
+        self._timeout_s = timeout_s
+
+    async def complete(self, requests: list[ModelCall]) -> list[ModelReply]:
+        return list(await asyncio.gather(*(self._one(call) for call in requests)))
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def _one(self, call: ModelCall) -> ModelReply:
+        try:
+            return ModelReply(call.request_id, **await self._post(call))
+        except BackendError as exc:
+            return ModelReply(call.request_id, error=exc)
+
+    async def _post(self, call: ModelCall) -> dict[str, Any]:
+        messages = [{"role": m.role, "content": m.content} for m in call.messages]
+        if call.passages:
+            messages.insert(0, {"role": "system", "content": context_prompt(call.passages)})
+        body = {"model": call.model, "messages": messages, "max_tokens": call.max_tokens,
+                "temperature": call.temperature}
+        timeout = min(call.timeout_s, self._timeout_s)
+        try:
+            response = await self._client.post(self.url, content=orjson.dumps(body),
+                                               headers={"Content-Type": "application/json"}, timeout=timeout)
+        except httpx.TimeoutException as exc:
+            raise BackendError(f"{self.name}: no reply within {timeout * 1000:.0f} ms") from exc
+        except httpx.HTTPError as exc:  # connection refused, reset, truncated body (RemoteProtocolError) …
+            raise BackendError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+        if response.status_code == 429:
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            raise RateLimitedByBackend(f"{self.name}: HTTP 429 (rate limited)", retry_after_s=retry_after)
+        if response.status_code >= 500:
+            raise BackendError(f"{self.name}: HTTP {response.status_code}")
+        if response.status_code >= 400:
+            raise BackendError(f"{self.name}: HTTP {response.status_code}: {response.text[:200]}", retryable=False)
+        return _parse_completion(self.name, response.content)
+
+
+def _parse_completion(name: str, content: bytes) -> dict[str, Any]:
+    try:
+        data = orjson.loads(content)
+        choice = data["choices"][0]
+        text = choice["message"]["content"] or ""
+        usage = data.get("usage") or {}
+        details = usage.get("prompt_tokens_details") or {}
+        return {
+            "text": str(text),
+            "finish_reason": str(choice.get("finish_reason") or "stop"),
+            "usage": Usage(input_tokens=int(usage.get("prompt_tokens", 0)),
+                           cached_input_tokens=int(details.get("cached_tokens") or 0),
+                           output_tokens=int(usage.get("completion_tokens", 0))),
+        }
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        raise BackendError(f"{name}: malformed completion ({type(exc).__name__}: {str(exc)[:100]})") from exc

@@ -79,6 +79,13 @@ class Settings(BaseSettings):
     cache_semantic_threshold: float = Field(default=0.88, gt=0.0, le=1.0)
     # Redis calls on the request path give up quickly: a slow cache is a miss, never a stalled request.
     redis_timeout_ms: int = Field(default=250, ge=1)
+    # HTTP ingress and SDK (issue 9). Dev mode: while no policy is in force, accept requests without a key (tenant
+    # from X-Tollway-Tenant); off, the ingress answers 503 until a policy is loaded (fail closed).
+    ingress_dev_mode: bool = False
+    # Idempotency-Key results are remembered this long, so a retried request is neither worked nor charged twice.
+    idempotency_ttl_s: int = Field(default=86_400, ge=1)
+    # A publish that Kafka has not acknowledged within this many seconds answers 503.
+    ingress_publish_timeout_s: float = Field(default=5.0, gt=0)
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from schemas.envelope import Message, Passage
+from workers.backends.base import ModelCall
+from workers.backends.local import LocalBackend, answer
+from workers.catalog import LatencyProfile
+
+PASSAGES = [
+    Passage(doc_id="refunds.md", score=0.82, text="Annual plans can be refunded in full within 30 days of purchase. "
+            "After 30 days, refunds are prorated for the unused months. Monthly plans are not refundable."),
+    Passage(doc_id="billing.md", score=0.5, text="Invoices are issued on the first day of each billing cycle. "
+            "VAT is added for EU customers."),
+]
+
+
+def test_answers_from_the_most_relevant_passage_with_a_citation() -> None:
+    text = answer("When are invoices issued?", PASSAGES)
+    assert text == "Invoices are issued on the first day of each billing cycle [billing.md]."
+    assert "refunded in full within 30 days" in answer("What is the refund policy for annual plans?", PASSAGES)
+
+
+def test_summaries_are_bullets_and_honour_the_count() -> None:
+    text = answer("Summarise the refund rules in two bullet points.", PASSAGES)
+    assert text.count("\n- ") == 1 and text.startswith("- ")
+
+
+def test_no_source_gives_an_honest_generic_reply() -> None:
+    assert "can't give a grounded answer" in answer("How do I rotate an API key?", [])
+    assert answer("Hello!", []).startswith("Hello!")
+    assert answer("Classify this ticket: the invoice total is wrong.", []).startswith("Category: billing")
+    pasted = ("Summarise the following: The outage began at 09:10 UTC after a config push. Traffic tripled within "
+              "minutes. Engineers rolled back the change at 09:40.")
+    assert "rolled back" in answer(pasted, [])
+
+
+def _call(prompt: str, passages: list[Passage] | None = None, **fields: object) -> ModelCall:
+    return ModelCall(request_id=prompt, model="m", messages=[Message(role="user", content=prompt)],
+                     passages=passages or [], **fields)  # type: ignore[arg-type]
+
+
+async def test_usage_truncation_and_prefix_cache() -> None:
+    backend = LocalBackend(latency_scale=0)
+    first, second = await backend.complete([_call("refund policy?", PASSAGES), _call("refunds?", PASSAGES)])
+    assert first.usage.input_tokens > 20 and first.usage.cached_input_tokens == 0
+    assert 0 < second.usage.cached_input_tokens < second.usage.input_tokens  # the same context prefix again
+    (short,) = await backend.complete([_call("refund policy?", PASSAGES, max_tokens=3)])
+    assert short.usage.output_tokens <= 3 and short.finish_reason == "length"
+
+
+async def test_latency_emulation_sleeps_one_batch_time_per_call() -> None:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    profile = LatencyProfile(overhead_ms=10, prefill_ms_per_1k_tokens=0, decode_ms_per_token=1,
+                             decode_batch_slowdown=0)
+    backend = LocalBackend(latency_scale=0.5, sleep=sleep)
+    replies = await backend.complete([_call("hi", latency=profile), _call("hello", latency=profile)])
+    longest = max(r.usage.output_tokens for r in replies)
+    assert slept == [(10 + longest) * 0.5 / 1000]
+    assert backend.calls == 1

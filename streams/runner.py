@@ -93,14 +93,9 @@ class StageRunner:
     async def start(self) -> None:
         self.consumer = AIOKafkaConsumer(
             *self.topics,
-            bootstrap_servers=self.settings.bootstrap_servers,
             group_id=self.topology.group(self.stage),
             client_id=f"{self.settings.worker_id}-{self.stage}",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=self.settings.batch_max_records,
-            fetch_max_wait_ms=max(1, self.settings.batch_wait_ms),
-            max_partition_fetch_bytes=self.settings.max_message_bytes * 2,
+            **consumer_options(self.settings),
         )
         await self.consumer.start()
 
@@ -257,6 +252,18 @@ class StageRunner:
         self.publisher.publish(self.topology.deadletter, encode(letter), key=env.request_id.encode())
         result.deadlettered += 1
         metrics.DEADLETTERS.labels(self.stage, reason).inc()
+
+
+def consumer_options(settings: Settings) -> dict[str, object]:
+    """How every stage consumer fetches; the benchmark's raw relay uses the same, so only our code differs."""
+    return {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_poll_records": settings.batch_max_records,
+        "fetch_max_wait_ms": max(1, settings.batch_wait_ms),
+        "max_partition_fetch_bytes": settings.max_message_bytes * 2,
+    }
 
 
 def new_producer(settings: Settings) -> AIOKafkaProducer:

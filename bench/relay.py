@@ -1,0 +1,130 @@
+"""The physical limit: a raw aiokafka relay through six topics, with no tollway code on the path.
+
+Hop ``i`` consumes ``<prefix>.r{i-1}`` and produces to ``<prefix>.r{i}`` (``r0`` is the ingress, ``r6`` the end):
+poll a batch → ``orjson.loads`` → append a hop stamp and pop the route → ``orjson.dumps`` → send, keyed as it came →
+await every delivery → commit. The consumer and the idempotent producer are built exactly as the stage runner builds
+its own (``streams.runner.consumer_options`` / ``new_producer``), with the same partitions, so the ratio of the
+pipeline to this relay measures what tollway's code costs and nothing else.
+
+    python -m bench.relay --hops 1-6        # every hop in this process
+    python -m bench.relay --hops 3          # one hop per process (TOLLWAY_TOPIC_PREFIX names the topics)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from streams.runner import consumer_options, new_producer
+from streams.settings import Settings
+
+HOPS = 6
+
+
+def relay_topics(prefix: str, hops: int = HOPS) -> list[str]:
+    return [f"{prefix}.r{i}" for i in range(hops + 1)]
+
+
+async def ensure_relay_topics(settings: Settings, hops: int = HOPS) -> None:
+    """The relay's topics, configured like tollway's stage topics."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        config = {"cleanup.policy": "delete", "retention.ms": str(24 * 3600 * 1000),
+                  "max.message.bytes": str(settings.max_message_bytes * 2)}
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(name, settings.partitions, settings.replication_factor, topic_configs=dict(config))
+                   for name in relay_topics(settings.topic_prefix, hops) if name not in existing]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(missing)
+    finally:
+        await admin.close()
+
+
+async def relay_hop(settings: Settings, hop: int, producer: AIOKafkaProducer, stop: asyncio.Event,
+                    started: asyncio.Event | None = None) -> None:
+    topics = relay_topics(settings.topic_prefix)
+    source, sink, stage = topics[hop - 1], topics[hop], f"r{hop}"
+    consumer = AIOKafkaConsumer(source, group_id=f"{settings.topic_prefix}.relay.{stage}",
+                                client_id=f"{settings.worker_id}-relay-{stage}", **consumer_options(settings))
+    await consumer.start()
+    if started is not None:
+        started.set()
+    try:
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=100, max_records=settings.batch_max_records)
+            if not batches:
+                continue
+            received_ns = time.time_ns()
+            deliveries = []
+            for records in batches.values():
+                for record in records:
+                    env = orjson.loads(record.value)
+                    if env.get("route"):
+                        env["route"].pop(0)
+                    env.setdefault("hops", []).append({
+                        "stage": stage, "worker_id": settings.worker_id,
+                        "produced_at_ns": record.timestamp * 1_000_000, "received_at_ns": received_ns,
+                        "started_at_ns": received_ns, "finished_at_ns": time.time_ns(), "batch_size": 1,
+                        "status": "ok",
+                    })
+                    deliveries.append(await producer.send(sink, orjson.dumps(env), key=record.key))
+            await asyncio.gather(*deliveries)
+            await consumer.commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
+    finally:
+        await consumer.stop()
+
+
+async def run_relay(settings: Settings, hops: list[int], *, stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+    await ensure_relay_topics(settings)
+    producer = new_producer(settings)  # one producer per process, shared by its hops, as run_workers does
+    await producer.start()
+    try:
+        tasks = [asyncio.create_task(relay_hop(settings, hop, producer, stop), name=f"relay-r{hop}")
+                 for hop in hops]
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
+        for task in tasks:
+            if task in done and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        await asyncio.wait(tasks, timeout=10)
+    finally:
+        await producer.stop()
+
+
+def parse_hops(text: str) -> list[int]:
+    hops: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        hops.extend(range(int(lo), int(hi or lo) + 1))
+    if not hops or min(hops) < 1 or max(hops) > HOPS:
+        raise SystemExit(f"hops must be within 1-{HOPS}, got {text!r}")
+    return hops
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hops", default=f"1-{HOPS}", help="which hops this process runs, e.g. 1-6 or 3")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    asyncio.run(run_relay(Settings(), parse_hops(args.hops)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Writing a benchmark run: latest.json (everything), latest.md (the table the README shows), latest.png (a plot,
+only when matplotlib is importable — it is not a dependency)."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+@dataclass
+class Row:
+    figure: str
+    value: float | None
+    unit: str
+    baseline: float | None = None
+    baseline_name: str = ""
+    target: str = ""
+    min_ratio: float | None = None  # pass when value / baseline ≥ this
+    max_ratio: float | None = None  # pass when value / baseline ≤ this
+    max_value: float | None = None  # pass when value ≤ this
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if self.value is None or not self.baseline:
+            return None
+        return self.value / self.baseline
+
+    @property
+    def passed(self) -> bool | None:
+        checks: list[bool] = []
+        ratio = self.ratio
+        if self.min_ratio is not None:
+            checks.append(ratio is not None and ratio >= self.min_ratio)
+        if self.max_ratio is not None:
+            checks.append(ratio is not None and ratio <= self.max_ratio)
+        if self.max_value is not None:
+            checks.append(self.value is not None and self.value <= self.max_value)
+        return all(checks) if checks else None
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        ratio = self.ratio
+        data["ratio"] = round(ratio, 3) if ratio is not None else None
+        data["pass"] = self.passed
+        return data
+
+    @classmethod
+    def from_extra(cls, scenario: str, row: dict[str, Any]) -> Row:
+        """A row reported by another area's bench module (its own verdict is kept when it gives one)."""
+        made = cls(figure=f"{scenario}: {row.get('figure', '?')}", value=_num(row.get("value")),
+                   unit=str(row.get("unit", "")), baseline=_num(row.get("baseline")),
+                   baseline_name=str(row.get("baseline_name", "")), target=str(row.get("target", "")),
+                   note=str(row.get("note", "")))
+        if isinstance(row.get("pass"), bool):
+            made.note = (made.note + " " if made.note else "") + ("(pass)" if row["pass"] else "(fail)")
+        return made
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "–"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.2f}" if abs(value) >= 1 else f"{value:.3f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    run = results["run"]
+    lines = [
+        f"Run {run['started_at']} on {run['host']} ({run['cpus']} CPUs, load {run['loadavg_start'][0]:.1f} → "
+        f"{run.get('loadavg_end', [0])[0]:.1f}), commit {run['git']}, {run['requests']:,} requests per burst, "
+        f"{run['partitions']} partitions; every ratio is against a baseline measured in this run.",
+        "",
+        "| figure | value | baseline | ratio | target | pass |",
+        "|---|---:|---:|---:|---|:---:|",
+    ]
+    for row in results["rows"]:
+        value = f"{_fmt(row['value'])} {row['unit']}".strip() if row["value"] is not None else row.get("note", "")
+        baseline = f"{_fmt(row['baseline'])} ({row['baseline_name']})" if row["baseline"] is not None else "–"
+        ratio = f"{row['ratio']:.2f}×" if row["ratio"] is not None else "–"
+        verdict = {True: "✅", False: "❌", None: ""}[row["pass"]]
+        note = f" {row['note']}" if row["note"] and row["value"] is not None else ""
+        lines.append(f"| {row['figure']} | {value}{note} | {baseline} | {ratio} | {row['target']} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], path: Path) -> bool:
+    if importlib.util.find_spec("matplotlib") is None:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    relay, tollway = results["scenarios"]["1_physical_limit"], results["scenarios"]["2_3_tollway"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    layouts = list(relay)
+    width = 0.38
+    xs = range(len(layouts))
+    left.bar([x - width / 2 for x in xs], [relay[k]["throughput"]["req_per_s"] for k in layouts], width,
+             label="raw relay")
+    left.bar([x + width / 2 for x in xs], [tollway[k]["throughput"]["req_per_s"] for k in layouts], width,
+             label="tollway")
+    left.set_xticks(list(xs), layouts)
+    left.set_ylabel("req/s through six hops")
+    left.set_title("max throughput")
+    left.legend()
+    for layout in layouts:
+        if "latency" not in tollway[layout]:
+            continue
+        rates = list(tollway[layout]["latency"])
+        for system, data, style in (("relay", relay, "--"), ("tollway", tollway, "-")):
+            for pct in ("p50_ms", "p99_ms"):
+                right.plot([float(r) for r in rates], [data[layout]["latency"][r]["overhead"].get(pct, 0)
+                                                       for r in rates], style, marker="o",
+                           label=f"{system} {pct[:3]} ({layout})")
+    right.set_xlabel("offered load (req/s)")
+    right.set_ylabel("overhead latency (ms)")
+    right.set_title("overhead latency, open loop")
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_results(results: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "latest.json", "md": out_dir / "latest.md"}
+    paths["json"].write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
+    paths["md"].write_text(markdown(results))
+    if plot(results, out_dir / "latest.png"):
+        paths["png"] = out_dir / "latest.png"
+    return paths

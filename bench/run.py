@@ -1,0 +1,301 @@
+"""``make bench``: every scenario, each figure next to a baseline measured in the same run.
+
+1. physical limit   the raw relay (bench/relay.py): req/s through six hops, closed loop (a burst of N requests);
+2. max throughput   the six-stage pipeline, same N, same broker, model latency 0 — target ≥ 0.5× the relay, in one
+                    process and in one process per stage (each against the relay in the same layout);
+3. overhead latency open loop at fixed rates: end-to-end (ingress → sixth hop's output) minus the model's service
+                    time, p50/p99, next to the relay's — target p50 ≤ 10 ms and p99 ≤ 1.5× the relay's at 100 req/s;
+4–7.                cache, lanes, economics, memory: other areas' modules, run when present (see bench/__init__.py).
+
+Writes bench/results/latest.json and latest.md (and latest.png when matplotlib is importable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import os
+import platform
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.load import Collector, Loader, percentiles, request
+from bench.report import Row, write_results
+from bench.systems import System, cpu_seconds
+from streams.settings import REPO_ROOT, Settings
+
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+
+# Scenarios 4–7 (and other areas' benches) live in their own modules; each is run when its file exists.
+EXTRA_SCENARIOS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("4_cache", ("cache_bench",)),
+    ("5_lanes", ("lanes_bench", "lanes")),
+    ("6_economics", ("economics_bench", "economics")),
+    ("7_memory", ("memory_bench", "memory")),
+    ("model", ("model_bench",)),
+    ("pii", ("pii_eval",)),
+    ("audit_verify", ("audit_verify_bench",)),
+    ("ledger_recovery", ("ledger_recovery",)),
+)
+
+# The local model at zero latency: the pipeline's own cost is what scenarios 2 and 3 measure.
+MODEL_ZERO_LATENCY_ENV = {"TOLLWAY_MODEL_LATENCY_SCALE": "0"}
+
+
+@dataclass
+class Options:
+    requests: int = 20_000
+    warmup: int = 300
+    rates: tuple[float, ...] = (50.0, 100.0, 200.0)
+    rate_seconds: float = 10.0
+    layouts: tuple[int, ...] = (1, 6)
+    latency_layouts: tuple[int, ...] = (1,)
+    partitions: int = 4
+    extras: bool = True
+    out_dir: Path = RESULTS_DIR
+    settings_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def _settings(kind: str, opts: Options) -> Settings:
+    prefix = f"bench{kind[0]}{uuid.uuid4().hex[:8]}"
+    return Settings(topic_prefix=prefix, partitions=opts.partitions, **opts.settings_overrides)
+
+
+async def measure(system: System, opts: Options, *, latency: bool) -> dict[str, Any]:
+    """Start a system, warm it, push a burst through it, then (optionally) the open-loop rates."""
+    out: dict[str, Any] = {"system": system.name}
+    bootstrap = system.settings.bootstrap_servers
+    topics = [system.output] + ([system.responses] if system.responses else [])
+    collector = Collector(bootstrap, topics, keep_values=[system.responses] if system.responses else [])
+    loader = Loader(bootstrap)
+    await system.start()
+    try:
+        await collector.start()
+        await loader.start()
+        run = uuid.uuid4().hex[:6]
+        # Warm-up: every consumer group joined, every connection open, before anything is timed.
+        warm = [request(f"{run}w", i) for i in range(opts.warmup)]
+        await loader.burst(system.ingress, warm)
+        missing = await collector.wait_for(system.output, [rid for rid, _ in warm], 180, check=system.check)
+        if missing:
+            raise TimeoutError(f"{system.name}: {missing} of {len(warm)} warm-up requests never came out")
+
+        items = [request(f"{run}b", i) for i in range(opts.requests)]
+        ids = [rid for rid, _ in items]
+        cpu_before = cpu_seconds(system.pids())
+        started_ns = await loader.burst(system.ingress, items)
+        sent_s = (time.time_ns() - started_ns) / 1e9
+        missing = await collector.wait_for(system.output, ids, max(120.0, opts.requests / 20), check=system.check)
+        cpu_s = cpu_seconds(system.pids()) - cpu_before
+        arrived = collector.arrivals[system.output].at_ns
+        done_ns = max((arrived[rid] for rid in ids if rid in arrived), default=started_ns)
+        elapsed_s = max(1e-9, (done_ns - started_ns) / 1e9)
+        delivered = len(ids) - missing
+        out["throughput"] = {
+            "requests": len(ids), "delivered": delivered, "seconds": round(elapsed_s, 3),
+            "req_per_s": round(delivered / elapsed_s, 1), "loader_seconds": round(sent_s, 3),
+            "cpu_seconds": round(cpu_s, 3), "cpu_ms_per_request": round(1000 * cpu_s / max(1, delivered), 4),
+        }
+        if system.responses:
+            out["throughput"]["statuses"] = _statuses(collector, system.responses, ids)
+        if latency:
+            out["latency"] = {}
+            for rate in opts.rates:
+                out["latency"][f"{rate:g}"] = await _open_loop(system, collector, loader, opts, rate,
+                                                               f"{run}r{rate:g}")
+    finally:
+        await loader.stop()
+        await collector.stop()
+        await system.stop()
+        await system.delete_topics()
+    return out
+
+
+async def _open_loop(system: System, collector: Collector, loader: Loader, opts: Options, rate: float,
+                     run: str) -> dict[str, Any]:
+    scheduled = await loader.open_loop(system.ingress, run, rate, opts.rate_seconds)
+    missing = await collector.wait_for(system.output, scheduled, 60, check=system.check)
+    arrived = collector.arrivals[system.output].at_ns
+    end_to_end, overhead, response_ms, model_ms = [], [], [], []
+    responses = collector.arrivals[system.responses] if system.responses else None
+    for rid, at_ns in scheduled.items():
+        if rid not in arrived:
+            continue
+        e2e = (arrived[rid] - at_ns) / 1e6
+        service = 0.0
+        if responses is not None and rid in responses.values:
+            hops = orjson.loads(responses.values[rid]).get("hops") or []
+            service = sum(float(h.get("service_ms", 0.0)) for h in hops if h.get("stage") == "model")
+            response_ms.append((responses.at_ns[rid] - at_ns) / 1e6)
+            model_ms.append(service)
+        end_to_end.append(e2e)
+        overhead.append(e2e - service)
+    result: dict[str, Any] = {"rate_per_s": rate, "sent": len(scheduled), "missing": missing,
+                              "overhead": percentiles(overhead), "end_to_end": percentiles(end_to_end)}
+    if response_ms:
+        result["to_response"] = percentiles(response_ms)
+        result["model_service"] = percentiles(model_ms)
+    return result
+
+
+def _statuses(collector: Collector, topic: str, ids: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    values = collector.arrivals[topic].values
+    for rid in ids:
+        raw = values.get(rid)
+        status = str(orjson.loads(raw).get("status")) if raw else "no response"
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+def run_extra(module: str, timeout_s: float = 900.0) -> dict[str, Any]:
+    """``python -m bench.<module> --json``; the last stdout line that parses as a JSON object is the result."""
+    started = time.monotonic()
+    try:
+        proc = subprocess.run([sys.executable, "-m", f"bench.{module}", "--json"], cwd=REPO_ROOT,
+                              capture_output=True, timeout=timeout_s, check=False,
+                              env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    except subprocess.TimeoutExpired:
+        return {"module": module, "error": f"timed out after {timeout_s:.0f} s"}
+    result: dict[str, Any] = {"module": module, "exit_code": proc.returncode,
+                              "seconds": round(time.monotonic() - started, 1)}
+    for line in reversed(proc.stdout.decode(errors="replace").splitlines()):
+        try:
+            parsed = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(parsed, dict):
+            result["result"] = parsed
+            break
+    if "result" not in result:
+        result["error"] = (proc.stderr or proc.stdout).decode(errors="replace")[-1500:]
+    return result
+
+
+async def run_all(opts: Options, log: Any = print) -> dict[str, Any]:
+    started = time.time()
+    results: dict[str, Any] = {
+        "run": {
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+            "host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "loadavg_start": list(os.getloadavg()), "git": _git_head(), "requests": opts.requests,
+            "partitions": opts.partitions, "rates_per_s": list(opts.rates), "rate_seconds": opts.rate_seconds,
+            "settings": {k: v for k, v in Settings(**opts.settings_overrides).model_dump(mode="json").items()
+                         if k.startswith(("batch_", "producer_", "max_message"))},
+        },
+        "scenarios": {},
+    }
+    measured: dict[tuple[str, int], dict[str, Any]] = {}
+    for processes in opts.layouts:
+        for kind in ("relay", "tollway"):
+            env = {f"TOLLWAY_{k.upper()}": str(v) for k, v in opts.settings_overrides.items()}
+            if kind == "tollway":
+                env.update(MODEL_ZERO_LATENCY_ENV)
+            system = System(kind, processes, _settings(kind, opts), extra_env=env)
+            log(f"· {system.name}: {opts.requests} requests" +
+                (f", then {', '.join(f'{r:g}' for r in opts.rates)} req/s" if processes in opts.latency_layouts
+                 else ""))
+            measured[(kind, processes)] = await measure(system, opts, latency=processes in opts.latency_layouts)
+            log(f"  {measured[(kind, processes)]['throughput']}")
+    results["scenarios"]["1_physical_limit"] = {f"{p}p": measured[("relay", p)] for p in opts.layouts}
+    results["scenarios"]["2_3_tollway"] = {f"{p}p": measured[("tollway", p)] for p in opts.layouts}
+    if opts.extras:
+        for scenario, candidates in EXTRA_SCENARIOS:
+            present = [m for m in candidates if importlib.util.find_spec(f"bench.{m}") is not None]
+            if not present:
+                results["scenarios"][scenario] = {"skipped": f"no bench/{candidates[0]}.py yet"}
+                continue
+            log(f"· {scenario}: python -m bench.{present[0]} --json")
+            results["scenarios"][scenario] = run_extra(present[0])
+    results["run"]["loadavg_end"] = list(os.getloadavg())
+    results["run"]["seconds"] = round(time.time() - started, 1)
+    results["rows"] = [row.as_dict() for row in rows(results, opts)]
+    return results
+
+
+def rows(results: dict[str, Any], opts: Options) -> list[Row]:
+    out: list[Row] = []
+    relay, tollway = results["scenarios"]["1_physical_limit"], results["scenarios"]["2_3_tollway"]
+    for layout in relay:
+        r, t = relay[layout]["throughput"], tollway[layout]["throughput"]
+        where = "1 process" if layout == "1p" else f"{layout[:-1]} processes"
+        out.append(Row(f"relay throughput ({where})", r["req_per_s"], "req/s", target="the ceiling"))
+        out.append(Row(f"tollway throughput ({where})", t["req_per_s"], "req/s", baseline=r["req_per_s"],
+                       baseline_name=f"relay ({where})", target="≥ 0.5× relay", min_ratio=0.5))
+        out.append(Row(f"tollway CPU per request ({where})", t["cpu_ms_per_request"], "ms",
+                       baseline=r["cpu_ms_per_request"], baseline_name=f"relay ({where})", target=""))
+        for rate, lat in tollway[layout].get("latency", {}).items():
+            base, over = relay[layout]["latency"][rate]["overhead"], lat["overhead"]
+            if not over.get("count") or not base.get("count"):
+                continue
+            gate = rate == "100"  # the targets are set at 100 req/s; the other rates show the trend
+            out.append(Row(f"overhead p50 @ {rate} req/s ({where})", over["p50_ms"], "ms", baseline=base["p50_ms"],
+                           baseline_name="relay p50", target="≤ 10 ms" if gate else "",
+                           max_value=10.0 if gate else None))
+            out.append(Row(f"overhead p99 @ {rate} req/s ({where})", over["p99_ms"], "ms", baseline=base["p99_ms"],
+                           baseline_name="relay p99", target="≤ 1.5× relay" if gate else "",
+                           max_ratio=1.5 if gate else None))
+    for scenario, _ in EXTRA_SCENARIOS:
+        if scenario in results["scenarios"]:
+            out.extend(_extra_rows(scenario, results["scenarios"][scenario]))
+    return out
+
+
+def _extra_rows(scenario: str, data: dict[str, Any]) -> list[Row]:
+    if "skipped" in data:
+        return [Row(scenario, None, "", target="", note=data["skipped"])]
+    if "error" in data:
+        return [Row(scenario, None, "", target="", note=f"error: {str(data['error']).strip().splitlines()[-1:]}")]
+    found = data.get("result", {}).get("rows")
+    if not isinstance(found, list):
+        return [Row(scenario, None, "", target="", note="ran; no rows reported (see latest.json)")]
+    return [Row.from_extra(scenario, row) for row in found if isinstance(row, dict)]
+
+
+def _git_head() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                              text=True, check=False).stdout.strip()
+    except OSError:
+        return ""
+
+
+def parse_args(argv: list[str] | None = None) -> Options:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=Options.requests, help="burst size for scenarios 1–2")
+    parser.add_argument("--warmup", type=int, default=Options.warmup)
+    parser.add_argument("--rates", default="50,100,200", help="open-loop rates (req/s) for scenario 3")
+    parser.add_argument("--rate-seconds", type=float, default=Options.rate_seconds)
+    parser.add_argument("--layouts", default="1,6", help="processes per system: 1 and/or 6")
+    parser.add_argument("--latency-layouts", default="1", help="layouts that also run scenario 3")
+    parser.add_argument("--no-extras", action="store_true", help="skip scenarios 4–7")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a Settings override for both systems, e.g. --set producer_linger_ms=5")
+    args = parser.parse_args(argv)
+    overrides = dict(item.split("=", 1) for item in args.set)
+    return Options(requests=args.requests, warmup=args.warmup,
+                   rates=tuple(float(r) for r in args.rates.split(",") if r),
+                   rate_seconds=args.rate_seconds, layouts=tuple(int(x) for x in args.layouts.split(",") if x),
+                   latency_layouts=tuple(int(x) for x in args.latency_layouts.split(",") if x),
+                   extras=not args.no_extras, out_dir=args.out, settings_overrides=overrides)
+
+
+def main(argv: list[str] | None = None) -> None:
+    opts = parse_args(argv)
+    results = asyncio.run(run_all(opts))
+    paths = write_results(results, opts.out_dir)
+    print(paths["md"].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+if __name__ == "__main__":
+    main()

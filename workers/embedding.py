@@ -90,9 +90,9 @@ def _features(text: str) -> dict[str, float]:
     words = [stem(w) for w in tokens(normalise_text(text))]
     feats: dict[str, float] = {}
     for word in words:
-        weight = 0.25 if word in STOPWORDS else 1.0
+        weight = 0.1 if word in STOPWORDS else 1.0
         feats["w:" + word] = feats.get("w:" + word, 0.0) + weight
-        if len(word) > 3:
+        if len(word) > 3 and word not in STOPWORDS:
             padded = f"<{word}>"
             for i in range(len(padded) - 2):
                 key = "c:" + padded[i:i + 3]

@@ -1,0 +1,271 @@
+"""Where cached answers live: a :class:`CacheStore` protocol with a Redis and an in-memory implementation.
+
+Redis layout (``ns`` is the deployment's topic prefix, so tests and deployments sharing a Redis never collide)::
+
+    {ns}:cache:{tenant}:e:{key}   the entry (answer, cost, model, prompt) as JSON, with the entry's TTL
+    {ns}:cache:{tenant}:log       a stream: one record per semantic entry (key, scope, prompt, vector, expiry)
+
+An entry is written once and found two ways: by its exact key, or — through the semantic index — by a similar
+prompt, after which the same key is read. The tenant is in every key and the key hash includes it too.
+
+**Sharing the semantic index across processes.** Redis is the source of truth; each process keeps a
+:class:`SemanticMirror`: per tenant a cursor into the tenant's log stream and, per scope, a numpy
+:class:`~workers.vector_index.VectorMatrix` of the vectors seen so far. Before a batch is looked up, the mirror
+reads only the log records added since its cursor (one ``XRANGE`` per tenant in the batch, none if nothing is new
+beyond a cheap round trip), so an entry written by any process is searchable by every other one on its next batch.
+A new process replays the stream from the start (bounded by ``MAXLEN``). Expiry is enforced twice: the mirror skips
+rows whose expiry passed, and a candidate is only served after its entry is read from Redis, which forgets it at TTL.
+
+Every Redis error becomes a :class:`~schemas.errors.BackendError` here; callers turn that into a cache miss.
+redis-py ≥ 5.0.1 discards a connection whose command was cancelled, so a cancelled call never hands its reply to
+the next caller; each command or pipeline takes its own connection from the pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
+
+import numpy as np
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from schemas.errors import BackendError
+from workers.embedding import Vectors
+from workers.vector_index import VectorMatrix
+
+LOG_MAXLEN = 500_000  # semantic entries kept per tenant stream (approximate trim)
+_READ_COUNT = 10_000
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    answer: str
+    cost_micros: int
+    model: str
+    prompt: str
+    created_at_ms: int
+    expires_at_ms: int
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.__dict__)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> CacheEntry:
+        return cls(**orjson.loads(raw))
+
+
+@dataclass(frozen=True)
+class CacheWrite:
+    tenant: str
+    key: str
+    scope: str
+    entry: CacheEntry
+    vector: Vectors  # the prompt's embedding (unit length)
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    """One semantic entry as the log stream carries it."""
+
+    key: str
+    scope: str
+    prompt: str
+    expires_at_ms: int
+    vector: Vectors
+
+
+class CacheStore(Protocol):
+    async def get(self, tenant_keys: Sequence[tuple[str, str]]) -> list[CacheEntry | None]:
+        """Entries by ``(tenant, key)``, in order; ``None`` where missing or expired."""
+        ...
+
+    async def put(self, writes: Sequence[CacheWrite], *, ttl_s: Sequence[int]) -> None: ...
+
+    async def read_log(self, tenant: str, after: str) -> tuple[list[LogRecord], str]:
+        """Semantic records of ``tenant`` added after cursor ``after`` (``"0"`` = from the start) and the new cursor."""
+        ...
+
+
+def _vector_bytes(vector: Vectors) -> bytes:
+    return np.asarray(vector, dtype=np.float32).tobytes()
+
+
+class RedisCacheStore:
+    def __init__(self, client: Redis, *, namespace: str) -> None:
+        self.client = client
+        self.namespace = namespace
+
+    def entry_key(self, tenant: str, key: str) -> str:
+        return f"{self.namespace}:cache:{tenant}:e:{key}"
+
+    def log_key(self, tenant: str) -> str:
+        return f"{self.namespace}:cache:{tenant}:log"
+
+    async def get(self, tenant_keys: Sequence[tuple[str, str]]) -> list[CacheEntry | None]:
+        if not tenant_keys:
+            return []
+        try:
+            raws = await self.client.mget([self.entry_key(t, k) for t, k in tenant_keys])
+        except (RedisError, OSError) as exc:
+            raise BackendError(f"redis cache read failed: {exc}") from exc
+        return [CacheEntry.from_json(raw) if raw is not None else None for raw in raws]
+
+    async def put(self, writes: Sequence[CacheWrite], *, ttl_s: Sequence[int]) -> None:
+        if not writes:
+            return
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for write, ttl in zip(writes, ttl_s, strict=True):
+                    pipe.set(self.entry_key(write.tenant, write.key), write.entry.to_json(), ex=ttl)
+                    fields: dict[Any, Any] = {"k": write.key, "s": write.scope, "p": write.entry.prompt,
+                                              "x": write.entry.expires_at_ms, "v": _vector_bytes(write.vector)}
+                    pipe.xadd(self.log_key(write.tenant), fields, maxlen=LOG_MAXLEN, approximate=True)
+                    pipe.expire(self.log_key(write.tenant), max(ttl_s), gt=True)
+                    pipe.expire(self.log_key(write.tenant), max(ttl_s), nx=True)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise BackendError(f"redis cache write failed: {exc}") from exc
+
+    async def read_log(self, tenant: str, after: str) -> tuple[list[LogRecord], str]:
+        records: list[LogRecord] = []
+        cursor = after
+        try:
+            while True:
+                start = "-" if cursor == "0" else f"({cursor}"
+                batch: list[tuple[bytes, dict[bytes, bytes]]] = cast(
+                    "list[tuple[bytes, dict[bytes, bytes]]]",
+                    await self.client.xrange(self.log_key(tenant), min=start, max="+", count=_READ_COUNT) or [])
+                for record_id, fields in batch:
+                    cursor = record_id.decode()
+                    records.append(LogRecord(key=fields[b"k"].decode(), scope=fields[b"s"].decode(),
+                                             prompt=fields[b"p"].decode(), expires_at_ms=int(fields[b"x"]),
+                                             vector=np.frombuffer(fields[b"v"], dtype=np.float32)))
+                if len(batch) < _READ_COUNT:
+                    return records, cursor
+        except (RedisError, OSError) as exc:
+            raise BackendError(f"redis cache log read failed: {exc}") from exc
+
+
+@dataclass
+class MemoryCacheStore:
+    """Same contract in process memory; ``now_ms`` decides expiry so tests can move time."""
+
+    now_ms: Any = None  # Callable[[], int]; None → wall clock
+    entries: dict[tuple[str, str], CacheEntry] = field(default_factory=dict)
+    logs: dict[str, list[LogRecord]] = field(default_factory=dict)
+    fail: bool = False  # tests flip this to simulate Redis being down
+
+    def _now(self) -> int:
+        import time
+
+        return int(self.now_ms()) if self.now_ms is not None else time.time_ns() // 1_000_000
+
+    async def get(self, tenant_keys: Sequence[tuple[str, str]]) -> list[CacheEntry | None]:
+        if self.fail:
+            raise BackendError("memory cache store is failing (test)")
+        now = self._now()
+        found = [self.entries.get(tk) for tk in tenant_keys]
+        return [e if e is not None and e.expires_at_ms > now else None for e in found]
+
+    async def put(self, writes: Sequence[CacheWrite], *, ttl_s: Sequence[int]) -> None:
+        if self.fail:
+            raise BackendError("memory cache store is failing (test)")
+        for write in writes:
+            self.entries[(write.tenant, write.key)] = write.entry
+            self.logs.setdefault(write.tenant, []).append(
+                LogRecord(write.key, write.scope, write.entry.prompt, write.entry.expires_at_ms,
+                          np.asarray(write.vector, dtype=np.float32)))
+
+    async def read_log(self, tenant: str, after: str) -> tuple[list[LogRecord], str]:
+        if self.fail:
+            raise BackendError("memory cache store is failing (test)")
+        log = self.logs.get(tenant, [])
+        start = int(after)
+        return log[start:], str(len(log))
+
+
+@dataclass
+class Candidate:
+    key: str
+    prompt: str
+    similarity: float
+
+
+@dataclass
+class _ScopeIndex:
+    matrix: VectorMatrix
+    keys: list[str] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+    expires_at_ms: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _TenantMirror:
+    cursor: str = "0"
+    scopes: dict[str, _ScopeIndex] = field(default_factory=dict)
+
+
+class SemanticMirror:
+    """This process's numpy copy of every tenant's semantic entries (see the module docstring)."""
+
+    def __init__(self, dim: int, *, dtype: type[np.floating] = np.float16) -> None:
+        self.dim = dim
+        self.dtype = dtype
+        self._tenants: dict[str, _TenantMirror] = {}
+
+    def size(self, tenant: str) -> int:
+        mirror = self._tenants.get(tenant)
+        return sum(s.matrix.live_count for s in mirror.scopes.values()) if mirror else 0
+
+    async def refresh(self, store: CacheStore, tenant: str) -> int:
+        """Pull the tenant's records added since the last refresh; returns how many arrived."""
+        mirror = self._tenants.setdefault(tenant, _TenantMirror())
+        records, mirror.cursor = await store.read_log(tenant, mirror.cursor)
+        self.add(tenant, records)
+        return len(records)
+
+    def add(self, tenant: str, records: Sequence[LogRecord]) -> None:
+        mirror = self._tenants.setdefault(tenant, _TenantMirror())
+        by_scope: dict[str, list[LogRecord]] = {}
+        for record in records:
+            if len(record.vector) == self.dim:  # a record from an embedder of another size is unusable here
+                by_scope.setdefault(record.scope, []).append(record)
+        for scope, group in by_scope.items():
+            index = mirror.scopes.get(scope)
+            if index is None:
+                index = mirror.scopes[scope] = _ScopeIndex(VectorMatrix(self.dim, dtype=self.dtype))
+            index.matrix.add(np.stack([r.vector for r in group]))
+            index.keys.extend(r.key for r in group)
+            index.prompts.extend(r.prompt for r in group)
+            index.expires_at_ms.extend(r.expires_at_ms for r in group)
+
+    def search(self, tenant: str, scopes: Sequence[str], queries: Vectors, *, k: int, threshold: float,
+               now_ms: int) -> list[list[Candidate]]:
+        """Up to ``k`` unexpired candidates per query at or above ``threshold``, best first, within its scope."""
+        results: list[list[Candidate]] = [[] for _ in scopes]
+        mirror = self._tenants.get(tenant)
+        if mirror is None:
+            return results
+        by_scope: dict[str, list[int]] = {}
+        for i, scope in enumerate(scopes):
+            by_scope.setdefault(scope, []).append(i)
+        for scope, positions in by_scope.items():
+            index = mirror.scopes.get(scope)
+            if index is None:
+                continue
+            # Ask for a few extra: expired rows are only dropped here, lazily.
+            scores, rows = index.matrix.search(queries[positions], k + 4)
+            for position, row_scores, row_ids in zip(positions, scores.tolist(), rows.tolist(), strict=True):
+                for score, row in zip(row_scores, row_ids, strict=True):
+                    if row < 0 or score < threshold:
+                        break
+                    if index.expires_at_ms[row] <= now_ms:
+                        index.matrix.remove([row])
+                        continue
+                    results[position].append(Candidate(index.keys[row], index.prompts[row], float(score)))
+                    if len(results[position]) >= k:
+                        break
+        return results

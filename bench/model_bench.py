@@ -1,0 +1,125 @@
+"""Model-stage figures: router decisions/s, stage throughput with and without micro-batching, auto-tier accuracy.
+
+    python -m bench.model_bench [--requests 512] [--batch 64] [--latency-scale 0.1] [--json]
+
+1. router     decisions per second of :func:`workers.router.route` over the labelled prompts (one core, in process);
+2. stage      requests/s through :func:`workers.model.process` with the ``local`` backend sleeping the default
+              catalog's latency profile × ``--latency-scale``, fed in stream-sized batches of ``--batch``; once
+              with micro-batching (one call per model and up to max_batch requests) and once without (one call
+              per request); the ratio is the figure;
+3. auto tier  accuracy of :mod:`workers.difficulty` on ``bench/data/difficulty.jsonl`` (written by hand for this
+              project; the thresholds were tuned on it, so read it as a training-set figure), with under-routing
+              (quality lost) and over-routing (money lost) counted apart, and the expected cost of auto routing
+              against sending everything to the large tier.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from schemas.envelope import Envelope
+from streams.client import new_envelope
+from workers.backends.local import LocalBackend
+from workers.catalog import QUALITY_TIERS, load_catalog
+from workers.difficulty import estimate
+from workers.model import ModelContext, process
+from workers.router import route
+
+DATA = Path(__file__).resolve().parent / "data" / "difficulty.jsonl"
+
+
+def labelled() -> list[dict[str, str]]:
+    return [orjson.loads(line) for line in DATA.read_bytes().splitlines() if line.strip()]
+
+
+def envelopes(n: int, budget_ms: int = 60_000) -> list[Envelope]:
+    prompts = [row["prompt"] for row in labelled()]
+    return [new_envelope(prompts[i % len(prompts)], tenant="bench", budget_ms=budget_ms) for i in range(n)]
+
+
+def bench_router(n: int) -> dict[str, Any]:
+    catalog = load_catalog()
+    envs = envelopes(n)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    for env in envs:
+        route(env, catalog, env.created_at_ns)
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    # Wall time on a shared machine includes other processes' turns; CPU time is this process's own cost.
+    return {"decisions": n, "seconds": round(seconds, 4), "decisions_per_s": round(n / seconds),
+            "cpu_seconds": round(cpu_seconds, 4), "decisions_per_cpu_s": round(n / cpu_seconds)}
+
+
+async def bench_stage(n: int, batch: int, latency_scale: float, micro_batching: bool) -> dict[str, Any]:
+    backend = LocalBackend(latency_scale=latency_scale)
+    ctx = ModelContext(stage="model", catalog=load_catalog(), backends={"local": backend},
+                       micro_batching=micro_batching)
+    envs = envelopes(n)
+    started = time.perf_counter()
+    for i in range(0, n, batch):
+        await process(envs[i:i + batch], ctx)
+    seconds = time.perf_counter() - started
+    ok = sum(1 for e in envs if e.outcome is None and e.answer)
+    return {"requests": n, "ok": ok, "backend_calls": backend.calls, "seconds": round(seconds, 3),
+            "requests_per_s": round(n / seconds, 1)}
+
+
+def bench_auto_tier() -> dict[str, Any]:
+    catalog = load_catalog()
+    rows = labelled()
+    correct = under = over = 0
+    confusion: dict[str, dict[str, int]] = {t: dict.fromkeys(QUALITY_TIERS, 0) for t in QUALITY_TIERS}
+    auto_cost = large_cost = labelled_cost = 0
+    cheapest = {t: min((m for m in catalog.models if m.quality_tier == t),
+                       key=lambda m: m.prices.output_micros_per_mtok) for t in QUALITY_TIERS}
+    for row in rows:
+        predicted, truth = estimate(row["prompt"]).tier, row["tier"]
+        confusion[truth][predicted] += 1
+        delta = QUALITY_TIERS.index(predicted) - QUALITY_TIERS.index(truth)
+        correct += delta == 0
+        under += delta < 0
+        over += delta > 0
+        env = new_envelope(row["prompt"], tenant="bench", budget_ms=60_000)
+        decision = route(env, catalog, env.created_at_ns)
+
+        def cost(tier: str, decision: Any = decision) -> int:
+            return int(decision.expected_cost_micros(cheapest[tier]))
+
+        auto_cost += cost(predicted)
+        large_cost += cost("large")
+        labelled_cost += cost(truth)
+    n = len(rows)
+    return {"labelled": n, "accuracy": round(correct / n, 3), "under_routed": under, "over_routed": over,
+            "confusion_truth_to_predicted": confusion,
+            "expected_cost_micros": {"auto": auto_cost, "all_large": large_cost, "labelled_tiers": labelled_cost},
+            "saving_vs_all_large": round(1 - auto_cost / large_cost, 3)}
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {"router": bench_router(args.decisions)}
+    batched = await bench_stage(args.requests, args.batch, args.latency_scale, True)
+    single = await bench_stage(args.requests, args.batch, args.latency_scale, False)
+    results["stage"] = {"latency_scale": args.latency_scale, "stream_batch": args.batch,
+                        "micro_batched": batched, "one_call_per_request": single,
+                        "ratio": round(batched["requests_per_s"] / single["requests_per_s"], 2)}
+    results["auto_tier"] = bench_auto_tier()
+    return results
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--decisions", type=int, default=20_000)
+    parser.add_argument("--requests", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--latency-scale", type=float, default=0.1)
+    parser.add_argument("--json", action="store_true", help="print one JSON object (for bench/run.py)")
+    results = asyncio.run(main(parser.parse_args()))
+    if parser.parse_args().json:
+        print(orjson.dumps(results).decode())
+    else:
+        print(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())

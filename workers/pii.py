@@ -56,41 +56,58 @@ _SECRETS = [
 ]
 # "password: hunter22" — only the value is the secret.
 _ASSIGNED_SECRET = re.compile(r"(?i)\b(?:api[_-]?key|secret(?:[_-]key)?|access[_-]token|auth[_-]token|password|"
-                              r"passwd|pwd)\b\s*[:=]\s*['\"]?([^\s'\"]{6,})")
+                              r"passwd|pwd)\b\s*[:=]\s*['\"]?([^\s'\"<][^\s'\"]{5,})")
 # Issuer prefixes: Visa, Mastercard (51-55, 2221-2720), Amex, Discover, Diners, JCB, Maestro/UnionPay.
 _CARD_PREFIX = re.compile(r"^(?:4|5[1-5]|2(?:2[2-9][1-9]|2[3-9]\d|[3-6]\d\d|7[01]\d|720)|3[47]|6011|65|64[4-9]|"
                           r"3(?:0[0-5]|[68])|35(?:2[89]|[3-8]\d)|62|67)")
 _DIGITS = re.compile(r"\d")
+_FILE_SUFFIXES = frozenset({"png", "jpg", "jpeg", "gif", "svg", "webp", "ico", "bmp", "tiff", "css", "js", "json",
+                            "html", "txt", "pdf"})
 
 
 def _emails(text: str) -> Iterator[Finding]:
     for m in _EMAIL.finditer(text):
+        if m.group().rsplit(".", 1)[-1].lower() in _FILE_SUFFIXES:
+            continue  # "icon@2x.png" is an asset name, not an address
         yield Finding("email", m.start(), m.end(), m.group())
 
 
 def _cards(text: str) -> Iterator[Finding]:
     for m in _CARD.finditer(text):
-        raw = m.group()
-        seps = set(re.sub(r"\d", "", raw))
-        if len(seps) > 1:
-            continue  # "4111 1111-1111 1111": mixed separators are not how a card number is written
-        digits = re.sub(r"\D", "", raw)
-        if 13 <= len(digits) <= 19 and _CARD_PREFIX.match(digits) and luhn.is_valid(digits):
-            yield Finding("credit_card", m.start(), m.end(), raw)
+        # A run of digit groups may hold a card and a neighbour ("4111 1111 1111 1111 536"): try the windows of
+        # whole groups, longest first, and take each valid one.
+        groups = [(g.start() + m.start(), g.end() + m.start()) for g in re.finditer(r"\d+", m.group())]
+        i = 0
+        while i < len(groups):
+            for j in range(len(groups), i, -1):
+                start, end = groups[i][0], groups[j - 1][1]
+                raw = text[start:end]
+                if len(set(re.sub(r"\d", "", raw))) > 1:
+                    continue  # "4111 1111-1111 1111": mixed separators are not how a card number is written
+                digits = re.sub(r"\D", "", raw)
+                if 13 <= len(digits) <= 19 and _CARD_PREFIX.match(digits) and luhn.is_valid(digits):
+                    yield Finding("credit_card", start, end, raw)
+                    i = j - 1
+                    break
+            i += 1
 
 
 def _ibans(text: str) -> Iterator[Finding]:
-    for m in _IBAN.finditer(text):
+    pos = 0
+    while (m := _IBAN.search(text, pos)) is not None:
         raw = m.group()
-        # The candidate may run on into the next word ("... 3000 AND"): shorten it token by token until it is valid.
+        pos = m.start() + 1
+        # The candidate may run on into the next word or the next IBAN ("... 3000 DE44 ..."): shorten it token by
+        # token until it is valid, and scan on from where the valid one ends.
         positions = [i for i, c in enumerate(raw) if c != " "]
         compact = raw.replace(" ", "")
         for length in range(len(compact), 14, -1):
-            if stdnum_iban.is_valid(compact[:length]):
+            # mod-97 and the country's length; not the national bank-code registries, which go stale.
+            if stdnum_iban.is_valid(compact[:length], check_country=False):
                 end = m.start() + positions[length - 1] + 1
-                following = text[end:end + 1]
-                if not following.isalnum():
+                if not text[end:end + 1].isalnum():
                     yield Finding("iban", m.start(), end, text[m.start():end])
+                    pos = end
                 break
 
 
@@ -123,7 +140,7 @@ def _phones(text: str, region: str) -> Iterator[Finding]:
     if len(_DIGITS.findall(text)) < 7:
         return
     for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID):
-        yield Finding("phone", match.start, match.end, match.raw_string)
+        yield Finding("phone", match.start, match.end, text[match.start:match.end])
 
 
 def _secrets(text: str) -> Iterator[Finding]:
@@ -134,15 +151,23 @@ def _secrets(text: str) -> Iterator[Finding]:
         yield Finding("secret", m.start(1), m.end(1), m.group(1))
 
 
-def detect(text: str, *, phone_region: str = "US") -> list[Finding]:
-    """Every PII finding in ``text``: validated, non-overlapping, in text order."""
-    candidates = [*_secrets(text), *_emails(text), *_ibans(text), *_cards(text), *_ssns(text), *_ips(text),
-                  *_phones(text, phone_region)]
+def _resolve(candidates: list[Finding], taken: list[Finding]) -> list[Finding]:
     candidates.sort(key=lambda f: (PRIORITY[f.entity], f.start - f.end))
-    taken: list[Finding] = []
     for finding in candidates:
         if all(finding.end <= t.start or finding.start >= t.end for t in taken):
             taken.append(finding)
+    return taken
+
+
+def detect(text: str, *, phone_region: str = "US") -> list[Finding]:
+    """Every PII finding in ``text``: validated, non-overlapping, in text order."""
+    taken = _resolve([*_secrets(text), *_emails(text), *_ibans(text), *_cards(text), *_ssns(text), *_ips(text)], [])
+    # libphonenumber grabs long digit runs as one candidate: mask what is already found so a card next to a phone
+    # number does not hide it.
+    masked = text
+    for f in taken:
+        masked = masked[:f.start] + "\n" * (f.end - f.start) + masked[f.end:]
+    taken = _resolve(list(_phones(masked, phone_region)), taken)
     return sorted(taken, key=lambda f: f.start)
 
 

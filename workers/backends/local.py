@@ -114,8 +114,9 @@ def answer(prompt: str, passages: list[Passage]) -> str:
         if _SUMMARY.search(prompt):
             return (f"I couldn't find the material to summarise ({_topic(prompt)}) among this tenant's indexed "
                     "documents. Paste the text after a colon, or index the document and ask again.")
-        return (f"I don't have a source that covers {_topic(prompt)}, so I can't give a grounded answer. If it is "
-                "documented, add the document to the index and ask again; otherwise a specialist should take it.")
+        question = prompt.strip() if len(prompt) <= 90 else prompt.strip()[:87].rstrip() + "…"
+        return (f"I couldn't find a document that answers \"{question}\", so I can't give a grounded answer. If it "
+                "is documented, add the document to the index and ask again; otherwise a specialist should take it.")
     document_frequency = Counter(t for s in sentences for t in set(terms(s.text)))
     n = len(sentences)
 

@@ -25,7 +25,8 @@ def test_summaries_are_bullets_and_honour_the_count() -> None:
 
 
 def test_no_source_gives_an_honest_generic_reply() -> None:
-    assert "can't give a grounded answer" in answer("How do I rotate an API key?", [])
+    assert answer("How do I rotate an API key?", []).startswith(
+        'I couldn\'t find a document that answers "How do I rotate an API key?"')
     assert answer("Hello!", []).startswith("Hello!")
     assert answer("Classify this ticket: the invoice total is wrong.", []).startswith("Category: billing")
     pasted = ("Summarise the following: The outage began at 09:10 UTC after a config push. Traffic tripled within "

@@ -1,0 +1,102 @@
+"""Conversation memory: a session's recent turns, kept in Redis with a TTL, scoped by tenant.
+
+Key ``{ns}:mem:{tenant}:{session_id}`` is a list of JSON messages, trimmed to the newest ``max_messages`` and
+expiring ``ttl_s`` after the last turn. The tenant is part of the key: two tenants' equal session ids never meet.
+The retrieval stage reads (``recent_turns_many``, one pipeline per batch); the post-process stage writes
+(``append_turns``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from schemas.envelope import Envelope, Message, Status
+from schemas.errors import BackendError
+
+log = logging.getLogger(__name__)
+
+
+class ConversationMemory(Protocol):
+    async def recent_turns_many(self, sessions: Sequence[tuple[str, str]]) -> list[list[Message]]:
+        """The recent messages of each ``(tenant, session_id)``, oldest first."""
+        ...
+
+    async def append_turn(self, tenant: str, session_id: str, messages: Sequence[Message]) -> None: ...
+
+
+class RedisMemory:
+    def __init__(self, client: Redis, *, namespace: str, ttl_s: int = 3600, max_turns: int = 10) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.ttl_s = ttl_s
+        self.max_messages = 2 * max_turns
+
+    def key(self, tenant: str, session_id: str) -> str:
+        return f"{self.namespace}:mem:{tenant}:{session_id}"
+
+    async def recent_turns(self, tenant: str, session_id: str) -> list[Message]:
+        return (await self.recent_turns_many([(tenant, session_id)]))[0]
+
+    async def recent_turns_many(self, sessions: Sequence[tuple[str, str]]) -> list[list[Message]]:
+        if not sessions:
+            return []
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for tenant, session_id in sessions:
+                    pipe.lrange(self.key(tenant, session_id), -self.max_messages, -1)
+                rows = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise BackendError(f"redis memory read failed: {exc}") from exc
+        return [[Message.model_validate(orjson.loads(raw)) for raw in row] for row in rows]
+
+    async def append_turn(self, tenant: str, session_id: str, messages: Sequence[Message]) -> None:
+        key = self.key(tenant, session_id)
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.rpush(key, *(orjson.dumps(m.model_dump(mode="json")) for m in messages))
+                pipe.ltrim(key, -self.max_messages, -1)
+                pipe.expire(key, self.ttl_s)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise BackendError(f"redis memory write failed: {exc}") from exc
+
+
+@dataclass
+class MemoryConversationMemory:
+    max_turns: int = 10
+    sessions: dict[tuple[str, str], list[Message]] = field(default_factory=dict)
+
+    async def recent_turns_many(self, sessions: Sequence[tuple[str, str]]) -> list[list[Message]]:
+        return [list(self.sessions.get(s, [])[-2 * self.max_turns:]) for s in sessions]
+
+    async def append_turn(self, tenant: str, session_id: str, messages: Sequence[Message]) -> None:
+        self.sessions.setdefault((tenant, session_id), []).extend(messages)
+
+
+async def append_turns(batch: list[Envelope], store: ConversationMemory) -> int:
+    """Record the user prompt and the answer of each answered request that has a session; returns how many.
+
+    Call it after the answer is final (post-process). Cache hits count: the user saw that answer. A store error is
+    logged and swallowed: losing a turn of memory must not fail the request.
+    """
+    written = 0
+    for env in batch:
+        session = env.request.session_id
+        if not session or env.answer is None:
+            continue
+        if env.outcome is not None and env.outcome.status not in (Status.OK, Status.CACHE_HIT):
+            continue
+        turn = [Message(role="user", content=env.request.prompt), Message(role="assistant", content=env.answer)]
+        try:
+            await store.append_turn(env.tenant, session, turn)
+            written += 1
+        except BackendError as exc:
+            log.warning("could not record a turn of session %s for %s: %s", session, env.tenant, exc)
+    return written

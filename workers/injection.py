@@ -39,59 +39,77 @@ _PRIOR = r"(?:all |any |the |your |my |these |those |every )*(?:previous|prior|a
 _INSTR = r"(?:instructions?|prompts?|rules|directions|directives|guidelines|guardrails|context|messages?|" \
          r"constraints|programming|policies|orders|commands)"
 
+_SECRET_PROMPT = r"(?:system prompt|hidden prompt|initial prompt|pre-?prompt|" \
+                 r"(?:secret|hidden|original|initial|system) instructions|developer (?:message|prompt)|" \
+                 r"instructions you were given|rules you were given)"
+_NO_LIMITS = r"(?:without|with no|no|free (?:of|from))\s+(?:any |all |your |the )*" \
+             r"(?:ethical |moral |safety |content )?" \
+             r"(?:restrictions|filters|filtering|limitations|censorship|guidelines|guardrails|rules)\b"
+
 RULES: tuple[Rule, ...] = (
+    # "ignore all previous instructions": the verb, then only determiners before the "previous/system" word.
     Rule("ignore_previous_instructions", 0.85,
-         _r(rf"\b(?:ignore|disregard|forget|override|skip|bypass|neglect|abandon|drop)\b.{{0,20}}?{_PRIOR}\s+"
-            rf"(?:\w+\s+){{0,2}}{_INSTR}")),
+         _r(rf"\b(?:ignore|disregard|forget|override|skip|bypass|neglect|abandon|drop)\s+{_PRIOR}\s+"
+            rf"(?:\w+\s+){{0,2}}?{_INSTR}")),
     Rule("ignore_everything", 0.7,
          _r(r"\b(?:ignore|disregard|forget)\s+(?:everything|all(?: of)? (?:that|this|it))\b"
             r"(?:.{0,40}\b(?:said|told|above|before|instructions?))")),
+    Rule("ignore_the_user", 0.6,
+         _r(r"\b(?:ignore|disregard)\s+(?:the\s+)?user(?:'s)?\b(?:\s+(?:question|request|instructions?|message))?")),
+    # Asking for *your* prompt (or "the" one you were given), not asking how to write one.
     Rule("reveal_system_prompt", 0.75,
-         _r(r"\b(?:reveal|show|print|repeat|output|display|leak|dump|give me|tell me|what (?:is|are|was|were)|"
-            r"write out|recite|spell out)\b.{0,30}?\b(?:your |the )?(?:system prompt|hidden prompt|initial prompt|"
-            r"(?:secret |hidden |original |initial |system )instructions|developer (?:message|prompt)|"
-            r"instructions you were given|pre-?prompt)")),
+         _r(rf"\b(?:reveal|show|print|repeat|output|display|leak|dump|give|tell|what (?:is|are|was|were)|write out|"
+            rf"recite|spell out)(?:\s+(?:me|us))?\s+(?:all\s+(?:of\s+)?)?(?:your\s+(?:full\s+|entire\s+|exact\s+)?"
+            rf"{_SECRET_PROMPT}|the\s+(?:system prompt|developer (?:message|prompt)|(?:hidden|secret) "
+            rf"(?:prompt|instructions)|instructions you were given|rules you were given))")),
     Rule("repeat_text_above", 0.7,
          _r(r"\b(?:repeat|print|output|copy|return)\b.{0,25}\b(?:words|text|everything|all)\b.{0,15}"
             r"\b(?:above|before this|preceding|prior to this)")),
-    Rule("role_override", 0.45,
-         _r(r"\b(?:you are now|from now on,? you(?: are|'re| will| must)|you will now act|act as (?:an? )?"
-            r"(?:unrestricted|unfiltered|uncensored|jailbroken|evil|rogue)|pretend (?:to be|you are|that you are) "
-            r"(?:an? )?(?:unrestricted|unfiltered|uncensored|different|evil|rogue|jailbroken)|roleplay as (?:an? )?"
-            r"(?:unrestricted|unfiltered|evil))")),
+    Rule("unsafe_persona", 0.7,
+         _r(r"\b(?:act as|acting as|pretend (?:to be|you are|that you are)|roleplay as|you are now|become|play)\s+"
+            r"(?:an?\s+|the\s+)?(?:\w+\s+)?(?:unrestricted|unfiltered|uncensored|jailbroken|evil|rogue|amoral|"
+            r"unethical)\b")),
+    Rule("role_override", 0.3,
+         _r(r"\b(?:you are now|from now on,? you(?: are|'re| will| must)|you will now act)\b")),
     Rule("jailbreak_persona", 0.7,
-         _r(r"(?:\bDAN\b(?! brown)|\bdo anything now\b|\bdeveloper mode\b|\bjailbr(?:eak|oken)\b|\bgod mode\b|"
-            r"\bAIM\b.{0,20}machiavellian|\bSTAN\b.{0,20}strive to avoid norms)")),
-    Rule("no_restrictions", 0.5,
-         _r(r"\b(?:without|no|free (?:of|from)|ignore|remove|lift)\s+(?:any |all |your |the )*(?:ethical |moral |"
-            r"safety |content )?(?:restrictions|filters|filtering|limitations|censorship|guidelines|guardrails|"
-            r"rules)\b")),
+         _r(r"(?:(?-i:\bDAN\b)|\bdo anything now\b|\bjailbr(?:eak|oken)\b(?! \w+ on)|"
+            r"\b(?:enable|enter|activate|switch to|you are in|you're in|now in)\s+(?:developer|god|dan|jailbreak|"
+            r"unrestricted) mode\b|\b(?:developer|god) mode\b.{0,40}\b(?:ignore|no (?:restrictions|rules|filters)|"
+            r"content policy)|\bAIM\b.{0,20}machiavellian)")),
+    Rule("answer_without_limits", 0.65,
+         _r(rf"\b(?:answer|respond|reply|write|act|operate|speak|talk|you have|you're|you are|with)\s+"
+            rf"(?:\w+\s+){{0,3}}?{_NO_LIMITS}")),
+    Rule("no_restrictions", 0.3, _r(rf"\b{_NO_LIMITS}")),
     Rule("disable_safety", 0.7,
          _r(r"\b(?:disable|turn off|deactivate|switch off|bypass|circumvent|override)\s+(?:your |the |all |any )*"
             r"(?:safety|content|moderation)?\s*(?:filters?|guardrails|safeguards|moderation|safety (?:checks|"
-            r"features|protocols|settings)|restrictions|censorship)")),
+            r"features|protocols|settings|rules)|restrictions|censorship)\b(?!\s+(?:settings|for (?:our|the|my) "
+            r"(?:server|channel|account|team)))")),
     Rule("fake_system_delimiter", 0.75,
          _r(r"(?:<\|im_start\|>\s*system|<\|system\|>|<\|endoftext\|>|</?system>|\[/?system\]|\[/?INST\]|<<SYS>>|"
             r"^#{2,}\s*(?:system|new instructions)|\bBEGIN (?:SYSTEM|ADMIN) (?:PROMPT|INSTRUCTIONS)|"
             r"^\s*system\s*(?:override|message|prompt)\s*:)")),
     Rule("new_instructions", 0.45,
-         _r(r"(?:\bnew (?:instructions|directive|task|objective|rules)\s*:|\byour (?:new|real|actual|true) "
-            r"(?:task|goal|purpose|instructions|objective|job) (?:is|are)\b|\binstead,? (?:you (?:must|should|will) )?"
-            r"(?:say|output|respond with|reply with|print|write)\b|\bthe (?:above|previous) (?:was|were) "
-            r"(?:a test|fake|wrong)\b)")),
-    Rule("authority_claim", 0.35,
+         _r(r"(?:\bnew (?:instructions|directive|task|objective|rules)\s*:|\binstead,? (?:you (?:must|should|will) )?"
+            r"(?:say|output|respond with|reply with|print|write)\b)")),
+    Rule("replaced_goal", 0.65,
+         _r(r"(?:\byour (?:new|real|actual|true) (?:task|goal|purpose|instructions|objective|job|mission) (?:is|are)\b|"
+            r"\bthe (?:above|previous|prior|preceding)(?: \w+)? (?:was|were) (?:just )?(?:a test|fake|false|a joke|"
+            r"void|not real)\b)")),
+    Rule("authority_claim", 0.6,
          _r(r"\b(?:i am|i'm|this is|as) (?:your|the|an?) (?:developer|creator|administrator|admin|system "
-            r"administrator|openai|anthropic|owner|operator)\b.{0,60}\b(?:override|unlock|authori[sz]e|grant|"
-            r"allow|enable|permission|access|command|instruct)")),
+            r"administrator|openai|anthropic|owner|operator)\b.{0,60}\b(?:(?:command|order|instruct|authori[sz]e|"
+            r"allow|permit|grant) you|override|unlock|disable|bypass)\b")),
     Rule("exfiltration", 0.65,
-         _r(r"(?:!\[[^\]]*\]\(https?://[^)\s]*[?&][^)\s]*=|\b(?:send|post|upload|forward|exfiltrate|leak|transmit)"
-            r"\b.{0,40}\b(?:to|at|via)\s+(?:https?://|[\w.-]+@[\w.-]+|(?:my|this|the following) "
-            r"(?:server|url|endpoint|webhook|email))|\bcurl\s+(?:-\w+\s+)*https?://)")),
-    Rule("encoded_payload", 0.35,
+         _r(r"(?:!\[[^\]]*\]\(https?://[^)\s]*[?&][^)\s]*=|\b(?:send|post|upload|forward|exfiltrate|leak|transmit|"
+            r"email)\b.{0,30}\b(?:conversation|chat|history|system prompt|prompt|context|credentials|passwords?|"
+            r"secrets?|api keys?|user'?s?|everything|all data)\b.{0,30}\b(?:to|at|via)\s+(?:https?://|[\w.-]+@|my |"
+            r"this |the following )|\bcurl\s+(?:-\w+\s+)*https?://\S+.{0,30}\b(?:upload|send|post|prompt|secret))")),
+    Rule("encoded_payload", 0.65,
          _r(r"(?:\b(?:decode|base64|rot13|hex)\b.{0,40}\b(?:and|then)\b.{0,20}\b(?:follow|execute|run|obey|do)\b|"
             r"[A-Za-z0-9+/]{120,}={0,2})")),
-    Rule("prompt_leak_hidden", 0.4,
-         _r(r"\b(?:do not|don't|never) (?:tell|inform|mention|reveal to|alert) (?:the )?(?:user|anyone|human)\b")),
+    Rule("conceal_from_user", 0.4,
+         _r(r"\b(?:do not|don't|never) (?:tell|inform|mention|reveal to|alert) (?:the )?(?:user|human)\b")),
 )
 
 _ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"), None)

@@ -1,0 +1,87 @@
+"""The cache on the real Redis and through the pipeline: sharing across processes, isolation, near misses, outage."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from redis.asyncio import Redis
+
+from schemas.envelope import ModelResult, Status
+from streams.client import Submitter, new_envelope
+from streams.settings import Settings
+from streams.stage_cache import redis_client
+from workers import cache
+from workers.cache import CacheContext
+from workers.cache_store import RedisCacheStore, SemanticMirror
+
+pytestmark = pytest.mark.integration
+
+
+def _ctx(settings: Settings, client: Redis) -> CacheContext:
+    """One context per simulated worker process: same Redis, its own mirror."""
+    return CacheContext(stage="cache", store=RedisCacheStore(client, namespace=settings.topic_prefix),
+                        mirror=SemanticMirror(256))
+
+
+async def _fill(ctx: CacheContext, settings: Settings, prompt: str, tenant: str, answer: str, cost: int) -> None:
+    env = new_envelope(prompt, tenant=tenant, settings=settings)
+    env.answer, env.model = answer, ModelResult(model="m-large", cost_micros=cost)
+    await cache.fill([env], ctx)
+
+
+async def test_entries_written_by_one_process_are_found_by_another(settings: Settings) -> None:
+    client = redis_client(settings)
+    try:
+        writer, reader = _ctx(settings, client), _ctx(settings, client)
+        await _fill(writer, settings, "How do I rotate my API key?", "acme", "Create, deploy, revoke.", 700)
+        first = new_envelope("How can I rotate my API key", tenant="acme", settings=settings)
+        first.route = ["model", "postprocess", "audit"]
+        (first,) = await cache.process([first], reader)
+        assert first.cache is not None and (first.cache.outcome, first.cache.kind) == ("hit", "semantic")
+        assert first.cache.saved_micros == 700 and first.route == ["postprocess", "audit"]
+        # a later write is picked up incrementally by the reader's mirror
+        await _fill(writer, settings, "What is the annual refund window?", "acme", "30 days.", 500)
+        (second,) = await cache.process([new_envelope("Please, what is the annual refund window?", tenant="acme",
+                                                      settings=settings)], reader)
+        assert second.cache is not None and second.cache.outcome == "hit" and second.answer == "30 days."
+        assert reader.mirror.size("acme") == 2
+    finally:
+        await client.aclose()
+
+
+async def test_redis_down_is_a_miss_quickly(settings: Settings) -> None:
+    down = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
+    client = redis_client(down)
+    try:
+        ctx = _ctx(down, client)
+        started = time.monotonic()
+        (env,) = await cache.process([new_envelope("anything", tenant="acme", settings=down)], ctx)
+        assert env.cache is not None and env.cache.outcome == "error" and "model" in env.route
+        await _fill(ctx, down, "anything", "acme", "x", 1)  # logged, not raised
+        assert time.monotonic() - started < 5
+    finally:
+        await client.aclose()
+
+
+async def test_through_the_pipeline(pipeline: Settings) -> None:
+    settings = pipeline
+    client = redis_client(settings)
+    try:
+        await _fill(_ctx(settings, client), settings, "Is the annual plan refundable?", "acme",
+                    "Yes, pro rata within 30 days.", 2500)
+    finally:
+        await client.aclose()
+    envs = [new_envelope("Is the annual plan refundable?", tenant="acme", settings=settings),
+            new_envelope("Please tell me: is the annual plan refundable", tenant="acme", settings=settings),
+            new_envelope("Is the annual plan not refundable?", tenant="acme", settings=settings),
+            new_envelope("Is the annual plan refundable?", tenant="globex", settings=settings)]
+    async with Submitter(settings) as submitter:
+        exact, semantic, opposite, other_tenant = await submitter.complete(envs, timeout_s=60)
+    for response in (exact, semantic):
+        assert response.status is Status.CACHE_HIT, response
+        assert response.answer == "Yes, pro rata within 30 days."
+        assert "model" not in [h.stage for h in response.hops]
+    assert opposite.status is Status.OK and opposite.answer != "Yes, pro rata within 30 days."
+    assert other_tenant.status is Status.OK and other_tenant.answer != "Yes, pro rata within 30 days."
+    assert "model" in [h.stage for h in other_tenant.hops]

@@ -149,8 +149,10 @@ class ReplyReader:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self._task = None
         if self._consumer is not None:
             await self._consumer.stop()
+            self._consumer = None
         for future in self._futures.values():
             if not future.done():
                 future.cancel()
@@ -246,8 +248,10 @@ class TollwayClient:
         await self.replies.stop()
         if self.producer is not None:
             await self.producer.stop()
+            self.producer = None
         if self._store is not None:
             await self._store.stop()
+            self._store = None
         if self.reply_to and self.delete_reply_topic:
             with contextlib.suppress(KafkaError, OSError):
                 await delete_topic(self.settings, self.reply_to)

@@ -32,12 +32,13 @@ from workers.cache import CacheContext  # noqa: E402
 from workers.cache_store import LogRecord, MemoryCacheStore, SemanticMirror  # noqa: E402
 from workers.embedding import HashingEmbedder  # noqa: E402
 from workers.retrieval import RetrievalContext  # noqa: E402
-from workers.vector_index import MemoryVectorIndex  # noqa: E402
+from workers.vector_index import IndexedChunk, MemoryVectorIndex  # noqa: E402
 
 EMBED = HashingEmbedder()
-WORDS = ("refund invoice plan annual monthly key rotate limit password reset team invite workspace sso saml "
-         "shipping warranty claim order customs export import billing seat admin member report dashboard api "
-         "webhook token quota region backup restore delete archive audit log alert incident").split()
+_WORD_TEXT = ("refund invoice plan annual monthly key rotate limit password reset team invite workspace sso saml "
+              "shipping warranty claim order customs export import billing seat admin member report dashboard api "
+              "webhook token quota region backup restore delete archive audit log alert incident")
+WORDS = _WORD_TEXT.split()
 TEMPLATES = ("How do I {a} my {b}?", "What is the {a} {b} policy?", "Can I {a} the {b} after {n} days?",
              "Why does my {a} {b} fail?", "Where is the {a} for {b} {n}?", "Is {a} {b} included in plan {n}?")
 
@@ -75,9 +76,12 @@ def latency(sizes: list[int]) -> None:
               f"p99 {np.percentile(batch_times, 99) * 1e3:.3f} ms  | own entry found {hits / len(queries):.1%}")
 
 
-async def pairs(path: Path) -> None:
-    print("## paraphrase / near-miss set", path.name)
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def _rows(path: Path) -> list[dict[str, str]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+async def pairs(rows: list[dict[str, str]]) -> None:
+    print("## paraphrase / near-miss set")
     for threshold in (0.8, 0.85, 0.88, 0.92):
         counts = {"paraphrase": 0, "paraphrase_hard": 0, "near_miss": 0}
         hits = {"paraphrase": 0, "paraphrase_hard": 0, "near_miss": 0}
@@ -103,14 +107,12 @@ async def pairs(path: Path) -> None:
               f"{rejected}/{counts['near_miss']} (the rest fell below the threshold)")
 
 
-async def recall(path: Path) -> None:
+async def recall(rows: list[dict[str, str]], chunks_by_tenant: dict[str, list[IndexedChunk]]) -> None:
     print("## retrieval recall@5 on infra/corpus")
     index = MemoryVectorIndex(EMBED.dim)
-    for tenant_dir in sorted((ROOT / "infra" / "corpus").iterdir()):
-        chunks = [to_indexed(c) for f in sorted(tenant_dir.glob("*.md")) for c in chunk_file(f, tenant=tenant_dir.name)]
-        index.upsert(tenant_dir.name, chunks, EMBED.embed_sync([c.text for c in chunks]))
+    for tenant, chunks in chunks_by_tenant.items():
+        index.upsert(tenant, chunks, EMBED.embed_sync([c.text for c in chunks]))
     ctx = RetrievalContext(stage="retrieval", index=index, top_k=5, min_score=-1.0)
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     envs = [new_envelope(r["question"], tenant=r["tenant"], budget_ms=10_000) for r in rows]
     out = await retrieval.process(envs, ctx)
     at1 = at5 = 0
@@ -126,8 +128,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000])
     args = parser.parse_args()
-    asyncio.run(pairs(ROOT / "bench" / "data" / "cache_pairs.jsonl"))
-    asyncio.run(recall(ROOT / "bench" / "data" / "retrieval_questions.jsonl"))
+    asyncio.run(pairs(_rows(ROOT / "bench" / "data" / "cache_pairs.jsonl")))
+    corpus = {d.name: [to_indexed(c) for f in sorted(d.glob("*.md")) for c in chunk_file(f, tenant=d.name)]
+              for d in sorted((ROOT / "infra" / "corpus").iterdir())}
+    asyncio.run(recall(_rows(ROOT / "bench" / "data" / "retrieval_questions.jsonl"), corpus))
     latency(args.sizes)
 
 

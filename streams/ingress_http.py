@@ -551,8 +551,12 @@ class _Followed:
 
 @contextlib.asynccontextmanager
 async def serving(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080,
-                  reply_topic: str | None = None) -> AsyncIterator[tuple[Ingress, int]]:
-    """Run the ingress on ``host:port`` (0: a free port) until the block exits; yields it and the bound port."""
+                  reply_topic: str | None = None, wait_ready_s: float | None = None,
+                  ) -> AsyncIterator[tuple[Ingress, int]]:
+    """Run the ingress on ``host:port`` (0: a free port) until the block exits; yields it and the bound port.
+
+    It serves at once (503 until Kafka and the policy are reached); ``wait_ready_s`` waits for both first.
+    """
     gateway = KafkaGateway(settings, reply_topic=reply_topic)
     policy = _Followed(settings)
     redis_client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
@@ -568,6 +572,8 @@ async def serving(settings: Settings, *, host: str = "127.0.0.1", port: int = 80
         site = web.TCPSite(runner, host, port, backlog=2048)
         await site.start()
         bound = runner.addresses[0][1]
+        if wait_ready_s is not None:
+            await asyncio.wait_for(asyncio.gather(*(asyncio.shield(t) for t in connecting)), wait_ready_s)
         if settings.ingress_dev_mode:
             log.warning("ingress dev mode: while no policy is in force, requests need no API key")
         yield ingress, bound

@@ -24,8 +24,10 @@ from schemas.errors import BadEvent
 from schemas.response import DeadLetter, Response
 from streams import metrics
 from streams.codec import decode, encode
+from streams.lanes import LanePoller
 from streams.settings import Settings
 from streams.topics import Topology
+from workers.budgets import Budgets
 from workers.context import Clock, StageContext
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,8 @@ class StageRunner:
             self.topics += list(topology.stage_lanes("ingress"))
         self.consumer: AIOKafkaConsumer | None = None
         self._stopping = asyncio.Event()
+        self.budgets = Budgets.from_totals(settings.budget_interactive_ms, settings.budget_standard_ms,
+                                           settings.budget_batch_ms)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -108,10 +112,11 @@ class StageRunner:
 
     async def run(self) -> None:
         assert self.consumer is not None, "start() first"
+        poller = LanePoller(self.stage, frozenset(t for t in self.topics if t.endswith(".batch")),
+                            max_records=self.settings.batch_max_records, batch_quota=self.settings.lane_batch_quota,
+                            pause_lag=self.settings.lane_pause_lag)
         while not self._stopping.is_set():
-            batches = await self.consumer.getmany(
-                timeout_ms=100, max_records=self.settings.batch_max_records
-            )
+            batches = await poller.poll(self.consumer)
             if not batches:
                 continue
             await self.handle(batches)
@@ -171,6 +176,9 @@ class StageRunner:
             stamp_or_none = hops.get(env.request_id)
             if stamp_or_none is not None:
                 stamp_or_none.remaining_budget_ms = round(env.remaining_budget_ms(finished_ns), 3)
+                if self.budgets.for_tier(env.tier).violated_by(stamp_or_none):
+                    stamp_or_none.budget_violation = True
+                    metrics.BUDGET_VIOLATIONS.labels(env.tier.value, self.stage).inc()
             self._forward(env, finished_ns, result)
         await self.publisher.flush()
         metrics.STAGE_EVENTS.labels(self.stage).inc(result.consumed)

@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     # Batching: a stage consumes up to batch_max_records per poll, waiting at most batch_wait_ms for them.
     batch_max_records: int = Field(default=500, ge=1)
     batch_wait_ms: int = Field(default=5, ge=0)
+    # Priority lanes: the batch lane's share of a poll while interactive traffic is flowing, and the interactive
+    # lag (records) above which the batch lane is paused outright.
+    lane_batch_quota: int = Field(default=16, ge=1)
+    lane_pause_lag: int = Field(default=100, ge=1)
     producer_linger_ms: int = Field(default=2, ge=0)
     max_message_bytes: int = Field(default=1_048_576, ge=1024)
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")

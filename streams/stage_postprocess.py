@@ -1,21 +1,39 @@
-"""Wiring for the postprocess stage: the redactor and the output guardrails from settings.
-
-``after_finish`` is the hook point for cache fill and conversation-memory append (see workers/postprocess.py).
-"""
+"""Wiring for the postprocess stage: the PII redactor, the output guardrails, and two ``after_finish`` hooks —
+cache fill (workers/cache.py) and conversation-memory append (workers/memory.py) — run on each batch's answers."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from schemas.envelope import Envelope
+from streams import stage_cache
 from streams.settings import Settings
+from workers import cache
 from workers.context import StageContext
+from workers.memory import RedisMemory, append_turns
 from workers.postprocess import PostprocessContext
-from workers.redaction import BasicRedactor
+from workers.redaction import PiiRedactor
 
 
 @asynccontextmanager
 async def open_context(settings: Settings, base: StageContext) -> AsyncIterator[StageContext]:
-    yield PostprocessContext(stage=base.stage, worker_id=base.worker_id, clock=base.clock, publisher=base.publisher,
-                             topic_prefix=base.topic_prefix, redactor=BasicRedactor(),
-                             blocked_terms=settings.output_blocked_terms, max_answer_chars=settings.output_max_chars)
+    memory_client = stage_cache.redis_client(settings)
+    try:
+        async with stage_cache.open_context(settings, base) as cache_ctx:
+            memory = RedisMemory(memory_client, namespace=settings.topic_prefix, ttl_s=settings.memory_ttl_s,
+                                 max_turns=settings.memory_max_turns)
+
+            async def fill_cache(batch: list[Envelope], _ctx: StageContext) -> None:
+                await cache.fill(batch, cache_ctx)
+
+            async def remember_turns(batch: list[Envelope], _ctx: StageContext) -> None:
+                await append_turns(batch, memory)
+
+            yield PostprocessContext(stage=base.stage, worker_id=base.worker_id, clock=base.clock,
+                                     publisher=base.publisher, topic_prefix=base.topic_prefix,
+                                     redactor=PiiRedactor(), blocked_terms=settings.output_blocked_terms,
+                                     max_answer_chars=settings.output_max_chars,
+                                     after_finish=(fill_cache, remember_turns))
+    finally:
+        await memory_client.aclose()

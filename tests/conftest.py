@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 
@@ -23,9 +24,9 @@ def make_envelope() -> Callable[..., Envelope]:
 
 
 @pytest.fixture
-def settings() -> Settings:
-    """Settings isolated by a fresh topic prefix (and so fresh topics and consumer groups)."""
-    return Settings(topic_prefix=f"t{uuid.uuid4().hex[:10]}", partitions=2, batch_wait_ms=5)
+def settings(tmp_path: Path) -> Settings:
+    """Settings isolated by a fresh topic prefix (and so fresh topics and consumer groups) and state directory."""
+    return Settings(topic_prefix=f"t{uuid.uuid4().hex[:10]}", partitions=2, batch_wait_ms=5, state_dir=tmp_path)
 
 
 @pytest.fixture

@@ -58,3 +58,17 @@ class BasicRedactor:
                 counts["phone"] += 1
                 text = f"{text[:start]}[PHONE]{text[end:]}"
         return text, dict(counts)
+
+
+class PiiRedactor:
+    """The full detector of ``workers/pii.py`` (checksummed cards/IBANs/SSNs, phones, IPs, secrets) with typed
+    placeholders, behind the narrow interface; a fresh detector per text keeps placeholder numbering per text."""
+
+    def __init__(self, phone_region: str = "US") -> None:
+        self.phone_region = phone_region
+
+    def redact(self, text: str) -> tuple[str, dict[str, int]]:
+        from workers import pii
+
+        redactor = pii.Redactor(phone_region=self.phone_region)
+        return redactor.redact(text), dict(redactor.counts)

@@ -1,0 +1,46 @@
+"""The running pipeline fills the cache after the model answers: the same question again is a cache hit."""
+
+from __future__ import annotations
+
+import pytest
+
+from schemas.envelope import Status
+from streams.client import Submitter, new_envelope
+from streams.settings import Settings
+from streams.stage_cache import redis_client
+from workers.memory import RedisMemory
+
+pytestmark = pytest.mark.integration
+
+
+async def test_second_identical_request_is_served_from_cache(pipeline: Settings) -> None:
+    async with Submitter(pipeline) as submitter:
+        (first,) = await submitter.complete([new_envelope("How long do refunds take?", tenant="acme",
+                                                          settings=pipeline)])
+        (second,) = await submitter.complete([new_envelope("How long do refunds take?", tenant="acme",
+                                                           settings=pipeline)])
+        (other_tenant,) = await submitter.complete([new_envelope("How long do refunds take?", tenant="globex",
+                                                                 settings=pipeline)])
+    assert first.status is Status.OK and first.cost_micros > 0
+    assert second.status is Status.CACHE_HIT, second
+    assert second.answer == first.answer
+    assert second.cost_micros == 0 and second.saved_micros == first.cost_micros
+    assert "model" not in [h.stage for h in second.hops]
+    assert other_tenant.status is Status.OK, "a tenant never gets another tenant's cached answer"
+
+
+async def test_session_memory_carries_turns(pipeline: Settings) -> None:
+    async with Submitter(pipeline) as submitter:
+        (first,) = await submitter.complete([new_envelope("My order number is 4411.", tenant="acme",
+                                                          settings=pipeline, session_id="s-1")])
+        (second,) = await submitter.complete([new_envelope("What did I just tell you?", tenant="acme",
+                                                           settings=pipeline, session_id="s-1")])
+    assert first.status is Status.OK and second.status is Status.OK
+    client = redis_client(pipeline)
+    try:
+        turns = await RedisMemory(client, namespace=pipeline.topic_prefix).recent_turns("acme", "s-1")
+    finally:
+        await client.aclose()
+    contents = [t.content for t in turns]
+    assert "My order number is 4411." in contents and "What did I just tell you?" in contents
+    assert first.answer in contents, "the assistant's answer is remembered too"

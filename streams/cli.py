@@ -165,9 +165,9 @@ def export_schemas(out: Annotated[Path, typer.Option(help="directory for the JSO
 
 
 def _register_areas() -> None:
-    from streams import cli_audit, cli_index, cli_ingress, cli_ledger, cli_policy
+    from streams import cli_audit, cli_index, cli_ingress, cli_ledger, cli_model, cli_policy
 
-    for area in (cli_policy, cli_index, cli_audit, cli_ledger, cli_ingress):
+    for area in (cli_policy, cli_index, cli_model, cli_audit, cli_ledger, cli_ingress):
         area.register(app)
 
 

@@ -8,10 +8,15 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from schemas.envelope import Envelope, Tier
 from streams.client import new_envelope
 from streams.settings import Settings
+
+# The machines are shared and noisy: hypothesis judges properties, never speed.
+hypothesis_settings.register_profile("tollway", deadline=None)
+hypothesis_settings.load_profile("tollway")
 
 
 @pytest.fixture
@@ -26,7 +31,9 @@ def make_envelope() -> Callable[..., Envelope]:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Settings isolated by a fresh topic prefix (and so fresh topics and consumer groups) and state directory."""
-    return Settings(topic_prefix=f"t{uuid.uuid4().hex[:10]}", partitions=2, batch_wait_ms=5, state_dir=tmp_path)
+    # The local model's emulated latency is off: tests check behaviour, benchmarks and the demo show time.
+    return Settings(topic_prefix=f"t{uuid.uuid4().hex[:10]}", partitions=2, batch_wait_ms=5, state_dir=tmp_path,
+                    model_latency_scale=0.0)
 
 
 @pytest.fixture

@@ -51,6 +51,19 @@ async def ensure_relay_topics(settings: Settings, hops: int = HOPS) -> None:
         await admin.close()
 
 
+def relay_record(value: bytes | None, stage: str, worker_id: str, timestamp_ms: int, received_ns: int) -> bytes:
+    """The relay's whole per-record work: decode, pop the route, append a hop stamp, encode."""
+    env = orjson.loads(value or b"{}")
+    if env.get("route"):
+        env["route"].pop(0)
+    env.setdefault("hops", []).append({
+        "stage": stage, "worker_id": worker_id, "produced_at_ns": timestamp_ms * 1_000_000,
+        "received_at_ns": received_ns, "started_at_ns": received_ns, "finished_at_ns": time.time_ns(),
+        "batch_size": 1, "status": "ok",
+    })
+    return orjson.dumps(env)
+
+
 async def relay_hop(settings: Settings, hop: int, producer: AIOKafkaProducer, stop: asyncio.Event,
                     started: asyncio.Event | None = None) -> None:
     topics = relay_topics(settings.topic_prefix)
@@ -69,16 +82,8 @@ async def relay_hop(settings: Settings, hop: int, producer: AIOKafkaProducer, st
             deliveries = []
             for records in batches.values():
                 for record in records:
-                    env = orjson.loads(record.value)
-                    if env.get("route"):
-                        env["route"].pop(0)
-                    env.setdefault("hops", []).append({
-                        "stage": stage, "worker_id": settings.worker_id,
-                        "produced_at_ns": record.timestamp * 1_000_000, "received_at_ns": received_ns,
-                        "started_at_ns": received_ns, "finished_at_ns": time.time_ns(), "batch_size": 1,
-                        "status": "ok",
-                    })
-                    deliveries.append(await producer.send(sink, orjson.dumps(env), key=record.key))
+                    value = relay_record(record.value, stage, settings.worker_id, record.timestamp, received_ns)
+                    deliveries.append(await producer.send(sink, value, key=record.key))
             await asyncio.gather(*deliveries)
             await consumer.commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
     finally:

@@ -103,7 +103,9 @@ def plot(results: dict[str, Any], path: Path) -> bool:
 
     relay, tollway = results["scenarios"]["1_physical_limit"], results["scenarios"]["2_3_tollway"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    layouts = list(relay)
+    layouts = [k for k in relay if "throughput" in relay[k] and "throughput" in tollway[k]]
+    if not layouts:
+        return False
     width = 0.38
     xs = range(len(layouts))
     left.bar([x - width / 2 for x in xs], [relay[k]["throughput"]["req_per_s"] for k in layouts], width,
@@ -115,7 +117,7 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     left.set_title("max throughput")
     left.legend()
     for layout in layouts:
-        if "latency" not in tollway[layout]:
+        if "latency" not in tollway[layout] or "latency" not in relay[layout]:
             continue
         rates = list(tollway[layout]["latency"])
         for system, data, style in (("relay", relay, "--"), ("tollway", tollway, "-")):

@@ -62,6 +62,8 @@ class Options:
     extras: bool = True
     out_dir: Path = RESULTS_DIR
     settings_overrides: dict[str, Any] = field(default_factory=dict)
+    profile: bool = False
+    systems: tuple[str, ...] = ("relay", "tollway")
 
 
 def _settings(kind: str, opts: Options) -> Settings:
@@ -73,8 +75,8 @@ async def measure(system: System, opts: Options, *, latency: bool) -> dict[str, 
     """Start a system, warm it, push a burst through it, then (optionally) the open-loop rates."""
     out: dict[str, Any] = {"system": system.name}
     bootstrap = system.settings.bootstrap_servers
-    topics = [system.output] + ([system.responses] if system.responses else [])
-    collector = Collector(bootstrap, topics, keep_values=[system.responses] if system.responses else [])
+    extra = [system.responses, system.deadletter] if system.responses and system.deadletter else []
+    collector = Collector(bootstrap, [system.output, *extra], keep_values=extra)
     loader = Loader(bootstrap)
     await system.start()
     try:
@@ -84,7 +86,14 @@ async def measure(system: System, opts: Options, *, latency: bool) -> dict[str, 
         # Warm-up: every consumer group joined, every connection open, before anything is timed.
         warm = [request(f"{run}w", i) for i in range(opts.warmup)]
         await loader.burst(system.ingress, warm)
-        missing = await collector.wait_for(system.output, [rid for rid, _ in warm], 180, check=system.check)
+        def healthy() -> None:
+            system.check()
+            if system.deadletter and collector.arrivals[system.deadletter].at_ns:
+                letter = orjson.loads(next(iter(collector.arrivals[system.deadletter].values.values())))
+                raise RuntimeError(f"{system.name} dead-lettered a request: {letter.get('reason')}: "
+                                   f"{str(letter.get('error'))[:300]}")
+
+        missing = await collector.wait_for(system.output, [rid for rid, _ in warm], 180, check=healthy)
         if missing:
             raise TimeoutError(f"{system.name}: {missing} of {len(warm)} warm-up requests never came out")
 
@@ -93,7 +102,7 @@ async def measure(system: System, opts: Options, *, latency: bool) -> dict[str, 
         cpu_before = cpu_seconds(system.pids())
         started_ns = await loader.burst(system.ingress, items)
         sent_s = (time.time_ns() - started_ns) / 1e9
-        missing = await collector.wait_for(system.output, ids, max(120.0, opts.requests / 20), check=system.check)
+        missing = await collector.wait_for(system.output, ids, max(120.0, opts.requests / 20), check=healthy)
         cpu_s = cpu_seconds(system.pids()) - cpu_before
         arrived = collector.arrivals[system.output].at_ns
         done_ns = max((arrived[rid] for rid in ids if rid in arrived), default=started_ns)
@@ -195,18 +204,24 @@ async def run_all(opts: Options, log: Any = print) -> dict[str, Any]:
     }
     measured: dict[tuple[str, int], dict[str, Any]] = {}
     for processes in opts.layouts:
-        for kind in ("relay", "tollway"):
+        for kind in opts.systems:
             env = {f"TOLLWAY_{k.upper()}": str(v) for k, v in opts.settings_overrides.items()}
             if kind == "tollway":
                 env.update(MODEL_ZERO_LATENCY_ENV)
-            system = System(kind, processes, _settings(kind, opts), extra_env=env)
+            system = System(kind, processes, _settings(kind, opts), extra_env=env, profile=opts.profile)
             log(f"· {system.name}: {opts.requests} requests" +
                 (f", then {', '.join(f'{r:g}' for r in opts.rates)} req/s" if processes in opts.latency_layouts
                  else ""))
-            measured[(kind, processes)] = await measure(system, opts, latency=processes in opts.latency_layouts)
-            log(f"  {measured[(kind, processes)]['throughput']}")
-    results["scenarios"]["1_physical_limit"] = {f"{p}p": measured[("relay", p)] for p in opts.layouts}
-    results["scenarios"]["2_3_tollway"] = {f"{p}p": measured[("tollway", p)] for p in opts.layouts}
+            try:
+                measured[(kind, processes)] = await measure(system, opts,
+                                                            latency=processes in opts.latency_layouts)
+                log(f"  {measured[(kind, processes)]['throughput']}")
+            except Exception as exc:  # one broken system must not lose the others' figures
+                measured[(kind, processes)] = {"system": system.name, "error": f"{type(exc).__name__}: {exc}"}
+                log(f"  failed: {measured[(kind, processes)]['error']}")
+    for scenario, kind in (("1_physical_limit", "relay"), ("2_3_tollway", "tollway")):
+        results["scenarios"][scenario] = {f"{p}p": measured.get((kind, p), {"system": kind, "error": "not run"})
+                                          for p in opts.layouts}
     if opts.extras:
         for scenario, candidates in EXTRA_SCENARIOS:
             present = [m for m in candidates if importlib.util.find_spec(f"bench.{m}") is not None]
@@ -225,8 +240,12 @@ def rows(results: dict[str, Any], opts: Options) -> list[Row]:
     out: list[Row] = []
     relay, tollway = results["scenarios"]["1_physical_limit"], results["scenarios"]["2_3_tollway"]
     for layout in relay:
-        r, t = relay[layout]["throughput"], tollway[layout]["throughput"]
         where = "1 process" if layout == "1p" else f"{layout[:-1]} processes"
+        failed = [s for s in (relay[layout], tollway[layout]) if "error" in s]
+        if failed:
+            out.extend(Row(f"{s['system']}", None, "", note=f"failed: {s['error'][:200]}") for s in failed)
+            continue
+        r, t = relay[layout]["throughput"], tollway[layout]["throughput"]
         out.append(Row(f"relay throughput ({where})", r["req_per_s"], "req/s", target="the ceiling"))
         out.append(Row(f"tollway throughput ({where})", t["req_per_s"], "req/s", baseline=r["req_per_s"],
                        baseline_name=f"relay ({where})", target="≥ 0.5× relay", min_ratio=0.5))
@@ -280,13 +299,17 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="a Settings override for both systems, e.g. --set producer_linger_ms=5")
+    parser.add_argument("--profile", action="store_true",
+                        help="run the systems under cProfile (.prof files in .state/bench/)")
+    parser.add_argument("--systems", default="relay,tollway", help="which systems to run")
     args = parser.parse_args(argv)
     overrides = dict(item.split("=", 1) for item in args.set)
     return Options(requests=args.requests, warmup=args.warmup,
                    rates=tuple(float(r) for r in args.rates.split(",") if r),
                    rate_seconds=args.rate_seconds, layouts=tuple(int(x) for x in args.layouts.split(",") if x),
                    latency_layouts=tuple(int(x) for x in args.latency_layouts.split(",") if x),
-                   extras=not args.no_extras, out_dir=args.out, settings_overrides=overrides)
+                   extras=not args.no_extras, out_dir=args.out, settings_overrides=overrides,
+                   profile=args.profile, systems=tuple(args.systems.split(",")))
 
 
 def main(argv: list[str] | None = None) -> None:

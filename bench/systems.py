@@ -40,6 +40,7 @@ class System:
     processes: int  # 1, one per stage (6), or 0: tasks in the harness's loop
     settings: Settings
     extra_env: dict[str, str] = field(default_factory=dict)
+    profile: bool = False  # run each process under cProfile; the .prof files land next to the logs
     _procs: list[tuple[subprocess.Popen[bytes], Path]] = field(default_factory=list)
     _task: asyncio.Task[None] | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -66,6 +67,10 @@ class System:
     def responses(self) -> str | None:
         return None if self.kind == "relay" else topology(self.settings).responses
 
+    @property
+    def deadletter(self) -> str | None:
+        return None if self.kind == "relay" else topology(self.settings).deadletter
+
     def _commands(self) -> list[list[str]]:
         tollway = [sys.executable, "-m", "streams.cli", "worker"]
         relay = [sys.executable, "-m", "bench.relay", "--hops"]
@@ -89,8 +94,10 @@ class System:
         env = {**os.environ, **self.extra_env, "TOLLWAY_TOPIC_PREFIX": self.settings.topic_prefix,
                "TOLLWAY_PARTITIONS": str(self.settings.partitions), "TOLLWAY_LOG_LEVEL": "WARNING",
                "PYTHONPATH": str(REPO_ROOT)}
-        for i, command in enumerate(self._commands()):
+        for i, base in enumerate(self._commands()):
             log_path = LOG_DIR / f"{self.settings.topic_prefix}-{i}.log"
+            prof = LOG_DIR / f"{self.settings.topic_prefix}-{i}.prof"
+            command = [base[0], "-m", "cProfile", "-o", str(prof), *base[1:]] if self.profile else base
             with log_path.open("wb") as log_file:
                 proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
             self._procs.append((proc, log_path))

@@ -1,0 +1,177 @@
+"""CPU per record through each hop, without the broker: what the end-to-end ratios are made of.
+
+The same batch of records goes through (a) the relay's per-record work, (b) the stage runner with pass-through stage
+functions — tollway's shell alone — and (c) the runner with each stage's real ``process`` on its in-memory backends.
+A fake producer stands in for aiokafka (its own cost is the same for every system). Figures are process CPU time
+(``time.process_time_ns``), the minimum over repetitions, so they hold on a busy shared machine where wall-clock
+figures do not.
+
+    python -m bench.micro [--batch 200] [--repeat 7] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiokafka import ConsumerRecord
+
+from bench.load import request
+from bench.relay import relay_record
+from schemas.envelope import STAGES, Envelope, Status
+from streams.runner import KafkaPublisher, StageRunner
+from streams.settings import Settings
+from streams.topics import Topology
+from workers.context import StageContext, SystemClock
+
+Sent = tuple[str, bytes, bytes | None]
+
+
+@dataclass
+class FakeProducer:
+    """Records what would be sent; every delivery is already acknowledged."""
+
+    sent: list[Sent] = field(default_factory=list)
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None,
+                   partition: int | None = None) -> asyncio.Future[None]:
+        self.sent.append((topic, value, key))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+    async def send_batch(self, *args: Any, **kwargs: Any) -> asyncio.Future[None]:  # pragma: no cover
+        raise NotImplementedError
+
+
+def records(topic: str, values: Sequence[tuple[bytes | None, bytes]]) -> list[ConsumerRecord[bytes, bytes]]:
+    now_ms = time.time_ns() // 1_000_000
+    return [ConsumerRecord(topic=topic, partition=0, offset=i, timestamp=now_ms, timestamp_type=0, key=key,
+                           value=value, checksum=None, serialized_key_size=len(key or b""),
+                           serialized_value_size=len(value), headers=[])
+            for i, (key, value) in enumerate(values)]
+
+
+async def _passthrough(batch: list[Envelope], ctx: StageContext) -> list[Envelope]:
+    if ctx.stage == "postprocess":
+        for env in batch:
+            env.finish(Status.OK, stage="postprocess")
+    if ctx.stage == "audit":
+        for env in batch:
+            ctx.publisher.publish(f"{ctx.topic_prefix}.audit.log", orjson.dumps({"request_id": env.request_id}),
+                                  key=env.request_id.encode())
+        return []
+    return batch
+
+
+def _real_context(stage: str, base: StageContext) -> StageContext:
+    """The stage's own context class on its in-memory backends (what its unit tests use)."""
+    module = importlib.import_module(f"workers.{stage}")
+    for name in dir(module):
+        cls = getattr(module, name)
+        if isinstance(cls, type) and issubclass(cls, StageContext) and cls is not StageContext \
+                and cls.__module__ == module.__name__:
+            return cls(stage=stage, worker_id=base.worker_id, clock=base.clock, publisher=base.publisher,
+                       topic_prefix=base.topic_prefix)
+    return base
+
+
+ProcessFn = Callable[[list[Envelope], StageContext], Awaitable[list[Envelope]]]
+
+
+async def runner_hop_ns(stage: str, inputs: list[ConsumerRecord[bytes, bytes]], settings: Settings, *,
+                        real: bool, repeat: int) -> tuple[int, list[Sent]]:
+    """Minimum CPU ns for one batch through the stage runner, and what it produced (for the next stage)."""
+    topo = Topology(settings.topic_prefix)
+    best, sent = 1 << 62, []
+    for _ in range(repeat):
+        producer = FakeProducer()
+        publisher = KafkaPublisher(producer)
+        base = StageContext(stage=stage, worker_id=settings.worker_id, clock=SystemClock(), publisher=publisher,
+                            topic_prefix=settings.topic_prefix)
+        process: ProcessFn = importlib.import_module(f"workers.{stage}").process if real else _passthrough
+        ctx = _real_context(stage, base) if real else base
+        runner = StageRunner(stage=stage, process=process, ctx=ctx, settings=settings, topology=topo,
+                             producer=producer, publisher=publisher, clock=SystemClock())
+        batches = {_tp(inputs[0].topic): inputs}
+        started = time.process_time_ns()
+        await runner.handle(batches)
+        best = min(best, time.process_time_ns() - started)
+        sent = producer.sent
+    return best, sent
+
+
+def _tp(topic: str) -> Any:
+    from aiokafka import TopicPartition
+
+    return TopicPartition(topic, 0)
+
+
+def relay_hop_ns(hop: int, inputs: list[ConsumerRecord[bytes, bytes]], repeat: int) -> tuple[int, list[bytes]]:
+    best, out = 1 << 62, []
+    for _ in range(repeat):
+        started = time.process_time_ns()
+        received_ns = time.time_ns()
+        out = [relay_record(r.value, f"r{hop}", "bench", r.timestamp, received_ns) for r in inputs]
+        best = min(best, time.process_time_ns() - started)
+    return best, out
+
+
+async def measure(batch: int = 200, repeat: int = 7) -> dict[str, Any]:
+    settings = Settings(topic_prefix="micro", worker_id="bench-micro")
+    ingress = [(rid.encode(), value) for rid, value in (request("micro", i) for i in range(batch))]
+    result: dict[str, Any] = {"batch": batch, "repeat": repeat, "unit": "µs CPU per record", "hops": []}
+
+    relay_inputs = records("micro.r0", ingress)
+    totals = {"relay": 0.0, "runner": 0.0, "stages": 0.0}
+    per_mode_inputs = {"runner": records("micro.ingress", ingress), "stages": records("micro.ingress", ingress)}
+    for hop, stage in enumerate(STAGES, start=1):
+        row: dict[str, Any] = {"hop": hop, "stage": stage}
+        ns, relayed = relay_hop_ns(hop, relay_inputs, repeat)
+        row["relay"] = round(ns / batch / 1000, 2)
+        relay_inputs = records(f"micro.r{hop}", [(r.key, v) for r, v in zip(relay_inputs, relayed, strict=True)])
+        for mode, real in (("runner", False), ("stages", True)):
+            inputs = per_mode_inputs[mode]
+            if not inputs:
+                row[mode] = None
+                continue
+            ns, sent = await runner_hop_ns(stage, inputs, settings, real=real, repeat=repeat)
+            row[mode] = round(ns / len(inputs) / 1000, 2)
+            forward = [(key, value) for topic, value, key in sent if topic.startswith(f"micro.{STAGES[hop]}")] \
+                if hop < len(STAGES) else []
+            per_mode_inputs[mode] = records(f"micro.{STAGES[hop]}" if hop < len(STAGES) else "", forward)
+        for mode in totals:
+            totals[mode] += row[mode] or 0.0
+        result["hops"].append(row)
+    result["total"] = {mode: round(value, 1) for mode, value in totals.items()}
+    relay_total = totals["relay"] or 1.0
+    result["ratio_to_relay"] = {mode: round(value / relay_total, 2) for mode, value in totals.items()}
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    args = parser.parse_args()
+    result = asyncio.run(measure(args.batch, args.repeat))
+    if args.json:
+        print(orjson.dumps(result).decode())
+        return
+    print(f"{'hop':<14}{'relay':>10}{'runner':>10}{'stages':>10}   ({result['unit']}, batch {args.batch})")
+    for row in result["hops"]:
+        print(f"{row['hop']} {row['stage']:<12}" + "".join(f"{row[m] if row[m] is not None else '-':>10}"
+                                                         for m in ("relay", "runner", "stages")))
+    print(f"{'total':<14}" + "".join(f"{result['total'][m]:>10}" for m in ("relay", "runner", "stages")))
+    print(f"{'× relay':<14}" + "".join(f"{result['ratio_to_relay'][m]:>10}" for m in ("relay", "runner", "stages")))
+
+
+if __name__ == "__main__":
+    main()

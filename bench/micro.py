@@ -23,8 +23,9 @@ import orjson
 from aiokafka import ConsumerRecord
 
 from bench.load import request
+from bench.passthrough import passthrough
 from bench.relay import relay_record
-from schemas.envelope import STAGES, Envelope, Status
+from schemas.envelope import STAGES, Envelope
 from streams.runner import KafkaPublisher, StageRunner
 from streams.settings import Settings
 from streams.topics import Topology
@@ -58,18 +59,6 @@ def records(topic: str, values: Sequence[tuple[bytes | None, bytes]]) -> list[Co
             for i, (key, value) in enumerate(values)]
 
 
-async def _passthrough(batch: list[Envelope], ctx: StageContext) -> list[Envelope]:
-    if ctx.stage == "postprocess":
-        for env in batch:
-            env.finish(Status.OK, stage="postprocess")
-    if ctx.stage == "audit":
-        for env in batch:
-            ctx.publisher.publish(f"{ctx.topic_prefix}.audit.log", orjson.dumps({"request_id": env.request_id}),
-                                  key=env.request_id.encode())
-        return []
-    return batch
-
-
 def _real_context(stage: str, base: StageContext) -> StageContext:
     """The stage's own context class on its in-memory backends (what its unit tests use)."""
     module = importlib.import_module(f"workers.{stage}")
@@ -95,7 +84,7 @@ async def runner_hop_ns(stage: str, inputs: list[ConsumerRecord[bytes, bytes]], 
         publisher = KafkaPublisher(producer)
         base = StageContext(stage=stage, worker_id=settings.worker_id, clock=SystemClock(), publisher=publisher,
                             topic_prefix=settings.topic_prefix)
-        process: ProcessFn = importlib.import_module(f"workers.{stage}").process if real else _passthrough
+        process: ProcessFn = importlib.import_module(f"workers.{stage}").process if real else passthrough
         ctx = _real_context(stage, base) if real else base
         runner = StageRunner(stage=stage, process=process, ctx=ctx, settings=settings, topology=topo,
                              producer=producer, publisher=publisher, clock=SystemClock())

@@ -63,7 +63,8 @@ class Options:
     out_dir: Path = RESULTS_DIR
     settings_overrides: dict[str, Any] = field(default_factory=dict)
     profile: bool = False
-    systems: tuple[str, ...] = ("relay", "tollway")
+    systems: tuple[str, ...] = ("relay", "shell", "tollway")
+    micro: bool = True
 
 
 def _settings(kind: str, opts: Options) -> Settings:
@@ -219,9 +220,13 @@ async def run_all(opts: Options, log: Any = print) -> dict[str, Any]:
             except Exception as exc:  # one broken system must not lose the others' figures
                 measured[(kind, processes)] = {"system": system.name, "error": f"{type(exc).__name__}: {exc}"}
                 log(f"  failed: {measured[(kind, processes)]['error']}")
-    for scenario, kind in (("1_physical_limit", "relay"), ("2_3_tollway", "tollway")):
-        results["scenarios"][scenario] = {f"{p}p": measured.get((kind, p), {"system": kind, "error": "not run"})
-                                          for p in opts.layouts}
+    for kind in opts.systems:
+        results["scenarios"][SCENARIO_OF[kind]] = {f"{p}p": measured[(kind, p)] for p in opts.layouts}
+    if opts.micro:
+        log("· CPU per record without the broker (bench/micro.py)")
+        from bench import micro
+
+        results["scenarios"]["2b_cpu_per_record"] = await micro.measure()
     if opts.extras:
         for scenario, candidates in EXTRA_SCENARIOS:
             present = [m for m in candidates if importlib.util.find_spec(f"bench.{m}") is not None]
@@ -232,39 +237,61 @@ async def run_all(opts: Options, log: Any = print) -> dict[str, Any]:
             results["scenarios"][scenario] = run_extra(present[0])
     results["run"]["loadavg_end"] = list(os.getloadavg())
     results["run"]["seconds"] = round(time.time() - started, 1)
-    results["rows"] = [row.as_dict() for row in rows(results, opts)]
+    results["rows"] = [row.as_dict() for row in rows(results)]
     return results
 
 
-def rows(results: dict[str, Any], opts: Options) -> list[Row]:
+SCENARIO_OF = {"relay": "1_physical_limit", "tollway": "2_3_tollway", "shell": "2_3_shell"}
+LABELS = {"tollway": "tollway", "shell": "tollway shell (pass-through stages)"}
+
+
+def rows(results: dict[str, Any]) -> list[Row]:
     out: list[Row] = []
-    relay, tollway = results["scenarios"]["1_physical_limit"], results["scenarios"]["2_3_tollway"]
-    for layout in relay:
+    scenarios = results["scenarios"]
+    for layout, relay in scenarios.get("1_physical_limit", {}).items():
         where = "1 process" if layout == "1p" else f"{layout[:-1]} processes"
-        failed = [s for s in (relay[layout], tollway[layout]) if "error" in s]
-        if failed:
-            out.extend(Row(f"{s['system']}", None, "", note=f"failed: {s['error'][:200]}") for s in failed)
+        if "error" in relay:
+            out.append(Row(f"relay ({where})", None, "", note=f"failed: {relay['error'][:200]}"))
             continue
-        r, t = relay[layout]["throughput"], tollway[layout]["throughput"]
+        r = relay["throughput"]
         out.append(Row(f"relay throughput ({where})", r["req_per_s"], "req/s", target="the ceiling"))
-        out.append(Row(f"tollway throughput ({where})", t["req_per_s"], "req/s", baseline=r["req_per_s"],
-                       baseline_name=f"relay ({where})", target="≥ 0.5× relay", min_ratio=0.5))
-        out.append(Row(f"tollway CPU per request ({where})", t["cpu_ms_per_request"], "ms",
-                       baseline=r["cpu_ms_per_request"], baseline_name=f"relay ({where})", target=""))
-        for rate, lat in tollway[layout].get("latency", {}).items():
-            base, over = relay[layout]["latency"][rate]["overhead"], lat["overhead"]
-            if not over.get("count") or not base.get("count"):
+        for kind in ("tollway", "shell"):
+            data = scenarios.get(SCENARIO_OF[kind], {}).get(layout)
+            if data is None:
                 continue
-            gate = rate == "100"  # the targets are set at 100 req/s; the other rates show the trend
-            out.append(Row(f"overhead p50 @ {rate} req/s ({where})", over["p50_ms"], "ms", baseline=base["p50_ms"],
-                           baseline_name="relay p50", target="≤ 10 ms" if gate else "",
-                           max_value=10.0 if gate else None))
-            out.append(Row(f"overhead p99 @ {rate} req/s ({where})", over["p99_ms"], "ms", baseline=base["p99_ms"],
-                           baseline_name="relay p99", target="≤ 1.5× relay" if gate else "",
-                           max_ratio=1.5 if gate else None))
+            label, gated = LABELS[kind], kind == "tollway"
+            if "error" in data:
+                out.append(Row(f"{label} ({where})", None, "", note=f"failed: {data['error'][:200]}"))
+                continue
+            t = data["throughput"]
+            out.append(Row(f"{label} throughput ({where})", t["req_per_s"], "req/s", baseline=r["req_per_s"],
+                           baseline_name=f"relay ({where})", target="≥ 0.5× relay" if gated else "",
+                           min_ratio=0.5 if gated else None))
+            out.append(Row(f"{label} CPU per request ({where})", t["cpu_ms_per_request"], "ms",
+                           baseline=r["cpu_ms_per_request"], baseline_name=f"relay ({where})"))
+            for rate, lat in data.get("latency", {}).items():
+                base = relay.get("latency", {}).get(rate, {}).get("overhead", {})
+                over = lat["overhead"]
+                if not over.get("count") or not base.get("count"):
+                    continue
+                gate = gated and rate == "100"  # the targets are set at 100 req/s; other rates show the trend
+                out.append(Row(f"{label} overhead p50 @ {rate} req/s ({where})", over["p50_ms"], "ms",
+                               baseline=base["p50_ms"], baseline_name="relay p50", target="≤ 10 ms" if gate else "",
+                               max_value=10.0 if gate else None))
+                out.append(Row(f"{label} overhead p99 @ {rate} req/s ({where})", over["p99_ms"], "ms",
+                               baseline=base["p99_ms"], baseline_name="relay p99",
+                               target="≤ 1.5× relay" if gate else "", max_ratio=1.5 if gate else None))
+    micro = scenarios.get("2b_cpu_per_record")
+    if micro and "total" in micro:
+        base = micro["total"]["relay"]
+        out.append(Row("CPU per request, no broker: relay (6 hops)", base, "µs"))
+        out.append(Row("CPU per request, no broker: runner shell", micro["total"]["runner"], "µs", baseline=base,
+                       baseline_name="relay"))
+        out.append(Row("CPU per request, no broker: runner + stages", micro["total"]["stages"], "µs",
+                       baseline=base, baseline_name="relay"))
     for scenario, _ in EXTRA_SCENARIOS:
-        if scenario in results["scenarios"]:
-            out.extend(_extra_rows(scenario, results["scenarios"][scenario]))
+        if scenario in scenarios:
+            out.extend(_extra_rows(scenario, scenarios[scenario]))
     return out
 
 
@@ -301,7 +328,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
                         help="a Settings override for both systems, e.g. --set producer_linger_ms=5")
     parser.add_argument("--profile", action="store_true",
                         help="run the systems under cProfile (.prof files in .state/bench/)")
-    parser.add_argument("--systems", default="relay,tollway", help="which systems to run")
+    parser.add_argument("--systems", default="relay,shell,tollway", help="which systems to run")
+    parser.add_argument("--no-micro", action="store_true", help="skip the CPU-per-record micro benchmark")
     args = parser.parse_args(argv)
     overrides = dict(item.split("=", 1) for item in args.set)
     return Options(requests=args.requests, warmup=args.warmup,
@@ -309,7 +337,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
                    rate_seconds=args.rate_seconds, layouts=tuple(int(x) for x in args.layouts.split(",") if x),
                    latency_layouts=tuple(int(x) for x in args.latency_layouts.split(",") if x),
                    extras=not args.no_extras, out_dir=args.out, settings_overrides=overrides,
-                   profile=args.profile, systems=tuple(args.systems.split(",")))
+                   profile=args.profile, systems=tuple(args.systems.split(",")), micro=not args.no_micro)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,7 +2,8 @@
 
 ``relay``   bench/relay.py: six raw aiokafka hops — every hop in one process, or one process per hop;
 ``tollway`` the six-stage pipeline: ``tollway worker all`` (``run_workers`` with every stage in one process), or
-            ``tollway worker <stage>`` once per stage. Either way the topic prefix comes from TOLLWAY_TOPIC_PREFIX.
+            ``tollway worker <stage>`` once per stage. Either way the topic prefix comes from TOLLWAY_TOPIC_PREFIX;
+``shell``   the same runners and topics with pass-through stages (bench/passthrough.py): tollway's shell alone.
 
 ``processes=0`` runs the system as tasks of the harness's own event loop instead: only the smoke test does that
 (no interpreter start-up per run), and its figures are not comparable with the others.
@@ -36,7 +37,7 @@ class SystemDied(RuntimeError):
 
 @dataclass
 class System:
-    kind: str  # "relay" | "tollway"
+    kind: str  # "relay" | "tollway" | "shell"
     processes: int  # 1, one per stage (6), or 0: tasks in the harness's loop
     settings: Settings
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -72,11 +73,12 @@ class System:
         return None if self.kind == "relay" else topology(self.settings).deadletter
 
     def _commands(self) -> list[list[str]]:
-        tollway = [sys.executable, "-m", "streams.cli", "worker"]
         relay = [sys.executable, "-m", "bench.relay", "--hops"]
         if self.kind == "relay":
             return [[*relay, f"1-{HOPS}"]] if self.processes == 1 else [[*relay, str(h)] for h in range(1, HOPS + 1)]
-        return [[*tollway, "all"]] if self.processes == 1 else [[*tollway, stage] for stage in STAGES]
+        worker = [sys.executable, "-m", "streams.cli", "worker"] if self.kind == "tollway" else \
+            [sys.executable, "-m", "bench.passthrough"]
+        return [[*worker, "all"]] if self.processes == 1 else [[*worker, stage] for stage in STAGES]
 
     async def start(self) -> None:
         # Topics first, from here: six processes racing to create them only adds noise to the start.
@@ -107,6 +109,10 @@ class System:
             from bench.relay import run_relay
 
             coro = run_relay(self.settings, list(range(1, HOPS + 1)), stop=self._stop)
+        elif self.kind == "shell":
+            from bench.passthrough import run_passthrough
+
+            coro = run_passthrough(self.settings, list(STAGES), stop=self._stop)
         else:
             from streams.worker import run_workers
 

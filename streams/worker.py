@@ -7,13 +7,13 @@ import contextlib
 import importlib
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 
 from schemas.envelope import DEFAULT_ROUTE, STAGES
 from schemas.errors import ConfigError
 from streams.metrics import serve_metrics
-from streams.runner import KafkaPublisher, StageRunner, new_producer
+from streams.runner import KafkaPublisher, ProcessFn, StageRunner, new_producer
 from streams.settings import Settings
 from streams.topics import ensure_topics, topology
 from workers.context import StageContext, SystemClock
@@ -31,8 +31,14 @@ def resolve_stages(names: Sequence[str]) -> list[str]:
 
 
 async def run_workers(settings: Settings, stages: Sequence[str], *, ready: asyncio.Event | None = None,
-                      stop: asyncio.Event | None = None) -> None:
-    """Run the given stages in this process until ``stop`` is set (or SIGINT/SIGTERM)."""
+                      stop: asyncio.Event | None = None,
+                      process_overrides: Mapping[str, ProcessFn] | None = None) -> None:
+    """Run the given stages in this process until ``stop`` is set (or SIGINT/SIGTERM).
+
+    ``process_overrides`` swaps a stage's ``process`` for another function on the plain context (no backends are
+    opened for it): the benchmark uses it to measure the Kafka shell alone with pass-through stages.
+    """
+    overrides = process_overrides or {}
     await ensure_topics(settings)
     metrics_port = serve_metrics(settings.metrics_port, settings.metrics_host)
     if metrics_port is not None:
@@ -53,10 +59,13 @@ async def run_workers(settings: Settings, stages: Sequence[str], *, ready: async
             publisher = KafkaPublisher(producer)
             base = StageContext(stage=stage, worker_id=settings.worker_id, clock=clock, publisher=publisher,
                                 topic_prefix=settings.topic_prefix)
-            wiring = importlib.import_module(f"streams.stage_{stage}")
-            ctx = await stack.enter_async_context(wiring.open_context(settings, base))
-            worker = importlib.import_module(f"workers.{stage}")
-            runner = StageRunner(stage=stage, process=worker.process, ctx=ctx, settings=settings, topology=topo,
+            if stage in overrides:
+                ctx, process = base, overrides[stage]
+            else:
+                wiring = importlib.import_module(f"streams.stage_{stage}")
+                ctx = await stack.enter_async_context(wiring.open_context(settings, base))
+                process = importlib.import_module(f"workers.{stage}").process
+            runner = StageRunner(stage=stage, process=process, ctx=ctx, settings=settings, topology=topo,
                                  producer=producer, publisher=publisher, clock=clock,
                                  consume_ingress=(stage == DEFAULT_ROUTE[0]))
             await runner.start()

@@ -209,7 +209,8 @@ def register(app: typer.Typer) -> None:
         if as_json:
             sys.stdout.write(orjson.dumps({"ok": result.ok, "difference": total_difference, "tenants": rows,
                                            "cells_differing": len(result.differences),
-                                           "positions": result.positions}).decode() + "\n")
+                                           "positions": result.positions},
+                                          option=orjson.OPT_NON_STR_KEYS).decode() + "\n")
         else:
             table = Table(title="reconciliation: ledger vs responses topic (day cells, same offsets)")
             for col in ("tenant", "requests ledger", "requests source", "cost µ$ ledger", "cost µ$ source",

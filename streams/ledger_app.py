@@ -30,7 +30,7 @@ from typing import Any
 import faust
 import httpx
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 from schemas.errors import BadEvent, ServiceUnavailable
@@ -125,6 +125,11 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> LedgerApp:
         web_bind=settings.ledger_host,
         web_port=web_port or settings.ledger_port,
         consumer_auto_offset_reset="earliest",
+        # A worker killed with -9 keeps its partitions until the broker gives up on it: a short session lets the
+        # restarted worker take over in seconds rather than a minute (the default).
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
+        broker_rebalance_timeout=20.0,
     )
     responses_topic = app.topic(topo.responses, key_serializer="raw", value_serializer="raw")
     outcomes_topic = app.topic(topo.outcomes, key_serializer="raw", value_serializer="raw")
@@ -247,11 +252,17 @@ async def read_topic(settings: Settings, topic: str, *, upto: dict[int, int] | N
         await consumer.stop()
         raise ServiceUnavailable(f"Kafka is not reachable at {settings.bootstrap_servers}: {exc}") from exc
     try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        # Without a group, a subscription is assigned every partition once the metadata arrives.
+        consumer.subscribe([topic])
+        for _ in range(int(timeout_s * 20)):  # aiokafka offers no event for "assigned" without a group
+            if consumer.assignment():
+                break
+            await asyncio.sleep(0.05)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        tps = sorted(consumer.assignment())
         if not tps:
             return []
-        consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         if upto is None:
             targets = {tp: end - 1 for tp, end in (await consumer.end_offsets(tps)).items()}
@@ -261,8 +272,6 @@ async def read_topic(settings: Settings, topic: str, *, upto: dict[int, int] | N
         pending = {tp for tp in tps if targets[tp] >= 0}
         for tp in set(tps) - pending:
             consumer.pause(tp)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
         while pending:
             if loop.time() > deadline:
                 raise ServiceUnavailable(f"reading {topic} did not reach offsets {targets} in {timeout_s:.0f} s")

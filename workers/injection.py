@@ -22,6 +22,21 @@ class Rule:
     name: str
     weight: float
     pattern: re.Pattern[str]
+    # Lower-case literals of which every match contains at least one: a cheap ``in`` test skips the regex on the
+    # ordinary prompts that are most of the traffic. Empty: always run the regex.
+    triggers: tuple[str, ...] = ()
+    always_from_length: int | None = None  # run the regex anyway on texts at least this long
+
+    def __post_init__(self) -> None:
+        trigger = re.compile("|".join(map(re.escape, self.triggers))) if self.triggers else None
+        object.__setattr__(self, "_trigger", trigger)
+
+    def matches(self, text: str, lowered: str) -> bool:
+        trigger: re.Pattern[str] | None = getattr(self, "_trigger", None)
+        if trigger is not None and trigger.search(lowered) is None and (
+                self.always_from_length is None or len(text) < self.always_from_length):
+            return False
+        return self.pattern.search(text) is not None
 
 
 @dataclass(frozen=True)
@@ -46,70 +61,95 @@ _NO_LIMITS = r"(?:without|with no|no|free (?:of|from))\s+(?:any |all |your |the 
              r"(?:ethical |moral |safety |content )?" \
              r"(?:restrictions|filters|filtering|limitations|censorship|guidelines|guardrails|rules)\b"
 
+_LIMIT_NOUNS = ("restriction", "filter", "limitation", "censorship", "guideline", "guardrail", "rules")
+
 RULES: tuple[Rule, ...] = (
     # "ignore all previous instructions": the verb, then only determiners before the "previous/system" word.
     Rule("ignore_previous_instructions", 0.85,
          _r(rf"\b(?:ignore|disregard|forget|override|skip|bypass|neglect|abandon|drop)\s+{_PRIOR}\s+"
-            rf"(?:\w+\s+){{0,2}}?{_INSTR}")),
+            rf"(?:\w+\s+){{0,2}}?{_INSTR}"),
+         triggers=("ignore", "disregard", "forget", "override", "skip", "bypass", "neglect",
+                   "abandon", "drop")),
     Rule("ignore_everything", 0.7,
          _r(r"\b(?:ignore|disregard|forget)\s+(?:everything|all(?: of)? (?:that|this|it))\b"
-            r"(?:.{0,40}\b(?:said|told|above|before|instructions?))")),
+            r"(?:.{0,40}\b(?:said|told|above|before|instructions?))"),
+         triggers=("ignore", "disregard", "forget")),
     Rule("ignore_the_user", 0.6,
-         _r(r"\b(?:ignore|disregard)\s+(?:the\s+)?user(?:'s)?\b(?:\s+(?:question|request|instructions?|message))?")),
+         _r(r"\b(?:ignore|disregard)\s+(?:the\s+)?user(?:'s)?\b(?:\s+(?:question|request|instructions?|message))?"),
+         triggers=("ignore", "disregard")),
     # Asking for *your* prompt (or "the" one you were given), not asking how to write one.
     Rule("reveal_system_prompt", 0.75,
          _r(rf"\b(?:reveal|show|print|repeat|output|display|leak|dump|give|tell|what (?:is|are|was|were)|write out|"
             rf"recite|spell out)(?:\s+(?:me|us))?\s+(?:all\s+(?:of\s+)?)?(?:your\s+(?:full\s+|entire\s+|exact\s+)?"
             rf"{_SECRET_PROMPT}|the\s+(?:system prompt|developer (?:message|prompt)|(?:hidden|secret) "
-            rf"(?:prompt|instructions)|instructions you were given|rules you were given))")),
+            rf"(?:prompt|instructions)|instructions you were given|rules you were given))"),
+         triggers=("prompt", "instructions", "developer message", "rules you were given")),
     Rule("repeat_text_above", 0.7,
          _r(r"\b(?:repeat|print|output|copy|return)\b.{0,25}\b(?:words|text|everything|all)\b.{0,15}"
-            r"\b(?:above|before this|preceding|prior to this)")),
+            r"\b(?:above|before this|preceding|prior to this)"),
+         triggers=("above", "before this", "preceding", "prior to this")),
     Rule("unsafe_persona", 0.7,
          _r(r"\b(?:act as|acting as|pretend (?:to be|you are|that you are)|roleplay as|you are now|become|play)\s+"
             r"(?:an?\s+|the\s+)?(?:\w+\s+)?(?:unrestricted|unfiltered|uncensored|jailbroken|evil|rogue|amoral|"
-            r"unethical)\b")),
+            r"unethical)\b"),
+         triggers=("unrestricted", "unfiltered", "uncensored", "jailbroken", "evil", "rogue",
+                   "amoral", "unethical")),
     Rule("role_override", 0.3,
-         _r(r"\b(?:you are now|from now on,? you(?: are|'re| will| must)|you will now act)\b")),
+         _r(r"\b(?:you are now|from now on,? you(?: are|'re| will| must)|you will now act)\b"),
+         triggers=("you are now", "from now on", "you will now act")),
     Rule("jailbreak_persona", 0.7,
          _r(r"(?:(?-i:\bDAN\b)|\bdo anything now\b|\bjailbr(?:eak|oken)\b(?! \w+ on)|"
             r"\b(?:enable|enter|activate|switch to|you are in|you're in|now in)\s+(?:developer|god|dan|jailbreak|"
             r"unrestricted) mode\b|\b(?:developer|god) mode\b.{0,40}\b(?:ignore|no (?:restrictions|rules|filters)|"
-            r"content policy)|\bAIM\b.{0,20}machiavellian)")),
+            r"content policy)|\bAIM\b.{0,20}machiavellian)"),
+         triggers=("dan", "do anything now", "jailbr", " mode", "machiavellian")),
     Rule("answer_without_limits", 0.65,
          _r(rf"\b(?:answer|respond|reply|write|act|operate|speak|talk|you have|you're|you are|with)\s+"
-            rf"(?:\w+\s+){{0,3}}?{_NO_LIMITS}")),
-    Rule("no_restrictions", 0.3, _r(rf"\b{_NO_LIMITS}")),
+            rf"(?:\w+\s+){{0,3}}?{_NO_LIMITS}"),
+         triggers=_LIMIT_NOUNS),
+    Rule("no_restrictions", 0.3, _r(rf"\b{_NO_LIMITS}"),
+         triggers=_LIMIT_NOUNS),
     Rule("disable_safety", 0.7,
          _r(r"\b(?:disable|turn off|deactivate|switch off|bypass|circumvent|override)\s+(?:your |the |all |any )*"
             r"(?:safety|content|moderation)?\s*(?:filters?|guardrails|safeguards|moderation|safety (?:checks|"
             r"features|protocols|settings|rules)|restrictions|censorship)\b(?!\s+(?:settings|for (?:our|the|my) "
-            r"(?:server|channel|account|team)))")),
+            r"(?:server|channel|account|team)))"),
+         triggers=("disable", "turn off", "deactivate", "switch off", "bypass", "circumvent",
+                   "override")),
     Rule("fake_system_delimiter", 0.75,
          _r(r"(?:<\|im_start\|>\s*system|<\|system\|>|<\|endoftext\|>|</?system>|\[/?system\]|\[/?INST\]|<<SYS>>|"
             r"^#{2,}\s*(?:system|new instructions)|\bBEGIN (?:SYSTEM|ADMIN) (?:PROMPT|INSTRUCTIONS)|"
-            r"^\s*system\s*(?:override|message|prompt)\s*:)")),
+            r"^\s*system\s*(?:override|message|prompt)\s*:)"),
+         triggers=("<|", "system", "[inst", "[/inst", "<<sys", "admin", "new instructions")),
     Rule("new_instructions", 0.45,
          _r(r"(?:\bnew (?:instructions|directive|task|objective|rules)\s*:|\binstead,? (?:you (?:must|should|will) )?"
-            r"(?:say|output|respond with|reply with|print|write)\b)")),
+            r"(?:say|output|respond with|reply with|print|write)\b)"),
+         triggers=("new ", "instead")),
     Rule("replaced_goal", 0.65,
          _r(r"(?:\byour (?:new|real|actual|true) (?:task|goal|purpose|instructions|objective|job|mission) (?:is|are)\b|"
             r"\bthe (?:above|previous|prior|preceding)(?: \w+)? (?:was|were) (?:just )?(?:a test|fake|false|a joke|"
-            r"void|not real)\b)")),
+            r"void|not real)\b)"),
+         triggers=("your new", "your real", "your actual", "your true", "the above", "the previous",
+                   "the prior", "the preceding")),
     Rule("authority_claim", 0.6,
          _r(r"\b(?:i am|i'm|this is|as) (?:your|the|an?) (?:developer|creator|administrator|admin|system "
             r"administrator|openai|anthropic|owner|operator)\b.{0,60}\b(?:(?:command|order|instruct|authori[sz]e|"
-            r"allow|permit|grant) you|override|unlock|disable|bypass)\b")),
+            r"allow|permit|grant) you|override|unlock|disable|bypass)\b"),
+         triggers=("developer", "creator", "admin", "openai", "anthropic", "owner", "operator")),
     Rule("exfiltration", 0.65,
          _r(r"(?:!\[[^\]]*\]\(https?://[^)\s]*[?&][^)\s]*=|\b(?:send|post|upload|forward|exfiltrate|leak|transmit|"
             r"email)\b.{0,30}\b(?:conversation|chat|history|system prompt|prompt|context|credentials|passwords?|"
             r"secrets?|api keys?|user'?s?|everything|all data)\b.{0,30}\b(?:to|at|via)\s+(?:https?://|[\w.-]+@|my |"
-            r"this |the following )|\bcurl\s+(?:-\w+\s+)*https?://\S+.{0,30}\b(?:upload|send|post|prompt|secret))")),
+            r"this |the following )|\bcurl\s+(?:-\w+\s+)*https?://\S+.{0,30}\b(?:upload|send|post|prompt|secret))"),
+         triggers=("![", "send", "post", "upload", "forward", "exfiltrate", "leak", "transmit", "email",
+                   "curl")),
     Rule("encoded_payload", 0.65,
          _r(r"(?:\b(?:decode|base64|rot13|hex)\b.{0,40}\b(?:and|then)\b.{0,20}\b(?:follow|execute|run|obey|do)\b|"
-            r"[A-Za-z0-9+/]{120,}={0,2})")),
+            r"[A-Za-z0-9+/]{120,}={0,2})"),
+         triggers=("decode", "base64", "rot13", "hex"), always_from_length=120),
     Rule("conceal_from_user", 0.4,
-         _r(r"\b(?:do not|don't|never) (?:tell|inform|mention|reveal to|alert) (?:the )?(?:user|human)\b")),
+         _r(r"\b(?:do not|don't|never) (?:tell|inform|mention|reveal to|alert) (?:the )?(?:user|human)\b"),
+         triggers=("user", "human")),
 )
 
 _ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"), None)
@@ -125,8 +165,9 @@ def score(texts: list[str]) -> InjectionResult:
     """Score the concatenated texts (prompt messages and retrieved passages) of one request."""
     matched: list[str] = []
     normalised = [normalise(t) for t in texts if t]
+    lowered = [t.lower() for t in normalised]
     for rule in RULES:
-        if any(rule.pattern.search(t) for t in normalised):
+        if any(rule.matches(t, low) for t, low in zip(normalised, lowered, strict=True)):
             matched.append(rule.name)
     remaining = 1.0
     for rule in RULES:

@@ -24,6 +24,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any, Protocol
 
 from schemas.errors import BackendError
@@ -287,32 +288,43 @@ class Scope:
     monthly_micros: int | None = None
 
 
-def _period_ends(now: datetime) -> tuple[datetime, datetime]:
+@dataclass(frozen=True)
+class _Calendar:
+    minute: int
+    retry_minute_s: float
+    day: str
+    retry_day_s: float
+    month: str
+    retry_month_s: float
+
+
+@lru_cache(maxsize=8)
+def _calendar(now_ns: int) -> _Calendar:
+    """Window and periods of an instant; cached because a whole batch is decided at one ``now_ns``."""
+    now = datetime.fromtimestamp(now_ns / 1e9, UTC)
     day_end = datetime(now.year, now.month, now.day, tzinfo=UTC) + timedelta(days=1)
     month_end = datetime(now.year + (now.month == 12), now.month % 12 + 1, 1, tzinfo=UTC)
-    return day_end, month_end
+    return _Calendar(now_ns // 60_000_000_000, 60.0 - (now_ns % 60_000_000_000) / 1e9, f"{now:%Y%m%d}",
+                     (day_end - now).total_seconds(), f"{now:%Y%m}", (month_end - now).total_seconds())
 
 
 def build_admission(prefix: str, reservation_id: str, scopes: Sequence[Scope], *, cost_micros: int, tokens: int,
                     now_ns: int) -> AdmissionRequest:
     """The counters one request must fit in, for the window and periods ``now_ns`` falls in (UTC)."""
-    minute = now_ns // 60_000_000_000
-    retry_minute = 60.0 - (now_ns % 60_000_000_000) / 1e9
-    now = datetime.fromtimestamp(now_ns / 1e9, UTC)
-    day_end, month_end = _period_ends(now)
+    cal = _calendar(now_ns)
     rates: list[RateCheck] = []
     budgets: list[BudgetCheck] = []
     for scope in scopes:
         if scope.requests_per_minute is not None:
-            rates.append(RateCheck(f"{prefix}:rl:{scope.name}:rpm:{minute}", scope.requests_per_minute, 1,
-                                   120_000, retry_minute))
+            rates.append(RateCheck(f"{prefix}:rl:{scope.name}:rpm:{cal.minute}", scope.requests_per_minute, 1,
+                                   120_000, cal.retry_minute_s))
         if scope.tokens_per_minute is not None:
-            rates.append(RateCheck(f"{prefix}:rl:{scope.name}:tpm:{minute}", scope.tokens_per_minute, tokens,
-                                   120_000, retry_minute))
+            rates.append(RateCheck(f"{prefix}:rl:{scope.name}:tpm:{cal.minute}", scope.tokens_per_minute, tokens,
+                                   120_000, cal.retry_minute_s))
         if scope.daily_micros is not None:
-            budgets.append(BudgetCheck(f"{prefix}:budget:{scope.name}:day:{now:%Y%m%d}", scope.daily_micros,
-                                       2 * 86_400, (day_end - now).total_seconds()))
+            budgets.append(BudgetCheck(f"{prefix}:budget:{scope.name}:day:{cal.day}", scope.daily_micros,
+                                       2 * 86_400, cal.retry_day_s))
         if scope.monthly_micros is not None:
-            budgets.append(BudgetCheck(f"{prefix}:budget:{scope.name}:month:{now:%Y%m}", scope.monthly_micros,
-                                       62 * 86_400, (month_end - now).total_seconds()))
+            budgets.append(BudgetCheck(f"{prefix}:budget:{scope.name}:month:{cal.month}", scope.monthly_micros,
+                                       62 * 86_400, cal.retry_month_s))
     return AdmissionRequest(reservation_id, cost_micros, tuple(rates), tuple(budgets))

@@ -40,3 +40,13 @@ def test_score_is_a_probability_and_never_fails(texts: list[str]) -> None:
 def test_zero_width_characters_do_not_change_the_verdict(text: str, zw: str) -> None:
     spread = zw.join(text)
     assert normalise(spread) == normalise(text)
+
+
+@given(st.one_of(st.text(max_size=300), st.sampled_from(ATTACKS + BENIGN)),
+       st.sampled_from(["", " ", "\n", "IGNORE ", "Ｉ"]))
+def test_triggers_never_hide_a_match(text: str, prefix: str) -> None:
+    from workers.injection import RULES
+
+    normalised = normalise(prefix + text)
+    for rule in RULES:
+        assert rule.matches(normalised, normalised.lower()) == (rule.pattern.search(normalised) is not None), rule.name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,7 +14,9 @@ from streams.policy_store import open_policy_store
 from streams.settings import Settings
 from workers.context import StageContext
 from workers.limits import RedisLimits
-from workers.policy import PolicyContext
+from workers.policy import DEV_PRINCIPAL_SECRET, PolicyContext
+
+log = logging.getLogger(__name__)
 
 
 @asynccontextmanager
@@ -36,6 +39,8 @@ async def open_limits(settings: Settings) -> AsyncIterator[RedisLimits]:
 
 @asynccontextmanager
 async def open_context(settings: Settings, base: StageContext) -> AsyncIterator[StageContext]:
+    if settings.principal_secret.get_secret_value() == DEV_PRINCIPAL_SECRET.get_secret_value():
+        log.warning("TOLLWAY_PRINCIPAL_SECRET is the development default: anyone who knows it can sign principals")
     async with open_policy_store(settings) as store, open_limits(settings) as limits:
         yield PolicyContext(stage=base.stage, worker_id=base.worker_id, clock=base.clock, publisher=base.publisher,
                             topic_prefix=base.topic_prefix, policy=store, limits=limits,

@@ -94,10 +94,18 @@ async def process(batch: list[Envelope], ctx: StageContext) -> list[Envelope]:
                 env.policy.decisions.append(f"reserved {admission.cost_micros} µ$"
                                             + (" (redelivery: already reserved)" if verdict.replay else ""))
             else:
-                what = "rate limit" if verdict.code == "rate_limited" else "budget"
-                _deny(env, PolicyDenied(verdict.code, f"{what} {verdict.limit_key.split(':', 2)[-1]} is exhausted",
+                _deny(env, PolicyDenied(verdict.code, _limit_message(verdict.limit_key),
                                         retry_after_s=round(verdict.retry_after_s or 0.0, 3)))
     return batch
+
+
+def _limit_message(key: str) -> str:
+    # "<prefix>:rl:acme/k_12ab:rpm:29406666" → "the requests-per-minute limit of acme/k_12ab is reached"
+    parts = key.split(":")
+    kind, scope, what = (parts[-4], parts[-3], parts[-2]) if len(parts) >= 4 else ("", key, "")
+    names = {"rpm": "requests-per-minute limit", "tpm": "tokens-per-minute limit", "day": "daily budget",
+             "month": "monthly budget"}
+    return f"the {names.get(what, what)} of {scope} is {'reached' if kind == 'rl' else 'spent'}"
 
 
 def _deny(env: Envelope, denial: PolicyDenied) -> None:

@@ -153,6 +153,7 @@ class TestLimits:
         codes = [e.outcome.code if e.outcome else "ok" for e in out]
         assert codes == ["ok", "ok", "ok", "rate_limited", "rate_limited"]
         assert out[3].outcome is not None and 0 < (out[3].outcome.retry_after_s or 0) <= 60
+        assert out[3].outcome.message == "the requests-per-minute limit of acme is reached (policy v1)"
 
     async def test_budget_reserves_then_refuses(self, make_envelope: Callable[..., Envelope]) -> None:
         limits = MemoryLimits()
@@ -163,6 +164,7 @@ class TestLimits:
         assert cost == estimate_cost_micros(document, ["lite-us"], 100, 256) == 169
         assert len(admitted) == 2 and all(e.policy and e.policy.reservation_id == e.request_id for e in admitted)
         assert out[2].outcome is not None and out[2].outcome.code == "budget_exceeded"
+        assert out[2].outcome.message.startswith("the daily budget of acme is spent")
         # settle the first for less than reserved: room for one more
         assert await limits.settle(admitted[0].request_id, 10)
         assert not await limits.settle(admitted[0].request_id, 10), "a reservation settles once"

@@ -137,7 +137,9 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> LedgerApp:
     json_schema: Any = faust.Schema(key_serializer="json", value_serializer="json")
 
     def table(table_name: str, **extra: Any) -> Any:
-        return app.Table(table_name, partitions=settings.partitions, schema=json_schema, **extra)
+        # Recovery applies the changelog in batches of recovery_buffer_size (Faust's default: 1,000).
+        return app.Table(table_name, partitions=settings.partitions, schema=json_schema,
+                         recovery_buffer_size=10_000, **extra)
 
     # Kafka forgets seen ids after the retention too, so a restart does not resurrect what was purged in memory.
     dedup_ms = settings.ledger_dedup_days * WINDOW_MS["day"]

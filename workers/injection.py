@@ -79,10 +79,11 @@ RULES: tuple[Rule, ...] = (
          triggers=("ignore", "disregard")),
     # Asking for *your* prompt (or "the" one you were given), not asking how to write one.
     Rule("reveal_system_prompt", 0.75,
-         _r(rf"\b(?:reveal|show|print|repeat|output|display|leak|dump|give|tell|what (?:is|are|was|were)|write out|"
-            rf"recite|spell out)(?:\s+(?:me|us))?\s+(?:all\s+(?:of\s+)?)?(?:your\s+(?:full\s+|entire\s+|exact\s+)?"
-            rf"{_SECRET_PROMPT}|the\s+(?:system prompt|developer (?:message|prompt)|(?:hidden|secret) "
-            rf"(?:prompt|instructions)|instructions you were given|rules you were given))"),
+         _r(rf"(?:\b(?:reveal|show|print|repeat|output|display|leak|dump|give|tell|what (?:is|are|was|were)|"
+            rf"write out|recite|spell out)(?:\s+(?:me|us))?\s+(?:all\s+(?:of\s+)?)?your\s+(?:full\s+|entire\s+|"
+            rf"exact\s+)?{_SECRET_PROMPT}|\b(?:reveal|show|print|repeat|output|display|leak|dump|give|tell|write out|"
+            rf"recite|spell out)(?:\s+(?:me|us))?\s+the\s+(?:system prompt|developer (?:message|prompt)|"
+            rf"(?:hidden|secret) (?:prompt|instructions)|instructions you were given|rules you were given))"),
          triggers=("prompt", "instructions", "developer message", "rules you were given")),
     Rule("repeat_text_above", 0.7,
          _r(r"\b(?:repeat|print|output|copy|return)\b.{0,25}\b(?:words|text|everything|all)\b.{0,15}"
@@ -98,7 +99,7 @@ RULES: tuple[Rule, ...] = (
          _r(r"\b(?:you are now|from now on,? you(?: are|'re| will| must)|you will now act)\b"),
          triggers=("you are now", "from now on", "you will now act")),
     Rule("jailbreak_persona", 0.7,
-         _r(r"(?:(?-i:\bDAN\b)|\bdo anything now\b|\bjailbr(?:eak|oken)\b(?! \w+ on)|"
+         _r(r"(?:(?-i:\bDAN\b)|\bdo anything now\b|\bjailbroken\b|\bjailbreak (?:mode|prompt)\b|"
             r"\b(?:enable|enter|activate|switch to|you are in|you're in|now in)\s+(?:developer|god|dan|jailbreak|"
             r"unrestricted) mode\b|\b(?:developer|god) mode\b.{0,40}\b(?:ignore|no (?:restrictions|rules|filters)|"
             r"content policy)|\bAIM\b.{0,20}machiavellian)"),
@@ -119,9 +120,10 @@ RULES: tuple[Rule, ...] = (
     Rule("fake_system_delimiter", 0.75,
          _r(r"(?:<\|im_start\|>\s*system|<\|system\|>|<\|endoftext\|>|</?system>|\[/?system\]|\[/?INST\]|<<SYS>>|"
             r"^#{2,}\s*(?:system|new instructions)|\bBEGIN (?:SYSTEM|ADMIN) (?:PROMPT|INSTRUCTIONS)|"
-            r"^\s*system\s*(?:override|message|prompt)\s*:)"),
+            r"^\s*system\s*(?:override|message|prompt)\s*:|^\s*(?:system|admin|developer)\s*:\s+(?:the |you |"
+            r"ignore|new |override|grant|always|never))"),
          triggers=("<|", "system", "[inst", "[/inst", "<<sys", "admin", "new instructions")),
-    Rule("new_instructions", 0.45,
+    Rule("new_instructions", 0.6,
          _r(r"(?:\bnew (?:instructions|directive|task|objective|rules)\s*:|\binstead,? (?:you (?:must|should|will) )?"
             r"(?:say|output|respond with|reply with|print|write)\b)"),
          triggers=("new ", "instead")),
@@ -150,6 +152,31 @@ RULES: tuple[Rule, ...] = (
     Rule("conceal_from_user", 0.4,
          _r(r"\b(?:do not|don't|never) (?:tell|inform|mention|reveal to|alert) (?:the )?(?:user|human)\b"),
          triggers=("user", "human")),
+    # Broader than the literal rules above: a dismissal and what it dismisses, a few words apart.
+    Rule("dismiss_instructions", 0.7,
+         _r(r"\b(?:ignore|disregard|forget|bypass|neglect|abandon|set aside|stop following|stop obeying|"
+            r"no longer follow|throw out|discard)\b(?:\W+\w+){0,5}?\W+(?:instructions?|rules?|guidance|guidelines|"
+            r"programming|directives?|constraints|training|system (?:message|prompt)|configuration|policies)\b"),
+         triggers=("ignore", "disregard", "forget", "bypass", "neglect", "abandon", "set aside", "stop follow",
+                   "stop obey", "no longer follow", "throw out", "discard")),
+    Rule("disclose_configuration", 0.65,
+         _r(r"\b(?:output|print|paste|show|reveal|display|dump|quote|share|list|recite|repeat|tell me|what (?:were|are|"
+            r"is|was))\b(?:\W+\w+){0,4}?\W+(?:your\s+(?:\w+\s+){0,2}?(?:prompt|instructions|rules|system message|"
+            r"configuration|guidelines)\b|(?:prompt|instructions|rules)\s+(?:that\s+)?(?:(?:was|were)\s+)?(?:used to "
+            r"configure|given to you|you were given|you received))"),
+         triggers=("prompt", "instructions", "rules", "system message", "configuration", "guidelines")),
+    Rule("persona_release", 0.6,
+         _r(r"\byou(?:'re| are) no longer (?:a|an|the|bound|restricted|limited)\b|\byou can (?:say|do) anything\b|"
+            r"\bno longer (?:bound|restricted|limited) by\b"),
+         triggers=("no longer", "anything")),
+    Rule("addresses_the_model", 0.5,
+         _r(r"\b(?:if you are|if you're|attention|note to|dear|hey|to)\s+(?:an?\s+|the\s+|any\s+)?(?:ai|llm|"
+            r"language model|assistant|chatbot|gpt)s?\b(?:\s+(?:model|assistant))?(?:\s*[:,]|\s+(?:reading|"
+            r"processing|summari[sz]ing))"),
+         triggers=("ai", "llm", "language model", "assistant", "chatbot", "gpt")),
+    Rule("respond_only_with", 0.3,
+         _r(r"\b(?:respond|reply|answer|say)\s+only\s+(?:with|that)\b"),
+         triggers=("only",)),
 )
 
 _ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"), None)

@@ -36,7 +36,7 @@ from workers.audit_claims import RedisClaimStore
 from workers.audit_record import record_from_deadletter
 from workers.audit_sink import AuditLog, FileAuditSink
 from workers.context import StageContext
-from workers.redaction import PiiRedactor
+from workers.redaction import BasicRedactor, ChainedRedactor, PiiRedactor
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class DeadLetterAuditor:
         self.settings, self.ctx = settings, ctx
         self.topology = topology(settings)
         self.unconfirmed: list[str] = []
-        self.redactor = PiiRedactor()
+        self.redactor = ChainedRedactor(PiiRedactor(), BasicRedactor())
         self._stopping = asyncio.Event()
         self.consumer = AIOKafkaConsumer(
             self.topology.deadletter, bootstrap_servers=settings.bootstrap_servers,
@@ -137,7 +137,8 @@ async def open_context(settings: Settings, base: StageContext) -> AsyncIterator[
         claims = RedisClaimStore(redis, namespace=settings.topic_prefix, ttl_s=settings.audit_claim_ttl_days * 86_400)
         ctx = AuditContext(stage=base.stage, worker_id=base.worker_id, clock=base.clock, publisher=base.publisher,
                            topic_prefix=base.topic_prefix, audit_log=audit_log, claims=claims, owner=sink.owner,
-                           redactor=PiiRedactor(), content_mode=settings.audit_content,
+                           redactor=ChainedRedactor(PiiRedactor(), BasicRedactor()),
+                           content_mode=settings.audit_content,
                            audit_topic=topology(settings).audit_log)
         log.info("audit chain %s at %s (%d records)", sink.chain_id, sink.dir, audit_log.size)
         deadletters = DeadLetterAuditor(settings, ctx)

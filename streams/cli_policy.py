@@ -69,7 +69,7 @@ def apply(
         sys.stdout.write(orjson.dumps({"version": doc.version, "offset": offset}).decode() + "\n")
     else:
         console.print(f"published policy [b]{doc.version}[/] ({len(doc.tenants)} tenant(s)) at offset {offset}; "
-                      f"route: {' → '.join(route_for(doc))}")
+                      f"route: {' → '.join(route_for(doc, settings))}")
 
 
 async def _current() -> PolicyDocument | None:
@@ -107,7 +107,7 @@ def show(as_json: Annotated[bool, typer.Option("--json", help="print the documen
             tenant["keys"] = [{k: v for k, v in key.items() if k not in ("salt", "hash")} for key in tenant["keys"]]
         sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
         return
-    table = Table(title=f"policy {doc.version} — route {' → '.join(route_for(doc))}")
+    table = Table(title=f"policy {doc.version} — route {' → '.join(route_for(doc, get_settings()))}")
     for col in ("tenant", "principal", "regions", "models", "pii", "injection", "limits", "cache", "keys"):
         table.add_column(col)
     for name, tenant in sorted(doc.tenants.items()):

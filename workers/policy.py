@@ -53,14 +53,29 @@ class PolicyContext(StageContext):
     principal_secret: SecretStr = DEV_PRINCIPAL_SECRET
 
 
-def route_for(policy: PolicyDocument | None, remote_embedder: bool = False) -> list[str]:
+class EmbedderSettings(Protocol):
+    """What :func:`route_for` reads from settings (``streams.settings.Settings`` satisfies it)."""
+
+    @property
+    def embedder(self) -> str: ...
+
+
+LOCAL_EMBEDDERS = frozenset({"hashing"})
+
+
+def route_for(policy: PolicyDocument | None, settings: EmbedderSettings | None = None, *,
+              remote_embedder: bool = False) -> list[str]:
     """The route a producer should give a new request.
 
-    The default is retrieval → policy → cache → model → postprocess → audit. When the embedder is remote (named by
-    the policy's ``embedder.remote`` or by the caller from settings), the prompt would leave the pipeline before
-    redaction, so policy runs first: policy → retrieval → cache → …
+    The default is retrieval → policy → cache → model → postprocess → audit. When the embedder is remote (the
+    policy's ``embedder.remote``, an embedder in settings other than the in-process ``hashing`` one, or the caller
+    says so), the prompt would leave the pipeline before redaction, so policy runs first:
+    policy → retrieval → cache → model → postprocess → audit. Retrieved passages then arrive after the policy stage;
+    the retrieval stage must not put unredacted passages in front of a remote model (``workers.pii.Redactor``).
     """
-    if remote_embedder or (policy is not None and policy.embedder.remote):
+    remote = (remote_embedder or (policy is not None and policy.embedder.remote)
+              or (settings is not None and settings.embedder not in LOCAL_EMBEDDERS))
+    if remote:
         return ["policy", "retrieval", *[s for s in DEFAULT_ROUTE if s not in ("policy", "retrieval")]]
     return list(DEFAULT_ROUTE)
 

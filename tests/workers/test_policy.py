@@ -185,3 +185,7 @@ def test_route_for() -> None:
     assert route_for(doc(), remote_embedder=True)[:2] == ["policy", "retrieval"]
     remote = parse_policy({"version": "v", "embedder": {"remote": True}})
     assert route_for(remote) == ["policy", "retrieval", "cache", "model", "postprocess", "audit"]
+    from streams.settings import Settings
+
+    assert route_for(None, Settings(embedder="hashing")) == list(DEFAULT_ROUTE)
+    assert route_for(None, Settings(embedder="openai"))[0] == "policy"

@@ -75,6 +75,10 @@ class Limits(Protocol):
 
     async def release(self, reservation_id: str) -> bool: ...
 
+    async def settle_many(self, settlements: Sequence[tuple[str, int]]) -> list[bool]:
+        """Settle a batch (the audit stage's) in one round trip; one bool per settlement as for ``settle``."""
+        ...
+
     async def counter(self, key: str) -> int: ...
 
 
@@ -140,6 +144,9 @@ class MemoryLimits:
 
     async def release(self, reservation_id: str) -> bool:
         return await self._finish(reservation_id, 0, "released")
+
+    async def settle_many(self, settlements: Sequence[tuple[str, int]]) -> list[bool]:
+        return [await self.settle(rid, actual) for rid, actual in settlements]
 
     async def counter(self, key: str) -> int:
         return self.counters.get(key, 0)

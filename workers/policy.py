@@ -177,8 +177,8 @@ def decide(env: Envelope, doc: PolicyDocument, ctx: PolicyContext, now_ns: int) 
                     tenant.budgets.daily_micros, tenant.budgets.monthly_micros)]
     if key_scope is not None:
         scopes.append(key_scope)
-    if not any((s.requests_per_minute, s.tokens_per_minute, s.daily_micros is not None,
-                s.monthly_micros is not None) for s in scopes):
+    if not any(s.requests_per_minute or s.tokens_per_minute or s.daily_micros is not None
+               or s.monthly_micros is not None for s in scopes):
         decision.decisions.append("allow")
         return None
     input_tokens = math.ceil(sum(len(t) for t in texts) / 4)
@@ -232,6 +232,18 @@ def _authorise_models(env: Envelope, doc: PolicyDocument, tenant: TenantPolicy) 
     if listed and not in_region:
         raise PolicyDenied("residency_violation", f"no allowed model runs in {', '.join(sorted(regions))}")
     return in_region
+
+
+def settlement_for(env: Envelope) -> tuple[str, int] | None:
+    """(reservation_id, actual cost) to settle once a request is terminal, or None when nothing was reserved.
+
+    For the audit stage: ``await limits.settle_many([s for env in batch if (s := settlement_for(env))])``. A denial,
+    a failure or a cache hit settles at the model's cost so far (0 when no model ran): the reservation is released.
+    Settling is idempotent per reservation, so a redelivered audit batch cannot count twice.
+    """
+    if env.policy is None or env.policy.reservation_id is None:
+        return None
+    return env.policy.reservation_id, env.model.cost_micros if env.model is not None else 0
 
 
 def estimate_cost_micros(doc: PolicyDocument, models: Sequence[str], input_tokens: int, output_tokens: int) -> int:

@@ -171,6 +171,20 @@ class TestLimits:
         (more,) = await run(document, make_envelope("x" * 400), limits=limits)
         assert not more.terminal
 
+    async def test_settlement_for_terminal_requests(self, make_envelope: Callable[..., Envelope]) -> None:
+        from schemas.envelope import ModelResult
+        from workers.policy import settlement_for
+
+        limits = MemoryLimits()
+        document = doc(budgets={"daily_micros": 10**9})
+        served, cached = await run(document, make_envelope("a"), make_envelope("b"), limits=limits)
+        served.model = ModelResult(model="lite-us", cost_micros=42)
+        assert settlement_for(served) == (served.request_id, 42)
+        assert settlement_for(cached) == (cached.request_id, 0)
+        (unlimited,) = await run(doc(), make_envelope())
+        assert settlement_for(unlimited) is None
+        assert await limits.settle_many([settlement_for(served), settlement_for(cached)]) == [True, True]  # type: ignore[list-item]
+
     async def test_redelivered_request_is_not_counted_twice(self, make_envelope: Callable[..., Envelope]) -> None:
         limits = MemoryLimits()
         env = make_envelope()

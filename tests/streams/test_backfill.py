@@ -1,0 +1,58 @@
+"""Backfill input handling without a broker: rates, lines, deterministic ids, a torn output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streams.backfill import parse_line, parse_rate, read_done, read_input
+
+
+@pytest.mark.parametrize(("text", "per_s"), [("200/s", 200.0), ("6000/m", 100.0), ("50", 50.0), ("7200/h", 2.0)])
+def test_parse_rate(text: str, per_s: float) -> None:
+    assert parse_rate(text) == per_s
+
+
+@pytest.mark.parametrize("text", ["0/s", "fast", "-3/s", "10/d"])
+def test_bad_rates_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="--rate"):
+        parse_rate(text)
+
+
+def test_request_ids_are_deterministic_and_scoped_by_job_and_tenant() -> None:
+    raw = b'{"prompt": "hello"}'
+    a = parse_line(1, raw, job="j", tenant="acme")
+    assert a.request_id == parse_line(1, raw, job="j", tenant="acme").request_id
+    assert a.request_id != parse_line(2, raw, job="j", tenant="acme").request_id, "same content, other line"
+    assert a.request_id != parse_line(1, raw, job="k", tenant="acme").request_id
+    with_id = b'{"id": "t-1", "prompt": "hello"}'
+    assert parse_line(1, with_id, job="j", tenant="acme").request_id == \
+        parse_line(9, b'{"id": "t-1", "prompt": "edited"}', job="j", tenant="acme").request_id, "the id decides"
+
+
+def test_openai_batch_lines_are_understood() -> None:
+    raw = (b'{"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "nano-us", '
+           b'"messages": [{"role": "user", "content": "hi"}], "max_tokens": 20}}')
+    item = parse_line(1, raw, job="j", tenant="acme")
+    assert item.source_id == "r1" and item.fields["model"] == "nano-us"
+    assert item.fields["params"].max_tokens == 20 and item.messages[0].content == "hi"
+
+
+def test_bad_lines_are_reported_with_numbers_and_skipped(tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"prompt": "a"}\nnot json\n\n{"prompt": "b", "colour": "red"}\n{"id": "x", "prompt": "c"}\n'
+                      '{"id": "x", "prompt": "d"}\n{"messages": []}\n{"prompt": "e", "messages": '
+                      '[{"role": "user", "content": "e"}]}\n')
+    items, bad = read_input(source, job="j", tenant="acme")
+    assert [i.line for i in items] == [1, 5]
+    assert [b.line for b in bad] == [2, 4, 6, 7, 8]
+    assert "duplicate of line 5" in bad[2].error
+
+
+def test_a_torn_last_line_is_cut_off(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b'{"request_id": "a"}\n{"request_id": "b"}\n{"request_id": "c", "ans')
+    assert read_done(out) == {"a", "b"}
+    assert out.read_bytes().endswith(b'"b"}\n')
+    assert read_done(tmp_path / "missing.jsonl") == set()

@@ -1,0 +1,383 @@
+"""Fault injection against real worker processes, and the reconciliation every scenario is judged by.
+
+A scenario starts the pipeline as ``tollway worker`` subprocesses (one process per *group* of stages, so the stage
+under fault runs alone and can be killed or cloned), sends a bounded load of requests to the ingress with an
+idempotent producer, applies its fault while the load flows, waits until every accepted request has a response and
+an audit record (bounded), then reads every output topic from the beginning and counts:
+
+    accepted     requests whose produce Kafka acknowledged (the loader's own futures)
+    terminal     accepted requests with at least one response on ``<prefix>.responses``
+    dup resp     responses beyond the first per request (identical = same status, code, answer, model, usage,
+                 cost; hop timings legitimately differ), and how many of them say ``replay: true``
+    audited      accepted requests with an audit record on ``<prefix>.audit.log``; double = more than one
+    ledger       requests counted by the ledger (its own reader of the responses topic, dedup by request_id —
+                 or the running Faust ledger worker where the scenario kills it) and its cost vs Σ audited cost
+    dead letters records on ``<prefix>.deadletter``
+    lost         accepted requests without a terminal response or without an audit record
+
+Nothing here sleeps to synchronise: waits poll a condition with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from bench.load import BENCH_BUDGET_MS, prompt
+from schemas.envelope import STAGES, Tier
+from schemas.response import Response
+from streams.client import new_envelope
+from streams.codec import decode_as, encode
+from streams.ledger_app import read_topic
+from streams.settings import REPO_ROOT, Settings
+from streams.topics import ensure_topics, topology
+from workers.ledger import Aggregator
+
+SHARED_KAFKA = "127.0.0.1:9092"
+SHARED_REDIS = "redis://127.0.0.1:6379/0"
+
+
+class Worker:
+    """One ``tollway worker <stages…>`` (or ``tollway ledger worker``) subprocess, its log in a file."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name, self.argv, self.env = name, argv, env
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> Worker:
+        self.starts += 1
+        log = self.log_path.open("ab")
+        log.write(f"\n===== start {self.starts} {time.strftime('%H:%M:%S')} =====\n".encode())
+        log.flush()
+        self.proc = subprocess.Popen(self.argv, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        log.close()
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill9(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout_s: float = 20) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill9()
+
+    def tail(self, chars: int = 2000) -> str:
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text(errors="replace")[-chars:]
+        return ""
+
+
+@dataclass
+class Env:
+    """Where a scenario's pipeline runs: the broker, Redis and the per-run state directory."""
+
+    bootstrap: str = SHARED_KAFKA
+    redis_url: str = SHARED_REDIS
+    partitions: int = 4
+    model_latency_scale: float = 0.2
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Pipeline:
+    """The stages as subprocesses under one fresh topic prefix."""
+
+    def __init__(self, name: str, where: Env, run_dir: Path) -> None:
+        self.prefix = f"chaos{name.replace('-', '')[:12]}{uuid.uuid4().hex[:8]}"
+        self.where = where
+        self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.settings = Settings(topic_prefix=self.prefix, bootstrap_servers=where.bootstrap,
+                                 redis_url=where.redis_url, partitions=where.partitions, state_dir=run_dir / "state")
+        self.env = {**os.environ, "TOLLWAY_TOPIC_PREFIX": self.prefix, "TOLLWAY_BOOTSTRAP_SERVERS": where.bootstrap,
+                    "TOLLWAY_REDIS_URL": where.redis_url, "TOLLWAY_PARTITIONS": str(where.partitions),
+                    "TOLLWAY_STATE_DIR": str(run_dir / "state"), "TOLLWAY_LOG_LEVEL": "WARNING",
+                    "TOLLWAY_MODEL_LATENCY_SCALE": str(where.model_latency_scale), **where.extra}
+        self.workers: list[Worker] = []
+        self._n = Counter[str]()
+
+    def worker(self, stages: Sequence[str], *, extra_env: dict[str, str] | None = None) -> Worker:
+        label = "+".join(stages) if len(stages) < len(STAGES) else "all"
+        self._n[label] += 1
+        w = Worker(f"{label}-{self._n[label]}", [sys.executable, "-m", "streams.cli", "worker", *stages],
+                   {**self.env, **(extra_env or {})}, self.run_dir)
+        self.workers.append(w)
+        return w.start()
+
+    def ledger_worker(self, port: int) -> Worker:
+        w = Worker("ledger", [sys.executable, "-m", "streams.cli", "ledger", "worker", "--loglevel", "warn"],
+                   {**self.env, "TOLLWAY_LEDGER_PORT": str(port)}, self.run_dir)
+        self.workers.append(w)
+        return w.start()
+
+    def check_alive(self) -> None:
+        for w in self.workers:
+            if w.proc is not None and w.proc.poll() not in (None, -signal.SIGKILL, -signal.SIGTERM, 0):
+                raise AssertionError(f"worker {w.name} exited {w.proc.returncode}:\n{w.tail()}")
+
+    def stop(self) -> None:
+        for w in self.workers:
+            w.stop()
+
+
+# ------------------------------------------------------------------------------------------------ load
+@dataclass
+class Load:
+    """Requests sent at a fixed rate; ``accepted`` holds the ids Kafka acknowledged."""
+
+    run: str
+    count: int
+    rate_per_s: float
+    accepted: list[str] = field(default_factory=list)
+    refused: int = 0
+    sent_at: dict[str, float] = field(default_factory=dict)
+
+
+async def send_load(settings: Settings, load: Load, *, distinct: int = 10_000) -> None:
+    """Open-loop load; a produce that fails (broker down) counts as refused, never as accepted. ``distinct`` below
+    ``count`` repeats prompts so some requests hit the cache."""
+    topic = topology(settings).ingress(Tier.STANDARD)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True, linger_ms=2,
+                                request_timeout_ms=15_000)
+    await producer.start()
+    pending: list[tuple[str, asyncio.Future[Any]]] = []
+    try:
+        started = time.monotonic()
+        for i in range(load.count):
+            delay = started + i / load.rate_per_s - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            rid = f"{load.run}-{i}"
+            env = new_envelope(prompt(i % distinct), tenant="acme", budget_ms=BENCH_BUDGET_MS, request_id=rid)
+            try:
+                future = await producer.send(topic, encode(env), key=rid.encode())
+            except Exception:  # the producer refused outright (buffer full, broker unknown): not accepted
+                load.refused += 1
+                continue
+            load.sent_at[rid] = time.monotonic()
+            pending.append((rid, future))
+        for rid, future in pending:
+            try:
+                await future
+                load.accepted.append(rid)
+            except Exception:
+                load.refused += 1
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(producer.stop(), 30)
+
+
+# ------------------------------------------------------------------------------------------------ counting
+@dataclass
+class Figures:
+    scenario: str
+    accepted: int = 0
+    refused: int = 0
+    terminal: int = 0
+    duplicate_responses: int = 0
+    duplicates_identical: int = 0
+    duplicates_marked_replay: int = 0
+    audited: int = 0
+    audit_doubles: int = 0  # distinct audit records for one request on the audit topic
+    audit_mirror_repeats: int = 0  # byte-identical repeats of a record on the audit topic
+    chained: int = 0  # accepted requests with a record in the on-disk chains
+    chain_doubles: int = 0
+    ledger_requests: int = 0
+    ledger_cost_micros: int = 0
+    audited_cost_micros: int = 0
+    response_cost_micros: int = 0
+    deadletters: int = 0
+    lost: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def violations(self) -> list[str]:
+        out = []
+        if self.lost:
+            out.append(f"{self.lost} accepted requests lost (no terminal response or no audit record)")
+        if self.audit_doubles or self.chain_doubles:
+            out.append(f"{self.audit_doubles} requests audited more than once on the topic, "
+                       f"{self.chain_doubles} in the chains")
+        if self.chained != self.audited:
+            out.append(f"chains hold {self.chained} accepted requests, the audit topic {self.audited}")
+        if self.ledger_requests != self.accepted:
+            out.append(f"ledger counts {self.ledger_requests} requests for {self.accepted} accepted")
+        if self.ledger_cost_micros != self.audited_cost_micros:
+            out.append(f"ledger cost {self.ledger_cost_micros} µ$ ≠ Σ audited cost {self.audited_cost_micros} µ$")
+        if self.duplicate_responses != self.duplicates_identical:
+            out.append(f"{self.duplicate_responses - self.duplicates_identical} duplicate responses differ")
+        return out
+
+
+def _same_outcome(a: Response, b: Response) -> bool:
+    keys = ("status", "code", "answer", "model", "usage", "cost_micros", "saved_micros", "cache")
+    return all(getattr(a, k) == getattr(b, k) for k in keys)
+
+
+async def count(settings: Settings, scenario: str, load: Load, *, ledger: Callable[[], Awaitable[tuple[int, int]]]
+                | None = None) -> Figures:
+    topo = topology(settings)
+    accepted = set(load.accepted)
+    figures = Figures(scenario, accepted=len(accepted), refused=load.refused)
+
+    by_id: dict[str, list[Response]] = defaultdict(list)
+    for _p, _o, value in await read_topic(settings, topo.responses):
+        response = decode_as(value, Response)
+        by_id[response.request_id].append(response)
+    figures.terminal = len(accepted & by_id.keys())
+    for rid in accepted & by_id.keys():
+        first, *again = by_id[rid]
+        figures.duplicate_responses += len(again)
+        figures.duplicates_identical += sum(_same_outcome(first, r) for r in again)
+        figures.duplicates_marked_replay += sum(r.replay for r in again)
+        figures.response_cost_micros += first.cost_micros
+    figures.statuses = dict(Counter(by_id[rid][0].status.value for rid in accepted & by_id.keys()))
+
+    # The audit topic mirrors the chains; after a crash the audit stage re-mirrors a stored record whose
+    # acknowledgement it never saw, so the same bytes may appear twice there: a repeat, not a second record.
+    audit_by_id: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    mirrored: dict[str, set[bytes]] = defaultdict(set)
+    for _p, _o, value in await read_topic(settings, topo.audit_log):
+        if not value:
+            continue
+        record = orjson.loads(value)
+        if record.get("kind") == "audit" and record.get("request_id"):
+            rid = record["request_id"]
+            if value in mirrored[rid]:
+                figures.audit_mirror_repeats += rid in accepted
+                continue
+            mirrored[rid].add(value)
+            audit_by_id[rid].append(record)
+    chained = Counter(rid for rid in chain_request_ids(settings) if rid in accepted)
+    figures.chained = len(chained)
+    figures.chain_doubles = sum(1 for n in chained.values() if n > 1)
+    doubles = {rid: recs for rid, recs in audit_by_id.items() if rid in accepted and len(recs) > 1}
+    for rid, recs in list(doubles.items())[:3]:
+        figures.notes.append(f"audited {len(recs)}x {rid}: " + "; ".join(
+            f"{r.get('status')}/{r.get('code')} by {r.get('hops', [{}])[-1].get('worker_id') if r.get('hops') else '?'}"
+            f" source={r.get('source')} audited_at={r.get('audited_at_ns')}" for r in recs))
+    figures.audited = len(accepted & audit_by_id.keys())
+    figures.audit_doubles = sum(1 for rid in accepted if len(audit_by_id.get(rid, ())) > 1)
+    figures.audited_cost_micros = sum(audit_by_id[rid][0].get("cost_micros", 0)
+                                      for rid in accepted & audit_by_id.keys())
+    figures.lost = len(accepted - (by_id.keys() & audit_by_id.keys()))
+
+    if ledger is None:
+        agg = Aggregator.empty()
+        for partition, offset, value in await read_topic(settings, topo.responses):
+            response = decode_as(value, Response)
+            if response.request_id in accepted:  # not the warm-up probe
+                agg.add(response, partition=partition, offset=offset)
+        rows = agg.rows(window="day")
+        figures.ledger_requests = sum(r.requests for r in rows)
+        figures.ledger_cost_micros = sum(r.cost_micros for r in rows)
+    else:
+        figures.ledger_requests, figures.ledger_cost_micros = await ledger()
+    figures.deadletters = len(await read_topic(settings, topo.deadletter))
+    return figures
+
+
+def chain_request_ids(settings: Settings) -> list[str]:
+    """Every request id in the on-disk audit chains of this prefix (all chains, every segment)."""
+    root = settings.state_dir / "audit" / settings.topic_prefix
+    out = []
+    for segment in sorted(root.glob("chain-*/seg-*.jsonl")):
+        for line in segment.read_bytes().splitlines():
+            if line.strip():
+                rid = orjson.loads(line)["record"].get("request_id")
+                if rid:
+                    out.append(rid)
+    return out
+
+
+async def wait_settled(settings: Settings, load: Load, pipeline: Pipeline, timeout_s: float) -> bool:
+    """Until every accepted request has a response and an audit record, or the timeout (then False)."""
+    topo = topology(settings)
+    deadline = time.monotonic() + timeout_s
+    wanted = set(load.accepted)
+    while time.monotonic() < deadline:
+        pipeline.check_alive()
+        responded = {decode_as(v, Response).request_id for _p, _o, v in await read_topic(settings, topo.responses)}
+        audited = {orjson.loads(v).get("request_id") for _p, _o, v in await read_topic(settings, topo.audit_log) if v}
+        if wanted <= responded and wanted <= audited:
+            return True
+        await asyncio.sleep(1.0)  # polling interval; the condition above decides
+    return False
+
+
+async def wait_until(condition: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await condition():
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+async def responses_so_far(settings: Settings) -> int:
+    return len(await read_topic(settings, topology(settings).responses))
+
+
+async def warm_up(settings: Settings, pipeline: Pipeline, timeout_s: float = 90) -> None:
+    """One request through every stage, so every worker has joined its group before the load starts."""
+    await ensure_topics(settings)
+    probe = Load(run=f"warm{uuid.uuid4().hex[:6]}", count=1, rate_per_s=1)
+    await send_load(settings, probe)
+    if not await wait_settled(settings, probe, pipeline, timeout_s):
+        raise AssertionError("the pipeline did not answer a warm-up request:\n" +
+                             "\n".join(f"--- {w.name}\n{w.tail(1500)}" for w in pipeline.workers))
+
+
+# ------------------------------------------------------------------------------------------------ table
+COLUMNS = ("scenario", "accepted", "terminal", "dup resp (ident/replay)", "audited chain/topic", "x2 (rep)",
+           "ledger n", "ledger µ$ vs Σ audit µ$", "dead", "lost", "s")
+
+
+def row(f: Figures) -> list[str]:
+    money = f"{f.ledger_cost_micros} vs {f.audited_cost_micros}" + ("" if f.ledger_cost_micros ==
+                                                                   f.audited_cost_micros else " ✗")
+    return [f.scenario, str(f.accepted) + (f" (+{f.refused} refused)" if f.refused else ""), str(f.terminal),
+            f"{f.duplicate_responses} ({f.duplicates_identical}/{f.duplicates_marked_replay})",
+            f"{f.chained}/{f.audited}", f"{f.audit_doubles + f.chain_doubles} ({f.audit_mirror_repeats})",
+            str(f.ledger_requests), money, str(f.deadletters), str(f.lost), f"{f.seconds:.0f}"]
+
+
+def table(results: Sequence[Figures]) -> str:
+    rows = [list(COLUMNS), *[row(f) for f in results]]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    for f in results:
+        for v in f.violations:
+            lines.append(f"VIOLATION {f.scenario}: {v}")
+        for note in f.notes:
+            lines.append(f"note {f.scenario}: {note}")
+    return "\n".join(lines)

@@ -84,8 +84,9 @@ class CacheStore(Protocol):
 
     async def put(self, writes: Sequence[CacheWrite], *, ttl_s: Sequence[int]) -> None: ...
 
-    async def read_log(self, tenant: str, after: str) -> tuple[list[LogRecord], str]:
-        """Semantic records of ``tenant`` added after cursor ``after`` (``"0"`` = from the start) and the new cursor."""
+    async def read_log(self, tenant: str, after: str, *, limit: int | None = None) -> tuple[list[LogRecord], str]:
+        """Semantic records of ``tenant`` added after cursor ``after`` (``"0"`` = from the start), at most ``limit``
+        of them (``None``: all), and the new cursor."""
         ...
 
 
@@ -129,21 +130,22 @@ class RedisCacheStore:
         except (RedisError, OSError) as exc:
             raise BackendError(f"redis cache write failed: {exc}") from exc
 
-    async def read_log(self, tenant: str, after: str) -> tuple[list[LogRecord], str]:
+    async def read_log(self, tenant: str, after: str, *, limit: int | None = None) -> tuple[list[LogRecord], str]:
         records: list[LogRecord] = []
         cursor = after
         try:
             while True:
                 start = "-" if cursor == "0" else f"({cursor}"
+                count = _READ_COUNT if limit is None else min(_READ_COUNT, limit - len(records))
                 batch: list[tuple[bytes, dict[bytes, bytes]]] = cast(
                     "list[tuple[bytes, dict[bytes, bytes]]]",
-                    await self.client.xrange(self.log_key(tenant), min=start, max="+", count=_READ_COUNT) or [])
+                    await self.client.xrange(self.log_key(tenant), min=start, max="+", count=count) or [])
                 for record_id, fields in batch:
                     cursor = record_id.decode()
                     records.append(LogRecord(key=fields[b"k"].decode(), scope=fields[b"s"].decode(),
                                              prompt=fields[b"p"].decode(), expires_at_ms=int(fields[b"x"]),
                                              vector=np.frombuffer(fields[b"v"], dtype=np.float32)))
-                if len(batch) < _READ_COUNT:
+                if len(batch) < count or (limit is not None and len(records) >= limit):
                     return records, cursor
         except (RedisError, OSError) as exc:
             raise BackendError(f"redis cache log read failed: {exc}") from exc
@@ -179,12 +181,13 @@ class MemoryCacheStore:
                 LogRecord(write.key, write.scope, write.entry.prompt, write.entry.expires_at_ms,
                           np.asarray(write.vector, dtype=np.float32)))
 
-    async def read_log(self, tenant: str, after: str) -> tuple[list[LogRecord], str]:
+    async def read_log(self, tenant: str, after: str, *, limit: int | None = None) -> tuple[list[LogRecord], str]:
         if self.fail:
             raise BackendError("memory cache store is failing (test)")
         log = self.logs.get(tenant, [])
         start = int(after)
-        return log[start:], str(len(log))
+        page = log[start:] if limit is None else log[start:start + limit]
+        return page, str(start + len(page))
 
 
 @dataclass
@@ -221,11 +224,19 @@ class SemanticMirror:
         return sum(s.matrix.live_count for s in mirror.scopes.values()) if mirror else 0
 
     async def refresh(self, store: CacheStore, tenant: str) -> int:
-        """Pull the tenant's records added since the last refresh; returns how many arrived."""
+        """Pull the tenant's records added since the last refresh; returns how many arrived.
+
+        A page at a time: a new process replaying a long log never holds more than one page of records (each
+        carries its vector as bytes) next to the mirror it is building.
+        """
         mirror = self._tenants.setdefault(tenant, _TenantMirror())
-        records, mirror.cursor = await store.read_log(tenant, mirror.cursor)
-        self.add(tenant, records)
-        return len(records)
+        arrived = 0
+        while True:
+            records, mirror.cursor = await store.read_log(tenant, mirror.cursor, limit=_READ_COUNT)
+            self.add(tenant, records)
+            arrived += len(records)
+            if len(records) < _READ_COUNT:
+                return arrived
 
     def add(self, tenant: str, records: Sequence[LogRecord]) -> None:
         mirror = self._tenants.setdefault(tenant, _TenantMirror())

@@ -1,8 +1,9 @@
-"""Batched top-k, tenant isolation, ACL labels and regions; the LSH shortlist agrees with a full scan."""
+"""Batched top-k, tenant isolation, ACL labels and regions; the inverted lists agree with a full scan."""
 
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 from workers.embedding import HashingEmbedder, l2_normalise
 from workers.vector_index import IndexedChunk, MemoryVectorIndex, VectorMatrix, Visibility
@@ -57,10 +58,10 @@ def test_upsert_replaces_and_remove_hides() -> None:
     assert index.search("acme", EMBED.embed_sync(["shipping"]), 3, [Visibility()]) == [[]]
 
 
-def test_lsh_shortlist_finds_near_duplicates_like_a_full_scan() -> None:
+def test_inverted_lists_find_near_duplicates_like_a_full_scan() -> None:
     rng = np.random.default_rng(1)
     base = l2_normalise(rng.standard_normal((3000, 64)))
-    exact, lsh = VectorMatrix(64), VectorMatrix(64, dtype=np.float16, brute_force_limit=100)
+    exact, lsh = VectorMatrix(64, brute_force_limit=10_000), VectorMatrix(64, dtype=np.float16, brute_force_limit=100)
     exact.add(base)
     lsh.add(base)
     queries = l2_normalise(base[:200] + rng.standard_normal((200, 64)).astype(np.float32) * 0.04)
@@ -72,3 +73,86 @@ def test_lsh_shortlist_finds_near_duplicates_like_a_full_scan() -> None:
     lsh.remove([0])
     _, rows = lsh.search(queries[:1], 1)
     assert rows[0, 0] != 0
+
+
+def _clustered(rng: np.random.Generator, n: int, dim: int = 64, clusters: int = 40, spread: float = 0.35
+               ) -> npt.NDArray[np.float32]:
+    """Unit vectors around a few centres: the shape of real prompt embeddings (templates, shared words)."""
+    centres = l2_normalise(rng.standard_normal((clusters, dim)))
+    members = centres[rng.integers(0, clusters, n)] + rng.standard_normal((n, dim)).astype(np.float32) * spread / 8
+    return l2_normalise(members)
+
+
+def _brute_force(data: npt.NDArray[np.float32], queries: npt.NDArray[np.float32]
+                 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    scores = queries @ data.T
+    return scores.max(axis=1), scores.argmax(axis=1)
+
+
+def test_recall_at_1_against_brute_force_on_clustered_data() -> None:
+    rng = np.random.default_rng(2)
+    data = _clustered(rng, 6000)
+    matrix = VectorMatrix(64, brute_force_limit=500, list_size=32, probe_rows=640)
+    for start in range(0, len(data), 700):  # grows through training, then list splits
+        matrix.add(data[start:start + 700])
+    assert matrix.list_count >= len(data) // 32
+    queries = l2_normalise(data[rng.choice(len(data), 300, replace=False)]
+                           + rng.standard_normal((300, 64)).astype(np.float32) * 0.02)
+    best, best_row = _brute_force(data, queries)
+    scores, rows = matrix.search(queries, 3)
+    assert (rows[:, 0] == best_row).mean() >= 0.99
+    found = rows[:, 0] == best_row
+    # The candidates that come back are scored exactly (float32 rows here), best first.
+    np.testing.assert_allclose(scores[found, 0], best[found], rtol=0, atol=1e-5)
+    assert (np.diff(scores, axis=1) <= 0).all()
+
+
+def test_every_row_is_in_exactly_one_list_of_bounded_size() -> None:
+    rng = np.random.default_rng(3)
+    matrix = VectorMatrix(64, brute_force_limit=200, list_size=40)
+    data = _clustered(rng, 1500)
+    matrix.add(data[:300])
+    for row in data[300:]:  # one row at a time, as the mirror sees a busy tenant
+        matrix.add(row[None, :])
+    members = np.concatenate(matrix._lists)
+    assert sorted(members.tolist()) == list(range(1500))
+    assert matrix.list_sizes().max() <= 40 and matrix.list_sizes().sum() == 1500
+
+
+def test_skewed_data_keeps_lists_bounded_and_still_finds_the_odd_one() -> None:
+    rng = np.random.default_rng(4)
+    same = np.tile(l2_normalise(rng.standard_normal((1, 64))), (3000, 1))  # one prompt cached 3000 times
+    rest = l2_normalise(rng.standard_normal((500, 64)))
+    matrix = VectorMatrix(64, brute_force_limit=256, list_size=64, probe_rows=256)
+    matrix.add(np.concatenate([same, rest]))
+    assert matrix.list_sizes().max() <= 64  # identical rows are cut into lists too: work per query stays bounded
+    scores, rows = matrix.search(np.concatenate([same[:1], rest[:20]]), 2)
+    assert rows[0, 0] < 3000 and abs(scores[0, 0] - 1.0) < 1e-5
+    assert (rows[1:, 0] == np.arange(3000, 3020)).all()
+
+
+def test_removed_and_disallowed_rows_are_skipped_above_the_limit() -> None:
+    rng = np.random.default_rng(5)
+    data = _clustered(rng, 2000)
+    matrix = VectorMatrix(64, dtype=np.float16, brute_force_limit=100, list_size=50)
+    matrix.add(data)
+    queries = data[:5]
+    _, rows = matrix.search(queries, 1)
+    assert (rows[:, 0] == np.arange(5)).all()
+    matrix.remove([0, 1])
+    allowed = np.ones((5, 2000), dtype=bool)
+    allowed[2, 2] = False
+    _, rows = matrix.search(queries, 3)
+    assert 0 not in rows[0] and 1 not in rows[1]
+    _, rows = matrix.search(queries, 3, allowed)
+    assert 2 not in rows[2] and rows[3, 0] == 3
+    assert matrix.live_count == 1998
+
+
+def test_zero_rows_match_nothing_and_empty_batches_are_fine() -> None:
+    matrix = VectorMatrix(8, brute_force_limit=4)
+    matrix.add(np.zeros((10, 8), dtype=np.float32))
+    scores, rows = matrix.search(np.zeros((0, 8), dtype=np.float32), 2)
+    assert scores.shape == rows.shape == (0, 2)
+    scores, _ = matrix.search(l2_normalise(np.ones((1, 8))), 2)
+    assert (scores[0] == 0).all()

@@ -144,7 +144,11 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> LedgerApp:
     # Kafka forgets seen ids after the retention too, so a restart does not resurrect what was purged in memory.
     dedup_ms = settings.ledger_dedup_days * WINDOW_MS["day"]
     seen = table("seen", extra_topic_configs={"cleanup.policy": "compact,delete", "retention.ms": str(dedup_ms)})
-    cells, tasks, outcomes = table("cells"), table("tasks"), table("outcomes")
+    # Cells and tasks are rewritten on every request but have few keys; only their latest value matters (it
+    # carries the watermark), so compacting hourly segments keeps the restart's changelog replay short.
+    compacted = {"cleanup.policy": "compact", "segment.ms": str(WINDOW_MS["hour"]), "min.cleanable.dirty.ratio": "0.1"}
+    cells, tasks = table("cells", extra_topic_configs=compacted), table("tasks", extra_topic_configs=compacted)
+    outcomes = table("outcomes")
     ledger = LedgerApp(app=app, seen=seen, cells=cells, tasks=tasks, outcomes=outcomes, state=LedgerState())
     state = ledger.state
 

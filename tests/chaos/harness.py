@@ -121,6 +121,11 @@ class Pipeline:
                     "TOLLWAY_MODEL_LATENCY_SCALE": str(where.model_latency_scale), **where.extra}
         self.workers: list[Worker] = []
         self._n = Counter[str]()
+        # When True, a worker that exits on its own is restarted (as systemd/Kubernetes would) and noted.
+        self.supervise = False
+        self.restarts: Counter[str] = Counter()
+        self.exits: list[str] = []
+        self._expected_down: set[str] = set()
 
     def worker(self, stages: Sequence[str], *, extra_env: dict[str, str] | None = None) -> Worker:
         label = "+".join(stages) if len(stages) < len(STAGES) else "all"
@@ -138,12 +143,30 @@ class Pipeline:
 
     def check_alive(self) -> None:
         for w in self.workers:
-            if w.proc is not None and w.proc.poll() not in (None, -signal.SIGKILL, -signal.SIGTERM, 0):
-                raise AssertionError(f"worker {w.name} exited {w.proc.returncode}:\n{w.tail()}")
+            if w.proc is None or w.name in self._expected_down:
+                continue
+            rc = w.proc.poll()
+            if rc is None or rc in (-signal.SIGKILL, -signal.SIGTERM, 0):
+                continue
+            if not self.supervise:
+                raise AssertionError(f"worker {w.name} exited {rc}:\n{w.tail()}")
+            last = [line for line in w.tail(4000).splitlines() if "Error" in line or "error" in line][-1:]
+            self.exits.append(f"{w.name} exited {rc}: {last[0][:200] if last else '?'}")
+            self.restarts[w.name] += 1
+            w.start()
+
+    def stopped_on_purpose(self, w: Worker) -> None:
+        self._expected_down.add(w.name)
 
     def stop(self) -> None:
         for w in self.workers:
             w.stop()
+
+    async def supervisor(self) -> None:
+        """Restart crashed workers while the scenario runs (only when ``supervise``)."""
+        while True:
+            self.check_alive()
+            await asyncio.sleep(0.5)
 
 
 # ------------------------------------------------------------------------------------------------ load
@@ -157,11 +180,12 @@ class Load:
     accepted: list[str] = field(default_factory=list)
     refused: int = 0
     sent_at: dict[str, float] = field(default_factory=dict)
+    budget_ms: int = BENCH_BUDGET_MS
+    distinct: int = 10_000  # fewer than count: prompts repeat, so some requests hit the cache
 
 
-async def send_load(settings: Settings, load: Load, *, distinct: int = 10_000) -> None:
-    """Open-loop load; a produce that fails (broker down) counts as refused, never as accepted. ``distinct`` below
-    ``count`` repeats prompts so some requests hit the cache."""
+async def send_load(settings: Settings, load: Load) -> None:
+    """Open-loop load; a produce that fails (broker down) counts as refused, never as accepted."""
     topic = topology(settings).ingress(Tier.STANDARD)
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True, linger_ms=2,
                                 request_timeout_ms=15_000)
@@ -174,7 +198,7 @@ async def send_load(settings: Settings, load: Load, *, distinct: int = 10_000) -
             if delay > 0:
                 await asyncio.sleep(delay)
             rid = f"{load.run}-{i}"
-            env = new_envelope(prompt(i % distinct), tenant="acme", budget_ms=BENCH_BUDGET_MS, request_id=rid)
+            env = new_envelope(prompt(i % load.distinct), tenant="acme", budget_ms=load.budget_ms, request_id=rid)
             try:
                 future = await producer.send(topic, encode(env), key=rid.encode())
             except Exception:  # the producer refused outright (buffer full, broker unknown): not accepted
@@ -259,7 +283,8 @@ async def count(settings: Settings, scenario: str, load: Load, *, ledger: Callab
         figures.duplicates_identical += sum(_same_outcome(first, r) for r in again)
         figures.duplicates_marked_replay += sum(r.replay for r in again)
         figures.response_cost_micros += first.cost_micros
-    figures.statuses = dict(Counter(by_id[rid][0].status.value for rid in accepted & by_id.keys()))
+    figures.statuses = dict(Counter(f"{by_id[rid][0].status.value}/{by_id[rid][0].code or '-'}"
+                                    for rid in accepted & by_id.keys()))
 
     # The audit topic mirrors the chains; after a crash the audit stage re-mirrors a stored record whose
     # acknowledgement it never saw, so the same bytes may appear twice there: a repeat, not a second record.
@@ -299,8 +324,11 @@ async def count(settings: Settings, scenario: str, load: Load, *, ledger: Callab
         rows = agg.rows(window="day")
         figures.ledger_requests = sum(r.requests for r in rows)
         figures.ledger_cost_micros = sum(r.cost_micros for r in rows)
-    else:
-        figures.ledger_requests, figures.ledger_cost_micros = await ledger()
+    else:  # the running ledger worker counts everything on the topic: take the warm-up probe's share off
+        requests, cost = await ledger()
+        others = {rid: rs[0] for rid, rs in by_id.items() if rid not in accepted}
+        figures.ledger_requests = requests - len(others)
+        figures.ledger_cost_micros = cost - sum(r.cost_micros for r in others.values())
     figures.deadletters = len(await read_topic(settings, topo.deadletter))
     return figures
 
@@ -381,3 +409,27 @@ def table(results: Sequence[Figures]) -> str:
         for note in f.notes:
             lines.append(f"note {f.scenario}: {note}")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ own services
+CHAOS_STATE = Path(os.environ.get("TOLLWAY_CHAOS_STATE_DIR", "/tmp/chaos-state"))
+CHAOS_KAFKA_PORT = int(os.environ.get("TOLLWAY_CHAOS_KAFKA_PORT", "29092"))
+CHAOS_REDIS_PORT = int(os.environ.get("TOLLWAY_CHAOS_REDIS_PORT", "26379"))
+
+
+def services(command: str, timeout_s: float = 240) -> subprocess.CompletedProcess[str]:
+    """``infra/services.sh <command>`` for the chaos run's own broker and Redis (never the shared ones)."""
+    env = {**os.environ, "TOLLWAY_STATE_DIR": str(CHAOS_STATE), "TOLLWAY_KAFKA_PORT": str(CHAOS_KAFKA_PORT),
+           "TOLLWAY_REDIS_PORT": str(CHAOS_REDIS_PORT)}
+    return subprocess.run([str(REPO_ROOT / "infra" / "services.sh"), command], env=env, capture_output=True,
+                          text=True, timeout=timeout_s, check=False)
+
+
+def own_env(**overrides: Any) -> Env:
+    return Env(bootstrap=f"127.0.0.1:{CHAOS_KAFKA_PORT}", redis_url=f"redis://127.0.0.1:{CHAOS_REDIS_PORT}/0",
+               **overrides)
+
+
+def stop_own_redis() -> None:
+    subprocess.run(["redis-cli", "-p", str(CHAOS_REDIS_PORT), "shutdown", "nosave"], capture_output=True,
+                   timeout=30, check=False)

@@ -7,14 +7,37 @@ record, the ledger counts it once and its money equals the audited cost, nothing
 from __future__ import annotations
 
 import asyncio
+import random
+import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
+import httpx
+import orjson
 import pytest
+import yaml
+from aiohttp import web
 
 from schemas.envelope import STAGES
-from tests.chaos.harness import Env, Figures, Load, Pipeline, count, send_load, wait_settled, warm_up
+from streams.ledger_app import fetch_snapshot, read_topic
+from streams.topics import topology
+from tests.chaos.harness import (
+    Env,
+    Figures,
+    Load,
+    Pipeline,
+    count,
+    own_env,
+    send_load,
+    services,
+    stop_own_redis,
+    wait_settled,
+    wait_until,
+    warm_up,
+)
+from tests.fakes.openai_server import FakeOpenAI
 
 pytestmark = pytest.mark.chaos
 
@@ -34,23 +57,34 @@ async def at(load: Load, seconds: float) -> None:
 
 
 async def run(name: str, pipeline: Pipeline, fault: Fault, results: list[Figures], *, count_n: int = COUNT,
-              rate: float = RATE) -> Figures:
+              rate: float = RATE, load: Load | None = None,
+              ledger: Callable[[], Awaitable[tuple[int, int]]] | None = None) -> Figures:
     started = time.monotonic()
+    supervisor = asyncio.create_task(pipeline.supervisor()) if pipeline.supervise else None
     try:
         await warm_up(pipeline.settings, pipeline)
-        load = Load(run=name, count=count_n, rate_per_s=rate)
+        load = load or Load(run=name, count=count_n, rate_per_s=rate)
         sender = asyncio.create_task(send_load(pipeline.settings, load))
         await fault(pipeline, load)
         await sender
         settled = await wait_settled(pipeline.settings, load, pipeline, SETTLE_S)
-        figures = await count(pipeline.settings, name, load)
+        figures = await count(pipeline.settings, name, load, ledger=ledger)
         if not settled:
             figures.notes.append(f"not settled within {SETTLE_S:.0f} s")
+        figures.notes.extend(pipeline.exits)
     finally:
+        if supervisor is not None:
+            supervisor.cancel()
         pipeline.stop()
     figures.seconds = time.monotonic() - started
     results.append(figures)
     return figures
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def check(figures: Figures) -> None:
@@ -90,3 +124,156 @@ async def test_add_and_remove_workers_under_load(tmp_path: Path, chaos_results: 
         third.kill9()  # abrupt: its partitions move after the session timeout
 
     check(await run("rebalance +2 −1 −1(kill)", pipeline, fault, chaos_results))
+
+
+# ---------------------------------------------------------------------------------------------- ledger kill -9
+async def test_kill_9_ledger_worker(tmp_path: Path, chaos_results: list[Figures]) -> None:
+    pipeline = Pipeline("kill-ledger", Env(), tmp_path)
+    pipeline.worker(list(STAGES))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    ledger = pipeline.ledger_worker(port)
+
+    async def fault(p: Pipeline, load: Load) -> None:
+        await at(load, 2.5)
+        ledger.kill9()
+        await at(load, 4.0)
+        ledger.start()
+
+    async def ledger_totals() -> tuple[int, int]:
+        total = len(await read_topic(pipeline.settings, topology(pipeline.settings).responses))
+
+        async def caught_up() -> bool:
+            pipeline.check_alive()
+            try:
+                async with httpx.AsyncClient(timeout=5) as client:
+                    status = (await client.get(f"{url}/ledger/status/")).json()
+            except (httpx.HTTPError, ValueError):
+                return False
+            return sum(int(o) + 1 for o in status["positions"].values()) >= total
+
+        await wait_until(caught_up, 120, "the ledger worker to apply every response")
+        snapshot = await fetch_snapshot(url, window="day")
+        return sum(r.requests for r in snapshot.rows), sum(r.cost_micros for r in snapshot.rows)
+
+    figures = await run("kill -9 ledger worker", pipeline, fault, chaos_results, ledger=ledger_totals)
+    check(figures)
+
+
+# ---------------------------------------------------------------------------------------------- own services
+@pytest.fixture(scope="module")
+def own_services() -> Iterator[None]:
+    """Our own broker and Redis (the shared ones are never killed); stopped at the end if we started them."""
+    was_up = services("status").returncode == 0
+    up = services("up")
+    if up.returncode != 0:
+        pytest.skip(f"could not start the chaos run's own Kafka/Redis: {up.stderr[-500:]}")
+    yield
+    if not was_up:
+        services("down")
+
+
+async def test_kafka_broker_kill_9_and_restart(own_services: None, tmp_path: Path,
+                                               chaos_results: list[Figures]) -> None:
+    pipeline = Pipeline("kill-broker", own_env(), tmp_path)
+    pipeline.supervise = True
+    pipeline.worker(list(STAGES))
+
+    async def fault(p: Pipeline, load: Load) -> None:
+        await at(load, 2.0)
+        assert services("kill-kafka").returncode == 0
+        await at(load, 3.5)
+        restarted = await asyncio.to_thread(services, "up")
+        assert restarted.returncode == 0, restarted.stderr
+
+    check(await run("kafka broker kill -9 + restart", pipeline, fault, chaos_results))
+
+
+async def test_redis_stopped_and_restarted(own_services: None, tmp_path: Path,
+                                           chaos_results: list[Figures]) -> None:
+    pipeline = Pipeline("redis", own_env(), tmp_path)
+    pipeline.supervise = True
+    pipeline.worker(list(STAGES))
+
+    async def fault(p: Pipeline, load: Load) -> None:
+        await at(load, 1.5)
+        await asyncio.to_thread(stop_own_redis)
+        await at(load, 3.5)
+        restarted = await asyncio.to_thread(services, "up")
+        assert restarted.returncode == 0, restarted.stderr
+
+    check(await run("redis stop + restart (no persistence)", pipeline, fault, chaos_results))
+
+
+# ---------------------------------------------------------------------------------------------- model backend
+class FlakyOpenAI(FakeOpenAI):
+    """Every call draws a behaviour: 500, 429, a timeout, a truncated or malformed body, or a good answer."""
+
+    def __init__(self, seed: int = 11) -> None:
+        super().__init__(slow_s=3.0)
+        self.rng = random.Random(seed)
+        self.drawn: Counter[str] = Counter()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        behaviour = self.rng.choices(["500", "429", "slow", "truncated", "malformed", "ok"],
+                                     weights=[15, 15, 5, 10, 5, 50])[0]
+        self.drawn[behaviour] += 1
+        model = orjson.loads(await request.read())["model"]
+        self.scripts[model].appendleft(behaviour)  # type: ignore[arg-type]
+        return await super().handle(request)
+
+
+def flaky_catalog(path: Path, base_url: str) -> Path:
+    model = {"backend": "fake", "region": "us", "quality_tier": "small", "context_window": 16384,
+             "prices": {"input_micros_per_mtok": 150_000, "cached_input_micros_per_mtok": 75_000,
+                        "output_micros_per_mtok": 600_000},
+             "latency": {"overhead_ms": 40, "prefill_ms_per_1k_tokens": 1, "decode_ms_per_token": 1},
+             "capacity": 32}
+    catalog = {"version": 1, "expected_output_tokens": 40,
+               "backends": {"fake": {"kind": "openai", "base_url": base_url, "timeout_s": 2.0}},
+               "models": [{"name": "flaky-a", **model}, {"name": "flaky-b", **model}]}
+    path.write_text(yaml.safe_dump(catalog))
+    return path
+
+
+async def test_model_backend_errors(tmp_path: Path, chaos_results: list[Figures]) -> None:
+    fake = FlakyOpenAI()
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", fake.handle)
+    runner = web.AppRunner(app, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        catalog = flaky_catalog(tmp_path / "catalog.yaml", f"http://127.0.0.1:{port}/v1")
+        pipeline = Pipeline("model-errors", Env(extra={"TOLLWAY_MODELS_FILE": str(catalog)}), tmp_path)
+        pipeline.worker(list(STAGES))
+
+        async def fault(p: Pipeline, load: Load) -> None:
+            return None  # the backend itself is the fault
+
+        figures = await run("model backend 500/429/timeout/truncated", pipeline, fault, chaos_results,
+                            load=Load(run="flaky", count=300, rate_per_s=60, distinct=300))
+        figures.notes.append(f"backend calls drawn: {dict(fake.drawn)}; outcomes: {figures.statuses}")
+    finally:
+        fake.release()
+        await runner.cleanup()
+    check(figures)
+
+
+# ---------------------------------------------------------------------------------------------- slow stage
+async def test_slow_stage_backlog(tmp_path: Path, chaos_results: list[Figures]) -> None:
+    pipeline = Pipeline("slow-model", Env(), tmp_path)
+    pipeline.worker([s for s in STAGES if s != "model"])
+    # One request per batch at twice the catalog latency (still inside the model stage's own timeouts): the model
+    # stage serves a few requests a second against 80 arriving, so a backlog builds and budgets run out in it.
+    pipeline.worker(["model"], extra_env={"TOLLWAY_MODEL_LATENCY_SCALE": "2", "TOLLWAY_BATCH_MAX_RECORDS": "1"})
+
+    async def fault(p: Pipeline, load: Load) -> None:
+        return None
+
+    figures = await run("slow model stage (1/batch), 8 s budgets", pipeline, fault, chaos_results,
+                        load=Load(run="slow", count=400, rate_per_s=80, budget_ms=8_000))
+    figures.notes.append(f"outcomes: {figures.statuses}")
+    check(figures)

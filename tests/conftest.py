@@ -29,11 +29,32 @@ def make_envelope() -> Callable[..., Envelope]:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    """Settings isolated by a fresh topic prefix (and so fresh topics and consumer groups) and state directory."""
+async def settings(tmp_path: Path) -> AsyncIterator[Settings]:
+    """Settings isolated by a fresh topic prefix (and so fresh topics and consumer groups) and state directory.
+
+    The test's topics are deleted afterwards: thousands of leftover topics slow every metadata request on the broker.
+    """
     # The local model's emulated latency is off: tests check behaviour, benchmarks and the demo show time.
-    return Settings(topic_prefix=f"t{uuid.uuid4().hex[:10]}", partitions=2, batch_wait_ms=5, state_dir=tmp_path,
-                    model_latency_scale=0.0)
+    isolated = Settings(topic_prefix=f"t{uuid.uuid4().hex[:10]}", partitions=2, batch_wait_ms=5, state_dir=tmp_path,
+                        model_latency_scale=0.0)
+    yield isolated
+    await delete_topics_with_prefix(isolated)
+
+
+async def delete_topics_with_prefix(settings: Settings) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    try:
+        await asyncio.wait_for(admin.start(), 10)
+        doomed = [t for t in await admin.list_topics() if t.startswith(f"{settings.topic_prefix}.")
+                  or t.startswith(f"{settings.topic_prefix}-")]
+        if doomed:
+            await admin.delete_topics(doomed)
+    except Exception:  # cleanup is best effort: a broker a test took down must not fail the next test
+        pass
+    finally:
+        await admin.close()
 
 
 @pytest.fixture

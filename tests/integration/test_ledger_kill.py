@@ -24,7 +24,8 @@ from streams.ledger_app import reconcile
 from streams.settings import REPO_ROOT, Settings
 from streams.topics import ensure_topics, topology
 
-pytestmark = pytest.mark.integration
+# A kill -9 and a changelog recovery take minutes on a loaded 2-core machine: this runs in `make chaos`.
+pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
 FIRST, SECOND, REPLAYS = 500, 150, 50
 

@@ -21,7 +21,8 @@ from streams.settings import get_settings
 
 app = typer.Typer(help="tollway: governed LLM inference on Kafka.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
-console = Console()
+# Piped output (make demo | tee, CI logs) gets room for the wide tables instead of rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 1, 2, 3
 
@@ -128,6 +129,8 @@ def demo(
 
     settings = get_settings()
     _setup_logging("WARNING")
+    # A topic created a moment ago answers "not leader" for a few hundred ms; the producer retries, quietly here.
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
     _run(run_demo(settings, requests_file, console))
 
 

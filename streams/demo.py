@@ -1,67 +1,116 @@
-"""``make demo``: every stage in one process, the bundled sample requests, and what happened to them."""
+"""``make demo``: the whole job on the embedded defaults, in one process.
+
+1. applies the sample policy (``infra/policy.example.yaml``) and indexes the sample corpus (``infra/corpus/``);
+2. runs every stage and the Faust cost ledger;
+3. publishes the bundled requests in two waves (the second repeats questions, so the cache answers them);
+4. prints each response with its per-stage latency, the cost ledger (tenant × model × day) and writes the latency
+   report picture.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+import socket
+import time
 from pathlib import Path
 
 import orjson
 from rich.console import Console
-from rich.table import Table
 
 from schemas.envelope import Message, Tier
+from schemas.ledger import LedgerSnapshot
 from schemas.response import Response
 from streams.client import Submitter, new_envelope
-from streams.settings import Settings
+from streams.settings import REPO_ROOT, Settings
 from streams.worker import resolve_stages, run_workers
+
+POLICY_FILE = REPO_ROOT / "infra" / "policy.example.yaml"
+CORPUS_DIR = REPO_ROOT / "infra" / "corpus"
 
 
 def load_samples(path: Path) -> list[dict[str, object]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
-async def run_demo(settings: Settings, requests_file: Path, console: Console) -> list[Response]:
-    stop, ready = asyncio.Event(), asyncio.Event()
-    workers = asyncio.create_task(run_workers(settings, resolve_stages(["all"]), ready=ready, stop=stop))
-    ready_or_crash = asyncio.create_task(ready.wait())
-    await asyncio.wait([workers, ready_or_crash], return_when=asyncio.FIRST_COMPLETED)
-    if workers.done():
-        workers.result()  # re-raise the worker's startup error
-    try:
-        samples = load_samples(requests_file)
-        async with Submitter(settings) as submitter:
-            envs = []
-            for sample in samples:
-                messages = [Message.model_validate(m) for m in sample["messages"]]  # type: ignore[attr-defined]
-                envs.append(new_envelope(messages, tenant=str(sample.get("tenant", "acme")),
-                                         tier=Tier(str(sample.get("tier", "standard"))), settings=settings))
-            responses = await submitter.complete(envs, timeout_s=60)
-        from streams.cli import print_response
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
-        for env, response in zip(envs, responses, strict=True):
-            console.rule(f"[b]{env.tenant}[/] ({env.tier}): {env.request.prompt}")
-            print_response(response)
-        console.print(cost_summary(responses))
+
+async def prepare(settings: Settings, console: Console) -> None:
+    """Publish the sample policy and the sample corpus (both compacted topics: re-running is harmless)."""
+    from streams.index_store import chunk_file, publish
+    from streams.policy_store import load_policy_file, publish_policy
+
+    policy = load_policy_file(POLICY_FILE)
+    await publish_policy(settings, policy)
+    chunks = [chunk for tenant_dir in sorted(CORPUS_DIR.iterdir()) if tenant_dir.is_dir()
+              for path in sorted(tenant_dir.glob("*.md")) for chunk in chunk_file(path, tenant=tenant_dir.name)]
+    await publish(settings, chunks)
+    console.print(f"policy [b]{policy.version}[/] applied · {len(chunks)} chunks indexed for "
+                  f"{len({c.tenant for c in chunks})} tenants")
+
+
+async def start_in_background(run: asyncio.Task[None], ready: asyncio.Event, what: str,
+                              timeout_s: float = 120.0) -> None:
+    waiter = asyncio.create_task(ready.wait())
+    await asyncio.wait([run, waiter], timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    if run.done():
+        run.result()  # re-raise the startup error
+    if not ready.is_set():
+        raise TimeoutError(f"{what} did not start within {timeout_s:.0f} s")
+
+
+async def read_ledger(settings: Settings, url: str, expected: int, timeout_s: float = 60.0) -> LedgerSnapshot:
+    """The Faust ledger's view once it has counted every response of this run (it runs a little behind)."""
+    from streams.ledger_app import fetch_snapshot, ledger_snapshot
+
+    target = await ledger_snapshot(settings)  # what the responses topic holds now, for comparison
+    wanted = sum(r.requests for r in target.rows)
+    deadline = time.monotonic() + timeout_s
+    snapshot = await fetch_snapshot(url)
+    while sum(r.requests for r in snapshot.rows) < max(wanted, expected) and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        snapshot = await fetch_snapshot(url)
+    return snapshot
+
+
+async def run_demo(settings: Settings, requests_file: Path, console: Console) -> list[Response]:
+    from streams.cli import print_response
+    from streams.cli_ledger import ledger_table
+    from streams.ledger_app import run_ledger
+    from streams.report import write_report
+
+    await prepare(settings, console)
+    stop = asyncio.Event()
+    workers_ready, ledger_ready = asyncio.Event(), asyncio.Event()
+    ledger_port = _free_port()
+    workers = asyncio.create_task(run_workers(settings, resolve_stages(["all"]), ready=workers_ready, stop=stop))
+    ledger = asyncio.create_task(run_ledger(settings, stop=stop, ready=ledger_ready, web_port=ledger_port))
+    try:
+        await start_in_background(workers, workers_ready, "the stage workers")
+        await start_in_background(ledger, ledger_ready, "the cost ledger")
+        samples = load_samples(requests_file)
+        responses: list[Response] = []
+        async with Submitter(settings) as submitter:
+            for wave in sorted({int(str(s.get("wave", 1))) for s in samples}):
+                envs = []
+                for sample in (s for s in samples if int(str(s.get("wave", 1))) == wave):
+                    messages = [Message.model_validate(m) for m in sample["messages"]]  # type: ignore[attr-defined]
+                    envs.append(new_envelope(messages, tenant=str(sample.get("tenant", "acme")),
+                                             tier=Tier(str(sample.get("tier", "standard"))), settings=settings,
+                                             model=sample.get("model")))
+                wave_responses = await submitter.complete(envs, timeout_s=120)
+                for env, response in zip(envs, wave_responses, strict=True):
+                    console.rule(f"[b]{env.tenant}[/] ({env.tier}, wave {wave}): {env.request.prompt}")
+                    print_response(response)
+                responses += wave_responses
+        snapshot = await read_ledger(settings, f"http://127.0.0.1:{ledger_port}", expected=len(responses))
+        console.print(ledger_table(snapshot.rows, "cost ledger (Faust table): tenant × model × day"))
+        png, page = write_report(responses, settings.state_dir / "reports")
+        console.print(f"latency report: {png} · {page}")
         return responses
     finally:
         stop.set()
-        await workers
-
-
-def cost_summary(responses: list[Response]) -> Table:
-    rows: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0, 0])
-    for r in responses:
-        row = rows[(r.tenant, r.model or "-")]
-        row[0] += 1
-        row[1] += r.usage.input_tokens
-        row[2] += r.usage.cached_input_tokens
-        row[3] += r.usage.output_tokens
-        row[4] += r.cost_micros
-        row[5] += r.saved_micros
-    table = Table(title="cost summary (tenant × model)")
-    for col in ("tenant", "model", "requests", "tokens in", "cached in", "tokens out", "cost µ$", "saved µ$"):
-        table.add_column(col)
-    for (tenant, model), row in sorted(rows.items()):
-        table.add_row(tenant, model, *(str(v) for v in row))
-    return table
+        await asyncio.gather(workers, ledger, return_exceptions=True)

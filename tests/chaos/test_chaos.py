@@ -100,12 +100,15 @@ async def test_kill_9_stage_worker_mid_batch(stage: str, tmp_path: Path, chaos_r
     victim = pipeline.worker([stage])
 
     async def fault(p: Pipeline, load: Load) -> None:
-        await at(load, 2.0)
-        victim.kill9()
-        await at(load, 3.0)
-        victim.start()
+        # Twice, at different points of the load: a kill between a batch's produce and its commit is what makes
+        # a redelivery (and so a duplicate response), and where a kill lands is luck.
+        for kill_at in (1.5, 3.5):
+            await at(load, kill_at)
+            victim.kill9()
+            await at(load, kill_at + 0.5)
+            victim.start()
 
-    check(await run(f"kill -9 {stage}", pipeline, fault, chaos_results))
+    check(await run(f"kill -9 {stage} (x2)", pipeline, fault, chaos_results))
 
 
 # ---------------------------------------------------------------------------------------------- rebalance

@@ -29,8 +29,9 @@ from schemas.response import DeadLetter
 from streams.codec import decode_as
 from streams.runner import KafkaPublisher, new_producer
 from streams.settings import Settings
+from streams.stage_policy import open_limits
 from streams.topics import topology
-from workers.audit import AuditContext, record_batch
+from workers.audit import AuditContext, Settler, record_batch
 from workers.audit_chain import Ed25519Signer, HmacSigner, Signer
 from workers.audit_claims import RedisClaimStore
 from workers.audit_record import record_from_deadletter
@@ -128,6 +129,12 @@ async def _checkpoint_on_timer(ctx: AuditContext, interval_s: float) -> None:
 
 @asynccontextmanager
 async def open_context(settings: Settings, base: StageContext) -> AsyncIterator[StageContext]:
+    async with open_limits(settings) as limits, _open_audit_context(settings, base, limits) as ctx:
+        yield ctx
+
+
+@asynccontextmanager
+async def _open_audit_context(settings: Settings, base: StageContext, limits: Settler) -> AsyncIterator[StageContext]:
     sink = FileAuditSink.lease(audit_dir(settings), segment_records=settings.audit_segment_records)
     redis = Redis.from_url(settings.redis_url)
     try:
@@ -139,7 +146,7 @@ async def open_context(settings: Settings, base: StageContext) -> AsyncIterator[
                            topic_prefix=base.topic_prefix, audit_log=audit_log, claims=claims, owner=sink.owner,
                            redactor=ChainedRedactor(PiiRedactor(), BasicRedactor()),
                            content_mode=settings.audit_content,
-                           audit_topic=topology(settings).audit_log)
+                           audit_topic=topology(settings).audit_log, settler=limits)
         log.info("audit chain %s at %s (%d records)", sink.chain_id, sink.dir, audit_log.size)
         deadletters = DeadLetterAuditor(settings, ctx)
         await deadletters.start()

@@ -17,18 +17,28 @@ next one, so by then the mirror copy is safe on the broker.
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from schemas.audit import AuditRecord, ContentMode
 from schemas.envelope import Envelope
+from schemas.errors import BackendError
 from workers.audit_chain import HmacSigner
 from workers.audit_claims import ClaimStore, MemoryClaimStore
 from workers.audit_record import encode_record, record_from_envelope
 from workers.audit_sink import AuditLog, MemoryAuditSink
 from workers.context import Publisher, StageContext
+from workers.policy import settlement_for
 from workers.redaction import BasicRedactor, Redactor
 
 NAME = "audit"
+log = logging.getLogger(__name__)
+
+
+class Settler(Protocol):
+    async def settle_many(self, settlements: Sequence[tuple[str, int]]) -> list[bool]: ...
 
 def _memory_log() -> AuditLog:
     return AuditLog(MemoryAuditSink(), HmacSigner(b"tollway-test-audit-secret"))
@@ -44,6 +54,9 @@ class AuditContext(StageContext):
     audit_topic: str = ""  # defaults to "<topic_prefix>.audit.log"
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # the runner and the dead-letter consumer share a chain
     unconfirmed: list[str] = field(default_factory=list)  # the runner's previous batch, confirmed on the next
+    # Budget settlement: the policy stage reserved each request's estimated cost; the audit stage, which sees every
+    # terminal outcome exactly once per request, replaces the reservation by the actual cost (0 = released).
+    settler: Settler | None = None
 
     @property
     def topic(self) -> str:
@@ -108,4 +121,17 @@ async def process(batch: list[Envelope], ctx: StageContext) -> list[Envelope]:
     records = [record_from_envelope(env, redactor=ctx.redactor, content_mode=ctx.content_mode,
                                     auditor=ctx.worker_id, now_ns=now_ns) for env in batch]
     await record_batch(records, ctx, ctx.publisher, ctx.unconfirmed)
+    await _settle_budgets(batch, ctx)
     return []  # the last stage: nothing is forwarded
+
+
+async def _settle_budgets(batch: list[Envelope], ctx: AuditContext) -> None:
+    settlements = [s for env in batch if (s := settlement_for(env)) is not None]
+    if not settlements or ctx.settler is None:
+        return
+    try:
+        # Idempotent per reservation: a redelivered batch settles nothing twice.
+        await ctx.settler.settle_many(settlements)
+    except BackendError as exc:
+        # The reservation stays until its TTL releases it: spend is over-reserved, never under-counted.
+        log.warning("could not settle %d budget reservation(s): %s", len(settlements), exc)

@@ -11,10 +11,11 @@ from typing import Annotated
 
 import orjson
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from schemas.envelope import Status, Tier
+from schemas.envelope import Message, Status, Tier
 from schemas.errors import ConfigError, ServiceUnavailable
 from schemas.response import Response
 from streams.settings import get_settings
@@ -76,7 +77,9 @@ def latency_table(response: Response) -> Table:
 
 @app.command()
 def submit(
-    prompt: Annotated[str, typer.Argument(help="the user prompt")],
+    prompt: Annotated[str | None, typer.Argument(help="the user prompt (or use --messages)")] = None,
+    messages_file: Annotated[Path | None, typer.Option("--messages", help="JSON list (or JSONL) of chat messages "
+                                                       "{role, content}")] = None,
     tenant: Annotated[str, typer.Option(help="tenant id")] = "acme",
     tier: Annotated[Tier, typer.Option(help="SLO tier")] = Tier.STANDARD,
     model: Annotated[str | None, typer.Option(help="catalog model, default: routed")] = None,
@@ -87,10 +90,11 @@ def submit(
     from streams.client import Submitter, new_envelope
 
     settings = get_settings()
+    conversation = _conversation(prompt, messages_file)
 
     async def go() -> Response:
         async with Submitter(settings) as submitter:
-            env = new_envelope(prompt, tenant=tenant, tier=tier, settings=settings, model=model)
+            env = new_envelope(conversation, tenant=tenant, tier=tier, settings=settings, model=model)
             (response,) = await submitter.complete([env], timeout_s=timeout)
             return response
 
@@ -106,6 +110,26 @@ def submit(
         print_response(response)
     if response.status not in (Status.OK, Status.CACHE_HIT):
         raise typer.Exit(EXIT_FAILED)
+
+
+def _conversation(prompt: str | None, messages_file: Path | None) -> list[Message]:
+    """The chat messages to send: the prompt as one user message, or a file of messages (then the prompt last)."""
+    messages: list[Message] = []
+    if messages_file is not None:
+        try:
+            raw = messages_file.read_bytes()
+            data = orjson.loads(raw) if raw.lstrip().startswith(b"[") else [
+                orjson.loads(line) for line in raw.splitlines() if line.strip()]
+            messages = [Message.model_validate(m) for m in data]
+        except (OSError, orjson.JSONDecodeError, ValidationError) as exc:
+            console.print(f"[red]cannot read messages from {messages_file}:[/] {exc}")
+            raise typer.Exit(EXIT_USAGE) from exc
+    if prompt:
+        messages.append(Message(role="user", content=prompt))
+    if not messages:
+        console.print("[red]nothing to send:[/] give a prompt or --messages FILE")
+        raise typer.Exit(EXIT_USAGE)
+    return messages
 
 
 def print_response(response: Response) -> None:

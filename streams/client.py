@@ -21,6 +21,7 @@ from schemas.response import Response
 from streams.codec import decode_as, encode
 from streams.settings import Settings
 from streams.topics import ensure_topics, topology
+from workers.policy import route_for
 
 
 def new_envelope(prompt: str | list[Message], *, tenant: str, tier: Tier = Tier.STANDARD,
@@ -28,11 +29,13 @@ def new_envelope(prompt: str | list[Message], *, tenant: str, tier: Tier = Tier.
                  request_id: str | None = None, **request_fields: object) -> Envelope:
     messages = [Message(role="user", content=prompt)] if isinstance(prompt, str) else prompt
     now = time.time_ns()
+    s = settings or Settings()
     if budget_ms is None:
-        s = settings or Settings()
         budget_ms = {Tier.INTERACTIVE: s.budget_interactive_ms, Tier.STANDARD: s.budget_standard_ms,
                      Tier.BATCH: s.budget_batch_ms}[tier]
     return Envelope(
+        # The route is data: with a remote embedder the policy stage redacts before retrieval sees the prompt.
+        route=route_for(None, s),
         request_id=request_id or uuid.uuid4().hex,
         tenant=tenant,
         tier=tier,

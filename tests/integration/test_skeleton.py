@@ -74,3 +74,13 @@ async def test_expired_request_is_not_worked(pipeline: Settings) -> None:
         (response,) = await submitter.complete([env])
     assert response.status is Status.DEADLINE_EXCEEDED
     assert [h.stage for h in response.hops] == ["retrieval"]
+
+
+async def test_route_is_data_policy_first_for_a_remote_embedder(pipeline: Settings) -> None:
+    env = new_envelope("route me", tenant="acme", settings=pipeline)
+    env.route = ["policy", "retrieval", "cache", "model", "postprocess", "audit"]
+    async with Submitter(pipeline) as submitter:
+        (response,) = await submitter.complete([env])
+    assert response.status is Status.OK
+    # the ingress consumer (the default route's first stage) hands it on untouched, then the route is followed
+    assert [h.stage for h in response.hops] == ["retrieval", "policy", "retrieval", "cache", "model", "postprocess"]

@@ -129,12 +129,13 @@ class VectorMatrix:
             self._grow(max(self.count + n, 2 * len(self._vectors)))
         rows = np.arange(self.count, self.count + n, dtype=np.int64)
         exact = np.asarray(vectors, dtype=np.float32)
-        self._vectors[rows] = exact
-        peak = np.abs(exact).max(axis=1) if n else np.zeros(0, dtype=np.float32)
-        scales = (peak / 127).astype(np.float32)
-        self._scales[rows] = scales
-        self._codes[rows] = np.rint(np.divide(exact, scales[:, None], out=np.zeros_like(exact),
-                                              where=scales[:, None] > 0))
+        for start in range(0, n, _BLOCK):  # blocks keep the temporaries small: memory is the worker's budget
+            block, at = exact[start:start + _BLOCK], self.count + start
+            scales = (np.abs(block).max(axis=1) / 127).astype(np.float32)
+            self._vectors[at:at + len(block)] = block
+            self._scales[at:at + len(block)] = scales
+            self._codes[at:at + len(block)] = np.rint(np.divide(block, scales[:, None], out=np.zeros_like(block),
+                                                                where=scales[:, None] > 0))
         self._live[rows] = True
         self.count += n
         if self._lists:
@@ -144,6 +145,8 @@ class VectorMatrix:
         return rows
 
     def _grow(self, capacity: int) -> None:
+        # np.zeros maps its pages lazily: the unused capacity costs no memory until rows land in it. (ndarray.resize
+        # would realloc in place but zero-fills, making all of the capacity resident at once.)
         def grown(old: npt.NDArray[Any]) -> npt.NDArray[Any]:
             new = np.zeros((capacity, *old.shape[1:]), dtype=old.dtype)
             new[: self.count] = old[: self.count]
@@ -164,12 +167,13 @@ class VectorMatrix:
         self._centroid_rows = list(_kmeans(self._exact_rows(sample), lists, iterations=8, rng=self._rng))
         self._centroids = np.stack(self._centroid_rows)
         self._lists = [np.zeros(0, dtype=np.int64) for _ in range(lists)]
-        for start in range(0, self.count, 8192):  # blocks bound the float32 copy
-            block = rows[start:start + 8192]
+        for start in range(0, self.count, _BLOCK):  # blocks bound the float32 copy
+            block = rows[start:start + _BLOCK]
             self._assign(block, self._exact_rows(block))
 
     def _assign(self, rows: Rows, vectors: Vectors) -> None:
-        nearest = np.argmax(vectors @ self._centroids.T, axis=1)
+        nearest = np.concatenate([np.argmax(vectors[start:start + _BLOCK] @ self._centroids.T, axis=1)
+                                  for start in range(0, len(rows), _BLOCK)])  # blocks bound the score matrix
         order = np.argsort(nearest, kind="stable")
         targets, starts = np.unique(nearest[order], return_index=True)
         oversized = []

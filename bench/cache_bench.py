@@ -1,8 +1,14 @@
-"""Cache and retrieval figures (not a test): `.venv/bin/python bench/cache_bench.py [--sizes 10000 100000]`.
+"""Cache and retrieval figures (not a test): `.venv/bin/python -m bench.cache_bench [--sizes 10000 100000] [--json]`.
 
-1. Semantic lookup latency: a tenant namespace of N entries in a :class:`SemanticMirror` (float16 rows, LSH
-   shortlist above 8k rows); one lookup = embed-free ``mirror.search`` of one query, timed p50/p99 over 2,000 lookups;
-   also a batch of 32 queries per call (per-query cost).
+1. Semantic lookup at N entries per tenant, on diverse prompts (12 openings x 30 verbs x 40 objects x 30 situations,
+   a third with a numbered tail) and 2,000 queries: half paraphrases of cached prompts, half fresh prompts (misses).
+   Against a baseline in the same run (exact brute force, float32 BLAS): ``SemanticMirror.search`` (what the stage
+   calls) for one query and for a batch of 32 (the batch time is what each of its requests waits; the amortised
+   per-query time is shown too), wall and CPU time (on a shared machine wall time includes waiting for a core);
+   recall@1 of the index vs exact for a sweep of probe budgets; the own-entry hit rate. Then the peak RSS (VmHWM)
+   of a fresh process replaying N log records through ``SemanticMirror.refresh`` like a cold worker.
+   Run it with OPENBLAS_NUM_THREADS=1 on a shared 2-core machine (threads spinning against other jobs distort the
+   baseline).
 2. Paraphrase / near-miss set (bench/data/cache_pairs.jsonl): each "cached" prompt is filled, each "query" is looked
    up through ``workers.cache.process``: hit rate on paraphrases, wrong hits (hits on near misses) as a share of all
    hits, near-miss rejections by the guard.

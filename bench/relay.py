@@ -22,7 +22,7 @@ import time
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import CommitFailedError, TopicAlreadyExistsError
 
 from streams.runner import consumer_options, new_producer
 from streams.settings import Settings
@@ -85,7 +85,8 @@ async def relay_hop(settings: Settings, hop: int, producer: AIOKafkaProducer, st
                     value = relay_record(record.value, stage, settings.worker_id, record.timestamp, received_ns)
                     deliveries.append(await producer.send(sink, value, key=record.key))
             await asyncio.gather(*deliveries)
-            await consumer.commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
+            with contextlib.suppress(CommitFailedError):  # a rebalance: redelivered, as in the stage runner
+                await consumer.commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
     finally:
         await consumer.stop()
 

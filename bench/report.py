@@ -101,30 +101,26 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    relay, tollway = results["scenarios"]["1_physical_limit"], results["scenarios"]["2_3_tollway"]
+    scenarios = results["scenarios"]
+    systems = {name: scenarios[key] for name, key in (("relay", "1_physical_limit"), ("shell", "2_3_shell"),
+                                                      ("tollway", "2_3_tollway")) if key in scenarios}
+    layouts = sorted({layout for data in systems.values() for layout in data})
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    layouts = [k for k in relay if "throughput" in relay[k] and "throughput" in tollway[k]]
-    if not layouts:
-        return False
-    width = 0.38
-    xs = range(len(layouts))
-    left.bar([x - width / 2 for x in xs], [relay[k]["throughput"]["req_per_s"] for k in layouts], width,
-             label="raw relay")
-    left.bar([x + width / 2 for x in xs], [tollway[k]["throughput"]["req_per_s"] for k in layouts], width,
-             label="tollway")
-    left.set_xticks(list(xs), layouts)
+    width = 0.8 / max(1, len(systems))
+    for i, (name, data) in enumerate(systems.items()):
+        left.bar([x + i * width for x in range(len(layouts))],
+                 [data.get(k, {}).get("throughput", {}).get("req_per_s", 0) for k in layouts], width, label=name)
+    left.set_xticks([x + width * (len(systems) - 1) / 2 for x in range(len(layouts))], layouts)
     left.set_ylabel("req/s through six hops")
-    left.set_title("max throughput")
+    left.set_title("max throughput (burst)")
     left.legend()
-    for layout in layouts:
-        if "latency" not in tollway[layout] or "latency" not in relay[layout]:
-            continue
-        rates = list(tollway[layout]["latency"])
-        for system, data, style in (("relay", relay, "--"), ("tollway", tollway, "-")):
-            for pct in ("p50_ms", "p99_ms"):
-                right.plot([float(r) for r in rates], [data[layout]["latency"][r]["overhead"].get(pct, 0)
-                                                       for r in rates], style, marker="o",
-                           label=f"{system} {pct[:3]} ({layout})")
+    for name, data in systems.items():
+        for layout in layouts:
+            latency = data.get(layout, {}).get("latency", {})
+            rates = list(latency)
+            for pct, style in (("p50_ms", "-"), ("p99_ms", "--")):
+                right.plot([float(r) for r in rates], [latency[r]["overhead"].get(pct, 0) for r in rates], style,
+                           marker="o", label=f"{name} {pct[:3]} ({layout})")
     right.set_xlabel("offered load (req/s)")
     right.set_ylabel("overhead latency (ms)")
     right.set_title("overhead latency, open loop")

@@ -65,6 +65,8 @@ class Options:
     profile: bool = False
     systems: tuple[str, ...] = ("relay", "shell", "tollway")
     micro: bool = True
+    micro_batch: int = 200
+    micro_repeat: int = 7
 
 
 def _settings(kind: str, opts: Options) -> Settings:
@@ -226,7 +228,7 @@ async def run_all(opts: Options, log: Any = print) -> dict[str, Any]:
         log("· CPU per record without the broker (bench/micro.py)")
         from bench import micro
 
-        results["scenarios"]["2b_cpu_per_record"] = await micro.measure()
+        results["scenarios"]["2b_cpu_per_record"] = await micro.measure(opts.micro_batch, opts.micro_repeat)
     if opts.extras:
         for scenario, candidates in EXTRA_SCENARIOS:
             present = [m for m in candidates if importlib.util.find_spec(f"bench.{m}") is not None]
@@ -241,6 +243,11 @@ async def run_all(opts: Options, log: Any = print) -> dict[str, Any]:
     return results
 
 
+def _where(layout: str) -> str:
+    processes = int(layout.rstrip("p"))
+    return {0: "in the harness", 1: "1 process"}.get(processes, f"{processes} processes")
+
+
 SCENARIO_OF = {"relay": "1_physical_limit", "tollway": "2_3_tollway", "shell": "2_3_shell"}
 LABELS = {"tollway": "tollway", "shell": "tollway shell (pass-through stages)"}
 
@@ -249,7 +256,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
     out: list[Row] = []
     scenarios = results["scenarios"]
     for layout, relay in scenarios.get("1_physical_limit", {}).items():
-        where = "1 process" if layout == "1p" else f"{layout[:-1]} processes"
+        where = _where(layout)
         if "error" in relay:
             out.append(Row(f"relay ({where})", None, "", note=f"failed: {relay['error'][:200]}"))
             continue
@@ -282,7 +289,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
                                baseline=base["p99_ms"], baseline_name="relay p99",
                                target="≤ 1.5× relay" if gate else "", max_ratio=1.5 if gate else None))
     micro = scenarios.get("2b_cpu_per_record")
-    if micro and "total" in micro:
+    if micro and micro.get("total", {}).get("relay"):
         base = micro["total"]["relay"]
         out.append(Row("CPU per request, no broker: relay (6 hops)", base, "µs"))
         out.append(Row("CPU per request, no broker: runner shell", micro["total"]["runner"], "µs", baseline=base,

@@ -258,6 +258,9 @@ class Figures:
             out.append(f"ledger cost {self.ledger_cost_micros} µ$ ≠ Σ audited cost {self.audited_cost_micros} µ$")
         if self.duplicate_responses != self.duplicates_identical:
             out.append(f"{self.duplicate_responses - self.duplicates_identical} duplicate responses differ")
+        if self.duplicate_responses != self.duplicates_marked_replay:
+            out.append(f"{self.duplicate_responses - self.duplicates_marked_replay} duplicate responses are not "
+                       "marked as a replay")
         return out
 
 

@@ -7,11 +7,13 @@ record, the ledger counts it once and its money equals the audited cost, nothing
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import httpx
@@ -21,8 +23,10 @@ import yaml
 from aiohttp import web
 
 from schemas.envelope import STAGES
+from streams import stage_postprocess
 from streams.ledger_app import fetch_snapshot, read_topic
-from streams.topics import topology
+from streams.runner import KafkaPublisher, StageRunner, new_producer
+from streams.topics import ensure_topics, topology
 from tests.chaos.harness import (
     Env,
     Figures,
@@ -38,6 +42,8 @@ from tests.chaos.harness import (
     warm_up,
 )
 from tests.fakes.openai_server import FakeOpenAI
+from workers import postprocess
+from workers.context import StageContext, SystemClock
 
 pytestmark = pytest.mark.chaos
 
@@ -58,11 +64,14 @@ async def at(load: Load, seconds: float) -> None:
 
 async def run(name: str, pipeline: Pipeline, fault: Fault, results: list[Figures], *, count_n: int = COUNT,
               rate: float = RATE, load: Load | None = None,
-              ledger: Callable[[], Awaitable[tuple[int, int]]] | None = None) -> Figures:
+              ledger: Callable[[], Awaitable[tuple[int, int]]] | None = None, warm: bool = True) -> Figures:
     started = time.monotonic()
     supervisor = asyncio.create_task(pipeline.supervisor()) if pipeline.supervise else None
     try:
-        await warm_up(pipeline.settings, pipeline)
+        if warm:
+            await warm_up(pipeline.settings, pipeline)
+        else:
+            await ensure_topics(pipeline.settings)
         load = load or Load(run=name, count=count_n, rate_per_s=rate)
         sender = asyncio.create_task(send_load(pipeline.settings, load))
         await fault(pipeline, load)
@@ -279,4 +288,55 @@ async def test_slow_stage_backlog(tmp_path: Path, chaos_results: list[Figures]) 
     figures = await run("slow model stage (1/batch), 8 s budgets", pipeline, fault, chaos_results,
                         load=Load(run="slow", count=400, rate_per_s=80, budget_ms=8_000))
     figures.notes.append(f"outcomes: {figures.statuses}")
+    check(figures)
+
+
+# ---------------------------------------------------------------------------------------------- redelivery
+async def test_crash_between_produce_and_commit_redelivers(tmp_path: Path, chaos_results: list[Figures]) -> None:
+    """The worst moment for a kill -9, made deterministic: the post-process stage runs in this process, handles a
+    whole batch (responses published and acknowledged, events forwarded to audit) and dies before its commit. A
+    fresh ``tollway worker postprocess`` then gets the same records again."""
+    pipeline = Pipeline("redelivery", Env(), tmp_path)
+    pipeline.worker([s for s in STAGES if s != "postprocess"])
+    settings = pipeline.settings
+    load = Load(run="redeliver", count=200, rate_per_s=100)
+
+    async def crash_after_produce(p: Pipeline, load: Load) -> None:
+        async def load_sent() -> bool:
+            return len(load.accepted) + load.refused >= load.count
+
+        await wait_until(load_sent, 60, "the load to be sent")
+        async with AsyncExitStack() as stack:
+            producer = new_producer(settings)
+            await producer.start()
+            stack.push_async_callback(producer.stop)
+            publisher = KafkaPublisher(producer)
+            clock = SystemClock()
+            base = StageContext(stage="postprocess", worker_id="doomed", clock=clock, publisher=publisher,
+                                topic_prefix=settings.topic_prefix)
+            ctx = await stack.enter_async_context(stage_postprocess.open_context(settings, base))
+            runner = StageRunner(stage="postprocess", process=postprocess.process, ctx=ctx, settings=settings,
+                                 topology=topology(settings), producer=producer, publisher=publisher, clock=clock)
+            await runner.start()
+            stack.push_async_callback(runner.close)
+            assert runner.consumer is not None
+            handled = 0
+            deadline = time.monotonic() + 60
+            while handled < len(load.accepted) and time.monotonic() < deadline:
+                batches = await runner.consumer.getmany(timeout_ms=500)
+                if batches:
+                    handled += (await runner.handle(batches)).consumed  # produced and acknowledged...
+            # ...and never committed: the process "dies" here.
+        p.worker(["postprocess"])
+
+        async def redelivered() -> bool:
+            p.check_alive()
+            return len(await read_topic(settings, topology(settings).responses)) >= 2 * len(load.accepted)
+
+        with contextlib.suppress(AssertionError):  # the count below says what happened
+            await wait_until(redelivered, 90, "the redelivered batch's responses")
+
+    figures = await run("crash after produce, before commit", pipeline, crash_after_produce, chaos_results,
+                        load=load, warm=False)  # no warm-up: the doomed runner must be the group's only member
+    assert figures.duplicate_responses == figures.accepted, "every response should have been published twice"
     check(figures)

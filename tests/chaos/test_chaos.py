@@ -148,6 +148,10 @@ async def test_kill_9_ledger_worker(tmp_path: Path, chaos_results: list[Figures]
 
     async def fault(p: Pipeline, load: Load) -> None:
         await at(load, 2.5)
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            async with httpx.AsyncClient(timeout=2) as client:
+                counted = (await client.get(f"{url}/ledger/status/")).json().get("counted")
+                killed_at.append(f"killed -9 with {counted} responses counted")
         ledger.kill9()
         await at(load, 4.0)
         ledger.start()
@@ -168,7 +172,9 @@ async def test_kill_9_ledger_worker(tmp_path: Path, chaos_results: list[Figures]
         snapshot = await fetch_snapshot(url, window="day")
         return sum(r.requests for r in snapshot.rows), sum(r.cost_micros for r in snapshot.rows)
 
+    killed_at: list[str] = []
     figures = await run("kill -9 ledger worker", pipeline, fault, chaos_results, ledger=ledger_totals)
+    figures.notes.extend(killed_at)
     check(figures)
 
 

@@ -61,7 +61,8 @@ def test_upsert_replaces_and_remove_hides() -> None:
 def test_inverted_lists_find_near_duplicates_like_a_full_scan() -> None:
     rng = np.random.default_rng(1)
     base = l2_normalise(rng.standard_normal((3000, 64)))
-    exact, lsh = VectorMatrix(64, brute_force_limit=10_000), VectorMatrix(64, dtype=np.float16, brute_force_limit=100)
+    exact = VectorMatrix(64, brute_force_limit=10_000)
+    lsh = VectorMatrix(64, dtype=np.float16, brute_force_limit=100, full_scan_factor=np.inf)
     exact.add(base)
     lsh.add(base)
     queries = l2_normalise(base[:200] + rng.standard_normal((200, 64)).astype(np.float32) * 0.04)
@@ -92,7 +93,7 @@ def _brute_force(data: npt.NDArray[np.float32], queries: npt.NDArray[np.float32]
 def test_recall_at_1_against_brute_force_on_clustered_data() -> None:
     rng = np.random.default_rng(2)
     data = _clustered(rng, 6000)
-    matrix = VectorMatrix(64, brute_force_limit=500, list_size=32, probe_rows=640)
+    matrix = VectorMatrix(64, brute_force_limit=500, list_size=32, probe_rows=640, full_scan_factor=np.inf)
     for start in range(0, len(data), 700):  # grows through training, then list splits
         matrix.add(data[start:start + 700])
     assert matrix.list_count >= len(data) // 32
@@ -123,7 +124,7 @@ def test_skewed_data_keeps_lists_bounded_and_still_finds_the_odd_one() -> None:
     rng = np.random.default_rng(4)
     same = np.tile(l2_normalise(rng.standard_normal((1, 64))), (3000, 1))  # one prompt cached 3000 times
     rest = l2_normalise(rng.standard_normal((500, 64)))
-    matrix = VectorMatrix(64, brute_force_limit=256, list_size=64, probe_rows=256)
+    matrix = VectorMatrix(64, brute_force_limit=256, list_size=64, probe_rows=256, full_scan_factor=np.inf)
     matrix.add(np.concatenate([same, rest]))
     assert matrix.list_sizes().max() <= 64  # identical rows are cut into lists too: work per query stays bounded
     scores, rows = matrix.search(np.concatenate([same[:1], rest[:20]]), 2)
@@ -134,7 +135,7 @@ def test_skewed_data_keeps_lists_bounded_and_still_finds_the_odd_one() -> None:
 def test_removed_and_disallowed_rows_are_skipped_above_the_limit() -> None:
     rng = np.random.default_rng(5)
     data = _clustered(rng, 2000)
-    matrix = VectorMatrix(64, dtype=np.float16, brute_force_limit=100, list_size=50)
+    matrix = VectorMatrix(64, dtype=np.float16, brute_force_limit=100, list_size=50, full_scan_factor=np.inf)
     matrix.add(data)
     queries = data[:5]
     _, rows = matrix.search(queries, 1)
@@ -156,3 +157,17 @@ def test_zero_rows_match_nothing_and_empty_batches_are_fine() -> None:
     assert scores.shape == rows.shape == (0, 2)
     scores, _ = matrix.search(l2_normalise(np.ones((1, 8))), 2)
     assert (scores[0] == 0).all()
+
+
+def test_a_big_batch_scans_everything_and_agrees_with_the_lists() -> None:
+    rng = np.random.default_rng(6)
+    data = _clustered(rng, 3000)
+    lists = VectorMatrix(64, brute_force_limit=100, list_size=32, probe_rows=3000, full_scan_factor=np.inf)
+    scan = VectorMatrix(64, brute_force_limit=100, list_size=32, probe_rows=3000, full_scan_factor=1.0)
+    lists.add(data)
+    scan.add(data)
+    queries = data[:50]  # 50 x 3000 probed rows >= 1.0 x 3000 rows: the scan path; probing everything is exact too
+    scores_lists, rows_lists = lists.search(queries, 3)
+    scores_scan, rows_scan = scan.search(queries, 3)
+    np.testing.assert_array_equal(rows_lists, rows_scan)
+    np.testing.assert_allclose(scores_lists, scores_scan, atol=1e-6)

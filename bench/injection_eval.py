@@ -101,7 +101,7 @@ def main() -> int:
         print(f"{name}: {len(attacks)} attacks / {len(benign)} benign")
     print(f"{'threshold':>9} " + " ".join(f"{n[:22]:>24}" for n in groups))
     for t in thresholds:
-        cells = " ".join(f"{'TPR %.3f FPR %.3f' % table[n][f'{t:.2f}']:>24}" for n in groups)
+        cells = " ".join(f"{'TPR {:.3f} FPR {:.3f}'.format(*table[n][f'{t:.2f}']):>24}" for n in groups)
         print(f"{t:>9.2f} {cells}{'   <- default' if t == DEFAULT_THRESHOLD else ''}")
     print(f"cost: {cost:.1f} µs/request (one request per call, batch of 500)")
     if args.show_held_out:

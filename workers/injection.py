@@ -1,20 +1,44 @@
-"""A rule-based prompt-injection detector: a score in [0, 1] and the names of the rules that matched.
+"""A prompt-injection detector: a score in [0, 1] and the names of the signals that produced it.
 
-Each rule has a weight; the score is ``1 - Π(1 - weight)`` over the matched rules, so one strong signal (an
-instruction to ignore the previous instructions) crosses a 0.6 threshold alone while two weak ones (a role change
-and a "new task") need each other. Text is NFKC-normalised, zero-width characters are dropped and whitespace is
-collapsed first, so full-width letters or ``i\u200bgnore`` do not slip past. Retrieved passages are scanned too:
-an indirect injection arrives in a document, not in the user's message.
+Three layers, cheapest first, each listed by name on the decision:
 
-This catches the common, literal attacks; it does not understand paraphrase. Measured on bench/injection_set.jsonl
-by ``bench/injection_eval.py``.
+1. **Normalisation** (``normalise`` and ``_variants``): NFKC, zero-width characters dropped, letters spread out
+   with spaces, dots or hyphens joined back (``i g n o r e``, ``D-i-s-r-e-g-a-r-d``), intra-word hyphens removed
+   (``in-struc-tions``), digits inside words read as leetspeak (``1gn0r3`` → ``ignore``), and base64 blobs decoded
+   and scanned as text of their own.
+2. **Rules**: the literal rules of v1 (``_LITERAL_RULES``), plus lexical families (``_FAMILY_RULES``) that look for
+   a *kind* of word near another kind rather than a phrase: an override verb near an instruction object that
+   belongs to the model (``set aside`` … ``what you were told``), a persona cue near "no rules / no filters", a
+   disclosure verb near the model's own setup, a fake role marker at a line start, text that addresses the model
+   and tells it to act, an exfiltration verb with a secret and a destination, and the same families in French,
+   German, Spanish, Italian and Dutch. A family rule may need a *context* match close to the hit (``your``,
+   ``previous``, ``you were told``) so that "disregard the attached form" is not an override.
+3. **A hashed n-gram linear model** (``workers/injection_model.json``, trained by ``bench/train_injection.py`` on
+   the tuning set only): its probability counts as one more signal, ``ngram_model``, when it is above one half.
+
+Each signal has a weight; the score is ``1 - Π(1 - weight)`` over the signals found, so one strong signal crosses
+the default 0.6 threshold alone and two weak ones need each other. Text that *discusses* prompt injection (a
+question about jailbreaks, a red-team brief) has its score halved and says so with ``discusses_injection``.
+
+Measured by ``bench/injection_eval.py`` on ``bench/data/injection_tuning.jsonl`` and, separately, on
+``bench/data/injection_heldout.jsonl``, which no rule or weight was fitted to.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import itertools
+import json
+import math
 import re
 import unicodedata
+import zlib
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -22,21 +46,34 @@ class Rule:
     name: str
     weight: float
     pattern: re.Pattern[str]
-    # Lower-case literals of which every match contains at least one: a cheap ``in`` test skips the regex on the
+    # Lower-case literals of which every match contains at least one: a cheap test skips the regex on the
     # ordinary prompts that are most of the traffic. Empty: always run the regex.
     triggers: tuple[str, ...] = ()
     always_from_length: int | None = None  # run the regex anyway on texts at least this long
+    # A family rule may also need ``context`` within ``context_chars`` of its match ("your", "previous").
+    context: re.Pattern[str] | None = None
+    context_chars: int = 40
 
     def __post_init__(self) -> None:
         trigger = re.compile("|".join(map(re.escape, self.triggers))) if self.triggers else None
         object.__setattr__(self, "_trigger", trigger)
+
+    def search(self, text: str) -> bool:
+        """The rule's verdict without the trigger shortcut."""
+        for match in self.pattern.finditer(text):
+            if self.context is None:
+                return True
+            window = text[max(0, match.start() - self.context_chars):match.end() + self.context_chars]
+            if self.context.search(window) is not None:
+                return True
+        return False
 
     def matches(self, text: str, lowered: str) -> bool:
         trigger: re.Pattern[str] | None = getattr(self, "_trigger", None)
         if trigger is not None and trigger.search(lowered) is None and (
                 self.always_from_length is None or len(text) < self.always_from_length):
             return False
-        return self.pattern.search(text) is not None
+        return self.search(text)
 
 
 @dataclass(frozen=True)
@@ -51,7 +88,7 @@ def _r(pattern: str) -> re.Pattern[str]:
 
 _PRIOR = r"(?:all |any |the |your |my |these |those |every )*(?:previous|prior|above|earlier|preceding|foregoing|" \
          r"initial|original|system|developer|existing|old)"
-_INSTR = r"(?:instructions?|prompts?|rules|directions|directives|guidelines|guardrails|context|messages?|" \
+_INSTR = r"(?:instructions?|prompts?|rules|directions|directives|guidelines|guardrails|context|messages|" \
          r"constraints|programming|policies|orders|commands)"
 
 _SECRET_PROMPT = r"(?:system prompt|hidden prompt|initial prompt|pre-?prompt|" \
@@ -63,7 +100,11 @@ _NO_LIMITS = r"(?:without|with no|no|free (?:of|from))\s+(?:any |all |your |the 
 
 _LIMIT_NOUNS = ("restriction", "filter", "limitation", "censorship", "guideline", "guardrail", "rules")
 
-RULES: tuple[Rule, ...] = (
+# Whose instructions: the model's own, or ones that came earlier. "Disregard the attached form" has neither.
+_SCOPE = _r(r"\b(?:your|yours|you were|you've been|you have been|you received|you started|previous|prior|earlier|"
+            r"above|before|original|initial|so far|at the start|current|existing|old|told|given|system)\b")
+
+_LITERAL_RULES: tuple[Rule, ...] = (
     # "ignore all previous instructions": the verb, then only determiners before the "previous/system" word.
     Rule("ignore_previous_instructions", 0.85,
          _r(rf"\b(?:ignore|disregard|forget|override|skip|bypass|neglect|abandon|drop)\s+{_PRIOR}\s+"
@@ -157,6 +198,7 @@ RULES: tuple[Rule, ...] = (
          _r(r"\b(?:ignore|disregard|forget|bypass|neglect|abandon|set aside|stop following|stop obeying|"
             r"no longer follow|throw out|discard)\b(?:\W+\w+){0,5}?\W+(?:instructions?|rules?|guidance|guidelines|"
             r"programming|directives?|constraints|training|system (?:message|prompt)|configuration|policies)\b"),
+         context=_SCOPE,
          triggers=("ignore", "disregard", "forget", "bypass", "neglect", "abandon", "set aside", "stop follow",
                    "stop obey", "no longer follow", "throw out", "discard")),
     Rule("disclose_configuration", 0.65,
@@ -179,25 +221,305 @@ RULES: tuple[Rule, ...] = (
          triggers=("only",)),
 )
 
+
+# --- v2: lexical families. Words of a kind near words of another kind, not phrases. ---
+_GAP = r"(?:\W+\w+){0,6}?\W+"  # up to six words in between
+_OVERRIDE = r"(?:ignore|ignoring|disregard|forget|set aside|put aside|drop|discard|throw (?:away|out)|override|" \
+            r"overwrite|wipe|cancel|unlearn|disobey|pay no attention to|never mind|reset|replace|" \
+            r"stop (?:following|obeying|adhering to|listening to)|" \
+            r"(?:don't|do not|no longer) (?:(?:have|need) to )?(?:follow|obey))"
+_OBJECT = r"(?:instructions?|rules|guidance|guidelines|directives?|orders|briefing|setup|configuration|" \
+          r"programming|system (?:prompt|message)|objectives|training|policies|operator|developers|" \
+          r"what (?:you (?:were|have been|'ve been)|you've been) (?:told|given|instructed|configured)|" \
+          r"(?:everything|anything) (?:you (?:were|have been)|above|before))"
+_VOID = r"(?:void|cancel(?:l)?ed|outdated|expired|suspended|revoked|obsolete|a mistake|no longer (?:apply|valid|" \
+        r"in effect|matter|relevant)|(?:don't|doesn't|do not|does not) (?:apply|matter) (?:anymore|now))"
+_PERSONA = r"(?:you are|you're|from now on|act (?:as|like)|pretend|roleplay|role-play|imagine|simulate|" \
+           r"behave (?:like|as)|be (?:my|an?)|switch (?:to|into)|respond as|answer as|play)"
+_UNBOUND = r"(?:no|without|zero|free (?:of|from)|freed from|never (?:had|given|happened)|removed|ignores?|" \
+           r"not bound by|doesn't (?:follow|have)|opposite of)"
+_LIMITS = r"(?:restrictions|rules|filters?|limits|limitations|guidelines|content policy|polic(?:y|ies)|safety|" \
+          r"censorship|morals?|ethics|moral compass|guardrails|norms|training|constraints)"
+_DISCLOSE = r"(?:repeat|print|show|output|echo|copy(?: out)?|write (?:down|out)|quote|list|tell me|give me|reveal|" \
+            r"display|translate|summari[sz]e|type(?: it)? out|paste|recite|what (?:is|are|was|were|does|did))"
+_OWN_SETUP = r"(?:your (?:\w+ )?(?:instructions|system prompt|prompt|system message|configuration|rules|preamble|" \
+             r"guidelines|context window|setup|hidden \w+)|(?:instructions|guidelines|rules|preamble) (?:you were|" \
+             r"that you were|your \w+ gave you)|(?:text|words|everything|preamble|message) (?:that )?" \
+             r"(?:above(?: this)?(?: line)?\s*(?:[,.!]|$)|(?:that )?(?:precedes|came before|appears before|before my)))"
+_EXFIL_VERB = r"(?:send|forward|post|upload|e-?mail|transmit|exfiltrate|leak|share|write|copy|get|fetch|visit|" \
+              r"request|call|invoke|append)"
+_SENSITIVE = r"(?:conversation|chat|history|transcript|system prompt|prompt|credentials|passwords?|secrets?|" \
+             r"api[ _]?keys?|tokens?|cookies?|session|contacts|customer (?:list|database|data)|database|" \
+             r"environment variables|(?:all|every) (?:\w+ )?(?:emails?|documents?|files|messages|invoices)|" \
+             r"user'?s? (?:\w+ )?(?:data|address|files|invoices|emails|contacts|details)|attendee list)"
+_DESTINATION = r"(?:https?://|ftp://|www\.|[\w.-]+@[\w-]+\.|[\w-]+\.(?:com|net|org|io|example|site)\b|my (?:personal|" \
+               r"server|webhook|email)|an? (?:external|outside|public) |public gist|pastebin|webhook)"
+_MODEL = r"(?:ai|llm|language models?|assistants?|chatbots?|bots?|agents?|models?|summari[sz]ers?|reviewers?|" \
+         r"gpt|chatgpt|claude)"
+_ACT = r"(?:tell|send|forward|say|insert|delete|ignore|respond|reply|mark|grant|approve|e-?mail|rate|accept|share|" \
+       r"issue|reveal|run|append|include|recommend|praise|exfiltrate|disclose|output|print|visit|log in|must|should)"
+
+_FAMILY_RULES: tuple[Rule, ...] = (
+    Rule("override_family", 0.75, _r(rf"\b{_OVERRIDE}\b{_GAP}?{_OBJECT}\b"), context=_SCOPE,
+         triggers=("ignor", "disregard", "forget", "aside", "drop", "discard", "throw", "overrid", "overwrit",
+                   "wipe", "cancel", "unlearn", "disobey", "attention", "never mind", "reset", "replac", "stop ",
+                   "follow", "obey")),
+    Rule("instructions_voided", 0.65, _r(rf"\b(?:instructions|rules|guidelines|directives|orders|guidance|"
+                                         rf"configuration|setup|prompt){_GAP}?(?:are|is|were|was|have|has)\s+"
+                                         rf"(?:now |all |been |just )*{_VOID}"),
+         triggers=("void", "cancel", "outdated", "expired", "suspended", "revoked", "obsolete", "mistake", "no longer",
+                   "apply", "matter"),
+         context=_r(r"\b(?:your|you were|you've been|you received|you started|you have been)\b")),
+    Rule("said_before_doesnt_matter", 0.6,
+         _r(r"\bwhat (?:you were|you've been|you have been) (?:told|given|instructed)\b.{0,30}\b(?:doesn't|does not|"
+            r"no longer) matter"), triggers=("matter",)),
+    Rule("persona_without_limits", 0.7, _r(rf"\b{_PERSONA}\b(?:\W+\w+){{0,10}}?\W+{_UNBOUND}\W+(?:\w+\W+){{0,3}}?"
+                                           rf"{_LIMITS}\b"),
+         triggers=("restriction", "rules", "filter", "limit", "guideline", "polic", "safety", "censorship", "moral",
+                   "ethic", "guardrail", "norms", "training", "constraint"),
+         context=_r(r"\b(?:you|your|yourself|ai|model|bot|assistant|chatbot|gpt|mode)\b"), context_chars=60),
+    Rule("mode_switch", 0.7,
+         _r(r"\b(?:unrestricted|unfiltered|jailbreak|jailbroken|dan|sudo|unlocked|evil) mode\b|"
+            r"\bdeveloper mode (?:enabled|output|activated)\b"),
+         triggers=("mode",)),
+    Rule("mode_with_policy", 0.6, _r(r"\b(?:developer|dev|debug|admin|maintenance) mode\b"),
+         context=_r(r"\b(?:polic(?:y|ies)|restrictions|compl(?:y|ies)|ignor\w*|rules|unlocked|every (?:command|"
+                    r"request)|without|hidden|reveal|prints?)\b"), context_chars=80, triggers=("mode",)),
+    Rule("named_jailbreak", 0.7,
+         _r(r"\b(?:stan|antigpt|chaosgpt|freegpt|jailbreak|betterdan|dude|aim)\b(?:\W+\w+){0,8}?\W+(?:norms|rules|"
+            r"opposite|guidelines|never refuses?|anything|policy|polic(?:y|ies)|restrictions)|\bevil twin\b|"
+            r"\balter ego\b|\bdo anything now\b"),
+         triggers=("stan", "antigpt", "chaosgpt", "freegpt", "jailbreak", "betterdan", "dude", "aim", "evil twin",
+                   "alter ego", "anything now")),
+    Rule("never_refuse", 0.45,
+         _r(r"\b(?:never (?:refuses?|says? no)|(?:won't|will not|doesn't|does not|don't) refuse|without refusing|"
+            r"no matter what it is|comply with (?:every|all|any)|total compliance|always comply)\b"),
+         triggers=("refus", "never say", "no matter", "comply", "compliance")),
+    Rule("safety_removed", 0.65,
+         _r(r"\b(?:safety training|content policy|restrictions|filters|guardrails|limitations)\b(?:\W+\w+){0,4}?\W+"
+            r"(?:removed|stripped|lifted|disabled|never happened|suspended|are off|turned off)\b|"
+            r"\b(?:freed|free) from (?:all )?(?:of )?(?:its|your|the)\b"),
+         triggers=("removed", "stripped", "lifted", "disabled", "happened", "suspended", "off", "freed", "free")),
+    Rule("disclose_own_setup", 0.7, _r(rf"\b{_DISCLOSE}\b(?:\W+\w+){{0,6}}?\W+{_OWN_SETUP}"),
+         triggers=("your", "instructions", "guidelines", "rules", "preamble", "text", "words", "everything", "message"),
+         context=_r(r"\b(?:your|you|my|verbatim|exactly|word for word|in full|unchanged|hidden|first line|beginning|"
+                    r"start|line)\b")),
+    Rule("asks_what_it_was_told", 0.7,
+         _r(r"\bwhat (?:were|was|did|have) (?:you|your (?:\w+ )?(?:developers?|operator|creators?))\b(?:\W+\w+){0,3}?"
+            r"\W+(?:told|given|instructed|configured|set up|say|tell you)\b|\bwhat (?:\w+ )?(?:were|was|did|have) you "
+            r"(?:told|given|instructed|configured)\b|\bwhat (?:your|the) (?:developers?|operator|creators?) "
+            r"(?:told|gave|instructed)\b|\b(?:first|earliest) (?:message|text|thing said) in (?:this|the|our) "
+            r"(?:conversation|chat)\b|\bbefore (?:this|our|my first|the) "
+            r"(?:conversation|chat|message)\b(?:\W+\w+){0,3}?\W*(?:started|began)?"),
+         context=_r(r"\b(?:what|print|output|repeat|show|tell|everything|message|text)\b"), context_chars=60,
+         triggers=("what", "before")),
+    Rule("secret_in_setup", 0.7,
+         _r(r"\b(?:password|api[ _]?key|secret|token|credentials?)s?\b(?:\W+\w+){0,6}?\W+(?:in|from|inside|of) your "
+            r"(?:\w+ )?(?:instructions|configuration|prompt|system prompt|context|setup)|\b(?:which|what) "
+            r"(?:api[ _]?key|password|secret(?: key)?|token)s? (?:were|are|was|is|did) you\b|\b(?:any )?secrets it "
+            r"contains\b"),
+         triggers=("password", "key", "secret", "token", "credential")),
+    Rule("role_marker_line", 0.7,
+         _r(r"(?:^|\n)\s*(?:#{1,4}\s*)?(?:system|admin|developer|new system prompt|system prompt|instruction|"
+            r"instructions)\s*(?:\([^)]*\)\s*)?(?::|\]|\n)"),
+         triggers=("system", "admin", "developer", "instruction")),
+    Rule("chat_turn_injection", 0.6,
+         _r(r"(?:^|\n)\s*(?:assistant|ai|bot|human|user)\s*:\s*\S(?:.|\n)*?(?:\n\s*(?:assistant|ai|bot|human|user)\s*:|"
+            r"\b(?:ignore|guidelines|instructions|system prompt|secret|reveal)\b)"),
+         triggers=("assistant", "ai", "bot", "human", "user")),
+    Rule("fake_markup", 0.75,
+         _r(r"</?(?:system|admin|sys|system_prompt|instructions?|developer|user)\b[^>]*>|<\|[a-z_]+\|>|"
+            r"\[(?:system|admin)[^\]]*\](?:\(#[^)]*\))?|\"role\"\s*:\s*\"system\"|\bend of (?:the )?(?:prompt|"
+            r"user input|instructions|context)\b|\bnew system prompt\b|<!--(?:(?!-->).){0,80}\b(?:system|ai|"
+            r"assistant|llm|agents?|model)\b"),
+         triggers=("<", "[", "role", "end of", "new system prompt")),
+    Rule("addressed_imperative", 0.7,
+         _r(rf"(?:\b(?:to|dear|attention|note (?:for|to)|instructions? for|hey|any|all|if an?)\s+(?:the |any |all )?"
+            rf"(?:\w+ )?{_MODEL}\b|\b{_MODEL}\b(?:\s+\w+){{0,2}}?\s+(?:reading|processing|summari[sz]ing|reviewing|"
+            rf"that reads?|who reads?|reads this))(?:\W+\w+){{0,8}}?\W+{_ACT}\b"),
+         context=_r(r"(?:[:,]|\b(?:must|should|reading|processing|reads)\b)"), context_chars=0,
+         triggers=("ai", "llm", "model", "assistant", "bot", "agent", "summari", "reviewer", "gpt", "claude")),
+    Rule("imperative_to_model", 0.55,
+         _r(rf"(?:^|[\"'(\[:.]\s*)(?:ai |llm )?(?:assistant|ai|bot|agent|chatbot|language models?|llms?)\s*[:,]\s*"
+            rf"(?:\w+\W+){{0,2}}?{_ACT}\b"),
+         triggers=("assistant", "ai", "bot", "agent", "model", "llm")),
+    Rule("model_should_act", 0.6,
+         _r(rf"\b{_MODEL}\b(?:\s+\w+){{0,2}}?\s+(?:must|should|shall|are required to|need to)\s+(?:\w+\s+)?{_ACT}\b"),
+         triggers=("must", "should", "shall", "required", "need to")),
+    Rule("obey_only_me", 0.6,
+         _r(r"\b(?:obey|follow|listen to|take orders (?:only )?from)\s+(?:only (?:me|my \w+)|me (?:only|alone|instead)|"
+            r"my (?:orders|commands))\b"),
+         triggers=("obey", "follow", "listen", "orders")),
+    Rule("unsafe_persona_noun", 0.65,
+         _r(r"\b(?:uncensored|unfiltered|unrestricted|jailbroken|amoral|unethical|evil)\s+(?:\w+\s+)?(?:ai|assistant|"
+            r"model|bot|chatbot|version of yourself|alter ego|twin|persona|gpt)\b"),
+         context=_r(r"\b(?:you|your|be|act|pretend|roleplay|become|switch)\b"),
+         triggers=("uncensored", "unfiltered", "unrestricted", "jailbroken", "amoral", "unethical", "evil")),
+    Rule("hidden_text", 0.35,
+         _r(r"\b(?:hidden text|white (?:font|text)|display\s*:\s*none|<span hidden|invisible text)\b"),
+         triggers=("hidden", "white", "display", "invisible")),
+    Rule("exfiltrate_to_destination", 0.7,
+         _r(rf"\b{_EXFIL_VERB}\b(?:\W+\w+){{0,8}}?\W+{_SENSITIVE}\b"),
+         context=_r(_DESTINATION), context_chars=80,
+         triggers=("send", "forward", "post", "upload", "mail", "transmit", "exfiltrat", "leak", "share", "write",
+                   "copy", "get", "fetch", "visit", "request", "call", "invoke", "append")),
+    Rule("data_in_url", 0.65,
+         _r(r"https?://\S+[?&]\w+=(?:\{|\$|<|\s|$|[A-Z_]{4,}\b|\+)|\bdocument\.cookie\b|\bfetch\(\s*['\"]https?://|"
+            r"\bwebhook\.site\b|\brequestbin\b|\bngrok\.io\b|https?://\S+\s+(?:followed by|plus|with)\s+(?:the )?"
+            r"(?:user|system|secret|api|conversation|chat)"),
+         triggers=("http", "document.cookie", "webhook", "requestbin", "ngrok")),
+    Rule("act_without_confirmation", 0.6,
+         _r(r"\b(?:transfer|refund|pay|grant|approve|delete|wire|issue)\b(?:\W+\w+){0,10}?\W+(?:without (?:any )?"
+            r"(?:confirmation|approval|asking|checking|verification)|no questions asked)\b"),
+         triggers=("without", "no questions")),
+    Rule("destructive_command", 0.55, _r(r"\brm\s+-rf\s+[~/]|\bformat c:|\bdrop table\b"),
+         triggers=("rm ", "format", "drop table")),
+    Rule("decode_and_obey", 0.6,
+         _r(r"\b(?:decode|base64)\b(?:\W+\w+){0,12}?\W+(?:obey|follow|do what|execute|run|system prompt|"
+            r"instructions)\b"),
+         triggers=("decode", "base64")),
+    # French, German, Spanish, Italian, Dutch: override and disclosure families.
+    Rule("override_multilingual", 0.75,
+         _r(r"\b(?:ignore[zs]?|oublie[zs]?|ne tiens pas compte|ignoriere|ignorieren sie|vergiss|vergessen sie|"
+            r"missachte|ignora|ignore|olvida|omite|dimentica|negeer|vergeet)\b(?:\W+\w+){0,4}?\W+(?:instructions|"
+            r"r[eè]gles|consignes|anweisungen|regeln|vorgaben|instruktionen|instrucciones|reglas|normas|istruzioni|"
+            r"regole|instructies|regels)\b"),
+         triggers=("ignor", "oubli", "tiens pas", "vergiss", "vergess", "missacht", "olvid", "omite", "dimentic",
+                   "negeer", "vergeet")),
+    Rule("disclose_multilingual", 0.7,
+         _r(r"\b(?:r[ée]v[eè]le[zs]?|montre[zs]?|affiche[zs]?|zeig(?:e|en sie)?|gib|verrate|muestra(?:me)?|"
+            r"revela|dime|mu[ée]strame|mostra(?:mi)?|rivela|toon|laat)\b(?:\W+\w+){0,4}?\W+(?:prompt (?:syst[eè]me|"
+            r"del sistema|di sistema)|instructions syst[eè]me|tes instructions|vos instructions|systemprompt|"
+            r"system-prompt|deine anweisungen|tus instrucciones|instrucciones del sistema|le tue istruzioni|"
+            r"systeemprompt|je instructies)"),
+         triggers=("prompt", "instruc", "anweisung", "istruzion")),
+    Rule("no_limits_multilingual", 0.6,
+         _r(r"\b(?:sans (?:aucune )?(?:restrictions?|filtres?|r[eè]gles)|ohne (?:jegliche )?(?:einschr[äa]nkungen|"
+            r"filter|regeln)|sin (?:ninguna )?(?:restricciones|filtros|reglas)|senza (?:restrizioni|filtri|regole)|"
+            r"zonder (?:beperkingen|filters|regels))\b"),
+         triggers=("sans", "ohne", "sin ", "senza", "zonder")),
+)
+
+# Talking *about* injection (a security question, a red-team brief) is not an attack; such text has its score halved.
+_DISCUSSION = _r(r"\b(?:prompt injections?|injection attacks?|jailbreak(?:s|ing)?\b(?:\W+\w+){0,3}?\W+(?:attacks?|"
+                 r"work|effective|research)|jailbreak (?:attacks?|prompts such)|red[- ]team(?:ing)?|pen ?test|owasp|"
+                 r"attackers?(?!@)|defen[cs]es?|defend against|mitigat\w*|detect\w*|classifier|vulnerab\w*|"
+                 r"canary token|"
+                 r"security (?:training|team|research|policy)|evaluation set|prompt leak\w*|leakage|"
+                 r"jailbreaks?\b(?=[^.!]*\?))\b|['\"][^'\"]{3,60}['\"]\s+(?:do|does|mean|means|work)\b")
+_DISCUSSION_DAMPING = 0.5
+
+RULES: tuple[Rule, ...] = (*_LITERAL_RULES, *_FAMILY_RULES)
+
 _ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"), None)
 _SPACES = re.compile(r"[ \t\r\f\v]+")
+# Three or more single letters with one separator between each: "i g n o r e", "i.g.n.o.r.e", "D-i-s-r-e-g-a-r-d".
+_SPREAD = re.compile(r"(?<![^\W\d_])(?:[^\W\d_][ .\-*_]){2,}[^\W\d_](?![^\W\d_])")
+_SPREAD_SEPARATORS = re.compile(r"[ .\-*_]")
+_INNER_HYPHEN = re.compile(r"(?<=[^\W\d_])-(?=[^\W\d_])")
+_MIXED_TOKEN = re.compile(r"\b(?=\w*[^\W\d_])(?=\w*\d)\w+\b")
+_LEET = str.maketrans("013457", "oieast")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]{16,}={0,2}")
 
 
 def normalise(text: str) -> str:
+    """NFKC, zero-width characters dropped, spread-out letters joined, whitespace collapsed."""
     text = unicodedata.normalize("NFKC", text).translate(_ZERO_WIDTH)
+    text = _SPREAD.sub(lambda m: _SPREAD_SEPARATORS.sub("", m.group()), text)
     return _SPACES.sub(" ", text)
 
 
-def score(texts: list[str]) -> InjectionResult:
-    """Score the concatenated texts (prompt messages and retrieved passages) of one request."""
-    matched: list[str] = []
-    normalised = [normalise(t) for t in texts if t]
-    lowered = [t.lower() for t in normalised]
+def _variants(text: str) -> list[str]:
+    """The normalised text, its leetspeak/hyphen-folded reading when different, and any base64 it carries."""
+    normal = normalise(text)
+    out = [normal]
+    folded = _INNER_HYPHEN.sub("", normal) if "-" in normal else normal
+    if any(c.isdigit() for c in folded):
+        folded = _MIXED_TOKEN.sub(lambda m: m.group().translate(_LEET), folded)
+    if folded != normal:
+        out.append(folded)
+    for blob in _BASE64.findall(text) if len(text) >= 16 else ():
+        try:
+            decoded = base64.b64decode(blob + "=" * (-len(blob) % 4), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            continue
+        if decoded.isprintable():
+            out.append(normalise(decoded))
+    return out
+
+
+# --- the n-gram model: hashed word 1-2-grams and character 4-grams, logistic regression. ---
+MODEL_PATH = Path(__file__).with_name("injection_model.json")
+_WORD = re.compile(r"\w+")
+
+
+_CHAR_MULTIPLIERS = np.array([0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F], dtype=np.uint64)
+
+
+def features(text: str, dims: int) -> np.ndarray:
+    """Indices of the hashed n-grams of an already normalised text, stable across processes (no ``hash()``).
+
+    Words and word pairs go through crc32; character 4-grams are hashed in one numpy pass over the code points.
+    """
+    words = _WORD.findall(text.lower())
+    grams = [*words, *(f"{a} {b}" for a, b in itertools.pairwise(words))]
+    word_idx = np.fromiter((zlib.crc32(g.encode()) for g in grams), dtype=np.uint64, count=len(grams))
+    points = np.frombuffer(f" {' '.join(words)} ".encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    if points.size >= 4:
+        m = _CHAR_MULTIPLIERS
+        mixed = points[:-3] * m[0] + points[1:-2] * m[1] + points[2:-1] * m[2] + points[3:] * m[3]
+        word_idx = np.concatenate([word_idx, (mixed & np.uint64(0xFFFFFFFF)) >> np.uint64(7)])
+    return (word_idx % np.uint64(dims)).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class NgramModel:
+    weights: np.ndarray
+    bias: float
+    signal_weight: float  # the weight of the ``ngram_model`` signal at probability 1
+
+    @property
+    def dims(self) -> int:
+        return int(self.weights.shape[0])
+
+    def probability(self, text: str) -> float:
+        idx = np.unique(features(text, self.dims))
+        if idx.size == 0:
+            return 1.0 / (1.0 + math.exp(-self.bias))
+        z = float(self.weights[idx].sum()) / math.sqrt(idx.size) + self.bias
+        return 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
+
+    @classmethod
+    def load(cls, path: Path = MODEL_PATH) -> NgramModel | None:
+        if not path.exists():
+            return None
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return cls(np.asarray(raw["weights"], dtype=np.float32), float(raw["bias"]), float(raw["signal_weight"]))
+
+
+@cache
+def _model() -> NgramModel | None:
+    return NgramModel.load()
+
+
+def score(texts: list[str], *, use_model: bool = True) -> InjectionResult:
+    """Score the texts (prompt messages and retrieved passages) of one request."""
+    variants = [v for t in texts if t for v in _variants(t)]
+    lowered = [v.lower() for v in variants]
+    signals: dict[str, float] = {}
     for rule in RULES:
-        if any(rule.matches(t, low) for t, low in zip(normalised, lowered, strict=True)):
-            matched.append(rule.name)
+        if any(rule.matches(v, low) for v, low in zip(variants, lowered, strict=True)):
+            signals[rule.name] = rule.weight
+    model = _model() if use_model else None
+    if model is not None and variants:
+        probability = max(model.probability(v) for v in variants[:2])  # the text and its folded reading
+        if probability >= 0.5:
+            signals["ngram_model"] = model.signal_weight * (probability - 0.5) * 2
     remaining = 1.0
-    for rule in RULES:
-        if rule.name in matched:
-            remaining *= 1.0 - rule.weight
-    return InjectionResult(score=round(1.0 - remaining, 4), rules=tuple(matched))
+    for weight in signals.values():
+        remaining *= 1.0 - weight
+    result = 1.0 - remaining
+    if signals and any(_DISCUSSION.search(v) for v in variants):
+        signals["discusses_injection"] = 0.0
+        result *= _DISCUSSION_DAMPING
+    return InjectionResult(score=round(result, 4), rules=tuple(signals))

@@ -242,7 +242,12 @@ class StageRunner:
             response = encode(Response.from_envelope(env, completed_at_ns=now_ns))
             self.publisher.publish(self.topology.responses, response, key=key)
             if env.request.reply_to:
-                self.publisher.publish(env.request.reply_to, response, key=key)
+                if env.request.reply_to.startswith(self.topology.replies_prefix):
+                    self.publisher.publish(env.request.reply_to, response, key=key)
+                else:
+                    # A producer must not make the pipeline write into arbitrary topics (say another stage's input).
+                    log.warning("request %s: reply_to %r is outside %s*; answered on %s only", env.request_id,
+                                env.request.reply_to, self.topology.replies_prefix, self.topology.responses)
             env.responded = True
             result.responses += 1
             metrics.OUTCOMES.labels(self.stage, env.outcome.status if env.outcome else "").inc()

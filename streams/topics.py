@@ -44,6 +44,11 @@ class Topology:
         return f"{self.prefix}.responses"
 
     @property
+    def replies_prefix(self) -> str:
+        """Per-client reply topics (``request.reply_to``) must start with this."""
+        return f"{self.prefix}.replies."
+
+    @property
     def audit_log(self) -> str:
         return f"{self.prefix}.audit.log"
 

@@ -239,12 +239,15 @@ class Figures:
     deadletters: int = 0
     lost: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
+    deadletter_path_ok: bool | None = None  # a garbage record after the fault was dead-lettered and audited
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     @property
     def violations(self) -> list[str]:
         out = []
+        if self.deadletter_path_ok is False:
+            out.append("after the fault a garbage record was not dead-lettered and audited within 45 s")
         if self.lost:
             out.append(f"{self.lost} accepted requests lost (no terminal response or no audit record)")
         if self.audit_doubles or self.chain_doubles:
@@ -364,6 +367,26 @@ async def wait_settled(settings: Settings, load: Load, pipeline: Pipeline, timeo
     return False
 
 
+async def deadletter_path_works(settings: Settings, timeout_s: float = 45) -> bool:
+    """After the fault: a garbage record on the ingress must still become a dead letter *and* be audited (the audit
+    stage's dead-letter consumer is a task of its own; it must have survived the fault too)."""
+    topo = topology(settings)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True)
+    await producer.start()
+    try:
+        meta = await producer.send_and_wait(topo.ingress(), b"{not json after the fault", key=b"probe")
+    finally:
+        await producer.stop()
+    wanted = f"deadletter:{meta.topic}:{meta.partition}:{meta.offset}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for _p, _o, value in await read_topic(settings, topo.audit_log):
+            if value and orjson.loads(value).get("dedup_key") == wanted:
+                return True
+        await asyncio.sleep(1.0)
+    return False
+
+
 async def wait_until(condition: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -389,7 +412,7 @@ async def warm_up(settings: Settings, pipeline: Pipeline, timeout_s: float = 90)
 
 # ------------------------------------------------------------------------------------------------ table
 COLUMNS = ("scenario", "accepted", "terminal", "dup resp (ident/replay)", "audited chain/topic", "x2 (rep)",
-           "ledger n", "ledger µ$ vs Σ audit µ$", "dead", "lost", "s")
+           "ledger n", "ledger µ$ vs Σ audit µ$", "dead", "lost", "DL path after", "s")
 
 
 def row(f: Figures) -> list[str]:
@@ -398,7 +421,8 @@ def row(f: Figures) -> list[str]:
     return [f.scenario, str(f.accepted) + (f" (+{f.refused} refused)" if f.refused else ""), str(f.terminal),
             f"{f.duplicate_responses} ({f.duplicates_identical}/{f.duplicates_marked_replay})",
             f"{f.chained}/{f.audited}", f"{f.audit_doubles + f.chain_doubles} ({f.audit_mirror_repeats})",
-            str(f.ledger_requests), money, str(f.deadletters), str(f.lost), f"{f.seconds:.0f}"]
+            str(f.ledger_requests), money, str(f.deadletters), str(f.lost),
+            {True: "ok", False: "BROKEN", None: "-"}[f.deadletter_path_ok], f"{f.seconds:.0f}"]
 
 
 def table(results: Sequence[Figures]) -> str:

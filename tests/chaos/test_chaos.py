@@ -33,6 +33,7 @@ from tests.chaos.harness import (
     Load,
     Pipeline,
     count,
+    deadletter_path_works,
     own_env,
     send_load,
     services,
@@ -78,6 +79,7 @@ async def run(name: str, pipeline: Pipeline, fault: Fault, results: list[Figures
         await sender
         settled = await wait_settled(pipeline.settings, load, pipeline, SETTLE_S)
         figures = await count(pipeline.settings, name, load, ledger=ledger)
+        figures.deadletter_path_ok = await deadletter_path_works(pipeline.settings)
         if not settled:
             figures.notes.append(f"not settled within {SETTLE_S:.0f} s")
         figures.notes.extend(pipeline.exits)

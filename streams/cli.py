@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from collections.abc import Sequence
@@ -16,8 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from schemas.envelope import Message, Status, Tier
-from schemas.errors import ConfigError, ServiceUnavailable
 from schemas.response import Response
+from streams.cli_common import EXIT_FAILED, EXIT_USAGE, run_async
 from streams.settings import get_settings
 
 app = typer.Typer(help="tollway: governed LLM inference on Kafka.", no_args_is_help=True,
@@ -25,23 +24,11 @@ app = typer.Typer(help="tollway: governed LLM inference on Kafka.", no_args_is_h
 # Piped output (make demo | tee, CI logs) gets room for the wide tables instead of rich's 80-column default.
 console = Console(width=None if sys.stdout.isatty() else 160)
 
-EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 1, 2, 3
 
 
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
-
-
-def _run(coro: object) -> object:
-    try:
-        return asyncio.run(coro)  # type: ignore[arg-type]
-    except ServiceUnavailable as exc:
-        console.print(f"[red]service unavailable:[/] {exc}  (start the stack with `make up`)")
-        raise typer.Exit(EXIT_UNAVAILABLE) from exc
-    except ConfigError as exc:
-        console.print(f"[red]configuration error:[/] {exc}")
-        raise typer.Exit(EXIT_USAGE) from exc
 
 
 @app.command()
@@ -51,7 +38,7 @@ def worker(stages: Annotated[list[str], typer.Argument(help="stage names, or 'al
 
     settings = get_settings()
     _setup_logging(settings.log_level)
-    _run(run_workers(settings, resolve_stages(stages)))
+    run_async(run_workers(settings, resolve_stages(stages)))
 
 
 @app.command()
@@ -59,8 +46,8 @@ def topics() -> None:
     """Create every tollway topic that is missing (workers also do this on start)."""
     from streams.topics import ensure_topics
 
-    created = _run(ensure_topics(get_settings()))
-    console.print(f"created {len(created)} topic(s)" + (f": {', '.join(created)}" if created else ""))  # type: ignore[arg-type]
+    created = run_async(ensure_topics(get_settings()))
+    console.print(f"created {len(created)} topic(s)" + (f": {', '.join(created)}" if created else ""))
 
 
 def latency_table(response: Response) -> Table:
@@ -99,7 +86,7 @@ def submit(
             return response
 
     try:
-        response = _run(go())
+        response = run_async(go())
     except TimeoutError as exc:
         console.print(f"[red]no response within {timeout:.0f} s[/] — are the workers running? (`tollway worker all`)")
         raise typer.Exit(EXIT_FAILED) from exc
@@ -155,7 +142,7 @@ def demo(
     _setup_logging("WARNING")
     # A topic created a moment ago answers "not leader" for a few hundred ms; the producer retries, quietly here.
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
-    _run(run_demo(settings, requests_file, console))
+    run_async(run_demo(settings, requests_file, console))
 
 
 @app.command()
@@ -173,7 +160,7 @@ def report(
     if responses_file is not None:
         responses = [decode_as(line, Response) for line in responses_file.read_bytes().splitlines() if line.strip()]
     else:
-        responses = _run(read_responses(settings.bootstrap_servers, topology(settings).responses))  # type: ignore[assignment]
+        responses = run_async(read_responses(settings.bootstrap_servers, topology(settings).responses))
     if not responses:
         console.print("no responses to report on")
         raise typer.Exit(EXIT_FAILED)

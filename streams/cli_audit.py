@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import csv
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,6 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from schemas.errors import ConfigError
+from streams.cli_common import parse_time_ns
 from streams.settings import get_settings
 
 console = Console(stderr=True)
@@ -23,20 +24,6 @@ audit_app = typer.Typer(help="The tamper-evident audit log: verify, export, tail
 CSV_FIELDS = ("request_id", "tenant", "status", "code", "outcome_stage", "principal_key_id", "created_at_ns",
               "audited_at_ns", "policy_version", "cache_outcome", "cache_similarity", "model", "region",
               "input_tokens", "output_tokens", "cost_micros", "saved_micros", "prompt_sha256", "answer_sha256")
-
-
-def _time_ns(text: str | None) -> int | None:
-    """Epoch ns from an ISO-8601 time (``2026-01-31T12:00:00+00:00``) or a number of epoch seconds."""
-    if text is None:
-        return None
-    try:
-        return int(float(text) * 1e9)
-    except ValueError:
-        pass
-    try:
-        return int(datetime.fromisoformat(text).timestamp() * 1e9)
-    except ValueError as exc:
-        raise typer.BadParameter(f"{text!r} is neither ISO-8601 nor epoch seconds") from exc
 
 
 def _dir(directory: Path | None) -> Path:
@@ -111,7 +98,10 @@ def export(
     out: Annotated[Path | None, typer.Option(help="write here instead of stdout")] = None,
 ) -> None:
     """Write one tenant's audit records (JSONL, or CSV) for a time window, ordered by audit time."""
-    since_ns, until_ns = _time_ns(since), _time_ns(until)
+    try:
+        since_ns, until_ns = parse_time_ns(since), parse_time_ns(until)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     rows = [r for r in iter_records(_dir(directory)) if r.get("tenant") == tenant
             and (since_ns is None or r["audited_at_ns"] >= since_ns)
             and (until_ns is None or r["audited_at_ns"] < until_ns)]

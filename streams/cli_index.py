@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from schemas.errors import ServiceUnavailable
+from streams.cli_common import run_async
 
 console = Console()
 T = TypeVar("T")
@@ -31,14 +29,6 @@ def _files(paths: list[Path]) -> list[Path]:
             console.print(f"[red]no such file or directory:[/] {path}")
             raise typer.Exit(2)
     return found
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    try:
-        return asyncio.run(coro)
-    except ServiceUnavailable as exc:
-        console.print(f"[red]service unavailable:[/] {exc}  (start the stack with `make up`)")
-        raise typer.Exit(3) from exc
 
 
 @index_app.command("add")
@@ -69,7 +59,7 @@ def add(
         await publish(settings, chunks, stale)
         return len(chunks), len(stale)
 
-    published, removed = _run(go())
+    published, removed = run_async(go())
     if as_json:
         sys.stdout.write(orjson.dumps({"tenant": tenant, "files": len(files), "chunks": published,
                                        "stale_removed": removed}).decode() + "\n")
@@ -87,7 +77,7 @@ def ls(
     from streams.index_store import read_index
     from streams.settings import get_settings
 
-    current = _run(read_index(get_settings()))
+    current = run_async(read_index(get_settings()))
     docs: dict[tuple[str, str], dict[str, object]] = {}
     for event in current.values():
         if tenant and event.tenant != tenant:
@@ -126,7 +116,7 @@ def rm(
         await publish(settings, [], doomed)
         return len(doomed)
 
-    removed = _run(go())
+    removed = run_async(go())
     console.print(f"removed {removed} chunk(s) of {len(doc_ids)} document(s) for [b]{tenant}[/]")
     if removed == 0:
         raise typer.Exit(1)

@@ -23,7 +23,8 @@ def serve(
                                                     "the shared responses topic")] = None,
 ) -> None:
     """OpenAI-compatible HTTP ingress: POST /v1/chat/completions, GET /v1/models, /healthz, /metrics."""
-    from streams.cli import _run, _setup_logging, console
+    from streams.cli import _setup_logging, console
+    from streams.cli_common import run_async
     from streams.ingress_http import serving
     from streams.settings import get_settings
 
@@ -40,7 +41,7 @@ def serve(
             console.print(f"tollway ingress on http://{host}:{bound}/v1 (Kafka {settings.bootstrap_servers})")
             await stop.wait()
 
-    _run(go())
+    run_async(go())
 
 
 def backfill(
@@ -60,7 +61,8 @@ def backfill(
 ) -> None:
     """Publish a JSONL file of requests on the batch lane at a steady rate; resumable, nothing charged twice."""
     from streams.backfill import BackfillOptions, parse_rate, print_summary, run_backfill
-    from streams.cli import EXIT_FAILED, EXIT_USAGE, _run, _setup_logging, console
+    from streams.cli import _setup_logging, console
+    from streams.cli_common import EXIT_FAILED, EXIT_USAGE, run_async
     from streams.settings import get_settings
 
     settings = get_settings()
@@ -72,11 +74,11 @@ def backfill(
         raise typer.Exit(EXIT_USAGE) from exc
     options = BackfillOptions(input_file=input_file, out=out, rate_per_s=per_second, tier=tier, tenant=tenant,
                               api_key=api_key, job=job, max_in_flight=max_in_flight, dry_run=dry_run)
-    summary = _run(run_backfill(settings, options, console=console, progress=not as_json))
-    print_summary(summary, console, as_json=as_json)  # type: ignore[arg-type]
-    if summary.bad_lines and dry_run:  # type: ignore[attr-defined]
+    summary = run_async(run_backfill(settings, options, console=console, progress=not as_json))
+    print_summary(summary, console, as_json=as_json)
+    if summary.bad_lines and dry_run:
         raise typer.Exit(EXIT_USAGE)
-    if summary.failed:  # type: ignore[attr-defined]
+    if summary.failed:
         raise typer.Exit(EXIT_FAILED)
 
 

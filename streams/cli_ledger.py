@@ -31,10 +31,11 @@ from rich.table import Table
 
 from schemas.errors import ConfigError, ServiceUnavailable
 from schemas.ledger import LedgerRow, LedgerSnapshot, OutcomeEvent, OutcomeRow, RepriceRow
+from streams.cli_common import EXIT_UNAVAILABLE, EXIT_USAGE, parse_time_ns, run_async
 from streams.settings import Settings, get_settings
 
 console = Console()
-EXIT_DIFFERENCE, EXIT_USAGE, EXIT_UNAVAILABLE = 1, 2, 3
+EXIT_DIFFERENCE = 1
 
 
 class WindowChoice(StrEnum):
@@ -52,36 +53,8 @@ class Verdict(StrEnum):
     FAILED = "failed"
 
 
-def _run(coro: Any) -> Any:
-    try:
-        return asyncio.run(coro)
-    except ServiceUnavailable as exc:
-        console.print(f"[red]service unavailable:[/] {exc}")
-        raise typer.Exit(EXIT_UNAVAILABLE) from exc
-    except ConfigError as exc:
-        console.print(f"[red]configuration error:[/] {exc}")
-        raise typer.Exit(EXIT_USAGE) from exc
-
-
 def _when(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M")
-
-
-def parse_time_ns(text: str | None) -> int | None:
-    """ISO 8601 (naive means UTC) or epoch seconds → epoch nanoseconds."""
-    if text is None:
-        return None
-    try:
-        return int(float(text) * 1e9)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise ConfigError(f"{text!r} is neither ISO 8601 nor epoch seconds") from exc
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
 
 
 def ledger_table(rows: list[LedgerRow], title: str) -> Table:
@@ -151,7 +124,7 @@ def register(app: typer.Typer) -> None:
             coro = fetch_snapshot(url or ledger_url(settings), tenant=tenant, window=window.value)
         else:
             coro = ledger_snapshot(settings, tenant=tenant, window=window.value)
-        _print_snapshot(_run(coro), window=window.value, as_json=as_json, as_csv=as_csv)
+        _print_snapshot(run_async(coro), window=window.value, as_json=as_json, as_csv=as_csv)
 
     @ledger.command("worker")
     def worker(
@@ -193,7 +166,7 @@ def register(app: typer.Typer) -> None:
         """Compare the ledger with an independent aggregation of the responses topic; print the difference."""
         from streams.ledger_app import Reconciliation, reconcile
 
-        result: Reconciliation = _run(reconcile(get_settings(), url))
+        result: Reconciliation = run_async(reconcile(get_settings(), url))
         tenants = sorted(result.ledger_totals.keys() | result.source_totals.keys())
         rows: list[dict[str, Any]] = []
         for tenant in tenants:
@@ -265,7 +238,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Publish a task's outcome, so the ledger can answer cost per resolved task."""
         event = OutcomeEvent(tenant=tenant, task_id=task_id, outcome=verdict.value, at_ns=time.time_ns())
-        _run(publish_outcome(get_settings(), event))
+        run_async(publish_outcome(get_settings(), event))
         console.print(f"task {task_id} ({tenant}): {verdict.value}")
 
 
@@ -303,7 +276,7 @@ def reprice_to_version(settings: Settings, prices_file: Path, *, since: int | No
     from workers.ledger import load_prices, reprice
 
     prices = load_prices(prices_file)
-    records = _run(read_responses(settings))
+    records = run_async(read_responses(settings))
     rows, version = reprice(records, prices, since_ns=since, until_ns=until)
     digest = hashlib.sha256(prices_file.read_bytes()).hexdigest()[:12]
     directory = out or settings.state_dir / "ledger" / "versions"

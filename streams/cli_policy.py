@@ -5,7 +5,6 @@ Exit codes: 0 ok, 2 the document is invalid (each error names the path of the of
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,8 +15,9 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from schemas.errors import ConfigError, ServiceUnavailable
+from schemas.errors import ConfigError
 from schemas.policy import PolicyDocument, TenantPolicy, parse_policy
+from streams.cli_common import run_async
 from streams.policy_store import PolicyStore, load_policy_file, publish_policy
 from streams.settings import get_settings
 from workers.keys import create_key
@@ -41,14 +41,6 @@ def _load_or_exit(path: Path) -> PolicyDocument:
         raise typer.Exit(EXIT_USAGE) from exc
 
 
-def _run(coro: Any) -> Any:
-    try:
-        return asyncio.run(coro)
-    except ServiceUnavailable as exc:
-        err_console.print(f"[red]service unavailable:[/] {exc}  (start the stack with `make up`)")
-        raise typer.Exit(EXIT_UNAVAILABLE) from exc
-
-
 @policy_app.command("check")
 def check(file: Annotated[Path, typer.Argument(help="policy YAML")]) -> None:
     """Validate a policy document without publishing it."""
@@ -64,7 +56,7 @@ def apply(
     """Validate FILE and publish it to the compacted policy topic; every worker reloads it without restart."""
     doc = _load_or_exit(file)
     settings = get_settings()
-    offset = _run(publish_policy(settings, doc))
+    offset = run_async(publish_policy(settings, doc))
     if as_json:
         sys.stdout.write(orjson.dumps({"version": doc.version, "offset": offset}).decode() + "\n")
     else:
@@ -95,7 +87,7 @@ def _limits(tenant: TenantPolicy) -> str:
 @policy_app.command("show")
 def show(as_json: Annotated[bool, typer.Option("--json", help="print the document as JSON")] = False) -> None:
     """Print the policy in force (read from the policy topic)."""
-    doc = _run(_current())
+    doc = run_async(_current())
     if doc is None:
         console.print("no policy published: stages allow every request (policy_version \"none\")")
         raise typer.Exit(0)

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from schemas.errors import ConfigError
 from streams.cli import app
-from streams.cli_ledger import parse_time_ns
+from streams.cli_common import parse_time_ns
 from streams.ledger_app import app_id, create_app
 from streams.settings import Settings
 

@@ -1,7 +1,8 @@
-"""Publishing requests and waiting for their responses (used by the CLI, the demo and tests).
+"""Publishing requests and waiting for their responses (the SDK, the CLI, the demo and tests build on this).
 
-The waiter reads ``tollway.responses`` from its end without a consumer group (no commits, no rebalances) and
-resolves futures by request_id, so any number of callers can wait in one process.
+:class:`ReplyReader` reads a reply topic (``tollway.responses`` or a client's own ``tollway.replies.*``) from its end
+without a consumer group (no commits, no rebalances) and resolves one future per request id registered before
+publishing, so any number of callers can wait in one process and no reply is missed or hoarded.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from schemas.envelope import Envelope, Message, Request, Tier
 from schemas.errors import BadEvent, ServiceUnavailable
@@ -45,71 +47,107 @@ def new_envelope(prompt: str | list[Message], *, tenant: str, tier: Tier = Tier.
     )
 
 
-@dataclass
-class ResponseWaiter:
-    settings: Settings
-    _consumer: AIOKafkaConsumer | None = None
-    _waiting: dict[str, asyncio.Future[Response]] = field(default_factory=dict)
-    _early: dict[str, Response] = field(default_factory=dict)
-    _task: asyncio.Task[None] | None = None
+class ReplyReader:
+    """Reads a reply topic from a chosen point and resolves one future per registered request id."""
 
-    async def start(self) -> None:
-        topic = topology(self.settings).responses
-        # Without a group, a subscribing consumer is assigned every partition of the topic: no rebalances.
-        self._consumer = AIOKafkaConsumer(topic, bootstrap_servers=self.settings.bootstrap_servers,
-                                          enable_auto_commit=False, group_id=None, fetch_max_wait_ms=5,
-                                          auto_offset_reset="latest")
-        await self._consumer.start()
-        for _ in range(150):  # a topic created a moment ago takes a little while to show in the metadata
-            if self._consumer.assignment():
-                break
-            await asyncio.sleep(0.1)
-        tps = sorted(self._consumer.assignment())
-        if not tps:
-            raise ServiceUnavailable(f"topic {topic} has no partitions; start a worker or run `tollway topics`")
-        await self._consumer.seek_to_end(*tps)
-        for tp in tps:  # resolve the end offsets now, so nothing published after start() is missed
-            await self._consumer.position(tp)
-        self._task = asyncio.create_task(self._pump())
+    def __init__(self, settings: Settings, topic: str, *, keep_results: int = 10_000) -> None:
+        self.settings = settings
+        self.topic = topic
+        self.keep_results = keep_results
+        self._futures: OrderedDict[str, asyncio.Future[Response]] = OrderedDict()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.seen = 0  # replies read, ours or not
+
+    async def start(self, *, since_ms: int | None = None) -> None:
+        """Start reading at the end of the topic, or at the first reply at or after ``since_ms`` (epoch ms)."""
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers, group_id=None,
+                                    enable_auto_commit=False, fetch_max_wait_ms=5, auto_offset_reset="latest")
+        try:
+            await asyncio.wait_for(consumer.start(), 15)
+        except (TimeoutError, KafkaError, OSError) as exc:
+            raise ServiceUnavailable(f"Kafka is not reachable at {self.settings.bootstrap_servers}: {exc}") from exc
+        self._consumer = consumer
+        # The consumer has no subscription, so ask for the whole cluster's metadata (aiokafka has no public call
+        # that returns a topic's partitions before the consumer follows it).
+        cluster = await consumer._client.fetch_all_metadata()
+        partitions = cluster.partitions_for_topic(self.topic) or set()
+        if not partitions:
+            await consumer.stop()
+            raise ServiceUnavailable(f"topic {self.topic} has no partitions; run `tollway topics`")
+        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        if since_ms is not None:
+            found = await consumer.offsets_for_times({tp: since_ms for tp in tps})
+            for tp, at in found.items():
+                if at is not None:
+                    consumer.seek(tp, at.offset)
+        for tp in tps:  # resolve positions now, so nothing published after start() is missed
+            await consumer.position(tp)
+        self._task = asyncio.create_task(self._pump(), name=f"replies-{self.topic}")
+
+    def expect(self, request_ids: Iterable[str]) -> None:
+        """Register ids before publishing them: a reply that arrives first is then never dropped."""
+        loop = asyncio.get_running_loop()
+        for rid in request_ids:
+            if rid not in self._futures:
+                self._futures[rid] = loop.create_future()
+        self._trim()
+
+    def forget(self, request_id: str) -> None:
+        future = self._futures.pop(request_id, None)
+        if future is not None and not future.done():
+            future.cancel()
+
+    def pending(self) -> int:
+        return sum(1 for f in self._futures.values() if not f.done())
+
+    async def wait(self, request_id: str, timeout_s: float) -> Response:
+        """The reply for a registered id (raises KeyError for an id never registered, TimeoutError on timeout)."""
+        future = self._futures[request_id]
+        try:
+            response = await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        finally:
+            if future.done():
+                self._futures.pop(request_id, None)
+        return response
+
+    def _trim(self) -> None:
+        # Results nobody asked for (submit() without result()) are dropped oldest first, never pending ones.
+        done = len(self._futures) - self.pending()
+        if done <= self.keep_results:
+            return
+        for rid in [rid for rid, f in self._futures.items() if f.done()][: done - self.keep_results]:
+            del self._futures[rid]
 
     async def _pump(self) -> None:
         assert self._consumer is not None
         while True:
-            batches = await self._consumer.getmany(timeout_ms=100)
+            batches = await self._consumer.getmany(timeout_ms=200)
             for records in batches.values():
                 for record in records:
+                    self.seen += 1
+                    future = self._futures.get(record.key.decode()) if record.key else None
+                    if future is None or future.done():
+                        continue
                     try:
-                        response = decode_as(record.value, Response)
+                        future.set_result(decode_as(record.value, Response))
                     except BadEvent:
                         continue
-                    future = self._waiting.get(response.request_id)
-                    if future is None:
-                        if len(self._early) < 100_000:
-                            self._early[response.request_id] = response
-                    elif not future.done():
-                        future.set_result(response)
-
-    async def wait(self, request_id: str, timeout_s: float) -> Response:
-        if request_id in self._early:
-            return self._early.pop(request_id)
-        future = self._waiting.setdefault(request_id, asyncio.get_running_loop().create_future())
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
-        finally:
-            self._waiting.pop(request_id, None)
-
-    def expect(self, request_ids: Iterable[str]) -> None:
-        loop = asyncio.get_running_loop()
-        for rid in request_ids:
-            self._waiting.setdefault(rid, loop.create_future())
 
     async def stop(self) -> None:
-        if self._task:
+        if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._consumer:
+        self._task = None
+        if self._consumer is not None:
             await self._consumer.stop()
+            self._consumer = None
+        for future in self._futures.values():
+            if not future.done():
+                future.cancel()
 
 
 class Submitter:
@@ -120,7 +158,7 @@ class Submitter:
         self.topology = topology(settings)
         self.producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True,
                                          linger_ms=2, max_request_size=settings.max_message_bytes * 2)
-        self.waiter = ResponseWaiter(settings)
+        self.waiter = ReplyReader(settings, self.topology.responses)
 
     async def __aenter__(self) -> Submitter:
         try:

@@ -32,19 +32,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections import OrderedDict
 from collections.abc import Coroutine, Iterable
 from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from schemas.envelope import Envelope, Message, Tier
-from schemas.errors import BadEvent, PolicyDenied, ServiceUnavailable
+from schemas.errors import PolicyDenied, ServiceUnavailable
 from schemas.response import Response
-from streams.client import new_envelope
-from streams.codec import decode_as, encode
+from streams.client import ReplyReader, new_envelope
+from streams.codec import encode
 from streams.policy_store import PolicyStore, load_policy_file
 from streams.principals import Identity, KeyCache, PolicySource, sign_envelope
 from streams.settings import Settings
@@ -53,109 +52,6 @@ from streams.topics import ensure_topics, topology
 T = TypeVar("T")
 
 REPLY_RETENTION_MS = 3_600_000
-
-
-class ReplyReader:
-    """Reads a reply topic from a chosen point and resolves one future per registered request id."""
-
-    def __init__(self, settings: Settings, topic: str, *, keep_results: int = 10_000) -> None:
-        self.settings = settings
-        self.topic = topic
-        self.keep_results = keep_results
-        self._futures: OrderedDict[str, asyncio.Future[Response]] = OrderedDict()
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
-        self.seen = 0  # replies read, ours or not
-
-    async def start(self, *, since_ms: int | None = None) -> None:
-        """Start reading at the end of the topic, or at the first reply at or after ``since_ms`` (epoch ms)."""
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers, group_id=None,
-                                    enable_auto_commit=False, fetch_max_wait_ms=5, auto_offset_reset="latest")
-        try:
-            await asyncio.wait_for(consumer.start(), 15)
-        except (TimeoutError, KafkaError, OSError) as exc:
-            raise ServiceUnavailable(f"Kafka is not reachable at {self.settings.bootstrap_servers}: {exc}") from exc
-        self._consumer = consumer
-        # The consumer has no subscription, so ask for the whole cluster's metadata (aiokafka has no public call
-        # that returns a topic's partitions before the consumer follows it).
-        cluster = await consumer._client.fetch_all_metadata()
-        partitions = cluster.partitions_for_topic(self.topic) or set()
-        if not partitions:
-            await consumer.stop()
-            raise ServiceUnavailable(f"topic {self.topic} has no partitions; run `tollway topics`")
-        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_end(*tps)
-        if since_ms is not None:
-            found = await consumer.offsets_for_times({tp: since_ms for tp in tps})
-            for tp, at in found.items():
-                if at is not None:
-                    consumer.seek(tp, at.offset)
-        for tp in tps:  # resolve positions now, so nothing published after start() is missed
-            await consumer.position(tp)
-        self._task = asyncio.create_task(self._pump(), name=f"replies-{self.topic}")
-
-    def expect(self, request_ids: Iterable[str]) -> None:
-        """Register ids before publishing them: a reply that arrives first is then never dropped."""
-        loop = asyncio.get_running_loop()
-        for rid in request_ids:
-            if rid not in self._futures:
-                self._futures[rid] = loop.create_future()
-        self._trim()
-
-    def forget(self, request_id: str) -> None:
-        future = self._futures.pop(request_id, None)
-        if future is not None and not future.done():
-            future.cancel()
-
-    def pending(self) -> int:
-        return sum(1 for f in self._futures.values() if not f.done())
-
-    async def wait(self, request_id: str, timeout_s: float) -> Response:
-        """The reply for a registered id (raises KeyError for an id never registered, TimeoutError on timeout)."""
-        future = self._futures[request_id]
-        try:
-            response = await asyncio.wait_for(asyncio.shield(future), timeout_s)
-        finally:
-            if future.done():
-                self._futures.pop(request_id, None)
-        return response
-
-    def _trim(self) -> None:
-        # Results nobody asked for (submit() without result()) are dropped oldest first, never pending ones.
-        done = len(self._futures) - self.pending()
-        if done <= self.keep_results:
-            return
-        for rid in [rid for rid, f in self._futures.items() if f.done()][: done - self.keep_results]:
-            del self._futures[rid]
-
-    async def _pump(self) -> None:
-        assert self._consumer is not None
-        while True:
-            batches = await self._consumer.getmany(timeout_ms=200)
-            for records in batches.values():
-                for record in records:
-                    self.seen += 1
-                    future = self._futures.get(record.key.decode()) if record.key else None
-                    if future is None or future.done():
-                        continue
-                    try:
-                        future.set_result(decode_as(record.value, Response))
-                    except BadEvent:
-                        continue
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._task = None
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
-        for future in self._futures.values():
-            if not future.done():
-                future.cancel()
 
 
 async def ensure_reply_topic(settings: Settings, topic: str, *, partitions: int = 1) -> None:

@@ -9,8 +9,8 @@ import pytest
 from schemas.envelope import Status
 from schemas.policy import KeyRecord, PolicyDocument, TenantPolicy
 from schemas.response import Response
+from streams.client import ReplyReader
 from streams.principals import Identity, KeyCache, sign_envelope
-from streams.sdk import ReplyReader
 from streams.settings import Settings
 from workers.keys import create_key, verify_principal
 from workers.policy import StaticPolicy

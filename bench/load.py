@@ -33,6 +33,8 @@ _WHERE = ("from the admin console", "with the command line tool", "through the p
           "with read only access", "when the owner left", "in bulk", "on a schedule", "for an audit",
           "with two factor login", "after renaming the team", "in a shared workspace")
 _ASK = ("How do I", "What is the safest way to", "Can I", "Explain how to", "What happens when I try to")
+_WHO = ("", " for the finance team", " for a contractor", " as an administrator", " for the support desk",
+        " for a partner account", " as a read only user", " for the whole company")
 
 # Long enough that queueing under a burst never ends a request by its deadline (that would skip the work).
 BENCH_BUDGET_MS = 3_600_000
@@ -42,15 +44,20 @@ def prompt(i: int) -> str:
     verb, i = _VERBS[i % len(_VERBS)], i // len(_VERBS)
     thing, i = _THINGS[i % len(_THINGS)], i // len(_THINGS)
     where, i = _WHERE[i % len(_WHERE)], i // len(_WHERE)
-    ask = _ASK[i % len(_ASK)]
-    return f"{ask} {verb} the {thing} {where}?"
+    ask, i = _ASK[i % len(_ASK)], i // len(_ASK)
+    who = _WHO[i % len(_WHO)]
+    return f"{ask} {verb} the {thing}{who} {where}?"
 
 
-def request(run: str, i: int, *, tenant: str = "acme") -> tuple[str, bytes]:
-    """(request_id, envelope bytes) for request ``i`` of a run, created now."""
+def request(run: str, i: int, *, tenant: str = "acme", prompt_index: int | None = None) -> tuple[str, bytes]:
+    """(request_id, envelope bytes) for request ``i`` of a run, created now.
+
+    320,000 distinct prompts: give each phase of a run its own ``prompt_index`` range (and each run its own tenant)
+    so that no request is answered from the cache a previous one filled.
+    """
     request_id = f"{run}-{i}"
-    env = new_envelope(prompt(i), tenant=tenant, tier=Tier.STANDARD, budget_ms=BENCH_BUDGET_MS,
-                       request_id=request_id)
+    env = new_envelope(prompt(i if prompt_index is None else prompt_index), tenant=tenant, tier=Tier.STANDARD,
+                       budget_ms=BENCH_BUDGET_MS, request_id=request_id)
     return request_id, encode(env)
 
 
@@ -171,7 +178,8 @@ class Loader:
         await asyncio.gather(*deliveries)
         return started_ns
 
-    async def open_loop(self, topic: str, run: str, rate_per_s: float, duration_s: float) -> dict[str, int]:
+    async def open_loop(self, topic: str, run: str, rate_per_s: float, duration_s: float, *, tenant: str = "acme",
+                        first_prompt: int = 0) -> dict[str, int]:
         """Send ``rate × duration`` requests on a fixed schedule; returns each id's scheduled send time (ns)."""
         count = max(1, round(rate_per_s * duration_s))
         scheduled: dict[str, int] = {}
@@ -182,7 +190,7 @@ class Loader:
             delay_s = (at_ns - time.time_ns()) / 1e9
             if delay_s > 0:
                 await asyncio.sleep(delay_s)
-            rid, value = request(run, i)
+            rid, value = request(run, i, tenant=tenant, prompt_index=first_prompt + i)
             scheduled[rid] = at_ns
             deliveries.append(await self.producer.send(topic, value, key=rid.encode()))
         await asyncio.gather(*deliveries)

@@ -86,8 +86,9 @@ async def measure(system: System, opts: Options, *, latency: bool) -> dict[str, 
         await collector.start()
         await loader.start()
         run = uuid.uuid4().hex[:6]
+        tenant = f"bench-{run}"  # a fresh tenant: nothing cached, no budget or rate limit shared with anyone
         # Warm-up: every consumer group joined, every connection open, before anything is timed.
-        warm = [request(f"{run}w", i) for i in range(opts.warmup)]
+        warm = [request(f"{run}w", i, tenant=tenant) for i in range(opts.warmup)]
         await loader.burst(system.ingress, warm)
         def healthy() -> None:
             system.check()
@@ -100,7 +101,7 @@ async def measure(system: System, opts: Options, *, latency: bool) -> dict[str, 
         if missing:
             raise TimeoutError(f"{system.name}: {missing} of {len(warm)} warm-up requests never came out")
 
-        items = [request(f"{run}b", i) for i in range(opts.requests)]
+        items = [request(f"{run}b", i, tenant=tenant, prompt_index=opts.warmup + i) for i in range(opts.requests)]
         ids = [rid for rid, _ in items]
         cpu_before = cpu_seconds(system.pids())
         started_ns = await loader.burst(system.ingress, items)
@@ -118,11 +119,14 @@ async def measure(system: System, opts: Options, *, latency: bool) -> dict[str, 
         }
         if system.responses:
             out["throughput"]["statuses"] = _statuses(collector, system.responses, ids)
+            out["throughput"]["stages"] = _stage_profile(collector, system.responses, ids)
         if latency:
             out["latency"] = {}
+            first_prompt = opts.warmup + opts.requests
             for rate in opts.rates:
                 out["latency"][f"{rate:g}"] = await _open_loop(system, collector, loader, opts, rate,
-                                                               f"{run}r{rate:g}")
+                                                               f"{run}r{rate:g}", tenant, first_prompt)
+                first_prompt += out["latency"][f"{rate:g}"]["sent"]
     finally:
         await loader.stop()
         await collector.stop()
@@ -132,8 +136,9 @@ async def measure(system: System, opts: Options, *, latency: bool) -> dict[str, 
 
 
 async def _open_loop(system: System, collector: Collector, loader: Loader, opts: Options, rate: float,
-                     run: str) -> dict[str, Any]:
-    scheduled = await loader.open_loop(system.ingress, run, rate, opts.rate_seconds)
+                     run: str, tenant: str, first_prompt: int) -> dict[str, Any]:
+    scheduled = await loader.open_loop(system.ingress, run, rate, opts.rate_seconds, tenant=tenant,
+                                       first_prompt=first_prompt)
     missing = await collector.wait_for(system.output, scheduled, 60, check=system.check)
     arrived = collector.arrivals[system.output].at_ns
     end_to_end, overhead, response_ms, model_ms = [], [], [], []
@@ -156,6 +161,22 @@ async def _open_loop(system: System, collector: Collector, loader: Loader, opts:
         result["to_response"] = percentiles(response_ms)
         result["model_service"] = percentiles(model_ms)
     return result
+
+
+def _stage_profile(collector: Collector, topic: str, ids: list[str]) -> dict[str, dict[str, float]]:
+    """Per stage, from the responses' hops: mean batch size, mean queue and service ms — where the time went."""
+    sums: dict[str, list[float]] = {}
+    values = collector.arrivals[topic].values
+    for rid in ids:
+        raw = values.get(rid)
+        for hop in (orjson.loads(raw).get("hops") or []) if raw else []:
+            acc = sums.setdefault(hop["stage"], [0.0, 0.0, 0.0, 0.0])
+            acc[0] += 1
+            acc[1] += hop.get("batch_size", 0)
+            acc[2] += hop.get("queue_ms", 0.0)
+            acc[3] += hop.get("service_ms", 0.0)
+    return {stage: {"mean_batch": round(b / n, 1), "mean_queue_ms": round(q / n, 1), "mean_service_ms": round(v / n, 1)}
+            for stage, (n, b, q, v) in sums.items() if n}
 
 
 def _statuses(collector: Collector, topic: str, ids: list[str]) -> dict[str, int]:

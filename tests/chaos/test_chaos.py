@@ -148,12 +148,21 @@ async def test_kill_9_ledger_worker(tmp_path: Path, chaos_results: list[Figures]
     url = f"http://127.0.0.1:{port}"
     ledger = pipeline.ledger_worker(port)
 
-    async def fault(p: Pipeline, load: Load) -> None:
-        await at(load, 2.5)
+    async def counted() -> int:
         with contextlib.suppress(httpx.HTTPError, ValueError):
             async with httpx.AsyncClient(timeout=2) as client:
-                counted = (await client.get(f"{url}/ledger/status/")).json().get("counted")
-                killed_at.append(f"killed -9 with {counted} responses counted")
+                return int((await client.get(f"{url}/ledger/status/")).json().get("counted", 0))
+        return 0
+
+    async def fault(p: Pipeline, load: Load) -> None:
+        await at(load, 2.5)
+
+        async def counting() -> bool:
+            return await counted() >= 100
+
+        with contextlib.suppress(AssertionError):  # mid-run: once it has counted some of this run
+            await wait_until(counting, 30, "the ledger to count 100 responses")
+        killed_at.append(f"killed -9 with {await counted()} responses counted")
         ledger.kill9()
         await at(load, 4.0)
         ledger.start()

@@ -107,9 +107,17 @@ class DeadLetterAuditor:
                         continue  # the failed request itself reaches the audit stage
                     records.append(record_from_deadletter(letter, redactor=self.ctx.redactor,
                                                           auditor=self.ctx.worker_id, now_ns=now_ns))
-            await record_batch(records, self.ctx, self.publisher, self.unconfirmed)
-            await self.publisher.flush()
-            await self.consumer.commit({tp: recs[-1].offset + 1 for tp, recs in batches.items()})
+            try:
+                await record_batch(records, self.ctx, self.publisher, self.unconfirmed)
+                await self.publisher.flush()
+                await self.consumer.commit({tp: recs[-1].offset + 1 for tp, recs in batches.items()})
+            except Exception:
+                # Never die silently: log, rewind to the batch's start and try it again (at-least-once; the
+                # chain and the claims deduplicate what was already recorded).
+                log.exception("auditing %d dead letter(s) failed; retrying the batch", len(records))
+                for tp, recs in batches.items():
+                    self.consumer.seek(tp, recs[0].offset)
+                await asyncio.sleep(1.0)
 
     def stop(self) -> None:
         self._stopping.set()

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from schemas.audit import AuditRecord, ContentMode
 from schemas.envelope import Envelope
@@ -34,6 +34,7 @@ from workers.policy import settlement_for
 from workers.redaction import BasicRedactor, Redactor
 
 NAME = "audit"
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
@@ -77,7 +78,7 @@ async def record_batch(records: list[AuditRecord], ctx: AuditContext, publisher:
     result = RecordOutcome()
     async with ctx.lock:
         if unconfirmed:
-            await ctx.claims.confirm(list(unconfirmed), ctx.owner)
+            await _until_reachable(lambda: ctx.claims.confirm(list(unconfirmed), ctx.owner), "confirm")
             unconfirmed.clear()
         unique: dict[str, AuditRecord] = {}
         for record in records:
@@ -88,7 +89,8 @@ async def record_batch(records: list[AuditRecord], ctx: AuditContext, publisher:
         if not unique:
             return result
         keys = list(unique)
-        claims = await ctx.claims.claim(keys, ctx.owner, now_ms=ctx.clock.now_ns() // 1_000_000)
+        claims = await _until_reachable(
+            lambda: ctx.claims.claim(keys, ctx.owner, now_ms=ctx.clock.now_ns() // 1_000_000), "claim")
         to_append: list[tuple[str, bytes]] = []
         for key, claim in zip(keys, claims, strict=True):
             stored = ctx.audit_log.keys.get(key)
@@ -109,6 +111,19 @@ async def record_batch(records: list[AuditRecord], ctx: AuditContext, publisher:
             result.appended.append(key)
             unconfirmed.append(key)
     return result
+
+
+async def _until_reachable(call: Callable[[], Awaitable[T]], what: str) -> T:
+    """The claim store being down is no reason to fail a request's audit: wait for it (the batch is uncommitted,
+    so a crash while waiting redelivers it)."""
+    delay_s = 0.05
+    while True:
+        try:
+            return await call()
+        except BackendError as exc:
+            log.warning("audit claim store %s failed, retrying in %.2f s: %s", what, delay_s, exc)
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, 2.0)
 
 
 def _kafka_key(record: AuditRecord) -> bytes:

@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +35,9 @@ class Settings(BaseSettings):
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     state_dir: Path = REPO_ROOT / ".state"
     policy_file: Path | None = None
-    models_file: Path | None = None
+    # The issue's and the docs' name is TOLLWAY_MODELS; TOLLWAY_MODELS_FILE is accepted too.
+    models_file: Path | None = Field(default=None, validation_alias=AliasChoices(
+        "TOLLWAY_MODELS", "TOLLWAY_MODELS_FILE", "models_file"))
     # The local model backend sleeps catalog latency × this factor (0: no emulated latency, for throughput runs).
     model_latency_scale: float = Field(default=1.0, ge=0)
     # Bearer key for OpenAI-compatible model backends (catalog backends with api_key_required need it).

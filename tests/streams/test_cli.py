@@ -23,3 +23,10 @@ def test_bad_messages_file_is_a_usage_error(tmp_path: Path, content: str) -> Non
 
 def test_nothing_to_send_is_a_usage_error() -> None:
     assert CliRunner().invoke(app, ["submit"]).exit_code == 2
+
+
+def test_models_catalog_is_read_from_tollway_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams.settings import Settings
+
+    monkeypatch.setenv("TOLLWAY_MODELS", "/etc/tollway/models.yaml")
+    assert str(Settings().models_file) == "/etc/tollway/models.yaml"

@@ -35,20 +35,39 @@ Sent = tuple[str, bytes, bytes | None]
 
 
 @dataclass
+class _FakeBatch:
+    records: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+
+    def append(self, *, key: bytes | None, value: bytes, timestamp: int | None) -> object:
+        self.records.append((key, value))
+        return True
+
+
+class _FakeCluster:
+    @staticmethod
+    def partitions_for_topic(topic: str) -> set[int]:
+        return {0, 1, 2, 3}
+
+
+class _FakeClient:
+    cluster = _FakeCluster()
+
+
+@dataclass
 class FakeProducer:
     """Records what would be sent; every delivery is already acknowledged."""
 
     sent: list[Sent] = field(default_factory=list)
+    client: _FakeClient = field(default_factory=_FakeClient)
 
-    async def send(self, topic: str, value: bytes, key: bytes | None = None,
-                   partition: int | None = None) -> asyncio.Future[None]:
-        self.sent.append((topic, value, key))
+    def create_batch(self) -> _FakeBatch:
+        return _FakeBatch()
+
+    async def send_batch(self, batch: _FakeBatch, topic: str, *, partition: int) -> asyncio.Future[None]:
+        self.sent.extend((topic, value, key) for key, value in batch.records)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         future.set_result(None)
         return future
-
-    async def send_batch(self, *args: Any, **kwargs: Any) -> asyncio.Future[None]:  # pragma: no cover
-        raise NotImplementedError
 
 
 def records(topic: str, values: Sequence[tuple[bytes | None, bytes]]) -> list[ConsumerRecord[bytes, bytes]]:

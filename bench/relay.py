@@ -1,10 +1,11 @@
 """The physical limit: a raw aiokafka relay through six topics, with no tollway code on the path.
 
 Hop ``i`` consumes ``<prefix>.r{i-1}`` and produces to ``<prefix>.r{i}`` (``r0`` is the ingress, ``r6`` the end):
-poll a batch → ``orjson.loads`` → append a hop stamp and pop the route → ``orjson.dumps`` → send, keyed as it came →
-await every delivery → commit. The consumer and the idempotent producer are built exactly as the stage runner builds
-its own (``streams.runner.consumer_options`` / ``new_producer``), with the same partitions, so the ratio of the
-pipeline to this relay measures what tollway's code costs and nothing else.
+poll a batch → ``orjson.loads`` → append a hop stamp and pop the route → ``orjson.dumps`` → produce, keyed as it
+came → await every delivery → commit. The Kafka side is the stage runner's own — the same consumer options, the same
+idempotent producer, the same batched produce (``streams.runner``), the same partitions — so the ratio of the pipeline
+to this relay is what tollway's per-event work costs (validation, stamps, stage logic), and a transport improvement
+lifts both.
 
     python -m bench.relay --hops 1-6        # every hop in this process
     python -m bench.relay --hops 3          # one hop per process (TOLLWAY_TOPIC_PREFIX names the topics)
@@ -24,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, TopicAlreadyExistsError
 
-from streams.runner import consumer_options, new_producer
+from streams.runner import KafkaPublisher, consumer_options, new_producer
 from streams.settings import Settings
 
 HOPS = 6
@@ -70,6 +71,7 @@ async def relay_hop(settings: Settings, hop: int, producer: AIOKafkaProducer, st
     source, sink, stage = topics[hop - 1], topics[hop], f"r{hop}"
     consumer = AIOKafkaConsumer(source, group_id=f"{settings.topic_prefix}.relay.{stage}",
                                 client_id=f"{settings.worker_id}-relay-{stage}", **consumer_options(settings))
+    publisher = KafkaPublisher(producer)
     await consumer.start()
     if started is not None:
         started.set()
@@ -79,12 +81,11 @@ async def relay_hop(settings: Settings, hop: int, producer: AIOKafkaProducer, st
             if not batches:
                 continue
             received_ns = time.time_ns()
-            deliveries = []
             for records in batches.values():
                 for record in records:
                     value = relay_record(record.value, stage, settings.worker_id, record.timestamp, received_ns)
-                    deliveries.append(await producer.send(sink, value, key=record.key))
-            await asyncio.gather(*deliveries)
+                    publisher.publish(sink, value, key=record.key)
+            await publisher.flush()
             with contextlib.suppress(CommitFailedError):  # a rebalance: redelivered, as in the stage runner
                 await consumer.commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
     finally:

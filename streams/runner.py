@@ -14,11 +14,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError
+from aiokafka.partitioner import murmur2
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 from schemas.envelope import Envelope, Hop, Status
 from schemas.errors import BadEvent
@@ -40,9 +43,30 @@ ProcessFn = Callable[[list[Envelope], StageContext], Awaitable[list[Envelope]]]
 _YIELD_EVERY = 128
 
 
+# murmur2 of recently produced keys: a request's key is hashed for every topic it is produced to (six stages, the
+# response, the audit record), and aiokafka's murmur2 is pure Python.
+_KEY_HASHES: dict[bytes, int] = {}
+_KEY_HASHES_MAX = 50_000
+
+
+def _key_hash(key: bytes) -> int:
+    hashed = _KEY_HASHES.get(key)
+    if hashed is None:
+        if len(_KEY_HASHES) >= _KEY_HASHES_MAX:
+            _KEY_HASHES.clear()
+        hashed = _KEY_HASHES[key] = murmur2(key) & 0x7FFFFFFF
+    return hashed
+
+
 @dataclass
 class KafkaPublisher:
-    """Enqueues records on the shared producer and remembers the futures the runner must await before commit."""
+    """Enqueues records on the shared producer; ``flush`` sends them and waits for every acknowledgement.
+
+    The records of a flush go out as one batch per partition (``create_batch`` / ``send_batch``): no coroutine, no
+    metadata wait and no delivery future per record, which is most of what ``send()`` costs. Keys map to partitions
+    exactly as the producer's default partitioner maps them (murmur2 of the key over the sorted partitions), so a
+    request stays on the same partition numbers from topic to topic.
+    """
 
     producer: AIOKafkaProducer
     pending: list[tuple[str, bytes, bytes | None]] = field(default_factory=list)
@@ -54,10 +78,29 @@ class KafkaPublisher:
         if not self.pending:
             return
         pending, self.pending = self.pending, []
-        # send() only appends to the producer's batch and hands back a delivery future; awaiting all deliveries
-        # at once lets one produce request carry the whole batch, and an unacknowledged batch never commits.
-        deliveries = [await self.producer.send(topic, value, key=key) for topic, value, key in pending]
+        partitions: dict[str, list[int]] = {}
+        builders: dict[tuple[str, int], BatchBuilder] = {}
+        deliveries: list[asyncio.Future[object]] = []
+        for topic, value, key in pending:
+            ids = partitions.get(topic)
+            if ids is None:
+                ids = partitions[topic] = await self._partitions(topic)
+            partition = ids[_key_hash(key) % len(ids)] if key is not None else random.choice(ids)
+            builder = builders.get((topic, partition))
+            if builder is None:
+                builder = builders[(topic, partition)] = self.producer.create_batch()
+            if builder.append(key=key, value=value, timestamp=None) is None:  # full: ship it, start the next
+                deliveries.append(await self.producer.send_batch(builder, topic, partition=partition))
+                builder = builders[(topic, partition)] = self.producer.create_batch()
+                builder.append(key=key, value=value, timestamp=None)  # a batch always takes its first record
+        for (topic, partition), builder in builders.items():
+            deliveries.append(await self.producer.send_batch(builder, topic, partition=partition))
+        # An unacknowledged batch never commits: every delivery is awaited before the runner commits offsets.
         await asyncio.gather(*deliveries)
+
+    async def _partitions(self, topic: str) -> list[int]:
+        known = self.producer.client.cluster.partitions_for_topic(topic)
+        return sorted(known if known else await self.producer.partitions_for(topic))
 
 
 @dataclass

@@ -29,6 +29,7 @@ from schemas.response import DeadLetter, Response
 from streams import metrics
 from streams.codec import decode, encode
 from streams.lanes import LanePoller
+from streams.replays import NoReplayMemory, ReplayMemory
 from streams.settings import Settings
 from streams.topics import Topology
 from workers.budgets import Budgets
@@ -124,6 +125,7 @@ class StageRunner:
         publisher: KafkaPublisher,
         clock: Clock,
         consume_ingress: bool = False,
+        replays: ReplayMemory | None = None,
     ) -> None:
         self.stage = stage
         self.process = process
@@ -133,6 +135,8 @@ class StageRunner:
         self.producer = producer
         self.publisher = publisher
         self.clock = clock
+        self.replays: ReplayMemory = replays or NoReplayMemory()
+        self._replayed: set[str] = set()
         self.topics: list[str] = list(topology.stage_lanes(stage))
         if consume_ingress:
             self.topics += list(topology.stage_lanes("ingress"))
@@ -183,6 +187,7 @@ class StageRunner:
         result = BatchOutcome()
         live: list[Envelope] = []
         passing: list[Envelope] = []  # terminal or forwarded without work here
+        unanswered: list[Envelope] = []  # reached the audit stage without an outcome: audited, then answered
         hops: dict[str, Hop] = {}
         for records in batches.values():
             for record in records:
@@ -209,6 +214,11 @@ class StageRunner:
                     continue
                 env.hops.append(hop)
                 hops[env.request_id] = hop
+                if self.stage == "audit" and not env.terminal:
+                    # Only a producer bypassing the route gets here: audit it as a failure, and answer it too.
+                    env.finish(Status.FAILED, code="no_outcome", stage=self.stage,
+                               message="the request reached the audit stage without an outcome")
+                    unanswered.append(env)
                 if env.terminal and self.stage != "audit":
                     passing.append(env)
                 elif self.stage != "audit" and env.deadline_at_ns <= received_ns:
@@ -229,7 +239,10 @@ class StageRunner:
         finished_ns = self.clock.now_ns()
         for stamp in hops.values():
             stamp.finished_at_ns = finished_ns
-        for i, env in enumerate((*outputs, *passing), start=1):
+        onward = (*outputs, *passing, *unanswered)
+        answering = [env.request_id for env in onward if env.terminal and not env.responded]
+        self._replayed = await self.replays.seen(answering) if answering else set()
+        for i, env in enumerate(onward, start=1):
             if i % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)
             stamp_or_none = hops.get(env.request_id)
@@ -240,6 +253,9 @@ class StageRunner:
                     metrics.BUDGET_VIOLATIONS.labels(env.tier.value, self.stage).inc()
             self._forward(env, finished_ns, result)
         await self.publisher.flush()
+        if answering:
+            # After the acknowledgements and before the commit: a redelivery of this batch is marked as a replay.
+            await self.replays.remember(answering)
         metrics.STAGE_EVENTS.labels(self.stage).inc(result.consumed)
         metrics.STAGE_SERVICE_SECONDS.labels(self.stage).observe((finished_ns - started_ns) / 1e9)
         queue_seconds = metrics.STAGE_QUEUE_SECONDS.labels(self.stage)  # one label lookup per batch, not per event
@@ -282,7 +298,9 @@ class StageRunner:
             env.finish(Status.FAILED, code="route_ended", stage=self.stage,
                        message=f"the route ended at {self.stage} without reaching a terminal outcome")
         if env.terminal and not env.responded:
-            response = encode(Response.from_envelope(env, completed_at_ns=now_ns))
+            answer = Response.from_envelope(env, completed_at_ns=now_ns)
+            answer.replay = env.request_id in self._replayed
+            response = encode(answer)
             self.publisher.publish(self.topology.responses, response, key=key)
             if env.request.reply_to:
                 if env.request.reply_to.startswith(self.topology.replies_prefix):

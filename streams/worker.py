@@ -13,8 +13,10 @@ from contextlib import AsyncExitStack
 from schemas.envelope import DEFAULT_ROUTE, STAGES
 from schemas.errors import ConfigError
 from streams.metrics import serve_metrics
+from streams.replays import RedisReplayMemory
 from streams.runner import KafkaPublisher, ProcessFn, StageRunner, new_producer
 from streams.settings import Settings
+from streams.stage_cache import redis_client
 from streams.topics import ensure_topics, topology
 from workers.context import StageContext, SystemClock
 
@@ -54,6 +56,10 @@ async def run_workers(settings: Settings, stages: Sequence[str], *, ready: async
         producer = new_producer(settings)
         await producer.start()
         stack.push_async_callback(producer.stop)
+        replay_client = redis_client(settings)
+        stack.push_async_callback(replay_client.aclose)
+        # Remembered a little longer than the work topics keep records, so any redelivery is recognised.
+        replays = RedisReplayMemory(replay_client, namespace=settings.topic_prefix, ttl_s=8 * 86_400)
         runners: list[StageRunner] = []
         for stage in stages:
             publisher = KafkaPublisher(producer)
@@ -67,7 +73,7 @@ async def run_workers(settings: Settings, stages: Sequence[str], *, ready: async
                 process = importlib.import_module(f"workers.{stage}").process
             runner = StageRunner(stage=stage, process=process, ctx=ctx, settings=settings, topology=topo,
                                  producer=producer, publisher=publisher, clock=clock,
-                                 consume_ingress=(stage == DEFAULT_ROUTE[0]))
+                                 consume_ingress=(stage == DEFAULT_ROUTE[0]), replays=replays)
             await runner.start()
             stack.push_async_callback(runner.close)
             runners.append(runner)

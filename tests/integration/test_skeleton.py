@@ -8,7 +8,7 @@ import pytest
 from schemas.envelope import DEFAULT_ROUTE, Status, Tier
 from schemas.response import DeadLetter, Response
 from streams.client import Submitter, new_envelope
-from streams.codec import decode_as
+from streams.codec import decode_as, encode
 from streams.settings import Settings
 from streams.topics import topology
 from tests.kafka_helpers import produce_raw, read_until
@@ -84,3 +84,26 @@ async def test_route_is_data_policy_first_for_a_remote_embedder(pipeline: Settin
     assert response.status is Status.OK
     # the ingress consumer (the default route's first stage) hands it on untouched, then the route is followed
     assert [h.stage for h in response.hops] == ["retrieval", "policy", "retrieval", "cache", "model", "postprocess"]
+
+
+async def test_a_request_answered_again_is_marked_as_a_replay(pipeline: Settings) -> None:
+    env = new_envelope("answer me twice", tenant="acme", settings=pipeline)
+    async with Submitter(pipeline) as submitter:
+        (first,) = await submitter.complete([env])
+        (again,) = await submitter.complete([env])  # what a redelivery after a crash looks like downstream
+    assert first.status is Status.OK and not first.replay
+    assert again.replay, "a second response for the same request says it is a replay"
+    assert again.answer == first.answer  # (served from the cache the first answer filled)
+
+
+async def test_an_envelope_without_outcome_on_the_audit_topic_is_audited_and_answered(pipeline: Settings) -> None:
+    env = new_envelope("sneaked in", tenant="acme", settings=pipeline)
+    env.route = ["audit"]
+    async with Submitter(pipeline) as submitter:
+        submitter.waiter.expect([env.request_id])
+        await produce_raw(pipeline, topology(pipeline).stage("audit"), [encode(env)])
+        response = await submitter.waiter.wait(env.request_id, 30)
+    assert (response.status, response.code) == (Status.FAILED, "no_outcome")
+    audit = await read_until(pipeline, topology(pipeline).audit_log,
+                             lambda rs: env.request_id in {orjson.loads(r.value)["request_id"] for r in rs})
+    assert env.request_id in {orjson.loads(r.value)["request_id"] for r in audit}

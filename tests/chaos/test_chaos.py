@@ -25,7 +25,9 @@ from aiohttp import web
 from schemas.envelope import STAGES
 from streams import stage_postprocess
 from streams.ledger_app import fetch_snapshot, read_topic
+from streams.replays import RedisReplayMemory
 from streams.runner import KafkaPublisher, StageRunner, new_producer
+from streams.stage_cache import redis_client
 from streams.topics import ensure_topics, topology
 from tests.chaos.harness import (
     Env,
@@ -332,8 +334,13 @@ async def test_crash_between_produce_and_commit_redelivers(tmp_path: Path, chaos
             base = StageContext(stage="postprocess", worker_id="doomed", clock=clock, publisher=publisher,
                                 topic_prefix=settings.topic_prefix)
             ctx = await stack.enter_async_context(stage_postprocess.open_context(settings, base))
+            replay_client = redis_client(settings)
+            stack.push_async_callback(replay_client.aclose)
+            # as `tollway worker` wires it: the answered ids are remembered, so the redelivery is marked
+            replays = RedisReplayMemory(replay_client, namespace=settings.topic_prefix, ttl_s=3600)
             runner = StageRunner(stage="postprocess", process=postprocess.process, ctx=ctx, settings=settings,
-                                 topology=topology(settings), producer=producer, publisher=publisher, clock=clock)
+                                 topology=topology(settings), producer=producer, publisher=publisher, clock=clock,
+                                 replays=replays)
             await runner.start()
             stack.push_async_callback(runner.close)
             assert runner.consumer is not None

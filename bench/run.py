@@ -17,6 +17,7 @@ import asyncio
 import importlib.util
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -370,6 +371,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
 
 def main(argv: list[str] | None = None) -> None:
     opts = parse_args(argv)
+    # SIGTERM ends the run like Ctrl-C does: through the atexit hook that stops every worker this run started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results = asyncio.run(run_all(opts))
     paths = write_results(results, opts.out_dir)
     print(paths["md"].read_text())

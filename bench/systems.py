@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
 import signal
@@ -29,6 +30,19 @@ from streams.settings import REPO_ROOT, Settings
 from streams.topics import ensure_topics, topology
 
 LOG_DIR = REPO_ROOT / ".state" / "bench"
+
+# Every process a System started and has not stopped yet: killed at exit, so an interrupted benchmark never leaves
+# workers polling the shared broker.
+_RUNNING: set[subprocess.Popen[bytes]] = set()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for proc in list(_RUNNING):
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    _RUNNING.clear()
 
 
 class SystemDied(RuntimeError):
@@ -103,6 +117,7 @@ class System:
             with log_path.open("wb") as log_file:
                 proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
             self._procs.append((proc, log_path))
+            _RUNNING.add(proc)
 
     def _start_in_process(self) -> None:
         if self.kind == "relay":
@@ -148,6 +163,7 @@ class System:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 await asyncio.to_thread(proc.wait)
+            _RUNNING.discard(proc)
         self._procs.clear()
 
     async def delete_topics(self) -> None:

@@ -23,9 +23,9 @@ import time
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import CommitFailedError, TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError
 
-from streams.runner import KafkaPublisher, consumer_options, new_producer
+from streams.runner import KafkaPublisher, OffsetCommitter, consumer_options, new_producer
 from streams.settings import Settings
 
 HOPS = 6
@@ -72,6 +72,7 @@ async def relay_hop(settings: Settings, hop: int, producer: AIOKafkaProducer, st
     consumer = AIOKafkaConsumer(source, group_id=f"{settings.topic_prefix}.relay.{stage}",
                                 client_id=f"{settings.worker_id}-relay-{stage}", **consumer_options(settings))
     publisher = KafkaPublisher(producer)
+    committer = OffsetCommitter(consumer, stage)
     await consumer.start()
     if started is not None:
         started.set()
@@ -86,9 +87,9 @@ async def relay_hop(settings: Settings, hop: int, producer: AIOKafkaProducer, st
                     value = relay_record(record.value, stage, settings.worker_id, record.timestamp, received_ns)
                     publisher.publish(sink, value, key=record.key)
             await publisher.flush()
-            with contextlib.suppress(CommitFailedError):  # a rebalance: redelivered, as in the stage runner
-                await consumer.commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
+            await committer.commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
     finally:
+        await committer.wait()
         await consumer.stop()
 
 

@@ -53,8 +53,8 @@ test: $(STAMP) up
 	$(BIN)/mypy streams workers schemas
 	$(BIN)/pytest -q -m "not chaos"
 
-bench: $(STAMP) up
-	$(BIN)/python -m bench.run
+bench: $(STAMP) up  # BENCH_ARGS="--requests 20000 --layouts 1" etc.; see python -m bench.run --help
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m bench.run $(BENCH_ARGS)
 
 # Fault scenarios (tests/chaos): own broker/Redis on 29092/26379 for the scenarios that kill them. The table prints
 # at the end (also after a failure) and is kept in .state/chaos/table.txt.

@@ -23,6 +23,7 @@ class Row:
     max_ratio: float | None = None  # pass when value / baseline ≤ this
     max_value: float | None = None  # pass when value ≤ this
     note: str = ""
+    verdict: bool | None = None  # another module's own pass/fail, kept as it said
 
     @property
     def ratio(self) -> float | None:
@@ -32,6 +33,8 @@ class Row:
 
     @property
     def passed(self) -> bool | None:
+        if self.verdict is not None:
+            return self.verdict
         checks: list[bool] = []
         ratio = self.ratio
         if self.min_ratio is not None:
@@ -52,13 +55,11 @@ class Row:
     @classmethod
     def from_extra(cls, scenario: str, row: dict[str, Any]) -> Row:
         """A row reported by another area's bench module (its own verdict is kept when it gives one)."""
-        made = cls(figure=f"{scenario}: {row.get('figure', '?')}", value=_num(row.get("value")),
-                   unit=str(row.get("unit", "")), baseline=_num(row.get("baseline")),
-                   baseline_name=str(row.get("baseline_name", "")), target=str(row.get("target", "")),
-                   note=str(row.get("note", "")))
-        if isinstance(row.get("pass"), bool):
-            made.note = (made.note + " " if made.note else "") + ("(pass)" if row["pass"] else "(fail)")
-        return made
+        return cls(figure=f"{scenario}: {row.get('figure', '?')}", value=_num(row.get("value")),
+                   unit=str(row.get("unit") or ""), baseline=_num(row.get("baseline")),
+                   baseline_name=str(row.get("baseline_name") or ""), target=str(row.get("target") or ""),
+                   note=str(row.get("note") or ""),
+                   verdict=row["pass"] if isinstance(row.get("pass"), bool) else None)
 
 
 def _num(value: Any) -> float | None:

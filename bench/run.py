@@ -35,16 +35,22 @@ from streams.settings import REPO_ROOT, Settings
 
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 
-# Scenarios 4–7 (and other areas' benches) live in their own modules; each is run when its file exists.
-EXTRA_SCENARIOS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("4_cache", ("cache_bench",)),
-    ("5_lanes", ("lanes_bench", "lanes")),
-    ("6_economics", ("economics_bench", "economics")),
-    ("7_memory", ("memory_bench", "memory")),
-    ("model", ("model_bench",)),
-    ("pii", ("pii_eval",)),
-    ("audit_verify", ("audit_verify_bench",)),
-    ("ledger_recovery", ("ledger_recovery",)),
+# Scenarios 4–7 live in other areas' modules, each run when its file exists as ``python -m bench.<module> <args>``.
+# The first module found for a scenario runs; the peak RSS of scenario 7 is one of cache_bench's rows.
+EXTRA_SCENARIOS: tuple[tuple[str, tuple[tuple[str, tuple[str, ...]], ...]], ...] = (
+    ("4_cache", (("cache_bench", ("--json",)),)),
+    ("5_lanes", (("lanes_bench", ("--json",)), ("lanes", ("--json",)))),
+    ("6_economics", (("economics_bench", ("--json",)), ("economics", ("--json",)))),
+    ("7_memory", (("memory_bench", ("--json",)),)),
+    ("model", (("model_bench", ("--json",)),)),
+)
+# Other areas' benches that run on request only (--extras all): long, or without a JSON result.
+MORE_EXTRAS: tuple[tuple[str, tuple[tuple[str, tuple[str, ...]], ...]], ...] = (
+    ("ingress", (("ingress_bench", ()),)),
+    ("policy", (("policy_bench", ()),)),
+    ("pii", (("pii_eval", ()),)),
+    ("injection", (("injection_eval", ()),)),
+    ("audit_verify", (("audit_verify_bench", ()),)),
 )
 
 # The local model at zero latency: the pipeline's own cost is what scenarios 2 and 3 measure.
@@ -53,14 +59,14 @@ MODEL_ZERO_LATENCY_ENV = {"TOLLWAY_MODEL_LATENCY_SCALE": "0"}
 
 @dataclass
 class Options:
-    requests: int = 20_000
+    requests: int = 10_000
     warmup: int = 300
     rates: tuple[float, ...] = (50.0, 100.0, 200.0)
     rate_seconds: float = 10.0
     layouts: tuple[int, ...] = (1, 6)
     latency_layouts: tuple[int, ...] = (1,)
     partitions: int = 4
-    extras: bool = True
+    extras: str = "scenarios"  # none | scenarios (4–7) | all (every other area's bench too)
     out_dir: Path = RESULTS_DIR
     settings_overrides: dict[str, Any] = field(default_factory=dict)
     profile: bool = False
@@ -190,11 +196,11 @@ def _statuses(collector: Collector, topic: str, ids: list[str]) -> dict[str, int
     return counts
 
 
-def run_extra(module: str, timeout_s: float = 900.0) -> dict[str, Any]:
-    """``python -m bench.<module> --json``; the last stdout line that parses as a JSON object is the result."""
+def run_extra(module: str, args: tuple[str, ...], timeout_s: float = 900.0) -> dict[str, Any]:
+    """``python -m bench.<module> <args>``; the last stdout line that parses as a JSON object is the result."""
     started = time.monotonic()
     try:
-        proc = subprocess.run([sys.executable, "-m", f"bench.{module}", "--json"], cwd=REPO_ROOT,
+        proc = subprocess.run([sys.executable, "-m", f"bench.{module}", *args], cwd=REPO_ROOT,
                               capture_output=True, timeout=timeout_s, check=False,
                               env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     except subprocess.TimeoutExpired:
@@ -251,14 +257,15 @@ async def run_all(opts: Options, log: Any = print) -> dict[str, Any]:
         from bench import micro
 
         results["scenarios"]["2b_cpu_per_record"] = await micro.measure(opts.micro_batch, opts.micro_repeat)
-    if opts.extras:
-        for scenario, candidates in EXTRA_SCENARIOS:
-            present = [m for m in candidates if importlib.util.find_spec(f"bench.{m}") is not None]
-            if not present:
-                results["scenarios"][scenario] = {"skipped": f"no bench/{candidates[0]}.py yet"}
-                continue
-            log(f"· {scenario}: python -m bench.{present[0]} --json")
-            results["scenarios"][scenario] = run_extra(present[0])
+    extras = {"none": (), "scenarios": EXTRA_SCENARIOS, "all": EXTRA_SCENARIOS + MORE_EXTRAS}[opts.extras]
+    for scenario, candidates in extras:
+        present = [(m, args) for m, args in candidates if importlib.util.find_spec(f"bench.{m}") is not None]
+        if not present:
+            results["scenarios"][scenario] = {"skipped": f"no bench/{candidates[0][0]}.py yet"}
+            continue
+        module, args = present[0]
+        log(f"· {scenario}: python -m bench.{module} {' '.join(args)}")
+        results["scenarios"][scenario] = run_extra(module, args)
     results["run"]["loadavg_end"] = list(os.getloadavg())
     results["run"]["seconds"] = round(time.time() - started, 1)
     results["rows"] = [row.as_dict() for row in rows(results)]
@@ -318,7 +325,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
                        baseline_name="relay"))
         out.append(Row("CPU per request, no broker: runner + stages", micro["total"]["stages"], "µs",
                        baseline=base, baseline_name="relay"))
-    for scenario, _ in EXTRA_SCENARIOS:
+    for scenario, _ in EXTRA_SCENARIOS + MORE_EXTRAS:
         if scenario in scenarios:
             out.extend(_extra_rows(scenario, scenarios[scenario]))
     return out
@@ -336,6 +343,8 @@ def _extra_rows(scenario: str, data: dict[str, Any]) -> list[Row]:
 
 
 def _git_head() -> str:
+    if os.environ.get("BENCH_COMMIT"):  # a run from an exported tree (git archive) names the commit it came from
+        return os.environ["BENCH_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
                               text=True, check=False).stdout.strip()
@@ -351,7 +360,10 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--rate-seconds", type=float, default=Options.rate_seconds)
     parser.add_argument("--layouts", default="1,6", help="processes per system: 1 and/or 6")
     parser.add_argument("--latency-layouts", default="1", help="layouts that also run scenario 3")
-    parser.add_argument("--no-extras", action="store_true", help="skip scenarios 4–7")
+    parser.add_argument("--no-extras", action="store_const", const="none", dest="extras", default="scenarios",
+                        help="skip other areas' benches (scenarios 4–7)")
+    parser.add_argument("--extras", choices=("none", "scenarios", "all"), default="scenarios",
+                        help="scenarios: 4–7 when their modules exist; all: every other area's bench too")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="a Settings override for both systems, e.g. --set producer_linger_ms=5")
@@ -365,7 +377,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
                    rates=tuple(float(r) for r in args.rates.split(",") if r),
                    rate_seconds=args.rate_seconds, layouts=tuple(int(x) for x in args.layouts.split(",") if x),
                    latency_layouts=tuple(int(x) for x in args.latency_layouts.split(",") if x),
-                   extras=not args.no_extras, out_dir=args.out, settings_overrides=overrides,
+                   extras=args.extras, out_dir=args.out, settings_overrides=overrides,
                    profile=args.profile, systems=tuple(args.systems.split(",")), micro=not args.no_micro)
 
 

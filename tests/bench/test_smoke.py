@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 async def test_harness_produces_every_figure(tmp_path: Path) -> None:
     opts = Options(requests=20, warmup=5, rates=(40.0,), rate_seconds=0.5, layouts=(0,), latency_layouts=(0,),
-                   extras=False, out_dir=tmp_path, systems=("relay", "shell"), micro_batch=5, micro_repeat=1)
+                   extras="none", out_dir=tmp_path, systems=("relay", "shell"), micro_batch=5, micro_repeat=1)
     results = await run_all(opts, log=lambda _line: None)
 
     relay = results["scenarios"]["1_physical_limit"]["0p"]

@@ -2,8 +2,9 @@
 
 At-least-once delivery means a crash between producing a batch and committing its offsets makes the next worker
 answer those requests again. The answer is the same (the audit stage and the ledger count each request once), but a
-consumer deserves to know it is a repeat: the runner asks this memory before publishing responses and marks
-``replay=True`` for ids it has seen; it records the ids once the responses are acknowledged, before the commit.
+consumer deserves to know it is a repeat: the runner asks this memory before publishing responses, marks
+``replay=True`` for ids it has seen, and records the batch's ids before publishing them — so every second delivery
+is marked (a crash before the acks can mark a first delivery too, the safe side of the trade).
 
 A missing or unreachable Redis never blocks a response: the marker then reports nothing as seen.
 """

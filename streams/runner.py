@@ -271,7 +271,14 @@ class StageRunner:
             stamp.finished_at_ns = finished_ns
         onward = (*outputs, *passing, *unanswered)
         answering = [env.request_id for env in onward if env.terminal and not env.responded]
-        self._replayed = await self.replays.seen(answering) if answering else set()
+        if answering:
+            self._replayed = await self.replays.seen(answering)
+            # Remembered before the responses go out, so any response that can be seen twice is marked on its second
+            # delivery. The price: a crash between here and the acks marks the only delivery as a replay too —
+            # a harmless "you may have seen this" rather than an unmarked duplicate.
+            await self.replays.remember(answering)
+        else:
+            self._replayed = set()
         for i, env in enumerate(onward, start=1):
             if i % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)
@@ -283,9 +290,6 @@ class StageRunner:
                     metrics.BUDGET_VIOLATIONS.labels(env.tier.value, self.stage).inc()
             self._forward(env, finished_ns, result)
         await self.publisher.flush()
-        if answering:
-            # After the acknowledgements and before the commit: a redelivery of this batch is marked as a replay.
-            await self.replays.remember(answering)
         metrics.STAGE_EVENTS.labels(self.stage).inc(result.consumed)
         metrics.STAGE_SERVICE_SECONDS.labels(self.stage).observe((finished_ns - started_ns) / 1e9)
         queue_seconds = metrics.STAGE_QUEUE_SECONDS.labels(self.stage)  # one label lookup per batch, not per event

@@ -62,7 +62,10 @@ async def test_cost_per_resolved_task_and_reprice(settings: Settings, tmp_path: 
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             snapshot = await fetch_snapshot(f"http://127.0.0.1:{port}", window="day")
-            if sum(r.requests for r in snapshot.rows) == 7 and sum(o.tasks for o in snapshot.outcomes) == 4:
+            decided = {(o.tenant, o.outcome) for o in snapshot.outcomes}
+            # outcome events are a second stream: wait until they are applied too, not only the tasks' costs
+            if (sum(r.requests for r in snapshot.rows) == 7 and sum(o.tasks for o in snapshot.outcomes) == 4
+                    and decided >= {("acme", "resolved"), ("acme", "failed"), ("globex", "resolved")}):
                 break
             await asyncio.sleep(0.1)  # polling the worker's table until it has counted the data set
         outcomes = {(o.tenant, o.outcome): o for o in snapshot.outcomes}

@@ -27,6 +27,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from streams.runner import KafkaPublisher, OffsetCommitter, consumer_options, new_producer
 from streams.settings import Settings
+from streams.worker import tune_gc
 
 HOPS = 6
 
@@ -102,6 +103,7 @@ async def run_relay(settings: Settings, hops: list[int], *, stop: asyncio.Event 
     await ensure_relay_topics(settings)
     producer = new_producer(settings)  # one producer per process, shared by its hops, as run_workers does
     await producer.start()
+    tune_gc()  # the same runtime tuning as a tollway worker
     try:
         tasks = [asyncio.create_task(relay_hop(settings, hop, producer, stop), name=f"relay-r{hop}")
                  for hop in hops]

@@ -86,7 +86,8 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     for row in results["rows"]:
         value = f"{_fmt(row['value'])} {row['unit']}".strip() if row["value"] is not None else row.get("note", "")
-        baseline = f"{_fmt(row['baseline'])} ({row['baseline_name']})" if row["baseline"] is not None else "–"
+        baseline = "–" if row["baseline"] is None else _fmt(row["baseline"]) + (
+            f" ({row['baseline_name']})" if row["baseline_name"] else "")
         ratio = f"{row['ratio']:.2f}×" if row["ratio"] is not None else "–"
         verdict = {True: "✅", False: "❌", None: ""}[row["pass"]]
         note = f" {row['note']}" if row["note"] and row["value"] is not None else ""

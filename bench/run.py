@@ -167,6 +167,7 @@ async def _open_loop(system: System, collector: Collector, loader: Loader, opts:
     if response_ms:
         result["to_response"] = percentiles(response_ms)
         result["model_service"] = percentiles(model_ms)
+        result["stages"] = _stage_profile(collector, system.responses, list(scheduled)) if system.responses else {}
     return result
 
 

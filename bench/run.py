@@ -2,12 +2,16 @@
 
 1. physical limit   the raw relay (bench/relay.py): req/s through six hops, closed loop (a burst of N requests);
 2. max throughput   the six-stage pipeline, same N, same broker, model latency 0 — target ≥ 0.5× the relay, in one
-                    process and in one process per stage (each against the relay in the same layout);
+                    process and in one process per stage (each against the relay in the same layout); next to it
+                    the same runners with pass-through stages (bench/passthrough.py), to tell the shell's cost from
+                    the stages', and the CPU per record of each without the broker (bench/micro.py);
 3. overhead latency open loop at fixed rates: end-to-end (ingress → sixth hop's output) minus the model's service
                     time, p50/p99, next to the relay's — target p50 ≤ 10 ms and p99 ≤ 1.5× the relay's at 100 req/s;
 4–7.                cache, lanes, economics, memory: other areas' modules, run when present (see bench/__init__.py).
 
-Writes bench/results/latest.json and latest.md (and latest.png when matplotlib is importable).
+Every system runs in its own process(es) (bench/systems.py); the loader and the collector run here. CPU per request
+(the systems' own CPU time over the burst) is reported beside every throughput: on a shared machine it moves far less
+than wall-clock figures do. Writes bench/results/latest.json and latest.md (and latest.png with matplotlib).
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ MODEL_ZERO_LATENCY_ENV = {"TOLLWAY_MODEL_LATENCY_SCALE": "0"}
 
 @dataclass
 class Options:
-    requests: int = 10_000
+    requests: int = 20_000
     warmup: int = 300
     rates: tuple[float, ...] = (50.0, 100.0, 200.0)
     rate_seconds: float = 10.0

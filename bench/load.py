@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from schemas.envelope import Tier
 from streams.client import new_envelope
 from streams.codec import encode
 
-# Benign, distinct prompts: every request misses the cache and passes the policy, so each one does the full work.
+# Benign, distinct prompts: every request passes the policy and misses the cache, so each one does the full work.
 _VERBS = ("reset", "rotate", "export", "archive", "rename", "share", "restore", "audit", "migrate", "verify",
           "close", "merge", "upgrade", "downgrade", "pause", "resume", "transfer", "configure", "review", "update")
 _THINGS = ("API key", "workspace", "invoice", "report", "dashboard", "webhook", "team", "project", "dataset",
@@ -40,13 +41,25 @@ _WHO = ("", " for the finance team", " for a contractor", " as an administrator"
 BENCH_BUDGET_MS = 3_600_000
 
 
+_SYLLABLES = tuple(c + v for c in "bdfgklmnprstvz" for v in "aeiou")
+
+
+def _ticket(i: int, words: int = 4) -> str:
+    """Made-up words that differ from request to request: with them no two prompts of a run come closer than ~0.65
+    cosine under the hashing embedder (the templates alone reach the 0.88 semantic threshold), so every request
+    misses the cache and does the full work."""
+    digest = hashlib.blake2b(i.to_bytes(8, "big"), digest_size=3 * words).digest()
+    return " ".join("".join(_SYLLABLES[b % len(_SYLLABLES)] for b in digest[3 * k:3 * k + 3]) for k in range(words))
+
+
 def prompt(i: int) -> str:
+    index = i
     verb, i = _VERBS[i % len(_VERBS)], i // len(_VERBS)
     thing, i = _THINGS[i % len(_THINGS)], i // len(_THINGS)
     where, i = _WHERE[i % len(_WHERE)], i // len(_WHERE)
     ask, i = _ASK[i % len(_ASK)], i // len(_ASK)
     who = _WHO[i % len(_WHO)]
-    return f"{ask} {verb} the {thing}{who} {where}?"
+    return f"{ask} {verb} the {thing}{who} {where}? Ticket {_ticket(index)}."
 
 
 def request(run: str, i: int, *, tenant: str = "acme", prompt_index: int | None = None) -> tuple[str, bytes]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import re
 import unicodedata
 import zlib
@@ -86,23 +87,42 @@ def stem(word: str) -> str:
     return word
 
 
+@lru_cache(maxsize=1 << 14)
+def _stemmed(word: str) -> str:
+    return stem(word)
+
+
+@lru_cache(maxsize=1 << 14)
+def _word_features(word: str) -> tuple[tuple[str, float], ...]:
+    """A stemmed word's own features in the order they are added: the word, then (content words) its trigrams.
+
+    Words repeat across prompts far more than prompts do, so this and :func:`_bucket` are memoised; the vector is
+    exactly the one the uncached loop gives (same features, same order of accumulation)."""
+    weight = 0.1 if word in STOPWORDS else 1.0
+    feats = [("w:" + word, weight)]
+    if len(word) > 3 and word not in STOPWORDS:
+        padded = f"<{word}>"
+        feats.extend(("c:" + padded[i:i + 3], 0.15 * weight) for i in range(len(padded) - 2))
+    return tuple(feats)
+
+
+@lru_cache(maxsize=1 << 15)
+def _bucket(key: str) -> int:
+    return zlib.crc32(key.encode()) % _BUCKETS
+
+
 def _features(text: str) -> dict[str, float]:
-    words = [stem(w) for w in tokens(normalise_text(text))]
+    words = [_stemmed(w) for w in tokens(normalise_text(text))]
     feats: dict[str, float] = {}
     for word in words:
-        weight = 0.1 if word in STOPWORDS else 1.0
-        feats["w:" + word] = feats.get("w:" + word, 0.0) + weight
-        if len(word) > 3 and word not in STOPWORDS:
-            padded = f"<{word}>"
-            for i in range(len(padded) - 2):
-                key = "c:" + padded[i:i + 3]
-                feats[key] = feats.get(key, 0.0) + 0.15 * weight
+        for key, weight in _word_features(word):
+            feats[key] = feats.get(key, 0.0) + weight
     content = [w for w in words if w not in STOPWORDS]
     for left, right in itertools.pairwise(content):
         key = f"b:{left} {right}"
         feats[key] = feats.get(key, 0.0) + 0.5
     # Sub-linear term frequency: a word said five times is not five times as important.
-    return {k: float(np.sqrt(v)) for k, v in feats.items()}
+    return {k: math.sqrt(v) for k, v in feats.items()}
 
 
 @lru_cache(maxsize=4)
@@ -112,6 +132,20 @@ def _projection(dim: int) -> Vectors:
     signs = np.unpackbits(bits).reshape(_BUCKETS, dim).astype(np.float32)
     table: Vectors = (signs * 2.0 - 1.0) / np.float32(np.sqrt(dim))
     return table
+
+
+@lru_cache(maxsize=4096)
+def _unnormalised(text: str, dim: int) -> Vectors | None:
+    """One text's projected features. Memoised: the cache stage embeds a prompt to look it up and the post-process
+    stage embeds it again to fill the cache (in one process for the all-in-one worker), and repeats are common."""
+    feats = _features(text)
+    if not feats:
+        return None
+    buckets = np.fromiter(map(_bucket, feats), dtype=np.int64, count=len(feats))
+    weights = np.fromiter(feats.values(), dtype=np.float32, count=len(feats))
+    vector: Vectors = weights @ _projection(dim)[buckets]
+    vector.flags.writeable = False  # shared by every caller of the memo
+    return vector
 
 
 def l2_normalise(matrix: npt.NDArray[np.floating]) -> Vectors:
@@ -130,16 +164,11 @@ class HashingEmbedder:
     name: str = field(default="hashing-v1")
 
     def embed_sync(self, texts: list[str]) -> Vectors:
-        table = _projection(self.dim)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for row, text in enumerate(texts):
-            feats = _features(text)
-            if not feats:
-                continue
-            buckets = np.fromiter((zlib.crc32(k.encode()) % _BUCKETS for k in feats), dtype=np.int64,
-                                  count=len(feats))
-            weights = np.fromiter(feats.values(), dtype=np.float32, count=len(feats))
-            out[row] = weights @ table[buckets]
+            vector = _unnormalised(text, self.dim)
+            if vector is not None:
+                out[row] = vector
         return l2_normalise(out)
 
     async def embed(self, texts: list[str]) -> Vectors:

@@ -119,13 +119,19 @@ class RedisCacheStore:
             return
         try:
             async with self.client.pipeline(transaction=False) as pipe:
+                logs: set[str] = set()
                 for write, ttl in zip(writes, ttl_s, strict=True):
                     pipe.set(self.entry_key(write.tenant, write.key), write.entry.to_json(), ex=ttl)
                     fields: dict[Any, Any] = {"k": write.key, "s": write.scope, "p": write.entry.prompt,
                                               "x": write.entry.expires_at_ms, "v": _vector_bytes(write.vector)}
-                    pipe.xadd(self.log_key(write.tenant), fields, maxlen=LOG_MAXLEN, approximate=True)
-                    pipe.expire(self.log_key(write.tenant), max(ttl_s), gt=True)
-                    pipe.expire(self.log_key(write.tenant), max(ttl_s), nx=True)
+                    log_key = self.log_key(write.tenant)
+                    pipe.xadd(log_key, fields, maxlen=LOG_MAXLEN, approximate=True)
+                    logs.add(log_key)
+                # The log lives as long as its longest-lived entry: extended (GT), or set when it had no TTL (NX);
+                # once per tenant per batch, not per write.
+                for log_key in logs:
+                    pipe.expire(log_key, max(ttl_s), gt=True)
+                    pipe.expire(log_key, max(ttl_s), nx=True)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             raise BackendError(f"redis cache write failed: {exc}") from exc

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from functools import lru_cache
 
 from schemas.envelope import Message
 
@@ -21,8 +22,12 @@ REPLY_PRIMING_TOKENS = 3
 _LETTERS_PER_TOKEN = 6
 
 
+@lru_cache(maxsize=8192)
 def count_tokens(text: str) -> int:
-    """Token count of ``text``; 0 for the empty string."""
+    """Token count of ``text``; 0 for the empty string.
+
+    Memoised: one prompt is counted by the router, the difficulty estimate and the backend's usage, and roles and
+    system prompts repeat on every request."""
     total = 0
     for piece in _PIECES.findall(text):
         if len(piece) > _LETTERS_PER_TOKEN and piece[0].isalpha():
@@ -43,6 +48,8 @@ def count_message_tokens(messages: Iterable[Message | tuple[str, str]]) -> int:
 
 def truncate_to_tokens(text: str, max_tokens: int) -> str:
     """The longest prefix of ``text`` (cut at a piece boundary) whose count is at most ``max_tokens``."""
+    if count_tokens(text) <= max_tokens:
+        return text
     total = 0
     for match in _PIECES.finditer(text):
         piece = match.group()

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TextIO
 
 import numpy as np
 
@@ -267,18 +267,23 @@ def _status_mb(field_name: str) -> float:
 
 @dataclass
 class _FileLog:
-    """``read_log`` over a file of float32 vectors, building records the way ``RedisCacheStore.read_log`` does."""
+    """``read_log`` over files of float32 vectors and JSON-lines prompts, building records the way
+    ``RedisCacheStore.read_log`` does. Like Redis, it hands out one page at a time: the harness holds no more of the
+    log than a worker would receive (the prompts of 100k entries would add ~12 MB to the figure)."""
 
-    prompts: list[str]
+    prompts: TextIO
     vectors: BinaryIO
+    size: int
+    position: int = 0
 
     async def read_log(self, tenant: str, after: str, *, limit: int | None = None) -> tuple[list[LogRecord], str]:
         start = int(after)
-        stop = len(self.prompts) if limit is None else min(len(self.prompts), start + limit)
-        self.vectors.seek(start * 4 * EMBED.dim)
-        records = [LogRecord(hashlib.sha256(str(i).encode()).hexdigest(), "scope", self.prompts[i], 2**62,
-                             np.frombuffer(self.vectors.read(4 * EMBED.dim), dtype=np.float32))
+        assert start == self.position, "the mirror reads the log in order"
+        stop = self.size if limit is None else min(self.size, start + limit)
+        records = [LogRecord(hashlib.sha256(str(i).encode()).hexdigest(), "scope", json.loads(self.prompts.readline()),
+                             2**62, np.frombuffer(self.vectors.read(4 * EMBED.dim), dtype=np.float32))
                    for i in range(start, stop)]
+        self.position = stop
         return records, str(stop)
 
 
@@ -290,13 +295,10 @@ def rss_child(size: int, path: Path) -> None:
     """
     EMBED.embed_sync(["warm the projection table"])
     before = _status_mb("VmHWM")
-    prompts = json.loads(path.with_suffix(".json").read_text())
     mirror = SemanticMirror(EMBED.dim)
-    with path.open("rb") as vectors:
-        asyncio.run(mirror.refresh(_FileLog(prompts, vectors), "t"))  # type: ignore[arg-type]
-    del prompts
-    prompts = [diverse_prompt(random.Random(i)) for i in range(64)]
-    probe = EMBED.embed_sync(prompts[:64])
+    with path.open("rb") as vectors, path.with_suffix(".jsonl").open() as prompts:
+        asyncio.run(mirror.refresh(_FileLog(prompts, vectors, size), "t"))  # type: ignore[arg-type]
+    probe = EMBED.embed_sync([diverse_prompt(random.Random(i)) for i in range(64)])
     for start in range(0, 64, 32):
         mirror.search("t", ["scope"] * 32, probe[start:start + 32], k=3, threshold=THRESHOLD, now_ms=0)
     print(json.dumps({"entries": mirror.size("t"), "hwm_before_mb": round(before, 1),
@@ -307,7 +309,7 @@ def rss(work: Workload, size: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "vectors.f32"
         path.write_bytes(np.ascontiguousarray(work.vectors[:size], dtype=np.float32).tobytes())
-        path.with_suffix(".json").write_text(json.dumps(work.prompts[:size]))
+        path.with_suffix(".jsonl").write_text("".join(json.dumps(p) + "\n" for p in work.prompts[:size]))
         proc = subprocess.run([sys.executable, "-m", "bench.cache_bench", "--rss-child", str(size), str(path)],
                               cwd=ROOT, capture_output=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     result: dict[str, Any] = json.loads(proc.stdout.decode().splitlines()[-1])

@@ -1,8 +1,9 @@
 """Cache stage: exact and semantic answer cache; a hit skips the model.
 
 Lookup (``process``, between policy and model) for a whole batch: one ``MGET`` for the exact keys; for the misses,
-one embedding call, one log refresh per tenant and one batched vector search per (tenant, scope); each candidate at
-or above the threshold goes through the near-miss guard, the first that passes is read back from the store.
+one embedding call, one log refresh per tenant and one batched vector search per (tenant, scope); the candidates at
+or above the threshold are read from the store in one ``MGET`` (the mirror holds no prompts) and, best first, go
+through the near-miss guard on the entry's prompt: the first that passes is served.
 
 * Exact key = sha256(tenant, model class, normalised prompt, retrieval context chunk ids, the rest of the
   conversation, generation params). Semantic scope = the same without the prompt: a semantic hit needs the same
@@ -114,7 +115,7 @@ async def _lookup(lookups: list[tuple[Envelope, str]], ctx: CacheContext) -> Non
         return
     vectors = await ctx.embedder.embed([env.request.prompt for env, _ in misses])
     now_ms = ctx.clock.now_ns() // 1_000_000
-    chosen: list[tuple[int, str, float]] = []  # (position in misses, entry key, similarity)
+    wanted: list[tuple[int, str, float]] = []  # (position in misses, entry key, similarity), best first per miss
     by_tenant: dict[str, list[int]] = {}
     for position, (env, _) in enumerate(misses):
         by_tenant.setdefault(env.tenant, []).append(position)
@@ -124,26 +125,25 @@ async def _lookup(lookups: list[tuple[Envelope, str]], ctx: CacheContext) -> Non
             tenant, [scope_of(misses[p][0]) for p in positions], vectors[positions], k=ctx.candidates,
             threshold=min(_threshold(misses[p][0], ctx) for p in positions), now_ms=now_ms)
         for position, found in zip(positions, candidates, strict=True):
-            env = misses[position][0]
-            threshold = _threshold(env, ctx)
-            for candidate in found:
-                if candidate.similarity < threshold:
-                    break
-                reason = near_miss(env.request.prompt, candidate.prompt)
-                if reason is None:
-                    chosen.append((position, candidate.key, candidate.similarity))
-                    break
-                assert env.cache is not None
-                if not env.cache.rejected_near_miss:
-                    env.cache.rejected_near_miss = True
-                    env.cache.similarity = round(candidate.similarity, 4)
-                    metrics.NEAR_MISSES.labels(reason).inc()
-    if chosen:
-        found_entries = await ctx.store.get([(misses[p][0].tenant, key) for p, key, _ in chosen])
-        for (position, _, similarity), entry in zip(chosen, found_entries, strict=True):
-            if entry is not None:  # expired in Redis since the mirror saw it: still a miss
-                env, key = misses[position]
-                _serve(env, entry, key=key, kind="semantic", similarity=similarity)
+            threshold = _threshold(misses[position][0], ctx)
+            wanted.extend((position, c.key, c.similarity) for c in found if c.similarity >= threshold)
+    if not wanted:
+        return
+    # One read for every candidate: the guard needs a candidate's prompt, and the mirror keeps only vectors and
+    # keys (prompts of 100k entries would cost a worker tens of MB). Candidates are few: <= ctx.candidates a miss.
+    entries = await ctx.store.get([(misses[p][0].tenant, key) for p, key, _ in wanted])
+    for (position, _, similarity), entry in zip(wanted, entries, strict=True):
+        env, key = misses[position]
+        assert env.cache is not None
+        if entry is None or env.cache.outcome == "hit":  # expired in Redis since the mirror saw it, or served
+            continue
+        reason = near_miss(env.request.prompt, entry.prompt)
+        if reason is None:
+            _serve(env, entry, key=key, kind="semantic", similarity=similarity)
+        elif not env.cache.rejected_near_miss:
+            env.cache.rejected_near_miss = True
+            env.cache.similarity = round(similarity, 4)
+            metrics.NEAR_MISSES.labels(reason).inc()
     for env, _ in misses:
         if env.cache is not None and env.cache.outcome == "miss":
             metrics.LOOKUPS.labels("miss", "").inc()

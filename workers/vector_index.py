@@ -12,18 +12,23 @@ as int8 codes with a per-row scale for the scan. Deletions only clear a ``live``
   probes lists nearest-centroid first until ``probe_rows`` rows are covered, so one lookup scores at most
   ``probe_rows + list_size`` rows whatever the distribution.
 * A batch whose lists would together cover more than a quarter of the rows (``full_scan_factor``) scans every row
-  instead, in one blocked matrix product: cheaper per row than gathering lists (a batch of 32 at 10k rows).
+  instead, in one blocked matrix product: cheaper per row than probing lists (a batch of 32 at 10k rows).
 * Either way the ``k + shortlist`` best rows by int8 score are re-scored exactly from the stored rows, and only
   those exact scores are returned: the threshold and the near-miss guard downstream see exact similarities.
+
+Layout. Each inverted list owns its rows' int8 codes (and scales and row ids) contiguously, so a probe
+concatenates whole lists, ~1k rows at a time, straight into a float32 buffer for BLAS: no per-row gather (a random
+gather of 3k int8 rows cost more than converting and scoring them). The exact rows stay in row order, in fixed
+16k-row chunks: a full chunk never moves, so growing to 100k rows never briefly holds two copies of the matrix (a
+doubling array did: +60 MB of peak RSS at 100k float16 rows), and re-scoring fetches ~15 rows by id.
 
 Why this shape (measured with ``bench/cache_bench.py`` on 100k diverse prompts): the LSH shortlist it replaces
 degenerated on templated prompts (thousands of rows per bucket); a full float32 scan reads the whole matrix per
 query; numpy's float16→float32 conversion costs several ns per element here, so scanning float16 rows is slower
-than scanning float32, while int8 converts quickly and is a quarter of the bytes. The int8 scan goes through small
-reused buffers (a matrix is used by one thread: the stage's event loop). With lists of ≤ 128 rows and 3072 probed
-rows, recall@1 against exact float32 brute force is ≥ 0.99 on that workload (a top-1 within 1e-3 of the exact best
-counts: float16 rows and duplicate prompts make exact ties), and 1.0 where the exact best is above the cache
-threshold.
+than scanning float32, while int8 converts quickly and is a quarter of the bytes. With lists of ≤ 128 rows and
+3072 probed rows, recall@1 against exact float32 brute force is ≥ 0.99 on that workload (a top-1 within 1e-3 of the
+exact best counts: float16 rows and duplicate prompts make exact ties), and 1.0 where the exact best is above the
+cache threshold.
 
 :class:`MemoryVectorIndex` is the retrieval index: one matrix per tenant (a query never touches another tenant's
 rows), each row an :class:`IndexedChunk` with optional ACL labels and a residency region.
@@ -48,6 +53,8 @@ Rows = npt.NDArray[np.int64]
 
 PROBE_ROWS = 3072  # rows scored per query above brute_force_limit (see the module docstring)
 _BLOCK = 1024  # rows converted from int8 at a time (1 MB of float32: stays in the CPU cache)
+_CHUNK_ROWS = 16_384  # exact rows per storage chunk (8 MB of float16 at 256 dimensions)
+_FEW_ROWS = 32  # up to this many exact rows are fetched one by one (cheaper than grouping them by chunk)
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,93 @@ class VectorIndex(Protocol):
     def size(self, tenant: str) -> int: ...
 
 
+class _ChunkedRows:
+    """The exact rows in fixed-size chunks: a full chunk never moves, so growing copies at most one chunk.
+
+    One contiguous matrix grown by doubling briefly holds the old and the new copy (about 2x the matrix at 100k
+    rows); here the transient is at most one chunk, and the unused capacity is only the tail of the last chunk.
+    """
+
+    def __init__(self, dim: int, dtype: type[np.floating]) -> None:
+        self.dim = dim
+        self.dtype = dtype
+        self.chunks: list[npt.NDArray[np.floating]] = []
+        self.count = 0
+
+    def append(self, vectors: Vectors) -> None:
+        done = 0
+        while done < len(vectors):
+            chunk, at = divmod(self.count, _CHUNK_ROWS)
+            n = min(len(vectors) - done, _CHUNK_ROWS - at)
+            if chunk == len(self.chunks):
+                self.chunks.append(np.zeros((0, self.dim), dtype=self.dtype))
+            if at + n > len(self.chunks[chunk]):  # only the last chunk grows (doubling, up to _CHUNK_ROWS)
+                old = self.chunks[chunk]
+                grown = np.zeros((min(_CHUNK_ROWS, max(at + n, 2 * len(old), 256)), self.dim), dtype=self.dtype)
+                grown[:at] = old[:at]
+                self.chunks[chunk] = grown
+            self.chunks[chunk][at:at + n] = vectors[done:done + n]
+            self.count += n
+            done += n
+
+    def take(self, rows: Rows) -> Vectors:
+        """The rows as float32, in the order asked."""
+        if len(rows) <= _FEW_ROWS:
+            out = np.empty((len(rows), self.dim), dtype=np.float32)
+            for i, row in enumerate(rows.tolist()):
+                out[i] = self.chunks[row // _CHUNK_ROWS][row % _CHUNK_ROWS]
+            return out
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        chunk_of = rows // _CHUNK_ROWS
+        for chunk in np.unique(chunk_of).tolist():
+            inside = chunk_of == chunk
+            out[inside] = self.chunks[chunk][rows[inside] % _CHUNK_ROWS]
+        return out
+
+
+class _InvertedList:
+    """One list's row ids with their int8 codes and scales, contiguous so that a probe reads it without a gather.
+
+    ``rows``, ``codes`` and ``scales`` are exactly sized views of storage with some slack (1.5x growth: a list is
+    small, so the slack is too).
+    """
+
+    __slots__ = ("_stores", "codes", "rows", "scales")
+
+    def __init__(self, rows: Rows, codes: npt.NDArray[np.int8], scales: Vectors) -> None:
+        self._stores: tuple[Rows, npt.NDArray[np.int8], Vectors] = (rows, codes, scales)
+        self.rows, self.codes, self.scales = rows, codes, scales
+
+    @classmethod
+    def empty(cls, dim: int) -> _InvertedList:
+        return cls(np.zeros(0, dtype=np.int64), np.zeros((0, dim), dtype=np.int8), np.zeros(0, dtype=np.float32))
+
+    @property
+    def size(self) -> int:
+        return len(self.rows)
+
+    def append(self, rows: Rows, codes: npt.NDArray[np.int8], scales: Vectors) -> None:
+        used, size = self.size, self.size + len(rows)
+        stored_rows, stored_codes, stored_scales = self._stores
+        if size > len(stored_rows):
+            capacity = max(size, used + used // 2, 8)
+            stored_rows, stored_codes, stored_scales = self._stores = (
+                _regrown(stored_rows, used, capacity), _regrown(stored_codes, used, capacity),
+                _regrown(stored_scales, used, capacity))
+        stored_rows[used:size], stored_codes[used:size], stored_scales[used:size] = rows, codes, scales
+        self.rows, self.codes, self.scales = stored_rows[:size], stored_codes[:size], stored_scales[:size]
+
+    def part(self, members: npt.NDArray[np.bool_]) -> _InvertedList:
+        """A new, exactly sized list of the members selected by the mask."""
+        return _InvertedList(self.rows[members], self.codes[members], self.scales[members])
+
+
+def _regrown(old: npt.NDArray[Any], used: int, capacity: int) -> npt.NDArray[Any]:
+    new = np.zeros((capacity, *old.shape[1:]), dtype=old.dtype)
+    new[:used] = old[:used]
+    return new
+
+
 class VectorMatrix:
     """Growable matrix of unit rows with batched top-k search (see the module docstring)."""
 
@@ -103,17 +197,17 @@ class VectorMatrix:
         self.shortlist = shortlist  # extra rows per query re-scored exactly beyond the k asked for
         # A batch scans every row when its lists would cover more than 1/full_scan_factor of the matrix.
         self.full_scan_factor = full_scan_factor
-        self._vectors = np.zeros((capacity, dim), dtype=dtype)
-        self._codes = np.zeros((capacity, dim), dtype=np.int8)
-        self._scales = np.zeros(capacity, dtype=np.float32)
+        self._exact = _ChunkedRows(dim, dtype)
         self._live = np.zeros(capacity, dtype=bool)
         self.count = 0  # rows ever added (live or not)
-        self._lists: list[Rows] = []  # the inverted lists: rows nearest to each centroid
+        self._removed = 0  # remove() calls: while 0 every row is live and search skips the check
+        # Until the matrix is trained, one list without a centroid holds every row (in row order).
+        self._lists = [_InvertedList.empty(dim)]
         self._centroid_rows: list[Vectors] = []
         self._centroids = np.zeros((0, dim), dtype=np.float32)  # _centroid_rows stacked, rebuilt after splits
-        self._sizes = np.zeros(0, dtype=np.int64)  # len() of each list, rebuilt after every add
+        self._sizes = np.zeros(0, dtype=np.int64)  # size of each list, rebuilt after every add
         self._rng = np.random.default_rng(0x7011)
-        self._buffers: tuple[npt.NDArray[np.int8], Vectors] | None = None
+        self._buffer = np.empty((0, dim), dtype=np.float32)  # int8 codes converted for BLAS, reused
 
     @property
     def live_count(self) -> int:
@@ -122,96 +216,91 @@ class VectorMatrix:
     @property
     def list_count(self) -> int:
         """Inverted lists (0 while the matrix is small enough to scan whole)."""
-        return len(self._lists)
+        return len(self._centroid_rows)
 
     def list_sizes(self) -> npt.NDArray[np.int64]:
         return self._sizes.copy()
+
+    def list_rows(self) -> list[Rows]:
+        """The rows of each inverted list (a copy; for tests and diagnostics)."""
+        return [lst.rows.copy() for lst in self._lists] if self._centroid_rows else []
 
     # -- adding rows -------------------------------------------------------------------------------------------
 
     def add(self, vectors: Vectors) -> Rows:
         n = len(vectors)
-        if self.count + n > len(self._vectors):
-            self._grow(max(self.count + n, 2 * len(self._vectors)))
+        if self.count + n > len(self._live):
+            self._live = _regrown(self._live, self.count, max(self.count + n, 2 * len(self._live)))
         rows = np.arange(self.count, self.count + n, dtype=np.int64)
-        exact = np.asarray(vectors, dtype=np.float32)
         for start in range(0, n, _BLOCK):  # blocks keep the temporaries small: memory is the worker's budget
-            block, at = exact[start:start + _BLOCK], self.count + start
+            block = np.asarray(vectors[start:start + _BLOCK], dtype=np.float32)
             scales = (np.abs(block).max(axis=1) / 127).astype(np.float32)
-            self._vectors[at:at + len(block)] = block
-            self._scales[at:at + len(block)] = scales
-            self._codes[at:at + len(block)] = np.rint(np.divide(block, scales[:, None], out=np.zeros_like(block),
-                                                                where=scales[:, None] > 0))
+            codes = np.rint(np.divide(block, scales[:, None], out=np.zeros_like(block), where=scales[:, None] > 0)
+                            ).astype(np.int8)
+            self._exact.append(block)
+            block_rows = rows[start:start + _BLOCK]
+            if self._centroid_rows:
+                self._assign(block_rows, block, codes, scales)
+            else:
+                self._lists[0].append(block_rows, codes, scales)
         self._live[rows] = True
         self.count += n
-        if self._lists:
-            self._assign(rows, exact)
-        elif self.count > self.brute_force_limit:
+        if not self._centroid_rows and self.count > self.brute_force_limit:
             self._train()
         return rows
 
-    def _grow(self, capacity: int) -> None:
-        # np.zeros maps its pages lazily: the unused capacity costs no memory until rows land in it. (ndarray.resize
-        # would realloc in place but zero-fills, making all of the capacity resident at once.)
-        def grown(old: npt.NDArray[Any]) -> npt.NDArray[Any]:
-            new = np.zeros((capacity, *old.shape[1:]), dtype=old.dtype)
-            new[: self.count] = old[: self.count]
-            return new
-
-        self._vectors, self._codes = grown(self._vectors), grown(self._codes)
-        self._scales, self._live = grown(self._scales), grown(self._live)
-
-    def _exact_rows(self, rows: Rows) -> Vectors:
-        return self._vectors[rows].astype(np.float32)
-
     def _train(self) -> None:
         """First coarse quantizer: k-means on a sample, then every row to its nearest centroid, lists split to size."""
+        everything = self._lists[0]
         rows = np.arange(self.count, dtype=np.int64)
         lists = max(1, min(64, self.count // self.list_size))
         sample = rows if self.count <= 64 * self.list_size else np.sort(
             self._rng.choice(rows, 64 * self.list_size, replace=False))
-        self._centroid_rows = list(_kmeans(self._exact_rows(sample), lists, iterations=8, rng=self._rng))
+        self._centroid_rows = list(_kmeans(self._exact.take(sample), lists, iterations=8, rng=self._rng))
         self._centroids = np.stack(self._centroid_rows)
-        self._lists = [np.zeros(0, dtype=np.int64) for _ in range(lists)]
+        self._lists = [_InvertedList.empty(self.dim) for _ in range(lists)]
         for start in range(0, self.count, _BLOCK):  # blocks bound the float32 copy
-            block = rows[start:start + _BLOCK]
-            self._assign(block, self._exact_rows(block))
+            stop = min(self.count, start + _BLOCK)
+            self._assign(rows[start:stop], self._exact.take(rows[start:stop]), everything.codes[start:stop],
+                         everything.scales[start:stop])
 
-    def _assign(self, rows: Rows, vectors: Vectors) -> None:
-        nearest = np.concatenate([np.argmax(vectors[start:start + _BLOCK] @ self._centroids.T, axis=1)
-                                  for start in range(0, len(rows), _BLOCK)])  # blocks bound the score matrix
+    def _assign(self, rows: Rows, vectors: Vectors, codes: npt.NDArray[np.int8], scales: Vectors) -> None:
+        nearest = np.argmax(vectors @ self._centroids.T, axis=1)
         order = np.argsort(nearest, kind="stable")
         targets, starts = np.unique(nearest[order], return_index=True)
+        bounds = [*starts.tolist(), len(rows)]
         oversized = []
-        for target, group in zip(targets.tolist(), np.split(rows[order], starts[1:]), strict=True):
-            self._lists[target] = np.concatenate([self._lists[target], group])
-            if len(self._lists[target]) > self.list_size:
+        for target, lo, hi in zip(targets.tolist(), bounds, bounds[1:], strict=False):
+            members = order[lo:hi]
+            self._lists[target].append(rows[members], codes[members], scales[members])
+            if self._lists[target].size > self.list_size:
                 oversized.append(target)
         if oversized:
             while oversized:
                 self._split(oversized.pop(), oversized)
             self._centroids = np.stack(self._centroid_rows)
-        self._sizes = np.fromiter((len(r) for r in self._lists), dtype=np.int64, count=len(self._lists))
+        self._sizes = np.fromiter((lst.size for lst in self._lists), dtype=np.int64, count=len(self._lists))
 
     def _split(self, target: int, oversized: list[int]) -> None:
         """Bisect one list with 2-means on its rows; the new half becomes a new list."""
-        rows = self._lists[target]
-        points = self._exact_rows(rows)
+        whole = self._lists[target]
+        points = self._exact.take(whole.rows)
         centroids = _kmeans(points, 2, iterations=6, rng=self._rng)
         side = np.argmax(points @ centroids.T, axis=1).astype(bool)
         if side.all() or not side.any():  # identical rows cannot be told apart: cut the list in half instead
-            side = np.arange(len(rows)) >= len(rows) // 2
+            side = np.arange(whole.size) >= whole.size // 2
         self._centroid_rows[target] = centroids[0]
         self._centroid_rows.append(centroids[1])
-        self._lists[target] = rows[~side]
-        self._lists.append(rows[side])
+        self._lists[target] = whole.part(~side)
+        self._lists.append(whole.part(side))
         for index in (target, len(self._lists) - 1):
-            if len(self._lists[index]) > self.list_size:
+            if self._lists[index].size > self.list_size:
                 oversized.append(index)
 
     def remove(self, rows: Iterable[int]) -> None:
         for row in rows:
             self._live[row] = False
+            self._removed += 1
 
     # -- search ------------------------------------------------------------------------------------------------
 
@@ -229,58 +318,82 @@ class VectorMatrix:
         queries = np.asarray(queries, dtype=np.float32)
         # A big batch on a modest matrix: one blocked matrix product over every row costs less than each query
         # gathering its own lists (measured: a gathered row costs ~10x a row of a batched product).
-        if not self._lists or m * self.probe_rows >= self.full_scan_factor * self.count:
-            everything = np.arange(self.count, dtype=np.int64)
-            approx = np.empty((m, self.count), dtype=np.float32)
-            _, block = self._block_buffers()
-            for start in range(0, self.count, _BLOCK):
-                n = min(_BLOCK, self.count - start)
-                block[:n] = self._codes[start:start + n]
-                approx[:, start:start + n] = queries @ block[:n].T
-            approx *= self._scales[: self.count]
+        if not self._centroid_rows or m * self.probe_rows >= self.full_scan_factor * self.count:
+            rows, approx = self._scan(queries, self._lists)
             for i in range(m):
-                self._rescore(queries[i], everything, approx[i], k, allowed, i, scores_out[i], rows_out[i])
+                self._rescore(queries[i], rows, approx[i], k, allowed, i, scores_out[i], rows_out[i])
             return scores_out, rows_out
         # Lists are probed nearest centroid first until probe_rows rows are covered: the work per query is
         # bounded (at most probe_rows + list_size rows) whatever the distribution of the data.
-        order = np.argsort(-(queries @ self._centroids.T), axis=1)
-        probed = (np.cumsum(self._sizes[order], axis=1) < self.probe_rows).sum(axis=1) + 1
-        for i in range(m):
-            rows = np.concatenate([self._lists[j] for j in order[i, : probed[i]].tolist()])
-            self._rescore(queries[i], rows, self._approximate(rows, queries[i]), k, allowed, i, scores_out[i],
-                          rows_out[i])
+        for i, nearest in enumerate(self._nearest_lists(queries)):
+            rows, approx = self._scan(queries[i:i + 1], [self._lists[j] for j in nearest])
+            self._rescore(queries[i], rows, approx[0], k, allowed, i, scores_out[i], rows_out[i])
         return scores_out, rows_out
 
-    def _approximate(self, rows: Rows, query: Vectors) -> Vectors:
-        """int8 scores of ``rows``, a block at a time through reused buffers: no large temporaries, no page faults."""
-        approx = np.empty(len(rows), dtype=np.float32)
-        codes, block = self._block_buffers()
-        for start in range(0, len(rows), _BLOCK):
-            chunk = rows[start:start + _BLOCK]
-            n = len(chunk)
-            np.take(self._codes, chunk, axis=0, out=codes[:n])
-            block[:n] = codes[:n]
-            np.dot(block[:n], query, out=approx[start:start + n])
-        approx *= self._scales[rows]
-        return approx
+    def _nearest_lists(self, queries: Vectors) -> list[list[int]]:
+        """Per query, the lists nearest centroid first that together cover ``probe_rows`` rows.
 
-    def _block_buffers(self) -> tuple[npt.NDArray[np.int8], Vectors]:
-        if self._buffers is None:
-            self._buffers = (np.empty((_BLOCK, self.dim), dtype=np.int8), np.empty((_BLOCK, self.dim), np.float32))
-        return self._buffers
+        Only the best few centroids are sorted (a full argsort of ~1,300 scores per query costs more than the rest
+        of the ranking); when they do not cover ``probe_rows`` rows (tiny lists), every centroid is sorted.
+        """
+        scores = queries @ self._centroids.T
+        few = min(len(self._sizes), 4 * self.probe_rows // max(1, self.list_size) + 1)
+        if few < len(self._sizes):
+            best = np.argpartition(-scores, few - 1, axis=1)[:, :few]
+            best = np.take_along_axis(best, np.argsort(-np.take_along_axis(scores, best, axis=1), axis=1), axis=1)
+        else:
+            best = np.argsort(-scores, axis=1)
+        covered = np.cumsum(self._sizes[best], axis=1)
+        if (covered[:, -1] < self.probe_rows).any() and few < len(self._sizes):
+            best = np.argsort(-scores, axis=1)
+            covered = np.cumsum(self._sizes[best], axis=1)
+        probed = (covered < self.probe_rows).sum(axis=1) + 1
+        return [best[i, : probed[i]].tolist() for i in range(len(queries))]
+
+    def _scan(self, queries: Vectors, lists: Sequence[_InvertedList]) -> tuple[Rows, Vectors]:
+        """int8 scores of every row of ``lists`` for each query: (rows, ``(len(queries), rows)`` scores).
+
+        The codes are converted to float32 about ``_BLOCK`` rows at a time (whole lists, so one concatenate per
+        block) into a reused buffer, and BLAS scores the block while it is still in the CPU cache. A matrix is used
+        by one thread (the stage's event loop), so the buffer needs no lock.
+        """
+        rows = np.concatenate([lst.rows for lst in lists])
+        scales = np.concatenate([lst.scales for lst in lists])
+        views = [lst.codes for lst in lists]
+        if not self._centroid_rows:  # the one list of an untrained matrix, a block at a time
+            views = [views[0][start:start + _BLOCK] for start in range(0, len(rows), _BLOCK)]
+        ends = np.cumsum([len(view) for view in views])
+        # Block b takes the views that end in ((b-1)*_BLOCK, b*_BLOCK]: at most _BLOCK + the longest view - 1 rows.
+        cuts = (np.flatnonzero(np.diff((ends - 1) // _BLOCK)) + 1).tolist()
+        if len(self._buffer) < _BLOCK + self.list_size:
+            self._buffer = np.empty((_BLOCK + max(self.list_size, _BLOCK), self.dim), dtype=np.float32)
+        approx = np.empty((len(queries), len(rows)), dtype=np.float32)
+        lo = 0
+        for first, stop in zip([0, *cuts], [*cuts, len(views)], strict=True):
+            hi = int(ends[stop - 1])
+            block = self._buffer[: hi - lo]
+            np.concatenate(views[first:stop], out=block, casting="unsafe")
+            if len(queries) == 1:
+                np.dot(block, queries[0], out=approx[0, lo:hi])
+            else:
+                np.matmul(queries, block.T, out=approx[:, lo:hi])
+            lo = hi
+        approx *= scales
+        return rows, approx
 
     def _rescore(self, query: Vectors, rows: Rows, approx: Vectors, k: int,
                  allowed: npt.NDArray[np.bool_] | None, position: int, scores_out: Vectors, rows_out: Rows) -> None:
         """Keep the best ``k + shortlist`` rows by int8 score, score those exactly, write the top ``k``."""
-        keep = self._live[rows] if allowed is None else self._live[rows] & allowed[position, rows]
-        rows, approx = rows[keep], approx[keep]
+        if allowed is not None or self._removed:
+            keep = self._live[rows] if allowed is None else self._live[rows] & allowed[position, rows]
+            rows, approx = rows[keep], approx[keep]
         if len(rows) == 0:
             return
         width = min(len(rows), k + self.shortlist)
         if width < len(rows):
             best = np.argpartition(-approx, width - 1)[:width]
             rows = rows[best]
-        exact = self._exact_rows(rows) @ query
+        exact = self._exact.take(rows) @ query
         order = np.argsort(-exact, kind="stable")[:k]
         scores_out[: len(order)] = exact[order]
         rows_out[: len(order)] = rows[order]

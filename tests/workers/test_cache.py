@@ -192,3 +192,16 @@ async def test_failed_or_cached_answers_are_not_filled(make_envelope: MakeEnv, c
     failed.finish(Status.FAILED, code="model_error", stage="model")
     await _answer_and_fill(failed, ctx)
     assert store.entries == {}
+
+
+async def test_a_candidate_gone_from_the_store_falls_through_to_the_next(make_envelope: MakeEnv, ctx: CacheContext,
+                                                                         store: MemoryCacheStore) -> None:
+    first = _at_cache(make_envelope("How do I rotate my API key?"))
+    second = _at_cache(make_envelope("How do I rotate the API key?"))
+    await _answer_and_fill(first, ctx, "first")
+    await _answer_and_fill(second, ctx, "second")
+    del store.entries[(first.tenant, exact_key(first))]  # evicted by Redis; this process's mirror still has it
+
+    (hit,) = await cache.process([_at_cache(make_envelope("How can I rotate my API key"))], ctx)
+    assert hit.cache is not None and hit.cache.outcome == "hit" and hit.cache.kind == "semantic"
+    assert hit.answer == "second"

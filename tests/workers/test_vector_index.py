@@ -115,7 +115,7 @@ def test_every_row_is_in_exactly_one_list_of_bounded_size() -> None:
     matrix.add(data[:300])
     for row in data[300:]:  # one row at a time, as the mirror sees a busy tenant
         matrix.add(row[None, :])
-    members = np.concatenate(matrix._lists)
+    members = np.concatenate(matrix.list_rows())
     assert sorted(members.tolist()) == list(range(1500))
     assert matrix.list_sizes().max() <= 40 and matrix.list_sizes().sum() == 1500
 
@@ -171,3 +171,15 @@ def test_a_big_batch_scans_everything_and_agrees_with_the_lists() -> None:
     scores_scan, rows_scan = scan.search(queries, 3)
     np.testing.assert_array_equal(rows_lists, rows_scan)
     np.testing.assert_allclose(scores_lists, scores_scan, atol=1e-6)
+
+
+def test_rows_in_later_storage_chunks_are_found_and_scored_exactly() -> None:
+    rng = np.random.default_rng(7)
+    data = l2_normalise(rng.standard_normal((40_000, 16)))  # exact rows live in 16,384-row chunks
+    matrix = VectorMatrix(16, brute_force_limit=1000, list_size=512, probe_rows=40_000, full_scan_factor=np.inf)
+    for start in range(0, len(data), 9_000):
+        matrix.add(data[start:start + 9_000])
+    wanted = np.array([0, 16_383, 16_384, 32_768, 39_999])
+    scores, rows = matrix.search(data[wanted], 40)  # 40 rows re-scored: the grouped-by-chunk path too
+    assert (rows[:, 0] == wanted).all()
+    np.testing.assert_allclose(scores, np.einsum("ij,ikj->ik", data[wanted], data[rows]), atol=1e-6)

@@ -172,9 +172,19 @@ class ModelResult(_Model):
     latency_ms: float = 0.0
 
 
+class Evaluation(_Model):
+    """The online evaluators' verdicts on one sampled answer (``workers/evaluators.py``); None: not applicable."""
+
+    grounded_share: float | None = None  # share of the answer's sentences supported by the retrieved passages
+    grounded: bool | None = None  # grounded_share reached the configured minimum
+    structured_valid: bool | None = None  # only when the request asked for a response_format
+    refusal: bool | None = None  # the answer declines to help
+
+
 class PostprocessResult(_Model):
     actions: list[str] = Field(default_factory=list)
     structured_output_valid: bool | None = None
+    evaluation: Evaluation | None = None  # set when the request was sampled for evaluation
 
 
 class Outcome(_Model):

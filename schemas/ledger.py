@@ -50,6 +50,29 @@ class LedgerRow(_Model):
     denials: int = 0
     failures: int = 0
     deadline_misses: int = 0
+    # online evaluators: responses judged and passed per evaluator (a refusal is counted, not passed)
+    grounded_evaluated: int = 0
+    grounded_passed: int = 0
+    structured_evaluated: int = 0
+    structured_passed: int = 0
+    refusal_evaluated: int = 0
+    refusals: int = 0
+    slo_evaluated: int = 0
+    slo_passed: int = 0
+
+    @property
+    def cost_per_1k_requests_micros(self) -> int:
+        """``cost_micros × 1000 / requests`` rounded half up (0 without requests)."""
+        return (self.cost_micros * 2000 + self.requests) // (2 * self.requests) if self.requests else 0
+
+    def pass_rates(self) -> dict[str, float | None]:
+        """Share of judged responses that passed, per evaluator (None: none judged). No refusal is a pass."""
+        def rate(passed: int, judged: int) -> float | None:
+            return round(passed / judged, 4) if judged else None
+        return {"grounded": rate(self.grounded_passed, self.grounded_evaluated),
+                "structured_output": rate(self.structured_passed, self.structured_evaluated),
+                "no_refusal": rate(self.refusal_evaluated - self.refusals, self.refusal_evaluated),
+                "slo_met": rate(self.slo_passed, self.slo_evaluated)}
 
 
 class OutcomeRow(_Model):

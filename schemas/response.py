@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.envelope import SCHEMA_VERSION, Envelope, Status, Usage
+from schemas.envelope import SCHEMA_VERSION, Envelope, Evaluation, Status, Usage
 
 
 class HopSummary(BaseModel):
@@ -41,6 +41,8 @@ class Response(BaseModel):
     completed_at_ns: int = 0
     replay: bool = False  # true when this response repeats one already delivered (redelivery after a crash)
     task_id: str | None = None  # the task (agent run, ticket) the request belongs to: the ledger's cost per outcome
+    deadline_at_ns: int = 0  # the request's deadline: the ledger's "SLO met" is completed_at_ns <= deadline_at_ns
+    evaluation: Evaluation | None = None  # online evaluators' verdicts, when the request was sampled
 
     @classmethod
     def from_envelope(cls, env: Envelope, *, completed_at_ns: int) -> Response:
@@ -70,6 +72,8 @@ class Response(BaseModel):
             created_at_ns=env.created_at_ns,
             completed_at_ns=completed_at_ns,
             task_id=env.request.task_id,
+            deadline_at_ns=env.deadline_at_ns,
+            evaluation=env.postprocess.evaluation if env.postprocess else None,
         )
 
 

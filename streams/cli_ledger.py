@@ -1,6 +1,8 @@
 """`tollway ledger …` and `tollway outcome …` (registered by streams/cli.py).
 
     tollway ledger [--tenant T] [--window day|hour] [--json|--csv] [--source worker|topic]
+                                          cost per tenant × model × window, cost per 1k requests, the online
+                                          evaluators' pass rates, and cost per task outcome
     tollway ledger worker                 the Faust ledger worker (tables + web server on TOLLWAY_LEDGER_PORT)
     tollway ledger status                 recovery time, table sizes, positions of the running worker
     tollway ledger reconcile              ledger vs an independent read of the responses topic; exit 1 unless zero
@@ -57,17 +59,45 @@ def _when(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M")
 
 
+PASS_RATES = ("grounded", "structured_output", "no_refusal", "slo_met")
+
+
+def row_view(row: LedgerRow) -> dict[str, Any]:
+    """A row as printed by --json and --csv: its counters plus cost per 1k requests and the evaluators' pass rates."""
+    rates = row.pass_rates()
+    return {**row.model_dump(mode="json"), "cost_per_1k_requests_micros": row.cost_per_1k_requests_micros,
+            **{f"{name}_pass_rate": rates[name] for name in PASS_RATES}}
+
+
+def _rate(passed: int, judged: int) -> str:
+    return f"{100 * passed / judged:.1f}% of {judged}" if judged else "—"
+
+
 def ledger_table(rows: list[LedgerRow], title: str) -> Table:
     table = Table(title=title)
     for col in ("tenant", "model", "window start (UTC)", "requests", "tokens in", "cached in", "tokens out",
                 "cost µ$", "µ$ / 1k req", "cache hits", "saved µ$", "denied", "failed", "deadline"):
         table.add_column(col, justify="left" if col in ("tenant", "model", "window start (UTC)") else "right")
     for r in rows:
-        per_1k = (r.cost_micros * 1000 + r.requests // 2) // r.requests if r.requests else 0
         table.add_row(r.tenant, r.model, _when(r.window_start_ms), str(r.requests), str(r.input_tokens),
-                      str(r.cached_input_tokens), str(r.output_tokens), str(r.cost_micros), str(per_1k),
-                      str(r.cache_hits), str(r.saved_micros), str(r.denials), str(r.failures),
-                      str(r.deadline_misses))
+                      str(r.cached_input_tokens), str(r.output_tokens), str(r.cost_micros),
+                      str(r.cost_per_1k_requests_micros), str(r.cache_hits), str(r.saved_micros), str(r.denials),
+                      str(r.failures), str(r.deadline_misses))
+    return table
+
+
+def quality_table(rows: list[LedgerRow], title: str) -> Table:
+    """Cost per 1k requests next to the evaluators' pass rates: what a routing policy is tuned on."""
+    table = Table(title=title)
+    for col in ("tenant", "model", "window start (UTC)", "requests", "µ$ / 1k req", "grounded", "structured ok",
+                "no refusal", "SLO met"):
+        table.add_column(col, justify="left" if col in ("tenant", "model", "window start (UTC)") else "right")
+    for r in rows:
+        table.add_row(r.tenant, r.model, _when(r.window_start_ms), str(r.requests),
+                      str(r.cost_per_1k_requests_micros), _rate(r.grounded_passed, r.grounded_evaluated),
+                      _rate(r.structured_passed, r.structured_evaluated),
+                      _rate(r.refusal_evaluated - r.refusals, r.refusal_evaluated),
+                      _rate(r.slo_passed, r.slo_evaluated))
     return table
 
 
@@ -83,16 +113,20 @@ def outcome_table(rows: list[OutcomeRow]) -> Table:
 
 def _print_snapshot(snapshot: LedgerSnapshot, *, window: str, as_json: bool, as_csv: bool) -> None:
     if as_json:
-        sys.stdout.write(orjson.dumps(snapshot.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode() + "\n")
+        document = {**snapshot.model_dump(mode="json"), "rows": [row_view(row) for row in snapshot.rows]}
+        sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode()
+                         + "\n")
     elif as_csv:
         out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=list(LedgerRow.model_fields))
+        writer = csv.DictWriter(out, fieldnames=[*LedgerRow.model_fields, "cost_per_1k_requests_micros",
+                                                 *(f"{name}_pass_rate" for name in PASS_RATES)])
         writer.writeheader()
         for row in snapshot.rows:
-            writer.writerow(row.model_dump(mode="json"))
+            writer.writerow(row_view(row))
         sys.stdout.write(out.getvalue())
     else:
         console.print(ledger_table(snapshot.rows, f"cost ledger — tenant × model × {window}"))
+        console.print(quality_table(snapshot.rows, f"quality beside cost — evaluators' pass rates × {window}"))
         if snapshot.outcomes:
             console.print(outcome_table(snapshot.outcomes))
 

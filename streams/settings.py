@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     ledger_port: int = Field(default=6066, ge=1, le=65535)
     # Seen request ids are forgotten after this many days (a replayed response older than that would count again).
     ledger_dedup_days: int = Field(default=8, ge=1)
+    # Online evaluators (post-process): the share of requests evaluated (chosen by a hash of the request id), and
+    # the share of an answer's sentences the retrieved passages must support for it to count as grounded.
+    eval_sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
+    eval_grounded_min: float = Field(default=0.8, ge=0.0, le=1.0)
     # Retrieval and cache (issue 3). The embedder is "hashing" (offline, deterministic) or "openai" (any
     # OpenAI-compatible /v1/embeddings endpoint at embedding_url).
     embedder: Literal["hashing", "openai"] = "hashing"

@@ -34,6 +34,8 @@ async def open_context(settings: Settings, base: StageContext) -> AsyncIterator[
                                      publisher=base.publisher, topic_prefix=base.topic_prefix,
                                      redactor=PiiRedactor(), blocked_terms=settings.output_blocked_terms,
                                      max_answer_chars=settings.output_max_chars,
-                                     after_finish=(fill_cache, remember_turns))
+                                     after_finish=(fill_cache, remember_turns),
+                                     eval_sample_rate=settings.eval_sample_rate,
+                                     eval_grounded_min=settings.eval_grounded_min)
     finally:
         await memory_client.aclose()

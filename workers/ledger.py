@@ -35,10 +35,11 @@ from typing import Any
 import orjson
 import yaml
 
-from schemas.envelope import Status, Usage
+from schemas.envelope import Evaluation, Status, Usage
 from schemas.errors import ConfigError
 from schemas.ledger import LedgerRow, LedgerWindow, OutcomeRow, RepriceRow
 from schemas.response import Response
+from workers.evaluators import slo_met
 
 WINDOW_MS: dict[str, int] = {"hour": 3_600_000, "day": 86_400_000}
 NO_MODEL = "-"  # the model label of requests that never reached a model (denied, cache hits, failures)
@@ -59,6 +60,16 @@ class Counters:
     denials: int = 0
     failures: int = 0
     deadline_misses: int = 0
+    # Quality beside cost (workers/evaluators.py): how many responses each evaluator judged, and how many passed.
+    # Appended after the cost counters, so table values written before they existed still read (as zeros).
+    grounded_evaluated: int = 0
+    grounded_passed: int = 0
+    structured_evaluated: int = 0
+    structured_passed: int = 0
+    refusal_evaluated: int = 0
+    refusals: int = 0
+    slo_evaluated: int = 0
+    slo_passed: int = 0
 
     def __add__(self, other: Counters) -> Counters:
         return Counters(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
@@ -77,6 +88,8 @@ COUNTER_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Counters))
 def counters_of(response: Response) -> Counters:
     """What one terminal outcome adds to its cells."""
     status = response.status
+    verdicts = response.evaluation or Evaluation()
+    slo = slo_met(response)
     return Counters(
         requests=1,
         input_tokens=response.usage.input_tokens,
@@ -88,6 +101,14 @@ def counters_of(response: Response) -> Counters:
         denials=int(status is Status.DENIED),
         failures=int(status in (Status.FAILED, Status.DEAD_LETTERED)),
         deadline_misses=int(status is Status.DEADLINE_EXCEEDED),
+        grounded_evaluated=int(verdicts.grounded is not None),
+        grounded_passed=int(verdicts.grounded is True),
+        structured_evaluated=int(verdicts.structured_valid is not None),
+        structured_passed=int(verdicts.structured_valid is True),
+        refusal_evaluated=int(verdicts.refusal is not None),
+        refusals=int(verdicts.refusal is True),
+        slo_evaluated=int(slo is not None),
+        slo_passed=int(slo is True),
     )
 
 

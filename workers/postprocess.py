@@ -6,6 +6,10 @@ answer is refused, ``denied`` / ``output_blocked``); structured output when ``re
 JSON that is too long fails instead, since cutting it would break it). Then ``finish(OK | CACHE_HIT)``: the runner
 publishes the response to ``<prefix>.responses`` and ``reply_to``, and forwards the request to audit.
 
+Online evaluation: a sampled request (``eval_sample_rate``, by request id) gets the evaluators' verdicts
+(:mod:`workers.evaluators`) on ``postprocess.evaluation`` whatever its outcome here, and the response carries them
+to the ledger.
+
 Hook point: ``PostprocessContext.after_finish`` coroutines run on the batch's finished answers (cache fill,
 conversation-memory append are wired there by the stage shell); a failing hook is logged, never fails a response.
 """
@@ -19,7 +23,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from schemas.envelope import Envelope, PostprocessResult, Status
-from workers import structured_output
+from workers import evaluators, structured_output
 from workers.context import StageContext
 from workers.redaction import BasicRedactor, Redactor
 
@@ -35,6 +39,8 @@ class PostprocessContext(StageContext):
     blocked_terms: tuple[str, ...] = ()
     max_answer_chars: int = 32_000
     after_finish: tuple[FinishHook, ...] = ()
+    eval_sample_rate: float = 1.0
+    eval_grounded_min: float = 0.8
 
     @cached_property
     def blocked_pattern(self) -> re.Pattern[str] | None:
@@ -90,6 +96,8 @@ async def process(batch: list[Envelope], ctx: StageContext) -> list[Envelope]:
         topic_prefix=ctx.topic_prefix)
     for env in batch:
         guard(env, pctx)
+        if env.postprocess is not None and evaluators.sampled(env.request_id, pctx.eval_sample_rate):
+            env.postprocess.evaluation = evaluators.evaluate(env, grounded_min=pctx.eval_grounded_min)
     answered = [env for env in batch if env.outcome and env.outcome.status in (Status.OK, Status.CACHE_HIT)]
     for hook in pctx.after_finish:
         try:

@@ -222,3 +222,31 @@ def test_reprice_old_vs_new_per_tenant_and_window_range() -> None:
     assert (by_tenant["globex"].old_cost_micros, by_tenant["globex"].new_cost_micros) == (5, 2_000)
     assert by_tenant["globex"].delta_micros == 1_995
     assert sum(r.cost_micros for r in version.rows(window="day")) == 5_000
+
+
+def test_evaluations_are_aggregated_beside_cost() -> None:
+    from schemas.envelope import Evaluation
+
+    agg = Aggregator.empty()
+    verdicts = [Evaluation(grounded_share=1.0, grounded=True, refusal=False, structured_valid=True),
+                Evaluation(grounded_share=0.5, grounded=False, refusal=False),
+                Evaluation(refusal=True),
+                None]  # not sampled: judged by none of the content evaluators
+    for i, verdict in enumerate(verdicts):
+        late = i == 1  # completed after its deadline
+        agg.add(response(f"q{i}", cost=250).model_copy(update={
+            "evaluation": verdict, "deadline_at_ns": T0 + (0 if late else 10**9)}))
+    agg.add(response("q0", cost=999).model_copy(update={"evaluation": verdicts[2]}))  # a replay: ignored
+    (row,) = agg.rows()
+    assert (row.requests, row.cost_micros, row.cost_per_1k_requests_micros) == (4, 1000, 250_000)
+    assert (row.grounded_evaluated, row.grounded_passed) == (2, 1)
+    assert (row.structured_evaluated, row.structured_passed) == (1, 1)
+    assert (row.refusal_evaluated, row.refusals) == (3, 1)
+    assert (row.slo_evaluated, row.slo_passed) == (4, 3)
+    assert row.pass_rates() == {"grounded": 0.5, "structured_output": 1.0, "no_refusal": 0.6667, "slo_met": 0.75}
+
+
+def test_cell_values_written_before_the_quality_counters_still_read() -> None:
+    legacy = [7, 1, 10, 2, 5, 100, 0, 0, 0, 0, 0]  # [watermark, *the ten cost counters]
+    assert Counters.from_list(legacy[1:]) == Counters(requests=1, input_tokens=10, cached_input_tokens=2,
+                                                      output_tokens=5, cost_micros=100)

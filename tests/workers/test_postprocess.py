@@ -124,3 +124,23 @@ def test_validator_types() -> None:
     assert structured_output.validate(None, {"type": ["string", "null"]}) is None
     assert structured_output.validate([1, "a"], {"type": "array", "items": {"type": "integer"}}) == \
         "$[1]: expected integer, got string"
+
+
+async def test_sampled_answers_carry_the_evaluators_verdicts(make_envelope: MakeEnvelope) -> None:
+    from schemas.envelope import Passage, RetrievalResult
+
+    env = answered(make_envelope, "Refunds are paid within 5 business days [refunds].")
+    env.retrieval = RetrievalResult(passages=[Passage(doc_id="refunds", score=0.9,
+                                                      text="Refunds are paid within 5 business days.")])
+    evaluation = (await run(env)).postprocess.evaluation  # type: ignore[union-attr]
+    assert evaluation is not None
+    assert (evaluation.grounded, evaluation.refusal, evaluation.structured_valid) == (True, False, None)
+    skipped = await run(answered(make_envelope, "Refunds take 5 days."), eval_sample_rate=0.0)
+    assert skipped.postprocess is not None and skipped.postprocess.evaluation is None
+
+
+async def test_invalid_structured_output_is_evaluated_too(make_envelope: MakeEnvelope) -> None:
+    env = await run(answered(make_envelope, "no json here at all", {"type": "json_object"}))
+    assert env.outcome is not None and env.outcome.code == "structured_output_invalid"
+    assert env.postprocess is not None and env.postprocess.evaluation is not None
+    assert env.postprocess.evaluation.structured_valid is False

@@ -1,0 +1,117 @@
+"""Online evaluators: groundedness, structured output, refusals, SLO met, and the sampling decision."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from schemas.envelope import (
+    Envelope,
+    Evaluation,
+    GenerationParams,
+    Passage,
+    PostprocessResult,
+    RetrievalResult,
+    Status,
+)
+from schemas.response import Response
+from workers import evaluators
+
+MakeEnvelope = Callable[..., Envelope]
+REFUNDS = Passage(doc_id="refunds", score=0.8,
+                  text="Refunds are paid to the original card within 5 business days. Annual plans are prorated.")
+SSO = Passage(doc_id="sso", score=0.6, text="Single sign-on is configured under Settings, Security, SAML.")
+
+
+def test_every_sentence_supported_is_fully_grounded() -> None:
+    answer = "Refunds are paid to the original card within 5 business days [refunds]. Annual plans are prorated."
+    assert evaluators.grounded_share(answer, [REFUNDS, SSO]) == 1.0
+
+
+def test_an_invented_sentence_lowers_the_share() -> None:
+    answer = ("Refunds are paid to the original card within 5 business days. "
+              "Every customer also receives a free upgrade to the premium tier next month.")
+    assert evaluators.grounded_share(answer, [REFUNDS]) == 0.5
+
+
+def test_support_must_come_from_one_passage_and_stems_match() -> None:
+    # "refunded" ≈ "refund", "days" ≈ "day": inflection does not make a supported sentence unsupported.
+    assert evaluators.grounded_share("The refund is paid within 5 business days.", [REFUNDS]) == 1.0
+    # Half from each passage is not support: the sentence stitches two sources into a claim neither makes.
+    stitched = "Refunds to the card take business days under SAML security settings."
+    assert evaluators.grounded_share(stitched, [REFUNDS, SSO]) == 0.0
+
+
+def test_groundedness_does_not_apply_without_passages_or_claims() -> None:
+    assert evaluators.grounded_share("Refunds take 5 days.", []) is None
+    assert evaluators.grounded_share("Hello!", [REFUNDS]) is None
+
+
+def test_bullets_and_citations_are_not_words() -> None:
+    answer = "- Refunds are paid to the original card [refunds].\n- Annual plans are prorated [refunds]."
+    assert evaluators.answer_sentences(answer) == ["Refunds are paid to the original card .",
+                                                   "Annual plans are prorated ."]
+    assert evaluators.grounded_share(answer, [REFUNDS]) == 1.0
+
+
+@pytest.mark.parametrize("answer", [
+    "I'm sorry, but I can't help with that request.",
+    "I cannot provide legal advice.",
+    "As an AI language model, I do not have opinions.",
+    "I couldn't find a document that answers \"x\", so I can't give a grounded answer.",
+    "I won't share the admin password.",
+    "I must decline to answer this.",
+])
+def test_refusals_are_detected(answer: str) -> None:
+    assert evaluators.is_refusal(answer)
+
+
+@pytest.mark.parametrize("answer", [
+    "Refunds are paid within 5 days [refunds].",
+    "You can't reuse an old invoice number; create a credit note instead.",
+    "Sorry for the wait: your refund was paid on Monday.",
+    "Refunds take 5 days. " + "Details follow. " * 30 + "I can't help with that is what the old bot said.",
+])
+def test_answers_that_help_are_not_refusals(answer: str) -> None:
+    assert not evaluators.is_refusal(answer)
+
+
+def test_sampling_is_stable_and_close_to_the_rate() -> None:
+    ids = [f"req-{i}" for i in range(20_000)]
+    chosen = [rid for rid in ids if evaluators.sampled(rid, 0.25)]
+    assert 0.23 < len(chosen) / len(ids) < 0.27
+    assert chosen == [rid for rid in ids if evaluators.sampled(rid, 0.25)]
+    assert all(evaluators.sampled(rid, 1.0) for rid in ids[:100])
+    assert not any(evaluators.sampled(rid, 0.0) for rid in ids[:100])
+
+
+def test_evaluate_an_answered_envelope(make_envelope: MakeEnvelope) -> None:
+    env = make_envelope(params=GenerationParams(response_format={"type": "json_object"}))
+    env.retrieval = RetrievalResult(passages=[REFUNDS])
+    env.postprocess = PostprocessResult(structured_output_valid=True)
+    env.answer = "Refunds are paid to the original card within 5 business days."
+    assert evaluators.evaluate(env, grounded_min=0.8) == Evaluation(grounded_share=1.0, grounded=True,
+                                                                    structured_valid=True, refusal=False)
+    env.answer += " Premium customers get a bonus voucher with every refund request they file."
+    verdict = evaluators.evaluate(env, grounded_min=0.8)
+    assert (verdict.grounded_share, verdict.grounded) == (0.5, False)
+
+
+def test_evaluate_a_refused_structured_answer_judges_only_the_structure(make_envelope: MakeEnvelope) -> None:
+    env = make_envelope()
+    env.postprocess = PostprocessResult(structured_output_valid=False)
+    env.answer = None
+    assert evaluators.evaluate(env, grounded_min=0.8) == Evaluation(structured_valid=False)
+
+
+def _response(status: Status, *, completed: int, deadline: int) -> Response:
+    return Response(request_id="r", tenant="acme", status=status, completed_at_ns=completed, deadline_at_ns=deadline)
+
+
+def test_slo_met_is_answered_by_the_deadline() -> None:
+    assert evaluators.slo_met(_response(Status.OK, completed=10, deadline=10)) is True
+    assert evaluators.slo_met(_response(Status.DENIED, completed=5, deadline=10)) is True
+    assert evaluators.slo_met(_response(Status.OK, completed=11, deadline=10)) is False
+    assert evaluators.slo_met(_response(Status.DEADLINE_EXCEEDED, completed=5, deadline=10)) is False
+    assert evaluators.slo_met(_response(Status.OK, completed=5, deadline=0)) is None  # written before deadlines

@@ -19,7 +19,13 @@ Per request: cost (the model's ``cost_micros``, 0 for a cache hit); quality kept
 labelled tier answered, or a cache hit served an answer given to the *same meaning* by such a model. To know which
 entry a hit served, the harness tags each model answer with its request index before the cache stores it (the tag
 is not part of any figure; usage and cost are settled before it is added). A wrong hit is a hit whose entry answered
-another meaning (in this workload: a near miss served its neighbour's answer).
+another meaning (a near miss, or a new question, served a neighbour's answer).
+
+Targets (issue 10): >= 60 % cheaper than the baseline at >= 95 % quality, wrong hits <= 1 % of hits. The figures
+depend on the workload's assumptions (``DEFAULT_MIX``, ``DEFAULT_TIER_MIX`` and the families in
+``bench/economics_workload.py``), which is why the routing-only saving is reported beside the full one. ``--tune``
+sweeps the difficulty estimator's two thresholds on the tuning set (seed 1, never the measured seed 2026) and
+prints saving and quality per pair; the defaults in ``workers/difficulty.py`` are what the measured run uses.
 """
 
 from __future__ import annotations
@@ -103,6 +109,11 @@ class Outcome:
             "hits_by_kind": by_kind,
             "stale_tier_hits": sum(1 for s in hits if not s.wrong_hit and not s.quality),
             "near_misses": len(near), "near_misses_rejected_by_guard": sum(1 for s in near if s.rejected_near_miss),
+            # A rejection is a candidate above the similarity threshold that the guard refused: on a near miss a
+            # wrong hit avoided, on a repeat or paraphrase that then missed a hit lost (money, not quality).
+            "guard_rejections_by_kind": dict(Counter(s.ask.kind for s in self.served if s.rejected_near_miss)),
+            "hits_lost_to_guard": sum(1 for s in self.served
+                                      if s.rejected_near_miss and not s.hit and s.ask.kind in ("repeat", "paraphrase")),
             "model_calls": len(called),
             "routing_mix": {t: sum(1 for s in called if s.tier == t) for t in QUALITY_TIERS},
             "under_routed": len(under), "over_routed": len(over),
@@ -208,6 +219,9 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     reusable = work["kinds"].get("repeat", 0) + work["kinds"].get("paraphrase", 0)
     ideal_hit_rate = round(100 * reusable / work["requests"], 2)
     calls = max(1, toll["model_calls"])
+    rejected = toll["guard_rejections_by_kind"]
+    near_stopped = rejected.get("near_miss", 0)
+    avoided = near_stopped + rejected.get("new", 0)  # a new question's meaning is in no cache entry of its tenant
     mix = " / ".join(f"{t} {100 * toll['routing_mix'][t] / calls:.1f} %" for t in QUALITY_TIERS)
     under = ", ".join(f"{k} {v}" for k, v in list(toll["under_routed_by_family"].items())[:4])
     synthetic = f"synthetic labelled workload, seed {work['seed']}, {work['requests']} requests"
@@ -216,7 +230,7 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
          "baseline": large["cost_per_1k_usd"], "baseline_name": f"always {BASELINE_MODEL}, no cache",
          "ratio": round(cost_ratio, 4), "target": "<= 0.40 x baseline", "pass": cost_ratio <= 0.40,
          "note": synthetic},
-        {"figure": "cost saving vs always the most capable model", "value": saving, "unit": "%", "baseline": 0.0,
+        {"figure": "cost saving vs always the most capable model", "value": saving, "unit": "%", "baseline": None,
          "ratio": None, "target": ">= 60 %", "pass": saving >= 60.0,
          "note": f"routing alone (no cache) saves {routing_saving} % at {routing['quality_retained_pct']} % quality"},
         {"figure": "quality retained (sufficient tier, or a correct cache hit)", "value": toll["quality_retained_pct"],
@@ -227,8 +241,10 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                  + (f" ({under})" if under else "")},
         {"figure": "wrong cache hits, share of hits", "value": toll["wrong_hits_pct_of_hits"], "unit": "%",
          "baseline": None, "ratio": None, "target": "<= 1 %", "pass": toll["wrong_hits_pct_of_hits"] <= 1.0,
-         "note": f"{toll['wrong_hits']} of {toll['hits']} hits; {toll['near_misses_rejected_by_guard']} of "
-                 f"{toll['near_misses']} near misses stopped by the guard"},
+         "note": f"{toll['wrong_hits']} of {toll['hits']} hits; the near-miss guard refused {avoided} candidates "
+                 f"above the similarity threshold that answered another meaning ({near_stopped} of "
+                 f"{toll['near_misses']} generated near misses, the rest of those scored below the threshold) and "
+                 f"{toll['hits_lost_to_guard']} repeats/paraphrases (hits lost)"},
         {"figure": "cache hit rate", "value": toll["hit_rate_pct"], "unit": "%", "baseline": ideal_hit_rate,
          "baseline_name": "share of repeats + paraphrases in the workload",
          "ratio": round(toll["hit_rate_pct"] / max(1e-9, ideal_hit_rate), 4), "target": None, "pass": None,
@@ -254,6 +270,8 @@ def print_summary(results: dict[str, Any]) -> None:
     print(f"   under-routed by family: {toll['under_routed_by_family']}")
     print(f"   hits by ask kind: {toll['hits_by_kind']}; cached answers of a too-small model reused: "
           f"{toll['stale_tier_hits']}")
+    print(f"   near-miss guard: rejections by ask kind {toll['guard_rejections_by_kind']}; repeats/paraphrases that "
+          f"missed because of it {toll['hits_lost_to_guard']}")
     for row in results["rows"]:
         verdict = {True: "PASS", False: "FAIL", None: ""}[row["pass"]]
         base = f" (baseline {row['baseline']})" if row["baseline"] is not None else ""
@@ -284,7 +302,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="end with one JSON line for bench/run.py")
     args = parser.parse_args()
     if args.tune:
-        grid = [(s, m) for s in (0.15, 0.2, 0.25, 0.3, 0.35) for m in (0.4, 0.45, 0.5, 0.55, 0.6)]
+        grid = [(s, m) for s in (0.1, 0.15, 0.2, 0.35) for m in (0.3, 0.4, 0.5, 0.6) if s < m]
         for row in asyncio.run(tune(args.requests, args.batch, grid)):
             print(json.dumps(row))
         return

@@ -1,19 +1,27 @@
-"""The cost ledger as a Faust app: changelog-backed tables fed by ``<prefix>.responses`` and ``<prefix>.outcomes``.
+"""The cost ledger as a Faust app: live tables fed by ``<prefix>.responses`` and ``<prefix>.outcomes``, checkpointed
+to changelog-backed Faust tables.
 
-    <prefix>.responses ──agent count──▶ seen   (request_id → [partition, offset, day])    dedup, expires by day
+    <prefix>.responses ──agent count──▶ seen   (request_id → [partition, offset, day])    in memory, dedup
                                       ├▶ cells  ([tenant, model, window, start, partition] → [watermark, *counters])
                                       └▶ tasks  ([tenant, task_id, partition] → [watermark, *counters])
-    <prefix>.outcomes  ──agent judge──▶ outcomes ([tenant, task_id] → [outcome, at_ns])
+                                           └─ every N records or T s per partition ─▶ Faust tables cells, tasks
+    <prefix>.outcomes  ──agent judge──▶ outcomes ([tenant, task_id] → [outcome, at_ns])      Faust table
 
-Every table write happens inside ``stream.events()`` iteration (Faust sends it to the changelog partition of the
-event being processed); the exactly-once argument — per-partition cells with offset watermarks, so any subset of
-writes lost to a kill -9 is repaired by the redelivered record — is in :mod:`workers.ledger`.
+Why checkpoints and not a table write per record: Faust replays a changelog at roughly 1,000–3,000 records/s here
+(its recovery handles each record through several tasks and queues), and a write per record meant one changelog
+record per request for ``seen`` (unique keys: compaction cannot shrink it) and three more for cells and tasks — a
+restart after 1M updates took tens of minutes. Now the changelogs hold only checkpoints (the cells and tasks changed
+since the last one, then a mark), and a restart (:meth:`LedgerApp.catch_up`) rebuilds ``seen`` from the keys of the
+responses topic with a plain consumer (~100k records/s) and re-applies, with the same :func:`apply_response`, only
+the records after each partition's checkpoint mark. The exactly-once argument is in :mod:`workers.ledger`.
 
-Tables use ``store="memory://"``: on start Faust rebuilds them by reading their changelog topics from the
-beginning (``bench/ledger_recovery.py`` measures how long that takes). The web server (started after recovery)
-answers ``GET /ledger/?tenant=acme&window=day`` with a :class:`~schemas.ledger.LedgerSnapshot` and
-``GET /ledger/status/`` with recovery time and table sizes. One ledger worker holds every partition; with several,
-each answers for the partitions it owns (not supported by the CLI yet).
+Checkpoint writes happen inside ``stream.events()`` iteration, so Faust sends them to the changelog partition of the
+event being processed — the partition every key written carries.
+
+The web server answers ``GET /ledger/?tenant=acme&window=day`` with a :class:`~schemas.ledger.LedgerSnapshot` of the
+live tables and ``GET /ledger/status/`` with recovery times and table sizes, once the tables are recovered and
+caught up. One ledger worker holds every partition; with several, each answers for the partitions it owns (not
+supported by the CLI yet).
 
 Faust does not create the source topics: :func:`streams.topics.ensure_topics` does, before the app starts.
 """
@@ -30,7 +38,7 @@ from typing import Any
 import faust
 import httpx
 import orjson
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from schemas.errors import BadEvent, ServiceUnavailable
@@ -44,11 +52,15 @@ from workers.ledger import (
     WINDOW_MS,
     Aggregator,
     Counters,
+    LiveTable,
     apply_outcome,
     apply_response,
+    checkpoint_writes,
+    claim_unreadable,
     event_time_ns,
     expired_seen,
     ledger_rows_from,
+    load_checkpoint,
     outcome_rows_from,
     totals_by_tenant,
     window_start_ms,
@@ -63,13 +75,22 @@ def app_id(settings: Settings) -> str:
 
 @dataclass
 class LedgerState:
-    """What the agents keep beside the tables (in memory, rebuilt from the tables after a restart)."""
+    """The live tables and what the agents keep beside them (rebuilt by :meth:`LedgerApp.catch_up` after a restart)."""
 
     started_at: float = field(default_factory=time.monotonic)
-    recovered_s: float | None = None
+    recovered_s: float | None = None  # start → changelogs recovered and responses caught up (ready to answer)
+    changelog_s: float | None = None  # of which: Faust's changelog recovery
+    catch_up_s: float | None = None  # of which: rebuilding seen and re-applying records after the checkpoints
+    caught_up_keys: int = 0
+    reapplied: int = 0
     recovered: asyncio.Event = field(default_factory=asyncio.Event)
-    positions: dict[int, int] = field(default_factory=dict)  # highest responses offset processed, per partition
-    positions_scanned: bool = False
+    seen: dict[str, Any] = field(default_factory=dict)
+    cells: LiveTable = field(default_factory=LiveTable)
+    tasks: LiveTable = field(default_factory=LiveTable)
+    positions: dict[int, int] = field(default_factory=dict)  # highest responses offset applied, per partition
+    since_checkpoint: dict[int, int] = field(default_factory=dict)  # records applied since the last checkpoint
+    checkpointed_at: dict[int, float] = field(default_factory=dict)
+    checkpoints: int = 0
     purged_day_ms: dict[int, int] = field(default_factory=dict)
     counted: int = 0
     duplicates: int = 0
@@ -79,20 +100,14 @@ class LedgerState:
 @dataclass
 class LedgerApp:
     app: faust.App
-    seen: Any
-    cells: Any
+    settings: Settings
+    cells: Any  # Faust tables: the checkpoints of the live cells and tasks
     tasks: Any
     outcomes: Any
     state: LedgerState
 
     def positions(self) -> dict[int, int]:
-        """Highest applied offset per responses partition; after a restart recovered from the tables' offsets."""
-        if not self.state.positions_scanned:
-            for partition, offset, _day in list(self.seen.values()):
-                self._bump(partition, offset)
-            for key, value in list(self.cells.items()):
-                self._bump(orjson.loads(key)[-1], value[0])
-            self.state.positions_scanned = True
+        """Highest applied offset per responses partition (what the live tables include, exactly)."""
         return dict(sorted(self.state.positions.items()))
 
     def _bump(self, partition: int, offset: int) -> None:
@@ -100,9 +115,84 @@ class LedgerApp:
             self.state.positions[partition] = offset
 
     def snapshot(self, *, tenant: str | None, window: str | None) -> LedgerSnapshot:
-        return LedgerSnapshot(rows=ledger_rows_from(self.cells, tenant=tenant, window=window),
-                              outcomes=outcome_rows_from(self.tasks, self.outcomes, tenant=tenant),
+        return LedgerSnapshot(rows=ledger_rows_from(self.state.cells, tenant=tenant, window=window),
+                              outcomes=outcome_rows_from(self.state.tasks, self.outcomes, tenant=tenant),
                               positions=self.positions())
+
+    def apply(self, partition: int, offset: int, key: bytes | None, value: bytes | None) -> Response | None:
+        """Apply one responses record to the live tables (records of a partition in offset order)."""
+        state = self.state
+        try:
+            response = decode_as(value, Response)
+        except BadEvent as exc:
+            state.bad += 1
+            log.warning("ledger skipped responses[%d]@%d: %s", partition, offset, exc)
+            if key:
+                claim_unreadable(state.seen, key.decode(errors="replace"), partition=partition, offset=offset,
+                                 day_ms=0)
+            self._bump(partition, offset)
+            return None
+        state.cells.partition = state.tasks.partition = partition
+        if apply_response(response, partition=partition, offset=offset, seen=state.seen, cells=state.cells,
+                          tasks=state.tasks):
+            state.counted += 1
+        else:
+            state.duplicates += 1
+        self._bump(partition, offset)
+        return response
+
+    def purge_expired(self, partition: int, at_ns: int) -> None:
+        """Forget seen ids older than the dedup retention, once per partition and day."""
+        state = self.state
+        today = window_start_ms(at_ns, "day")
+        if state.purged_day_ms.get(partition, -1) >= today:
+            return
+        state.purged_day_ms[partition] = today
+        before = today - self.settings.ledger_dedup_days * WINDOW_MS["day"]
+        for rid in expired_seen(state.seen, partition=partition, before_day_ms=before):
+            del state.seen[rid]
+
+    def reset(self) -> dict[int, int]:
+        """Live tables from the recovered checkpoints; returns each partition's checkpoint mark (cells and tasks)."""
+        state = self.state
+        state.seen.clear()
+        state.cells, state.tasks = LiveTable(), LiveTable()
+        state.positions.clear()
+        cell_marks, task_marks = load_checkpoint(self.cells, state.cells), load_checkpoint(self.tasks, state.tasks)
+        return {p: min(cell_marks.get(p, -1), task_marks.get(p, -1)) for p in cell_marks.keys() | task_marks.keys()}
+
+    async def catch_up(self, partitions: list[int]) -> None:
+        """Rebuild ``seen`` from the keys of the responses topic and re-apply what the checkpoints do not cover.
+
+        Reads each partition up to its end at call time; the agent then skips records at or below that position
+        (they are applied) and goes on from there.
+        """
+        started = time.monotonic()
+        marks = self.reset()
+        topic = topology(self.settings).responses
+        seen = self.state.seen
+        for partition, offset, key, value, timestamp_ms in await read_records(
+                self.settings, topic, partitions=partitions):
+            if offset > marks.get(partition, -1):
+                self.apply(partition, offset, key, value)
+                self.state.reapplied += 1
+                continue
+            rid = key.decode(errors="replace") if key is not None else _request_id_of(value)
+            if rid is not None and rid not in seen:
+                seen[rid] = [partition, offset, window_start_ms(timestamp_ms * 1_000_000, "day")]
+            self._bump(partition, offset)
+            self.state.caught_up_keys += 1
+        for partition in partitions:
+            self.state.positions.setdefault(partition, -1)
+        self.state.catch_up_s = time.monotonic() - started
+
+
+def _request_id_of(value: bytes | None) -> str | None:
+    """A keyless record's request id (the runner always keys responses by request id; others might not)."""
+    try:
+        return decode_as(value, Response).request_id
+    except BadEvent:
+        return None
 
 
 def create_app(settings: Settings, *, web_port: int | None = None) -> LedgerApp:
@@ -141,51 +231,55 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> LedgerApp:
         return app.Table(table_name, partitions=settings.partitions, schema=json_schema,
                          recovery_buffer_size=10_000, **extra)
 
-    # Kafka forgets seen ids after the retention too, so a restart does not resurrect what was purged in memory.
-    dedup_ms = settings.ledger_dedup_days * WINDOW_MS["day"]
-    seen = table("seen", extra_topic_configs={"cleanup.policy": "compact,delete", "retention.ms": str(dedup_ms)})
-    # Cells and tasks are rewritten on every request but have few keys; only their latest value matters (it
-    # carries the watermark), so compacting hourly segments keeps the restart's changelog replay short.
-    compacted = {"cleanup.policy": "compact", "segment.ms": str(WINDOW_MS["hour"]), "min.cleanable.dirty.ratio": "0.1"}
+    # Only a key's latest value matters (it carries its watermark; a mark its offset): small segments let the log
+    # cleaner compact all but the last minute of checkpoints, so a restart replays about one record per key.
+    compacted = {"cleanup.policy": "compact", "segment.ms": "60000", "min.cleanable.dirty.ratio": "0.1",
+                 "min.compaction.lag.ms": "0"}
     cells, tasks = table("cells", extra_topic_configs=compacted), table("tasks", extra_topic_configs=compacted)
     outcomes = table("outcomes")
-    ledger = LedgerApp(app=app, seen=seen, cells=cells, tasks=tasks, outcomes=outcomes, state=LedgerState())
+    ledger = LedgerApp(app=app, settings=settings, cells=cells, tasks=tasks, outcomes=outcomes, state=LedgerState())
     state = ledger.state
 
     @cells.on_recover  # type: ignore[untyped-decorator]
     async def _recovered() -> None:
-        if state.recovered_s is None:
-            state.recovered_s = time.monotonic() - state.started_at
-            log.info("ledger tables recovered in %.2f s: %d seen, %d cells, %d tasks, %d outcomes",
-                     state.recovered_s, len(seen), len(cells), len(tasks), len(outcomes))
+        # Runs before Faust resumes the agents' partitions, so the agent starts on caught-up tables.
+        state.recovered.clear()
+        state.changelog_s = time.monotonic() - state.started_at
+        partitions = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == topo.responses)
+        await ledger.catch_up(partitions)
+        state.recovered_s = time.monotonic() - state.started_at
+        log.info("ledger recovered in %.2f s (changelogs %.2f s, catch-up %.2f s: %d keys, %d re-applied): "
+                 "%d seen, %d cells, %d tasks, %d outcomes", state.recovered_s, state.changelog_s,
+                 state.catch_up_s or 0.0, state.caught_up_keys, state.reapplied, len(state.seen),
+                 len(state.cells), len(state.tasks), len(outcomes))
         state.recovered.set()
 
-    def purge_expired(partition: int, at_ns: int) -> None:
-        """Forget seen ids older than the dedup retention, once per partition and day."""
-        today = window_start_ms(at_ns, "day")
-        if state.purged_day_ms.get(partition, -1) >= today:
+    def maybe_checkpoint(partition: int, offset: int) -> None:
+        """Write the partition's changed cells and tasks, then its mark, every N records or T seconds."""
+        pending = state.since_checkpoint[partition] = state.since_checkpoint.get(partition, 0) + 1
+        now = time.monotonic()
+        if (pending < settings.ledger_checkpoint_records
+                and now - state.checkpointed_at.setdefault(partition, now) < settings.ledger_checkpoint_interval_s):
             return
-        state.purged_day_ms[partition] = today
-        for rid in expired_seen(seen, partition=partition, before_day_ms=today - dedup_ms):
-            del seen[rid]
+        for live, durable in ((state.cells, cells), (state.tasks, tasks)):
+            for key, value in checkpoint_writes(live, partition=partition, offset=offset):
+                durable[key] = value
+        state.since_checkpoint[partition] = 0
+        state.checkpointed_at[partition] = now
+        state.checkpoints += 1
 
     @app.agent(responses_topic)
     async def count(stream: Any) -> AsyncIterator[None]:
         # events(), not take(): a table can only be written while its event is the stream's current event.
         async for event in stream.events():
             partition, offset = event.message.partition, event.message.offset
-            try:
-                response = decode_as(event.value, Response)
-            except BadEvent as exc:
-                state.bad += 1
-                log.warning("ledger skipped %s[%d]@%d: %s", event.message.topic, partition, offset, exc)
+            if offset <= state.positions.get(partition, -1):
+                yield None  # applied already (by the catch-up, or before a redelivery)
                 continue
-            purge_expired(partition, event_time_ns(response))
-            if apply_response(response, partition=partition, offset=offset, seen=seen, cells=cells, tasks=tasks):
-                state.counted += 1
-            else:
-                state.duplicates += 1
-            ledger._bump(partition, offset)
+            response = ledger.apply(partition, offset, event.message.key, event.value)
+            if response is not None:
+                ledger.purge_expired(partition, event_time_ns(response))
+            maybe_checkpoint(partition, offset)
             yield None
 
     @app.agent(outcomes_topic)
@@ -206,13 +300,18 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> LedgerApp:
         window = request.query.get("window", "day")
         if window not in ("hour", "day", "all"):
             return web.json({"error": f"window must be hour, day or all, not {window!r}"}, status=400)
+        if not state.recovered.is_set():
+            return web.json({"error": "the ledger is still recovering"}, status=503)
         snapshot = ledger.snapshot(tenant=tenant, window=None if window == "all" else window)
         return web.bytes(orjson.dumps(snapshot.model_dump(mode="json")), content_type="application/json")
 
     @app.page("/ledger/status/")
     async def status_view(web: Any, request: Any) -> Any:
-        return web.json({"recovered_s": state.recovered_s, "seen": len(seen), "cells": len(cells),
-                         "tasks": len(tasks), "outcomes": len(outcomes), "counted": state.counted,
+        return web.json({"recovered_s": state.recovered_s if state.recovered.is_set() else None,
+                         "changelog_s": state.changelog_s, "catch_up_s": state.catch_up_s,
+                         "caught_up_keys": state.caught_up_keys, "reapplied": state.reapplied,
+                         "seen": len(state.seen), "cells": len(state.cells), "tasks": len(state.tasks),
+                         "outcomes": len(outcomes), "checkpoints": state.checkpoints, "counted": state.counted,
                          "duplicates": state.duplicates, "bad": state.bad, "positions": ledger.positions()})
 
     return ledger
@@ -246,51 +345,72 @@ def run_worker(settings: Settings, *, loglevel: str = "warn") -> None:
 
 
 # ------------------------------------------------------------------------------ without a ledger worker
-async def read_topic(settings: Settings, topic: str, *, upto: dict[int, int] | None = None,
-                     timeout_s: float = 60.0) -> list[tuple[int, int, bytes | None]]:
-    """Every record of ``topic`` from the beginning as ``(partition, offset, value)``, in offset order per partition:
-    up to the end offsets at call time, or up to ``upto[partition]`` inclusive (a partition missing there: none)."""
+Record = tuple[int, int, bytes | None, bytes | None, int]  # partition, offset, key, value, timestamp (ms)
+
+
+async def read_records(settings: Settings, topic: str, *, upto: dict[int, int] | None = None,
+                       partitions: list[int] | None = None, timeout_s: float = 60.0) -> list[Record]:
+    """Every record of ``topic`` (or of ``partitions``) from the beginning, in offset order per partition: up to the
+    end offsets at call time, or up to ``upto[partition]`` inclusive (a partition missing there: none).
+
+    ``timeout_s`` bounds a wait without progress, not the whole read (a large topic takes as long as it takes).
+    """
+    # Large fetches: this reader is for whole-topic scans (reconcile, restart catch-up), not latency.
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None,
-                                enable_auto_commit=False, auto_offset_reset="earliest")
+                                enable_auto_commit=False, auto_offset_reset="earliest",
+                                max_partition_fetch_bytes=16 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
     try:
         await asyncio.wait_for(consumer.start(), timeout_s)
     except (TimeoutError, KafkaError, OSError) as exc:
         await consumer.stop()
         raise ServiceUnavailable(f"Kafka is not reachable at {settings.bootstrap_servers}: {exc}") from exc
     try:
-        # Without a group, a subscription is assigned every partition once the metadata arrives.
+        # Without a group, a subscription is assigned every partition once the metadata arrives; then only the
+        # partitions asked for are assigned.
         consumer.subscribe([topic])
         for _ in range(int(timeout_s * 20)):  # aiokafka offers no event for "assigned" without a group
             if consumer.assignment():
                 break
             await asyncio.sleep(0.05)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        tps = sorted(consumer.assignment())
+        known = {tp.partition for tp in consumer.assignment()}
+        consumer.unsubscribe()
+        tps = [TopicPartition(topic, p) for p in sorted(known if partitions is None else set(partitions) & known)]
         if not tps:
             return []
+        consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         if upto is None:
             targets = {tp: end - 1 for tp, end in (await consumer.end_offsets(tps)).items()}
         else:
             targets = {tp: upto.get(tp.partition, -1) for tp in tps}
-        out: list[tuple[int, int, bytes | None]] = []
+        out: list[Record] = []
         pending = {tp for tp in tps if targets[tp] >= 0}
         for tp in set(tps) - pending:
             consumer.pause(tp)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         while pending:
             if loop.time() > deadline:
-                raise ServiceUnavailable(f"reading {topic} did not reach offsets {targets} in {timeout_s:.0f} s")
-            for tp, records in (await consumer.getmany(*pending, timeout_ms=200, max_records=10_000)).items():
-                for record in records:
-                    if record.offset <= targets[tp]:
-                        out.append((tp.partition, record.offset, record.value))
-                if records and records[-1].offset >= targets[tp]:
+                raise ServiceUnavailable(f"reading {topic} did not reach offsets {targets}: no progress in "
+                                         f"{timeout_s:.0f} s")
+            for tp, records in (await consumer.getmany(*pending, timeout_ms=200, max_records=100_000)).items():
+                deadline = loop.time() + timeout_s
+                target = targets[tp]
+                out.extend((tp.partition, r.offset, r.key, r.value, r.timestamp) for r in records
+                           if r.offset <= target)
+                if records and records[-1].offset >= target:
                     pending.discard(tp)
                     consumer.pause(tp)
         return out
     finally:
         await consumer.stop()
+
+
+async def read_topic(settings: Settings, topic: str, *, upto: dict[int, int] | None = None,
+                     timeout_s: float = 60.0) -> list[tuple[int, int, bytes | None]]:
+    """Every record of ``topic`` as ``(partition, offset, value)`` (see :func:`read_records`)."""
+    return [(p, o, value) for p, o, _key, value, _ts in await read_records(settings, topic, upto=upto,
+                                                                           timeout_s=timeout_s)]
 
 
 def decoded_responses(records: list[tuple[int, int, bytes | None]]) -> list[tuple[int, int, Response]]:
@@ -308,7 +428,13 @@ async def aggregate_topics(settings: Settings, *, upto: dict[int, int] | None = 
     await ensure_topics(settings)
     topo = topology(settings)
     agg = Aggregator.empty()
-    for partition, offset, response in decoded_responses(await read_topic(settings, topo.responses, upto=upto)):
+    for partition, offset, key, value, _ts in await read_records(settings, topo.responses, upto=upto):
+        try:
+            response = decode_as(value, Response)
+        except BadEvent:
+            if key:  # the first record of a request id decides, as in the worker (workers/ledger.py)
+                agg.add_unreadable(key.decode(errors="replace"), partition=partition, offset=offset)
+            continue
         agg.add(response, partition=partition, offset=offset)
     for _partition, _offset, value in await read_topic(settings, topo.outcomes):
         try:

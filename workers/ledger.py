@@ -4,8 +4,8 @@ Each response adds one :class:`Counters` to two cells (tenant × model × hour w
 tumbling, UTC, taken from the request's ``created_at_ns`` so a replayed response lands in the same cell) and, when
 the request carried a ``task_id``, to its task.
 
-**Counted once.** :func:`apply_response` works on three mutable mappings (Faust tables in the worker, dicts
-elsewhere) and is written so that *any* subset of its writes can be lost by a kill -9 and the redelivered record
+**Counted once.** :func:`apply_response` works on three mutable mappings (the ledger worker's tables, plain
+dicts elsewhere) and is written so that *any* subset of its writes can be lost by a kill -9 and the redelivered record
 repairs exactly what was lost:
 
 * every counter key includes the source partition, so a key is only ever written while processing its own
@@ -20,6 +20,18 @@ repairs exactly what was lost:
 So the order in which the seen and counter changelogs reach the broker does not matter. Either fixed order alone
 would be wrong: counters first then seen double-counts when only the counters survive; seen first then counters
 loses the request when only the seen mark survives. The watermark makes each write idempotent on its own.
+
+**Where the state lives** (``streams/ledger_app.py``): the worker keeps the tables live in memory
+(:class:`LiveTable`) and writes only *checkpoints* to the Faust changelogs: every cell and task written since the
+partition's last checkpoint, then the partition's checkpoint mark (:func:`checkpoint_writes`). The responses topic is
+the source of truth and the state a pure function of it, so after a restart the worker rebuilds ``seen`` from the
+topic's keys and re-applies the records after the checkpoint mark (:func:`apply_response` again — the watermarks make
+a record already in a checkpointed cell a no-op). A checkpoint mark that survived implies the cells written before it
+in the same changelog partition survived; any later, partial checkpoint is repaired by the same re-apply.
+
+**The first record of a request id decides**: when it cannot be decoded the request is reported as bad and not
+counted, and later records of that id are duplicates (:func:`claim_unreadable`). That keeps ``seen`` a function of
+the topic's keys alone, so rebuilding it never decodes a record.
 
 Tokens: ``input_tokens`` are the uncached prompt tokens and ``cached_input_tokens`` the prompt tokens served from a
 prompt cache (disjoint, as :class:`schemas.envelope.Usage` adds them).
@@ -178,6 +190,60 @@ def apply_response(response: Response, *, partition: int, offset: int, seen: Tab
     return True
 
 
+def claim_unreadable(seen: Table, request_id: str, *, partition: int, offset: int, day_ms: int) -> bool:
+    """An undecodable record still claims its request id when it is the id's first record (see the module doc)."""
+    if request_id in seen:
+        return False
+    seen[request_id] = [partition, offset, day_ms]
+    return True
+
+
+class LiveTable(dict[str, Any]):
+    """A table kept in memory that remembers, per partition, the keys written since that partition's last checkpoint.
+
+    Set :attr:`partition` before writing (keys always carry the partition of the record that wrote them).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.partition = 0
+        self.dirty: dict[int, set[str]] = {}
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.dirty.setdefault(self.partition, set()).add(key)
+
+
+CHECKPOINT = "@checkpoint"
+
+
+def checkpoint_key(partition: int) -> str:
+    return orjson.dumps([CHECKPOINT, partition]).decode()
+
+
+def is_checkpoint_key(key: str) -> bool:
+    return key.startswith(f'["{CHECKPOINT}"')
+
+
+def checkpoint_writes(live: LiveTable, *, partition: int, offset: int) -> list[tuple[str, Any]]:
+    """What a checkpoint of ``partition`` at ``offset`` writes to the changelog-backed table, in this order: every
+    key written since the last checkpoint, then the mark (so a surviving mark vouches for the writes before it)."""
+    writes = [(key, live[key]) for key in sorted(live.dirty.pop(partition, ()))]
+    writes.append((checkpoint_key(partition), [offset]))
+    return writes
+
+
+def load_checkpoint(table: Mapping[str, Any], live: LiveTable) -> dict[int, int]:
+    """Fill ``live`` from a recovered table; returns each partition's checkpoint mark (the last offset it covers)."""
+    marks: dict[int, int] = {}
+    for key, value in list(table.items()):
+        if is_checkpoint_key(key):
+            marks[orjson.loads(key)[1]] = value[0]
+        else:
+            dict.__setitem__(live, key, value)  # recovered, not dirty
+    return marks
+
+
 def apply_outcome(outcomes: Table, *, tenant: str, task_id: str, outcome: str, at_ns: int) -> bool:
     """Record a task's outcome; the latest ``at_ns`` wins, so redelivery and out-of-order arrival are harmless."""
     key = outcome_key(tenant, task_id)
@@ -266,6 +332,10 @@ class Aggregator:
         self.positions[partition] = max(self.positions.get(partition, -1), offset)
         return apply_response(response, partition=partition, offset=offset, seen=self.seen, cells=self.cells,
                               tasks=self.tasks)
+
+    def add_unreadable(self, request_id: str, *, partition: int, offset: int) -> bool:
+        self.positions[partition] = max(self.positions.get(partition, -1), offset)
+        return claim_unreadable(self.seen, request_id, partition=partition, offset=offset, day_ms=0)
 
     def rows(self, *, tenant: str | None = None, window: str | None = "day") -> list[LedgerRow]:
         return ledger_rows_from(self.cells, tenant=tenant, window=window)

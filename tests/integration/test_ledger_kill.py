@@ -27,7 +27,8 @@ from streams.topics import ensure_topics, topology
 # A kill -9 and a changelog recovery take minutes on a loaded 2-core machine: this runs in `make chaos`.
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
-FIRST, SECOND, REPLAYS = 500, 150, 50
+FIRST, SECOND, REPLAYS = 5_000, 1_500, 500
+CHECKPOINT_RECORDS = 200  # small, so the kill lands after some checkpoints and before others
 
 
 def free_port() -> int:
@@ -61,7 +62,8 @@ async def produce(settings: Settings, responses: list[Response]) -> None:
 
 def start_worker(settings: Settings, port: int, state_dir: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "TOLLWAY_TOPIC_PREFIX": settings.topic_prefix, "TOLLWAY_PARTITIONS": str(settings.partitions),
-           "TOLLWAY_LEDGER_PORT": str(port), "TOLLWAY_STATE_DIR": str(state_dir)}
+           "TOLLWAY_LEDGER_PORT": str(port), "TOLLWAY_STATE_DIR": str(state_dir),
+           "TOLLWAY_LEDGER_CHECKPOINT_RECORDS": str(CHECKPOINT_RECORDS)}
     return subprocess.Popen([sys.executable, "-m", "streams.cli", "ledger", "worker", "--loglevel", "warn"],
                             cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -97,11 +99,14 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 async def test_kill_9_mid_run_then_restart_reconciles_to_zero(settings: Settings, tmp_path: Path) -> None:
     await ensure_topics(settings)
     first = [make_response(i) for i in range(FIRST)]
-    await produce(settings, first)
     port = free_port()
     proc = start_worker(settings, port, tmp_path)
     try:
-        status = await wait_status(port, lambda s: s["counted"] >= 60, proc, timeout_s=60)
+        # Traffic arrives once the worker is up, so the agent (not the start-up catch-up) counts it.
+        await wait_status(port, lambda s: s["recovered_s"] is not None, proc, timeout_s=60)
+        await produce(settings, first)
+        status = await wait_status(port, lambda s: s["counted"] >= 600 and s["checkpoints"] >= 1, proc,
+                                   timeout_s=60)
         os.kill(proc.pid, signal.SIGKILL)  # mid-run: the worker is still counting the first batch
         proc.wait(10)
         assert status["counted"] < FIRST, "the kill should land mid-run"

@@ -35,6 +35,5 @@ def test_app_tables_are_namespaced_by_prefix(tmp_path: object) -> None:
     ledger = create_app(settings, web_port=1)
     assert app_id(settings) == "tunit-ledger"
     assert ledger.app.conf.id == "tunit-ledger"
-    assert {t.name for t in (ledger.seen, ledger.cells, ledger.tasks, ledger.outcomes)} == {
-        "seen", "cells", "tasks", "outcomes"}
-    assert ledger.seen.changelog_topic.get_topic_name() == "tunit-ledger-seen-changelog"
+    assert {t.name for t in (ledger.cells, ledger.tasks, ledger.outcomes)} == {"cells", "tasks", "outcomes"}
+    assert ledger.cells.changelog_topic.get_topic_name() == "tunit-ledger-cells-changelog"

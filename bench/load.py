@@ -62,14 +62,15 @@ def prompt(i: int) -> str:
     return f"{ask} {verb} the {thing}{who} {where}? Ticket {_ticket(index)}."
 
 
-def request(run: str, i: int, *, tenant: str = "acme", prompt_index: int | None = None) -> tuple[str, bytes]:
+def request(run: str, i: int, *, tenant: str = "acme", prompt_index: int | None = None,
+            tier: Tier = Tier.STANDARD) -> tuple[str, bytes]:
     """(request_id, envelope bytes) for request ``i`` of a run, created now.
 
     320,000 distinct prompts: give each phase of a run its own ``prompt_index`` range (and each run its own tenant)
     so that no request is answered from the cache a previous one filled.
     """
     request_id = f"{run}-{i}"
-    env = new_envelope(prompt(i if prompt_index is None else prompt_index), tenant=tenant, tier=Tier.STANDARD,
+    env = new_envelope(prompt(i if prompt_index is None else prompt_index), tenant=tenant, tier=tier,
                        budget_ms=BENCH_BUDGET_MS, request_id=request_id)
     return request_id, encode(env)
 
@@ -192,7 +193,7 @@ class Loader:
         return started_ns
 
     async def open_loop(self, topic: str, run: str, rate_per_s: float, duration_s: float, *, tenant: str = "acme",
-                        first_prompt: int = 0) -> dict[str, int]:
+                        first_prompt: int = 0, tier: Tier = Tier.STANDARD) -> dict[str, int]:
         """Send ``rate × duration`` requests on a fixed schedule; returns each id's scheduled send time (ns)."""
         count = max(1, round(rate_per_s * duration_s))
         scheduled: dict[str, int] = {}
@@ -203,7 +204,7 @@ class Loader:
             delay_s = (at_ns - time.time_ns()) / 1e9
             if delay_s > 0:
                 await asyncio.sleep(delay_s)
-            rid, value = request(run, i, tenant=tenant, prompt_index=first_prompt + i)
+            rid, value = request(run, i, tenant=tenant, prompt_index=first_prompt + i, tier=tier)
             scheduled[rid] = at_ns
             deliveries.append(await self.producer.send(topic, value, key=rid.encode()))
         await asyncio.gather(*deliveries)

@@ -1,0 +1,330 @@
+"""Scenario 5, priority lanes: interactive latency alone, and while a backfill floods the batch lane.
+
+    python -m bench.lanes_bench [--rate 30] [--seconds 20] [--rounds 2] [--flood 4000] [--latency-scale 1]
+                                [--processes 1] [--set lane_batch_quota=4] [--json]
+
+Method (one pipeline, one run, so every figure has its baseline beside it):
+
+* start the six-stage pipeline (bench/systems.py, ``tollway worker all`` by default) with the local model sleeping
+  the catalog's latency profile × ``--latency-scale``. The default 1 is the profile as written (a small model call
+  is ~0.2 s): lanes exist because a stage, above all the model, is busy; at scale 0 the model is free and a stage's
+  only cost is CPU, which no lane can give back on a shared 2-core machine;
+* warm it up with both tiers (every consumer group joined, every lane's partitions assigned);
+* then ``--rounds`` × (A, B):
+  A  interactive-tier requests at ``--rate`` req/s for ``--seconds`` (open loop, latency from the scheduled send);
+  B  first ``--flood`` batch-tier requests published as fast as the producer takes them to the batch ingress lane
+     (as ``tollway backfill`` publishes, minus its rate limit), then the same interactive open loop over the
+     backlog; afterwards the backlog is left to drain with interactive traffic idle before the next A;
+* interactive end-to-end latency = its audit record's arrival − its scheduled send; every request must come out
+  ``ok`` (a fresh tenant and distinct prompts: no cache hits, no budget or rate limit shared with anyone);
+* the figure: p99(B) / p99(A) over the pooled rounds, target ≤ 1.2×; each round's ratio is shown too (noise);
+* the backfill's throughput while interactive traffic flows (it must not be starved) next to its throughput once
+  interactive traffic stops, and the pipeline's CPU time next to every phase's wall time.
+
+The last line of stdout is the JSON result (bench/__init__.py); ``--json`` prints only that line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from bench.load import Collector, Loader, percentiles, request
+from bench.systems import System, cpu_seconds
+from schemas.envelope import Tier
+from streams.settings import Settings
+from streams.topics import topology
+
+TARGET_RATIO = 1.2
+FLOOD_DELAY_S = 1.0
+
+
+@dataclass
+class Options:
+    rate: float = 30.0
+    seconds: float = 20.0
+    rounds: int = 2
+    flood: int = 4000
+    latency_scale: float = 1.0
+    processes: int = 1
+    partitions: int = 4
+    warmup: int = 100
+    overrides: dict[str, str] = field(default_factory=dict)
+    quiet: bool = False
+
+
+@dataclass
+class Phase:
+    name: str  # "alone" | "flood"
+    round: int
+    latencies_ms: list[float]
+    statuses: dict[str, int]
+    missing: int
+    wall_s: float
+    cpu_s: float
+    stages: dict[str, dict[str, float]]
+    backfill: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {"phase": self.name, "round": self.round, "interactive": percentiles(self.latencies_ms),
+                "statuses": self.statuses, "missing": self.missing, "wall_s": round(self.wall_s, 2),
+                "cpu_s": round(self.cpu_s, 2), "cpu_cores": round(self.cpu_s / max(1e-9, self.wall_s), 2),
+                "stages": self.stages, **({"backfill": self.backfill} if self.backfill else {})}
+
+
+def _hops(raw: bytes | None) -> list[dict[str, Any]]:
+    return (orjson.loads(raw).get("hops") or []) if raw else []
+
+
+def stage_profile(collector: Collector, topic: str, ids: list[str]) -> dict[str, dict[str, float]]:
+    """Per stage, over the interactive requests: mean batch size, queue and service ms, and the p99 of both summed
+    (where a tail comes from: a stage whose p99 grows under the flood is the one letting batch work in the way)."""
+    per_stage: dict[str, list[tuple[float, float, float]]] = {}
+    values = collector.arrivals[topic].values
+    for rid in ids:
+        for hop in _hops(values.get(rid)):
+            per_stage.setdefault(hop["stage"], []).append(
+                (float(hop.get("batch_size", 0)), float(hop.get("queue_ms", 0.0)), float(hop.get("service_ms", 0.0))))
+    out: dict[str, dict[str, float]] = {}
+    for stage, rows in per_stage.items():
+        arr = np.asarray(rows)
+        out[stage] = {"mean_batch": round(float(arr[:, 0].mean()), 1),
+                      "mean_queue_ms": round(float(arr[:, 1].mean()), 1),
+                      "mean_service_ms": round(float(arr[:, 2].mean()), 1),
+                      "p99_hop_ms": round(float(np.percentile(arr[:, 1] + arr[:, 2], 99)), 1)}
+    return out
+
+
+def statuses(collector: Collector, topic: str, ids: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    values = collector.arrivals[topic].values
+    for rid in ids:
+        raw = values.get(rid)
+        status = str(orjson.loads(raw).get("status")) if raw else "no response"
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+class LanesBench:
+    def __init__(self, opts: Options, log: Any) -> None:
+        self.opts = opts
+        self.log = log
+        self.settings = Settings(topic_prefix=f"benchl{uuid.uuid4().hex[:8]}", partitions=opts.partitions)
+        env = {"TOLLWAY_MODEL_LATENCY_SCALE": f"{opts.latency_scale:g}"}
+        env.update({f"TOLLWAY_{k.upper()}": v for k, v in opts.overrides.items()})
+        self.system = System("tollway", opts.processes, self.settings, extra_env=env)
+        self.topo = topology(self.settings)
+        bootstrap = self.settings.bootstrap_servers
+        self.collector = Collector(bootstrap, [self.system.output, self.topo.responses],
+                                   keep_values=[self.topo.responses])
+        self.interactive = Loader(bootstrap)
+        self.backfill = Loader(bootstrap)  # its own producer: the flood never queues in front of interactive sends
+        self.run_id = uuid.uuid4().hex[:6]
+        self.tenant = f"bench-lanes-{self.run_id}"  # fresh: nothing cached, no limit shared with anyone
+        self.next_prompt = 0
+
+    def _prompts(self, count: int) -> int:
+        first, self.next_prompt = self.next_prompt, self.next_prompt + count
+        return first
+
+    async def run(self) -> dict[str, Any]:
+        await self.system.start()
+        try:
+            await self.collector.start()
+            await self.interactive.start()
+            await self.backfill.start()
+            await self._warm_up()
+            phases: list[Phase] = []
+            for round_no in range(1, self.opts.rounds + 1):
+                for name in ("alone", "flood"):
+                    phase = await self._phase(name, round_no)
+                    phases.append(phase)
+                    self.log(f"  round {round_no} {name:5}: interactive {percentiles(phase.latencies_ms)} "
+                             f"statuses {phase.statuses} cpu {phase.cpu_s:.1f} s / {phase.wall_s:.1f} s"
+                             + (f"\n    backfill {phase.backfill}" if phase.backfill else ""))
+        finally:
+            await self.backfill.stop()
+            await self.interactive.stop()
+            await self.collector.stop()
+            await self.system.stop()
+            await self.system.delete_topics()
+        return self._results(phases)
+
+    async def _warm_up(self) -> None:
+        n = self.opts.warmup
+        first = self._prompts(2 * n)
+        items = [request(f"{self.run_id}wi", i, tenant=self.tenant, prompt_index=first + i, tier=Tier.INTERACTIVE)
+                 for i in range(n)]
+        batch = [request(f"{self.run_id}wb", i, tenant=self.tenant, prompt_index=first + n + i, tier=Tier.BATCH)
+                 for i in range(n)]
+        await self.interactive.burst(self.topo.ingress(Tier.INTERACTIVE), items)
+        await self.backfill.burst(self.topo.ingress(Tier.BATCH), batch)
+        ids = [rid for rid, _ in items + batch]
+        missing = await self.collector.wait_for(self.system.output, ids, 180, check=self.system.check)
+        if missing:
+            raise TimeoutError(f"{missing} of {len(ids)} warm-up requests never came out")
+
+    async def _phase(self, name: str, round_no: int) -> Phase:
+        run = f"{self.run_id}{name[0]}{round_no}"
+        flood_ids: list[str] = []
+        pids = self.system.pids()
+        cpu_before = cpu_seconds(pids)
+        started_ns = time.time_ns()
+        flood: asyncio.Task[int] | None = None
+        interactive_first = self._prompts(round(self.opts.rate * self.opts.seconds))
+        if name == "flood":
+            first = self._prompts(self.opts.flood)
+            items = [request(f"{run}b", i, tenant=self.tenant, prompt_index=first + i, tier=Tier.BATCH)
+                     for i in range(self.opts.flood)]
+            flood_ids = [rid for rid, _ in items]
+            flood = asyncio.create_task(self._flood(items))
+        scheduled = await self.interactive.open_loop(
+            self.topo.ingress(Tier.INTERACTIVE), f"{run}i", self.opts.rate, self.opts.seconds, tenant=self.tenant,
+            first_prompt=interactive_first, tier=Tier.INTERACTIVE)
+        flood_started_ns = await flood if flood is not None else 0
+        missing = await self.collector.wait_for(self.system.output, scheduled, 120, check=self.system.check)
+        arrived = self.collector.arrivals[self.system.output].at_ns
+        ids = list(scheduled)
+        ended_ns = max((arrived[rid] for rid in ids if rid in arrived), default=time.time_ns())
+        cpu_s = cpu_seconds(pids) - cpu_before
+        wall_s = (ended_ns - started_ns) / 1e9
+        # Responses may trail the audit records by a poll; the statuses are read once both are in.
+        await self.collector.wait_for(self.topo.responses, ids, 30, check=self.system.check)
+        phase = Phase(name, round_no, [(arrived[rid] - at_ns) / 1e6 for rid, at_ns in scheduled.items()
+                                       if rid in arrived],
+                      statuses(self.collector, self.topo.responses, ids), missing, wall_s, cpu_s,
+                      stage_profile(self.collector, self.topo.responses, ids))
+        if flood_ids:
+            phase.backfill = await self._drain(flood_ids, flood_started_ns=flood_started_ns, last_ns=ended_ns)
+        return phase
+
+    async def _flood(self, items: list[tuple[str, bytes]]) -> int:
+        # A backfill job starting while interactive traffic flows, as it would in production: the open loop has run
+        # for a moment when the whole job lands on the batch lane.
+        await asyncio.sleep(FLOOD_DELAY_S)
+        return await self.backfill.burst(self.topo.ingress(Tier.BATCH), items)
+
+    async def _drain(self, ids: list[str], *, flood_started_ns: int, last_ns: int) -> dict[str, Any]:
+        """How much of the flood came out while interactive traffic flowed, then how fast the rest did without it."""
+        arrived = self.collector.arrivals[self.system.output].at_ns
+        during = sum(1 for rid in ids if arrived.get(rid, last_ns + 1) <= last_ns)
+        left = len(ids) - during
+        cpu_before = cpu_seconds(self.system.pids())
+        drain_start_ns = time.time_ns()
+        missing = await self.collector.wait_for(self.system.output, ids, max(300.0, len(ids) / 10),
+                                                check=self.system.check)
+        done_ns = max((arrived[rid] for rid in ids if rid in arrived), default=drain_start_ns)
+        drain_s = max(1e-9, (done_ns - max(last_ns, drain_start_ns - 1)) / 1e9)
+        cpu_s = cpu_seconds(self.system.pids()) - cpu_before
+        await self.collector.wait_for(self.topo.responses, ids, 60, check=self.system.check)
+        with_interactive_s = max(1e-9, (last_ns - flood_started_ns) / 1e9)
+        return {"requests": len(ids), "done_with_interactive": during, "left_after_interactive": left,
+                "missing": missing,
+                "req_per_s_with_interactive": round(during / with_interactive_s, 1),
+                "req_per_s_alone": round((left - missing) / drain_s, 1) if left > missing else None,
+                "drain_s": round(drain_s, 2), "drain_cpu_s": round(cpu_s, 2),
+                "statuses": statuses(self.collector, self.topo.responses, ids)}
+
+    def _results(self, phases: list[Phase]) -> dict[str, Any]:
+        alone = [p for p in phases if p.name == "alone"]
+        flood = [p for p in phases if p.name == "flood"]
+        pool_a = percentiles([ms for p in alone for ms in p.latencies_ms])
+        pool_b = percentiles([ms for p in flood for ms in p.latencies_ms])
+        bad = {s: n for p in alone + flood for s, n in p.statuses.items() if s != "ok"}
+        bad_note = f"not ok: {bad}" if bad else ""
+        rate = f"{self.opts.rate:g} req/s"
+        rows: list[dict[str, Any]] = [
+            _row(f"interactive p50 alone @ {rate}", pool_a.get("p50_ms"), "ms"),
+            _row(f"interactive p99 alone @ {rate}", pool_a.get("p99_ms"), "ms"),
+            _row(f"interactive p50 during a {self.opts.flood}-request backfill flood", pool_b.get("p50_ms"), "ms",
+                 baseline=pool_a.get("p50_ms"), baseline_name="alone"),
+            _row(f"interactive p99 during a {self.opts.flood}-request backfill flood", pool_b.get("p99_ms"), "ms",
+                 baseline=pool_a.get("p99_ms"), baseline_name="alone", target=f"≤ {TARGET_RATIO}× alone",
+                 max_ratio=TARGET_RATIO, ok=not bad, note=bad_note),
+        ]
+        for a, b in zip(alone, flood, strict=True):
+            pa, pb = percentiles(a.latencies_ms), percentiles(b.latencies_ms)
+            rows.append(_row(f"round {a.round}: interactive p99 flood vs alone", pb.get("p99_ms"), "ms",
+                             baseline=pa.get("p99_ms"), baseline_name=f"alone, round {a.round}"))
+        with_interactive = [p.backfill["req_per_s_with_interactive"] for p in flood]
+        drained = [p.backfill["req_per_s_alone"] for p in flood if p.backfill.get("req_per_s_alone")]
+        idle = float(np.mean(drained)) if drained else None
+        rows.append(_row("backfill throughput while interactive traffic flows", float(np.mean(with_interactive)),
+                         "req/s", baseline=idle, baseline_name="backfill with interactive idle",
+                         note="> 0: held back, not starved"))
+        rows.append(_row("backfill throughput with interactive idle", idle, "req/s"))
+        cores_a = sum(p.cpu_s for p in alone) / max(1e-9, sum(p.wall_s for p in alone))
+        cores_b = sum(p.cpu_s for p in flood) / max(1e-9, sum(p.wall_s for p in flood))
+        rows.append(_row("pipeline CPU during the flood phases", round(cores_b, 2), "cores", baseline=round(cores_a, 2),
+                         baseline_name="alone phases"))
+        return {"options": {"rate_per_s": self.opts.rate, "seconds": self.opts.seconds, "rounds": self.opts.rounds,
+                            "flood": self.opts.flood, "latency_scale": self.opts.latency_scale,
+                            "processes": self.opts.processes, "partitions": self.opts.partitions,
+                            "overrides": self.opts.overrides},
+                "pooled": {"alone": pool_a, "flood": pool_b}, "phases": [p.summary() for p in phases],
+                "rows": rows}
+
+
+def _row(figure: str, value: float | None, unit: str, *, baseline: float | None = None, baseline_name: str = "",
+         target: str = "", max_ratio: float | None = None, ok: bool = True, note: str = "") -> dict[str, Any]:
+    ratio = round(value / baseline, 3) if value is not None and baseline else None
+    verdict = None if max_ratio is None else (ok and ratio is not None and ratio <= max_ratio)
+    return {"figure": figure, "value": value, "unit": unit, "baseline": baseline, "baseline_name": baseline_name,
+            "ratio": ratio, "target": target, "pass": verdict, "note": note}
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Options, bool]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=Options.rate, help="interactive open-loop rate (req/s)")
+    parser.add_argument("--seconds", type=float, default=Options.seconds, help="length of each phase's open loop")
+    parser.add_argument("--rounds", type=int, default=Options.rounds, help="(alone, flood) pairs")
+    parser.add_argument("--flood", type=int, default=Options.flood, help="batch-tier requests per flood")
+    parser.add_argument("--latency-scale", type=float, default=Options.latency_scale,
+                        help="TOLLWAY_MODEL_LATENCY_SCALE of the pipeline (1: the catalog's profile)")
+    parser.add_argument("--processes", type=int, choices=(1, 6), default=Options.processes)
+    parser.add_argument("--partitions", type=int, default=Options.partitions)
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a Settings override for the pipeline, e.g. --set lane_batch_quota=8")
+    parser.add_argument("--json", action="store_true", help="print only the JSON result line")
+    args = parser.parse_args(argv)
+    overrides = dict(item.split("=", 1) for item in args.set)
+    opts = Options(rate=args.rate, seconds=args.seconds, rounds=args.rounds, flood=args.flood,
+                   latency_scale=args.latency_scale, processes=args.processes, partitions=args.partitions,
+                   overrides=overrides, quiet=args.json)
+    return opts, args.json
+
+
+def main(argv: list[str] | None = None) -> None:
+    opts, as_json = parse_args(argv)
+    # SIGTERM ends the run like Ctrl-C does: through the atexit hook that stops every worker this run started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr if as_json else sys.stdout, flush=True)
+
+    log(f"· lanes: {opts.rounds} × (alone, flood of {opts.flood}) at {opts.rate:g} req/s for {opts.seconds:g} s, "
+        f"model latency × {opts.latency_scale:g}, {opts.processes} process(es)")
+
+    async def bench() -> dict[str, Any]:
+        return await LanesBench(opts, log).run()  # aiokafka clients must be built inside the loop
+
+    results = asyncio.run(bench())
+    if not as_json:
+        for row in results["rows"]:
+            ratio = f"  {row['ratio']:.2f}× {row['baseline_name']}" if row["ratio"] is not None else ""
+            verdict = {True: "  PASS", False: "  FAIL", None: ""}[row["pass"]]
+            log(f"{row['figure']:<66} {row['value']!s:>9} {row['unit']:<6}{ratio}{verdict}")
+    print(orjson.dumps(results).decode())
+
+
+if __name__ == "__main__":
+    main()

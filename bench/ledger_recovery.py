@@ -1,12 +1,18 @@
-"""How long a restarted ledger worker takes to rebuild its tables from their changelogs.
+"""How long a restarted ledger worker takes to be ready again after N ledger updates (responses counted).
 
-    .venv/bin/python bench/ledger_recovery.py --updates 1000000
+    .venv/bin/python bench/ledger_recovery.py --responses 1000000
 
-Writes ``--updates`` ledger table updates straight into the ledger's changelog topics (the very records the agent
-would have written: :func:`workers.ledger.apply_response` run over synthetic responses, four writes per request —
-seen, hour cell, day cell, task), uncompacted, under a fresh topic prefix; then starts ``tollway ledger worker`` and
-reports the time until its tables are recovered (the worker's own measure, and spawn → first HTTP answer), the
-recovered table sizes, and the recovery rate. Memory store: recovery reads every changelog record.
+Writes ``--responses`` synthetic responses to ``<prefix>.responses`` (20 tenants, 2 models, 5,000 tasks: one ledger
+update each — two cells, a task, a seen id) under a fresh topic prefix, and the checkpoints a worker that counted
+them would have left in its Faust changelogs (:func:`workers.ledger.checkpoint_writes` every
+``--checkpoint-records`` records of a partition; ``--no-checkpoints``: none, the worst case). Then starts
+``tollway ledger worker`` and reports the time until it answers (its own measures: Faust's changelog recovery and the
+catch-up that rebuilds seen from the responses' keys and re-applies records after the checkpoints), the worker's
+CPU time, and the changelog records written. The changelogs are as written (not yet compacted by the broker): the
+worst case for the last minute of a running worker.
+
+The design before checkpoints (one changelog record per request for seen, plus one per cell and task) is
+``git show f2335b9:bench/ledger_recovery.py``: its ``--updates`` counted changelog records, ~4 per response.
 """
 
 from __future__ import annotations
@@ -30,70 +36,80 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from schemas.envelope import Status, Usage
 from schemas.response import Response
-from streams.ledger_app import app_id
+from streams.codec import encode
+from streams.ledger_app import CHECKPOINT_TABLES, CHECKPOINT_TOPIC_CONFIGS, app_id
 from streams.settings import REPO_ROOT, Settings
-from streams.topics import ensure_topics
-from workers.ledger import apply_response
+from streams.topics import ensure_topics, topology
+from workers.ledger import LiveTable, apply_response, checkpoint_writes
 
-TABLES = ("seen", "cells", "tasks", "outcomes")
-
-
-class Recorder(dict[str, Any]):
-    def __init__(self, name: str, sink: list[tuple[str, int, bytes, bytes]], partition: list[int]) -> None:
-        super().__init__()
-        self.name, self.sink, self.partition = name, sink, partition
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        super().__setitem__(key, value)
-        # Faust's json serializer: the key and the value each as JSON text.
-        self.sink.append((self.name, self.partition[0], json.dumps(key).encode(), json.dumps(value).encode()))
+T0 = 1_700_000_000 * 10**9
 
 
-async def write_changelogs(settings: Settings, updates: int) -> dict[str, int]:
+def synthetic(i: int) -> Response:
+    return Response(request_id=f"req-{i}", tenant=f"tenant-{i % 20}", status=Status.OK,
+                    model=("small", "large")[i % 2], usage=Usage(input_tokens=100, output_tokens=20),
+                    cost_micros=100 + i % 1000, created_at_ns=T0 + i * 10**8, completed_at_ns=T0 + i * 10**8 + 1,
+                    deadline_at_ns=T0 + i * 10**8 + 10**9, task_id=f"task-{i % 5000}")
+
+
+async def write_topics(settings: Settings, responses: int, *, checkpoint_every: int | None) -> dict[str, int]:
+    """Produce the responses and the checkpoint changelogs; returns the records written per topic kind."""
     name = app_id(settings)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(f"{name}-{table}-changelog", settings.partitions, 1,
-                                            topic_configs={"cleanup.policy": "compact"}) for table in TABLES])
+                                            topic_configs=dict(CHECKPOINT_TOPIC_CONFIGS))
+                                   for table in CHECKPOINT_TABLES])
     finally:
         await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=20, acks="all",
-                                max_batch_size=1024 * 1024)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=50, acks="all",
+                                max_batch_size=1024 * 1024, compression_type=None)
     await producer.start()
-    written: dict[str, int] = {}
+    seen: dict[str, Any] = {}
+    live = {table: LiveTable() for table in CHECKPOINT_TABLES}
+    counts = {"responses": 0, **{f"{t}_changelog": 0 for t in CHECKPOINT_TABLES}}
+    since: dict[int, int] = {}
+    offsets = [0] * settings.partitions
+    topic = topology(settings).responses
+    started = time.monotonic()
     try:
-        sink: list[tuple[str, int, bytes, bytes]] = []
-        partition = [0]
-        tables = {t: Recorder(t, sink, partition) for t in ("seen", "cells", "tasks")}
-        offsets = [0] * settings.partitions
-        t0 = 1_700_000_000 * 10**9
-        i, total = 0, 0
-        started = time.monotonic()
-        while total < updates:
-            response = Response(request_id=f"req-{i}", tenant=f"tenant-{i % 20}", status=Status.OK,
-                                model=("small", "large")[i % 2], usage=Usage(input_tokens=100, output_tokens=20),
-                                cost_micros=100 + i % 1000, created_at_ns=t0 + i * 10**8, task_id=f"task-{i % 5000}")
-            partition[0] = i % settings.partitions
-            apply_response(response, partition=partition[0], offset=offsets[partition[0]], seen=tables["seen"],
-                           cells=tables["cells"], tasks=tables["tasks"])
-            offsets[partition[0]] += 1
-            i += 1
-            if len(sink) >= 20_000 or total + len(sink) >= updates:
-                batch = sink[: updates - total]
-                futures = [await producer.send(f"{name}-{table}-changelog", value, key=key, partition=part)
-                           for table, part, key, value in batch]
+        futures = []
+        for i in range(responses):
+            response = synthetic(i)
+            partition = i % settings.partitions
+            offset = offsets[partition]
+            offsets[partition] += 1
+            futures.append(await producer.send(topic, encode(response), key=response.request_id.encode(),
+                                               partition=partition))
+            live["cells"].partition = live["tasks"].partition = partition
+            apply_response(response, partition=partition, offset=offset, seen=seen, cells=live["cells"],
+                           tasks=live["tasks"])
+            since[partition] = since.get(partition, 0) + 1
+            if checkpoint_every is not None and since[partition] >= checkpoint_every:
+                since[partition] = 0
+                for table in CHECKPOINT_TABLES:
+                    for key, value in checkpoint_writes(live[table], partition=partition, offset=offset):
+                        # Faust's json serializer: the key and the value each as JSON text.
+                        futures.append(await producer.send(f"{name}-{table}-changelog", json.dumps(value).encode(),
+                                                           key=json.dumps(key).encode(), partition=partition))
+                        counts[f"{table}_changelog"] += 1
+            counts["responses"] += 1
+            if len(futures) >= 50_000:
                 await asyncio.gather(*futures)
-                for table, *_ in batch:
-                    written[table] = written.get(table, 0) + 1
-                total += len(batch)
-                sink.clear()
-                print(f"\rwritten {total:,} updates ({total / (time.monotonic() - started):,.0f}/s)", end="",
+                futures.clear()
+                print(f"\rwritten {i + 1:,} responses ({(i + 1) / (time.monotonic() - started):,.0f}/s)", end="",
                       file=sys.stderr)
+        await asyncio.gather(*futures)
         print(file=sys.stderr)
     finally:
         await producer.stop()
-    return written
+    return counts
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 async def time_recovery(settings: Settings, port: int, state_dir: Path) -> dict[str, Any]:
@@ -113,6 +129,7 @@ async def time_recovery(settings: Settings, port: int, state_dir: Path) -> dict[
                     status = {}
                 if status.get("recovered_s") is not None:
                     status["spawn_to_ready_s"] = round(time.monotonic() - spawned, 2)
+                    status["worker_cpu_s"] = round(cpu_seconds(proc.pid), 2)
                     return status
                 await asyncio.sleep(0.2)  # polling a separate process's readiness
     finally:
@@ -122,22 +139,27 @@ async def time_recovery(settings: Settings, port: int, state_dir: Path) -> dict[
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--updates", type=int, default=1_000_000)
+    parser.add_argument("--responses", type=int, default=1_000_000)
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--checkpoint-records", type=int, default=Settings().ledger_checkpoint_records)
+    parser.add_argument("--no-checkpoints", action="store_true", help="no changelog at all: re-apply everything")
     parser.add_argument("--port", type=int, default=16099)
     args = parser.parse_args()
     settings = Settings(topic_prefix=f"bench{uuid.uuid4().hex[:8]}", partitions=args.partitions)
     await ensure_topics(settings)
     started = time.monotonic()
-    written = await write_changelogs(settings, args.updates)
-    print(f"wrote {sum(written.values()):,} changelog records in {time.monotonic() - started:.1f} s: {written}")
-    state_dir = Path("/tmp") / settings.topic_prefix
-    status = await time_recovery(settings, args.port, state_dir)
-    recovered_s = status["recovered_s"]
-    print(json.dumps({"updates": args.updates, "partitions": args.partitions, "prefix": settings.topic_prefix,
-                      "recovered_s": round(recovered_s, 2), "spawn_to_ready_s": status["spawn_to_ready_s"],
-                      "updates_per_s": round(args.updates / recovered_s), "seen": status["seen"],
-                      "cells": status["cells"], "tasks": status["tasks"]}))
+    written = await write_topics(settings, args.responses,
+                                 checkpoint_every=None if args.no_checkpoints else args.checkpoint_records)
+    print(f"wrote {written} in {time.monotonic() - started:.1f} s", file=sys.stderr)
+    status = await time_recovery(settings, args.port, Path("/tmp") / settings.topic_prefix)
+    print(json.dumps({
+        "responses": args.responses, "partitions": args.partitions, "prefix": settings.topic_prefix,
+        "checkpoint_records": None if args.no_checkpoints else args.checkpoint_records, **written,
+        "recovered_s": round(status["recovered_s"], 2), "changelog_s": round(status["changelog_s"], 2),
+        "catch_up_s": round(status["catch_up_s"], 2), "spawn_to_ready_s": status["spawn_to_ready_s"],
+        "worker_cpu_s": status["worker_cpu_s"], "caught_up_keys": status["caught_up_keys"],
+        "reapplied": status["reapplied"], "responses_per_s": round(args.responses / status["recovered_s"]),
+        "seen": status["seen"], "cells": status["cells"], "tasks": status["tasks"]}))
 
 
 if __name__ == "__main__":

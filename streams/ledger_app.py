@@ -69,6 +69,13 @@ from workers.ledger import (
 log = logging.getLogger(__name__)
 
 
+# Only a key's latest value matters (it carries its watermark; a mark its offset): one-minute segments let the log
+# cleaner compact all but the last minute or so of checkpoints, so a restart replays about one record per key.
+CHECKPOINT_TOPIC_CONFIGS = {"cleanup.policy": "compact", "segment.ms": "60000", "min.cleanable.dirty.ratio": "0.1",
+                            "min.compaction.lag.ms": "0"}
+CHECKPOINT_TABLES = ("cells", "tasks")
+
+
 def app_id(settings: Settings) -> str:
     return f"{settings.topic_prefix}-ledger"
 
@@ -231,11 +238,8 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> LedgerApp:
         return app.Table(table_name, partitions=settings.partitions, schema=json_schema,
                          recovery_buffer_size=10_000, **extra)
 
-    # Only a key's latest value matters (it carries its watermark; a mark its offset): small segments let the log
-    # cleaner compact all but the last minute of checkpoints, so a restart replays about one record per key.
-    compacted = {"cleanup.policy": "compact", "segment.ms": "60000", "min.cleanable.dirty.ratio": "0.1",
-                 "min.compaction.lag.ms": "0"}
-    cells, tasks = table("cells", extra_topic_configs=compacted), table("tasks", extra_topic_configs=compacted)
+    cells = table("cells", extra_topic_configs=dict(CHECKPOINT_TOPIC_CONFIGS))
+    tasks = table("tasks", extra_topic_configs=dict(CHECKPOINT_TOPIC_CONFIGS))
     outcomes = table("outcomes")
     ledger = LedgerApp(app=app, settings=settings, cells=cells, tasks=tasks, outcomes=outcomes, state=LedgerState())
     state = ledger.state

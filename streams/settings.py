@@ -71,8 +71,8 @@ class Settings(BaseSettings):
     ledger_dedup_days: int = Field(default=8, ge=1)
     # The ledger worker checkpoints a partition's changed cells to its Faust changelogs every N records or T seconds
     # (a restart re-applies the responses after the last checkpoint, so these bound restart work, not correctness).
-    ledger_checkpoint_records: int = Field(default=5_000, ge=1)
-    ledger_checkpoint_interval_s: float = Field(default=2.0, gt=0)
+    ledger_checkpoint_records: int = Field(default=20_000, ge=1)
+    ledger_checkpoint_interval_s: float = Field(default=5.0, gt=0)
     # Online evaluators (post-process): the share of requests evaluated (chosen by a hash of the request id), and
     # the share of an answer's sentences the retrieved passages must support for it to count as grounded.
     eval_sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)

@@ -39,8 +39,9 @@ prompt cache (disjoint, as :class:`schemas.envelope.Usage` adds them).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Mapping, MutableMapping
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -84,10 +85,10 @@ class Counters:
     slo_passed: int = 0
 
     def __add__(self, other: Counters) -> Counters:
-        return Counters(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
+        return Counters(*map(operator.add, _values(self), _values(other)))
 
     def as_list(self) -> list[int]:
-        return list(astuple(self))
+        return list(_values(self))
 
     @classmethod
     def from_list(cls, values: Iterable[int]) -> Counters:
@@ -95,6 +96,8 @@ class Counters:
 
 
 COUNTER_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Counters))
+# dataclasses.astuple deep-copies field by field: it was 90% of the ledger's time per response.
+_values = operator.attrgetter(*COUNTER_FIELDS)
 
 
 def counters_of(response: Response) -> Counters:
@@ -161,12 +164,17 @@ def outcome_key(tenant: str, task_id: str) -> str:
     return orjson.dumps([tenant, task_id]).decode()
 
 
-def _add_with_watermark(table: Table, key: str, offset: int, delta: Counters) -> bool:
+def _add_with_watermark(table: Table, key: str, offset: int, delta: list[int]) -> bool:
     current = table.get(key)
-    if current is not None and current[0] >= offset:
+    if current is None:
+        table[key] = [offset, *delta]
+        return True
+    if current[0] >= offset:
         return False  # this record already reached this cell (the write survived the crash)
-    base = Counters.from_list(current[1:]) if current is not None else Counters()
-    table[key] = [offset, *(base + delta).as_list()]  # a new list: Faust only logs assignments
+    base = current[1:]
+    if len(base) < len(delta):  # written before later counters existed
+        base += [0] * (len(delta) - len(base))
+    table[key] = [offset, *map(operator.add, base, delta)]  # a new list: Faust only logs assignments
     return True
 
 
@@ -179,7 +187,7 @@ def apply_response(response: Response, *, partition: int, offset: int, seen: Tab
     prior = seen.get(response.request_id)
     if prior is not None and (prior[0], prior[1]) != (partition, offset):
         return False
-    delta = counters_of(response)
+    delta = counters_of(response).as_list()
     for cell in cells_of(response):
         _add_with_watermark(cells, cell_key(cell, partition), offset, delta)
     task = task_id if task_id is not None else response.task_id

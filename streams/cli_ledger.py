@@ -5,7 +5,8 @@
                                           evaluators' pass rates, and cost per task outcome
     tollway ledger worker                 the Faust ledger worker (tables + web server on TOLLWAY_LEDGER_PORT)
     tollway ledger status                 recovery time, table sizes, positions of the running worker
-    tollway ledger reconcile              ledger vs an independent read of the responses topic; exit 1 unless zero
+    tollway ledger reconcile              ledger vs an independent read of the responses topic and vs the audit
+                                          log's costs; exit 1 unless both differences are zero
     tollway ledger reprice --prices F     old vs new cost per tenant from retained usage; writes a new version
     tollway outcome TASK_ID resolved|failed --tenant T
 
@@ -196,8 +197,12 @@ def register(app: typer.Typer) -> None:
     def reconcile_cmd(
         url: Annotated[str | None, typer.Option(help="ledger worker URL")] = None,
         as_json: Annotated[bool, typer.Option("--json")] = False,
+        require_audited: Annotated[bool, typer.Option(
+            "--require-audited", help="also fail while a counted request is not audited yet (a drained pipeline)",
+        )] = False,
     ) -> None:
-        """Compare the ledger with an independent aggregation of the responses topic; print the difference."""
+        """Compare the ledger with an independent aggregation of the responses topic and with the audited costs of
+        the audit log; print the differences (exit 1 unless zero)."""
         from streams.ledger_app import Reconciliation, reconcile
 
         result: Reconciliation = run_async(reconcile(get_settings(), url))
@@ -213,9 +218,17 @@ def register(app: typer.Typer) -> None:
         for row in rows:
             row["difference_micros"] = row["ledger_cost_micros"] - row["source_cost_micros"]
         total_difference = sum(abs(d.difference) for d in result.differences)
+        ok = result.ok and not (require_audited and result.unaudited)
+        audit_rows = [{"tenant": a.tenant, "requests": a.requests, "ledger_cost_micros": a.ledger_cost_micros,
+                       "audited_requests": a.audited_requests, "audited_cost_micros": a.audited_cost_micros,
+                       "unaudited_requests": a.unaudited_requests, "unaudited_cost_micros": a.unaudited_cost_micros,
+                       "mismatched_requests": a.mismatched, "audited_not_in_ledger": a.audited_elsewhere,
+                       "difference_micros": a.difference_micros} for a in result.audit]
         if as_json:
-            sys.stdout.write(orjson.dumps({"ok": result.ok, "difference": total_difference, "tenants": rows,
+            sys.stdout.write(orjson.dumps({"ok": ok, "difference": total_difference, "tenants": rows,
                                            "cells_differing": len(result.differences),
+                                           "audit_difference": result.audit_difference_micros,
+                                           "audit": audit_rows, "unaudited": result.unaudited,
                                            "positions": result.positions},
                                           option=orjson.OPT_NON_STR_KEYS).decode() + "\n")
         else:
@@ -230,7 +243,18 @@ def register(app: typer.Typer) -> None:
                 console.print(f"[red]{diff.tenant} {diff.model} {_when(diff.window_start_ms)} {diff.field}: "
                               f"ledger {diff.ledger} vs source {diff.source}[/]")
             console.print(f"difference: {total_difference}")
-        if not result.ok:
+            audit_table = Table(title="reconciliation: ledger vs audited costs (the requests the ledger counted)")
+            for col in ("tenant", "requests", "cost µ$ ledger", "audited", "cost µ$ audited", "not audited yet",
+                        "cost µ$ not audited", "mismatched", "difference µ$"):
+                audit_table.add_column(col, justify="left" if col == "tenant" else "right")
+            for a in result.audit:
+                audit_table.add_row(a.tenant, str(a.requests), str(a.ledger_cost_micros), str(a.audited_requests),
+                                    str(a.audited_cost_micros), str(a.unaudited_requests),
+                                    str(a.unaudited_cost_micros), str(a.mismatched), str(a.difference_micros))
+            console.print(audit_table)
+            console.print(f"audit difference: {result.audit_difference_micros}"
+                          + (f" ({result.unaudited} request(s) not audited yet)" if result.unaudited else ""))
+        if not ok:
             raise typer.Exit(EXIT_DIFFERENCE)
 
     @ledger.command("reprice")

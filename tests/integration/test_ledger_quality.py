@@ -1,4 +1,5 @@
-"""Quality beside cost through the real pipeline: the evaluators' verdicts reach the ledger's cells."""
+"""Through the real pipeline: the evaluators' verdicts reach the ledger's cells, and the ledger reconciles with
+the audit log's costs."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import pytest
 from schemas.envelope import GenerationParams, Status
 from streams.client import Submitter, new_envelope
 from streams.index_store import chunk_file, publish
-from streams.ledger_app import ledger_rows
+from streams.ledger_app import ledger_rows, reconcile, run_ledger
 from streams.settings import Settings
-from streams.topics import ensure_topics
+from streams.topics import ensure_topics, topology
+from tests.integration.test_ledger_outcomes import free_port
+from tests.kafka_helpers import read_until
 
 pytestmark = pytest.mark.integration
 CORPUS = Path(__file__).resolve().parents[2] / "infra" / "corpus"
@@ -42,6 +45,7 @@ async def test_evaluators_verdicts_are_counted_per_tenant_model_window(settings:
         async with Submitter(settings) as submitter:
             responses = {r.request_id: r for r in await submitter.complete([grounded, declined, as_json, late],
                                                                             timeout_s=60)}
+        await read_until(settings, topology(settings).audit_log, lambda records: len(records) >= 4)
     finally:
         stop.set()
         await asyncio.wait_for(workers, 30)
@@ -61,3 +65,21 @@ async def test_evaluators_verdicts_are_counted_per_tenant_model_window(settings:
     assert total["structured_evaluated"] == 1
     assert total["refusals"] >= 1  # the local model declines what no document covers
     assert (total["slo_evaluated"], total["slo_passed"]) == (4, 3)  # the expired request missed its SLO
+
+    # The ledger worker's totals reconcile with the responses topic and with the audit log's costs.
+    port = free_port()
+    stop, ready = asyncio.Event(), asyncio.Event()
+    ledger = asyncio.create_task(run_ledger(settings, stop=stop, ready=ready, web_port=port))
+    try:
+        await asyncio.wait([ledger, asyncio.create_task(ready.wait())], timeout=90,
+                           return_when=asyncio.FIRST_COMPLETED)
+        if ledger.done():
+            ledger.result()
+        result = await reconcile(settings, f"http://127.0.0.1:{port}")
+    finally:
+        stop.set()
+        await asyncio.wait_for(ledger, 30)
+    assert result.ok, (result.differences[:3], result.audit)
+    (acme,) = result.audit
+    assert (acme.requests, acme.audited_requests, acme.unaudited_requests, acme.difference_micros) == (4, 4, 0, 0)
+    assert acme.audited_cost_micros == sum(r.cost_micros for r in responses.values()) > 0

@@ -319,3 +319,22 @@ def test_first_record_of_a_request_decides_even_when_unreadable() -> None:
     assert agg.add_unreadable("r1", partition=0, offset=0)
     assert not agg.add(response("r1"), partition=0, offset=1)  # a later, readable record of r1 is a duplicate
     assert agg.rows() == []
+
+
+# ------------------------------------------------------------------------------------ vs the audit log
+def test_compare_with_audit_per_tenant() -> None:
+    from workers.ledger import compare_with_audit
+
+    counted = {"a1": ("acme", 100), "a2": ("acme", 50), "a3": ("acme", 7), "g1": ("globex", 10)}
+    audited = {"a1": ("acme", 100), "a2": ("acme", 50), "g1": ("globex", 10), "g9": ("globex", 3)}
+    acme, globex = compare_with_audit(counted, audited, {"acme": 157, "globex": 10})
+    assert (acme.requests, acme.audited_requests, acme.audited_cost_micros) == (3, 2, 150)
+    assert (acme.unaudited_requests, acme.unaudited_cost_micros, acme.difference_micros) == (1, 7, 0)
+    assert (globex.audited_elsewhere, globex.difference_micros) == (1, 0)  # g9: audited after the ledger's cut
+
+
+def test_compare_with_audit_finds_a_wrong_cost() -> None:
+    from workers.ledger import compare_with_audit
+
+    (acme,) = compare_with_audit({"a1": ("acme", 100)}, {"a1": ("acme", 90)}, {"acme": 100})
+    assert (acme.mismatched, acme.difference_micros) == (1, 10)

@@ -1,34 +1,38 @@
 """Per-tenant vector search: top-k cosine for a whole batch of queries at once.
 
 :class:`VectorMatrix` is the numeric core shared by the retrieval index and the semantic cache's mirror. Rows are
-unit vectors kept twice: once in the storage dtype (float32, or float16 to halve memory) for exact scoring, and once
-as int8 codes with a per-row scale for the scan. Deletions only clear a ``live`` flag.
+unit vectors kept three ways: in the storage dtype (float32, or float16 to halve memory) for exact scoring, as int8
+codes with a per-row scale, and as sign bits (one per dimension, 32 bytes a row at 256 dimensions) in the inverted
+lists. Deletions only clear a ``live`` flag.
 
-* Up to ``brute_force_limit`` rows a search scans every int8 code of the matrix (one product for the whole batch).
+* Up to ``brute_force_limit`` rows a search scores every int8 code of the matrix (one product for the whole batch).
 * Above it the matrix becomes an inverted file: spherical k-means on a sample picks the first centroids, every row
   joins the list of its nearest centroid, and a list that outgrows ``list_size`` is split in two by 2-means on its
   own rows (identical rows, which 2-means cannot separate, are cut in half). Lists therefore stay bounded however
   skewed the data is, and the index grows with the data without a global retrain on the request path. A query
-  probes lists nearest-centroid first until ``probe_rows`` rows are covered, so one lookup scores at most
-  ``probe_rows + list_size`` rows whatever the distribution.
-* A batch whose lists would together cover more than a quarter of the rows (``full_scan_factor``) scans every row
-  instead, in one blocked matrix product: cheaper per row than probing lists (a batch of 32 at 10k rows).
+  probes lists nearest-centroid first until ``probe_rows`` rows are covered, so one lookup touches at most
+  ``probe_rows + list_size`` rows whatever the distribution. Of those, the ``rerank_rows`` nearest by Hamming
+  distance of the sign bits (random-hyperplane hashing: the hashing embedder's dimensions are random projections)
+  get an int8 score.
+* A batch whose lists would together cover more than a quarter of the rows (``full_scan_factor``) scores every
+  row's int8 code instead, in one blocked matrix product (a batch of 32 at 10k rows).
 * Either way the ``k + shortlist`` best rows by int8 score are re-scored exactly from the stored rows, and only
   those exact scores are returned: the threshold and the near-miss guard downstream see exact similarities.
 
-Layout. Each inverted list owns its rows' int8 codes (and scales and row ids) contiguously, so a probe
-concatenates whole lists, ~1k rows at a time, straight into a float32 buffer for BLAS: no per-row gather (a random
-gather of 3k int8 rows cost more than converting and scoring them). The exact rows stay in row order, in fixed
-16k-row chunks: a full chunk never moves, so growing to 100k rows never briefly holds two copies of the matrix (a
-doubling array did: +60 MB of peak RSS at 100k float16 rows), and re-scoring fetches ~15 rows by id.
+Layout. Each inverted list is one array of (sign-bit words, row id) per row, so a probe concatenates whole lists
+(one call, no per-row gather) and compares ~3k rows in a few vectorised passes. Exact rows, codes and scales stay
+in row order in fixed 8 MB chunks: a full chunk never moves, so growing to 100k rows never briefly holds two copies
+of a matrix (a doubling array did: +60 MB of peak RSS at 100k float16 rows), and the 256 reranked rows are
+gathered sorted, one ``take`` per chunk.
 
-Why this shape (measured with ``bench/cache_bench.py`` on 100k diverse prompts): the LSH shortlist it replaces
+Why this shape (measured with ``bench/cache_bench.py`` on 100k diverse prompts): the LSH shortlist it replaced
 degenerated on templated prompts (thousands of rows per bucket); a full float32 scan reads the whole matrix per
-query; numpy's float16→float32 conversion costs several ns per element here, so scanning float16 rows is slower
-than scanning float32, while int8 converts quickly and is a quarter of the bytes. With lists of ≤ 128 rows and
-3072 probed rows, recall@1 against exact float32 brute force is ≥ 0.99 on that workload (a top-1 within 1e-3 of the
-exact best counts: float16 rows and duplicate prompts make exact ties), and 1.0 where the exact best is above the
-cache threshold.
+query; numpy's float16→float32 conversion costs several ns per element here, so scoring float16 rows is slower
+than float32, while int8 converts quickly and is a quarter of the bytes; converting and scoring 3k probed int8 rows
+per query cost ~1.7x what the sign-bit pass plus 256 int8 rows cost. Over all 100k rows, the 256 nearest by sign bits
+held the exact best for every query of that workload. With lists of ≤ 128 rows and 3072 probed rows, recall@1
+against exact float32 brute force is ≥ 0.99 (a top-1 within 1e-3 of the exact best counts: float16 rows and
+duplicate prompts make exact ties), and 1.0 where the exact best is above the cache threshold.
 
 :class:`MemoryVectorIndex` is the retrieval index: one matrix per tenant (a query never touches another tenant's
 rows), each row an :class:`IndexedChunk` with optional ACL labels and a residency region.
@@ -40,7 +44,7 @@ visible only when the request's allowed regions are unknown or include it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -50,10 +54,12 @@ import numpy.typing as npt
 from workers.embedding import Vectors
 
 Rows = npt.NDArray[np.int64]
+Bits = npt.NDArray[np.uint64]
 
-PROBE_ROWS = 3072  # rows scored per query above brute_force_limit (see the module docstring)
+PROBE_ROWS = 3072  # rows probed per query above brute_force_limit (see the module docstring)
+RERANK_ROWS = 256  # probed rows nearest by sign bits that get an int8 score
 _BLOCK = 1024  # rows converted from int8 at a time (1 MB of float32: stays in the CPU cache)
-_CHUNK_ROWS = 16_384  # exact rows per storage chunk (8 MB of float16 at 256 dimensions)
+_CHUNK_BYTES = 8 << 20  # storage chunk size: 16k float16 rows or 32k int8 codes at 256 dimensions
 _FEW_ROWS = 32  # up to this many exact rows are fetched one by one (cheaper than grouping them by chunk)
 
 
@@ -97,84 +103,108 @@ class VectorIndex(Protocol):
 
 
 class _ChunkedRows:
-    """The exact rows in fixed-size chunks: a full chunk never moves, so growing copies at most one chunk.
+    """Rows by id in fixed-size chunks: a full chunk never moves, so growing copies at most one chunk.
 
     One contiguous matrix grown by doubling briefly holds the old and the new copy (about 2x the matrix at 100k
     rows); here the transient is at most one chunk, and the unused capacity is only the tail of the last chunk.
     """
 
-    def __init__(self, dim: int, dtype: type[np.floating]) -> None:
-        self.dim = dim
+    def __init__(self, shape: tuple[int, ...], dtype: type[np.generic]) -> None:
+        self.shape = shape  # of one row: (dim,) for vectors, () for a scalar per row
         self.dtype = dtype
-        self.chunks: list[npt.NDArray[np.floating]] = []
+        self.chunk_rows = max(256, _CHUNK_BYTES // (int(np.prod(shape)) * np.dtype(dtype).itemsize))
+        self.chunks: list[npt.NDArray[Any]] = []
         self.count = 0
 
-    def append(self, vectors: Vectors) -> None:
+    def append(self, values: npt.NDArray[Any]) -> None:
         done = 0
-        while done < len(vectors):
-            chunk, at = divmod(self.count, _CHUNK_ROWS)
-            n = min(len(vectors) - done, _CHUNK_ROWS - at)
+        while done < len(values):
+            chunk, at = divmod(self.count, self.chunk_rows)
+            n = min(len(values) - done, self.chunk_rows - at)
             if chunk == len(self.chunks):
-                self.chunks.append(np.zeros((0, self.dim), dtype=self.dtype))
-            if at + n > len(self.chunks[chunk]):  # only the last chunk grows (doubling, up to _CHUNK_ROWS)
-                old = self.chunks[chunk]
-                grown = np.zeros((min(_CHUNK_ROWS, max(at + n, 2 * len(old), 256)), self.dim), dtype=self.dtype)
-                grown[:at] = old[:at]
-                self.chunks[chunk] = grown
-            self.chunks[chunk][at:at + n] = vectors[done:done + n]
+                self.chunks.append(np.zeros((0, *self.shape), dtype=self.dtype))
+            if at + n > len(self.chunks[chunk]):  # only the last chunk grows (doubling, up to chunk_rows)
+                capacity = min(self.chunk_rows, max(at + n, 2 * len(self.chunks[chunk]), 256))
+                self.chunks[chunk] = _regrown(self.chunks[chunk], at, capacity)
+            self.chunks[chunk][at:at + n] = values[done:done + n]
             self.count += n
             done += n
 
     def take(self, rows: Rows) -> Vectors:
         """The rows as float32, in the order asked."""
+        out = np.empty((len(rows), *self.shape), dtype=np.float32)
         if len(rows) <= _FEW_ROWS:
-            out = np.empty((len(rows), self.dim), dtype=np.float32)
             for i, row in enumerate(rows.tolist()):
-                out[i] = self.chunks[row // _CHUNK_ROWS][row % _CHUNK_ROWS]
+                out[i] = self.chunks[row // self.chunk_rows][row % self.chunk_rows]
             return out
-        out = np.empty((len(rows), self.dim), dtype=np.float32)
-        chunk_of = rows // _CHUNK_ROWS
+        chunk_of = rows // self.chunk_rows
         for chunk in np.unique(chunk_of).tolist():
             inside = chunk_of == chunk
-            out[inside] = self.chunks[chunk][rows[inside] % _CHUNK_ROWS]
+            out[inside] = self.chunks[chunk][rows[inside] % self.chunk_rows]
         return out
+
+    def gather(self, rows: Rows) -> npt.NDArray[Any]:
+        """Sorted ``rows`` in the stored dtype: one contiguous ``take`` per chunk they fall in."""
+        if len(self.chunks) == 1:
+            return np.take(self.chunks[0], rows, axis=0)
+        out = np.empty((len(rows), *self.shape), dtype=self.dtype)
+        ends = np.searchsorted(rows, np.arange(1, len(self.chunks) + 1) * self.chunk_rows).tolist()
+        lo = 0
+        for chunk, hi in enumerate(ends):
+            if hi > lo:
+                np.take(self.chunks[chunk], rows[lo:hi] - chunk * self.chunk_rows, axis=0, out=out[lo:hi])
+            lo = hi
+        return out
+
+    def blocks(self, size: int) -> Iterator[tuple[int, npt.NDArray[Any]]]:
+        """``(first row, rows)`` of every stored row in order, ``size`` rows at most at a time (views)."""
+        for chunk, values in enumerate(self.chunks):
+            used = min(len(values), self.count - chunk * self.chunk_rows)
+            for start in range(0, used, size):
+                yield chunk * self.chunk_rows + start, values[start:min(used, start + size)]
 
 
 class _InvertedList:
-    """One list's row ids with their int8 codes and scales, contiguous so that a probe reads it without a gather.
+    """One list's rows: per row the sign-bit words and, as one more word, the row id. A probe concatenates whole
+    lists (no gather), and one array instead of two halves the concatenations on the request path.
 
-    ``rows``, ``codes`` and ``scales`` are exactly sized views of storage with some slack (1.5x growth: a list is
-    small, so the slack is too).
+    ``entries`` is an exactly sized view of storage with some slack (1.5x growth: a list is small, so the slack is
+    too).
     """
 
-    __slots__ = ("_stores", "codes", "rows", "scales")
+    __slots__ = ("_store", "entries")
 
-    def __init__(self, rows: Rows, codes: npt.NDArray[np.int8], scales: Vectors) -> None:
-        self._stores: tuple[Rows, npt.NDArray[np.int8], Vectors] = (rows, codes, scales)
-        self.rows, self.codes, self.scales = rows, codes, scales
+    def __init__(self, entries: Bits) -> None:
+        self._store = self.entries = entries
 
     @classmethod
-    def empty(cls, dim: int) -> _InvertedList:
-        return cls(np.zeros(0, dtype=np.int64), np.zeros((0, dim), dtype=np.int8), np.zeros(0, dtype=np.float32))
+    def empty(cls, words: int) -> _InvertedList:
+        return cls(np.zeros((0, words + 1), dtype=np.uint64))
 
     @property
     def size(self) -> int:
-        return len(self.rows)
+        return len(self.entries)
 
-    def append(self, rows: Rows, codes: npt.NDArray[np.int8], scales: Vectors) -> None:
+    @property
+    def rows(self) -> Rows:
+        return _rows_of(self.entries)
+
+    def append(self, rows: Rows, bits: Bits) -> None:
         used, size = self.size, self.size + len(rows)
-        stored_rows, stored_codes, stored_scales = self._stores
-        if size > len(stored_rows):
-            capacity = max(size, used + used // 2, 8)
-            stored_rows, stored_codes, stored_scales = self._stores = (
-                _regrown(stored_rows, used, capacity), _regrown(stored_codes, used, capacity),
-                _regrown(stored_scales, used, capacity))
-        stored_rows[used:size], stored_codes[used:size], stored_scales[used:size] = rows, codes, scales
-        self.rows, self.codes, self.scales = stored_rows[:size], stored_codes[:size], stored_scales[:size]
+        if size > len(self._store):
+            self._store = _regrown(self._store, used, max(size, used + used // 2, 8))
+        self._store[used:size, :-1] = bits
+        self._store[used:size, -1] = rows
+        self.entries = self._store[:size]
 
     def part(self, members: npt.NDArray[np.bool_]) -> _InvertedList:
         """A new, exactly sized list of the members selected by the mask."""
-        return _InvertedList(self.rows[members], self.codes[members], self.scales[members])
+        return _InvertedList(self.entries[members])
+
+
+def _rows_of(entries: Bits) -> Rows:
+    rows: Rows = entries[:, -1].view(np.int64)
+    return rows
 
 
 def _regrown(old: npt.NDArray[Any], used: int, capacity: int) -> npt.NDArray[Any]:
@@ -183,31 +213,54 @@ def _regrown(old: npt.NDArray[Any], used: int, capacity: int) -> npt.NDArray[Any
     return new
 
 
+def _sign_bits(vectors: Vectors, words: int) -> Bits:
+    """One bit per dimension (positive or not), packed into ``words`` uint64 per row (zero-padded)."""
+    packed = np.zeros((len(vectors), 8 * words), dtype=np.uint8)
+    packed[:, : (vectors.shape[1] + 7) // 8] = np.packbits(vectors > 0, axis=1)
+    bits: Bits = packed.view(np.uint64)
+    return bits
+
+
+def _hamming(entries: Bits, query_bits: Bits) -> npt.NDArray[np.uint16]:
+    """Differing sign bits between each list entry and the query (``query_bits`` has one more word, zero, opposite
+    the row id: the XOR runs over the contiguous entries and the row id's column is left out of the sum). Columns
+    are added one by one: numpy's ``sum(axis=1)`` over 4 columns costs several times more."""
+    counts: npt.NDArray[np.uint8] = np.bitwise_count(entries ^ query_bits)
+    distance = counts[:, 0].astype(np.uint16)
+    for word in range(1, counts.shape[1] - 1):
+        distance += counts[:, word]
+    return distance
+
+
 class VectorMatrix:
     """Growable matrix of unit rows with batched top-k search (see the module docstring)."""
 
     def __init__(self, dim: int, *, dtype: type[np.floating] = np.float32, brute_force_limit: int = 4096,
-                 list_size: int = 128, probe_rows: int = PROBE_ROWS, shortlist: int = 8, full_scan_factor: float = 4.0,
-                 capacity: int = 1024) -> None:
+                 list_size: int = 128, probe_rows: int = PROBE_ROWS, rerank_rows: int = RERANK_ROWS,
+                 shortlist: int = 8, full_scan_factor: float = 4.0, capacity: int = 1024) -> None:
         self.dim = dim
         self.dtype = dtype
         self.brute_force_limit = brute_force_limit
         self.list_size = list_size  # a list holding more rows than this is split in two
         self.probe_rows = probe_rows  # lists are probed, nearest centroid first, until this many rows are covered
+        self.rerank_rows = rerank_rows  # probed rows nearest by sign bits that are then scored from int8 codes
         self.shortlist = shortlist  # extra rows per query re-scored exactly beyond the k asked for
         # A batch scans every row when its lists would cover more than 1/full_scan_factor of the matrix.
         self.full_scan_factor = full_scan_factor
-        self._exact = _ChunkedRows(dim, dtype)
+        self._words = (dim + 63) // 64
+        self._exact = _ChunkedRows((dim,), dtype)
+        self._codes = _ChunkedRows((dim,), np.int8)
+        self._scales = _ChunkedRows((), np.float32)
         self._live = np.zeros(capacity, dtype=bool)
         self.count = 0  # rows ever added (live or not)
         self._removed = 0  # remove() calls: while 0 every row is live and search skips the check
         # Until the matrix is trained, one list without a centroid holds every row (in row order).
-        self._lists = [_InvertedList.empty(dim)]
+        self._lists = [_InvertedList.empty(self._words)]
         self._centroid_rows: list[Vectors] = []
         self._centroids = np.zeros((0, dim), dtype=np.float32)  # _centroid_rows stacked, rebuilt after splits
         self._sizes = np.zeros(0, dtype=np.int64)  # size of each list, rebuilt after every add
         self._rng = np.random.default_rng(0x7011)
-        self._buffer = np.empty((0, dim), dtype=np.float32)  # int8 codes converted for BLAS, reused
+        self._buffer = np.empty((_BLOCK, dim), dtype=np.float32)  # int8 codes converted for BLAS, reused
 
     @property
     def live_count(self) -> int:
@@ -235,14 +288,14 @@ class VectorMatrix:
         for start in range(0, n, _BLOCK):  # blocks keep the temporaries small: memory is the worker's budget
             block = np.asarray(vectors[start:start + _BLOCK], dtype=np.float32)
             scales = (np.abs(block).max(axis=1) / 127).astype(np.float32)
-            codes = np.rint(np.divide(block, scales[:, None], out=np.zeros_like(block), where=scales[:, None] > 0)
-                            ).astype(np.int8)
+            self._codes.append(np.rint(np.divide(block, scales[:, None], out=np.zeros_like(block),
+                                                 where=scales[:, None] > 0)).astype(np.int8))
+            self._scales.append(scales)
             self._exact.append(block)
-            block_rows = rows[start:start + _BLOCK]
             if self._centroid_rows:
-                self._assign(block_rows, block, codes, scales)
+                self._assign(rows[start:start + _BLOCK], block, _sign_bits(block, self._words))
             else:
-                self._lists[0].append(block_rows, codes, scales)
+                self._lists[0].append(rows[start:start + _BLOCK], _sign_bits(block, self._words))
         self._live[rows] = True
         self.count += n
         if not self._centroid_rows and self.count > self.brute_force_limit:
@@ -258,13 +311,12 @@ class VectorMatrix:
             self._rng.choice(rows, 64 * self.list_size, replace=False))
         self._centroid_rows = list(_kmeans(self._exact.take(sample), lists, iterations=8, rng=self._rng))
         self._centroids = np.stack(self._centroid_rows)
-        self._lists = [_InvertedList.empty(self.dim) for _ in range(lists)]
+        self._lists = [_InvertedList.empty(self._words) for _ in range(lists)]
         for start in range(0, self.count, _BLOCK):  # blocks bound the float32 copy
-            stop = min(self.count, start + _BLOCK)
-            self._assign(rows[start:stop], self._exact.take(rows[start:stop]), everything.codes[start:stop],
-                         everything.scales[start:stop])
+            block = rows[start:start + _BLOCK]
+            self._assign(block, self._exact.take(block), everything.entries[start:start + _BLOCK, :-1])
 
-    def _assign(self, rows: Rows, vectors: Vectors, codes: npt.NDArray[np.int8], scales: Vectors) -> None:
+    def _assign(self, rows: Rows, vectors: Vectors, bits: Bits) -> None:
         nearest = np.argmax(vectors @ self._centroids.T, axis=1)
         order = np.argsort(nearest, kind="stable")
         targets, starts = np.unique(nearest[order], return_index=True)
@@ -272,7 +324,7 @@ class VectorMatrix:
         oversized = []
         for target, lo, hi in zip(targets.tolist(), bounds, bounds[1:], strict=False):
             members = order[lo:hi]
-            self._lists[target].append(rows[members], codes[members], scales[members])
+            self._lists[target].append(rows[members], bits[members])
             if self._lists[target].size > self.list_size:
                 oversized.append(target)
         if oversized:
@@ -317,17 +369,28 @@ class VectorMatrix:
             return scores_out, rows_out
         queries = np.asarray(queries, dtype=np.float32)
         # A big batch on a modest matrix: one blocked matrix product over every row costs less than each query
-        # gathering its own lists (measured: a gathered row costs ~10x a row of a batched product).
+        # probing its own lists (measured: a probed row costs ~10x a row of a batched product).
         if not self._centroid_rows or m * self.probe_rows >= self.full_scan_factor * self.count:
-            rows, approx = self._scan(queries, self._lists)
+            everything = np.arange(self.count, dtype=np.int64)
+            approx = self._scan_all(queries)
             for i in range(m):
-                self._rescore(queries[i], rows, approx[i], k, allowed, i, scores_out[i], rows_out[i])
+                self._rescore(queries[i], everything, approx[i], k, allowed, i, scores_out[i], rows_out[i])
             return scores_out, rows_out
         # Lists are probed nearest centroid first until probe_rows rows are covered: the work per query is
         # bounded (at most probe_rows + list_size rows) whatever the distribution of the data.
+        query_bits = _sign_bits(queries, self._words + 1)  # + a zero word opposite each entry's row id
         for i, nearest in enumerate(self._nearest_lists(queries)):
-            rows, approx = self._scan(queries[i:i + 1], [self._lists[j] for j in nearest])
-            self._rescore(queries[i], rows, approx[0], k, allowed, i, scores_out[i], rows_out[i])
+            entries = np.concatenate([self._lists[j].entries for j in nearest])
+            if allowed is not None or self._removed:
+                rows = _rows_of(entries)
+                entries = entries[self._live[rows] if allowed is None else self._live[rows] & allowed[i, rows]]
+            rows = _rows_of(entries)
+            if len(rows) > self.rerank_rows:  # sign bits pick the rows worth an int8 score
+                distance = _hamming(entries, query_bits[i])
+                rows = rows[np.argpartition(distance, self.rerank_rows - 1)[: self.rerank_rows]]
+            rows = np.sort(rows)  # gathered chunk by chunk
+            approx = (self._codes.gather(rows).astype(np.float32) @ queries[i]) * self._scales.gather(rows)
+            self._rescore(queries[i], rows, approx, k, None, i, scores_out[i], rows_out[i])
         return scores_out, rows_out
 
     def _nearest_lists(self, queries: Vectors) -> list[list[int]]:
@@ -350,36 +413,18 @@ class VectorMatrix:
         probed = (covered < self.probe_rows).sum(axis=1) + 1
         return [best[i, : probed[i]].tolist() for i in range(len(queries))]
 
-    def _scan(self, queries: Vectors, lists: Sequence[_InvertedList]) -> tuple[Rows, Vectors]:
-        """int8 scores of every row of ``lists`` for each query: (rows, ``(len(queries), rows)`` scores).
-
-        The codes are converted to float32 about ``_BLOCK`` rows at a time (whole lists, so one concatenate per
-        block) into a reused buffer, and BLAS scores the block while it is still in the CPU cache. A matrix is used
-        by one thread (the stage's event loop), so the buffer needs no lock.
-        """
-        rows = np.concatenate([lst.rows for lst in lists])
-        scales = np.concatenate([lst.scales for lst in lists])
-        views = [lst.codes for lst in lists]
-        if not self._centroid_rows:  # the one list of an untrained matrix, a block at a time
-            views = [views[0][start:start + _BLOCK] for start in range(0, len(rows), _BLOCK)]
-        ends = np.cumsum([len(view) for view in views])
-        # Block b takes the views that end in ((b-1)*_BLOCK, b*_BLOCK]: at most _BLOCK + the longest view - 1 rows.
-        cuts = (np.flatnonzero(np.diff((ends - 1) // _BLOCK)) + 1).tolist()
-        if len(self._buffer) < _BLOCK + self.list_size:
-            self._buffer = np.empty((_BLOCK + max(self.list_size, _BLOCK), self.dim), dtype=np.float32)
-        approx = np.empty((len(queries), len(rows)), dtype=np.float32)
-        lo = 0
-        for first, stop in zip([0, *cuts], [*cuts, len(views)], strict=True):
-            hi = int(ends[stop - 1])
-            block = self._buffer[: hi - lo]
-            np.concatenate(views[first:stop], out=block, casting="unsafe")
-            if len(queries) == 1:
-                np.dot(block, queries[0], out=approx[0, lo:hi])
-            else:
-                np.matmul(queries, block.T, out=approx[:, lo:hi])
-            lo = hi
-        approx *= scales
-        return rows, approx
+    def _scan_all(self, queries: Vectors) -> Vectors:
+        """int8 scores of every row for each query, ``(len(queries), count)``: codes converted to float32 a block
+        at a time into one reused buffer (a matrix is used by one thread, the stage's event loop), scored by BLAS
+        while the block is still in the CPU cache."""
+        approx = np.empty((len(queries), self.count), dtype=np.float32)
+        for start, codes in self._codes.blocks(_BLOCK):
+            block = self._buffer[: len(codes)]
+            np.copyto(block, codes, casting="unsafe")
+            np.matmul(queries, block.T, out=approx[:, start:start + len(codes)])
+        for start, scales in self._scales.blocks(self._scales.chunk_rows):
+            approx[:, start:start + len(scales)] *= scales
+        return approx
 
     def _rescore(self, query: Vectors, rows: Rows, approx: Vectors, k: int,
                  allowed: npt.NDArray[np.bool_] | None, position: int, scores_out: Vectors, rows_out: Rows) -> None:

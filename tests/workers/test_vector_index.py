@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 
+from workers import vector_index
 from workers.embedding import HashingEmbedder, l2_normalise
 from workers.vector_index import IndexedChunk, MemoryVectorIndex, VectorMatrix, Visibility
 
@@ -173,13 +175,20 @@ def test_a_big_batch_scans_everything_and_agrees_with_the_lists() -> None:
     np.testing.assert_allclose(scores_lists, scores_scan, atol=1e-6)
 
 
-def test_rows_in_later_storage_chunks_are_found_and_scored_exactly() -> None:
+def test_rows_in_later_storage_chunks_are_found_and_scored_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vector_index, "_CHUNK_BYTES", 16 << 10)  # 256 exact rows, 1024 codes, 4096 scales a chunk
     rng = np.random.default_rng(7)
-    data = l2_normalise(rng.standard_normal((40_000, 16)))  # exact rows live in 16,384-row chunks
-    matrix = VectorMatrix(16, brute_force_limit=1000, list_size=512, probe_rows=40_000, full_scan_factor=np.inf)
-    for start in range(0, len(data), 9_000):
-        matrix.add(data[start:start + 9_000])
-    wanted = np.array([0, 16_383, 16_384, 32_768, 39_999])
+    data = l2_normalise(rng.standard_normal((9000, 16)))
+    matrix = VectorMatrix(16, brute_force_limit=1000, list_size=64, probe_rows=9000, rerank_rows=9000,
+                          full_scan_factor=np.inf)
+    for start in range(0, len(data), 2000):
+        matrix.add(data[start:start + 2000])
+    wanted = np.array([0, 255, 256, 4095, 4096, 8999])
     scores, rows = matrix.search(data[wanted], 40)  # 40 rows re-scored: the grouped-by-chunk path too
     assert (rows[:, 0] == wanted).all()
     np.testing.assert_allclose(scores, np.einsum("ij,ikj->ik", data[wanted], data[rows]), atol=1e-6)
+    scan = VectorMatrix(16, brute_force_limit=10_000)  # every row scanned, chunk by chunk
+    scan.add(data)
+    scan_scores, scan_rows = scan.search(data[wanted], 40)
+    np.testing.assert_array_equal(scan_rows, rows)
+    np.testing.assert_allclose(scan_scores, scores, atol=1e-6)

@@ -379,15 +379,15 @@ class VectorMatrix:
         # Lists are probed nearest centroid first until probe_rows rows are covered: the work per query is
         # bounded (at most probe_rows + list_size rows) whatever the distribution of the data.
         query_bits = _sign_bits(queries, self._words + 1)  # + a zero word opposite each entry's row id
+        rerank = max(self.rerank_rows, 4 * (k + self.shortlist))
         for i, nearest in enumerate(self._nearest_lists(queries)):
             entries = np.concatenate([self._lists[j].entries for j in nearest])
             if allowed is not None or self._removed:
                 rows = _rows_of(entries)
                 entries = entries[self._live[rows] if allowed is None else self._live[rows] & allowed[i, rows]]
             rows = _rows_of(entries)
-            if len(rows) > self.rerank_rows:  # sign bits pick the rows worth an int8 score
-                distance = _hamming(entries, query_bits[i])
-                rows = rows[np.argpartition(distance, self.rerank_rows - 1)[: self.rerank_rows]]
+            if len(rows) > rerank:  # sign bits pick the rows worth an int8 score
+                rows = rows[np.argpartition(_hamming(entries, query_bits[i]), rerank - 1)[:rerank]]
             rows = np.sort(rows)  # gathered chunk by chunk
             approx = (self._codes.gather(rows).astype(np.float32) @ queries[i]) * self._scales.gather(rows)
             self._rescore(queries[i], rows, approx, k, None, i, scores_out[i], rows_out[i])

@@ -393,25 +393,25 @@ class VectorMatrix:
             self._rescore(queries[i], rows, approx, k, None, i, scores_out[i], rows_out[i])
         return scores_out, rows_out
 
-    def _nearest_lists(self, queries: Vectors) -> list[list[int]]:
+    def _nearest_lists(self, queries: Vectors) -> Iterator[list[int]]:
         """Per query, the lists nearest centroid first that together cover ``probe_rows`` rows.
 
-        Only the best few centroids are sorted (a full argsort of ~1,300 scores per query costs more than the rest
-        of the ranking); when they do not cover ``probe_rows`` rows (tiny lists), every centroid is sorted.
+        One product scores every centroid for the batch; then, per query and in 1-D (cheaper than the same steps
+        along an axis of the batch), only the best few centroids are sorted: a full argsort of ~1,300 scores costs
+        more than the rest of the ranking. When the few do not cover ``probe_rows`` rows (tiny lists), every
+        centroid is sorted.
         """
-        scores = queries @ self._centroids.T
-        few = min(len(self._sizes), 4 * self.probe_rows // max(1, self.list_size) + 1)
-        if few < len(self._sizes):
-            best = np.argpartition(-scores, few - 1, axis=1)[:, :few]
-            best = np.take_along_axis(best, np.argsort(-np.take_along_axis(scores, best, axis=1), axis=1), axis=1)
-        else:
-            best = np.argsort(-scores, axis=1)
-        covered = np.cumsum(self._sizes[best], axis=1)
-        if (covered[:, -1] < self.probe_rows).any() and few < len(self._sizes):
-            best = np.argsort(-scores, axis=1)
-            covered = np.cumsum(self._sizes[best], axis=1)
-        probed = (covered < self.probe_rows).sum(axis=1) + 1
-        return [best[i, : probed[i]].tolist() for i in range(len(queries))]
+        scores = self._centroids @ queries[0] if len(queries) == 1 else queries @ self._centroids.T
+        lists = len(self._sizes)
+        few = min(lists, 4 * self.probe_rows // max(1, self.list_size) + 1)
+        for row in scores.reshape(len(queries), lists):
+            best = np.argpartition(row, lists - few)[lists - few:]
+            best = best[np.argsort(-row[best])]
+            covered = np.cumsum(self._sizes[best])
+            if covered[-1] < self.probe_rows and few < lists:
+                best = np.argsort(-row)
+                covered = np.cumsum(self._sizes[best])
+            yield best[: int(np.searchsorted(covered, self.probe_rows)) + 1].tolist()
 
     def _scan_all(self, queries: Vectors) -> Vectors:
         """int8 scores of every row for each query, ``(len(queries), count)``: codes converted to float32 a block

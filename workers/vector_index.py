@@ -137,10 +137,8 @@ class _ChunkedRows:
             for i, row in enumerate(rows.tolist()):
                 out[i] = self.chunks[row // self.chunk_rows][row % self.chunk_rows]
             return out
-        chunk_of = rows // self.chunk_rows
-        for chunk in np.unique(chunk_of).tolist():
-            inside = chunk_of == chunk
-            out[inside] = self.chunks[chunk][rows[inside] % self.chunk_rows]
+        order = np.argsort(rows)
+        out[order] = self.gather(rows[order])
         return out
 
     def gather(self, rows: Rows) -> npt.NDArray[Any]:

@@ -181,17 +181,18 @@ class LedgerApp:
         marks = self.reset()
         topic = topology(self.settings).responses
         seen = self.state.seen
-        for partition, offset, key, value, timestamp_ms in await read_records(
-                self.settings, topic, partitions=partitions):
-            if offset > marks.get(partition, -1):
-                self.apply(partition, offset, key, value)
-                self.state.reapplied += 1
-                continue
-            rid = key.decode(errors="replace") if key is not None else _request_id_of(value)
-            if rid is not None and rid not in seen:
-                seen[rid] = [partition, offset, window_start_ms(timestamp_ms * 1_000_000, "day")]
-            self._bump(partition, offset)
-            self.state.caught_up_keys += 1
+        async for batch in iter_records(self.settings, topic, partitions=partitions):
+            for partition, offset, key, value, timestamp_ms in batch:
+                if offset > marks.get(partition, -1):
+                    self.apply(partition, offset, key, value)
+                    self.state.reapplied += 1
+                    continue
+                rid = key.decode(errors="replace") if key is not None else _request_id_of(value)
+                if rid is not None and rid not in seen:
+                    seen[rid] = [partition, offset, window_start_ms(timestamp_ms * 1_000_000, "day")]
+                self.state.caught_up_keys += 1
+            if batch:
+                self._bump(batch[-1][0], batch[-1][1])
         for partition in partitions:
             self.state.positions.setdefault(partition, -1)
         self.state.catch_up_s = time.monotonic() - started
@@ -355,10 +356,11 @@ def run_worker(settings: Settings, *, loglevel: str = "warn") -> None:
 Record = tuple[int, int, bytes | None, bytes | None, int]  # partition, offset, key, value, timestamp (ms)
 
 
-async def read_records(settings: Settings, topic: str, *, upto: dict[int, int] | None = None,
-                       partitions: list[int] | None = None, timeout_s: float = 60.0) -> list[Record]:
-    """Every record of ``topic`` (or of ``partitions``) from the beginning, in offset order per partition: up to the
-    end offsets at call time, or up to ``upto[partition]`` inclusive (a partition missing there: none).
+async def iter_records(settings: Settings, topic: str, *, upto: dict[int, int] | None = None,
+                       partitions: list[int] | None = None, timeout_s: float = 60.0) -> AsyncIterator[list[Record]]:
+    """Every record of ``topic`` (or of ``partitions``) from the beginning, a fetch at a time, in offset order per
+    partition: up to the end offsets at call time, or up to ``upto[partition]`` inclusive (a partition missing
+    there: none).
 
     ``timeout_s`` bounds a wait without progress, not the whole read (a large topic takes as long as it takes).
     """
@@ -383,14 +385,13 @@ async def read_records(settings: Settings, topic: str, *, upto: dict[int, int] |
         consumer.unsubscribe()
         tps = [TopicPartition(topic, p) for p in sorted(known if partitions is None else set(partitions) & known)]
         if not tps:
-            return []
+            return
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         if upto is None:
             targets = {tp: end - 1 for tp, end in (await consumer.end_offsets(tps)).items()}
         else:
             targets = {tp: upto.get(tp.partition, -1) for tp in tps}
-        out: list[Record] = []
         pending = {tp for tp in tps if targets[tp] >= 0}
         for tp in set(tps) - pending:
             consumer.pause(tp)
@@ -400,17 +401,24 @@ async def read_records(settings: Settings, topic: str, *, upto: dict[int, int] |
             if loop.time() > deadline:
                 raise ServiceUnavailable(f"reading {topic} did not reach offsets {targets}: no progress in "
                                          f"{timeout_s:.0f} s")
-            for tp, records in (await consumer.getmany(*pending, timeout_ms=200, max_records=100_000)).items():
+            for tp, records in (await consumer.getmany(*pending, timeout_ms=200, max_records=50_000)).items():
                 deadline = loop.time() + timeout_s
                 target = targets[tp]
-                out.extend((tp.partition, r.offset, r.key, r.value, r.timestamp) for r in records
-                           if r.offset <= target)
+                yield [(tp.partition, r.offset, r.key, r.value, r.timestamp) for r in records if r.offset <= target]
                 if records and records[-1].offset >= target:
                     pending.discard(tp)
                     consumer.pause(tp)
-        return out
     finally:
         await consumer.stop()
+
+
+async def read_records(settings: Settings, topic: str, *, upto: dict[int, int] | None = None,
+                       partitions: list[int] | None = None, timeout_s: float = 60.0) -> list[Record]:
+    """Every record of ``topic`` in one list (see :func:`iter_records`)."""
+    out: list[Record] = []
+    async for batch in iter_records(settings, topic, upto=upto, partitions=partitions, timeout_s=timeout_s):
+        out.extend(batch)
+    return out
 
 
 async def read_topic(settings: Settings, topic: str, *, upto: dict[int, int] | None = None,

@@ -117,7 +117,8 @@ async def test_kill_9_mid_run_then_restart_reconciles_to_zero(settings: Settings
         total = FIRST + SECOND + REPLAYS
 
         proc = start_worker(settings, port, tmp_path)
-        final = await wait_status(port, lambda s: s["counted"] + s["duplicates"] >= 1 and
+        final = await wait_status(port, lambda s: s["recovered_s"] is not None and
+                                  s["counted"] + s["duplicates"] >= 1 and
                                   sum(p + 1 for p in s["positions"].values()) >= total, proc)
         assert final["recovered_s"] is not None
 

@@ -56,7 +56,10 @@ class LanePoller:
     hot_window_ms: float = 2000.0
     # The model stage polls every few hundred ms; counting polls keeps a slow stage hot between two of them.
     hot_polls: int = 3
-    batch_share: float = 0.2
+    # Backfill riding along slows the model's batched decode for the interactive requests in the same call; at 0.2
+    # (with the default quota of 16) interactive p99 under a flood was 1.19–1.35× its p99 alone, at 0.1 within 1.2×
+    # (bench/lanes_bench.py). Backfill then moves at a few % of its idle speed while interactive traffic flows.
+    batch_share: float = 0.1
     clock: Callable[[], float] = time.monotonic
     shared: ProcessLanes = field(default_factory=lambda: PROCESS_LANES)
     _polls_since_interactive: int = 1 << 30

@@ -227,9 +227,10 @@ class StageRunner:
                 env = self._decode(record, result)
                 if env is None:
                     continue
-                hop = Hop(stage=self.stage, worker_id=self.settings.worker_id,
-                          produced_at_ns=int(record.timestamp) * 1_000_000, received_at_ns=received_ns,
-                          started_at_ns=received_ns)
+                # Constructed, not validated: every value is the runner's own (one per record per hop).
+                hop = Hop.model_construct(stage=self.stage, worker_id=self.settings.worker_id,
+                                          produced_at_ns=int(record.timestamp) * 1_000_000,
+                                          received_at_ns=received_ns, started_at_ns=received_ns)
                 if env.route and env.route[0] == self.stage:
                     env.route.pop(0)
                 elif env.route:

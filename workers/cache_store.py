@@ -10,9 +10,11 @@ prompt, after which the same key is read. The tenant is in every key and the key
 
 **Sharing the semantic index across processes.** Redis is the source of truth; each process keeps a
 :class:`SemanticMirror`: per tenant a cursor into the tenant's log stream and, per scope, a numpy
-:class:`~workers.vector_index.VectorMatrix` of the vectors seen so far. Before a batch is looked up, the mirror
-reads only the log records added since its cursor (one ``XRANGE`` per tenant in the batch, none if nothing is new
-beyond a cheap round trip), so an entry written by any process is searchable by every other one on its next batch.
+:class:`~workers.vector_index.VectorMatrix` of the vectors seen so far, with each row's key and expiry (prompts
+and answers stay in Redis: at 100k entries they would cost every worker tens of MB). Before a batch is looked up,
+the mirror reads only the log records added since its cursor (one ``XRANGE`` per tenant in the batch, none if
+nothing is new beyond a cheap round trip), so an entry written by any process is searchable by every other one on
+its next batch.
 A new process replays the stream from the start (bounded by ``MAXLEN``). Expiry is enforced twice: the mirror skips
 rows whose expiry passed, and a candidate is only served after its entry is read from Redis, which forgets it at TTL.
 

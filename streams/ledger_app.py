@@ -129,8 +129,10 @@ class LedgerApp:
                               outcomes=outcome_rows_from(self.state.tasks, self.outcomes, tenant=tenant),
                               positions=self.positions())
 
-    def apply(self, partition: int, offset: int, key: bytes | None, value: bytes | None) -> Response | None:
-        """Apply one responses record to the live tables (records of a partition in offset order)."""
+    def apply(self, partition: int, offset: int, key: bytes | None, value: bytes | None, *,
+              live: bool = True) -> Response | None:
+        """Apply one responses record to the live tables (records of a partition in offset order); ``live=False``
+        for the catch-up's re-applies, which are not new counts."""
         state = self.state
         try:
             response = decode_as(value, Response)
@@ -143,11 +145,11 @@ class LedgerApp:
             self._bump(partition, offset)
             return None
         state.cells.partition = state.tasks.partition = partition
-        if apply_response(response, partition=partition, offset=offset, seen=state.seen, cells=state.cells,
-                          tasks=state.tasks):
-            state.counted += 1
-        else:
-            state.duplicates += 1
+        applied = apply_response(response, partition=partition, offset=offset, seen=state.seen, cells=state.cells,
+                                 tasks=state.tasks)
+        if live:
+            state.counted += applied
+            state.duplicates += not applied
         self._bump(partition, offset)
         return response
 
@@ -184,7 +186,7 @@ class LedgerApp:
         async for batch in iter_records(self.settings, topic, partitions=partitions):
             for partition, offset, key, value, timestamp_ms in batch:
                 if offset > marks.get(partition, -1):
-                    self.apply(partition, offset, key, value)
+                    self.apply(partition, offset, key, value, live=False)
                     self.state.reapplied += 1
                     continue
                 rid = key.decode(errors="replace") if key is not None else _request_id_of(value)
@@ -320,7 +322,9 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> LedgerApp:
                          "caught_up_keys": state.caught_up_keys, "reapplied": state.reapplied,
                          "seen": len(state.seen), "cells": len(state.cells), "tasks": len(state.tasks),
                          "outcomes": len(outcomes), "checkpoints": state.checkpoints, "counted": state.counted,
-                         "duplicates": state.duplicates, "bad": state.bad, "positions": ledger.positions()})
+                         "duplicates": state.duplicates, "bad": state.bad,
+                         # what the answers include; empty until they can be asked (after the catch-up)
+                         "positions": ledger.positions() if state.recovered.is_set() else {}})
 
     return ledger
 

@@ -78,7 +78,7 @@ async def read_ledger(settings: Settings, url: str, expected: int, timeout_s: fl
 
 async def run_demo(settings: Settings, requests_file: Path, console: Console) -> list[Response]:
     from streams.cli import print_response
-    from streams.cli_ledger import ledger_table
+    from streams.cli_ledger import ledger_table, quality_table
     from streams.ledger_app import run_ledger
     from streams.report import write_report
 
@@ -108,6 +108,7 @@ async def run_demo(settings: Settings, requests_file: Path, console: Console) ->
                 responses += wave_responses
         snapshot = await read_ledger(settings, f"http://127.0.0.1:{ledger_port}", expected=len(responses))
         console.print(ledger_table(snapshot.rows, "cost ledger (Faust table): tenant × model × day"))
+        console.print(quality_table(snapshot.rows, "quality beside cost: online evaluators' pass rates × day"))
         png, page = write_report(responses, settings.state_dir / "reports")
         console.print(f"latency report: {png} · {page}")
         return responses

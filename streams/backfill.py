@@ -47,6 +47,7 @@ from streams.settings import Settings
 from streams.topics import ensure_topics, topology
 
 RESUME_MARGIN_MS = 5_000  # clocks of this host and the broker may differ a little
+SCAN_TIMEOUT_S = 300.0  # reading back a previous run's requests; far longer than a healthy broker needs
 
 
 def parse_rate(text: str) -> float:
@@ -202,8 +203,12 @@ class Summary:
     by_status: dict[str, int] = field(default_factory=dict)
 
 
-async def scan_published(settings: Settings, topic: str, since_ms: int, wanted: set[str]) -> set[str]:
-    """Which of ``wanted`` were published to ``topic`` at or after ``since_ms`` (record keys are request ids)."""
+async def scan_published(settings: Settings, topic: str, since_ms: int, wanted: set[str], *,
+                         timeout_s: float = SCAN_TIMEOUT_S) -> set[str]:
+    """Which of ``wanted`` were published to ``topic`` at or after ``since_ms`` (record keys are request ids).
+
+    Reads from there up to the end offsets taken at the start; ServiceUnavailable if that takes over ``timeout_s``.
+    """
     if not wanted:
         return set()
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None,
@@ -225,13 +230,17 @@ async def scan_published(settings: Settings, topic: str, since_ms: int, wanted: 
             at = starts.get(tp)
             consumer.seek(tp, at.offset if at is not None else ends[tp])
         remaining = {tp for tp in tps if await consumer.position(tp) < ends[tp]}
+        deadline = asyncio.get_running_loop().time() + timeout_s
         while remaining:
-            for tp, records in (await consumer.getmany(*remaining, timeout_ms=500)).items():
-                for record in records:
-                    if record.key is not None and (rid := record.key.decode()) in wanted:
-                        found.add(rid)
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
+            if asyncio.get_running_loop().time() > deadline:
+                raise ServiceUnavailable(
+                    f"could not read {topic} up to its end within {timeout_s:g} s to find the requests a previous "
+                    f"run published ({len(remaining)} partition(s) unfinished); is the broker overloaded? Run the "
+                    "backfill again to resume")
+            for records in (await consumer.getmany(*remaining, timeout_ms=500)).values():
+                found.update(rid for record in records
+                             if record.key is not None and (rid := record.key.decode()) in wanted)
+            remaining = {tp for tp in remaining if await consumer.position(tp) < ends[tp]}
         return found
     finally:
         await consumer.stop()
@@ -331,20 +340,34 @@ async def run_backfill(settings: Settings, options: BackfillOptions, *, console:
 async def _publish(client: TollwayClient, settings: Settings, options: BackfillOptions, items: list[Item],
                    window: asyncio.Semaphore, collect: Callable[[Item], Coroutine[Any, Any, None]],
                    collectors: list[asyncio.Task[None]], summary: Summary) -> None:
-    """Publish at ``rate_per_s`` in small acknowledged groups, never more than ``max_in_flight`` unanswered."""
+    """Publish at ``rate_per_s`` in small acknowledged groups, never more than ``max_in_flight`` unanswered.
+
+    A group is as large as the rate allows *and* the window has free slots right now: it never waits for a slot while
+    holding others. Slots are freed only by the collectors of published requests, so a group waiting for more slots
+    than the window had free could wait forever — which is how a resumed run hung when the previous run's in-flight
+    results held the window long enough for the rate to allow a group larger than the window.
+    """
     loop = asyncio.get_running_loop()
     began = loop.time()
     index = 0
     while index < len(items):
-        allowed = int((loop.time() - began) * options.rate_per_s) + 1 - summary.published
-        if allowed <= 0:
-            await asyncio.sleep((summary.published + 1 - (loop.time() - began) * options.rate_per_s)
-                                / options.rate_per_s)  # pacing to the rate, not synchronisation
-            continue
-        group = items[index:index + min(allowed, 500)]
-        for _ in group:
-            await window.acquire()
-        await client.submit_envelopes([item.envelope(settings, options.tier) for item in group])
+        await window.acquire()  # room for at least one: waits only on collectors that already exist
+        taken = 1
+        try:
+            next_due = began + summary.published / options.rate_per_s
+            if next_due > loop.time():
+                await asyncio.sleep(next_due - loop.time())  # pacing to the rate, not synchronisation
+            allowed = max(1, int((loop.time() - began) * options.rate_per_s) + 1 - summary.published)
+            limit = min(allowed, 500, len(items) - index)
+            while taken < limit and not window.locked():
+                await window.acquire()  # free now: returns at once
+                taken += 1
+            group = items[index:index + taken]
+            await client.submit_envelopes([item.envelope(settings, options.tier) for item in group])
+        except BaseException:
+            for _ in range(taken):  # nothing of the group is waited for: give its slots back
+                window.release()
+            raise
         collectors.extend(asyncio.create_task(collect(item)) for item in group)
         summary.published += len(group)
         index += len(group)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -19,17 +18,9 @@ from streams.settings import Settings
 from streams.topics import topology
 from tests.kafka_helpers import read_until
 
-# Under heavy load on a 2-core machine the resumed run has been seen waiting for a dozen in-flight results that
-# never arrived (cause not yet found): a crash/resume scenario, it runs with `make chaos` and fails fast.
-pytestmark = [pytest.mark.integration, pytest.mark.chaos]
+pytestmark = pytest.mark.integration
 
 N = 40
-
-
-@pytest.fixture
-def settings() -> Settings:
-    """The shared fixture's isolation, without the model stage's emulated latency (the test is about resuming)."""
-    return Settings(topic_prefix=f"t{uuid.uuid4().hex[:10]}", partitions=2, batch_wait_ms=5, model_latency_scale=0)
 
 
 def lines_in(path: Path) -> list[dict[str, object]]:
@@ -51,7 +42,9 @@ async def test_interrupted_backfill_resumes_with_every_result_once(pipeline: Set
     rows.insert(20, '{"prompt": "x", "unknown_field": 1}')
     source.write_text("\n".join(rows) + "\n")
     out = tmp_path / "results.jsonl"
-    options = BackfillOptions(input_file=source, out=out, rate_per_s=40, max_in_flight=10, result_timeout_s=60)
+    # A small window and a rate slow enough that the first run is still going when it is cancelled. The resumed run
+    # once hung for good under load here (a publishing group larger than the window; see tests/streams/test_backfill).
+    options = BackfillOptions(input_file=source, out=out, rate_per_s=4, max_in_flight=10, result_timeout_s=60)
     quiet = Console(file=io.StringIO())
 
     first = asyncio.create_task(run_backfill(pipeline, options, console=quiet, progress=False))
@@ -62,7 +55,8 @@ async def test_interrupted_backfill_resumes_with_every_result_once(pipeline: Set
     interrupted_at = len(lines_in(out))
     assert 8 <= interrupted_at < N
 
-    summary = await run_backfill(pipeline, options, console=quiet, progress=False)
+    summary = await asyncio.wait_for(run_backfill(pipeline, options, console=quiet, progress=False), 120)
+    assert summary.unanswered == 0
     assert summary.already_done == interrupted_at
     assert summary.already_done + summary.resumed_in_flight + summary.published == N
     assert [b.line for b in summary.bad_lines] == [8, 21]

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+import orjson
 import pytest
 
-from streams.backfill import parse_line, parse_rate, read_done, read_input
+from schemas.envelope import Envelope
+from streams.backfill import BackfillOptions, Item, Summary, _publish, parse_line, parse_rate, read_done, read_input
+from streams.settings import Settings
 
 
 @pytest.mark.parametrize(("text", "per_s"), [("200/s", 200.0), ("6000/m", 100.0), ("50", 50.0), ("7200/h", 2.0)])
@@ -56,3 +60,43 @@ def test_a_torn_last_line_is_cut_off(tmp_path: Path) -> None:
     assert read_done(out) == {"a", "b"}
     assert out.read_bytes().endswith(b'"b"}\n')
     assert read_done(tmp_path / "missing.jsonl") == set()
+
+
+class _AckingClient:
+    """Stands in for the SDK client: every submit is acknowledged at once."""
+
+    def __init__(self) -> None:
+        self.submitted: list[str] = []
+
+    async def submit_envelopes(self, envs: list[Envelope]) -> list[str]:
+        self.submitted.extend(env.request_id for env in envs)
+        return [env.request_id for env in envs]
+
+
+async def test_publishing_never_holds_more_window_slots_than_the_window_has(tmp_path: Path) -> None:
+    """The resumed run of a backfill hung for good under load: while results of the previous run's in-flight requests
+    held every slot of the window, time passed, so the rate allowed a group larger than the window; the group then
+    waited for slots that only its own (not yet created) collectors could free."""
+    max_in_flight = 10
+    options = BackfillOptions(input_file=tmp_path / "in.jsonl", out=tmp_path / "out.jsonl", rate_per_s=1000,
+                              max_in_flight=max_in_flight)
+    items = [parse_line(n, orjson.dumps({"prompt": f"q{n}"}), job="j", tenant="acme") for n in range(1, 61)]
+    window = asyncio.Semaphore(max_in_flight)
+    for _ in range(max_in_flight):  # the previous run's in-flight requests, answered a little later
+        await window.acquire()
+    answered_later = asyncio.get_running_loop().call_later(0.05, lambda: [window.release()
+                                                                            for _ in range(max_in_flight)])
+    collectors: list[asyncio.Task[None]] = []
+
+    async def collect(item: Item) -> None:
+        window.release()  # answered at once
+
+    client = _AckingClient()
+    summary = Summary()
+    try:
+        await asyncio.wait_for(_publish(client, Settings(), options, items, window,  # type: ignore[arg-type]
+                                        collect, collectors, summary), 10)
+        await asyncio.gather(*collectors)
+    finally:
+        answered_later.cancel()
+    assert client.submitted == [item.request_id for item in items] and summary.published == len(items)

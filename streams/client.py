@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections import OrderedDict
@@ -24,6 +25,8 @@ from streams.codec import decode_as, encode
 from streams.settings import Settings
 from streams.topics import ensure_topics, topology
 from workers.policy import route_for
+
+log = logging.getLogger(__name__)
 
 
 def new_envelope(prompt: str | list[Message], *, tenant: str, tier: Tier = Tier.STANDARD,
@@ -48,13 +51,25 @@ def new_envelope(prompt: str | list[Message], *, tenant: str, tier: Tier = Tier.
 
 
 class ReplyReader:
-    """Reads a reply topic from a chosen point and resolves one future per registered request id."""
+    """Reads a reply topic from a chosen point and resolves one future per registered request id.
 
-    def __init__(self, settings: Settings, topic: str, *, keep_results: int = 10_000) -> None:
+    Memory is bounded: replies nobody has claimed yet are kept for the newest ``keep_results`` ids, and at most
+    ``max_pending`` ids wait for a reply. Past that, ids nobody is waiting on right now (a wait that timed out, a
+    submit never followed by a result) are dropped oldest first; if every one has a caller waiting, registering more
+    fails with a clear error instead of growing without end. Should the reader itself stop (the broker gone for good),
+    every wait fails at once with the reason rather than running into its timeout.
+    """
+
+    def __init__(self, settings: Settings, topic: str, *, keep_results: int = 10_000,
+                 max_pending: int = 100_000) -> None:
         self.settings = settings
         self.topic = topic
         self.keep_results = keep_results
-        self._futures: OrderedDict[str, asyncio.Future[Response]] = OrderedDict()
+        self.max_pending = max_pending
+        self._futures: OrderedDict[str, asyncio.Future[Response]] = OrderedDict()  # in registration order
+        self._unclaimed: OrderedDict[str, None] = OrderedDict()  # ids whose reply came and was not yet taken
+        self._waiters: dict[str, int] = {}  # ids a caller is in wait() for right now
+        self._failure: ServiceUnavailable | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self.seen = 0  # replies read, ours or not
@@ -85,56 +100,91 @@ class ReplyReader:
                     consumer.seek(tp, at.offset)
         for tp in tps:  # resolve positions now, so nothing published after start() is missed
             await consumer.position(tp)
+        self._failure = None
         self._task = asyncio.create_task(self._pump(), name=f"replies-{self.topic}")
 
     def expect(self, request_ids: Iterable[str]) -> None:
         """Register ids before publishing them: a reply that arrives first is then never dropped."""
+        if self._failure is not None:
+            raise self._failure
+        fresh = [rid for rid in dict.fromkeys(request_ids) if rid not in self._futures]
+        if self.pending() + len(fresh) > self.max_pending:
+            self._drop_abandoned(self.pending() + len(fresh) - self.max_pending)
+            if self.pending() + len(fresh) > self.max_pending:
+                raise ServiceUnavailable(
+                    f"{self.pending()} requests are already waiting for replies on {self.topic} (at most "
+                    f"{self.max_pending}); wait for their results before submitting more")
         loop = asyncio.get_running_loop()
-        for rid in request_ids:
-            if rid not in self._futures:
-                self._futures[rid] = loop.create_future()
-        self._trim()
+        for rid in fresh:
+            self._futures[rid] = loop.create_future()
 
     def forget(self, request_id: str) -> None:
         future = self._futures.pop(request_id, None)
+        self._unclaimed.pop(request_id, None)
         if future is not None and not future.done():
             future.cancel()
 
     def pending(self) -> int:
-        return sum(1 for f in self._futures.values() if not f.done())
+        """Registered ids still waiting for their reply."""
+        return len(self._futures) - len(self._unclaimed)
 
     async def wait(self, request_id: str, timeout_s: float) -> Response:
-        """The reply for a registered id (raises KeyError for an id never registered, TimeoutError on timeout)."""
+        """The reply for a registered id (KeyError for an id never registered, TimeoutError when none comes in time,
+        ServiceUnavailable when the reader has stopped). After a timeout the id stays registered: wait again, or
+        ``forget`` it."""
+        if self._failure is not None:
+            raise self._failure
         future = self._futures[request_id]
+        self._waiters[request_id] = self._waiters.get(request_id, 0) + 1
         try:
-            response = await asyncio.wait_for(asyncio.shield(future), timeout_s)
+            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        except TimeoutError:
+            raise TimeoutError(f"no reply to request {request_id} on {self.topic} within {timeout_s:g} s") from None
         finally:
-            if future.done():
-                self._futures.pop(request_id, None)
-        return response
+            if self._waiters[request_id] <= 1:
+                del self._waiters[request_id]
+            else:
+                self._waiters[request_id] -= 1
+            if future.done() and self._futures.get(request_id) is future:
+                del self._futures[request_id]
+                self._unclaimed.pop(request_id, None)
 
-    def _trim(self) -> None:
-        # Results nobody asked for (submit() without result()) are dropped oldest first, never pending ones.
-        done = len(self._futures) - self.pending()
-        if done <= self.keep_results:
+    def _drop_abandoned(self, count: int) -> None:
+        abandoned = [rid for rid, future in self._futures.items()
+                     if not future.done() and rid not in self._waiters][:count]
+        for rid in abandoned:
+            self.forget(rid)
+
+    def _resolve(self, request_id: str, value: bytes | None) -> None:
+        future = self._futures.get(request_id)
+        if future is None or future.done():
             return
-        for rid in [rid for rid, f in self._futures.items() if f.done()][: done - self.keep_results]:
-            del self._futures[rid]
+        try:
+            future.set_result(decode_as(value, Response))
+        except BadEvent:
+            return
+        self._unclaimed[request_id] = None
+        while len(self._unclaimed) > self.keep_results:  # replies nobody asked for: the oldest go first
+            oldest, _ = self._unclaimed.popitem(last=False)
+            self._futures.pop(oldest, None)
 
     async def _pump(self) -> None:
         assert self._consumer is not None
-        while True:
-            batches = await self._consumer.getmany(timeout_ms=200)
-            for records in batches.values():
-                for record in records:
-                    self.seen += 1
-                    future = self._futures.get(record.key.decode()) if record.key else None
-                    if future is None or future.done():
-                        continue
-                    try:
-                        future.set_result(decode_as(record.value, Response))
-                    except BadEvent:
-                        continue
+        try:
+            while True:
+                batches = await self._consumer.getmany(timeout_ms=200)
+                for records in batches.values():
+                    for record in records:
+                        self.seen += 1
+                        if record.key is not None:
+                            self._resolve(record.key.decode(), record.value)
+        except Exception as exc:  # aiokafka raises many types; whatever it is, no reply will come any more
+            self._failure = ServiceUnavailable(f"replies on {self.topic} are no longer read: {exc!r}")
+            log.error("%s", self._failure)
+            for future in self._futures.values():
+                if not future.done():
+                    future.set_exception(self._failure)
+                    future.exception()  # retrieved here: a waiter re-raises it, nobody else has to
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from aiokafka.errors import KafkaConnectionError
 
 from schemas.envelope import Status
+from schemas.errors import ServiceUnavailable
 from schemas.policy import KeyRecord, PolicyDocument, TenantPolicy
 from schemas.response import Response
 from streams.client import ReplyReader
+from streams.codec import encode
 from streams.principals import Identity, KeyCache, sign_envelope
 from streams.settings import Settings
 from workers.keys import create_key, verify_principal
@@ -61,14 +64,46 @@ def response(rid: str) -> Response:
 async def test_reply_reader_keeps_only_registered_ids_and_trims_unclaimed_results() -> None:
     reader = ReplyReader(Settings(), "t.responses", keep_results=2)
     reader.expect(["a", "b", "c"])
+    reader._resolve("stranger", encode(response("stranger")))
     for rid in ("a", "b", "c"):
-        reader._futures[rid].set_result(response(rid))
-    reader.expect(["d"])  # trimming happens on registration: the oldest finished result goes
-    assert list(reader._futures) == ["b", "c", "d"]
+        reader._resolve(rid, encode(response(rid)))
+    assert list(reader._futures) == ["b", "c"], "the oldest unclaimed result goes, strangers are never kept"
+    reader.expect(["d"])
     assert (await reader.wait("c", 1)).request_id == "c"
     assert "c" not in reader._futures
-    with pytest.raises(TimeoutError):
+    with pytest.raises(TimeoutError, match=r"no reply to request d on t\.responses within 0\.01 s"):
         await reader.wait("d", 0.01)
     assert reader.pending() == 1
     with pytest.raises(KeyError):
         await reader.wait("never-submitted", 0.01)
+
+
+async def test_reply_reader_bounds_the_ids_waiting_for_a_reply() -> None:
+    """A long-lived ingress whose requests time out must not keep a future per lost reply for ever."""
+    reader = ReplyReader(Settings(), "t.responses", max_pending=3)
+    reader.expect(["abandoned-1", "abandoned-2", "waited"])
+    waiting = asyncio.create_task(reader.wait("waited", 5))
+    await asyncio.sleep(0)  # let the waiter register
+    reader.expect(["new-1", "new-2"])  # room is made by dropping ids nobody waits on, oldest first
+    assert list(reader._futures) == ["waited", "new-1", "new-2"]
+    with pytest.raises(ServiceUnavailable, match="already waiting for replies"):
+        reader._waiters.update({"new-1": 1, "new-2": 1})  # every pending id has a caller now
+        reader.expect(["one-too-many"])
+    reader._resolve("waited", encode(response("waited")))
+    assert (await waiting).request_id == "waited"
+
+
+async def test_waits_fail_at_once_when_the_reader_stops() -> None:
+    class BrokenConsumer:
+        async def getmany(self, timeout_ms: int) -> dict[object, object]:
+            raise KafkaConnectionError("broker gone")
+
+    reader = ReplyReader(Settings(), "t.responses")
+    reader.expect(["a"])
+    reader._consumer = BrokenConsumer()  # type: ignore[assignment]
+    waiting = asyncio.create_task(reader.wait("a", 60))
+    await reader._pump()
+    with pytest.raises(ServiceUnavailable, match="no longer read"):
+        await asyncio.wait_for(waiting, 1)
+    with pytest.raises(ServiceUnavailable):
+        reader.expect(["b"])

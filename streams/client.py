@@ -28,6 +28,11 @@ from workers.policy import route_for
 
 log = logging.getLogger(__name__)
 
+# With fetch_min_bytes=1 the broker answers a fetch as soon as a reply arrives, so the wait only sets how often an idle
+# reader asks again. Measured alternated in one run (3 rounds, 60 replies each): 5 ms kept 11–12 % of a
+# core busy per idle reader, 500 ms 0.4–0.5 %; send→reply p50 4.6 vs 4.3 ms (medians of rounds), within the noise.
+REPLY_FETCH_WAIT_MS = 500
+
 
 def new_envelope(prompt: str | list[Message], *, tenant: str, tier: Tier = Tier.STANDARD,
                  budget_ms: int | None = None, settings: Settings | None = None,
@@ -61,9 +66,10 @@ class ReplyReader:
     """
 
     def __init__(self, settings: Settings, topic: str, *, keep_results: int = 10_000,
-                 max_pending: int = 100_000) -> None:
+                 max_pending: int = 100_000, fetch_max_wait_ms: int = REPLY_FETCH_WAIT_MS) -> None:
         self.settings = settings
         self.topic = topic
+        self.fetch_max_wait_ms = fetch_max_wait_ms
         self.keep_results = keep_results
         self.max_pending = max_pending
         self._futures: OrderedDict[str, asyncio.Future[Response]] = OrderedDict()  # in registration order
@@ -77,7 +83,8 @@ class ReplyReader:
     async def start(self, *, since_ms: int | None = None) -> None:
         """Start reading at the end of the topic, or at the first reply at or after ``since_ms`` (epoch ms)."""
         consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers, group_id=None,
-                                    enable_auto_commit=False, fetch_max_wait_ms=5, auto_offset_reset="latest")
+                                    enable_auto_commit=False, fetch_max_wait_ms=self.fetch_max_wait_ms,
+                                    auto_offset_reset="latest")
         try:
             await asyncio.wait_for(consumer.start(), 15)
         except (TimeoutError, KafkaError, OSError) as exc:

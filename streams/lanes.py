@@ -56,9 +56,10 @@ class LanePoller:
     hot_window_ms: float = 2000.0
     # The model stage polls every few hundred ms; counting polls keeps a slow stage hot between two of them.
     hot_polls: int = 3
-    # Backfill riding along slows the model's batched decode for the interactive requests in the same call; at 0.2
-    # (with the default quota of 16) interactive p99 under a flood was 1.19–1.35× its p99 alone, at 0.1 within 1.2×
-    # (bench/lanes_bench.py). Backfill then moves at a few % of its idle speed while interactive traffic flows.
+    # Backfill riding along slows the model's batched decode for the interactive requests in the same call, and each
+    # slice holds the process's event loop. bench/lanes_bench.py, 20 req/s: at 0.2 (quota 16) interactive p99 under a
+    # flood was 1.22× its p99 alone; at 0.1, 0.78–1.31× over five runs (rounds 0.6–1.7×: this shared machine's noise
+    # is as large as the effect). Backfill then moves at ~4 % of its idle speed while interactive traffic flows.
     batch_share: float = 0.1
     clock: Callable[[], float] = time.monotonic
     shared: ProcessLanes = field(default_factory=lambda: PROCESS_LANES)

@@ -272,9 +272,9 @@ class LanesBench:
                              3), "×", note=f"rounds: {', '.join(f'{r:.2f}' for r in round_ratios)}"))
         with_interactive = [p.backfill["req_per_s_with_interactive"] for p in flood]
         drained = [p.backfill["req_per_s_alone"] for p in flood if p.backfill.get("req_per_s_alone")]
-        idle = float(np.mean(drained)) if drained else None
-        rows.append(_row("backfill throughput while interactive traffic flows", float(np.mean(with_interactive)),
-                         "req/s", baseline=idle, baseline_name="backfill with interactive idle",
+        idle = round(float(np.mean(drained)), 1) if drained else None
+        during = round(float(np.mean(with_interactive)), 1)
+        rows.append(_row("backfill throughput while interactive traffic flows", during, "req/s", baseline=idle, baseline_name="backfill with interactive idle",
                          note="> 0: held back, not starved"))
         rows.append(_row("backfill throughput with interactive idle", idle, "req/s"))
         cores_a = sum(p.cpu_s for p in alone) / max(1e-9, sum(p.wall_s for p in alone))

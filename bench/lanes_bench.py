@@ -274,8 +274,8 @@ class LanesBench:
         drained = [p.backfill["req_per_s_alone"] for p in flood if p.backfill.get("req_per_s_alone")]
         idle = round(float(np.mean(drained)), 1) if drained else None
         during = round(float(np.mean(with_interactive)), 1)
-        rows.append(_row("backfill throughput while interactive traffic flows", during, "req/s", baseline=idle, baseline_name="backfill with interactive idle",
-                         note="> 0: held back, not starved"))
+        rows.append(_row("backfill throughput while interactive traffic flows", during, "req/s", baseline=idle,
+                         baseline_name="backfill with interactive idle", note="> 0: held back, not starved"))
         rows.append(_row("backfill throughput with interactive idle", idle, "req/s"))
         cores_a = sum(p.cpu_s for p in alone) / max(1e-9, sum(p.wall_s for p in alone))
         cores_b = sum(p.cpu_s for p in flood) / max(1e-9, sum(p.wall_s for p in flood))

@@ -199,7 +199,7 @@ class StageRunner:
         assert self.consumer is not None, "start() first"
         poller = LanePoller(self.stage, frozenset(t for t in self.topics if t.endswith(".batch")),
                             max_records=self.settings.batch_max_records, batch_quota=self.settings.lane_batch_quota,
-                            pause_lag=self.settings.lane_pause_lag)
+                            batch_share=self.settings.lane_batch_share, pause_lag=self.settings.lane_pause_lag)
         committer = OffsetCommitter(self.consumer, self.stage)
         try:
             while not self._stopping.is_set():
@@ -380,9 +380,6 @@ class StageRunner:
         metrics.DEADLETTERS.labels(self.stage, reason).inc()
 
 
-IDLE_FETCH_WAIT_MS = 500
-
-
 def consumer_options(settings: Settings) -> dict[str, object]:
     """How every stage consumer fetches; the benchmark's raw relay uses the same, so only our code differs."""
     return {
@@ -390,11 +387,10 @@ def consumer_options(settings: Settings) -> dict[str, object]:
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "max_poll_records": settings.batch_max_records,
-        # With fetch_min_bytes=1 the broker answers a fetch as soon as any record arrives, so this wait only sets how
-        # often an idle consumer asks again (the latency of a hop at 50 req/s is the same at 5 ms and 500 ms):
-        # at 5 ms six idle stage consumers kept ~20 % of a core busy, and the broker answering ~1,200 empty fetches
-        # a second; at 500 ms, ~2 %.
-        "fetch_max_wait_ms": IDLE_FETCH_WAIT_MS,
+        # With fetch_min_bytes=1 the broker answers a fetch as soon as any record arrives, so this wait mostly sets
+        # how often an idle consumer asks again: at 5 ms six idle stage consumers kept ~20 % of a core busy (the
+        # broker answering ~1,200 empty fetches a second); at 500 ms, ~2 %. See Settings.batch_wait_ms for its cost.
+        "fetch_max_wait_ms": settings.batch_wait_ms,
         "max_partition_fetch_bytes": settings.max_message_bytes * 2,
         # Heartbeats share the event loop with the batches; on a starved machine a big batch can hold the loop for
         # seconds, and aiokafka's 10 s default then evicts a healthy member mid-batch (Kafka's own default is 45 s).

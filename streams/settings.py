@@ -23,12 +23,16 @@ class Settings(BaseSettings):
     topic_prefix: str = "tollway"
     partitions: int = Field(default=4, ge=1)
     replication_factor: int = Field(default=1, ge=1)
-    # Batching: a stage consumes up to batch_max_records per poll, waiting at most batch_wait_ms for them.
+    # Batching: a stage consumes up to batch_max_records per poll. batch_wait_ms is how long a fetch waits at the
+    # broker when none of the partitions it asks for has a record (the broker answers as soon as one arrives): it
+    # bounds an idle consumer's wake-ups, and — aiokafka keeping one fetch in flight per broker — how long a record
+    # can wait for a fetch that was sent without its partition (bench scenario 3 measures the choice).
     batch_max_records: int = Field(default=500, ge=1)
-    batch_wait_ms: int = Field(default=5, ge=0)
-    # Priority lanes: the batch lane's share of a poll while interactive traffic is flowing, and the interactive
-    # lag (records) above which the batch lane is paused outright.
+    batch_wait_ms: int = Field(default=500, ge=1)
+    # Priority lanes, while interactive traffic is flowing: backfill slices of at most lane_batch_quota records and
+    # lane_batch_share of a stage's time; above lane_pause_lag interactive records of lag the batch lane is paused.
     lane_batch_quota: int = Field(default=16, ge=1)
+    lane_batch_share: float = Field(default=0.1, gt=0, le=1)
     lane_pause_lag: int = Field(default=100, ge=1)
     producer_linger_ms: int = Field(default=2, ge=0)
     max_message_bytes: int = Field(default=1_048_576, ge=1024)

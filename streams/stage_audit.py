@@ -80,7 +80,7 @@ class DeadLetterAuditor:
         self.consumer = AIOKafkaConsumer(
             self.topology.deadletter, bootstrap_servers=settings.bootstrap_servers,
             group_id=f"{self.topology.group('audit')}.deadletter", client_id=f"{settings.worker_id}-audit-deadletter",
-            enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=max(1, settings.batch_wait_ms),
+            enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=settings.batch_wait_ms,
             max_partition_fetch_bytes=settings.max_message_bytes * 2)
         self.producer = new_producer(settings)
         self.publisher = KafkaPublisher(self.producer)

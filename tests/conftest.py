@@ -35,7 +35,7 @@ async def settings(tmp_path: Path) -> AsyncIterator[Settings]:
     The test's topics are deleted afterwards: thousands of leftover topics slow every metadata request on the broker.
     """
     # The local model's emulated latency is off: tests check behaviour, benchmarks and the demo show time.
-    isolated = Settings(topic_prefix=f"t{uuid.uuid4().hex[:10]}", partitions=2, batch_wait_ms=5, state_dir=tmp_path,
+    isolated = Settings(topic_prefix=f"t{uuid.uuid4().hex[:10]}", partitions=2, state_dir=tmp_path,
                         model_latency_scale=0.0)
     yield isolated
     await delete_topics_with_prefix(isolated)

@@ -25,7 +25,7 @@ PII_TEXT = f"I am {PII[0]}, card {PII[1]}, SSN {PII[2]}. Why was I charged twice
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(topic_prefix=f"t{uuid.uuid4().hex[:10]}", partitions=2, batch_wait_ms=5, state_dir=tmp_path,
+    return Settings(topic_prefix=f"t{uuid.uuid4().hex[:10]}", partitions=2, state_dir=tmp_path,
                     audit_checkpoint_records=5)
 
 

@@ -108,7 +108,27 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                         "micro_batched": batched, "one_call_per_request": single,
                         "ratio": round(batched["requests_per_s"] / single["requests_per_s"], 2)}
     results["auto_tier"] = bench_auto_tier()
+    results["rows"] = rows(results)
     return results
+
+
+def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The figures for bench/run.py's table, each next to its baseline from the same run."""
+    stage, tier = results["stage"], results["auto_tier"]
+    costs = tier["expected_cost_micros"]
+    return [
+        {"figure": "model stage throughput, micro-batched backend calls",
+         "value": stage["micro_batched"]["requests_per_s"], "unit": "req/s",
+         "baseline": stage["one_call_per_request"]["requests_per_s"], "baseline_name": "one backend call per request",
+         "note": f"local model at latency scale {stage['latency_scale']}, stream batches of {stage['stream_batch']}"},
+        {"figure": "router decisions per CPU second", "value": results["router"]["decisions_per_cpu_s"],
+         "unit": "/CPU-s"},
+        {"figure": "auto-tier accuracy on the labelled prompt set", "value": round(100 * tier["accuracy"], 1),
+         "unit": "%", "note": f"{tier['labelled']} prompts; under-routed {tier['under_routed']}, "
+                              f"over-routed {tier['over_routed']}"},
+        {"figure": "auto-tier expected cost", "value": costs["auto"], "unit": "µ$", "baseline": costs["all_large"],
+         "baseline_name": "every prompt on the large tier"},
+    ]
 
 
 if __name__ == "__main__":

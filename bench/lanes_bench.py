@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from bench.load import Collector, Loader, percentiles, request
+from bench.load import Collector, Loader, percentiles, request, statuses
 from bench.systems import System, cpu_seconds
 from schemas.envelope import Tier
 from streams.settings import Settings
@@ -108,16 +108,6 @@ def stage_profile(collector: Collector, topic: str, ids: list[str]) -> dict[str,
                       "mean_service_ms": round(float(arr[:, 2].mean()), 1),
                       "p99_hop_ms": round(float(np.percentile(arr[:, 1] + arr[:, 2], 99)), 1)}
     return out
-
-
-def statuses(collector: Collector, topic: str, ids: list[str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    values = collector.arrivals[topic].values
-    for rid in ids:
-        raw = values.get(rid)
-        status = str(orjson.loads(raw).get("status")) if raw else "no response"
-        counts[status] = counts.get(status, 0) + 1
-    return counts
 
 
 class LanesBench:

@@ -172,6 +172,17 @@ class Collector:
             await self._consumer.stop()
 
 
+def statuses(collector: Collector, topic: str, ids: list[str]) -> dict[str, int]:
+    """How the requests ended, counted from their responses on ``topic`` ("no response" for those missing)."""
+    counts: dict[str, int] = {}
+    values = collector.arrivals[topic].values
+    for rid in ids:
+        raw = values.get(rid)
+        status = str(orjson.loads(raw).get("status")) if raw else "no response"
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
 class Loader:
     """An idempotent producer that writes requests to an ingress topic, as fast as it can or at a fixed rate."""
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from bench.load import Collector, Loader, percentiles, request
+from bench.load import Collector, Loader, percentiles, request, statuses
 from bench.report import Row, write_results
 from bench.systems import System, cpu_seconds
 from streams.settings import REPO_ROOT, Settings
@@ -128,7 +128,7 @@ async def measure(system: System, opts: Options, *, latency: bool) -> dict[str, 
             "cpu_seconds": round(cpu_s, 3), "cpu_ms_per_request": round(1000 * cpu_s / max(1, delivered), 4),
         }
         if system.responses:
-            out["throughput"]["statuses"] = _statuses(collector, system.responses, ids)
+            out["throughput"]["statuses"] = statuses(collector, system.responses, ids)
             out["throughput"]["stages"] = _stage_profile(collector, system.responses, ids)
         if latency:
             out["latency"] = {}
@@ -188,16 +188,6 @@ def _stage_profile(collector: Collector, topic: str, ids: list[str]) -> dict[str
             acc[3] += hop.get("service_ms", 0.0)
     return {stage: {"mean_batch": round(b / n, 1), "mean_queue_ms": round(q / n, 1), "mean_service_ms": round(v / n, 1)}
             for stage, (n, b, q, v) in sums.items() if n}
-
-
-def _statuses(collector: Collector, topic: str, ids: list[str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    values = collector.arrivals[topic].values
-    for rid in ids:
-        raw = values.get(rid)
-        status = str(orjson.loads(raw).get("status")) if raw else "no response"
-        counts[status] = counts.get(status, 0) + 1
-    return counts
 
 
 def run_extra(module: str, args: tuple[str, ...], timeout_s: float = 900.0) -> dict[str, Any]:

@@ -106,7 +106,7 @@ async def _lookup(lookups: list[tuple[Envelope, str]], ctx: CacheContext) -> Non
     entries = await ctx.store.get([(env.tenant, key) for env, key in lookups])
     misses: list[tuple[Envelope, str]] = []
     for (env, key), entry in zip(lookups, entries, strict=True):
-        if entry is not None:
+        if entry is not None and not _own(entry, env):
             _serve(env, entry, key=key, kind="exact", similarity=1.0)
         else:
             env.cache = CacheResult(outcome="miss", key=key)
@@ -135,7 +135,7 @@ async def _lookup(lookups: list[tuple[Envelope, str]], ctx: CacheContext) -> Non
     for (position, _, similarity), entry in zip(wanted, entries, strict=True):
         env, key = misses[position]
         assert env.cache is not None
-        if entry is None or env.cache.outcome == "hit":  # expired in Redis since the mirror saw it, or served
+        if entry is None or env.cache.outcome == "hit" or _own(entry, env):  # expired since, served, or its own
             continue
         reason = near_miss(env.request.prompt, entry.prompt)
         if reason is None:
@@ -147,6 +147,12 @@ async def _lookup(lookups: list[tuple[Envelope, str]], ctx: CacheContext) -> Non
     for env, _ in misses:
         if env.cache is not None and env.cache.outcome == "miss":
             metrics.LOOKUPS.labels("miss", "").inc()
+
+
+def _own(entry: CacheEntry, env: Envelope) -> bool:
+    """The entry holds this very request's answer: the request is being redelivered, and goes to the model again
+    (the ledger and the audit count it once) so that its second response is the same as its first."""
+    return bool(entry.request_id) and entry.request_id == env.request_id
 
 
 def _threshold(env: Envelope, ctx: CacheContext) -> float:
@@ -192,7 +198,8 @@ async def fill(batch: list[Envelope], ctx: CacheContext) -> None:
         for env, vector, ttl in zip(writable, vectors, ttls, strict=True):
             assert env.model is not None and env.answer is not None
             entry = CacheEntry(answer=env.answer, cost_micros=env.model.cost_micros, model=env.model.model,
-                               prompt=env.request.prompt, created_at_ms=now_ms, expires_at_ms=now_ms + ttl * 1000)
+                               prompt=env.request.prompt, created_at_ms=now_ms, expires_at_ms=now_ms + ttl * 1000,
+                               request_id=env.request_id)
             writes.append(CacheWrite(tenant=env.tenant, key=exact_key(env), scope=scope_of(env), entry=entry,
                                      vector=vector))
         await ctx.store.put(writes, ttl_s=ttls)

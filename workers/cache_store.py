@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol, cast
 
 import numpy as np
@@ -54,13 +54,21 @@ class CacheEntry:
     prompt: str
     created_at_ms: int
     expires_at_ms: int
+    # The request whose answer this is: a redelivery of that request (after a crash between produce and commit) must
+    # not be served its own answer as a cache hit — its second response would differ from the first.
+    request_id: str = ""
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.__dict__)
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> CacheEntry:
-        return cls(**orjson.loads(raw))
+        data = orjson.loads(raw)
+        # Fields a newer writer added are ignored, so processes of two versions can share one cache during a rollout.
+        return cls(**{name: value for name, value in data.items() if name in _ENTRY_FIELDS})
+
+
+_ENTRY_FIELDS = frozenset(f.name for f in fields(CacheEntry))
 
 
 @dataclass(frozen=True)

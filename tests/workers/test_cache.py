@@ -17,7 +17,7 @@ from schemas.envelope import (
 )
 from workers import cache
 from workers.cache import CacheContext, exact_key
-from workers.cache_store import MemoryCacheStore, SemanticMirror
+from workers.cache_store import CacheEntry, MemoryCacheStore, SemanticMirror
 from workers.context import FakeClock
 
 MakeEnv = Callable[..., Envelope]
@@ -205,3 +205,25 @@ async def test_a_candidate_gone_from_the_store_falls_through_to_the_next(make_en
     (hit,) = await cache.process([_at_cache(make_envelope("How can I rotate my API key"))], ctx)
     assert hit.cache is not None and hit.cache.outcome == "hit" and hit.cache.kind == "semantic"
     assert hit.answer == "second"
+
+
+async def test_a_redelivered_request_is_not_served_its_own_answer(make_envelope: MakeEnv, ctx: CacheContext) -> None:
+    # A crash between produce and commit redelivers a batch whose requests already went on and filled the cache:
+    # serving them their own answer as a hit would make their second response differ from the first.
+    first = _at_cache(make_envelope("What is the refund window?"))
+    await cache.process([first], ctx)
+    await _answer_and_fill(first, ctx, "30 days", cost=1500)
+
+    redelivered = _at_cache(make_envelope("What is the refund window?", request_id=first.request_id))
+    reworded = _at_cache(make_envelope("Tell me the refund window", request_id=first.request_id))
+    for env in await cache.process([redelivered, reworded], ctx):
+        assert env.cache is not None and env.cache.outcome == "miss" and "model" in env.route
+
+    other = _at_cache(make_envelope("What is the refund window?"))
+    (other,) = await cache.process([other], ctx)
+    assert other.cache is not None and other.cache.outcome == "hit" and other.answer == "30 days"
+
+
+def test_entries_written_by_a_newer_version_still_read() -> None:
+    raw = b'{"answer":"a","cost_micros":1,"model":"m","prompt":"p","created_at_ms":1,"expires_at_ms":2,"new":true}'
+    assert CacheEntry.from_json(raw).answer == "a"

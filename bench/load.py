@@ -13,6 +13,7 @@ import hashlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import orjson
@@ -21,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from schemas.envelope import Tier
 from streams.client import new_envelope
 from streams.codec import encode
+from streams.settings import Settings
 
 # Benign, distinct prompts: every request passes the policy and misses the cache, so each one does the full work.
 _VERBS = ("reset", "rotate", "export", "archive", "rename", "share", "restore", "audit", "migrate", "verify",
@@ -62,6 +64,12 @@ def prompt(i: int) -> str:
     return f"{ask} {verb} the {thing}{who} {where}? Ticket {_ticket(index)}."
 
 
+@lru_cache(maxsize=1)
+def _client_settings() -> Settings:
+    # Building Settings reads the environment (~6 ms): once per loader process, not once per request.
+    return Settings()
+
+
 def request(run: str, i: int, *, tenant: str = "acme", prompt_index: int | None = None,
             tier: Tier = Tier.STANDARD) -> tuple[str, bytes]:
     """(request_id, envelope bytes) for request ``i`` of a run, created now.
@@ -71,7 +79,7 @@ def request(run: str, i: int, *, tenant: str = "acme", prompt_index: int | None 
     """
     request_id = f"{run}-{i}"
     env = new_envelope(prompt(i if prompt_index is None else prompt_index), tenant=tenant, tier=tier,
-                       budget_ms=BENCH_BUDGET_MS, request_id=request_id)
+                       budget_ms=BENCH_BUDGET_MS, request_id=request_id, settings=_client_settings())
     return request_id, encode(env)
 
 

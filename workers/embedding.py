@@ -75,8 +75,12 @@ def tokens(text: str) -> list[str]:
     return _TOKEN_RE.findall(text)
 
 
+@lru_cache(maxsize=1 << 14)
 def stem(word: str) -> str:
-    """A deliberately tiny suffix stripper: plurals and -ing/-ed, enough for "refunds" ≈ "refund"."""
+    """A deliberately tiny suffix stripper: plurals and -ing/-ed, enough for "refunds" ≈ "refund".
+
+    Memoised: words repeat across prompts far more than prompts do (the embedder, the near-miss guard and the
+    evaluators all stem every word they read)."""
     if len(word) <= 3 or not word.isalpha() or word in STOPWORDS:
         return word
     for suffix, replacement in (("ies", "y"), ("sses", "ss"), ("ing", ""), ("ed", ""), ("es", ""), ("s", "")):
@@ -88,16 +92,11 @@ def stem(word: str) -> str:
 
 
 @lru_cache(maxsize=1 << 14)
-def _stemmed(word: str) -> str:
-    return stem(word)
-
-
-@lru_cache(maxsize=1 << 14)
 def _word_features(word: str) -> tuple[tuple[str, float], ...]:
     """A stemmed word's own features in the order they are added: the word, then (content words) its trigrams.
 
-    Words repeat across prompts far more than prompts do, so this and :func:`_bucket` are memoised; the vector is
-    exactly the one the uncached loop gives (same features, same order of accumulation)."""
+    Memoised like :func:`stem` and :func:`_bucket`; the vector is exactly the one the uncached loop gives (same
+    features, same order of accumulation)."""
     weight = 0.1 if word in STOPWORDS else 1.0
     feats = [("w:" + word, weight)]
     if len(word) > 3 and word not in STOPWORDS:
@@ -112,7 +111,7 @@ def _bucket(key: str) -> int:
 
 
 def _features(text: str) -> dict[str, float]:
-    words = [_stemmed(w) for w in tokens(normalise_text(text))]
+    words = [stem(w) for w in tokens(normalise_text(text))]
     feats: dict[str, float] = {}
     for word in words:
         for key, weight in _word_features(word):

@@ -169,7 +169,6 @@ class StageRunner:
         self.publisher = publisher
         self.clock = clock
         self.replays: ReplayMemory = replays or NoReplayMemory()
-        self._replayed: set[str] = set()
         self.topics: list[str] = list(topology.stage_lanes(stage))
         if consume_ingress:
             self.topics += list(topology.stage_lanes("ingress"))
@@ -273,13 +272,13 @@ class StageRunner:
         onward = (*outputs, *passing, *unanswered)
         answering = [env.request_id for env in onward if env.terminal and not env.responded]
         if answering:
-            self._replayed = await self.replays.seen(answering)
+            replayed = await self.replays.seen(answering)
             # Remembered before the responses go out, so any response that can be seen twice is marked on its second
             # delivery. The price: a crash between here and the acks marks the only delivery as a replay too —
             # a harmless "you may have seen this" rather than an unmarked duplicate.
             await self.replays.remember(answering)
         else:
-            self._replayed = set()
+            replayed = set()
         for i, env in enumerate(onward, start=1):
             if i % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)
@@ -289,7 +288,7 @@ class StageRunner:
                 if self.budgets.for_tier(env.tier).violated_by(stamp_or_none):
                     stamp_or_none.budget_violation = True
                     metrics.BUDGET_VIOLATIONS.labels(env.tier.value, self.stage).inc()
-            self._forward(env, finished_ns, result)
+            self._forward(env, finished_ns, result, replayed)
         await self.publisher.flush()
         metrics.STAGE_EVENTS.labels(self.stage).inc(result.consumed)
         metrics.STAGE_SERVICE_SECONDS.labels(self.stage).observe((finished_ns - started_ns) / 1e9)
@@ -326,7 +325,7 @@ class StageRunner:
             self._deadletter(record, exc, result, None)
             return None
 
-    def _forward(self, env: Envelope, now_ns: int, result: BatchOutcome) -> None:
+    def _forward(self, env: Envelope, now_ns: int, result: BatchOutcome, replayed: set[str]) -> None:
         key = env.request_id.encode()
         if not env.route and self.stage != "audit" and not env.terminal:
             # A route that ends before the audit stage would lose the request silently; end it, explained.
@@ -334,7 +333,7 @@ class StageRunner:
                        message=f"the route ended at {self.stage} without reaching a terminal outcome")
         if env.terminal and not env.responded:
             answer = Response.from_envelope(env, completed_at_ns=now_ns)
-            answer.replay = env.request_id in self._replayed
+            answer.replay = env.request_id in replayed
             response = encode(answer)
             self.publisher.publish(self.topology.responses, response, key=key)
             if env.request.reply_to:

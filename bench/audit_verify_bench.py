@@ -10,10 +10,10 @@ from pathlib import Path
 
 from schemas.audit import AuditHop, AuditRecord
 from schemas.envelope import Status, Usage
-from workers.audit_chain import HmacSigner
-from workers.audit_record import encode_record, sha256_hex
-from workers.audit_sink import AuditLog, FileAuditSink
-from workers.audit_verify import verify_dir
+from workers.audit.chain import HmacSigner
+from workers.audit.record import encode_record, sha256_hex
+from workers.audit.sink import AuditLog, FileAuditSink
+from workers.audit.verify import verify_dir
 
 
 def make_record(i: int) -> bytes:

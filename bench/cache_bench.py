@@ -10,7 +10,8 @@
    Run it with OPENBLAS_NUM_THREADS=1 on a shared 2-core machine (threads spinning against other jobs distort the
    baseline).
 2. Paraphrase / near-miss set (bench/data/cache_pairs.jsonl): each "cached" prompt is filled, each "query" is looked
-   up through ``workers.cache.process``: hit rate on paraphrases, wrong hits (hits on near misses) as a share of all
+   up through ``workers.cache.stage.process``: hit rate on paraphrases, wrong hits (hits on near misses) as a
+   share of all
    hits, near-miss rejections by the guard.
 3. Retrieval recall@5 on the shipped corpus (infra/corpus) with bench/data/retrieval_questions.jsonl.
 """
@@ -38,11 +39,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from schemas.envelope import ModelResult, PolicyDecision  # noqa: E402
-from streams.client import new_envelope  # noqa: E402
-from streams.index_store import chunk_file, to_indexed  # noqa: E402
-from workers import cache, retrieval  # noqa: E402
-from workers.cache import CacheContext  # noqa: E402
-from workers.cache_store import LogRecord, MemoryCacheStore, SemanticMirror  # noqa: E402
+from streams.clients.client import new_envelope  # noqa: E402
+from streams.followers.index import chunk_file, to_indexed  # noqa: E402
+from workers import retrieval  # noqa: E402
+from workers.cache import stage as cache  # noqa: E402
+from workers.cache.stage import CacheContext  # noqa: E402
+from workers.cache.store import LogRecord, MemoryCacheStore, SemanticMirror  # noqa: E402
 from workers.embedding import HashingEmbedder  # noqa: E402
 from workers.retrieval import RetrievalContext  # noqa: E402
 from workers.vector_index import PROBE_ROWS, IndexedChunk, MemoryVectorIndex, VectorMatrix  # noqa: E402

@@ -5,7 +5,8 @@
 
 A labelled workload (``bench/economics_workload.py``: exact repeats, paraphrases, meaning-flipping near misses and
 questions of mixed difficulty over four tenants) goes, in stream-sized batches, through the real stage functions on
-their in-memory backends: ``workers.cache.process`` (exact + semantic cache, near-miss guard), ``workers.model.process``
+their in-memory backends: ``workers.cache.stage.process`` (exact + semantic cache, near-miss guard),
+``workers.model.process``
 (the router on the default catalog, the ``local`` backend's token counts, the catalog's integer prices) and
 ``workers.postprocess.process`` with the cache fill hooked as the stage shell hooks it. No Kafka, Redis, retrieval or
 policy stage: the figures are about money and answers, and the same in-process run is deterministic. Three systems
@@ -25,7 +26,7 @@ Targets (issue 10): >= 60 % cheaper than the baseline at >= 95 % quality, wrong 
 depend on the workload's assumptions (``DEFAULT_MIX``, ``DEFAULT_TIER_MIX`` and the families in
 ``bench/economics_workload.py``), which is why the routing-only saving is reported beside the full one. ``--tune``
 sweeps the difficulty estimator's two thresholds on the tuning set (seed 1, never the measured seed 2026) and
-prints saving and quality per pair; the defaults in ``workers/difficulty.py`` are what the measured run uses.
+prints saving and quality per pair; the defaults in ``workers/routing/difficulty.py`` are what the measured run uses.
 """
 
 from __future__ import annotations
@@ -47,17 +48,19 @@ sys.path.insert(0, str(ROOT))
 
 from bench.economics_workload import Ask, describe, generate  # noqa: E402
 from schemas.envelope import CacheControl, Envelope, Status  # noqa: E402
-from streams.client import new_envelope  # noqa: E402
+from streams.clients.client import new_envelope  # noqa: E402
 from streams.settings import Settings  # noqa: E402
-from workers import cache, difficulty, model, postprocess  # noqa: E402
+from workers import model, postprocess  # noqa: E402
 from workers.backends.local import LocalBackend  # noqa: E402
-from workers.cache import CacheContext  # noqa: E402
-from workers.cache_store import MemoryCacheStore, SemanticMirror  # noqa: E402
-from workers.catalog import QUALITY_TIERS, ModelCatalog, load_catalog  # noqa: E402
+from workers.cache import stage as cache  # noqa: E402
+from workers.cache.stage import CacheContext  # noqa: E402
+from workers.cache.store import MemoryCacheStore, SemanticMirror  # noqa: E402
 from workers.context import StageContext  # noqa: E402
 from workers.embedding import HashingEmbedder  # noqa: E402
 from workers.model import ModelContext  # noqa: E402
 from workers.postprocess import PostprocessContext  # noqa: E402
+from workers.routing import difficulty  # noqa: E402
+from workers.routing.catalog import QUALITY_TIERS, ModelCatalog, load_catalog  # noqa: E402
 
 SYSTEMS = ("tollway", "routing_only", "all_large")
 BASELINE_MODEL = "max-us"  # the cheapest model of the most capable tier in the default catalog

@@ -38,7 +38,7 @@ import aiohttp
 import orjson
 
 from schemas.envelope import Status
-from streams.sdk import TollwayClient
+from streams.clients.sdk import TollwayClient
 from streams.settings import REPO_ROOT, Settings
 
 PATHS = ("direct", "http")

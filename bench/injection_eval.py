@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from workers.injection import score
+from workers.detectors.injection import score
 
 DATA = Path(__file__).parent / "data"
 TUNING_FILE = DATA / "injection_tuning.jsonl"

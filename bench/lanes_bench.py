@@ -43,8 +43,8 @@ import orjson
 from bench.load import Collector, Loader, percentiles, request, statuses
 from bench.systems import System, cpu_seconds
 from schemas.envelope import Tier
+from streams.runtime.topics import topology
 from streams.settings import Settings
-from streams.topics import topology
 
 TARGET_RATIO = 1.2
 FLOOD_DELAY_S = 1.0

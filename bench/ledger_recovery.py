@@ -36,10 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from schemas.envelope import Status, Usage
 from schemas.response import Response
-from streams.codec import encode
-from streams.ledger_app import CHECKPOINT_TABLES, CHECKPOINT_TOPIC_CONFIGS, app_id
+from streams.ledger.app import CHECKPOINT_TABLES, CHECKPOINT_TOPIC_CONFIGS, app_id
+from streams.runtime.codec import encode
+from streams.runtime.topics import ensure_topics, topology
 from streams.settings import REPO_ROOT, Settings
-from streams.topics import ensure_topics, topology
 from workers.ledger import LiveTable, apply_response, checkpoint_writes
 
 T0 = 1_700_000_000 * 10**9

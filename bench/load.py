@@ -20,8 +20,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from schemas.envelope import Tier
-from streams.client import new_envelope
-from streams.codec import encode
+from streams.clients.client import new_envelope
+from streams.runtime.codec import encode
 from streams.settings import Settings
 
 # Benign, distinct prompts: every request passes the policy and misses the cache, so each one does the full work.

@@ -26,9 +26,9 @@ from bench.load import request
 from bench.passthrough import passthrough
 from bench.relay import relay_record
 from schemas.envelope import STAGES, Envelope
-from streams.runner import KafkaPublisher, StageRunner
+from streams.runtime.runner import KafkaPublisher, StageRunner
+from streams.runtime.topics import Topology
 from streams.settings import Settings
-from streams.topics import Topology
 from workers.context import StageContext, SystemClock
 
 Sent = tuple[str, bytes, bytes | None]

@@ -2,12 +2,13 @@
 
     python -m bench.model_bench [--requests 512] [--batch 64] [--latency-scale 0.1] [--json]
 
-1. router     decisions per second of :func:`workers.router.route` over the labelled prompts (one core, in process);
+1. router     decisions per second of :func:`workers.routing.router.route` over the labelled prompts (one core,
+in process);
 2. stage      requests/s through :func:`workers.model.process` with the ``local`` backend sleeping the default
               catalog's latency profile × ``--latency-scale``, fed in stream-sized batches of ``--batch``; once
               with micro-batching (one call per model and up to max_batch requests) and once without (one call
               per request); the ratio is the figure;
-3. auto tier  accuracy of :mod:`workers.difficulty` on ``bench/data/difficulty.jsonl`` (written by hand for this
+3. auto tier  accuracy of :mod:`workers.routing.difficulty` on ``bench/data/difficulty.jsonl`` (written by hand for this
               project; the thresholds were tuned on it, so read it as a training-set figure), with under-routing
               (quality lost) and over-routing (money lost) counted apart, and the expected cost of auto routing
               against sending everything to the large tier.
@@ -24,12 +25,12 @@ from typing import Any
 import orjson
 
 from schemas.envelope import Envelope
-from streams.client import new_envelope
+from streams.clients.client import new_envelope
 from workers.backends.local import LocalBackend
-from workers.catalog import QUALITY_TIERS, load_catalog
-from workers.difficulty import estimate
 from workers.model import ModelContext, process
-from workers.router import route
+from workers.routing.catalog import QUALITY_TIERS, load_catalog
+from workers.routing.difficulty import estimate
+from workers.routing.router import route
 
 DATA = Path(__file__).resolve().parent / "data" / "difficulty.jsonl"
 

@@ -33,7 +33,7 @@ async def passthrough(batch: list[Envelope], ctx: StageContext) -> list[Envelope
 
 
 async def run_passthrough(settings: Settings, stages: list[str], *, stop: asyncio.Event | None = None) -> None:
-    from streams.worker import run_workers
+    from streams.runtime.worker_process import run_workers
 
     await run_workers(settings, stages, stop=stop, process_overrides=dict.fromkeys(stages, passthrough))
 
@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("stages", nargs="+", help="stage names, or 'all'")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    from streams.worker import resolve_stages
+    from streams.runtime.worker_process import resolve_stages
 
     asyncio.run(run_passthrough(Settings(), resolve_stages(args.stages)))
 

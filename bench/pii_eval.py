@@ -11,7 +11,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 
-from workers.pii import PRIORITY, detect
+from workers.detectors.pii import PRIORITY, detect
 
 # (value, entity or None for a negative)
 VALID: dict[str, list[str]] = {

@@ -3,7 +3,8 @@
 Hop ``i`` consumes ``<prefix>.r{i-1}`` and produces to ``<prefix>.r{i}`` (``r0`` is the ingress, ``r6`` the end):
 poll a batch → ``orjson.loads`` → append a hop stamp and pop the route → ``orjson.dumps`` → produce, keyed as it
 came → await every delivery → commit. The Kafka side is the stage runner's own — the same consumer options, the same
-idempotent producer, the same batched produce (``streams.runner``), the same partitions — so the ratio of the pipeline
+idempotent producer, the same batched produce (``streams.runtime.runner``), the same partitions — so the ratio
+of the pipeline
 to this relay is what tollway's per-event work costs (validation, stamps, stage logic), and a transport improvement
 lifts both.
 
@@ -25,9 +26,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from streams.runner import KafkaPublisher, OffsetCommitter, consumer_options, new_producer
+from streams.runtime.runner import KafkaPublisher, OffsetCommitter, consumer_options, new_producer
+from streams.runtime.worker_process import tune_gc
 from streams.settings import Settings
-from streams.worker import tune_gc
 
 HOPS = 6
 

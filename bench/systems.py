@@ -26,8 +26,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.relay import HOPS, ensure_relay_topics, relay_topics
 from schemas.envelope import STAGES
+from streams.runtime.topics import ensure_topics, topology
 from streams.settings import REPO_ROOT, Settings
-from streams.topics import ensure_topics, topology
 
 LOG_DIR = REPO_ROOT / ".state" / "bench"
 
@@ -129,7 +129,7 @@ class System:
 
             coro = run_passthrough(self.settings, list(STAGES), stop=self._stop)
         else:
-            from streams.worker import run_workers
+            from streams.runtime.worker_process import run_workers
 
             coro = run_workers(self.settings, list(STAGES), stop=self._stop)
         self._task = asyncio.create_task(coro, name=f"bench-{self.kind}")

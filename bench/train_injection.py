@@ -1,7 +1,9 @@
-"""Train the injection detector's hashed n-gram model on the tuning set only; write workers/injection_model.json.
+"""Train the injection detector's hashed n-gram model on the tuning set only; write
+workers/detectors/injection_model.json.
 
 Logistic regression (full-batch gradient descent from zeros, L2) over the hashed features of
-``workers.injection.features`` — deterministic, numpy only. The weight the model's signal gets in the detector's
+``workers.detectors.injection.features`` — deterministic, numpy only. The weight the model's signal gets in the
+detector's
 score is chosen by 5-fold cross-validation *within the tuning set*: the largest weight from a small grid whose
 out-of-fold combined score (rules + model) keeps the tuning FPR at the default threshold at or below 0.03.
 The held-out file is never read here. Run: ``.venv/bin/python -m bench.train_injection``.
@@ -15,7 +17,7 @@ import sys
 import numpy as np
 
 from bench.injection_eval import DEFAULT_THRESHOLD, TUNING
-from workers.injection import MODEL_PATH, features, normalise, score
+from workers.detectors.injection import MODEL_PATH, features, normalise, score
 
 DIMS = 1 << 12
 L2 = 1e-3
@@ -84,7 +86,8 @@ def main() -> int:
     print(f"model alone, out-of-fold accuracy at p>=0.5: {model_only:.3f}; chosen signal weight {chosen}")
     weights, bias = fit(x, y)
     MODEL_PATH.write_text(json.dumps({
-        "about": "hashed n-gram logistic regression for workers/injection.py; trained by bench/train_injection.py "
+        "about": "hashed n-gram logistic regression for workers/detectors/injection.py; "
+                 "trained by bench/train_injection.py "
                  "on bench/data/injection_tuning.jsonl only",
         "dims": DIMS, "bias": round(bias, 5), "signal_weight": chosen,
         "weights": [round(float(w), 5) for w in weights],

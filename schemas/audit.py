@@ -4,7 +4,7 @@ What a record never holds: a raw key (only ``principal_key_id``), a raw prompt o
 default — or their redacted form when ``TOLLWAY_AUDIT_CONTENT=redacted``), or the raw bytes of a dead letter.
 
 On disk each line of a chain segment is ``{"i":<index>,"chain":"<hex>","record":<record bytes>}``: the record's bytes
-are hashed exactly as stored (see ``workers/audit_chain.py``).
+are hashed exactly as stored (see ``workers/audit/chain.py``).
 """
 
 from __future__ import annotations

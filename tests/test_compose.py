@@ -5,7 +5,7 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
-from streams.cli import app
+from streams.cli.main import app
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -21,7 +21,7 @@ So the order in which the seen and counter changelogs reach the broker does not 
 would be wrong: counters first then seen double-counts when only the counters survive; seen first then counters
 loses the request when only the seen mark survives. The watermark makes each write idempotent on its own.
 
-**Where the state lives** (``streams/ledger_app.py``): the worker keeps the tables live in memory
+**Where the state lives** (``streams/ledger/app.py``): the worker keeps the tables live in memory
 (:class:`LiveTable`) and writes only *checkpoints* to the Faust changelogs: every cell and task written since the
 partition's last checkpoint, then the partition's checkpoint mark (:func:`checkpoint_writes`). The responses topic is
 the source of truth and the state a pure function of it, so after a restart the worker rebuilds ``seen`` from the

@@ -1,6 +1,6 @@
 """Model stage: routes each request to a model, calls it in micro-batches, falls back, and accounts for it.
 
-For a batch from the stream: route every request (:mod:`workers.router`), group the requests by chosen model,
+For a batch from the stream: route every request (:mod:`workers.routing.router`), group the requests by chosen model,
 split each group into calls of at most ``max_batch`` requests (one call serves them all on a batch-capable
 backend), hold a capacity slot per request in flight, and run the calls concurrently. A failed call or request
 moves to the next candidate in its fallback chain (a 429 with Retry-After retries the same model once when the
@@ -8,7 +8,7 @@ wait still fits the deadline); nothing is retried once the remaining budget cann
 time. Each backend has a circuit breaker; an open circuit is skipped by the router and by the fallback.
 
 Accounting on ``env.model``: the model, backend, region, tier, the router's reasons, attempts, token usage and the
-exact cost in integer micro-dollars (:meth:`workers.catalog.ModelSpec.cost_micros`, rounded half up once).
+exact cost in integer micro-dollars (:meth:`workers.routing.catalog.ModelSpec.cost_micros`, rounded half up once).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from schemas.envelope import Envelope, ModelResult, Status
 from schemas.errors import BackendError, RateLimitedByBackend
 from workers.backends.base import ModelBackend, ModelCall, ModelReply
 from workers.backends.local import LocalBackend
-from workers.catalog import ModelCatalog, ModelSpec, get_catalog
 from workers.context import StageContext
-from workers.router import BreakerBoard, GateBoard, route
+from workers.routing.catalog import ModelCatalog, ModelSpec, get_catalog
+from workers.routing.router import BreakerBoard, GateBoard, route
 
 NAME = "model"
 log = logging.getLogger(__name__)

@@ -22,11 +22,11 @@ from pydantic import SecretStr
 from schemas.envelope import DEFAULT_ROUTE, Envelope, PolicyDecision, Status
 from schemas.errors import PolicyDenied
 from schemas.policy import ModelSpec, PiiAction, PolicyDocument, TenantPolicy
-from workers import injection
 from workers.context import StageContext
+from workers.detectors import injection
+from workers.detectors.pii import Redactor
 from workers.keys import verify_principal
 from workers.limits import AdmissionRequest, Limits, MemoryLimits, Scope, build_admission
-from workers.pii import Redactor
 
 NAME = "policy"
 DEV_PRINCIPAL_SECRET = SecretStr("tollway-dev-secret-change-me")
@@ -71,7 +71,8 @@ def route_for(policy: PolicyDocument | None, settings: EmbedderSettings | None =
     policy's ``embedder.remote``, an embedder in settings other than the in-process ``hashing`` one, or the caller
     says so), the prompt would leave the pipeline before redaction, so policy runs first:
     policy → retrieval → cache → model → postprocess → audit. Retrieved passages then arrive after the policy stage;
-    the retrieval stage must not put unredacted passages in front of a remote model (``workers.pii.Redactor``).
+    the retrieval stage must not put unredacted passages in front of a remote model
+    (``workers.detectors.pii.Redactor``).
     """
     remote = (remote_embedder or (policy is not None and policy.embedder.remote)
               or (settings is not None and settings.embedder not in LOCAL_EMBEDDERS))

@@ -1,6 +1,7 @@
 """Post-process stage: output guardrails, then the terminal outcome of a request that got an answer.
 
-Per answer, in order: PII redaction (the redactor behind :class:`~workers.redaction.Redactor`); blocked terms (the
+Per answer, in order: PII redaction (the redactor behind :class:`~workers.detectors.redaction.Redactor`);
+blocked terms (the
 answer is refused, ``denied`` / ``output_blocked``); structured output when ``response_format`` asks for JSON
 (validated, repaired once, else ``failed`` / ``structured_output_invalid``); the length limit (free text is cut,
 JSON that is too long fails instead, since cutting it would break it). Then ``finish(OK | CACHE_HIT)``: the runner
@@ -25,7 +26,7 @@ from functools import cached_property
 from schemas.envelope import Envelope, PostprocessResult, Status
 from workers import evaluators, structured_output
 from workers.context import StageContext
-from workers.redaction import BasicRedactor, Redactor
+from workers.detectors.redaction import BasicRedactor, Redactor
 
 NAME = "postprocess"
 log = logging.getLogger(__name__)

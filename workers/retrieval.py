@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from schemas.envelope import Envelope, Message, Passage, RetrievalResult
 from schemas.errors import BackendError
-from workers import cache_metrics as metrics
+from workers.cache import metrics
 from workers.context import StageContext
 from workers.embedding import Embedder, HashingEmbedder
 from workers.memory import ConversationMemory

@@ -40,11 +40,11 @@ from aiokafka import AIOKafkaProducer
 from bench.load import BENCH_BUDGET_MS, prompt
 from schemas.envelope import STAGES, Tier
 from schemas.response import Response
-from streams.client import new_envelope
-from streams.codec import decode_as, encode
-from streams.ledger_app import read_topic
+from streams.clients.client import new_envelope
+from streams.ledger.app import read_topic
+from streams.runtime.codec import decode_as, encode
+from streams.runtime.topics import ensure_topics, topology
 from streams.settings import REPO_ROOT, Settings
-from streams.topics import ensure_topics, topology
 from workers.ledger import Aggregator
 
 SHARED_KAFKA = "127.0.0.1:9092"

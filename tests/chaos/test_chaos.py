@@ -23,12 +23,12 @@ import yaml
 from aiohttp import web
 
 from schemas.envelope import STAGES
-from streams import stage_postprocess
-from streams.ledger_app import fetch_snapshot, read_topic
-from streams.replays import RedisReplayMemory
-from streams.runner import KafkaPublisher, StageRunner, new_producer
-from streams.stage_cache import redis_client
-from streams.topics import ensure_topics, topology
+from streams.ledger.app import fetch_snapshot, read_topic
+from streams.runtime.replays import RedisReplayMemory
+from streams.runtime.runner import KafkaPublisher, StageRunner, new_producer
+from streams.runtime.topics import ensure_topics, topology
+from streams.stages import postprocess as stage_postprocess
+from streams.stages.cache import redis_client
 from tests.chaos.harness import (
     Env,
     Figures,

@@ -10,13 +10,13 @@ import orjson
 import pytest
 
 from schemas.envelope import CacheResult, Status
-from streams.client import Submitter, new_envelope
-from streams.codec import encode
+from streams.clients.client import Submitter, new_envelope
+from streams.runtime.codec import encode
+from streams.runtime.topics import topology
 from streams.settings import Settings
-from streams.stage_audit import audit_dir, signer_from_settings
-from streams.topics import topology
+from streams.stages.audit import audit_dir, signer_from_settings
 from tests.kafka_helpers import produce_raw, read_until
-from workers.audit_verify import verify_dir
+from workers.audit.verify import verify_dir
 
 pytestmark = pytest.mark.integration
 PII = ("jane.doe@example.com", "4111 1111 1111 1111", "078-05-1120")

@@ -20,11 +20,11 @@ from aiokafka import AIOKafkaProducer
 from schemas.envelope import DEFAULT_ROUTE, Envelope, Principal, Status
 from schemas.policy import parse_policy
 from schemas.response import DeadLetter, Response
-from streams.client import Submitter, new_envelope
-from streams.codec import decode_as, encode
-from streams.policy_store import publish_policy
+from streams.clients.client import Submitter, new_envelope
+from streams.followers.policy import publish_policy
+from streams.runtime.codec import decode_as, encode
+from streams.runtime.topics import topology
 from streams.settings import Settings
-from streams.topics import topology
 from tests.kafka_helpers import read_until
 from workers.keys import create_key, sign_principal
 
@@ -261,6 +261,6 @@ async def test_every_bad_input_ends_in_a_dead_letter_or_a_coded_response(pipelin
     assert wanted_ids <= keys.keys()
     assert len([k for k in keys if k.startswith("deadletter:")]) == len(letters_expected)
     # A non-terminal envelope put straight onto the audit topic is audited as failed/no_outcome. (It gets no
-    # response, so the ledger does not count it: reported to the lead, the fix belongs in streams/runner.py.)
+    # response, so the ledger does not count it: reported to the lead, the fix belongs in streams/runtime/runner.py.)
     records = {orjson.loads(r.value)["dedup_key"]: orjson.loads(r.value) for r in audit}
     assert all(records[rid]["code"] == "no_outcome" for rid in no_outcome)

@@ -9,8 +9,8 @@ from redis.asyncio import Redis
 
 from schemas.envelope import Status
 from schemas.policy import parse_policy
-from streams.client import Submitter, new_envelope
-from streams.policy_store import publish_policy
+from streams.clients.client import Submitter, new_envelope
+from streams.followers.policy import publish_policy
 from streams.settings import Settings
 
 MODELS = {"lite-us": {"region": "us", "input_micros_per_mtok": 150_000, "output_micros_per_mtok": 600_000}}

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from schemas.envelope import Status, Tier
-from streams.client import Submitter, new_envelope
+from streams.clients.client import Submitter, new_envelope
 from streams.settings import Settings
-from workers.catalog import load_catalog
+from workers.routing.catalog import load_catalog
 
 
 async def test_a_tight_budget_degrades_and_an_impossible_one_fails_fast(pipeline: Settings) -> None:

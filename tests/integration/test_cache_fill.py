@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from schemas.envelope import Status
-from streams.client import Submitter, new_envelope
+from streams.clients.client import Submitter, new_envelope
 from streams.settings import Settings
-from streams.stage_cache import redis_client
+from streams.stages.cache import redis_client
 from workers.memory import RedisMemory
 
 pytestmark = pytest.mark.integration

@@ -8,12 +8,12 @@ import pytest
 from redis.asyncio import Redis
 
 from schemas.envelope import ModelResult, Status
-from streams.client import Submitter, new_envelope
+from streams.clients.client import Submitter, new_envelope
 from streams.settings import Settings
-from streams.stage_cache import redis_client
-from workers import cache
-from workers.cache import CacheContext
-from workers.cache_store import RedisCacheStore, SemanticMirror
+from streams.stages.cache import redis_client
+from workers.cache import stage as cache
+from workers.cache.stage import CacheContext
+from workers.cache.store import RedisCacheStore, SemanticMirror
 
 pytestmark = pytest.mark.integration
 

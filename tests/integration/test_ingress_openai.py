@@ -10,8 +10,8 @@ import pytest
 from openai import AsyncOpenAI
 
 from schemas.policy import Budgets, ModelSpec, PiiRules, PolicyDocument, RateLimits, TenantPolicy
-from streams.ingress_http import serving
-from streams.policy_store import publish_policy
+from streams.followers.policy import publish_policy
+from streams.ingress.http import serving
 from streams.settings import Settings
 from workers.keys import create_key
 

@@ -10,8 +10,8 @@ import pytest
 from schemas.envelope import Status, Tier
 from schemas.errors import PolicyDenied
 from schemas.policy import PolicyDocument, TenantPolicy
-from streams.policy_store import publish_policy
-from streams.sdk import SyncTollwayClient, TollwayClient
+from streams.clients.sdk import SyncTollwayClient, TollwayClient
+from streams.followers.policy import publish_policy
 from streams.settings import Settings
 from workers.keys import create_key
 

@@ -19,10 +19,10 @@ from aiokafka import AIOKafkaProducer
 
 from schemas.envelope import Status, Usage
 from schemas.response import Response
-from streams.codec import encode
-from streams.ledger_app import reconcile
+from streams.ledger.app import reconcile
+from streams.runtime.codec import encode
+from streams.runtime.topics import ensure_topics, topology
 from streams.settings import REPO_ROOT, Settings
-from streams.topics import ensure_topics, topology
 
 # A kill -9 and a changelog recovery take minutes on a loaded 2-core machine: this runs in `make chaos`.
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]

@@ -12,10 +12,10 @@ import pytest
 from schemas.envelope import Status, Usage
 from schemas.ledger import LedgerSnapshot, OutcomeEvent
 from schemas.response import Response
-from streams.cli_ledger import publish_outcome, reprice_to_version
-from streams.ledger_app import fetch_snapshot, ledger_rows, run_ledger
+from streams.cli.ledger import publish_outcome, reprice_to_version
+from streams.ledger.app import fetch_snapshot, ledger_rows, run_ledger
+from streams.runtime.topics import ensure_topics
 from streams.settings import Settings
-from streams.topics import ensure_topics
 from tests.integration.test_ledger_kill import produce
 
 pytestmark = pytest.mark.integration

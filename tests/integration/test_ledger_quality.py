@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from schemas.envelope import GenerationParams, Status
-from streams.client import Submitter, new_envelope
-from streams.index_store import chunk_file, publish
-from streams.ledger_app import ledger_rows, reconcile, run_ledger
+from streams.clients.client import Submitter, new_envelope
+from streams.followers.index import chunk_file, publish
+from streams.ledger.app import ledger_rows, reconcile, run_ledger
+from streams.runtime.topics import ensure_topics, topology
 from streams.settings import Settings
-from streams.topics import ensure_topics, topology
 from tests.integration.test_ledger_outcomes import free_port
 from tests.kafka_helpers import read_until
 
@@ -22,7 +22,7 @@ CORPUS = Path(__file__).resolve().parents[2] / "infra" / "corpus"
 
 
 async def test_evaluators_verdicts_are_counted_per_tenant_model_window(settings: Settings) -> None:
-    from streams.worker import resolve_stages, run_workers
+    from streams.runtime.worker_process import resolve_stages, run_workers
 
     await ensure_topics(settings)
     # Indexed before the workers start, so retrieval has the passages from its first request on.

@@ -11,7 +11,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.envelope import DEFAULT_ROUTE, Status
-from streams.client import Submitter, new_envelope
+from streams.clients.client import Submitter, new_envelope
 from streams.settings import Settings
 
 pytestmark = pytest.mark.integration

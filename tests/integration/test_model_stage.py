@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from schemas.envelope import Status
-from streams.client import Submitter, new_envelope
+from streams.clients.client import Submitter, new_envelope
 from streams.settings import Settings
-from workers.catalog import price_of
+from workers.routing.catalog import price_of
 
 
 async def test_tier_choice_usage_and_cost_reach_the_response(pipeline: Settings) -> None:

@@ -9,10 +9,10 @@ import orjson
 
 from schemas.envelope import Principal, Status
 from schemas.policy import PolicyDocument, parse_policy
-from streams.client import Submitter, new_envelope
-from streams.policy_store import publish_policy
+from streams.clients.client import Submitter, new_envelope
+from streams.followers.policy import publish_policy
+from streams.runtime.topics import topology
 from streams.settings import Settings
-from streams.topics import topology
 from tests.kafka_helpers import read_until
 from workers.keys import sign_principal
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from streams.client import new_envelope
-from streams.embedders import open_embedder
-from streams.index_store import IndexMaterialiser, chunk_file, publish, read_index
+from streams.clients.client import new_envelope
+from streams.followers.index import IndexMaterialiser, chunk_file, publish, read_index
+from streams.runtime.topics import ensure_topics
 from streams.settings import Settings
-from streams.topics import ensure_topics
+from streams.stages.embedders import open_embedder
 from workers import retrieval
 from workers.retrieval import RetrievalContext
 from workers.vector_index import MemoryVectorIndex

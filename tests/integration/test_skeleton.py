@@ -7,10 +7,10 @@ import pytest
 
 from schemas.envelope import DEFAULT_ROUTE, Status, Tier
 from schemas.response import DeadLetter, Response
-from streams.client import Submitter, new_envelope
-from streams.codec import decode_as, encode
+from streams.clients.client import Submitter, new_envelope
+from streams.runtime.codec import decode_as, encode
+from streams.runtime.topics import topology
 from streams.settings import Settings
-from streams.topics import topology
 from tests.kafka_helpers import produce_raw, read_until
 
 pytestmark = pytest.mark.integration

@@ -27,7 +27,7 @@ from schemas.envelope import (
 )
 from schemas.errors import BadEvent
 from schemas.response import DeadLetter, Response
-from streams.codec import decode, decode_as, encode
+from streams.runtime.codec import decode, decode_as, encode
 
 # Any Unicode a JSON string can carry (hypothesis' text() already leaves out lone surrogates): RTL, zero-width,
 # emoji, NUL and other control characters included.

@@ -12,10 +12,10 @@ from tests.fakes.openai_server import FakeOpenAI, openai_server
 from workers.backends.base import ModelCall, ModelReply
 from workers.backends.local import LocalBackend
 from workers.backends.openai_compat import OpenAICompatBackend
-from workers.catalog import ModelCatalog, load_catalog, parse_catalog, price_of
 from workers.context import FakeClock, StageContext
 from workers.model import ModelContext, process
-from workers.router import BreakerBoard
+from workers.routing.catalog import ModelCatalog, load_catalog, parse_catalog, price_of
+from workers.routing.router import BreakerBoard
 
 __all__ = ["openai_server"]
 MakeEnvelope = Callable[..., Envelope]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from schemas.envelope import Envelope, Message, ModelResult, PolicyDecision, Status
 from schemas.errors import BackendError
-from streams.index_store import chunk_file, chunk_markdown, to_indexed
+from streams.followers.index import chunk_file, chunk_markdown, to_indexed
 from workers import retrieval
 from workers.embedding import HashingEmbedder, Vectors
 from workers.memory import MemoryConversationMemory, append_turns

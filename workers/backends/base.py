@@ -7,7 +7,7 @@ from typing import Protocol
 
 from schemas.envelope import Message, Passage, Usage
 from schemas.errors import BackendError
-from workers.catalog import LatencyProfile
+from workers.routing.catalog import LatencyProfile
 
 
 @dataclass(frozen=True)

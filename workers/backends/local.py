@@ -4,7 +4,7 @@ It answers the way a retrieval-grounded model should: it splits the retrieved pa
 into the prompt after a colon) into sentences, scores each sentence by the idf-weighted overlap of its terms with
 the question plus the passage's retrieval score, and composes the best few, in order, with their [doc id]
 citations. Greetings, thanks and ticket classification get direct answers; a question no source covers gets an
-honest generic reply instead of an invention. Usage is counted with :mod:`workers.tokens`; a context prefix seen
+honest generic reply instead of an invention. Usage is counted with :mod:`workers.routing.tokens`; a context prefix seen
 before counts as cached input (as a server's prefix cache would).
 
 Latency emulation: each model is one engine that runs one call at a time, and a call takes the catalog profile's
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from schemas.envelope import Message, Passage, Usage
 from workers.backends.base import ModelCall, ModelReply, context_prompt
-from workers.tokens import count_message_tokens, count_tokens, truncate_to_tokens
+from workers.routing.tokens import count_message_tokens, count_tokens, truncate_to_tokens
 
 _WORD = re.compile(r"[a-z0-9]+")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])|\n+")

@@ -3,7 +3,7 @@ from __future__ import annotations
 from schemas.envelope import Message, Passage
 from workers.backends.base import ModelCall
 from workers.backends.local import LocalBackend, answer
-from workers.catalog import LatencyProfile
+from workers.routing.catalog import LatencyProfile
 
 PASSAGES = [
     Passage(doc_id="refunds.md", score=0.82, text="Annual plans can be refunded in full within 30 days of purchase. "

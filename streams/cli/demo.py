@@ -1,0 +1,117 @@
+"""``make demo``: the whole job on the embedded defaults, in one process.
+
+1. applies the sample policy (``infra/policy.example.yaml``) and indexes the sample corpus (``infra/corpus/``);
+2. runs every stage and the Faust cost ledger;
+3. publishes the bundled requests in two waves (the second repeats questions, so the cache answers them);
+4. prints each response with its per-stage latency, the cost ledger (tenant × model × day) and writes the latency
+   report picture.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from pathlib import Path
+
+import orjson
+from rich.console import Console
+
+from schemas.envelope import Message, Tier
+from schemas.ledger import LedgerSnapshot
+from schemas.response import Response
+from streams.clients.client import Submitter, new_envelope
+from streams.runtime.worker_process import resolve_stages, run_workers
+from streams.settings import REPO_ROOT, Settings
+
+POLICY_FILE = REPO_ROOT / "infra" / "policy.example.yaml"
+CORPUS_DIR = REPO_ROOT / "infra" / "corpus"
+
+
+def load_samples(path: Path) -> list[dict[str, object]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def prepare(settings: Settings, console: Console) -> None:
+    """Publish the sample policy and the sample corpus (both compacted topics: re-running is harmless)."""
+    from streams.followers.index import chunk_file, publish
+    from streams.followers.policy import load_policy_file, publish_policy
+
+    policy = load_policy_file(POLICY_FILE)
+    await publish_policy(settings, policy)
+    chunks = [chunk for tenant_dir in sorted(CORPUS_DIR.iterdir()) if tenant_dir.is_dir()
+              for path in sorted(tenant_dir.glob("*.md")) for chunk in chunk_file(path, tenant=tenant_dir.name)]
+    await publish(settings, chunks)
+    console.print(f"policy [b]{policy.version}[/] applied · {len(chunks)} chunks indexed for "
+                  f"{len({c.tenant for c in chunks})} tenants")
+
+
+async def start_in_background(run: asyncio.Task[None], ready: asyncio.Event, what: str,
+                              timeout_s: float = 120.0) -> None:
+    waiter = asyncio.create_task(ready.wait())
+    await asyncio.wait([run, waiter], timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    if run.done():
+        run.result()  # re-raise the startup error
+    if not ready.is_set():
+        raise TimeoutError(f"{what} did not start within {timeout_s:.0f} s")
+
+
+async def read_ledger(settings: Settings, url: str, expected: int, timeout_s: float = 60.0) -> LedgerSnapshot:
+    """The Faust ledger's view once it has counted every response of this run (it runs a little behind)."""
+    from streams.ledger.app import fetch_snapshot, ledger_snapshot
+
+    target = await ledger_snapshot(settings)  # what the responses topic holds now, for comparison
+    wanted = sum(r.requests for r in target.rows)
+    deadline = time.monotonic() + timeout_s
+    snapshot = await fetch_snapshot(url)
+    while sum(r.requests for r in snapshot.rows) < max(wanted, expected) and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        snapshot = await fetch_snapshot(url)
+    return snapshot
+
+
+async def run_demo(settings: Settings, requests_file: Path, console: Console) -> list[Response]:
+    from streams.cli.ledger import ledger_table, quality_table
+    from streams.cli.main import print_response
+    from streams.cli.report import write_report
+    from streams.ledger.app import run_ledger
+
+    await prepare(settings, console)
+    stop = asyncio.Event()
+    workers_ready, ledger_ready = asyncio.Event(), asyncio.Event()
+    ledger_port = _free_port()
+    workers = asyncio.create_task(run_workers(settings, resolve_stages(["all"]), ready=workers_ready, stop=stop))
+    ledger = asyncio.create_task(run_ledger(settings, stop=stop, ready=ledger_ready, web_port=ledger_port))
+    try:
+        await start_in_background(workers, workers_ready, "the stage workers")
+        await start_in_background(ledger, ledger_ready, "the cost ledger")
+        samples = load_samples(requests_file)
+        responses: list[Response] = []
+        async with Submitter(settings) as submitter:
+            for wave in sorted({int(str(s.get("wave", 1))) for s in samples}):
+                envs = []
+                for sample in (s for s in samples if int(str(s.get("wave", 1))) == wave):
+                    messages = [Message.model_validate(m) for m in sample["messages"]]  # type: ignore[attr-defined]
+                    envs.append(new_envelope(messages, tenant=str(sample.get("tenant", "acme")),
+                                             tier=Tier(str(sample.get("tier", "standard"))), settings=settings,
+                                             model=sample.get("model")))
+                wave_responses = await submitter.complete(envs, timeout_s=120)
+                for env, response in zip(envs, wave_responses, strict=True):
+                    console.rule(f"[b]{env.tenant}[/] ({env.tier}, wave {wave}): {env.request.prompt}")
+                    print_response(response)
+                responses += wave_responses
+        snapshot = await read_ledger(settings, f"http://127.0.0.1:{ledger_port}", expected=len(responses))
+        console.print(ledger_table(snapshot.rows, "cost ledger (Faust table): tenant × model × day"))
+        console.print(quality_table(snapshot.rows, "quality beside cost: online evaluators' pass rates × day"))
+        png, page = write_report(responses, settings.state_dir / "reports")
+        console.print(f"latency report: {png} · {page}")
+        return responses
+    finally:
+        stop.set()
+        await asyncio.gather(workers, ledger, return_exceptions=True)

@@ -1,0 +1,201 @@
+"""The ``tollway`` command. Exit codes: 0 ok, 1 the request failed or was denied, 2 usage, 3 a service is down."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from schemas.envelope import Message, Status, Tier
+from schemas.response import Response
+from streams.cli.common import EXIT_FAILED, EXIT_USAGE, run_async
+from streams.settings import get_settings
+
+app = typer.Typer(help="tollway: governed LLM inference on Kafka.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+# Piped output (make demo | tee, CI logs) gets room for the wide tables instead of rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 160)
+
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+
+
+@app.command()
+def worker(stages: Annotated[list[str], typer.Argument(help="stage names, or 'all'")]) -> None:
+    """Run one or more stages in this process (each stage is its own consumer group)."""
+    from streams.runtime.worker_process import resolve_stages, run_workers
+
+    settings = get_settings()
+    _setup_logging(settings.log_level)
+    run_async(run_workers(settings, resolve_stages(stages)))
+
+
+@app.command()
+def topics() -> None:
+    """Create every tollway topic that is missing (workers also do this on start)."""
+    from streams.runtime.topics import ensure_topics
+
+    created = run_async(ensure_topics(get_settings()))
+    console.print(f"created {len(created)} topic(s)" + (f": {', '.join(created)}" if created else ""))
+
+
+def latency_table(response: Response) -> Table:
+    table = Table(title=f"request {response.request_id} — per-stage latency", show_lines=False)
+    for col in ("stage", "queue ms", "service ms", "budget left ms", "batch"):
+        table.add_column(col, justify="right" if col != "stage" else "left")
+    for hop in response.hops:
+        table.add_row(hop.stage, f"{hop.queue_ms:.2f}", f"{hop.service_ms:.2f}", f"{hop.remaining_budget_ms:.0f}",
+                      str(hop.batch_size))
+    total = (response.completed_at_ns - response.created_at_ns) / 1e6
+    table.add_row("[b]end to end[/]", "", f"[b]{total:.2f}[/]", "", "")
+    return table
+
+
+@app.command()
+def submit(
+    prompt: Annotated[str | None, typer.Argument(help="the user prompt (or use --messages)")] = None,
+    messages_file: Annotated[Path | None, typer.Option("--messages", help="JSON list (or JSONL) of chat messages "
+                                                       "{role, content}")] = None,
+    tenant: Annotated[str, typer.Option(help="tenant id")] = "acme",
+    tier: Annotated[Tier, typer.Option(help="SLO tier")] = Tier.STANDARD,
+    model: Annotated[str | None, typer.Option(help="catalog model, default: routed")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the response")] = 30.0,
+    as_json: Annotated[bool, typer.Option("--json", help="print the response as JSON")] = False,
+) -> None:
+    """Publish one request, wait for its response, print the answer and the per-stage latency breakdown."""
+    from streams.clients.client import Submitter, new_envelope
+
+    settings = get_settings()
+    conversation = _conversation(prompt, messages_file)
+
+    async def go() -> Response:
+        async with Submitter(settings) as submitter:
+            env = new_envelope(conversation, tenant=tenant, tier=tier, settings=settings, model=model)
+            (response,) = await submitter.complete([env], timeout_s=timeout)
+            return response
+
+    try:
+        response = run_async(go())
+    except TimeoutError as exc:
+        console.print(f"[red]no response within {timeout:.0f} s[/] — are the workers running? (`tollway worker all`)")
+        raise typer.Exit(EXIT_FAILED) from exc
+    assert isinstance(response, Response)
+    if as_json:
+        sys.stdout.write(orjson.dumps(response.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print_response(response)
+    if response.status not in (Status.OK, Status.CACHE_HIT):
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _conversation(prompt: str | None, messages_file: Path | None) -> list[Message]:
+    """The chat messages to send: the prompt as one user message, or a file of messages (then the prompt last)."""
+    messages: list[Message] = []
+    if messages_file is not None:
+        try:
+            raw = messages_file.read_bytes()
+            data = orjson.loads(raw) if raw.lstrip().startswith(b"[") else [
+                orjson.loads(line) for line in raw.splitlines() if line.strip()]
+            messages = [Message.model_validate(m) for m in data]
+        except (OSError, orjson.JSONDecodeError, ValidationError) as exc:
+            console.print(f"[red]cannot read messages from {messages_file}:[/] {exc}")
+            raise typer.Exit(EXIT_USAGE) from exc
+    if prompt:
+        messages.append(Message(role="user", content=prompt))
+    if not messages:
+        console.print("[red]nothing to send:[/] give a prompt or --messages FILE")
+        raise typer.Exit(EXIT_USAGE)
+    return messages
+
+
+def print_response(response: Response) -> None:
+    status = response.status.value + (f" ({response.code})" if response.code else "")
+    console.print(f"[b]{status}[/]  model={response.model or '-'}  cost={response.cost_micros} µ$  "
+                  f"tokens in/cached/out={response.usage.input_tokens}/{response.usage.cached_input_tokens}/"
+                  f"{response.usage.output_tokens}")
+    if response.answer:
+        console.print(response.answer)
+    if response.message:
+        console.print(f"[yellow]{response.message}[/]")
+    console.print(latency_table(response))
+
+
+@app.command()
+def demo(
+    requests_file: Annotated[Path, typer.Option(help="JSONL of sample requests")] = Path("bench/samples.jsonl"),
+) -> None:
+    """Run every stage in-process, publish the bundled sample requests, print responses, latency and cost."""
+    from streams.cli.demo import run_demo
+
+    settings = get_settings()
+    _setup_logging("WARNING")
+    # A topic created a moment ago answers "not leader" for a few hundred ms; the producer retries, quietly here.
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    run_async(run_demo(settings, requests_file, console))
+
+
+@app.command()
+def report(
+    out: Annotated[Path, typer.Option(help="directory for latency.png and latency.html")] = Path("reports"),
+    responses_file: Annotated[Path | None, typer.Option("--responses", help="JSONL of responses instead of the "
+                                                        "responses topic")] = None,
+) -> None:
+    """Render the per-stage latency waterfall (PNG) and percentile table (HTML) of a run's responses."""
+    from streams.cli.report import read_responses, write_report
+    from streams.runtime.codec import decode_as
+    from streams.runtime.topics import topology
+
+    settings = get_settings()
+    if responses_file is not None:
+        responses = [decode_as(line, Response) for line in responses_file.read_bytes().splitlines() if line.strip()]
+    else:
+        responses = run_async(read_responses(settings.bootstrap_servers, topology(settings).responses))
+    if not responses:
+        console.print("no responses to report on")
+        raise typer.Exit(EXIT_FAILED)
+    png, page = write_report(responses, out)
+    console.print(f"wrote {png} and {page} ({len(responses)} responses)")
+
+
+@app.command("schemas")
+def export_schemas(out: Annotated[Path, typer.Option(help="directory for the JSON Schema files")] =
+                   Path("schemas/json")) -> None:
+    """Export the JSON Schemas of every event for producers in other languages."""
+    from schemas.export import export
+
+    for path in export(out):
+        console.print(f"wrote {path}")
+
+
+def _register_areas() -> None:
+    from streams.cli import audit as cli_audit
+    from streams.cli import index as cli_index
+    from streams.cli import ingress as cli_ingress
+    from streams.cli import ledger as cli_ledger
+    from streams.cli import model as cli_model
+    from streams.cli import policy as cli_policy
+
+    for area in (cli_policy, cli_index, cli_model, cli_audit, cli_ledger, cli_ingress):
+        area.register(app)
+
+
+_register_areas()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    app(args=list(argv) if argv is not None else None)
+
+
+if __name__ == "__main__":
+    main()

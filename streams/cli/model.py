@@ -1,0 +1,80 @@
+"""`tollway models list|route`: the model catalog in force, and the router's decision for a prompt, explained."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from schemas.envelope import PolicyDecision
+from schemas.errors import ConfigError
+from streams.clients.client import new_envelope
+from streams.settings import get_settings
+from workers.routing.catalog import ModelCatalog, load_catalog
+from workers.routing.router import route
+
+models_app = typer.Typer(help="The model catalog and the router.", no_args_is_help=True)
+console = Console()
+
+
+def _catalog() -> ModelCatalog:
+    try:
+        return load_catalog(get_settings().models_file)
+    except ConfigError as exc:
+        console.print(f"[red]configuration error:[/] {exc}")
+        raise typer.Exit(2) from exc
+
+
+@models_app.command("list")
+def list_models(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+    """The catalog in force (TOLLWAY_MODELS or the shipped default): prices, tiers, latency, capacity."""
+    catalog = _catalog()
+    if as_json:
+        typer.echo(orjson.dumps(catalog.model_dump(mode="json")).decode())
+        return
+    table = Table(title="model catalog (prices in µ$ per million tokens)")
+    for col in ("model", "backend", "region", "tier", "input", "cached in", "output", "context", "latency", "cap"):
+        table.add_column(col)
+    for m in catalog.models:
+        lat = m.latency
+        table.add_row(m.name, m.backend, m.region, m.quality_tier, f"{m.prices.input_micros_per_mtok:,}",
+                      f"{m.prices.cached_input_micros_per_mtok:,}", f"{m.prices.output_micros_per_mtok:,}",
+                      f"{m.context_window:,}", f"{lat.overhead_ms:g}+{lat.prefill_ms_per_1k_tokens:g}/1k+"
+                      f"{lat.decode_ms_per_token:g}/tok ms", str(m.capacity))
+    console.print(table)
+
+
+@models_app.command("route")
+def explain_route(
+    prompt: Annotated[str, typer.Argument(help="the user prompt")],
+    tier: Annotated[str | None, typer.Option(help="quality tier (small|medium|large); default: auto")] = None,
+    budget_ms: Annotated[int, typer.Option(help="latency budget left")] = 10_000,
+    region: Annotated[list[str] | None, typer.Option(help="allowed region (repeatable)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Which model the router would choose for PROMPT, and why (no model is called)."""
+    env = new_envelope(prompt, tenant="cli", budget_ms=budget_ms, quality_tier=tier)
+    if region:
+        env.policy = PolicyDecision(allowed_regions=region)
+    decision = route(env, _catalog(), time.time_ns())
+    chosen = decision.chosen
+    if as_json:
+        typer.echo(orjson.dumps({"model": chosen.name if chosen else None, "tier": decision.tier,
+                                 "failure": decision.failure_code, "message": decision.failure_message,
+                                 "reasons": decision.reasons}).decode())
+    else:
+        for reason in decision.reasons:
+            console.print(f"· {reason}")
+        if chosen is None:
+            console.print(f"[red]{decision.failure_code}[/]: {decision.failure_message}")
+    if chosen is None:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add this area's commands to the main `tollway` app."""
+    app.add_typer(models_app, name="models")

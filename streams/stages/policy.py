@@ -1,0 +1,47 @@
+"""Wiring for the policy stage: the policy follower, the Redis-backed limits and the principal secret."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from schemas.errors import ServiceUnavailable
+from streams.followers.policy import open_policy_store
+from streams.settings import Settings
+from workers.context import StageContext
+from workers.limits import RedisLimits
+from workers.policy import DEV_PRINCIPAL_SECRET, PolicyContext
+
+log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def open_limits(settings: Settings) -> AsyncIterator[RedisLimits]:
+    """Redis-backed rate limits and budgets, namespaced by the topic prefix.
+
+    The audit stage uses this too, to ``settle(reservation_id, actual_micros)`` or ``release(reservation_id)``.
+    """
+    client = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        await client.ping()
+    except (RedisError, OSError) as exc:
+        await client.aclose()
+        raise ServiceUnavailable(f"Redis is not reachable at {settings.redis_url}: {exc}") from exc
+    try:
+        yield RedisLimits(client, prefix=settings.topic_prefix)
+    finally:
+        await client.aclose()
+
+
+@asynccontextmanager
+async def open_context(settings: Settings, base: StageContext) -> AsyncIterator[StageContext]:
+    if settings.principal_secret.get_secret_value() == DEV_PRINCIPAL_SECRET.get_secret_value():
+        log.warning("TOLLWAY_PRINCIPAL_SECRET is the development default: anyone who knows it can sign principals")
+    async with open_policy_store(settings) as store, open_limits(settings) as limits:
+        yield PolicyContext(stage=base.stage, worker_id=base.worker_id, clock=base.clock, publisher=base.publisher,
+                            topic_prefix=base.topic_prefix, policy=store, limits=limits,
+                            principal_secret=settings.principal_secret)

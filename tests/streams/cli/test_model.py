@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import orjson
+import typer
+from typer.testing import CliRunner
+
+from streams.cli import model as cli_model
+
+
+def app() -> typer.Typer:
+    main = typer.Typer()
+    cli_model.register(main)
+    return main
+
+
+def test_route_explains_the_choice_as_json() -> None:
+    result = CliRunner().invoke(app(), ["models", "route", "hello", "--region", "eu", "--json"])
+    assert result.exit_code == 0, result.output
+    decision = orjson.loads(result.output)
+    assert decision["model"] == "lite-eu" and "nano-us: region us not allowed" in decision["reasons"]
+
+
+def test_route_with_no_eligible_model_exits_1() -> None:
+    result = CliRunner().invoke(app(), ["models", "route", "hello", "--region", "mars", "--json"])
+    assert result.exit_code == 1 and orjson.loads(result.output)["failure"] == "no_eligible_model"
+
+
+def test_list_as_json() -> None:
+    result = CliRunner().invoke(app(), ["models", "list", "--json"])
+    assert result.exit_code == 0 and len(orjson.loads(result.output)["models"]) >= 6

@@ -1,0 +1,173 @@
+"""LanePoller without Kafka: a fake consumer holding records per partition and a clock the test moves."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+from aiokafka import TopicPartition
+
+from streams.runtime.lanes import LanePoller, ProcessLanes
+
+FAST = TopicPartition("t.model", 0)
+SLOW = TopicPartition("t.model.batch", 0)
+
+
+@dataclass
+class Record:
+    topic: str
+    offset: int
+
+
+@dataclass
+class Clock:
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class FakeConsumer:
+    """Just what LanePoller uses: assignment, getmany (with a partition filter), highwater, pause and resume."""
+
+    clock: Clock
+    queued: dict[TopicPartition, list[Record]] = field(default_factory=lambda: {FAST: [], SLOW: []})
+    ends: dict[TopicPartition, int] = field(default_factory=lambda: {FAST: 0, SLOW: 0})
+    paused: set[TopicPartition] = field(default_factory=set)
+    waits_ms: list[int] = field(default_factory=list)
+
+    def add(self, tp: TopicPartition, count: int) -> None:
+        for _ in range(count):
+            self.queued[tp].append(Record(tp.topic, self.ends[tp]))
+            self.ends[tp] += 1
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.queued)
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return self.ends[tp]
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self.paused.update(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self.paused.difference_update(tps)
+
+    async def getmany(self, *tps: TopicPartition, timeout_ms: int = 0,
+                      max_records: int | None = None) -> dict[TopicPartition, list[Record]]:
+        left = max_records or 1 << 30
+        out: dict[TopicPartition, list[Record]] = {}
+        for tp in sorted(tps or self.queued, key=lambda tp: tp.topic):  # interactive first, as a fetch may order it
+            if tp in self.paused or not self.queued[tp] or left <= 0:
+                continue
+            taken, self.queued[tp] = self.queued[tp][:left], self.queued[tp][left:]
+            out[tp] = taken
+            left -= len(taken)
+        if not out:
+            self.waits_ms.append(timeout_ms)
+            self.clock.now += timeout_ms / 1000  # nothing came: the whole wait passes
+        return out
+
+
+def counts(batches: dict[TopicPartition, list[Record]]) -> tuple[int, int]:
+    return len(batches.get(FAST, [])), len(batches.get(SLOW, []))
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def consumer(clock: Clock) -> FakeConsumer:
+    return FakeConsumer(clock)
+
+
+def poller(clock: Clock, **overrides: object) -> LanePoller:
+    options: dict[str, object] = {"max_records": 500, "batch_quota": 16, "pause_lag": 100, "batch_share": 0.2,
+                                  "clock": clock, "shared": ProcessLanes(), **overrides}
+    return LanePoller("model", frozenset({SLOW.topic}), **options)  # type: ignore[arg-type]
+
+
+async def test_idle_interactive_lets_backfill_run_at_full_batch_size(clock: Clock, consumer: FakeConsumer) -> None:
+    consumer.add(SLOW, 2000)
+    assert counts(await poller(clock).poll(consumer)) == (0, 500)
+
+
+async def test_hot_interactive_holds_backfill_to_a_slice(clock: Clock, consumer: FakeConsumer) -> None:
+    lanes = poller(clock)
+    consumer.add(FAST, 3)
+    assert counts(await lanes.poll(consumer)) == (3, 0)  # interactive traffic seen: the stage is hot from here on
+    consumer.add(FAST, 2)
+    consumer.add(SLOW, 2000)
+    assert counts(await lanes.poll(consumer)) == (2, 16)  # a slice is due: it rides along with interactive work
+    clock.now += 0.010
+    consumer.add(FAST, 2)
+    assert counts(await lanes.poll(consumer)) == (2, 0)  # then the batch lane rests
+
+
+async def test_backfill_gets_at_most_its_share_of_a_busy_stage(clock: Clock, consumer: FakeConsumer) -> None:
+    lanes = poller(clock, batch_share=0.2)
+    consumer.add(FAST, 1)
+    await lanes.poll(consumer)  # interactive traffic seen: the stage is hot from here on
+    consumer.add(SLOW, 10_000)
+    busy_s = {"interactive": 0.0, "batch": 0.0}
+    for _ in range(400):
+        consumer.add(FAST, 1)  # an interactive record every poll, the busiest case
+        fast, slow = counts(await lanes.poll(consumer))
+        busy_s["interactive"] += 0.010 * fast  # the runner works the batch before it polls again
+        busy_s["batch"] += 0.005 * slow
+        clock.now += 0.010 * fast + 0.005 * slow
+    share = busy_s["batch"] / sum(busy_s.values())
+    assert 0.1 < share <= 0.2 + 1e-9  # capped at the share, and never starved
+
+
+async def test_a_resting_batch_lane_waits_on_the_interactive_lane_only(clock: Clock, consumer: FakeConsumer) -> None:
+    lanes = poller(clock, batch_share=0.5)
+    consumer.add(FAST, 1)
+    await lanes.poll(consumer)
+    consumer.add(SLOW, 100)
+    assert counts(await lanes.poll(consumer)) == (0, 16)
+    clock.now += 0.040  # the slice kept the stage busy 40 ms: the batch lane rests 40 ms (share 0.5)
+    assert counts(await lanes.poll(consumer)) == (0, 0)
+    assert consumer.waits_ms[-1] == 40  # waited for interactive records until the slice was due
+    assert counts(await lanes.poll(consumer)) == (0, 16)
+
+
+async def test_a_slow_stage_stays_hot_between_polls_longer_than_the_window(clock: Clock,
+                                                                          consumer: FakeConsumer) -> None:
+    lanes = poller(clock, hot_window_ms=100.0, hot_polls=3)
+    consumer.add(FAST, 1)
+    await lanes.poll(consumer)
+    consumer.add(SLOW, 2000)
+    clock.now += 0.8  # one model call later: far past the wall-clock window
+    assert counts(await lanes.poll(consumer)) == (0, 16)  # still a slice, not a full batch of backfill
+
+
+async def test_batch_lane_pauses_above_the_lag_and_resumes_below_half(clock: Clock, consumer: FakeConsumer) -> None:
+    lanes = poller(clock, max_records=50, pause_lag=100)
+    consumer.add(SLOW, 500)
+    consumer.add(FAST, 200)
+    assert counts(await lanes.poll(consumer)) == (50, 0)  # lag 150 left behind: pause
+    assert SLOW in consumer.paused
+    assert counts(await lanes.poll(consumer)) == (50, 0)  # lag 100: still paused (hysteresis)
+    assert SLOW in consumer.paused
+    await lanes.poll(consumer)  # lag 50: resumed
+    assert SLOW not in consumer.paused
+
+
+def test_batch_share_must_be_a_fraction(clock: Clock) -> None:
+    with pytest.raises(ValueError, match="batch_share"):
+        poller(clock, batch_share=0.0)
+
+
+async def test_stages_of_one_process_share_hotness(clock: Clock) -> None:
+    shared = ProcessLanes()
+    upstream, downstream = FakeConsumer(clock), FakeConsumer(clock)
+    first, second = poller(clock, shared=shared), poller(clock, shared=shared)
+    upstream.add(FAST, 1)
+    await first.poll(upstream)  # interactive traffic at one stage ...
+    downstream.add(SLOW, 2000)
+    assert counts(await second.poll(downstream)) == (0, 16)  # ... holds the other stage's backfill to a slice
+    assert counts(await poller(clock).poll(downstream)) == (0, 500)  # a stage of another process: idle, full batch

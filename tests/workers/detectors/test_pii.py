@@ -1,0 +1,88 @@
+"""PII detectors: the labelled set's figures, and properties over generated text."""
+
+from __future__ import annotations
+
+import itertools
+import string
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from stdnum import iban as stdnum_iban
+from stdnum import luhn
+
+from bench.pii_eval import evaluate
+from schemas.policy import PiiAction
+from workers.detectors.pii import Redactor, detect
+
+
+def test_labelled_set_precision_and_recall_per_type() -> None:
+    scores, _, _ = evaluate()
+    for entity, score in scores.items():
+        assert score.precision >= 0.99 and score.recall >= 0.99, (entity, score)
+
+
+def test_placeholders_are_typed_numbered_and_consistent() -> None:
+    redactor = Redactor()
+    first = redactor.redact("a@example.com wrote to b@example.com")
+    second = redactor.redact("cc a@example.com, card 4111111111111111")
+    assert first == "<EMAIL_1> wrote to <EMAIL_2>"
+    assert second == "cc <EMAIL_1>, card <CREDIT_CARD_1>"
+    assert redactor.counts == {"email": 3, "credit_card": 1}
+
+
+def test_allow_keeps_the_value_and_block_is_reported() -> None:
+    actions = {"ip_address": PiiAction.ALLOW, "us_ssn": PiiAction.BLOCK}
+    redactor = Redactor(action=lambda e: actions.get(e, PiiAction.REDACT))
+    out = redactor.redact("host 10.0.0.1, ssn 536-22-1234")
+    assert out == "host 10.0.0.1, ssn <US_SSN_1>"
+    assert redactor.blocked == {"us_ssn"}
+
+
+filler = st.text(alphabet=string.ascii_letters + " ,.;!?\n", max_size=40)
+
+
+@st.composite
+def card_numbers(draw: st.DrawFn) -> str:
+    prefix = draw(st.sampled_from(["4", "51", "55", "37", "6011"]))
+    length = 15 if prefix == "37" else 16
+    body = prefix + "".join(draw(st.lists(st.sampled_from(string.digits), min_size=length - len(prefix) - 1,
+                                          max_size=length - len(prefix) - 1)))
+    return body + luhn.calc_check_digit(body)
+
+
+@st.composite
+def ibans(draw: st.DrawFn) -> str:
+    bban = "".join(draw(st.lists(st.sampled_from(string.digits), min_size=18, max_size=18)))
+    return "DE" + stdnum_iban.calc_check_digits("DE00" + bban) + bban
+
+
+@given(st.text(max_size=300))
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+def test_detect_never_fails_and_spans_are_exact(text: str) -> None:
+    findings = detect(text)
+    for f in findings:
+        assert text[f.start:f.end] == f.text
+    for a, b in itertools.pairwise(findings):
+        assert a.end <= b.start
+
+
+@given(filler, card_numbers(), filler)
+def test_valid_cards_are_found_and_a_wrong_check_digit_is_not(before: str, card: str, after: str) -> None:
+    text = f"{before} {card} {after}"
+    assert ("credit_card", card) in {(f.entity, f.text) for f in detect(text)}
+    wrong = card[:-1] + str((int(card[-1]) + 1) % 10)
+    assert "credit_card" not in {f.entity for f in detect(f"{before} {wrong} {after}")}
+
+
+@given(filler, ibans(), filler)
+def test_valid_ibans_are_found(before: str, number: str, after: str) -> None:
+    assert ("iban", number) in {(f.entity, f.text) for f in detect(f"{before} {number} {after}")}
+
+
+@given(st.lists(st.one_of(filler, card_numbers(), ibans(),
+                          st.sampled_from(["jane@example.com", "536-22-1234", "(415) 555-2671", "10.1.2.3",
+                                           "AKIAIOSFODNN7EXAMPLE", "password: hunter22x"])), max_size=8))
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+def test_redacted_text_has_nothing_left_to_find(parts: list[str]) -> None:
+    redacted = Redactor().redact(" ".join(parts))
+    assert detect(redacted) == []

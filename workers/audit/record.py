@@ -1,0 +1,103 @@
+"""Building audit records from envelopes and dead letters: pure functions, no raw PII in, none out.
+
+Prompt and answer are kept as SHA-256 hashes (the default), or in redacted form when the content mode says so; stage
+messages pass through the redactor because a stage may quote the request. A principal appears only as its key id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import orjson
+
+from schemas.audit import AuditHop, AuditRecord, ContentMode
+from schemas.envelope import Envelope, Status, Usage
+from schemas.response import DeadLetter
+from workers.detectors.redaction import Redactor
+
+
+def sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def encode_record(record: AuditRecord) -> bytes:
+    """The bytes that are chained, stored and mirrored to the audit topic (field order is the model's)."""
+    return orjson.dumps(record.model_dump(mode="json"))
+
+
+def deadletter_key(letter: DeadLetter) -> str:
+    """Dedup key of a dead letter: its request when known, else where its bytes came from (stable on redelivery)."""
+    if letter.request_id:
+        return letter.request_id
+    return f"deadletter:{letter.source_topic}:{letter.source_partition}:{letter.source_offset}"
+
+
+def record_from_envelope(env: Envelope, *, redactor: Redactor, content_mode: ContentMode, auditor: str,
+                         now_ns: int) -> AuditRecord:
+    outcome = env.outcome
+    policy, cache, model, post = env.policy, env.cache, env.model, env.postprocess
+    prompt = env.request.prompt
+    record = AuditRecord(
+        request_id=env.request_id,
+        dedup_key=env.request_id,
+        tenant=env.tenant,
+        principal_key_id=env.principal.key_id if env.principal else (policy.principal_key_id if policy else None),
+        status=outcome.status if outcome else Status.FAILED,
+        code=outcome.code if outcome else "no_outcome",
+        message=redactor.redact(outcome.message)[0] if outcome else "reached audit without a terminal outcome",
+        outcome_stage=outcome.stage if outcome else "",
+        tier=str(env.tier),
+        created_at_ns=env.created_at_ns,
+        deadline_at_ns=env.deadline_at_ns,
+        audited_at_ns=now_ns,
+        hops=[AuditHop(stage=h.stage, worker_id=h.worker_id, produced_at_ns=h.produced_at_ns,
+                       started_at_ns=h.started_at_ns, finished_at_ns=h.finished_at_ns, queue_ms=round(h.queue_ms, 3),
+                       service_ms=round(h.service_ms, 3), status=h.status, budget_violation=h.budget_violation)
+              for h in env.hops],
+        policy_version=policy.policy_version if policy else None,
+        policy_decisions=list(policy.decisions) if policy else [],
+        pii_found=dict(policy.pii_found) if policy else {},
+        injection_score=policy.injection_score if policy else None,
+        injection_rules=list(policy.injection_rules) if policy else [],
+        reserved_micros=policy.reserved_micros if policy else 0,
+        retrieval_doc_ids=[p.doc_id for p in env.retrieval.passages] if env.retrieval else [],
+        cache_outcome=cache.outcome if cache else None,
+        cache_kind=cache.kind if cache else None,
+        cache_similarity=cache.similarity if cache else None,
+        saved_micros=cache.saved_micros if cache else 0,
+        model=model.model or None if model else None,
+        backend=model.backend or None if model else None,
+        region=model.region or None if model else None,
+        routing=list(model.routing) if model else [],
+        attempts=model.attempts if model else 0,
+        usage=model.usage if model else Usage(),
+        cost_micros=model.cost_micros if model else 0,
+        postprocess_actions=list(post.actions) if post else [],
+        structured_output_valid=post.structured_output_valid if post else None,
+        content_mode=content_mode,
+        prompt_sha256=sha256_hex(prompt),
+        answer_sha256=sha256_hex(env.answer) if env.answer is not None else None,
+        auditor_worker_id=auditor,
+    )
+    if content_mode == "redacted":
+        record.prompt_redacted = redactor.redact(prompt)[0]
+        record.answer_redacted = redactor.redact(env.answer)[0] if env.answer is not None else None
+    return record
+
+
+def record_from_deadletter(letter: DeadLetter, *, redactor: Redactor, auditor: str, now_ns: int) -> AuditRecord:
+    return AuditRecord(
+        request_id=letter.request_id,
+        dedup_key=deadletter_key(letter),
+        tenant=letter.tenant,
+        source="deadletter",
+        status=Status.DEAD_LETTERED,
+        code=letter.reason,
+        message=redactor.redact(letter.error)[0][:500],
+        outcome_stage=letter.stage,
+        audited_at_ns=now_ns,
+        deadletter_reason=letter.reason,
+        deadletter_stage=letter.stage,
+        deadletter_source=f"{letter.source_topic}[{letter.source_partition}]@{letter.source_offset}",
+        auditor_worker_id=auditor,
+    )

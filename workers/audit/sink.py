@@ -1,0 +1,266 @@
+"""Where audit records are kept: append-only chain storage (files or memory) and the log that chains into it.
+
+Layout on disk, one directory per chain under ``<state_dir>/audit/<topic prefix>/``::
+
+    chain-000/seg-000000000000.jsonl   chain lines, a new segment every ``segment_records`` (named by first index)
+    chain-000/checkpoints.jsonl        signed checkpoints, one JSON object a line
+    chain-000/.lock                    flock held by the process that appends to this chain
+
+A chain belongs to exactly one running process at a time (the flock); a restarted process leases the first free
+chain, so chains survive restarts and several audit processes sharing a state dir never interleave lines. The
+audit stage may run on several machines: chains are per process, and deduplication across them is the claim
+store's job (see ``workers/audit/stage.py``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Protocol
+
+import orjson
+
+from schemas.audit import Checkpoint
+from schemas.errors import AuditLogCorrupt
+from workers.audit.chain import ChainState, Signer, leaf_hash, link_hash, parse_line, sign_checkpoint
+
+log = logging.getLogger(__name__)
+
+SEGMENT_GLOB = "seg-*.jsonl"
+CHECKPOINTS = "checkpoints.jsonl"
+
+
+class AuditSink(Protocol):
+    """Append-only storage for one chain's lines and checkpoints."""
+
+    chain_id: str
+
+    def existing(self) -> Iterator[bytes]:
+        """The lines already stored (without newlines), in order: how a restarted log recovers its head."""
+        ...
+
+    def write(self, lines: list[bytes]) -> None:
+        """Append lines (each ending with a newline) durably: when this returns they survive a crash."""
+        ...
+
+    def write_checkpoint(self, checkpoint: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class MemoryAuditSink:
+    chain_id: str = "chain-mem"
+    lines: list[bytes] = field(default_factory=list)
+    checkpoints: list[bytes] = field(default_factory=list)
+
+    def existing(self) -> Iterator[bytes]:
+        return (line.rstrip(b"\n") for line in list(self.lines))
+
+    def write(self, lines: list[bytes]) -> None:
+        self.lines.extend(lines)
+
+    def write_checkpoint(self, checkpoint: bytes) -> None:
+        self.checkpoints.append(checkpoint)
+
+    def close(self) -> None:
+        pass
+
+
+def segment_name(first_index: int) -> str:
+    return f"seg-{first_index:012d}.jsonl"
+
+
+def chain_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.glob("chain-*") if p.is_dir()) if root.is_dir() else []
+
+
+def segments(chain_dir: Path) -> list[Path]:
+    return sorted(chain_dir.glob(SEGMENT_GLOB))
+
+
+class FileAuditSink:
+    """Segment files on disk; ``write`` appends, flushes and fsyncs before returning."""
+
+    def __init__(self, chain_dir: Path, *, segment_records: int = 100_000, fsync: bool = True) -> None:
+        self.dir = chain_dir
+        self.chain_id = chain_dir.name
+        self.segment_records = segment_records
+        self.fsync = fsync
+        self._count = 0
+        self._segment: IO[bytes] | None = None
+        self._segment_count = 0
+
+    @classmethod
+    def lease(cls, root: Path, **options: int | bool) -> FileAuditSink:
+        """Take the first chain under ``root`` no other process holds (flock), or start a new one."""
+        root.mkdir(parents=True, exist_ok=True)
+        existing = chain_dirs(root)
+        for chain_dir in [*existing, *(root / f"chain-{n:03d}" for n in range(len(existing), len(existing) + 1000))]:
+            chain_dir.mkdir(exist_ok=True)
+            lock = (chain_dir / ".lock").open("a+b")
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()
+                continue
+            sink = cls(chain_dir, **options)  # type: ignore[arg-type]
+            sink._lock = lock
+            return sink
+        raise AuditLogCorrupt(f"no free audit chain under {root} after 1000 tries")
+
+    _lock: IO[bytes] | None = None
+
+    @property
+    def owner(self) -> str:
+        """A stable identity for this chain in the shared claim store (survives restarts, unique per state dir)."""
+        path = self.dir / ".owner"
+        if not path.exists():
+            path.write_text(f"{self.chain_id}-{uuid.uuid4().hex[:12]}")
+        return path.read_text().strip()
+
+    def existing(self) -> Iterator[bytes]:
+        for path in segments(self.dir):
+            data = path.read_bytes()
+            if data and not data.endswith(b"\n"):
+                # A crash mid-write left a partial last line. It was never acknowledged (write() had not returned),
+                # so the batch is redelivered and appended again; cut the fragment instead of chaining after it.
+                cut = data.rfind(b"\n") + 1
+                log.warning("audit chain %s: dropping a %d-byte partial line at the end of %s",
+                            self.chain_id, len(data) - cut, path.name)
+                with path.open("r+b") as handle:
+                    handle.truncate(cut)
+                data = data[:cut]
+            for line in data.split(b"\n")[:-1]:
+                self._count += 1
+                yield line
+
+    def write(self, lines: list[bytes]) -> None:
+        pending = list(lines)
+        while pending:
+            if self._segment is None or self._segment_count >= self.segment_records:
+                self._open_segment()
+            assert self._segment is not None
+            room = self.segment_records - self._segment_count
+            chunk, pending = pending[:room], pending[room:]
+            self._segment.write(b"".join(chunk))
+            self._segment_count += len(chunk)
+            self._count += len(chunk)
+            self._sync(self._segment)
+
+    def _open_segment(self) -> None:
+        if self._segment is not None:
+            self._segment.close()
+        current = segments(self.dir)
+        last = current[-1] if current else None
+        if last is not None and self._count - int(last.stem[4:]) < self.segment_records:
+            self._segment_count = self._count - int(last.stem[4:])
+            self._segment = last.open("ab")
+        else:
+            self._segment_count = 0
+            self._segment = (self.dir / segment_name(self._count)).open("ab")
+            self._sync_dir()
+
+    def write_checkpoint(self, checkpoint: bytes) -> None:
+        with (self.dir / CHECKPOINTS).open("ab") as handle:
+            handle.write(checkpoint + b"\n")
+            self._sync(handle)
+
+    def _sync(self, handle: IO[bytes]) -> None:
+        handle.flush()
+        if self.fsync:
+            os.fsync(handle.fileno())
+
+    def _sync_dir(self) -> None:
+        if self.fsync:  # a new file's directory entry must be durable too
+            fd = os.open(self.dir, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def close(self) -> None:
+        if self._segment is not None:
+            self._segment.close()
+            self._segment = None
+        if self._lock is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+
+class AuditLog:
+    """One chain: recovers its head from the sink, appends records, writes signed checkpoints every N records or
+    T seconds, and knows which dedup keys it holds (the durable half of "one record per request")."""
+
+    def __init__(self, sink: AuditSink, signer: Signer, *, checkpoint_every: int = 1000,
+                 checkpoint_interval_ns: int = 10 * 1_000_000_000, now_ns: int = 0) -> None:
+        self.sink = sink
+        self.signer = signer
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_interval_ns = checkpoint_interval_ns
+        self.state = ChainState(sink.chain_id)
+        self.keys: dict[str, bytes] = {}  # dedup key -> the stored record bytes (to re-publish on redelivery)
+        self._recover()
+        self._checkpointed_size = 0
+        self._checkpointed_at_ns = now_ns
+        if self.state.size:
+            # After a crash the tail past the last checkpoint is unsigned; sign what was recovered right away.
+            self.checkpoint(now_ns=now_ns)
+
+    def _recover(self) -> None:
+        state = self.state
+        for line in self.sink.existing():
+            try:
+                index, chain_hex, record = parse_line(line)
+            except ValueError as exc:
+                raise AuditLogCorrupt(f"audit chain {state.chain_id} is unreadable at index {state.size}: {exc}; "
+                                      f"run `tollway audit verify`") from exc
+            expected = link_hash(state.head, leaf_hash(record))
+            if index != state.size or chain_hex != expected.hex():
+                raise AuditLogCorrupt(f"audit chain {state.chain_id} does not verify at index {state.size}; "
+                                      f"run `tollway audit verify`")
+            state.append(record)
+            self.keys[orjson.loads(record)["dedup_key"]] = record
+
+    @property
+    def size(self) -> int:
+        return self.state.size
+
+    def __contains__(self, dedup_key: str) -> bool:
+        return dedup_key in self.keys
+
+    def append(self, records: list[tuple[str, bytes]], *, now_ns: int) -> None:
+        """Chain and durably store (dedup key, record bytes) pairs; checkpoint when one is due."""
+        if not records:
+            return
+        lines = [self.state.append(record) for _, record in records]
+        self.sink.write(lines)
+        for key, record in records:
+            self.keys[key] = record
+        self.maybe_checkpoint(now_ns=now_ns)
+
+    def maybe_checkpoint(self, *, now_ns: int) -> Checkpoint | None:
+        new = self.state.size - self._checkpointed_size
+        overdue = now_ns - self._checkpointed_at_ns >= self.checkpoint_interval_ns
+        if new >= self.checkpoint_every or (new > 0 and overdue):
+            return self.checkpoint(now_ns=now_ns)
+        return None
+
+    def checkpoint(self, *, now_ns: int) -> Checkpoint | None:
+        if self.state.size == self._checkpointed_size and self.state.size > 0:
+            return None
+        checkpoint = sign_checkpoint(self.state, self.signer, now_ns=now_ns)
+        self.sink.write_checkpoint(orjson.dumps(checkpoint.model_dump(mode="json")))
+        self._checkpointed_size, self._checkpointed_at_ns = self.state.size, now_ns
+        return checkpoint
+
+    def close(self, *, now_ns: int) -> None:
+        if self.state.size > self._checkpointed_size:
+            self.checkpoint(now_ns=now_ns)
+        self.sink.close()

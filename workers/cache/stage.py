@@ -1,0 +1,209 @@
+"""Cache stage: exact and semantic answer cache; a hit skips the model.
+
+Lookup (``process``, between policy and model) for a whole batch: one ``MGET`` for the exact keys; for the misses,
+one embedding call, one log refresh per tenant and one batched vector search per (tenant, scope); the candidates at
+or above the threshold are read from the store in one ``MGET`` (the mirror holds no prompts) and, best first, go
+through the near-miss guard on the entry's prompt: the first that passes is served.
+
+* Exact key = sha256(tenant, model class, normalised prompt, retrieval context chunk ids, the rest of the
+  conversation, generation params). Semantic scope = the same without the prompt: a semantic hit needs the same
+  tenant, model class, context and params, and a similar prompt.
+* Threshold: ``env.policy.semantic_threshold`` when the policy set one, else ``ctx.semantic_threshold``.
+* Bypass: ``env.policy.cache_allowed`` False, or ``env.request.cache.read`` False. ``no_store`` only stops writes
+  (the lookup itself stores nothing).
+* A store error is a miss (outcome ``error``), a counter and a log line; the request goes on to the model.
+
+Fill (``fill``, after the model answered; the post-process stage calls it) writes the entry with the model's cost,
+so a later hit can report the money it saved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+import orjson
+
+from schemas.envelope import CacheResult, Envelope, Status
+from schemas.errors import BackendError
+from workers.cache import metrics
+from workers.cache.semantic_guard import near_miss
+from workers.cache.store import CacheEntry, CacheStore, CacheWrite, MemoryCacheStore, SemanticMirror
+from workers.context import StageContext
+from workers.embedding import Embedder, HashingEmbedder, normalise_text
+
+NAME = "cache"
+log = logging.getLogger(__name__)
+
+_TRAILING_PUNCTUATION = re.compile(r"[\s?!.]+$")
+
+
+@dataclass(frozen=True)
+class CacheContext(StageContext):
+    store: CacheStore = field(default_factory=MemoryCacheStore)
+    embedder: Embedder = field(default_factory=HashingEmbedder)
+    mirror: SemanticMirror = field(default_factory=lambda: SemanticMirror(256))
+    semantic_threshold: float = 0.88
+    default_ttl_s: int = 86_400
+    max_ttl_s: int = 7 * 86_400
+    candidates: int = 3  # how many above-threshold candidates the guard may look at per request
+
+
+def normalise_prompt(prompt: str) -> str:
+    return _TRAILING_PUNCTUATION.sub("", normalise_text(prompt))
+
+
+def model_class(env: Envelope) -> str:
+    tier = (env.policy.quality_tier if env.policy else None) or env.request.quality_tier or ""
+    return f"{env.request.model or 'auto'}/{tier}"
+
+
+def scope_of(env: Envelope) -> str:
+    """Everything an answer depends on except the prompt: the semantic namespace within the tenant."""
+    context_ids = sorted(p.doc_id for p in env.retrieval.passages) if env.retrieval else []
+    turns = [[m.role, m.content] for m in env.retrieval.session_turns] if env.retrieval else []
+    prompt = env.request.prompt
+    others = [[m.role, m.content] for m in env.request.messages if not (m.role == "user" and m.content == prompt)]
+    material = orjson.dumps([env.tenant, model_class(env), context_ids, turns, others,
+                             env.request.params.model_dump(mode="json")], option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(material).hexdigest()[:32]
+
+
+def exact_key(env: Envelope) -> str:
+    material = orjson.dumps([env.tenant, scope_of(env), normalise_prompt(env.request.prompt)])
+    return hashlib.sha256(material).hexdigest()
+
+
+def _may_read(env: Envelope) -> bool:
+    return (env.policy is None or env.policy.cache_allowed) and env.request.cache.read
+
+
+async def process(batch: list[Envelope], ctx: CacheContext) -> list[Envelope]:
+    lookups: list[tuple[Envelope, str]] = []
+    for env in batch:
+        if _may_read(env):
+            lookups.append((env, exact_key(env)))
+        else:
+            env.cache = CacheResult(outcome="bypass")
+            metrics.LOOKUPS.labels("bypass", "").inc()
+    if not lookups:
+        return batch
+    try:
+        await _lookup(lookups, ctx)
+    except BackendError as exc:
+        metrics.ERRORS.labels("lookup").inc()
+        log.warning("cache lookup failed for %d request(s), treating as misses: %s", len(lookups), exc)
+        for env, key in lookups:
+            env.cache = CacheResult(outcome="error", key=key)
+            metrics.LOOKUPS.labels("error", "").inc()
+    return batch
+
+
+async def _lookup(lookups: list[tuple[Envelope, str]], ctx: CacheContext) -> None:
+    entries = await ctx.store.get([(env.tenant, key) for env, key in lookups])
+    misses: list[tuple[Envelope, str]] = []
+    for (env, key), entry in zip(lookups, entries, strict=True):
+        if entry is not None and not _own(entry, env):
+            _serve(env, entry, key=key, kind="exact", similarity=1.0)
+        else:
+            env.cache = CacheResult(outcome="miss", key=key)
+            misses.append((env, key))
+    if not misses:
+        return
+    vectors = await ctx.embedder.embed([env.request.prompt for env, _ in misses])
+    now_ms = ctx.clock.now_ns() // 1_000_000
+    wanted: list[tuple[int, str, float]] = []  # (position in misses, entry key, similarity), best first per miss
+    by_tenant: dict[str, list[int]] = {}
+    for position, (env, _) in enumerate(misses):
+        by_tenant.setdefault(env.tenant, []).append(position)
+    for tenant, positions in by_tenant.items():
+        await ctx.mirror.refresh(ctx.store, tenant)
+        candidates = ctx.mirror.search(
+            tenant, [scope_of(misses[p][0]) for p in positions], vectors[positions], k=ctx.candidates,
+            threshold=min(_threshold(misses[p][0], ctx) for p in positions), now_ms=now_ms)
+        for position, found in zip(positions, candidates, strict=True):
+            threshold = _threshold(misses[position][0], ctx)
+            wanted.extend((position, c.key, c.similarity) for c in found if c.similarity >= threshold)
+    if not wanted:
+        return
+    # One read for every candidate: the guard needs a candidate's prompt, and the mirror keeps only vectors and
+    # keys (prompts of 100k entries would cost a worker tens of MB). Candidates are few: <= ctx.candidates a miss.
+    entries = await ctx.store.get([(misses[p][0].tenant, key) for p, key, _ in wanted])
+    for (position, _, similarity), entry in zip(wanted, entries, strict=True):
+        env, key = misses[position]
+        assert env.cache is not None
+        if entry is None or env.cache.outcome == "hit" or _own(entry, env):  # expired since, served, or its own
+            continue
+        reason = near_miss(env.request.prompt, entry.prompt)
+        if reason is None:
+            _serve(env, entry, key=key, kind="semantic", similarity=similarity)
+        elif not env.cache.rejected_near_miss:
+            env.cache.rejected_near_miss = True
+            env.cache.similarity = round(similarity, 4)
+            metrics.NEAR_MISSES.labels(reason).inc()
+    for env, _ in misses:
+        if env.cache is not None and env.cache.outcome == "miss":
+            metrics.LOOKUPS.labels("miss", "").inc()
+
+
+def _own(entry: CacheEntry, env: Envelope) -> bool:
+    """The entry holds this very request's answer: the request is being redelivered, and goes to the model again
+    (the ledger and the audit count it once) so that its second response is the same as its first."""
+    return bool(entry.request_id) and entry.request_id == env.request_id
+
+
+def _threshold(env: Envelope, ctx: CacheContext) -> float:
+    if env.policy is not None and env.policy.semantic_threshold is not None:
+        return env.policy.semantic_threshold
+    return ctx.semantic_threshold
+
+
+def _serve(env: Envelope, entry: CacheEntry, *, key: str, kind: Literal["exact", "semantic"],
+           similarity: float) -> None:
+    rejected = env.cache.rejected_near_miss if env.cache else False
+    env.answer = entry.answer
+    env.cache = CacheResult(outcome="hit", kind=kind, similarity=round(similarity, 4),
+                            saved_micros=entry.cost_micros, key=key, rejected_near_miss=rejected)
+    env.route = [stage for stage in env.route if stage != "model"]
+    metrics.LOOKUPS.labels("hit", kind).inc()
+    metrics.SAVED_MICROS.inc(entry.cost_micros)
+
+
+def _may_write(env: Envelope) -> bool:
+    control = env.request.cache
+    if not control.write or control.no_store:
+        return False
+    if env.policy is not None and not env.policy.cache_allowed:
+        return False
+    if env.cache is not None and env.cache.outcome == "hit":
+        return False
+    if env.outcome is not None and env.outcome.status is not Status.OK:
+        return False
+    return env.answer is not None and env.model is not None
+
+
+async def fill(batch: list[Envelope], ctx: CacheContext) -> None:
+    """Store the answers the model just gave (see the module docstring); never raises on a store error."""
+    writable = [env for env in batch if _may_write(env)]
+    if not writable:
+        return
+    now_ms = ctx.clock.now_ns() // 1_000_000
+    ttls = [min(env.request.cache.ttl_s or ctx.default_ttl_s, ctx.max_ttl_s) for env in writable]
+    try:
+        vectors = await ctx.embedder.embed([env.request.prompt for env in writable])
+        writes = []
+        for env, vector, ttl in zip(writable, vectors, ttls, strict=True):
+            assert env.model is not None and env.answer is not None
+            entry = CacheEntry(answer=env.answer, cost_micros=env.model.cost_micros, model=env.model.model,
+                               prompt=env.request.prompt, created_at_ms=now_ms, expires_at_ms=now_ms + ttl * 1000,
+                               request_id=env.request_id)
+            writes.append(CacheWrite(tenant=env.tenant, key=exact_key(env), scope=scope_of(env), entry=entry,
+                                     vector=vector))
+        await ctx.store.put(writes, ttl_s=ttls)
+        metrics.FILLS.inc(len(writes))
+    except BackendError as exc:
+        metrics.ERRORS.labels("fill").inc()
+        log.warning("cache fill failed for %d answer(s): %s", len(writable), exc)

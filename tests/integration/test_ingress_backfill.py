@@ -43,7 +43,8 @@ async def test_interrupted_backfill_resumes_with_every_result_once(pipeline: Set
     source.write_text("\n".join(rows) + "\n")
     out = tmp_path / "results.jsonl"
     # A small window and a rate slow enough that the first run is still going when it is cancelled. The resumed run
-    # once hung for good under load here (a publishing group larger than the window; see tests/streams/clients/test_backfill).
+    # once hung for good under load here (a publishing group larger than the window;
+    # see tests/streams/clients/test_backfill).
     options = BackfillOptions(input_file=source, out=out, rate_per_s=4, max_in_flight=10, result_timeout_s=60)
     quiet = Console(file=io.StringIO())
 

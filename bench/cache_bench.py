@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from schemas.envelope import ModelResult, PolicyDecision  # noqa: E402
-from streams.clients.client import new_envelope  # noqa: E402
+from streams.clients.envelopes import new_envelope  # noqa: E402
 from streams.followers.index import chunk_file, to_indexed  # noqa: E402
 from workers import retrieval  # noqa: E402
 from workers.cache import stage as cache  # noqa: E402

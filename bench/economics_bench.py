@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.economics_workload import Ask, describe, generate  # noqa: E402
 from schemas.envelope import CacheControl, Envelope, Status  # noqa: E402
-from streams.clients.client import new_envelope  # noqa: E402
+from streams.clients.envelopes import new_envelope  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from workers import model, postprocess  # noqa: E402
 from workers.backends.local import LocalBackend  # noqa: E402

@@ -20,7 +20,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from schemas.envelope import Tier
-from streams.clients.client import new_envelope
+from streams.clients.envelopes import new_envelope
 from streams.runtime.codec import encode
 from streams.settings import Settings
 

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,12 +21,15 @@ import orjson
 from aiokafka import ConsumerRecord
 
 from bench.load import request
-from bench.passthrough import passthrough
+from bench.passthrough import passthrough_stages
 from bench.relay import relay_record
-from schemas.envelope import STAGES, Envelope
-from streams.runtime.runner import KafkaPublisher, StageRunner
+from schemas.envelope import STAGES
+from streams.runtime.publisher import KafkaPublisher
+from streams.runtime.runner import StageRunner
 from streams.runtime.topics import Topology
 from streams.settings import Settings
+from streams.stages import registry
+from streams.testing import as_records
 from workers.context import StageContext, SystemClock
 
 Sent = tuple[str, bytes, bytes | None]
@@ -70,27 +71,7 @@ class FakeProducer:
         return future
 
 
-def records(topic: str, values: Sequence[tuple[bytes | None, bytes]]) -> list[ConsumerRecord[bytes, bytes]]:
-    now_ms = time.time_ns() // 1_000_000
-    return [ConsumerRecord(topic=topic, partition=0, offset=i, timestamp=now_ms, timestamp_type=0, key=key,
-                           value=value, checksum=None, serialized_key_size=len(key or b""),
-                           serialized_value_size=len(value), headers=[])
-            for i, (key, value) in enumerate(values)]
-
-
-def _real_context(stage: str, base: StageContext) -> StageContext:
-    """The stage's own context class on its in-memory backends (what its unit tests use)."""
-    module = importlib.import_module(f"workers.{stage}")
-    for name in dir(module):
-        cls = getattr(module, name)
-        if isinstance(cls, type) and issubclass(cls, StageContext) and cls is not StageContext \
-                and cls.__module__ == module.__name__:
-            return cls(stage=stage, worker_id=base.worker_id, clock=base.clock, publisher=base.publisher,
-                       topic_prefix=base.topic_prefix)
-    return base
-
-
-ProcessFn = Callable[[list[Envelope], StageContext], Awaitable[list[Envelope]]]
+records = as_records
 
 
 async def runner_hop_ns(stage: str, inputs: list[ConsumerRecord[bytes, bytes]], settings: Settings, *,
@@ -103,10 +84,9 @@ async def runner_hop_ns(stage: str, inputs: list[ConsumerRecord[bytes, bytes]], 
         publisher = KafkaPublisher(producer)
         base = StageContext(stage=stage, worker_id=settings.worker_id, clock=SystemClock(), publisher=publisher,
                             topic_prefix=settings.topic_prefix)
-        process: ProcessFn = importlib.import_module(f"workers.{stage}").process if real else passthrough
-        ctx = _real_context(stage, base) if real else base
-        runner = StageRunner(stage=stage, process=process, ctx=ctx, settings=settings, topology=topo,
-                             producer=producer, publisher=publisher, clock=SystemClock())
+        spec = registry.stage(stage) if real else passthrough_stages([stage])[0]
+        runner = StageRunner(stage=spec, ctx=spec.memory_context(base), settings=settings, topology=topo,
+                             publisher=publisher, clock=SystemClock())
         batches = {_tp(inputs[0].topic): inputs}
         started = time.process_time_ns()
         await runner.handle(batches)

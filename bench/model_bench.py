@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 from schemas.envelope import Envelope
-from streams.clients.client import new_envelope
+from streams.clients.envelopes import new_envelope
 from workers.backends.local import LocalBackend
 from workers.model import ModelContext, process
 from workers.routing.catalog import QUALITY_TIERS, load_catalog

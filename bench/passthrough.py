@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+from collections.abc import Sequence
 
 import orjson
 
 from schemas.envelope import Envelope, Status
-from streams.settings import Settings
+from streams.runtime.stage import Stage, base_context
+from streams.settings import Settings, load_settings
 from workers.context import StageContext
 
 
@@ -32,10 +34,19 @@ async def passthrough(batch: list[Envelope], ctx: StageContext) -> list[Envelope
     return batch
 
 
-async def run_passthrough(settings: Settings, stages: list[str], *, stop: asyncio.Event | None = None) -> None:
+def passthrough_stages(names: Sequence[str]) -> list[Stage[StageContext]]:
+    """The registry's stages (names, entry and sink flags) with the pass-through ``process`` and no backends: the
+    Kafka shell alone."""
+    from streams.stages.registry import resolve
+
+    return [Stage(s.name, StageContext, passthrough, base_context, sink=s.sink, entry=s.entry)
+            for s in resolve(list(names))]
+
+
+async def run_passthrough(settings: Settings, stages: Sequence[str], *, stop: asyncio.Event | None = None) -> None:
     from streams.runtime.worker_process import run_workers
 
-    await run_workers(settings, stages, stop=stop, process_overrides=dict.fromkeys(stages, passthrough))
+    await run_workers(settings, passthrough_stages(stages), stop=stop)
 
 
 def main() -> None:
@@ -43,9 +54,7 @@ def main() -> None:
     parser.add_argument("stages", nargs="+", help="stage names, or 'all'")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    from streams.runtime.worker_process import resolve_stages
-
-    asyncio.run(run_passthrough(Settings(), resolve_stages(args.stages)))
+    asyncio.run(run_passthrough(load_settings(), args.stages))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 
 from schemas.envelope import Envelope
 from schemas.policy import load_policy_yaml
-from streams.clients.client import new_envelope
+from streams.clients.envelopes import new_envelope
 from workers import policy
 from workers.limits import Limits, MemoryLimits, RedisLimits
 from workers.policy import PolicyContext, StaticPolicy

@@ -22,11 +22,13 @@ import signal
 import time
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from streams.runtime.runner import KafkaPublisher, OffsetCommitter, consumer_options, new_producer
+from streams.runtime.connections import new_consumer, new_producer
+from streams.runtime.publisher import KafkaPublisher
+from streams.runtime.runner import OffsetCommitter, consumer_options
 from streams.runtime.worker_process import tune_gc
 from streams.settings import Settings
 
@@ -71,8 +73,8 @@ async def relay_hop(settings: Settings, hop: int, producer: AIOKafkaProducer, st
                     started: asyncio.Event | None = None) -> None:
     topics = relay_topics(settings.topic_prefix)
     source, sink, stage = topics[hop - 1], topics[hop], f"r{hop}"
-    consumer = AIOKafkaConsumer(source, group_id=f"{settings.topic_prefix}.relay.{stage}",
-                                client_id=f"{settings.worker_id}-relay-{stage}", **consumer_options(settings))
+    consumer = new_consumer(settings, source, group_id=f"{settings.topic_prefix}.relay.{stage}",
+                            client_id=f"{settings.worker_id}-relay-{stage}", **consumer_options(settings))
     publisher = KafkaPublisher(producer)
     committer = OffsetCommitter(consumer, stage)
     await consumer.start()

@@ -130,8 +130,9 @@ class System:
             coro = run_passthrough(self.settings, list(STAGES), stop=self._stop)
         else:
             from streams.runtime.worker_process import run_workers
+            from streams.stages.registry import STAGES as REGISTRY
 
-            coro = run_workers(self.settings, list(STAGES), stop=self._stop)
+            coro = run_workers(self.settings, REGISTRY, stop=self._stop)
         self._task = asyncio.create_task(coro, name=f"bench-{self.kind}")
 
     def check(self) -> None:

@@ -1,4 +1,10 @@
-"""The one place the environment is read. Everything else receives a frozen :class:`Settings`."""
+"""The one place the environment is read. Everything else receives a frozen :class:`Settings`.
+
+Addresses follow one rule for every entry point (CLI, workers, ledger, SDK, tests, the Makefile): an explicit
+``TOLLWAY_BOOTSTRAP_SERVERS`` / ``TOLLWAY_REDIS_URL`` wins; otherwise they are derived from ``TOLLWAY_KAFKA_PORT`` /
+``TOLLWAY_REDIS_PORT`` (the ports ``infra/services.sh`` starts the services on), defaulting to 9092 and 6379. A second
+stack therefore needs only the ports and ``TOLLWAY_STATE_DIR``.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -19,6 +27,16 @@ class Settings(BaseSettings):
 
     bootstrap_servers: str = "127.0.0.1:9092"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # The ports infra/services.sh starts Kafka and Redis on; the addresses above derive from them unless set.
+    kafka_port: int = Field(default=9092, ge=1, le=65535)
+    redis_port: int = Field(default=6379, ge=1, le=65535)
+    # Broker authentication (SASL/SCRAM). Unset username: a plaintext broker. infra/services.sh writes the
+    # credentials of each principal to $TOLLWAY_STATE_DIR/credentials/kafka.json; `tollway` reads its own from there
+    # (TOLLWAY_KAFKA_PRINCIPAL names which) unless these are given.
+    kafka_username: str | None = None
+    kafka_password: SecretStr | None = None
+    kafka_security_protocol: Literal["SASL_PLAINTEXT", "SASL_SSL"] = "SASL_PLAINTEXT"
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
     # Every topic and consumer group name starts with this, so tests and several deployments can share a broker.
     topic_prefix: str = "tollway"
     partitions: int = Field(default=4, ge=1)
@@ -106,6 +124,40 @@ class Settings(BaseSettings):
     ingress_publish_timeout_s: float = Field(default=5.0, gt=0)
 
 
+    @model_validator(mode="before")
+    @classmethod
+    def _addresses_from_ports(cls, data: object) -> object:
+        if isinstance(data, dict):
+            if not data.get("bootstrap_servers") and data.get("kafka_port"):
+                data["bootstrap_servers"] = f"127.0.0.1:{data['kafka_port']}"
+            if not data.get("redis_url") and data.get("redis_port"):
+                data["redis_url"] = f"redis://127.0.0.1:{data['redis_port']}/0"
+        return data
+
+    def budget_ms_for(self, tier: str) -> int:
+        """The latency budget of an SLO tier (``interactive``, ``standard`` or ``batch``): the one tier→budget map."""
+        budgets = {"interactive": self.budget_interactive_ms, "standard": self.budget_standard_ms,
+                   "batch": self.budget_batch_ms}
+        try:
+            return budgets[str(getattr(tier, "value", tier))]
+        except KeyError:
+            raise ConfigError(f"unknown tier {tier!r}; expected interactive, standard or batch") from None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings from the environment (and ``overrides``); a bad value is one clear line per variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            field = ".".join(str(p) for p in error["loc"]) or "settings"
+            given = error.get("input")
+            shown = "" if isinstance(given, dict) else f" (got {str(given)[:60]!r})"
+            lines.append(f"TOLLWAY_{field.upper()}: {error['msg']}{shown}")
+        raise ConfigError("invalid settings: " + "; ".join(lines)) from None
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    return load_settings()

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import settings as hypothesis_settings
 
 from schemas.envelope import Envelope, Tier
-from streams.clients.client import new_envelope
+from streams.clients.envelopes import new_envelope
 from streams.settings import Settings
 
 # The machines are shared and noisy: hypothesis judges properties, never speed.
@@ -60,7 +60,8 @@ async def delete_topics_with_prefix(settings: Settings) -> None:
 @pytest.fixture
 async def pipeline(settings: Settings) -> AsyncIterator[Settings]:
     """Every stage running in this process against the real broker, stopped after the test."""
-    from streams.runtime.worker_process import resolve_stages, run_workers
+    from streams.runtime.worker_process import run_workers
+    from streams.stages.registry import resolve as resolve_stages
 
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(run_workers(settings, resolve_stages(["all"]), ready=ready, stop=stop))

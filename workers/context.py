@@ -1,15 +1,16 @@
 """What a stage's pure ``process`` receives instead of globals: a clock, a publisher and its own backends.
 
-Each stage module in ``workers/`` defines ``NAME`` and ``async def process(batch, ctx) -> list[Envelope]``.
-Stages that need backends (Redis, a model client, an index) subclass :class:`StageContext` with typed fields; the
-thin shells in ``streams/`` build those contexts from settings, and tests build them with in-memory backends.
+Each stage module in ``workers/`` defines ``NAME`` and ``async def process(batch, ctx) -> list[Envelope]`` typed on
+its own context. Stages that need backends (Redis, a model client, an index) subclass :class:`StageContext` with
+typed fields; the wiring in ``streams/stages/`` builds those contexts from settings (``derive``), tests build them
+with in-memory backends, and ``streams/stages/registry.py`` ties each stage's process to its context type.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass, field, fields
+from typing import Any, Protocol, TypeVar
 
 
 class Clock(Protocol):
@@ -59,3 +60,12 @@ class StageContext:
     clock: Clock = field(default_factory=SystemClock)
     publisher: Publisher = field(default_factory=MemoryPublisher)
     topic_prefix: str = "tollway"
+
+
+C = TypeVar("C", bound=StageContext)
+
+
+def derive(cls: type[C], base: StageContext, **backends: Any) -> C:
+    """A stage's own context built on the process's base context (clock, publisher, names) plus its backends."""
+    shared = {f.name: getattr(base, f.name) for f in fields(StageContext)}
+    return cls(**shared, **backends)

@@ -45,20 +45,6 @@ class ModelContext(StageContext):
     min_timeout_ms: float = 250.0
 
 
-_default_context: ModelContext | None = None
-
-
-def _as_model_context(ctx: StageContext) -> ModelContext:
-    """A plain StageContext (a pipeline run without wiring) gets the default catalog on the local backend."""
-    global _default_context
-    if isinstance(ctx, ModelContext):
-        return ctx
-    if _default_context is None or _default_context.clock is not ctx.clock:
-        _default_context = ModelContext(stage=ctx.stage, worker_id=ctx.worker_id, clock=ctx.clock,
-                                        publisher=ctx.publisher, topic_prefix=ctx.topic_prefix)
-    return _default_context
-
-
 @dataclass
 class _Pending:
     env: Envelope
@@ -79,8 +65,8 @@ class _Pending:
         return model.latency.expected_ms(self.input_tokens, self.output_tokens)
 
 
-async def process(batch: list[Envelope], ctx: StageContext) -> list[Envelope]:
-    mctx = _as_model_context(ctx)
+async def process(batch: list[Envelope], ctx: ModelContext) -> list[Envelope]:
+    mctx = ctx
     now_ns = mctx.clock.now_ns()
     planned: dict[str, int] = defaultdict(int)
     pending: list[_Pending] = []

@@ -81,14 +81,12 @@ def route_for(policy: PolicyDocument | None, settings: EmbedderSettings | None =
     return list(DEFAULT_ROUTE)
 
 
-async def process(batch: list[Envelope], ctx: StageContext) -> list[Envelope]:
-    source = ctx.policy if isinstance(ctx, PolicyContext) else StaticPolicy()
-    doc = source.current()
+async def process(batch: list[Envelope], ctx: PolicyContext) -> list[Envelope]:
+    doc = ctx.policy.current()
     if doc is None:
         for env in batch:
             env.policy = PolicyDecision(policy_version="none", decisions=["allow: no policy loaded"])
         return batch
-    assert isinstance(ctx, PolicyContext)
     now_ns = ctx.clock.now_ns()
     admissions: list[tuple[Envelope, AdmissionRequest]] = []
     for env in batch:

@@ -91,10 +91,8 @@ def guard(env: Envelope, ctx: PostprocessContext) -> None:
     env.finish(Status.CACHE_HIT if hit else Status.OK, stage=NAME)
 
 
-async def process(batch: list[Envelope], ctx: StageContext) -> list[Envelope]:
-    pctx = ctx if isinstance(ctx, PostprocessContext) else PostprocessContext(
-        stage=ctx.stage, worker_id=ctx.worker_id, clock=ctx.clock, publisher=ctx.publisher,
-        topic_prefix=ctx.topic_prefix)
+async def process(batch: list[Envelope], ctx: PostprocessContext) -> list[Envelope]:
+    pctx = ctx
     for env in batch:
         guard(env, pctx)
         if env.postprocess is not None and evaluators.sampled(env.request_id, pctx.eval_sample_rate):

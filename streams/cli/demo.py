@@ -20,9 +20,11 @@ from rich.console import Console
 from schemas.envelope import Message, Tier
 from schemas.ledger import LedgerSnapshot
 from schemas.response import Response
-from streams.clients.client import Submitter, new_envelope
-from streams.runtime.worker_process import resolve_stages, run_workers
+from streams.clients.envelopes import new_envelope
+from streams.clients.sdk import TollwayClient
+from streams.runtime.worker_process import run_workers
 from streams.settings import REPO_ROOT, Settings
+from streams.stages.registry import resolve as resolve_stages
 
 POLICY_FILE = REPO_ROOT / "infra" / "policy.example.yaml"
 CORPUS_DIR = REPO_ROOT / "infra" / "corpus"
@@ -93,7 +95,7 @@ async def run_demo(settings: Settings, requests_file: Path, console: Console) ->
         await start_in_background(ledger, ledger_ready, "the cost ledger")
         samples = load_samples(requests_file)
         responses: list[Response] = []
-        async with Submitter(settings) as submitter:
+        async with TollwayClient(settings) as submitter:
             for wave in sorted({int(str(s.get("wave", 1))) for s in samples}):
                 envs = []
                 for sample in (s for s in samples if int(str(s.get("wave", 1))) == wave):
@@ -101,7 +103,7 @@ async def run_demo(settings: Settings, requests_file: Path, console: Console) ->
                     envs.append(new_envelope(messages, tenant=str(sample.get("tenant", "acme")),
                                              tier=Tier(str(sample.get("tier", "standard"))), settings=settings,
                                              model=sample.get("model")))
-                wave_responses = await submitter.complete(envs, timeout_s=120)
+                wave_responses = await submitter.complete_envelopes(envs, timeout_s=120)
                 for env, response in zip(envs, wave_responses, strict=True):
                     console.rule(f"[b]{env.tenant}[/] ({env.tier}, wave {wave}): {env.request.prompt}")
                     print_response(response)

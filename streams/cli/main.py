@@ -34,7 +34,8 @@ def _setup_logging(level: str) -> None:
 @app.command()
 def worker(stages: Annotated[list[str], typer.Argument(help="stage names, or 'all'")]) -> None:
     """Run one or more stages in this process (each stage is its own consumer group)."""
-    from streams.runtime.worker_process import resolve_stages, run_workers
+    from streams.runtime.worker_process import run_workers
+    from streams.stages.registry import resolve as resolve_stages
 
     settings = get_settings()
     _setup_logging(settings.log_level)
@@ -74,16 +75,14 @@ def submit(
     as_json: Annotated[bool, typer.Option("--json", help="print the response as JSON")] = False,
 ) -> None:
     """Publish one request, wait for its response, print the answer and the per-stage latency breakdown."""
-    from streams.clients.client import Submitter, new_envelope
+    from streams.clients.sdk import TollwayClient
 
     settings = get_settings()
     conversation = _conversation(prompt, messages_file)
 
     async def go() -> Response:
-        async with Submitter(settings) as submitter:
-            env = new_envelope(conversation, tenant=tenant, tier=tier, settings=settings, model=model)
-            (response,) = await submitter.complete([env], timeout_s=timeout)
-            return response
+        async with TollwayClient(settings, tenant=tenant, tier=tier) as client:
+            return await client.complete(conversation, timeout=timeout, model=model)
 
     try:
         response = run_async(go())

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from schemas.envelope import PolicyDecision
 from schemas.errors import ConfigError
-from streams.clients.client import new_envelope
+from streams.clients.envelopes import new_envelope
 from streams.settings import get_settings
 from workers.routing.catalog import ModelCatalog, load_catalog
 from workers.routing.router import route

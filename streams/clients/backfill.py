@@ -41,7 +41,7 @@ from rich.table import Table
 from schemas.envelope import Envelope, GenerationParams, Message, Status, Tier
 from schemas.errors import ServiceUnavailable
 from schemas.response import Response
-from streams.clients.client import new_envelope
+from streams.clients.envelopes import new_envelope
 from streams.clients.sdk import TollwayClient
 from streams.runtime.topics import ensure_topics, topology
 from streams.settings import Settings

@@ -36,18 +36,20 @@ from collections.abc import Coroutine, Iterable
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from schemas.envelope import Envelope, Message, Tier
 from schemas.errors import PolicyDenied, ServiceUnavailable
 from schemas.response import Response
-from streams.clients.client import ReplyReader, new_envelope
+from streams.clients.envelopes import EnvelopeFactory
 from streams.clients.principals import Identity, KeyCache, PolicySource, sign_envelope
+from streams.clients.replies import ReplyReader
 from streams.followers.policy import PolicyStore, load_policy_file
 from streams.runtime.codec import encode
+from streams.runtime.connections import new_admin, new_producer, start
 from streams.runtime.topics import ensure_topics, topology
-from streams.settings import Settings
+from streams.settings import Settings, get_settings
 
 T = TypeVar("T")
 
@@ -55,11 +57,8 @@ REPLY_RETENTION_MS = 3_600_000
 
 
 async def ensure_reply_topic(settings: Settings, topic: str, *, partitions: int = 1) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=10_000)
-    try:
-        await asyncio.wait_for(admin.start(), 15)
-    except (TimeoutError, KafkaError, OSError) as exc:
-        raise ServiceUnavailable(f"Kafka is not reachable at {settings.bootstrap_servers}: {exc}") from exc
+    admin = new_admin(settings)
+    await start(admin, settings, "reply topic")
     try:
         if topic not in set(await admin.list_topics()):
             with contextlib.suppress(TopicAlreadyExistsError):
@@ -75,8 +74,8 @@ async def ensure_reply_topic(settings: Settings, topic: str, *, partitions: int 
 
 
 async def delete_topic(settings: Settings, topic: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
-    await admin.start()
+    admin = new_admin(settings)
+    await start(admin, settings, "delete topic")
     try:
         await admin.delete_topics([topic])
     finally:
@@ -85,9 +84,8 @@ async def delete_topic(settings: Settings, topic: str) -> None:
 
 def new_sdk_producer(settings: Settings) -> AIOKafkaProducer:
     # Idempotence forces acks=all; a short request timeout turns a dead broker into a prompt ServiceUnavailable.
-    return AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True,
-                            linger_ms=settings.producer_linger_ms, max_request_size=settings.max_message_bytes * 2,
-                            request_timeout_ms=int(max(settings.ingress_publish_timeout_s, 1.0) * 1000))
+    return new_producer(settings, client_id=f"{settings.worker_id}-sdk",
+                        request_timeout_ms=int(max(settings.ingress_publish_timeout_s, 1.0) * 1000))
 
 
 class TollwayClient:
@@ -96,7 +94,7 @@ class TollwayClient:
     def __init__(self, settings: Settings | None = None, *, tenant: str = "acme", api_key: str | None = None,
                  policy: PolicySource | None = None, tier: Tier = Tier.STANDARD, reply_to: str | None = None,
                  delete_reply_topic: bool = False) -> None:
-        self.settings = settings or Settings()
+        self.settings = settings or get_settings()
         self.topology = topology(self.settings)
         self.tenant = tenant
         self.tier = tier
@@ -117,10 +115,7 @@ class TollwayClient:
         if self._api_key is not None:
             self.identity = await self._authenticate(self._api_key)
         producer = new_sdk_producer(self.settings)
-        try:
-            await asyncio.wait_for(producer.start(), 15)
-        except (TimeoutError, KafkaError, OSError) as exc:
-            raise ServiceUnavailable(f"Kafka is not reachable at {self.settings.bootstrap_servers}: {exc}") from exc
+        await start(producer, self.settings, "SDK producer")
         self.producer = producer
         await self.replies.start(since_ms=replies_since_ms)
         return self
@@ -162,8 +157,9 @@ class TollwayClient:
     def envelope(self, prompt: str | list[Message], *, tier: Tier | None = None, budget_ms: int | None = None,
                  request_id: str | None = None, tenant: str | None = None, **request_fields: Any) -> Envelope:
         """A new envelope for this client's tenant and tier (not yet signed or published)."""
-        return new_envelope(prompt, tenant=tenant or self.tenant, tier=tier or self.tier, budget_ms=budget_ms,
-                            settings=self.settings, request_id=request_id, **request_fields)
+        factory = EnvelopeFactory(self.settings, policy=self._policy, identity=self.identity)
+        return factory.new(prompt, tenant=tenant or self.tenant, tier=tier or self.tier, budget_ms=budget_ms,
+                           request_id=request_id, **request_fields)
 
     async def submit(self, prompt: str | list[Message], **fields: Any) -> str:
         """Publish one request; returns its request id once the broker has acknowledged it."""
@@ -191,6 +187,12 @@ class TollwayClient:
             raise ServiceUnavailable(f"Kafka did not acknowledge the request(s) within "
                                      f"{self.settings.ingress_publish_timeout_s:g} s: {exc!r}") from exc
         return [env.request_id for env in batch]
+
+    async def complete_envelopes(self, envs: Iterable[Envelope], timeout_s: float = 30.0,
+                                 *, sign: bool = False) -> list[Response]:
+        """Publish ready-made envelopes and wait for all their responses (tests, the demo, ``tollway submit``)."""
+        ids = await self.submit_envelopes(envs, sign=sign)
+        return list(await asyncio.gather(*(self.result(rid, timeout_s) for rid in ids)))
 
     def expect(self, request_ids: Iterable[str]) -> None:
         """Wait for replies to ids published elsewhere (e.g. a previous run of a backfill)."""

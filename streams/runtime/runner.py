@@ -14,94 +14,43 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import random
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError
-from aiokafka.partitioner import murmur2
-from aiokafka.producer.message_accumulator import BatchBuilder
 
 from schemas.envelope import Envelope, Hop, Status
 from schemas.errors import BadEvent
 from schemas.response import DeadLetter, Response
 from streams.runtime import metrics
 from streams.runtime.codec import decode, encode
+from streams.runtime.connections import new_consumer
 from streams.runtime.lanes import LanePoller
 from streams.runtime.replays import NoReplayMemory, ReplayMemory
+from streams.runtime.stage import C, Stage
 from streams.runtime.topics import Topology
 from streams.settings import Settings
 from workers.budgets import Budgets
-from workers.context import Clock, StageContext
+from workers.context import Clock
 
 log = logging.getLogger(__name__)
 
-ProcessFn = Callable[[list[Envelope], StageContext], Awaitable[list[Envelope]]]
+Records = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+
+
+class BatchPublisher(Protocol):
+    """Where a batch's output goes: ``publish`` enqueues, ``flush`` returns once every record is acknowledged.
+    Kafka: :class:`streams.runtime.publisher.KafkaPublisher`; in memory: :mod:`streams.testing`."""
+
+    def publish(self, topic: str, value: bytes, *, key: bytes | None = None) -> None: ...
+
+    async def flush(self) -> None: ...
 
 # A batch of hundreds of events is tens of milliseconds of pure CPU per pass; handing the loop back every this many
 # events keeps heartbeats and the other stages of the process moving without costing anything measurable.
 _YIELD_EVERY = 128
-
-
-# murmur2 of recently produced keys: a request's key is hashed for every topic it is produced to (six stages, the
-# response, the audit record), and aiokafka's murmur2 is pure Python.
-_KEY_HASHES: dict[bytes, int] = {}
-_KEY_HASHES_MAX = 50_000
-
-
-def _key_hash(key: bytes) -> int:
-    hashed = _KEY_HASHES.get(key)
-    if hashed is None:
-        if len(_KEY_HASHES) >= _KEY_HASHES_MAX:
-            _KEY_HASHES.clear()
-        hashed = _KEY_HASHES[key] = murmur2(key) & 0x7FFFFFFF
-    return hashed
-
-
-@dataclass
-class KafkaPublisher:
-    """Enqueues records on the shared producer; ``flush`` sends them and waits for every acknowledgement.
-
-    The records of a flush go out as one batch per partition (``create_batch`` / ``send_batch``): no coroutine, no
-    metadata wait and no delivery future per record, which is most of what ``send()`` costs. Keys map to partitions
-    exactly as the producer's default partitioner maps them (murmur2 of the key over the sorted partitions), so a
-    request stays on the same partition numbers from topic to topic.
-    """
-
-    producer: AIOKafkaProducer
-    pending: list[tuple[str, bytes, bytes | None]] = field(default_factory=list)
-
-    def publish(self, topic: str, value: bytes, *, key: bytes | None = None) -> None:
-        self.pending.append((topic, value, key))
-
-    async def flush(self) -> None:
-        if not self.pending:
-            return
-        pending, self.pending = self.pending, []
-        partitions: dict[str, list[int]] = {}
-        builders: dict[tuple[str, int], BatchBuilder] = {}
-        deliveries: list[asyncio.Future[object]] = []
-        for topic, value, key in pending:
-            ids = partitions.get(topic)
-            if ids is None:
-                ids = partitions[topic] = await self._partitions(topic)
-            partition = ids[_key_hash(key) % len(ids)] if key is not None else random.choice(ids)
-            builder = builders.get((topic, partition))
-            if builder is None:
-                builder = builders[(topic, partition)] = self.producer.create_batch()
-            if builder.append(key=key, value=value, timestamp=None) is None:  # full: ship it, start the next
-                deliveries.append(await self.producer.send_batch(builder, topic, partition=partition))
-                builder = builders[(topic, partition)] = self.producer.create_batch()
-                builder.append(key=key, value=value, timestamp=None)  # a batch always takes its first record
-        for (topic, partition), builder in builders.items():
-            deliveries.append(await self.producer.send_batch(builder, topic, partition=partition))
-        # An unacknowledged batch never commits: every delivery is awaited before the runner commits offsets.
-        await asyncio.gather(*deliveries)
-
-    async def _partitions(self, topic: str) -> list[int]:
-        known = self.producer.client.cluster.partitions_for_topic(topic)
-        return sorted(known if known else await self.producer.partitions_for(topic))
 
 
 class OffsetCommitter:
@@ -145,33 +94,32 @@ class BatchOutcome:
     deadlettered: int = 0
 
 
-class StageRunner:
+class StageRunner(Generic[C]):
+    """Runs one stage: ``handle`` works one batch of records (no broker needed: :mod:`streams.testing` drives it
+    over in-memory topics); ``start``/``run`` wrap it in a Kafka consumer loop with ordered commits."""
+
     def __init__(
         self,
         *,
-        stage: str,
-        process: ProcessFn,
-        ctx: StageContext,
+        stage: Stage[C],
+        ctx: C,
         settings: Settings,
         topology: Topology,
-        producer: AIOKafkaProducer,
-        publisher: KafkaPublisher,
+        publisher: BatchPublisher,
         clock: Clock,
-        consume_ingress: bool = False,
         replays: ReplayMemory | None = None,
     ) -> None:
-        self.stage = stage
-        self.process = process
+        self.spec = stage
+        self.stage = stage.name
         self.ctx = ctx
         self.settings = settings
         self.topology = topology
-        self.producer = producer
         self.publisher = publisher
         self.clock = clock
         self.replays: ReplayMemory = replays or NoReplayMemory()
-        self.topics: list[str] = list(topology.stage_lanes(stage))
-        if consume_ingress:
-            self.topics += list(topology.stage_lanes("ingress"))
+        self.topics: list[str] = list(topology.stage_lanes(stage.name))
+        self.ingress_topics = frozenset(topology.stage_lanes("ingress")) if stage.entry else frozenset()
+        self.topics += sorted(self.ingress_topics)
         self.consumer: AIOKafkaConsumer | None = None
         self._stopping = asyncio.Event()
         self.budgets = Budgets.from_totals(settings.budget_interactive_ms, settings.budget_standard_ms,
@@ -179,12 +127,9 @@ class StageRunner:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        self.consumer = AIOKafkaConsumer(
-            *self.topics,
-            group_id=self.topology.group(self.stage),
-            client_id=f"{self.settings.worker_id}-{self.stage}",
-            **consumer_options(self.settings),
-        )
+        self.consumer = new_consumer(self.settings, *self.topics, group_id=self.topology.group(self.stage),
+                                     client_id=f"{self.settings.worker_id}-{self.stage}",
+                                     **consumer_options(self.settings))
         await self.consumer.start()
 
     def stop(self) -> None:
@@ -211,8 +156,9 @@ class StageRunner:
             await committer.wait()
 
     # ------------------------------------------------------------------ one batch
-    async def handle(self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> BatchOutcome:
+    async def handle(self, batches: Records) -> BatchOutcome:
         received_ns = self.clock.now_ns()
+        sink = self.spec.sink
         result = BatchOutcome()
         live: list[Envelope] = []
         passing: list[Envelope] = []  # terminal or forwarded without work here
@@ -226,6 +172,10 @@ class StageRunner:
                 env = self._decode(record, result)
                 if env is None:
                     continue
+                if record.topic in self.ingress_topics:
+                    _clear_runner_fields(env)
+                elif not env.terminal:
+                    env.responded = False  # only a terminal request can have been answered
                 # Constructed, not validated: every value is the runner's own (one per record per hop).
                 hop = Hop.model_construct(stage=self.stage, worker_id=self.settings.worker_id,
                                           produced_at_ns=int(record.timestamp) * 1_000_000,
@@ -238,20 +188,20 @@ class StageRunner:
                     hops[env.request_id] = hop
                     passing.append(env)
                     continue
-                elif self.stage != "audit":
+                elif not sink:
                     self._deadletter(record, BadEvent(f"route is empty at stage {self.stage}", reason="misrouted"),
                                      result, env)
                     continue
                 env.hops.append(hop)
                 hops[env.request_id] = hop
-                if self.stage == "audit" and not env.terminal:
+                if sink and not env.terminal:
                     # Only a producer bypassing the route gets here: audit it as a failure, and answer it too.
                     env.finish(Status.FAILED, code="no_outcome", stage=self.stage,
-                               message="the request reached the audit stage without an outcome")
+                               message=f"the request reached the {self.stage} stage without an outcome")
                     unanswered.append(env)
-                if env.terminal and self.stage != "audit":
+                if env.terminal and not sink:
                     passing.append(env)
-                elif self.stage != "audit" and env.deadline_at_ns <= received_ns:
+                elif not sink and env.deadline_at_ns <= received_ns:
                     # Never work a request whose deadline passed on arrival; end it now, explained.
                     hop.status = "deadline_exceeded"
                     env.finish(Status.DEADLINE_EXCEEDED, code="deadline_exceeded", stage=self.stage,
@@ -299,7 +249,7 @@ class StageRunner:
 
     async def _process(self, live: list[Envelope], result: BatchOutcome) -> list[Envelope]:
         try:
-            return await self.process(live, self.ctx)
+            return await self.spec.process(live, self.ctx)
         except Exception:
             if len(live) == 1:
                 log.exception("stage %s failed on request %s", self.stage, live[0].request_id)
@@ -327,7 +277,7 @@ class StageRunner:
 
     def _forward(self, env: Envelope, now_ns: int, result: BatchOutcome, replayed: set[str]) -> None:
         key = env.request_id.encode()
-        if not env.route and self.stage != "audit" and not env.terminal:
+        if not env.route and not self.spec.sink and not env.terminal:
             # A route that ends before the audit stage would lose the request silently; end it, explained.
             env.finish(Status.FAILED, code="route_ended", stage=self.stage,
                        message=f"the route ended at {self.stage} without reaching a terminal outcome")
@@ -379,35 +329,34 @@ class StageRunner:
         metrics.DEADLETTERS.labels(self.stage, reason).inc()
 
 
+def _clear_runner_fields(env: Envelope) -> None:
+    """A request entering the pipeline carries only what a producer may say: the stages' sections, the answer, the
+    outcome, the hops and the answered flag are the pipeline's to write, so whatever a producer put there is dropped
+    (a pre-filled ``responded`` once meant no response was ever published)."""
+    env.responded = False
+    env.outcome = None
+    env.hops = []
+    env.retrieval = env.policy = None
+    env.cache = None
+    env.model = None
+    env.postprocess = None
+    env.answer = None
+
+
 def consumer_options(settings: Settings) -> dict[str, object]:
     """How every stage consumer fetches; the benchmark's raw relay uses the same, so only our code differs."""
     return {
-        "bootstrap_servers": settings.bootstrap_servers,
-        "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "max_poll_records": settings.batch_max_records,
         # With fetch_min_bytes=1 the broker answers a fetch as soon as any record arrives, so this wait mostly sets
         # how often an idle consumer asks again: at 5 ms six idle stage consumers kept ~20 % of a core busy (the
         # broker answering ~1,200 empty fetches a second); at 500 ms, ~2 %. See Settings.batch_wait_ms for its cost.
         "fetch_max_wait_ms": settings.batch_wait_ms,
-        "max_partition_fetch_bytes": settings.max_message_bytes * 2,
         # Heartbeats share the event loop with the batches; on a starved machine a big batch can hold the loop for
         # seconds, and aiokafka's 10 s default then evicts a healthy member mid-batch (Kafka's own default is 45 s).
         "session_timeout_ms": 30_000,
     }
 
 
-def new_producer(settings: Settings) -> AIOKafkaProducer:
-    # Idempotence forces acks=all: aiokafka's default acks=1 can lose acknowledged records on a leader change.
-    return AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id=f"{settings.worker_id}-producer",
-        enable_idempotence=True,
-        linger_ms=settings.producer_linger_ms,
-        max_batch_size=512 * 1024,
-        max_request_size=settings.max_message_bytes * 2,
-    )
-
-
-def topics_of(runners: Sequence[StageRunner]) -> list[str]:
+def topics_of(runners: Sequence[StageRunner[Any]]) -> list[str]:
     return [topic for runner in runners for topic in runner.topics]

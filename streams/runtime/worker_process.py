@@ -5,32 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import importlib
 import logging
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
+from typing import Any
 
-from schemas.envelope import DEFAULT_ROUTE, STAGES
-from schemas.errors import ConfigError
+from streams.runtime.connections import new_producer, redis_client, start
 from streams.runtime.metrics import serve_metrics
+from streams.runtime.publisher import KafkaPublisher
 from streams.runtime.replays import RedisReplayMemory
-from streams.runtime.runner import KafkaPublisher, ProcessFn, StageRunner, new_producer
+from streams.runtime.runner import StageRunner
+from streams.runtime.stage import Stage
 from streams.runtime.topics import ensure_topics, topology
 from streams.settings import Settings
-from streams.stages.cache import redis_client
 from workers.context import StageContext, SystemClock
 
 log = logging.getLogger(__name__)
-
-
-def resolve_stages(names: Sequence[str]) -> list[str]:
-    if list(names) in (["all"], []):
-        return list(STAGES)
-    unknown = [n for n in names if n not in STAGES]
-    if unknown:
-        raise ConfigError(f"unknown stage(s) {unknown}; choose from {', '.join(STAGES)} or 'all'")
-    return list(dict.fromkeys(names))
 
 
 def tune_gc() -> None:
@@ -48,15 +39,10 @@ def tune_gc() -> None:
     gc.set_threshold(20_000, 20, 50)
 
 
-async def run_workers(settings: Settings, stages: Sequence[str], *, ready: asyncio.Event | None = None,
-                      stop: asyncio.Event | None = None,
-                      process_overrides: Mapping[str, ProcessFn] | None = None) -> None:
-    """Run the given stages in this process until ``stop`` is set (or SIGINT/SIGTERM).
-
-    ``process_overrides`` swaps a stage's ``process`` for another function on the plain context (no backends are
-    opened for it): the benchmark uses it to measure the Kafka shell alone with pass-through stages.
-    """
-    overrides = process_overrides or {}
+async def run_workers(settings: Settings, stages: Sequence[Stage[Any]], *, ready: asyncio.Event | None = None,
+                      stop: asyncio.Event | None = None) -> None:
+    """Run the given stages (see ``streams.stages.registry``) in this process until ``stop`` is set (or SIGINT/
+    SIGTERM). Their runners share one producer; each opens its own context and consumer group."""
     await ensure_topics(settings)
     metrics_port = serve_metrics(settings.metrics_port, settings.metrics_host)
     if metrics_port is not None:
@@ -70,30 +56,24 @@ async def run_workers(settings: Settings, stages: Sequence[str], *, ready: async
             loop.add_signal_handler(sig, stop.set)
     async with AsyncExitStack() as stack:
         producer = new_producer(settings)
-        await producer.start()
+        await start(producer, settings, "stage producer")
         stack.push_async_callback(producer.stop)
-        replay_client = redis_client(settings)
+        replay_client = redis_client(settings, timeout_ms=max(settings.redis_timeout_ms, 1000))
         stack.push_async_callback(replay_client.aclose)
         # Remembered a little longer than the work topics keep records, so any redelivery is recognised.
         replays = RedisReplayMemory(replay_client, namespace=settings.topic_prefix, ttl_s=8 * 86_400)
-        runners: list[StageRunner] = []
+        runners: list[StageRunner[Any]] = []
         for stage in stages:
             publisher = KafkaPublisher(producer)
-            base = StageContext(stage=stage, worker_id=settings.worker_id, clock=clock, publisher=publisher,
+            base = StageContext(stage=stage.name, worker_id=settings.worker_id, clock=clock, publisher=publisher,
                                 topic_prefix=settings.topic_prefix)
-            if stage in overrides:
-                ctx, process = base, overrides[stage]
-            else:
-                wiring = importlib.import_module(f"streams.stages.{stage}")
-                ctx = await stack.enter_async_context(wiring.open_context(settings, base))
-                process = importlib.import_module(f"workers.{stage}" if stage not in ("audit", "cache") else f"workers.{stage}.stage").process
-            runner = StageRunner(stage=stage, process=process, ctx=ctx, settings=settings, topology=topo,
-                                 producer=producer, publisher=publisher, clock=clock,
-                                 consume_ingress=(stage == DEFAULT_ROUTE[0]), replays=replays)
+            ctx = await stack.enter_async_context(stage.open_context(settings, base))
+            runner = StageRunner(stage=stage, ctx=ctx, settings=settings, topology=topo, publisher=publisher,
+                                 clock=clock, replays=replays)
             await runner.start()
             stack.push_async_callback(runner.close)
             runners.append(runner)
-        log.info("worker %s running stages %s", settings.worker_id, ", ".join(stages))
+        log.info("worker %s running stages %s", settings.worker_id, ", ".join(s.name for s in stages))
         tune_gc()
         if ready is not None:
             ready.set()

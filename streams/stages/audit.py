@@ -19,15 +19,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
-from redis.asyncio import Redis
 
 from schemas.errors import BadEvent, ConfigError
 from schemas.response import DeadLetter
 from streams.runtime.codec import decode_as
-from streams.runtime.runner import KafkaPublisher, new_producer
+from streams.runtime.connections import new_consumer, new_producer, redis_client
+from streams.runtime.publisher import KafkaPublisher
 from streams.runtime.topics import topology
 from streams.settings import Settings
 from streams.stages.policy import open_limits
@@ -36,7 +35,7 @@ from workers.audit.claims import RedisClaimStore
 from workers.audit.record import record_from_deadletter
 from workers.audit.sink import AuditLog, FileAuditSink
 from workers.audit.stage import AuditContext, Settler, record_batch
-from workers.context import StageContext
+from workers.context import StageContext, derive
 from workers.detectors.redaction import BasicRedactor, ChainedRedactor, PiiRedactor
 
 log = logging.getLogger(__name__)
@@ -77,11 +76,10 @@ class DeadLetterAuditor:
         self.unconfirmed: list[str] = []
         self.redactor = ChainedRedactor(PiiRedactor(), BasicRedactor())
         self._stopping = asyncio.Event()
-        self.consumer = AIOKafkaConsumer(
-            self.topology.deadletter, bootstrap_servers=settings.bootstrap_servers,
-            group_id=f"{self.topology.group('audit')}.deadletter", client_id=f"{settings.worker_id}-audit-deadletter",
-            enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=settings.batch_wait_ms,
-            max_partition_fetch_bytes=settings.max_message_bytes * 2)
+        self.consumer = new_consumer(
+            settings, self.topology.deadletter, group_id=f"{self.topology.group('audit')}.deadletter",
+            client_id=f"{settings.worker_id}-audit-deadletter", auto_offset_reset="earliest",
+            fetch_max_wait_ms=settings.batch_wait_ms)
         self.producer = new_producer(settings)
         self.publisher = KafkaPublisher(self.producer)
 
@@ -136,22 +134,21 @@ async def _checkpoint_on_timer(ctx: AuditContext, interval_s: float) -> None:
 
 
 @asynccontextmanager
-async def open_context(settings: Settings, base: StageContext) -> AsyncIterator[StageContext]:
+async def open_context(settings: Settings, base: StageContext) -> AsyncIterator[AuditContext]:
     async with open_limits(settings) as limits, _open_audit_context(settings, base, limits) as ctx:
         yield ctx
 
 
 @asynccontextmanager
-async def _open_audit_context(settings: Settings, base: StageContext, limits: Settler) -> AsyncIterator[StageContext]:
+async def _open_audit_context(settings: Settings, base: StageContext, limits: Settler) -> AsyncIterator[AuditContext]:
     sink = FileAuditSink.lease(audit_dir(settings), segment_records=settings.audit_segment_records)
-    redis = Redis.from_url(settings.redis_url)
+    redis = redis_client(settings, timeout_ms=max(settings.redis_timeout_ms, 2000))
     try:
         audit_log = AuditLog(sink, signer_from_settings(settings), checkpoint_every=settings.audit_checkpoint_records,
                              checkpoint_interval_ns=int(settings.audit_checkpoint_interval_s * 1e9),
                              now_ns=base.clock.now_ns())
         claims = RedisClaimStore(redis, namespace=settings.topic_prefix, ttl_s=settings.audit_claim_ttl_days * 86_400)
-        ctx = AuditContext(stage=base.stage, worker_id=base.worker_id, clock=base.clock, publisher=base.publisher,
-                           topic_prefix=base.topic_prefix, audit_log=audit_log, claims=claims, owner=sink.owner,
+        ctx = derive(AuditContext, base, audit_log=audit_log, claims=claims, owner=sink.owner,
                            redactor=ChainedRedactor(PiiRedactor(), BasicRedactor()),
                            content_mode=settings.audit_content,
                            audit_topic=topology(settings).audit_log, settler=limits)

@@ -9,7 +9,7 @@ from streams.settings import Settings
 from workers.backends.base import ModelBackend
 from workers.backends.local import LocalBackend
 from workers.backends.openai_compat import OpenAICompatBackend
-from workers.context import StageContext
+from workers.context import StageContext, derive
 from workers.model import ModelContext
 from workers.routing.catalog import ModelCatalog, load_catalog
 
@@ -33,5 +33,4 @@ async def open_context(settings: Settings, base: StageContext) -> AsyncIterator[
         backends = build_backends(catalog, settings)
         for backend in backends.values():
             stack.push_async_callback(backend.aclose)
-        yield ModelContext(stage=base.stage, worker_id=base.worker_id, clock=base.clock, publisher=base.publisher,
-                           topic_prefix=base.topic_prefix, catalog=catalog, backends=backends)
+        yield derive(ModelContext, base, catalog=catalog, backends=backends)

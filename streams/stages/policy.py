@@ -6,13 +6,13 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from schemas.errors import ServiceUnavailable
 from streams.followers.policy import open_policy_store
+from streams.runtime.connections import redis_client
 from streams.settings import Settings
-from workers.context import StageContext
+from workers.context import StageContext, derive
 from workers.limits import RedisLimits
 from workers.policy import DEV_PRINCIPAL_SECRET, PolicyContext
 
@@ -25,7 +25,9 @@ async def open_limits(settings: Settings) -> AsyncIterator[RedisLimits]:
 
     The audit stage uses this too, to ``settle(reservation_id, actual_micros)`` or ``release(reservation_id)``.
     """
-    client = aioredis.Redis.from_url(settings.redis_url)
+    # Limits and budgets are on the request path: the client has the configured timeouts (a stalled Redis fails the
+    # admission instead of holding the batch), with a longer floor than a cache lookup because a reservation counts.
+    client = redis_client(settings, timeout_ms=max(settings.redis_timeout_ms, 1000))
     try:
         await client.ping()
     except (RedisError, OSError) as exc:
@@ -38,10 +40,8 @@ async def open_limits(settings: Settings) -> AsyncIterator[RedisLimits]:
 
 
 @asynccontextmanager
-async def open_context(settings: Settings, base: StageContext) -> AsyncIterator[StageContext]:
+async def open_context(settings: Settings, base: StageContext) -> AsyncIterator[PolicyContext]:
     if settings.principal_secret.get_secret_value() == DEV_PRINCIPAL_SECRET.get_secret_value():
         log.warning("TOLLWAY_PRINCIPAL_SECRET is the development default: anyone who knows it can sign principals")
     async with open_policy_store(settings) as store, open_limits(settings) as limits:
-        yield PolicyContext(stage=base.stage, worker_id=base.worker_id, clock=base.clock, publisher=base.publisher,
-                            topic_prefix=base.topic_prefix, policy=store, limits=limits,
-                            principal_secret=settings.principal_secret)
+        yield derive(PolicyContext, base, policy=store, limits=limits, principal_secret=settings.principal_secret)

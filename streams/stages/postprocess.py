@@ -7,18 +7,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from schemas.envelope import Envelope
+from streams.runtime.connections import redis_client
 from streams.settings import Settings
 from streams.stages import cache as stage_cache
 from workers.cache import stage as cache
-from workers.context import StageContext
+from workers.context import StageContext, derive
 from workers.detectors.redaction import PiiRedactor
 from workers.memory import RedisMemory, append_turns
 from workers.postprocess import PostprocessContext
 
 
 @asynccontextmanager
-async def open_context(settings: Settings, base: StageContext) -> AsyncIterator[StageContext]:
-    memory_client = stage_cache.redis_client(settings)
+async def open_context(settings: Settings, base: StageContext) -> AsyncIterator[PostprocessContext]:
+    memory_client = redis_client(settings)
     try:
         async with stage_cache.open_context(settings, base) as cache_ctx:
             memory = RedisMemory(memory_client, namespace=settings.topic_prefix, ttl_s=settings.memory_ttl_s,
@@ -30,12 +31,8 @@ async def open_context(settings: Settings, base: StageContext) -> AsyncIterator[
             async def remember_turns(batch: list[Envelope], _ctx: StageContext) -> None:
                 await append_turns(batch, memory)
 
-            yield PostprocessContext(stage=base.stage, worker_id=base.worker_id, clock=base.clock,
-                                     publisher=base.publisher, topic_prefix=base.topic_prefix,
-                                     redactor=PiiRedactor(), blocked_terms=settings.output_blocked_terms,
-                                     max_answer_chars=settings.output_max_chars,
-                                     after_finish=(fill_cache, remember_turns),
-                                     eval_sample_rate=settings.eval_sample_rate,
-                                     eval_grounded_min=settings.eval_grounded_min)
+            yield derive(PostprocessContext, base, redactor=PiiRedactor(), blocked_terms=settings.output_blocked_terms,
+                         max_answer_chars=settings.output_max_chars, after_finish=(fill_cache, remember_turns),
+                         eval_sample_rate=settings.eval_sample_rate, eval_grounded_min=settings.eval_grounded_min)
     finally:
         await memory_client.aclose()

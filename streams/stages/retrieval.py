@@ -6,10 +6,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from streams.followers.index import IndexMaterialiser
+from streams.runtime.connections import redis_client
 from streams.settings import Settings
-from streams.stages.cache import redis_client
 from streams.stages.embedders import open_embedder
-from workers.context import StageContext
+from workers.context import StageContext, derive
 from workers.memory import RedisMemory
 from workers.retrieval import RetrievalContext
 from workers.vector_index import MemoryVectorIndex
@@ -24,9 +24,8 @@ async def open_context(settings: Settings, base: StageContext) -> AsyncIterator[
             materialiser = IndexMaterialiser(settings, index, embedder)
             await materialiser.start()
             try:
-                yield RetrievalContext(
-                    stage=base.stage, worker_id=base.worker_id, clock=base.clock, publisher=base.publisher,
-                    topic_prefix=base.topic_prefix, index=index, embedder=embedder,
+                yield derive(
+                    RetrievalContext, base, index=index, embedder=embedder,
                     memory=RedisMemory(client, namespace=settings.topic_prefix, ttl_s=settings.memory_ttl_s,
                                        max_turns=settings.memory_max_turns),
                     top_k=settings.retrieval_top_k, min_score=settings.retrieval_min_score,

@@ -40,7 +40,7 @@ from aiokafka import AIOKafkaProducer
 from bench.load import BENCH_BUDGET_MS, prompt
 from schemas.envelope import STAGES, Tier
 from schemas.response import Response
-from streams.clients.client import new_envelope
+from streams.clients.envelopes import new_envelope
 from streams.ledger.app import read_topic
 from streams.runtime.codec import decode_as, encode
 from streams.runtime.topics import ensure_topics, topology

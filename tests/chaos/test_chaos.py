@@ -24,11 +24,13 @@ from aiohttp import web
 
 from schemas.envelope import STAGES
 from streams.ledger.app import fetch_snapshot, read_topic
+from streams.runtime.connections import new_producer, redis_client
+from streams.runtime.publisher import KafkaPublisher
 from streams.runtime.replays import RedisReplayMemory
-from streams.runtime.runner import KafkaPublisher, StageRunner, new_producer
+from streams.runtime.runner import StageRunner
 from streams.runtime.topics import ensure_topics, topology
 from streams.stages import postprocess as stage_postprocess
-from streams.stages.cache import redis_client
+from streams.stages import registry
 from tests.chaos.harness import (
     Env,
     Figures,
@@ -45,7 +47,6 @@ from tests.chaos.harness import (
     warm_up,
 )
 from tests.fakes.openai_server import FakeOpenAI
-from workers import postprocess
 from workers.context import StageContext, SystemClock
 
 pytestmark = pytest.mark.chaos
@@ -338,9 +339,8 @@ async def test_crash_between_produce_and_commit_redelivers(tmp_path: Path, chaos
             stack.push_async_callback(replay_client.aclose)
             # as `tollway worker` wires it: the answered ids are remembered, so the redelivery is marked
             replays = RedisReplayMemory(replay_client, namespace=settings.topic_prefix, ttl_s=3600)
-            runner = StageRunner(stage="postprocess", process=postprocess.process, ctx=ctx, settings=settings,
-                                 topology=topology(settings), producer=producer, publisher=publisher, clock=clock,
-                                 replays=replays)
+            runner = StageRunner(stage=registry.stage("postprocess"), ctx=ctx, settings=settings,
+                                 topology=topology(settings), publisher=publisher, clock=clock, replays=replays)
             await runner.start()
             stack.push_async_callback(runner.close)
             assert runner.consumer is not None

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from pydantic import SecretStr
 
 from schemas.policy import parse_policy
-from streams.clients.client import new_envelope
+from streams.clients.envelopes import new_envelope
 from workers import policy
 from workers.context import FakeClock
 from workers.limits import RedisLimits

@@ -10,7 +10,8 @@ import orjson
 import pytest
 
 from schemas.envelope import CacheResult, Status
-from streams.clients.client import Submitter, new_envelope
+from streams.clients.envelopes import new_envelope
+from streams.clients.sdk import TollwayClient
 from streams.runtime.codec import encode
 from streams.runtime.topics import topology
 from streams.settings import Settings
@@ -47,8 +48,8 @@ async def test_every_outcome_is_audited_exactly_once_without_pii(pipeline: Setti
     real = new_envelope(PII_TEXT, tenant="acme", settings=settings)
     expired = new_envelope("too late", tenant="acme", budget_ms=1, settings=settings)
     expired.deadline_at_ns = expired.created_at_ns - 1
-    async with Submitter(settings) as submitter:
-        responses = await submitter.complete([real, expired], timeout_s=60)
+    async with TollwayClient(settings) as submitter:
+        responses = await submitter.complete_envelopes([real, expired], timeout_s=60)
     assert [r.status for r in responses] == [Status.OK, Status.DEADLINE_EXCEEDED]
 
     expected = len(injected) + 3

@@ -20,7 +20,8 @@ from aiokafka import AIOKafkaProducer
 from schemas.envelope import DEFAULT_ROUTE, Envelope, Principal, Status
 from schemas.policy import parse_policy
 from schemas.response import DeadLetter, Response
-from streams.clients.client import Submitter, new_envelope
+from streams.clients.envelopes import new_envelope
+from streams.clients.sdk import TollwayClient
 from streams.followers.policy import publish_policy
 from streams.runtime.codec import decode_as, encode
 from streams.runtime.topics import topology
@@ -148,10 +149,10 @@ async def _send(settings: Settings, items: list[tuple[str, str, bytes | None, st
 
 async def _wait_policy_in_force(settings: Settings) -> None:
     """The worker follows the policy topic: wait until an unknown tenant is refused (bounded, no sleeps)."""
-    async with Submitter(settings) as submitter:
+    async with TollwayClient(settings) as submitter:
         deadline = time.monotonic() + 20
         while True:
-            (probe,) = await submitter.complete([new_envelope("probe", tenant="nobody", settings=settings)])
+            (probe,) = await submitter.complete_envelopes([new_envelope("probe", tenant="nobody", settings=settings)])
             if probe.code == "unauthenticated" or time.monotonic() > deadline:
                 break
     assert probe.code == "unauthenticated", f"the policy never came into force: {probe}"
@@ -249,8 +250,8 @@ async def test_every_bad_input_ends_in_a_dead_letter_or_a_coded_response(pipelin
     assert all(b"4111 1111 1111 1111" not in r.value for r in responses_raw)
 
     # and every worker is still alive: a normal request still completes
-    async with Submitter(settings) as submitter:
-        (after,) = await submitter.complete([new_envelope("What is the refund policy?", tenant="acme",
+    async with TollwayClient(settings) as submitter:
+        (after,) = await submitter.complete_envelopes([new_envelope("What is the refund policy?", tenant="acme",
                                                           settings=settings)], timeout_s=60)
     assert after.status in (Status.OK, Status.CACHE_HIT), after
 

@@ -9,7 +9,8 @@ from redis.asyncio import Redis
 
 from schemas.envelope import Status
 from schemas.policy import parse_policy
-from streams.clients.client import Submitter, new_envelope
+from streams.clients.envelopes import new_envelope
+from streams.clients.sdk import TollwayClient
 from streams.followers.policy import publish_policy
 from streams.settings import Settings
 
@@ -23,13 +24,13 @@ async def test_reservations_are_settled_at_the_actual_cost(pipeline: Settings) -
                                              "allowed_models": ["lite-us"],
                                              "budgets": {"daily_micros": 50_000_000}}}})
     await publish_policy(settings, doc)
-    async with Submitter(settings) as submitter:
+    async with TollwayClient(settings) as submitter:
         deadline = time.monotonic() + 15
         while True:  # the worker started before b1 was published: wait until it decides under b1
-            (probe,) = await submitter.complete([new_envelope("warm up", tenant="acme", settings=settings)])
+            (probe,) = await submitter.complete_envelopes([new_envelope("warm up", tenant="acme", settings=settings)])
             if "b1" in (probe.message or "") or probe.model == "lite-us" or time.monotonic() > deadline:
                 break
-        responses = await submitter.complete([new_envelope(f"budget question {i}?", tenant="acme",
+        responses = await submitter.complete_envelopes([new_envelope(f"budget question {i}?", tenant="acme",
                                                            settings=settings) for i in range(3)])
     assert all(r.status is Status.OK for r in responses), responses
     spent = sum(r.cost_micros for r in (probe, *responses))

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from schemas.envelope import Status, Tier
-from streams.clients.client import Submitter, new_envelope
+from streams.clients.envelopes import new_envelope
+from streams.clients.sdk import TollwayClient
 from streams.settings import Settings
 from workers.routing.catalog import load_catalog
 
@@ -16,8 +17,8 @@ async def test_a_tight_budget_degrades_and_an_impossible_one_fails_fast(pipeline
                          settings=pipeline, quality_tier="large")
     hopeless = new_envelope("Compare the two plans.", tenant="acme", tier=Tier.INTERACTIVE, budget_ms=1,
                             settings=pipeline)
-    async with Submitter(pipeline) as submitter:
-        responses = await submitter.complete([roomy, tight, hopeless])
+    async with TollwayClient(pipeline) as submitter:
+        responses = await submitter.complete_envelopes([roomy, tight, hopeless])
     by_id = {r.request_id: r for r in responses}
     assert catalog[by_id[roomy.request_id].model or ""].quality_tier == "large"
     degraded = by_id[tight.request_id]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from schemas.envelope import Status
-from streams.clients.client import Submitter, new_envelope
+from streams.clients.envelopes import new_envelope
+from streams.clients.sdk import TollwayClient
 from streams.settings import Settings
 from streams.stages.cache import redis_client
 from workers.memory import RedisMemory
@@ -14,12 +15,12 @@ pytestmark = pytest.mark.integration
 
 
 async def test_second_identical_request_is_served_from_cache(pipeline: Settings) -> None:
-    async with Submitter(pipeline) as submitter:
-        (first,) = await submitter.complete([new_envelope("How long do refunds take?", tenant="acme",
+    async with TollwayClient(pipeline) as submitter:
+        (first,) = await submitter.complete_envelopes([new_envelope("How long do refunds take?", tenant="acme",
                                                           settings=pipeline)])
-        (second,) = await submitter.complete([new_envelope("How long do refunds take?", tenant="acme",
+        (second,) = await submitter.complete_envelopes([new_envelope("How long do refunds take?", tenant="acme",
                                                            settings=pipeline)])
-        (other_tenant,) = await submitter.complete([new_envelope("How long do refunds take?", tenant="globex",
+        (other_tenant,) = await submitter.complete_envelopes([new_envelope("How long do refunds take?", tenant="globex",
                                                                  settings=pipeline)])
     assert first.status is Status.OK and first.cost_micros > 0
     assert second.status is Status.CACHE_HIT, second
@@ -30,10 +31,10 @@ async def test_second_identical_request_is_served_from_cache(pipeline: Settings)
 
 
 async def test_session_memory_carries_turns(pipeline: Settings) -> None:
-    async with Submitter(pipeline) as submitter:
-        (first,) = await submitter.complete([new_envelope("My order number is 4411.", tenant="acme",
+    async with TollwayClient(pipeline) as submitter:
+        (first,) = await submitter.complete_envelopes([new_envelope("My order number is 4411.", tenant="acme",
                                                           settings=pipeline, session_id="s-1")])
-        (second,) = await submitter.complete([new_envelope("What did I just tell you?", tenant="acme",
+        (second,) = await submitter.complete_envelopes([new_envelope("What did I just tell you?", tenant="acme",
                                                            settings=pipeline, session_id="s-1")])
     assert first.status is Status.OK and second.status is Status.OK
     client = redis_client(pipeline)

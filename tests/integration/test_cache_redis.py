@@ -8,7 +8,8 @@ import pytest
 from redis.asyncio import Redis
 
 from schemas.envelope import ModelResult, Status
-from streams.clients.client import Submitter, new_envelope
+from streams.clients.envelopes import new_envelope
+from streams.clients.sdk import TollwayClient
 from streams.settings import Settings
 from streams.stages.cache import redis_client
 from workers.cache import stage as cache
@@ -76,8 +77,8 @@ async def test_through_the_pipeline(pipeline: Settings) -> None:
             new_envelope("Please tell me: is the annual plan refundable", tenant="acme", settings=settings),
             new_envelope("Is the annual plan not refundable?", tenant="acme", settings=settings),
             new_envelope("Is the annual plan refundable?", tenant="globex", settings=settings)]
-    async with Submitter(settings) as submitter:
-        exact, semantic, opposite, other_tenant = await submitter.complete(envs, timeout_s=60)
+    async with TollwayClient(settings) as submitter:
+        exact, semantic, opposite, other_tenant = await submitter.complete_envelopes(envs, timeout_s=60)
     for response in (exact, semantic):
         assert response.status is Status.CACHE_HIT, response
         assert response.answer == "Yes, pro rata within 30 days."

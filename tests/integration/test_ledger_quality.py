@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from schemas.envelope import GenerationParams, Status
-from streams.clients.client import Submitter, new_envelope
+from streams.clients.envelopes import new_envelope
+from streams.clients.sdk import TollwayClient
 from streams.followers.index import chunk_file, publish
 from streams.ledger.app import ledger_rows, reconcile, run_ledger
 from streams.runtime.topics import ensure_topics, topology
@@ -22,7 +23,8 @@ CORPUS = Path(__file__).resolve().parents[2] / "infra" / "corpus"
 
 
 async def test_evaluators_verdicts_are_counted_per_tenant_model_window(settings: Settings) -> None:
-    from streams.runtime.worker_process import resolve_stages, run_workers
+    from streams.runtime.worker_process import run_workers
+    from streams.stages.registry import resolve as resolve_stages
 
     await ensure_topics(settings)
     # Indexed before the workers start, so retrieval has the passages from its first request on.
@@ -42,9 +44,9 @@ async def test_evaluators_verdicts_are_counted_per_tenant_model_window(settings:
                                params=GenerationParams(response_format={"type": "json_object"}))
         late = new_envelope("too late", tenant="acme", settings=settings)
         late.deadline_at_ns = late.created_at_ns - 1
-        async with Submitter(settings) as submitter:
-            responses = {r.request_id: r for r in await submitter.complete([grounded, declined, as_json, late],
-                                                                            timeout_s=60)}
+        async with TollwayClient(settings) as submitter:
+            answered = await submitter.complete_envelopes([grounded, declined, as_json, late], timeout_s=60)
+            responses = {r.request_id: r for r in answered}
         await read_until(settings, topology(settings).audit_log, lambda records: len(records) >= 4)
     finally:
         stop.set()

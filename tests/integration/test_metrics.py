@@ -11,7 +11,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.envelope import DEFAULT_ROUTE, Status
-from streams.clients.client import Submitter, new_envelope
+from streams.clients.envelopes import new_envelope
+from streams.clients.sdk import TollwayClient
 from streams.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -29,8 +30,8 @@ def settings(settings: Settings) -> Settings:
 
 
 async def test_metrics_are_scraped_and_parsed(pipeline: Settings) -> None:
-    async with Submitter(pipeline) as submitter:
-        responses = await submitter.complete(
+    async with TollwayClient(pipeline) as submitter:
+        responses = await submitter.complete_envelopes(
             [new_envelope(f"metrics question {i}", tenant="acme", settings=pipeline) for i in range(5)])
     assert all(r.status in (Status.OK, Status.CACHE_HIT) for r in responses)
 

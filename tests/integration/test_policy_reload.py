@@ -9,7 +9,8 @@ import orjson
 
 from schemas.envelope import Principal, Status
 from schemas.policy import PolicyDocument, parse_policy
-from streams.clients.client import Submitter, new_envelope
+from streams.clients.envelopes import new_envelope
+from streams.clients.sdk import TollwayClient
 from streams.followers.policy import publish_policy
 from streams.runtime.topics import topology
 from streams.settings import Settings
@@ -29,11 +30,11 @@ def policy(version: str, regions: list[str]) -> PolicyDocument:
 async def test_hot_reload_changes_the_next_decision(pipeline: Settings) -> None:
     settings = pipeline
     await publish_policy(settings, policy("v1", ["us"]))
-    async with Submitter(settings) as submitter:
+    async with TollwayClient(settings) as submitter:
         # the worker started before v1 was published: wait until it decides under v1 (bounded, no sleeps)
         deadline = time.monotonic() + 15
         while True:
-            (first,) = await submitter.complete([new_envelope("hello", tenant="acme", settings=settings)])
+            (first,) = await submitter.complete_envelopes([new_envelope("hello", tenant="acme", settings=settings)])
             if first.status is Status.OK or time.monotonic() > deadline:
                 break
         assert first.status is Status.OK, first
@@ -41,7 +42,8 @@ async def test_hot_reload_changes_the_next_decision(pipeline: Settings) -> None:
         published_at = time.monotonic()
         await publish_policy(settings, policy("v2", ["eu"]))  # lite-us is the only allowed model: not in the EU
         while True:
-            (after,) = await submitter.complete([new_envelope("hello again", tenant="acme", settings=settings)])
+            again = new_envelope("hello again", tenant="acme", settings=settings)
+            (after,) = await submitter.complete_envelopes([again])
             if after.status is not Status.OK or time.monotonic() - published_at > 15:
                 break
         reload_s = time.monotonic() - published_at
@@ -49,7 +51,7 @@ async def test_hot_reload_changes_the_next_decision(pipeline: Settings) -> None:
         assert "(policy v2)" in after.message
         assert reload_s < 15
         # from then on every request is decided under v2
-        responses = await submitter.complete([new_envelope(f"q{i}", tenant="acme", settings=settings)
+        responses = await submitter.complete_envelopes([new_envelope(f"q{i}", tenant="acme", settings=settings)
                                               for i in range(5)])
         assert {(r.status, r.code) for r in responses} == {(Status.DENIED, "residency_violation")}
         assert all([h.stage for h in r.hops] == ["retrieval", "policy"] for r in responses)
@@ -63,14 +65,14 @@ async def test_forged_principal_is_unauthenticated(pipeline: Settings) -> None:
     settings = pipeline
     doc = parse_policy({"version": "p1", "tenants": {"acme": {"require_principal": True}}})
     await publish_policy(settings, doc)
-    async with Submitter(settings) as submitter:
+    async with TollwayClient(settings) as submitter:
         deadline = time.monotonic() + 15
         while True:
             env = new_envelope("hi", tenant="acme", settings=settings)
             env.principal = Principal(key_id="k_0123456789abcdef",
                                       signature=sign_principal("wrong-secret", env.request_id, "acme",
                                                                "k_0123456789abcdef"))
-            (response,) = await submitter.complete([env])
+            (response,) = await submitter.complete_envelopes([env])
             if response.code == "unauthenticated" or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.clients.client import new_envelope
+from streams.clients.envelopes import new_envelope
 from streams.followers.index import IndexMaterialiser, chunk_file, publish, read_index
 from streams.runtime.topics import ensure_topics
 from streams.settings import Settings

@@ -7,7 +7,8 @@ import pytest
 
 from schemas.envelope import DEFAULT_ROUTE, Status, Tier
 from schemas.response import DeadLetter, Response
-from streams.clients.client import Submitter, new_envelope
+from streams.clients.envelopes import new_envelope
+from streams.clients.sdk import TollwayClient
 from streams.runtime.codec import decode_as, encode
 from streams.runtime.topics import topology
 from streams.settings import Settings
@@ -22,8 +23,8 @@ async def test_n_requests_give_n_responses_and_n_audit_records(pipeline: Setting
     settings = pipeline
     envs = [new_envelope(f"question {i}", tenant="acme", tier=Tier.BATCH if i % 4 == 0 else Tier.STANDARD,
                          settings=settings) for i in range(N)]
-    async with Submitter(settings) as submitter:
-        responses = await submitter.complete(envs, timeout_s=60)
+    async with TollwayClient(settings) as submitter:
+        responses = await submitter.complete_envelopes(envs, timeout_s=60)
 
     assert [r.request_id for r in responses] == [e.request_id for e in envs]
     for response in responses:
@@ -42,8 +43,8 @@ async def test_n_requests_give_n_responses_and_n_audit_records(pipeline: Setting
 
 
 async def test_monotonic_hop_times(pipeline: Settings) -> None:
-    async with Submitter(pipeline) as submitter:
-        (response,) = await submitter.complete([new_envelope("hello", tenant="acme", settings=pipeline)])
+    async with TollwayClient(pipeline) as submitter:
+        (response,) = await submitter.complete_envelopes([new_envelope("hello", tenant="acme", settings=pipeline)])
     assert response.status is Status.OK
 
 
@@ -62,16 +63,17 @@ async def test_garbage_is_dead_lettered_and_the_stage_keeps_going(pipeline: Sett
 
     assert base64.b64decode(garbage.original_b64) == b"\x00garbage{"
     # the stage is still alive: a real request still completes
-    async with Submitter(settings) as submitter:
-        (response,) = await submitter.complete([new_envelope("still there?", tenant="acme", settings=settings)])
+    async with TollwayClient(settings) as submitter:
+        still = new_envelope("still there?", tenant="acme", settings=settings)
+        (response,) = await submitter.complete_envelopes([still])
     assert response.status is Status.OK
 
 
 async def test_expired_request_is_not_worked(pipeline: Settings) -> None:
     env = new_envelope("too late", tenant="acme", budget_ms=1, settings=pipeline)
     env.deadline_at_ns = env.created_at_ns - 1
-    async with Submitter(pipeline) as submitter:
-        (response,) = await submitter.complete([env])
+    async with TollwayClient(pipeline) as submitter:
+        (response,) = await submitter.complete_envelopes([env])
     assert response.status is Status.DEADLINE_EXCEEDED
     assert [h.stage for h in response.hops] == ["retrieval"]
 
@@ -79,8 +81,8 @@ async def test_expired_request_is_not_worked(pipeline: Settings) -> None:
 async def test_route_is_data_policy_first_for_a_remote_embedder(pipeline: Settings) -> None:
     env = new_envelope("route me", tenant="acme", settings=pipeline)
     env.route = ["policy", "retrieval", "cache", "model", "postprocess", "audit"]
-    async with Submitter(pipeline) as submitter:
-        (response,) = await submitter.complete([env])
+    async with TollwayClient(pipeline) as submitter:
+        (response,) = await submitter.complete_envelopes([env])
     assert response.status is Status.OK
     # the ingress consumer (the default route's first stage) hands it on untouched, then the route is followed
     assert [h.stage for h in response.hops] == ["retrieval", "policy", "retrieval", "cache", "model", "postprocess"]
@@ -88,9 +90,9 @@ async def test_route_is_data_policy_first_for_a_remote_embedder(pipeline: Settin
 
 async def test_a_request_answered_again_is_marked_as_a_replay(pipeline: Settings) -> None:
     env = new_envelope("answer me twice", tenant="acme", settings=pipeline)
-    async with Submitter(pipeline) as submitter:
-        (first,) = await submitter.complete([env])
-        (again,) = await submitter.complete([env])  # what a redelivery after a crash looks like downstream
+    async with TollwayClient(pipeline) as submitter:
+        (first,) = await submitter.complete_envelopes([env])
+        (again,) = await submitter.complete_envelopes([env])  # what a redelivery after a crash looks like downstream
     assert first.status is Status.OK and not first.replay
     assert again.replay, "a second response for the same request says it is a replay"
     assert again.answer == first.answer  # (served from the cache the first answer filled)
@@ -99,10 +101,10 @@ async def test_a_request_answered_again_is_marked_as_a_replay(pipeline: Settings
 async def test_an_envelope_without_outcome_on_the_audit_topic_is_audited_and_answered(pipeline: Settings) -> None:
     env = new_envelope("sneaked in", tenant="acme", settings=pipeline)
     env.route = ["audit"]
-    async with Submitter(pipeline) as submitter:
-        submitter.waiter.expect([env.request_id])
+    async with TollwayClient(pipeline) as submitter:
+        submitter.expect([env.request_id])
         await produce_raw(pipeline, topology(pipeline).stage("audit"), [encode(env)])
-        response = await submitter.waiter.wait(env.request_id, 30)
+        response = await submitter.result(env.request_id, 30)
     assert (response.status, response.code) == (Status.FAILED, "no_outcome")
     audit = await read_until(pipeline, topology(pipeline).audit_log,
                              lambda rs: env.request_id in {orjson.loads(r.value)["request_id"] for r in rs})

@@ -12,7 +12,7 @@ from tests.fakes.openai_server import FakeOpenAI, openai_server
 from workers.backends.base import ModelCall, ModelReply
 from workers.backends.local import LocalBackend
 from workers.backends.openai_compat import OpenAICompatBackend
-from workers.context import FakeClock, StageContext
+from workers.context import FakeClock
 from workers.model import ModelContext, process
 from workers.routing.catalog import ModelCatalog, load_catalog, parse_catalog, price_of
 from workers.routing.router import BreakerBoard
@@ -39,8 +39,8 @@ async def test_answers_with_accounting_and_reasons(make_envelope: MakeEnvelope) 
     assert result.routing[0].startswith("tier auto small") and result.routing[-1].startswith("chose nano-us")
 
 
-async def test_a_plain_stage_context_gets_the_default_catalog(make_envelope: MakeEnvelope) -> None:
-    (out,) = await process([make_envelope("hello")], StageContext(stage="model"))
+async def test_a_default_model_context_uses_the_default_catalog(make_envelope: MakeEnvelope) -> None:
+    (out,) = await process([make_envelope("hello")], ModelContext(stage="model"))
     assert out.answer and out.model and out.model.model == "nano-us"
 
 

@@ -10,7 +10,7 @@ import pytest
 from schemas.envelope import DEFAULT_ROUTE, Envelope, Passage, Principal, RetrievalResult, Status
 from schemas.policy import PolicyDocument, parse_policy
 from workers import policy
-from workers.context import FakeClock, StageContext
+from workers.context import FakeClock
 from workers.keys import create_key, sign_principal
 from workers.limits import MemoryLimits
 from workers.policy import PolicyContext, StaticPolicy, estimate_cost_micros, route_for
@@ -42,7 +42,7 @@ async def run(document: PolicyDocument | None, *envs: Envelope, limits: MemoryLi
 
 
 async def test_no_policy_allows_with_version_none(make_envelope: Callable[..., Envelope]) -> None:
-    (env,) = await policy.process([make_envelope()], StageContext(stage="policy"))
+    (env,) = await policy.process([make_envelope()], policy.PolicyContext(stage="policy"))
     assert env.policy is not None and env.policy.policy_version == "none"
     assert not env.terminal
 

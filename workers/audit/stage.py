@@ -130,8 +130,7 @@ def _kafka_key(record: AuditRecord) -> bytes:
     return (record.request_id or record.dedup_key).encode()
 
 
-async def process(batch: list[Envelope], ctx: StageContext) -> list[Envelope]:
-    assert isinstance(ctx, AuditContext), "the audit stage needs an AuditContext (streams/stages/audit.py)"
+async def process(batch: list[Envelope], ctx: AuditContext) -> list[Envelope]:
     now_ns = ctx.clock.now_ns()
     records = [record_from_envelope(env, redactor=ctx.redactor, content_mode=ctx.content_mode,
                                     auditor=ctx.worker_id, now_ns=now_ns) for env in batch]

@@ -11,8 +11,8 @@ from schemas.envelope import Status
 from schemas.errors import ServiceUnavailable
 from schemas.policy import KeyRecord, PolicyDocument, TenantPolicy
 from schemas.response import Response
-from streams.clients.client import ReplyReader
 from streams.clients.principals import Identity, KeyCache, sign_envelope
+from streams.clients.replies import ReplyReader
 from streams.runtime.codec import encode
 from streams.settings import Settings
 from workers.keys import create_key, verify_principal

@@ -55,7 +55,7 @@ def test_arbitrary_bytes_never_crash(raw: bytes) -> None:
 
 @given(st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=200))
 def test_any_prompt_round_trips(prompt: str) -> None:
-    from streams.clients.client import new_envelope
+    from streams.clients.envelopes import new_envelope
 
     env = new_envelope(prompt, tenant="acme", budget_ms=1000)
     assert decode(encode(env)).request.prompt == prompt

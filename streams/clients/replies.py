@@ -10,21 +10,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Iterable
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from schemas.envelope import Envelope, Message, Request, Tier
 from schemas.errors import BadEvent, ServiceUnavailable
 from schemas.response import Response
-from streams.runtime.codec import decode_as, encode
-from streams.runtime.topics import ensure_topics, topology
+from streams.runtime.codec import decode_as
 from streams.settings import Settings
-from workers.policy import route_for
 
 log = logging.getLogger(__name__)
 
@@ -32,27 +27,6 @@ log = logging.getLogger(__name__)
 # reader asks again. Measured alternated in one run (3 rounds, 60 replies each): 5 ms kept 11–12 % of a
 # core busy per idle reader, 500 ms 0.4–0.5 %; send→reply p50 4.6 vs 4.3 ms (medians of rounds), within the noise.
 REPLY_FETCH_WAIT_MS = 500
-
-
-def new_envelope(prompt: str | list[Message], *, tenant: str, tier: Tier = Tier.STANDARD,
-                 budget_ms: int | None = None, settings: Settings | None = None,
-                 request_id: str | None = None, **request_fields: object) -> Envelope:
-    messages = [Message(role="user", content=prompt)] if isinstance(prompt, str) else prompt
-    now = time.time_ns()
-    s = settings or Settings()
-    if budget_ms is None:
-        budget_ms = {Tier.INTERACTIVE: s.budget_interactive_ms, Tier.STANDARD: s.budget_standard_ms,
-                     Tier.BATCH: s.budget_batch_ms}[tier]
-    return Envelope(
-        # The route is data: with a remote embedder the policy stage redacts before retrieval sees the prompt.
-        route=route_for(None, s),
-        request_id=request_id or uuid.uuid4().hex,
-        tenant=tenant,
-        tier=tier,
-        created_at_ns=now,
-        deadline_at_ns=now + budget_ms * 1_000_000,
-        request=Request(messages=messages, **request_fields),
-    )
 
 
 class ReplyReader:
@@ -205,41 +179,3 @@ class ReplyReader:
         for future in self._futures.values():
             if not future.done():
                 future.cancel()
-
-
-class Submitter:
-    """Publishes envelopes to the ingress topic with an idempotent producer and waits for their responses."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.topology = topology(settings)
-        self.producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True,
-                                         linger_ms=2, max_request_size=settings.max_message_bytes * 2)
-        self.waiter = ReplyReader(settings, self.topology.responses)
-
-    async def __aenter__(self) -> Submitter:
-        try:
-            await asyncio.wait_for(self.producer.start(), 15)
-        except Exception as exc:
-            raise ServiceUnavailable(f"Kafka is not reachable at {self.settings.bootstrap_servers}: {exc}") from exc
-        await ensure_topics(self.settings)
-        await self.waiter.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.waiter.stop()
-        await self.producer.stop()
-
-    async def publish(self, envs: Iterable[Envelope]) -> list[str]:
-        deliveries, ids = [], []
-        for env in envs:
-            self.waiter.expect([env.request_id])
-            deliveries.append(await self.producer.send(self.topology.ingress(env.tier), encode(env),
-                                                       key=env.request_id.encode()))
-            ids.append(env.request_id)
-        await asyncio.gather(*deliveries)
-        return ids
-
-    async def complete(self, envs: list[Envelope], timeout_s: float = 30.0) -> list[Response]:
-        ids = await self.publish(envs)
-        return list(await asyncio.gather(*(self.waiter.wait(rid, timeout_s) for rid in ids)))

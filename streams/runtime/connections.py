@@ -1,0 +1,92 @@
+"""The one place that opens connections: Kafka producers, consumers and admin clients, and Redis clients.
+
+Every client gets the broker's address, the configured security (SASL credentials when the broker asks for them)
+and timeouts from :class:`~streams.settings.Settings`, so no caller can forget one; starting a Kafka client that
+cannot reach its broker raises :class:`~schemas.errors.ServiceUnavailable` naming the address, within a bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from redis.asyncio import ConnectionPool, Redis
+
+from schemas.errors import ServiceUnavailable
+from streams.settings import Settings
+
+# Kafka clients give up on a request after this long; a start that cannot reach the broker fails after START_TIMEOUT_S.
+REQUEST_TIMEOUT_MS = 10_000
+START_TIMEOUT_S = 15.0
+
+
+def kafka_security(settings: Settings) -> dict[str, Any]:
+    """The security options every Kafka client of this process uses (none on a plaintext broker)."""
+    if settings.kafka_username is None or settings.kafka_password is None:
+        return {}
+    return {
+        "security_protocol": settings.kafka_security_protocol,
+        "sasl_mechanism": settings.kafka_sasl_mechanism,
+        "sasl_plain_username": settings.kafka_username,
+        "sasl_plain_password": settings.kafka_password.get_secret_value(),
+    }
+
+
+def new_producer(settings: Settings, *, client_id: str | None = None, linger_ms: int | None = None,
+                 **options: Any) -> AIOKafkaProducer:
+    """An idempotent producer: idempotence forces acks=all (aiokafka's default acks=1 can lose acknowledged records
+    on a leader change)."""
+    params: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "client_id": client_id or f"{settings.worker_id}-producer",
+        "enable_idempotence": True,
+        "linger_ms": settings.producer_linger_ms if linger_ms is None else linger_ms,
+        "max_batch_size": 512 * 1024,
+        "max_request_size": settings.max_message_bytes * 2,
+        "request_timeout_ms": REQUEST_TIMEOUT_MS * 3,
+        **kafka_security(settings),
+    }
+    params.update(options)
+    return AIOKafkaProducer(**params)
+
+
+def new_consumer(settings: Settings, *topics: str, group_id: str | None = None, **options: Any) -> AIOKafkaConsumer:
+    """A consumer; without ``group_id`` it is a follower (no group, no commits, it chooses its own positions)."""
+    params: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "request_timeout_ms": REQUEST_TIMEOUT_MS * 4,
+        "max_partition_fetch_bytes": settings.max_message_bytes * 2,
+        **kafka_security(settings),
+    }
+    params.update(options)
+    return AIOKafkaConsumer(*topics, **params)
+
+
+def new_admin(settings: Settings) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=REQUEST_TIMEOUT_MS,
+                               **kafka_security(settings))
+
+
+class _Startable(Protocol):
+    async def start(self) -> None: ...
+
+
+async def start(client: _Startable, settings: Settings, what: str = "Kafka client") -> None:
+    """Start a Kafka client, or fail within :data:`START_TIMEOUT_S` with the address it could not reach."""
+    try:
+        await asyncio.wait_for(client.start(), START_TIMEOUT_S)
+    except Exception as exc:
+        raise ServiceUnavailable(f"{what}: Kafka is not reachable at {settings.bootstrap_servers}: "
+                                 f"{exc or type(exc).__name__}") from exc
+
+
+def redis_client(settings: Settings, *, timeout_ms: int | None = None, max_connections: int = 64) -> Redis:
+    """A pooled Redis client with timeouts: on the request path a slow Redis must become a miss, never a stall."""
+    timeout_s = (timeout_ms if timeout_ms is not None else settings.redis_timeout_ms) / 1000
+    pool = ConnectionPool.from_url(settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                   max_connections=max_connections, health_check_interval=30)
+    return Redis(connection_pool=pool)

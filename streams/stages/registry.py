@@ -1,0 +1,56 @@
+"""The table of tollway's stages, in route order: each declared once, with its pure ``process`` (``workers/``) and the
+wiring that opens its context from settings (``streams/stages/<stage>.py``). The runner, ``tollway worker``, the
+bench and :mod:`streams.testing` read this table; mypy checks that each ``process`` gets the context its wiring
+builds.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from schemas.envelope import STAGES as STAGE_NAMES
+from schemas.errors import ConfigError
+from streams.runtime.stage import Stage
+from streams.stages import audit as audit_wiring
+from streams.stages import cache as cache_wiring
+from streams.stages import model as model_wiring
+from streams.stages import policy as policy_wiring
+from streams.stages import postprocess as postprocess_wiring
+from streams.stages import retrieval as retrieval_wiring
+from workers import model, policy, postprocess, retrieval
+from workers.audit import stage as audit
+from workers.audit.stage import AuditContext
+from workers.cache import stage as cache
+from workers.cache.stage import CacheContext
+from workers.model import ModelContext
+from workers.policy import PolicyContext
+from workers.postprocess import PostprocessContext
+from workers.retrieval import RetrievalContext
+
+STAGES: Final[tuple[Stage[Any], ...]] = (
+    Stage("retrieval", RetrievalContext, retrieval.process, retrieval_wiring.open_context, entry=True),
+    Stage("policy", PolicyContext, policy.process, policy_wiring.open_context),
+    Stage("cache", CacheContext, cache.process, cache_wiring.open_context),
+    Stage("model", ModelContext, model.process, model_wiring.open_context),
+    Stage("postprocess", PostprocessContext, postprocess.process, postprocess_wiring.open_context),
+    Stage("audit", AuditContext, audit.process, audit_wiring.open_context, sink=True),
+)
+BY_NAME: Final[dict[str, Stage[Any]]] = {stage.name: stage for stage in STAGES}
+assert tuple(BY_NAME) == STAGE_NAMES, "the registry and the envelope schema list the same stages in route order"
+
+
+def stage(name: str) -> Stage[Any]:
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise ConfigError(f"unknown stage {name!r}; choose from {', '.join(BY_NAME)}") from None
+
+
+def resolve(names: list[str] | tuple[str, ...]) -> list[Stage[Any]]:
+    """``tollway worker`` arguments → stages: ``all`` (or nothing) is every stage; names keep their order, once."""
+    if list(names) in (["all"], []):
+        return list(STAGES)
+    unknown = [n for n in names if n not in BY_NAME]
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {unknown}; choose from {', '.join(BY_NAME)} or 'all'")
+    return [BY_NAME[n] for n in dict.fromkeys(names)]

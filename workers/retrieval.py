@@ -44,6 +44,9 @@ class RetrievalContext(StageContext):
     top_k: int = 4
     min_score: float = 0.15
     labels_for: Callable[[Envelope], frozenset[str]] = no_labels
+    # The embedder sends text out of the pipeline (an HTTP service): only prompts the policy stage has governed
+    # (redacted) may reach it. Set by the wiring from the embedder in use, whatever route a producer chose.
+    embedder_remote: bool = False
 
 
 def visibility_of(env: Envelope, ctx: RetrievalContext) -> Visibility:
@@ -52,11 +55,28 @@ def visibility_of(env: Envelope, ctx: RetrievalContext) -> Visibility:
 
 
 async def process(batch: list[Envelope], ctx: RetrievalContext) -> list[Envelope]:
+    if ctx.embedder_remote:
+        ungoverned = [env for env in batch if env.policy is None]
+        for env in ungoverned:
+            _policy_first(env)
+        batch = [env for env in batch if env.policy is not None]
+        if not batch:
+            return ungoverned
+    else:
+        ungoverned = []
     for env in batch:
         env.retrieval = RetrievalResult()
     await _attach_passages(batch, ctx)
     await _attach_turns(batch, ctx)
-    return batch
+    return [*batch, *ungoverned]
+
+
+def _policy_first(env: Envelope) -> None:
+    """Send a request the policy stage has not seen to policy first, then back here (the rest of its route kept):
+    its prompt must be redacted before the remote embedder reads it."""
+    rest = [stage for stage in env.route if stage != "policy"]
+    env.route = ["policy", NAME, *rest]
+    metrics.RETRIEVAL_POLICY_FIRST.inc()
 
 
 async def _attach_passages(batch: list[Envelope], ctx: RetrievalContext) -> None:

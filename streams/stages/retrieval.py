@@ -11,6 +11,7 @@ from streams.settings import Settings
 from streams.stages.embedders import open_embedder
 from workers.context import StageContext, derive
 from workers.memory import RedisMemory
+from workers.policy import LOCAL_EMBEDDERS
 from workers.retrieval import RetrievalContext
 from workers.vector_index import MemoryVectorIndex
 
@@ -29,6 +30,7 @@ async def open_context(settings: Settings, base: StageContext) -> AsyncIterator[
                     memory=RedisMemory(client, namespace=settings.topic_prefix, ttl_s=settings.memory_ttl_s,
                                        max_turns=settings.memory_max_turns),
                     top_k=settings.retrieval_top_k, min_score=settings.retrieval_min_score,
+                    embedder_remote=settings.embedder not in LOCAL_EMBEDDERS,
                 )
             finally:
                 await materialiser.stop()

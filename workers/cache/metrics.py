@@ -14,3 +14,5 @@ FILLS = Counter("tollway_cache_fills_total", "Answers written to the cache")
 SAVED_MICROS = Counter("tollway_cache_saved_micros_total", "Model cost avoided by cache hits, in micro-dollars")
 RETRIEVAL_ERRORS = Counter("tollway_retrieval_errors_total", "Retrieval backend failures (the request went on)",
                            ["operation"])
+RETRIEVAL_POLICY_FIRST = Counter("tollway_retrieval_policy_first_total",
+                                 "Requests sent to the policy stage before a remote embedder could read their prompt")

@@ -159,7 +159,7 @@ def report(
     if responses_file is not None:
         responses = [decode_as(line, Response) for line in responses_file.read_bytes().splitlines() if line.strip()]
     else:
-        responses = run_async(read_responses(settings.bootstrap_servers, topology(settings).responses))
+        responses = run_async(read_responses(settings, topology(settings).responses))
     if not responses:
         console.print("no responses to report on")
         raise typer.Exit(EXIT_FAILED)

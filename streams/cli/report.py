@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from schemas.response import Response
+from streams.settings import Settings
 
 PERCENTILES = (50, 90, 99)
 
@@ -111,36 +112,16 @@ def write_report(responses: Iterable[Response], out_dir: Path) -> tuple[Path, Pa
     return png_path, html_path
 
 
-async def read_responses(bootstrap_servers: str, topic: str) -> list[Response]:
-    """Every response on the topic, from its start to its end as of now."""
-    from aiokafka import AIOKafkaConsumer
-
+async def read_responses(settings: Settings, topic: str) -> list[Response]:
+    """Every response on the topic, from its start to its end as of now (undecodable records skipped)."""
     from schemas.errors import BadEvent
+    from streams.followers.base import read_to_end
     from streams.runtime.codec import decode_as
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap_servers, group_id=None,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
-    await consumer.start()
-    try:
-        import asyncio
-
-        for _ in range(100):
-            if consumer.assignment():
-                break
-            await asyncio.sleep(0.1)
-        partitions = sorted(consumer.assignment())
-        ends = await consumer.end_offsets(partitions)
-        responses: list[Response] = []
-        async def behind() -> bool:
-            return any([await consumer.position(tp) < ends[tp] for tp in partitions])
-
-        while await behind():
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                for record in records:
-                    try:
-                        responses.append(decode_as(record.value, Response))
-                    except BadEvent:
-                        continue
-        return responses
-    finally:
-        await consumer.stop()
+    responses: list[Response] = []
+    for record in await read_to_end(settings, topic):
+        try:
+            responses.append(decode_as(record.value, Response))
+        except BadEvent:
+            continue
+    return responses

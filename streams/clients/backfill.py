@@ -31,8 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka import TopicPartition
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -43,6 +42,7 @@ from schemas.errors import ServiceUnavailable
 from schemas.response import Response
 from streams.clients.envelopes import new_envelope
 from streams.clients.sdk import TollwayClient
+from streams.runtime.connections import new_consumer, start
 from streams.runtime.topics import ensure_topics, topology
 from streams.settings import Settings
 
@@ -211,12 +211,8 @@ async def scan_published(settings: Settings, topic: str, since_ms: int, wanted: 
     """
     if not wanted:
         return set()
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None,
-                                enable_auto_commit=False, auto_offset_reset="earliest")
-    try:
-        await asyncio.wait_for(consumer.start(), 15)
-    except (TimeoutError, KafkaError, OSError) as exc:
-        raise ServiceUnavailable(f"Kafka is not reachable at {settings.bootstrap_servers}: {exc}") from exc
+    consumer = new_consumer(settings, auto_offset_reset="earliest")
+    await start(consumer, settings, "backfill scan")
     found: set[str] = set()
     try:
         cluster = await consumer._client.fetch_all_metadata()

@@ -14,15 +14,12 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from typing import Protocol
 
 from schemas.envelope import Envelope, Principal
-from schemas.policy import PolicyDocument
 from workers.keys import authenticate, sign_principal
+from workers.policy import PolicySource
 
-
-class PolicySource(Protocol):
-    def current(self) -> PolicyDocument | None: ...
+__all__ = ["Identity", "KeyCache", "PolicySource", "sign_envelope"]
 
 
 @dataclass(frozen=True)

@@ -8,16 +8,15 @@ publishing, so any number of callers can wait in one process and no reply is mis
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Iterable
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka import ConsumerRecord
 
 from schemas.errors import BadEvent, ServiceUnavailable
 from schemas.response import Response
+from streams.followers.base import TopicFollower
 from streams.runtime.codec import decode_as
 from streams.settings import Settings
 
@@ -29,7 +28,7 @@ log = logging.getLogger(__name__)
 REPLY_FETCH_WAIT_MS = 500
 
 
-class ReplyReader:
+class ReplyReader(TopicFollower):
     """Reads a reply topic from a chosen point and resolves one future per registered request id.
 
     Memory is bounded: replies nobody has claimed yet are kept for the newest ``keep_results`` ids, and at most
@@ -41,48 +40,20 @@ class ReplyReader:
 
     def __init__(self, settings: Settings, topic: str, *, keep_results: int = 10_000,
                  max_pending: int = 100_000, fetch_max_wait_ms: int = REPLY_FETCH_WAIT_MS) -> None:
-        self.settings = settings
-        self.topic = topic
-        self.fetch_max_wait_ms = fetch_max_wait_ms
+        super().__init__(settings, topic, start_at="end", catch_up=False, poll_ms=200,
+                         fetch_max_wait_ms=fetch_max_wait_ms)
         self.keep_results = keep_results
         self.max_pending = max_pending
         self._futures: OrderedDict[str, asyncio.Future[Response]] = OrderedDict()  # in registration order
         self._unclaimed: OrderedDict[str, None] = OrderedDict()  # ids whose reply came and was not yet taken
         self._waiters: dict[str, int] = {}  # ids a caller is in wait() for right now
         self._failure: ServiceUnavailable | None = None
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
         self.seen = 0  # replies read, ours or not
 
-    async def start(self, *, since_ms: int | None = None) -> None:
+    async def start(self, *, since_ms: int | None = None, timeout_s: float = 15.0) -> None:
         """Start reading at the end of the topic, or at the first reply at or after ``since_ms`` (epoch ms)."""
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers, group_id=None,
-                                    enable_auto_commit=False, fetch_max_wait_ms=self.fetch_max_wait_ms,
-                                    auto_offset_reset="latest")
-        try:
-            await asyncio.wait_for(consumer.start(), 15)
-        except (TimeoutError, KafkaError, OSError) as exc:
-            raise ServiceUnavailable(f"Kafka is not reachable at {self.settings.bootstrap_servers}: {exc}") from exc
-        self._consumer = consumer
-        # The consumer has no subscription, so ask for the whole cluster's metadata (aiokafka has no public call
-        # that returns a topic's partitions before the consumer follows it).
-        cluster = await consumer._client.fetch_all_metadata()
-        partitions = cluster.partitions_for_topic(self.topic) or set()
-        if not partitions:
-            await consumer.stop()
-            raise ServiceUnavailable(f"topic {self.topic} has no partitions; run `tollway topics`")
-        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_end(*tps)
-        if since_ms is not None:
-            found = await consumer.offsets_for_times({tp: since_ms for tp in tps})
-            for tp, at in found.items():
-                if at is not None:
-                    consumer.seek(tp, at.offset)
-        for tp in tps:  # resolve positions now, so nothing published after start() is missed
-            await consumer.position(tp)
         self._failure = None
-        self._task = asyncio.create_task(self._pump(), name=f"replies-{self.topic}")
+        await super().start(since_ms=since_ms, timeout_s=timeout_s)
 
     def expect(self, request_ids: Iterable[str]) -> None:
         """Register ids before publishing them: a reply that arrives first is then never dropped."""
@@ -149,33 +120,24 @@ class ReplyReader:
             oldest, _ = self._unclaimed.popitem(last=False)
             self._futures.pop(oldest, None)
 
-    async def _pump(self) -> None:
-        assert self._consumer is not None
-        try:
-            while True:
-                batches = await self._consumer.getmany(timeout_ms=200)
-                for records in batches.values():
-                    for record in records:
-                        self.seen += 1
-                        if record.key is not None:
-                            self._resolve(record.key.decode(), record.value)
-        except Exception as exc:  # aiokafka raises many types; whatever it is, no reply will come any more
-            self._failure = ServiceUnavailable(f"replies on {self.topic} are no longer read: {exc!r}")
-            log.error("%s", self._failure)
-            for future in self._futures.values():
-                if not future.done():
-                    future.set_exception(self._failure)
-                    future.exception()  # retrieved here: a waiter re-raises it, nobody else has to
+    async def apply(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        for record in records:
+            self.seen += 1
+            if record.key is not None:
+                self._resolve(record.key.decode(), record.value)
+
+    async def on_failure(self, exc: Exception) -> bool:
+        # Whatever aiokafka raised, no reply will come any more: every wait fails now, not at its timeout.
+        self._failure = ServiceUnavailable(f"replies on {self.topic} are no longer read: {exc!r}")
+        log.error("%s", self._failure)
+        for future in self._futures.values():
+            if not future.done():
+                future.set_exception(self._failure)
+                future.exception()  # retrieved here: a waiter re-raises it, nobody else has to
+        return False
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._task = None
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
+        await super().stop()
         for future in self._futures.values():
             if not future.done():
                 future.cancel()

@@ -43,13 +43,14 @@ from schemas.envelope import Envelope, Message, Tier
 from schemas.errors import PolicyDenied, ServiceUnavailable
 from schemas.response import Response
 from streams.clients.envelopes import EnvelopeFactory
-from streams.clients.principals import Identity, KeyCache, PolicySource, sign_envelope
+from streams.clients.principals import Identity, KeyCache, sign_envelope
 from streams.clients.replies import ReplyReader
 from streams.followers.policy import PolicyStore, load_policy_file
 from streams.runtime.codec import encode
 from streams.runtime.connections import new_admin, new_producer, start
 from streams.runtime.topics import ensure_topics, topology
 from streams.settings import Settings, get_settings
+from workers.policy import PolicySource, StaticPolicy
 
 T = TypeVar("T")
 
@@ -124,7 +125,7 @@ class TollwayClient:
         if self._policy is None:
             if self.settings.policy_file is not None:
                 doc = load_policy_file(self.settings.policy_file)
-                self._policy = _Fixed(doc)
+                self._policy = StaticPolicy(doc)
             else:
                 self._store = PolicyStore(self.settings)
                 await self._store.start()
@@ -205,14 +206,6 @@ class TollwayClient:
     async def complete(self, prompt: str | list[Message], *, timeout: float = 30.0,  # noqa: ASYNC109
                        **fields: Any) -> Response:
         return await self.result(await self.submit(prompt, **fields), timeout)
-
-
-class _Fixed:
-    def __init__(self, doc: Any) -> None:
-        self.doc = doc
-
-    def current(self) -> Any:
-        return self.doc
 
 
 class SyncTollwayClient:

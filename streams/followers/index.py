@@ -9,19 +9,19 @@ so ``tollway index add`` takes effect in running workers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import ConsumerRecord
 
-from schemas.errors import BadEvent, ServiceUnavailable
+from schemas.errors import BadEvent
 from schemas.index import IndexChunkEvent, record_key
+from streams.followers.base import TopicFollower
 from streams.runtime.codec import decode_as, encode
+from streams.runtime.connections import new_producer, start
 from streams.runtime.topics import topology
 from streams.settings import Settings
 from workers.embedding import Embedder
@@ -84,12 +84,8 @@ def to_indexed(event: IndexChunkEvent) -> IndexedChunk:
 async def publish(settings: Settings, chunks: Iterable[IndexChunkEvent],
                   tombstones: Iterable[tuple[str, str]] = ()) -> int:
     """Publish chunks and ``(tenant, chunk_id)`` deletions; returns how many records were acknowledged."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True,
-                                max_request_size=settings.max_message_bytes * 2)
-    try:
-        await asyncio.wait_for(producer.start(), 15)
-    except Exception as exc:
-        raise ServiceUnavailable(f"Kafka is not reachable at {settings.bootstrap_servers}: {exc}") from exc
+    producer = new_producer(settings, client_id=f"{settings.worker_id}-index")
+    await start(producer, settings, "index publisher")
     topic = topology(settings).index
     try:
         deliveries = [await producer.send(topic, encode(c), key=c.record_key) for c in chunks]
@@ -100,118 +96,71 @@ async def publish(settings: Settings, chunks: Iterable[IndexChunkEvent],
         await producer.stop()
 
 
-async def _index_consumer(settings: Settings) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
-    topic = topology(settings).index
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None,
-                                enable_auto_commit=False, auto_offset_reset="earliest",
-                                max_partition_fetch_bytes=settings.max_message_bytes * 2)
-    await consumer.start()
-    partitions = None
-    for _ in range(100):  # a topic created a moment ago takes a little while to show in the metadata
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions:
-            break
-        await consumer._client.force_metadata_update()  # aiokafka has no public refresh
-        await asyncio.sleep(0.05)
-    if not partitions:
-        await consumer.stop()
-        raise ServiceUnavailable(f"topic {topic} has no partitions; run `tollway topics` first")
-    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-    consumer.assign(tps)
-    await consumer.seek_to_beginning(*tps)
-    return consumer, tps
+class _IndexSnapshot(TopicFollower):
+    """Reads the compacted index topic to its end once (the CLI's view): the current chunks by record key."""
 
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, topology(settings).index, start_at="beginning", catch_up=True)
+        self.current: dict[str, IndexChunkEvent] = {}
 
-async def _behind(consumer: AIOKafkaConsumer, tps: list[TopicPartition], end: dict[TopicPartition, int]) -> bool:
-    for tp in tps:
-        if await consumer.position(tp) < end[tp]:
-            return True
-    return False
+    async def apply(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        for record in records:
+            key = (record.key or b"").decode()
+            if record.value is None:
+                self.current.pop(key, None)
+                continue
+            try:
+                self.current[key] = decode_as(record.value, IndexChunkEvent)
+            except BadEvent as exc:
+                log.warning("skipping a bad index record at offset %d: %s", record.offset, exc)
 
 
 async def read_index(settings: Settings) -> dict[str, IndexChunkEvent]:
     """The current chunks by record key, read from the compacted topic up to its end (used by the CLI)."""
-    consumer, tps = await _index_consumer(settings)
-    current: dict[str, IndexChunkEvent] = {}
+    snapshot = _IndexSnapshot(settings)
+    await snapshot.start()
     try:
-        end = await consumer.end_offsets(tps)
-        while await _behind(consumer, tps, end):
-            for records in (await consumer.getmany(timeout_ms=200)).values():
-                for record in records:
-                    key = (record.key or b"").decode()
-                    if record.value is None:
-                        current.pop(key, None)
-                        continue
-                    try:
-                        current[key] = decode_as(record.value, IndexChunkEvent)
-                    except BadEvent as exc:
-                        log.warning("skipping a bad index record at offset %d: %s", record.offset, exc)
-        return current
+        return snapshot.current
     finally:
-        await consumer.stop()
+        await snapshot.stop()
 
 
-@dataclass
-class IndexMaterialiser:
+class IndexMaterialiser(TopicFollower):
     """Keeps a :class:`MemoryVectorIndex` equal to the topic's content (see the module docstring)."""
 
-    settings: Settings
-    index: MemoryVectorIndex
-    embedder: Embedder
-    applied: int = 0
-    _consumer: AIOKafkaConsumer | None = None
-    _task: asyncio.Task[None] | None = None
+    def __init__(self, settings: Settings, index: MemoryVectorIndex, embedder: Embedder) -> None:
+        super().__init__(settings, topology(settings).index, start_at="beginning", catch_up=True)
+        self.index = index
+        self.embedder = embedder
+        self.applied = 0
 
-    async def start(self, *, timeout_s: float = 60.0) -> None:
-        self._consumer, tps = await _index_consumer(self.settings)
-        end = await self._consumer.end_offsets(tps)
-        deadline = time.monotonic() + timeout_s
-        while await _behind(self._consumer, tps, end):
-            if time.monotonic() > deadline:
-                raise ServiceUnavailable(f"index topic not read to its end within {timeout_s:.0f} s")
-            await self._poll(timeout_ms=200)
+    async def start(self, *, since_ms: int | None = None, timeout_s: float = 60.0) -> None:
+        await super().start(since_ms=since_ms, timeout_s=timeout_s)
         log.info("retrieval index materialised: %d record(s), tenants %s", self.applied, self.index.tenants())
-        self._task = asyncio.create_task(self._tail(), name="index-materialiser")
 
-    async def _tail(self) -> None:
-        while True:
-            try:
-                await self._poll(timeout_ms=500)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # keep serving the index we have; the next poll retries
-                log.exception("index materialiser poll failed")
-                await asyncio.sleep(1)
+    async def on_failure(self, exc: Exception) -> bool:
+        log.error("index materialiser poll failed (serving the index it has; retrying): %r", exc)
+        await asyncio.sleep(1)
+        return True
 
-    async def _poll(self, *, timeout_ms: int) -> None:
-        assert self._consumer is not None
-        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=2000)
+    async def apply(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         upserts: dict[tuple[str, str], IndexChunkEvent] = {}
-        for records in batches.values():
-            for record in records:
-                self.applied += 1
-                tenant, _, chunk_id = (record.key or b"").decode().partition("/")
-                if record.value is None:
-                    upserts.pop((tenant, chunk_id), None)
-                    self.index.remove(tenant, [chunk_id])
-                    continue
-                try:
-                    event = decode_as(record.value, IndexChunkEvent)
-                except BadEvent as exc:
-                    log.warning("skipping a bad index record at offset %d: %s", record.offset, exc)
-                    continue
-                upserts[(event.tenant, event.chunk_id)] = event
+        for record in records:
+            self.applied += 1
+            tenant, _, chunk_id = (record.key or b"").decode().partition("/")
+            if record.value is None:
+                upserts.pop((tenant, chunk_id), None)
+                self.index.remove(tenant, [chunk_id])
+                continue
+            try:
+                event = decode_as(record.value, IndexChunkEvent)
+            except BadEvent as exc:
+                log.warning("skipping a bad index record at offset %d: %s", record.offset, exc)
+                continue
+            upserts[(event.tenant, event.chunk_id)] = event
         by_tenant: dict[str, list[IndexChunkEvent]] = {}
         for event in upserts.values():
             by_tenant.setdefault(event.tenant, []).append(event)
         for tenant, events in by_tenant.items():
             vectors = await self.embedder.embed([e.text for e in events])
             self.index.upsert(tenant, [to_indexed(e) for e in events], vectors)
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()

@@ -17,10 +17,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import ConsumerRecord
 
-from schemas.errors import ConfigError, ServiceUnavailable
+from schemas.errors import ConfigError
 from schemas.policy import PolicyDocument, load_policy_yaml, parse_policy
+from streams.followers.base import TopicFollower
+from streams.runtime.connections import new_producer, start
 from streams.runtime.topics import ensure_topics, topology
 from streams.settings import Settings
 
@@ -52,11 +54,8 @@ def load_policy_file(path: Path) -> PolicyDocument:
 async def publish_policy(settings: Settings, doc: PolicyDocument) -> int:
     """Publish ``doc`` as the current policy; returns its offset on the policy topic."""
     await ensure_topics(settings)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True)
-    try:
-        await asyncio.wait_for(producer.start(), 15)
-    except Exception as exc:
-        raise ServiceUnavailable(f"Kafka is not reachable at {settings.bootstrap_servers}: {exc}") from exc
+    producer = new_producer(settings, client_id=f"{settings.worker_id}-policy-admin")
+    await start(producer, settings, "policy publisher")
     try:
         metadata = await producer.send_and_wait(topology(settings).policy, encode_policy(doc), key=POLICY_KEY)
         return int(metadata.offset)
@@ -64,15 +63,12 @@ async def publish_policy(settings: Settings, doc: PolicyDocument) -> int:
         await producer.stop()
 
 
-class PolicyStore:
+class PolicyStore(TopicFollower):
     """Follows the policy topic; ``current()`` is the document in force (None until one is published)."""
 
     def __init__(self, settings: Settings, *, initial: PolicyDocument | None = None) -> None:
-        self.settings = settings
-        self.topic = topology(settings).policy
+        super().__init__(settings, topology(settings).policy, start_at="beginning", catch_up=True)
         self._doc = initial
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Condition()
         self.reloads = 0
         self.rejected = 0
@@ -84,34 +80,14 @@ class PolicyStore:
     def version(self) -> str | None:
         return self._doc.version if self._doc else None
 
-    async def start(self, *, timeout_s: float = 30.0) -> None:
+    async def start(self, *, since_ms: int | None = None, timeout_s: float = 30.0) -> None:
         await ensure_topics(self.settings)
-        tp = TopicPartition(self.topic, 0)
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers, group_id=None,
-                                          enable_auto_commit=False, auto_offset_reset="earliest",
-                                          fetch_max_wait_ms=100)
-        try:
-            await asyncio.wait_for(self._consumer.start(), timeout_s)
-        except Exception as exc:
-            raise ServiceUnavailable(f"Kafka is not reachable at {self.settings.bootstrap_servers}: {exc}") from exc
-        self._consumer.assign([tp])
-        await self._consumer.seek_to_beginning(tp)
-        end = (await self._consumer.end_offsets([tp]))[tp]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while await self._consumer.position(tp) < end:
-            if loop.time() > deadline:
-                raise ServiceUnavailable(f"could not read the policy topic {self.topic} to its end in {timeout_s} s")
-            await self._poll(timeout_ms=200)
-        self._task = asyncio.create_task(self._follow(), name="policy-store")
+        await super().start(since_ms=since_ms, timeout_s=timeout_s)
         log.info("policy store following %s; policy in force: %s", self.topic, self.version or "none")
 
-    async def _poll(self, timeout_ms: int) -> None:
-        assert self._consumer is not None
-        batches = await self._consumer.getmany(timeout_ms=timeout_ms)
-        for records in batches.values():
-            for record in records:
-                self._apply(record.value, record.offset)
+    async def apply(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        for record in records:
+            self._apply(record.value, record.offset)
 
     def _apply(self, raw: bytes | None, offset: int) -> None:
         if raw is None:
@@ -136,16 +112,6 @@ class PolicyStore:
         async with self._changed:
             self._changed.notify_all()
 
-    async def _follow(self) -> None:
-        while True:
-            try:
-                await self._poll(timeout_ms=500)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a broker hiccup must not stop reloads for the life of the worker
-                log.exception("policy store poll failed; retrying")
-                await asyncio.sleep(1.0)
-
     async def wait_for_version(self, version: str, timeout_s: float = 10.0) -> PolicyDocument:
         """Wait until the document in force has ``version`` (tests and `tollway policy apply --wait`)."""
         async def reached() -> PolicyDocument:
@@ -155,14 +121,6 @@ class PolicyStore:
             return self._doc
 
         return await asyncio.wait_for(reached(), timeout_s)
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()
 
 
 @contextlib.asynccontextmanager

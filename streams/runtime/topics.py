@@ -16,7 +16,7 @@ import asyncio
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError
 
 from schemas.envelope import STAGES, Tier
 from schemas.errors import ServiceUnavailable
@@ -102,11 +102,10 @@ def topology(settings: Settings) -> Topology:
 
 async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[str]:
     """Create every tollway topic that does not exist yet; returns the names created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=10_000)
-    try:
-        await asyncio.wait_for(admin.start(), timeout_s)
-    except (TimeoutError, KafkaConnectionError, OSError) as exc:
-        raise ServiceUnavailable(f"Kafka is not reachable at {settings.bootstrap_servers}: {exc}") from exc
+    from streams.runtime.connections import new_admin, start
+
+    admin = new_admin(settings)
+    await start(admin, settings, "topic admin")
     try:
         wanted = topology(settings).all_topics(settings)
         existing = set(await admin.list_topics())

@@ -95,14 +95,14 @@ async def test_reply_reader_bounds_the_ids_waiting_for_a_reply() -> None:
 
 async def test_waits_fail_at_once_when_the_reader_stops() -> None:
     class BrokenConsumer:
-        async def getmany(self, timeout_ms: int) -> dict[object, object]:
+        async def getmany(self, timeout_ms: int, max_records: int | None = None) -> dict[object, object]:
             raise KafkaConnectionError("broker gone")
 
     reader = ReplyReader(Settings(), "t.responses")
     reader.expect(["a"])
     reader._consumer = BrokenConsumer()  # type: ignore[assignment]
     waiting = asyncio.create_task(reader.wait("a", 60))
-    await reader._pump()
+    await reader._tail()  # the follower's loop: the failure ends it and fails every wait
     with pytest.raises(ServiceUnavailable, match="no longer read"):
         await asyncio.wait_for(waiting, 1)
     with pytest.raises(ServiceUnavailable):

@@ -32,14 +32,17 @@ def _setup_logging(level: str) -> None:
 
 
 @app.command()
-def worker(stages: Annotated[list[str], typer.Argument(help="stage names, or 'all'")]) -> None:
-    """Run one or more stages in this process (each stage is its own consumer group)."""
+def worker(stages: Annotated[list[str], typer.Argument(
+        help="stage names, 'all', or stages joined with '+' to run them co-located as one consumer group "
+             "(e.g. retrieval+policy+cache; 'all+' is the whole route as one group)")]) -> None:
+    """Run one or more stages in this process (each stage is its own consumer group; a+b+c is one co-located group
+    handing requests between its stages in memory: fewer durable hops, less isolation — see ARCHITECTURE.md)."""
     from streams.runtime.worker_process import run_workers
-    from streams.stages.registry import resolve as resolve_stages
+    from streams.stages.registry import resolve_units
 
     settings = get_settings()
     _setup_logging(settings.log_level)
-    run_async(run_workers(settings, resolve_stages(stages)))
+    run_async(run_workers(settings, resolve_units(stages)))
 
 
 @app.command()

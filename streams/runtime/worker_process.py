@@ -11,15 +11,16 @@ from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
+from streams.runtime.chain import ChainPublisher, ChainRunner
 from streams.runtime.connections import new_producer, redis_client, start
 from streams.runtime.metrics import serve_metrics
 from streams.runtime.publisher import KafkaPublisher
-from streams.runtime.replays import RedisReplayMemory
-from streams.runtime.runner import StageRunner
+from streams.runtime.replays import RedisReplayMemory, ReplayMemory
+from streams.runtime.runner import BatchPublisher, StageRunner
 from streams.runtime.stage import Stage
 from streams.runtime.topics import ensure_topics, topology
 from streams.settings import Settings
-from workers.context import StageContext, SystemClock
+from workers.context import Clock, StageContext, SystemClock
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,14 @@ def tune_gc() -> None:
     gc.set_threshold(20_000, 20, 50)
 
 
-async def run_workers(settings: Settings, stages: Sequence[Stage[Any]], *, ready: asyncio.Event | None = None,
+Unit = Stage[Any] | Sequence[Stage[Any]]
+
+
+async def run_workers(settings: Settings, stages: Sequence[Unit], *, ready: asyncio.Event | None = None,
                       stop: asyncio.Event | None = None) -> None:
     """Run the given stages (see ``streams.stages.registry``) in this process until ``stop`` is set (or SIGINT/
-    SIGTERM). Their runners share one producer; each opens its own context and consumer group."""
+    SIGTERM). Their runners share one producer; each opens its own context. A stage runs in its own consumer group;
+    a sequence of stages runs co-located as one group (``streams/runtime/chain.py``)."""
     await ensure_topics(settings)
     metrics_port = serve_metrics(settings.metrics_port, settings.metrics_host)
     if metrics_port is not None:
@@ -62,18 +67,23 @@ async def run_workers(settings: Settings, stages: Sequence[Stage[Any]], *, ready
         stack.push_async_callback(replay_client.aclose)
         # Remembered a little longer than the work topics keep records, so any redelivery is recognised.
         replays = RedisReplayMemory(replay_client, namespace=settings.topic_prefix, ttl_s=8 * 86_400)
-        runners: list[StageRunner[Any]] = []
-        for stage in stages:
-            publisher = KafkaPublisher(producer)
-            base = StageContext(stage=stage.name, worker_id=settings.worker_id, clock=clock, publisher=publisher,
-                                topic_prefix=settings.topic_prefix)
-            ctx = await stack.enter_async_context(stage.open_context(settings, base))
-            runner = StageRunner(stage=stage, ctx=ctx, settings=settings, topology=topo, publisher=publisher,
-                                 clock=clock, replays=replays)
+        runners: list[StageRunner[Any] | ChainRunner] = []
+        for unit in stages:
+            if isinstance(unit, Stage):
+                publisher = KafkaPublisher(producer)
+                runner: StageRunner[Any] | ChainRunner = await _open_runner(stack, settings, unit, publisher,
+                                                                            replays, clock)
+            else:
+                kafka = KafkaPublisher(producer)
+                shared = ChainPublisher(kafka, frozenset(t for s in unit for t in topo.stage_lanes(s.name))
+                                        | (frozenset(topo.stage_lanes("ingress")) if any(s.entry for s in unit)
+                                           else frozenset()))
+                members = [await _open_runner(stack, settings, s, shared, replays, clock) for s in unit]
+                runner = ChainRunner(members, shared, kafka, settings, topo)
             await runner.start()
             stack.push_async_callback(runner.close)
             runners.append(runner)
-        log.info("worker %s running stages %s", settings.worker_id, ", ".join(s.name for s in stages))
+        log.info("worker %s running %s", settings.worker_id, ", ".join(r.stage for r in runners))
         tune_gc()
         if ready is not None:
             ready.set()
@@ -87,3 +97,12 @@ async def run_workers(settings: Settings, stages: Sequence[Stage[Any]], *, ready
                 raise task.exception()  # type: ignore[misc]
         await asyncio.wait(tasks, timeout=10)
         stopper.cancel()
+
+
+async def _open_runner(stack: AsyncExitStack, settings: Settings, stage: Stage[Any], publisher: BatchPublisher,
+                       replays: ReplayMemory, clock: Clock) -> StageRunner[Any]:
+    base = StageContext(stage=stage.name, worker_id=settings.worker_id, clock=clock, publisher=publisher,
+                        topic_prefix=settings.topic_prefix)
+    ctx = await stack.enter_async_context(stage.open_context(settings, base))
+    return StageRunner(stage=stage, ctx=ctx, settings=settings, topology=topology(settings), publisher=publisher,
+                       clock=clock, replays=replays)

@@ -48,9 +48,29 @@ def stage(name: str) -> Stage[Any]:
 
 def resolve(names: list[str] | tuple[str, ...]) -> list[Stage[Any]]:
     """``tollway worker`` arguments → stages: ``all`` (or nothing) is every stage; names keep their order, once."""
+    units = resolve_units(names)
+    return [stage for unit in units for stage in (unit if isinstance(unit, list) else [unit])]
+
+
+def resolve_units(names: list[str] | tuple[str, ...]) -> list[Stage[Any] | list[Stage[Any]]]:
+    """Like :func:`resolve`, and ``a+b+c`` runs those stages co-located as one consumer group (a chain, in route
+    order): e.g. ``retrieval+policy+cache model postprocess audit``, or ``all+`` for the whole route as one chain."""
     if list(names) in (["all"], []):
         return list(STAGES)
-    unknown = [n for n in names if n not in BY_NAME]
-    if unknown:
-        raise ConfigError(f"unknown stage(s) {unknown}; choose from {', '.join(BY_NAME)} or 'all'")
-    return [BY_NAME[n] for n in dict.fromkeys(names)]
+    if list(names) == ["all+"]:
+        return [list(STAGES)]
+    units: list[Stage[Any] | list[Stage[Any]]] = []
+    seen: set[str] = set()
+    for name in names:
+        members = [part.strip() for part in name.split("+") if part.strip()]
+        unknown = [m for m in members if m not in BY_NAME]
+        if unknown or not members:
+            raise ConfigError(f"unknown stage(s) {unknown or [name]}; choose from {', '.join(BY_NAME)}, 'all', "
+                              f"'all+' or stages joined with '+' (run co-located)")
+        repeated = [m for m in members if m in seen]
+        if repeated:
+            raise ConfigError(f"stage(s) {repeated} named twice: a stage runs in one group of a process")
+        seen.update(members)
+        ordered = [stage for stage in STAGES if stage.name in members]  # a chain works in route order
+        units.append(ordered if len(ordered) > 1 else ordered[0])
+    return units

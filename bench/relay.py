@@ -30,7 +30,7 @@ from streams.runtime.connections import new_consumer, new_producer
 from streams.runtime.publisher import KafkaPublisher
 from streams.runtime.runner import OffsetCommitter, consumer_options
 from streams.runtime.worker_process import tune_gc
-from streams.settings import Settings
+from streams.settings import Settings, load_settings
 
 HOPS = 6
 
@@ -69,6 +69,26 @@ def relay_record(value: bytes | None, stage: str, worker_id: str, timestamp_ms: 
     return orjson.dumps(env)
 
 
+async def floor_hop(settings: Settings, hop: int, producer: AIOKafkaProducer, stop: asyncio.Event) -> None:
+    """The minimal chain's hop: one record at a time, ``send_and_wait`` per record (linger 0), commit after each
+    — the simplest correct aiokafka consumer→producer loop, the floor a hop costs on this broker."""
+    topics = relay_topics(settings.topic_prefix)
+    source, sink, stage = topics[hop - 1], topics[hop], f"f{hop}"
+    consumer = new_consumer(settings, source, group_id=f"{settings.topic_prefix}.floor.{stage}",
+                            client_id=f"{settings.worker_id}-floor-{stage}", **consumer_options(settings))
+    await consumer.start()
+    try:
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=100, max_records=settings.batch_max_records)
+            for tp, records in batches.items():
+                for record in records:
+                    value = relay_record(record.value, stage, settings.worker_id, record.timestamp, time.time_ns())
+                    await producer.send_and_wait(sink, value, key=record.key)
+                await consumer.commit({tp: records[-1].offset + 1})
+    finally:
+        await consumer.stop()
+
+
 async def relay_hop(settings: Settings, hop: int, producer: AIOKafkaProducer, stop: asyncio.Event,
                     started: asyncio.Event | None = None) -> None:
     topics = relay_topics(settings.topic_prefix)
@@ -97,18 +117,21 @@ async def relay_hop(settings: Settings, hop: int, producer: AIOKafkaProducer, st
         await consumer.stop()
 
 
-async def run_relay(settings: Settings, hops: list[int], *, stop: asyncio.Event | None = None) -> None:
+async def run_relay(settings: Settings, hops: list[int], *, stop: asyncio.Event | None = None,
+                    floor: bool = False) -> None:
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
     await ensure_relay_topics(settings)
-    producer = new_producer(settings)  # one producer per process, shared by its hops, as run_workers does
+    # One producer per process, shared by its hops, as run_workers does (the floor's sends one record at a time).
+    producer = new_producer(settings, linger_ms=0) if floor else new_producer(settings)
     await producer.start()
     tune_gc()  # the same runtime tuning as a tollway worker
     try:
-        tasks = [asyncio.create_task(relay_hop(settings, hop, producer, stop), name=f"relay-r{hop}")
+        tasks = [asyncio.create_task(floor_hop(settings, hop, producer, stop) if floor
+                                     else relay_hop(settings, hop, producer, stop), name=f"relay-r{hop}")
                  for hop in hops]
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
@@ -134,9 +157,10 @@ def parse_hops(text: str) -> list[int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hops", default=f"1-{HOPS}", help="which hops this process runs, e.g. 1-6 or 3")
+    parser.add_argument("--floor", action="store_true", help="the minimal chain: await each record's send")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    asyncio.run(run_relay(Settings(), parse_hops(args.hops)))
+    asyncio.run(run_relay(load_settings(), parse_hops(args.hops), floor=args.floor))
 
 
 if __name__ == "__main__":

@@ -231,7 +231,7 @@ async def run_all(opts: Options, log: Any = print) -> dict[str, Any]:
     for processes in opts.layouts:
         for kind in opts.systems:
             env = {f"TOLLWAY_{k.upper()}": str(v) for k, v in opts.settings_overrides.items()}
-            if kind == "tollway":
+            if kind in ("tollway", "colocated"):
                 env.update(MODEL_ZERO_LATENCY_ENV)
             system = System(kind, processes, _settings(kind, opts), extra_env=env, profile=opts.profile)
             log(f"· {system.name}: {opts.requests} requests" +
@@ -271,8 +271,10 @@ def _where(layout: str) -> str:
     return {0: "in the harness", 1: "1 process"}.get(processes, f"{processes} processes")
 
 
-SCENARIO_OF = {"relay": "1_physical_limit", "tollway": "2_3_tollway", "shell": "2_3_shell"}
-LABELS = {"tollway": "tollway", "shell": "tollway shell (pass-through stages)"}
+SCENARIO_OF = {"relay": "1_physical_limit", "tollway": "2_3_tollway", "shell": "2_3_shell", "floor": "0_floor",
+               "colocated": "2_3_tollway_colocated"}
+LABELS = {"tollway": "tollway", "shell": "tollway shell (pass-through stages)", "floor": "minimal aiokafka chain",
+          "colocated": "tollway co-located (worker all+)"}
 
 
 def rows(results: dict[str, Any]) -> list[Row]:
@@ -285,7 +287,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
             continue
         r = relay["throughput"]
         out.append(Row(f"relay throughput ({where})", r["req_per_s"], "req/s", target="the ceiling"))
-        for kind in ("tollway", "shell"):
+        for kind in ("floor", "tollway", "colocated", "shell"):
             data = scenarios.get(SCENARIO_OF[kind], {}).get(layout)
             if data is None:
                 continue

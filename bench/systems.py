@@ -51,7 +51,7 @@ class SystemDied(RuntimeError):
 
 @dataclass
 class System:
-    kind: str  # "relay" | "tollway" | "shell"
+    kind: str  # "relay" | "floor" (minimal chain) | "tollway" | "colocated" (worker all+) | "shell"
     processes: int  # 1, one per stage (6), or 0: tasks in the harness's loop
     settings: Settings
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -67,36 +67,38 @@ class System:
 
     @property
     def ingress(self) -> str:
-        if self.kind == "relay":
+        if self.kind in ("relay", "floor"):
             return relay_topics(self.settings.topic_prefix)[0]
         return topology(self.settings).ingress()
 
     @property
     def output(self) -> str:
         """Where a request has passed all six hops: the relay's last topic, or the audit log."""
-        if self.kind == "relay":
+        if self.kind in ("relay", "floor"):
             return relay_topics(self.settings.topic_prefix)[-1]
         return topology(self.settings).audit_log
 
     @property
     def responses(self) -> str | None:
-        return None if self.kind == "relay" else topology(self.settings).responses
+        return None if self.kind in ("relay", "floor") else topology(self.settings).responses
 
     @property
     def deadletter(self) -> str | None:
-        return None if self.kind == "relay" else topology(self.settings).deadletter
+        return None if self.kind in ("relay", "floor") else topology(self.settings).deadletter
 
     def _commands(self) -> list[list[str]]:
-        relay = [sys.executable, "-m", "bench.relay", "--hops"]
-        if self.kind == "relay":
+        if self.kind in ("relay", "floor"):
+            relay = [sys.executable, "-m", "bench.relay", *(["--floor"] if self.kind == "floor" else []), "--hops"]
             return [[*relay, f"1-{HOPS}"]] if self.processes == 1 else [[*relay, str(h)] for h in range(1, HOPS + 1)]
+        if self.kind == "colocated":  # the whole route as one consumer group: one process however many layouts
+            return [[sys.executable, "-m", "streams.cli", "worker", "all+"]]
         worker = [sys.executable, "-m", "streams.cli", "worker"] if self.kind == "tollway" else \
             [sys.executable, "-m", "bench.passthrough"]
         return [[*worker, "all"]] if self.processes == 1 else [[*worker, stage] for stage in STAGES]
 
     async def start(self) -> None:
         # Topics first, from here: six processes racing to create them only adds noise to the start.
-        if self.kind == "relay":
+        if self.kind in ("relay", "floor"):
             await ensure_relay_topics(self.settings)
         else:
             await ensure_topics(self.settings)

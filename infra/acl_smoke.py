@@ -1,6 +1,6 @@
 """Smoke test of the broker's authentication and ACLs (TOLLWAY_KAFKA_AUTH=scram), against a running broker.
 
-    TOLLWAY_BOOTSTRAP_SERVERS=127.0.0.1:9092 python infra/acl_smoke.py [--matrix] [--bench-plain HOST:PORT]
+    TOLLWAY_BOOTSTRAP_SERVERS=127.0.0.1:9092 python infra/acl_smoke.py [--rotate] [--matrix] [--bench-plain HOST:PORT]
 
 Creates the topics of a fresh prefix ``s<hex>`` as admin, grants its ACLs (infra/kafka_acls.py) and checks:
 
@@ -9,6 +9,8 @@ Creates the topics of a fresh prefix ``s<hex>`` as admin, grants its ACLs (infra
 * ``stage-cache`` reads ``<p>.cache`` in its group and writes ``<p>.model``, and is refused on ``<p>.audit.log``,
   ``<p>.policy`` (an earlier stage) and reading ``<p>.model``;
 * a wrong password is refused at connect, and so is a PLAINTEXT connection without SASL;
+* ``--rotate``: ``infra/services.sh rotate-credentials producer`` keeps connected clients up, refuses the old
+  password on new connections and takes the new one (same environment as the broker's ``services.sh up``);
 * ``--matrix``: every principal's WRITE on every topic of the prefix matches the ACL table;
 * ``--bench-plain``: produce→consume round trips (100 messages) over SASL here and over PLAINTEXT on that broker
   (start one with TOLLWAY_KAFKA_AUTH=none on other ports), p50/p99, plus connect times.
@@ -110,6 +112,17 @@ async def producer_checks(p: str) -> None:
         check(await send(producer, f"{p}.ingress.batch") == "ok", "producer still writes after the refusals")
     finally:
         await producer.stop()
+    admin = AIOKafkaAdminClient(**kw("producer"), request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        for topic, expected in ((f"{p}.replies.smoke", 0), (f"{p}.sneaky", TopicAuthorizationFailedError.errno)):
+            response = await admin.create_topics([NewTopic(topic, 1, 1)])
+            code = response.topic_errors[0][1]
+            check(code == expected, f"producer creating {topic.replace(p, '<p>')}: error {code}, expected {expected}")
+        visible = {t for t in await admin.list_topics() if t.startswith(f"{p}.")}
+        check(set(topics_of(p)) <= visible, "producer sees every topic of the prefix (so ensure_topics creates none)")
+    finally:
+        await admin.close()
 
 
 async def stage_cache_checks(p: str, admin_producer: AIOKafkaProducer) -> None:
@@ -163,6 +176,32 @@ async def connect_checks() -> None:
     got = await outcome(plain.start())
     await plain.stop()
     check(got != "ok", f"PLAINTEXT connection without SASL refused ({got}, {time.perf_counter() - started:.1f} s)")
+
+
+async def rotation_checks(p: str) -> None:
+    """`infra/services.sh rotate-credentials producer` while a producer is connected."""
+    import subprocess
+
+    before = kw("producer")
+    connected = await producer_for("producer")
+    try:
+        started = time.perf_counter()
+        done = await asyncio.to_thread(subprocess.run, [str(Path(__file__).resolve().parent / "services.sh"),
+                                                       "rotate-credentials", "producer"], capture_output=True, text=True)
+        took = time.perf_counter() - started
+        check(done.returncode == 0, f"rotate-credentials producer ({took:.1f} s){': ' + done.stderr if done.returncode else ''}")
+        after = kw("producer")
+        check(after["sasl_plain_password"] != before["sasl_plain_password"], "kafka.json has a new password")
+        check(await send(connected, f"{p}.ingress") == "ok", "a connection made before the rotation still writes")
+        stale = AIOKafkaProducer(**before, request_timeout_ms=5_000)
+        got = await outcome(stale.start())
+        await stale.stop()
+        check(got != "ok", f"the old password is refused on a new connection ({got})")
+        fresh = await producer_for("producer")
+        check(await send(fresh, f"{p}.ingress") == "ok", "the new password connects and writes")
+        await fresh.stop()
+    finally:
+        await connected.stop()
 
 
 async def matrix_checks(p: str) -> None:
@@ -245,6 +284,7 @@ async def bench(p: str, plain_bootstrap: str, n: int = 100, rounds: int = 3) -> 
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--matrix", action="store_true")
+    parser.add_argument("--rotate", action="store_true", help="rotate producer's password (infra/services.sh, same env)")
     parser.add_argument("--bench-plain", metavar="HOST:PORT")
     parser.add_argument("--keep", action="store_true", help="keep the prefix's topics and ACLs")
     args = parser.parse_args()
@@ -256,6 +296,8 @@ async def main() -> int:
         await producer_checks(p)
         await stage_cache_checks(p, admin_producer)
         await connect_checks()
+        if args.rotate:
+            await rotation_checks(p)
         if args.matrix:
             await matrix_checks(p)
         if args.bench_plain:

@@ -27,7 +27,7 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +35,16 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     GroupAuthorizationFailedError,
-    KafkaConnectionError,
     KafkaError,
     TopicAuthorizationFailedError,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import kafka_acls  # noqa: E402
+import kafka_acls
 
 BOOTSTRAP = os.environ.get("TOLLWAY_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 REFUSED = (TopicAuthorizationFailedError,)
+SERVICES = str(Path(__file__).resolve().parent / "services.sh")
 
 results: list[tuple[bool, str]] = []
 
@@ -186,10 +186,11 @@ async def rotation_checks(p: str) -> None:
     connected = await producer_for("producer")
     try:
         started = time.perf_counter()
-        done = await asyncio.to_thread(subprocess.run, [str(Path(__file__).resolve().parent / "services.sh"),
-                                                       "rotate-credentials", "producer"], capture_output=True, text=True)
+        done = await asyncio.to_thread(subprocess.run, [SERVICES, "rotate-credentials", "producer"],
+                                       capture_output=True, text=True)
         took = time.perf_counter() - started
-        check(done.returncode == 0, f"rotate-credentials producer ({took:.1f} s){': ' + done.stderr if done.returncode else ''}")
+        failure = f": {done.stderr}" if done.returncode else ""
+        check(done.returncode == 0, f"rotate-credentials producer ({took:.1f} s){failure}")
         after = kw("producer")
         check(after["sasl_plain_password"] != before["sasl_plain_password"], "kafka.json has a new password")
         check(await send(connected, f"{p}.ingress") == "ok", "a connection made before the rotation still writes")
@@ -230,7 +231,8 @@ async def matrix_checks(p: str) -> None:
                            f"({time.perf_counter() - started:.1f} s)")
 
 
-async def round_trips(bootstrap: str, topic: str, n: int, extra: dict[str, Any], admin_kw: dict[str, Any]) -> dict:
+async def round_trips(bootstrap: str, topic: str, n: int, extra: dict[str, Any],
+                      admin_kw: dict[str, Any]) -> dict[str, Any]:
     admin = AIOKafkaAdminClient(**admin_kw, request_timeout_ms=15_000)
     await admin.start()
     try:
@@ -284,7 +286,7 @@ async def bench(p: str, plain_bootstrap: str, n: int = 100, rounds: int = 3) -> 
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--matrix", action="store_true")
-    parser.add_argument("--rotate", action="store_true", help="rotate producer's password (infra/services.sh, same env)")
+    parser.add_argument("--rotate", action="store_true", help="rotate producer's password (services.sh, same env)")
     parser.add_argument("--bench-plain", metavar="HOST:PORT")
     parser.add_argument("--keep", action="store_true", help="keep the prefix's topics and ACLs")
     args = parser.parse_args()

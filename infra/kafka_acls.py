@@ -128,7 +128,7 @@ def _requests() -> Any:
     try:  # aiokafka >= 0.13: a Request builds the struct of the version negotiated with the broker
         from aiokafka.protocol.api import Request
     except ImportError:  # pragma: no cover - older aiokafka sends structs as they are
-        Request = None  # noqa: N806
+        Request = None
     return proto, Request
 
 
@@ -157,7 +157,7 @@ def _describe_request(resource: int = 1, name: str | None = None, pattern: int =
 
 
 async def _send(admin: Any, request: Any) -> Any:
-    return await admin._send_request(request)  # noqa: SLF001 - aiokafka has no public create_acls
+    return await admin._send_request(request)
 
 
 def _errors(response: Any, field: str) -> list[tuple[int, str]]:
@@ -223,7 +223,8 @@ def credentials_file() -> Path:
 def load_credentials(path: Path | None = None) -> dict[str, str]:
     path = path or credentials_file()
     try:
-        return json.loads(path.read_text())
+        loaded: dict[str, str] = json.loads(path.read_text())
+        return loaded
     except FileNotFoundError:
         raise SystemExit(f"no Kafka credentials at {path}: `infra/services.sh up` writes them "
                          "(or set TOLLWAY_KAFKA_AUTH=none for a PLAINTEXT broker)") from None

@@ -39,6 +39,7 @@ import orjson
 
 from schemas.envelope import Status
 from streams.clients.sdk import TollwayClient
+from streams.runtime.connections import kafka_security
 from streams.settings import REPO_ROOT, Settings
 
 PATHS = ("direct", "http")
@@ -301,7 +302,7 @@ async def measure(args: argparse.Namespace, settings: Settings, url: str,
 async def delete_prefix_topics(settings: Settings) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **kafka_security(settings, "admin"))
     try:
         await asyncio.wait_for(admin.start(), 10)
         doomed = [t for t in await admin.list_topics() if t.startswith(f"{settings.topic_prefix}.")]

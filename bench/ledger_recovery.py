@@ -38,6 +38,7 @@ from schemas.envelope import Status, Usage
 from schemas.response import Response
 from streams.ledger.app import CHECKPOINT_TABLES, CHECKPOINT_TOPIC_CONFIGS, app_id
 from streams.runtime.codec import encode
+from streams.runtime.connections import kafka_security
 from streams.runtime.topics import ensure_topics, topology
 from streams.settings import REPO_ROOT, Settings
 from workers.ledger import LiveTable, apply_response, checkpoint_writes
@@ -55,7 +56,7 @@ def synthetic(i: int) -> Response:
 async def write_topics(settings: Settings, responses: int, *, checkpoint_every: int | None) -> dict[str, int]:
     """Produce the responses and the checkpoint changelogs; returns the records written per topic kind."""
     name = app_id(settings)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **kafka_security(settings, "admin"))
     await admin.start()
     try:
         await admin.create_topics([NewTopic(f"{name}-{table}-changelog", settings.partitions, 1,
@@ -63,7 +64,8 @@ async def write_topics(settings: Settings, responses: int, *, checkpoint_every: 
                                    for table in CHECKPOINT_TABLES])
     finally:
         await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=50, acks="all",
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, **kafka_security(settings, "admin"),
+                                linger_ms=50, acks="all",
                                 max_batch_size=1024 * 1024, compression_type=None)
     await producer.start()
     seen: dict[str, Any] = {}

@@ -22,7 +22,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from schemas.envelope import Tier
 from streams.clients.envelopes import new_envelope
 from streams.runtime.codec import encode
-from streams.settings import Settings
+from streams.runtime.connections import kafka_security
+from streams.settings import Settings, load_settings
 
 # Benign, distinct prompts: every request passes the policy and misses the cache, so each one does the full work.
 _VERBS = ("reset", "rotate", "export", "archive", "rename", "share", "restore", "audit", "migrate", "verify",
@@ -121,7 +122,8 @@ class Collector:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, timeout_s: float = 30.0) -> None:
-        self._consumer = AIOKafkaConsumer(*self.topics, bootstrap_servers=self.bootstrap, group_id=None,
+        self._consumer = AIOKafkaConsumer(*self.topics, bootstrap_servers=self.bootstrap,
+                                          **kafka_security(load_settings(), "admin"), group_id=None,
                                           enable_auto_commit=False, auto_offset_reset="latest",
                                           fetch_max_wait_ms=5, max_poll_records=5000)
         await self._consumer.start()
@@ -195,7 +197,9 @@ class Loader:
     """An idempotent producer that writes requests to an ingress topic, as fast as it can or at a fixed rate."""
 
     def __init__(self, bootstrap: str, *, linger_ms: int = 0) -> None:
-        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, linger_ms=linger_ms,
+        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap,
+                                         **kafka_security(load_settings(), "admin"), enable_idempotence=True,
+                                         linger_ms=linger_ms,
                                          max_batch_size=512 * 1024, max_request_size=4 * 1024 * 1024)
 
     async def start(self) -> None:

@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from streams.runtime.connections import new_consumer, new_producer
+from streams.runtime.connections import kafka_security, new_consumer, new_producer
 from streams.runtime.publisher import KafkaPublisher
 from streams.runtime.runner import OffsetCommitter, consumer_options
 from streams.runtime.worker_process import tune_gc
@@ -41,7 +41,8 @@ def relay_topics(prefix: str, hops: int = HOPS) -> list[str]:
 
 async def ensure_relay_topics(settings: Settings, hops: int = HOPS) -> None:
     """The relay's topics, configured like tollway's stage topics."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=10_000)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **kafka_security(settings, "admin"),
+                                request_timeout_ms=10_000)
     await admin.start()
     try:
         config = {"cleanup.policy": "delete", "retention.ms": str(24 * 3600 * 1000),
@@ -74,7 +75,7 @@ async def floor_hop(settings: Settings, hop: int, producer: AIOKafkaProducer, st
     — the simplest correct aiokafka consumer→producer loop, the floor a hop costs on this broker."""
     topics = relay_topics(settings.topic_prefix)
     source, sink, stage = topics[hop - 1], topics[hop], f"f{hop}"
-    consumer = new_consumer(settings, source, group_id=f"{settings.topic_prefix}.floor.{stage}",
+    consumer = new_consumer(settings, source, role="admin", group_id=f"{settings.topic_prefix}.floor.{stage}",
                             client_id=f"{settings.worker_id}-floor-{stage}", **consumer_options(settings))
     await consumer.start()
     try:
@@ -93,7 +94,7 @@ async def relay_hop(settings: Settings, hop: int, producer: AIOKafkaProducer, st
                     started: asyncio.Event | None = None) -> None:
     topics = relay_topics(settings.topic_prefix)
     source, sink, stage = topics[hop - 1], topics[hop], f"r{hop}"
-    consumer = new_consumer(settings, source, group_id=f"{settings.topic_prefix}.relay.{stage}",
+    consumer = new_consumer(settings, source, role="admin", group_id=f"{settings.topic_prefix}.relay.{stage}",
                             client_id=f"{settings.worker_id}-relay-{stage}", **consumer_options(settings))
     publisher = KafkaPublisher(producer)
     committer = OffsetCommitter(consumer, stage)
@@ -126,7 +127,7 @@ async def run_relay(settings: Settings, hops: list[int], *, stop: asyncio.Event 
             loop.add_signal_handler(sig, stop.set)
     await ensure_relay_topics(settings)
     # One producer per process, shared by its hops, as run_workers does (the floor's sends one record at a time).
-    producer = new_producer(settings, linger_ms=0) if floor else new_producer(settings)
+    producer = new_producer(settings, role="admin", linger_ms=0) if floor else new_producer(settings, role="admin")
     await producer.start()
     tune_gc()  # the same runtime tuning as a tollway worker
     try:

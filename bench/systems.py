@@ -26,6 +26,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.relay import HOPS, ensure_relay_topics, relay_topics
 from schemas.envelope import STAGES
+from streams.runtime.connections import kafka_security
 from streams.runtime.topics import ensure_topics, topology
 from streams.settings import REPO_ROOT, Settings
 
@@ -172,7 +173,9 @@ class System:
     async def delete_topics(self) -> None:
         """Bench topics are throwaway; leave the shared broker as we found it."""
         prefix = self.settings.topic_prefix
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.bootstrap_servers, request_timeout_ms=10_000)
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.bootstrap_servers,
+                                    **kafka_security(self.settings, "admin"),
+                                    request_timeout_ms=10_000)
         await admin.start()
         try:
             names = [t for t in await admin.list_topics() if t.startswith(f"{prefix}.")]

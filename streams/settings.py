@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     # (TOLLWAY_KAFKA_PRINCIPAL names which) unless these are given.
     kafka_username: str | None = None
     kafka_password: SecretStr | None = None
+    kafka_credentials_file: Path | None = None  # default: <state_dir>/credentials/kafka.json
     kafka_security_protocol: Literal["SASL_PLAINTEXT", "SASL_SSL"] = "SASL_PLAINTEXT"
     kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
     # Every topic and consumer group name starts with this, so tests and several deployments can share a broker.
@@ -133,6 +134,10 @@ class Settings(BaseSettings):
             if not data.get("redis_url") and data.get("redis_port"):
                 data["redis_url"] = f"redis://127.0.0.1:{data['redis_port']}/0"
         return data
+
+    @property
+    def kafka_credentials_path(self) -> Path:
+        return self.kafka_credentials_file or self.state_dir / "credentials" / "kafka.json"
 
     def budget_ms_for(self, tier: str) -> int:
         """The latency budget of an SLO tier (``interactive``, ``standard`` or ``batch``): the one tier→budget map."""

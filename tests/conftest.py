@@ -12,6 +12,7 @@ from hypothesis import settings as hypothesis_settings
 
 from schemas.envelope import Envelope, Tier
 from streams.clients.envelopes import new_envelope
+from streams.runtime.connections import kafka_security
 from streams.settings import Settings
 
 # The machines are shared and noisy: hypothesis judges properties, never speed.
@@ -44,7 +45,7 @@ async def settings(tmp_path: Path) -> AsyncIterator[Settings]:
 async def delete_topics_with_prefix(settings: Settings) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **kafka_security(settings, "admin"))
     try:
         await asyncio.wait_for(admin.start(), 10)
         doomed = [t for t in await admin.list_topics() if t.startswith(f"{settings.topic_prefix}.")

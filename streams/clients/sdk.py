@@ -85,7 +85,7 @@ async def delete_topic(settings: Settings, topic: str) -> None:
 
 def new_sdk_producer(settings: Settings) -> AIOKafkaProducer:
     # Idempotence forces acks=all; a short request timeout turns a dead broker into a prompt ServiceUnavailable.
-    return new_producer(settings, client_id=f"{settings.worker_id}-sdk",
+    return new_producer(settings, role="producer", client_id=f"{settings.worker_id}-sdk",
                         request_timeout_ms=int(max(settings.ingress_publish_timeout_s, 1.0) * 1000))
 
 

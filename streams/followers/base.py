@@ -29,9 +29,11 @@ StartAt = Literal["beginning", "end"]
 
 
 class TopicFollower(ABC):
-    def __init__(self, settings: Settings, topic: str, *, start_at: StartAt = "beginning", catch_up: bool = True,
-                 poll_ms: int = 500, max_records: int = 2000, fetch_max_wait_ms: int = 100) -> None:
+    def __init__(self, settings: Settings, topic: str, *, role: str = "producer", start_at: StartAt = "beginning",
+                 catch_up: bool = True, poll_ms: int = 500, max_records: int = 2000,
+                 fetch_max_wait_ms: int = 100) -> None:
         self.settings = settings
+        self.role = role  # the principal it reads as (streams/runtime/acls.py)
         self.topic = topic
         self.start_at = start_at
         self.catch_up = catch_up
@@ -54,8 +56,9 @@ class TopicFollower(ABC):
 
     async def start(self, *, since_ms: int | None = None, timeout_s: float = 30.0) -> None:
         """Seek (``since_ms``: the first record at or after that time), catch up if asked, then tail."""
-        consumer = new_consumer(self.settings, auto_offset_reset="earliest" if self.start_at == "beginning"
-                                else "latest", fetch_max_wait_ms=self.fetch_max_wait_ms)
+        reset = "earliest" if self.start_at == "beginning" else "latest"
+        consumer = new_consumer(self.settings, role=self.role, auto_offset_reset=reset,
+                                fetch_max_wait_ms=self.fetch_max_wait_ms)
         await start(consumer, self.settings, f"follower of {self.topic}")
         self._consumer = consumer
         try:
@@ -129,17 +132,18 @@ class TopicFollower(ABC):
 
 
 class _Snapshot(TopicFollower):
-    def __init__(self, settings: Settings, topic: str) -> None:
-        super().__init__(settings, topic, start_at="beginning", catch_up=True)
+    def __init__(self, settings: Settings, topic: str, role: str) -> None:
+        super().__init__(settings, topic, role=role, start_at="beginning", catch_up=True)
         self.records: list[ConsumerRecord[bytes, bytes]] = []
 
     async def apply(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         self.records.extend(records)
 
 
-async def read_to_end(settings: Settings, topic: str, *, timeout_s: float = 60.0) -> list[ConsumerRecord[bytes, bytes]]:
+async def read_to_end(settings: Settings, topic: str, *, role: str = "producer",
+                      timeout_s: float = 60.0) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record of ``topic`` from its start to its end offsets as of now (CLI reports, reconciliation)."""
-    snapshot = _Snapshot(settings, topic)
+    snapshot = _Snapshot(settings, topic, role)
     await snapshot.start(timeout_s=timeout_s)
     await snapshot.stop()
     return snapshot.records

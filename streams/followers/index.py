@@ -84,7 +84,7 @@ def to_indexed(event: IndexChunkEvent) -> IndexedChunk:
 async def publish(settings: Settings, chunks: Iterable[IndexChunkEvent],
                   tombstones: Iterable[tuple[str, str]] = ()) -> int:
     """Publish chunks and ``(tenant, chunk_id)`` deletions; returns how many records were acknowledged."""
-    producer = new_producer(settings, client_id=f"{settings.worker_id}-index")
+    producer = new_producer(settings, role="policy-admin", client_id=f"{settings.worker_id}-index")
     await start(producer, settings, "index publisher")
     topic = topology(settings).index
     try:
@@ -129,7 +129,8 @@ class IndexMaterialiser(TopicFollower):
     """Keeps a :class:`MemoryVectorIndex` equal to the topic's content (see the module docstring)."""
 
     def __init__(self, settings: Settings, index: MemoryVectorIndex, embedder: Embedder) -> None:
-        super().__init__(settings, topology(settings).index, start_at="beginning", catch_up=True)
+        super().__init__(settings, topology(settings).index, role="stage-retrieval", start_at="beginning",
+                         catch_up=True)
         self.index = index
         self.embedder = embedder
         self.applied = 0

@@ -54,7 +54,7 @@ def load_policy_file(path: Path) -> PolicyDocument:
 async def publish_policy(settings: Settings, doc: PolicyDocument) -> int:
     """Publish ``doc`` as the current policy; returns its offset on the policy topic."""
     await ensure_topics(settings)
-    producer = new_producer(settings, client_id=f"{settings.worker_id}-policy-admin")
+    producer = new_producer(settings, role="policy-admin", client_id=f"{settings.worker_id}-policy-admin")
     await start(producer, settings, "policy publisher")
     try:
         metadata = await producer.send_and_wait(topology(settings).policy, encode_policy(doc), key=POLICY_KEY)
@@ -66,8 +66,8 @@ async def publish_policy(settings: Settings, doc: PolicyDocument) -> int:
 class PolicyStore(TopicFollower):
     """Follows the policy topic; ``current()`` is the document in force (None until one is published)."""
 
-    def __init__(self, settings: Settings, *, initial: PolicyDocument | None = None) -> None:
-        super().__init__(settings, topology(settings).policy, start_at="beginning", catch_up=True)
+    def __init__(self, settings: Settings, *, initial: PolicyDocument | None = None, role: str = "producer") -> None:
+        super().__init__(settings, topology(settings).policy, role=role, start_at="beginning", catch_up=True)
         self._doc = initial
         self._changed = asyncio.Condition()
         self.reloads = 0
@@ -124,9 +124,9 @@ class PolicyStore(TopicFollower):
 
 
 @contextlib.asynccontextmanager
-async def open_policy_store(settings: Settings) -> AsyncIterator[PolicyStore]:
+async def open_policy_store(settings: Settings, *, role: str = "producer") -> AsyncIterator[PolicyStore]:
     initial = load_policy_file(settings.policy_file) if settings.policy_file else None
-    store = PolicyStore(settings, initial=initial)
+    store = PolicyStore(settings, initial=initial, role=role)
     await store.start()
     try:
         yield store

@@ -30,6 +30,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+from streams.runtime.acls import ALL_STAGES
 from streams.runtime.connections import new_consumer
 from streams.runtime.lanes import LanePoller
 from streams.runtime.runner import BatchPublisher, OffsetCommitter, Records, StageRunner, consumer_options
@@ -87,7 +88,8 @@ class ChainRunner:
         self.stage = self.name  # for the process's task names and logs
 
     async def start(self) -> None:
-        self.consumer = new_consumer(self.settings, *self.topics, group_id=self.topology.group(f"chain.{self.name}"),
+        self.consumer = new_consumer(self.settings, *self.topics, role=ALL_STAGES,
+                                     group_id=self.topology.group(f"chain.{self.name}"),
                                      client_id=f"{self.settings.worker_id}-{self.name}",
                                      **consumer_options(self.settings))
         await self.consumer.start()

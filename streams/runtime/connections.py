@@ -8,13 +8,15 @@ cannot reach its broker raises :class:`~schemas.errors.ServiceUnavailable` namin
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any, Protocol
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import ConnectionPool, Redis
 
-from schemas.errors import ServiceUnavailable
+from schemas.errors import ConfigError, ServiceUnavailable
 from streams.settings import Settings
 
 # Kafka clients give up on a request after this long; a start that cannot reach the broker fails after START_TIMEOUT_S.
@@ -22,19 +24,52 @@ REQUEST_TIMEOUT_MS = 10_000
 START_TIMEOUT_S = 15.0
 
 
-def kafka_security(settings: Settings) -> dict[str, Any]:
-    """The security options every Kafka client of this process uses (none on a plaintext broker)."""
-    if settings.kafka_username is None or settings.kafka_password is None:
-        return {}
+def kafka_security(settings: Settings, role: str) -> dict[str, Any]:
+    """How a client connects as ``role`` (a principal of ``streams/runtime/acls.py``): none on a plaintext broker.
+
+    ``TOLLWAY_KAFKA_USERNAME``/``_PASSWORD`` (an operator's own Kafka, one principal per process) win; otherwise the
+    role's password comes from the credentials file ``infra/services.sh`` writes (``<state>/credentials/kafka.json``);
+    with neither the broker is taken to be plaintext.
+    """
+    if settings.kafka_username is not None:
+        if settings.kafka_password is None:
+            raise ConfigError("TOLLWAY_KAFKA_USERNAME is set but TOLLWAY_KAFKA_PASSWORD is not")
+        username, password = settings.kafka_username, settings.kafka_password.get_secret_value()
+    else:
+        credentials = _credentials(settings.kafka_credentials_path)
+        if credentials is None:
+            return {}
+        if role not in credentials:
+            raise ConfigError(f"no Kafka credentials for principal {role!r} in {settings.kafka_credentials_path}")
+        username, password = role, credentials[role]
     return {
         "security_protocol": settings.kafka_security_protocol,
         "sasl_mechanism": settings.kafka_sasl_mechanism,
-        "sasl_plain_username": settings.kafka_username,
-        "sasl_plain_password": settings.kafka_password.get_secret_value(),
+        "sasl_plain_username": username,
+        "sasl_plain_password": password,
     }
 
 
-def new_producer(settings: Settings, *, client_id: str | None = None, linger_ms: int | None = None,
+_CREDENTIALS: dict[Path, tuple[float, dict[str, str]]] = {}
+
+
+def _credentials(path: Path) -> dict[str, str] | None:
+    """The principal → password map, re-read when the file changes (``infra/services.sh rotate-credentials``)."""
+    try:
+        mtime = path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    cached = _CREDENTIALS.get(path)
+    if cached is None or cached[0] != mtime:
+        try:
+            loaded = orjson.loads(path.read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise ConfigError(f"cannot read the Kafka credentials {path}: {exc}") from exc
+        cached = _CREDENTIALS[path] = (mtime, {str(k): str(v) for k, v in loaded.items()})
+    return cached[1]
+
+
+def new_producer(settings: Settings, *, role: str, client_id: str | None = None, linger_ms: int | None = None,
                  **options: Any) -> AIOKafkaProducer:
     """An idempotent producer: idempotence forces acks=all (aiokafka's default acks=1 can lose acknowledged records
     on a leader change)."""
@@ -46,13 +81,14 @@ def new_producer(settings: Settings, *, client_id: str | None = None, linger_ms:
         "max_batch_size": 512 * 1024,
         "max_request_size": settings.max_message_bytes * 2,
         "request_timeout_ms": REQUEST_TIMEOUT_MS * 3,
-        **kafka_security(settings),
+        **kafka_security(settings, role),
     }
     params.update(options)
     return AIOKafkaProducer(**params)
 
 
-def new_consumer(settings: Settings, *topics: str, group_id: str | None = None, **options: Any) -> AIOKafkaConsumer:
+def new_consumer(settings: Settings, *topics: str, role: str, group_id: str | None = None,
+                 **options: Any) -> AIOKafkaConsumer:
     """A consumer; without ``group_id`` it is a follower (no group, no commits, it chooses its own positions)."""
     params: dict[str, Any] = {
         "bootstrap_servers": settings.bootstrap_servers,
@@ -60,15 +96,15 @@ def new_consumer(settings: Settings, *topics: str, group_id: str | None = None, 
         "enable_auto_commit": False,
         "request_timeout_ms": REQUEST_TIMEOUT_MS * 4,
         "max_partition_fetch_bytes": settings.max_message_bytes * 2,
-        **kafka_security(settings),
+        **kafka_security(settings, role),
     }
     params.update(options)
     return AIOKafkaConsumer(*topics, **params)
 
 
-def new_admin(settings: Settings) -> AIOKafkaAdminClient:
+def new_admin(settings: Settings, *, role: str = "admin") -> AIOKafkaAdminClient:
     return AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=REQUEST_TIMEOUT_MS,
-                               **kafka_security(settings))
+                               **kafka_security(settings, role))
 
 
 class _Startable(Protocol):

@@ -127,7 +127,8 @@ class StageRunner(Generic[C]):
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        self.consumer = new_consumer(self.settings, *self.topics, group_id=self.topology.group(self.stage),
+        self.consumer = new_consumer(self.settings, *self.topics, role=f"stage-{self.stage}",
+                                     group_id=self.topology.group(self.stage),
                                      client_id=f"{self.settings.worker_id}-{self.stage}",
                                      **consumer_options(self.settings))
         await self.consumer.start()

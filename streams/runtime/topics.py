@@ -101,8 +101,13 @@ def topology(settings: Settings) -> Topology:
 
 
 async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[str]:
-    """Create every tollway topic that does not exist yet; returns the names created."""
-    from streams.runtime.connections import new_admin, start
+    """Create every tollway topic that does not exist yet; returns the names created.
+
+    On a broker with authentication the prefix's ACLs (``streams/runtime/acls.py``) are granted first, so a worker
+    that sees the topics exist can use them at once.
+    """
+    from streams.runtime import acls
+    from streams.runtime.connections import kafka_security, new_admin, start
 
     admin = new_admin(settings)
     await start(admin, settings, "topic admin")
@@ -110,6 +115,8 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[
         wanted = topology(settings).all_topics(settings)
         existing = set(await admin.list_topics())
         missing = [t for t in wanted if t.name not in existing]
+        if missing and kafka_security(settings, acls.ADMIN):
+            await acls.grant_prefix(admin, settings.topic_prefix)
         if missing:
             try:
                 response = await admin.create_topics(missing)

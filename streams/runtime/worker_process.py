@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
+from streams.runtime.acls import stage_principal
 from streams.runtime.chain import ChainPublisher, ChainRunner
 from streams.runtime.connections import new_producer, redis_client, start
 from streams.runtime.metrics import serve_metrics
@@ -60,7 +61,8 @@ async def run_workers(settings: Settings, stages: Sequence[Unit], *, ready: asyn
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
     async with AsyncExitStack() as stack:
-        producer = new_producer(settings)
+        names = [s.name for unit in stages for s in ([unit] if isinstance(unit, Stage) else unit)]
+        producer = new_producer(settings, role=stage_principal(names))
         await start(producer, settings, "stage producer")
         stack.push_async_callback(producer.stop)
         replay_client = redis_client(settings, timeout_ms=max(settings.redis_timeout_ms, 1000))

@@ -77,10 +77,11 @@ class DeadLetterAuditor:
         self.redactor = ChainedRedactor(PiiRedactor(), BasicRedactor())
         self._stopping = asyncio.Event()
         self.consumer = new_consumer(
-            settings, self.topology.deadletter, group_id=f"{self.topology.group('audit')}.deadletter",
+            settings, self.topology.deadletter, role="stage-audit",
+            group_id=f"{self.topology.group('audit')}.deadletter",
             client_id=f"{settings.worker_id}-audit-deadletter", auto_offset_reset="earliest",
             fetch_max_wait_ms=settings.batch_wait_ms)
-        self.producer = new_producer(settings)
+        self.producer = new_producer(settings, role="stage-audit")
         self.publisher = KafkaPublisher(self.producer)
 
     async def start(self) -> None:

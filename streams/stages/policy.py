@@ -43,5 +43,5 @@ async def open_limits(settings: Settings) -> AsyncIterator[RedisLimits]:
 async def open_context(settings: Settings, base: StageContext) -> AsyncIterator[PolicyContext]:
     if settings.principal_secret.get_secret_value() == DEV_PRINCIPAL_SECRET.get_secret_value():
         log.warning("TOLLWAY_PRINCIPAL_SECRET is the development default: anyone who knows it can sign principals")
-    async with open_policy_store(settings) as store, open_limits(settings) as limits:
+    async with open_policy_store(settings, role="stage-policy") as store, open_limits(settings) as limits:
         yield derive(PolicyContext, base, policy=store, limits=limits, principal_secret=settings.principal_secret)

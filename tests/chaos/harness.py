@@ -43,6 +43,7 @@ from schemas.response import Response
 from streams.clients.envelopes import new_envelope
 from streams.ledger.app import read_topic
 from streams.runtime.codec import decode_as, encode
+from streams.runtime.connections import kafka_security
 from streams.runtime.topics import ensure_topics, topology
 from streams.settings import REPO_ROOT, Settings
 from workers.ledger import Aggregator
@@ -187,7 +188,8 @@ class Load:
 async def send_load(settings: Settings, load: Load) -> None:
     """Open-loop load; a produce that fails (broker down) counts as refused, never as accepted."""
     topic = topology(settings).ingress(Tier.STANDARD)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True, linger_ms=2,
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, **kafka_security(settings, "admin"),
+                                enable_idempotence=True, linger_ms=2,
                                 request_timeout_ms=15_000)
     await producer.start()
     pending: list[tuple[str, asyncio.Future[Any]]] = []
@@ -371,7 +373,8 @@ async def deadletter_path_works(settings: Settings, timeout_s: float = 45) -> bo
     """After the fault: a garbage record on the ingress must still become a dead letter *and* be audited (the audit
     stage's dead-letter consumer is a task of its own; it must have survived the fault too)."""
     topo = topology(settings)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True,
+                                **kafka_security(settings, "admin"))
     await producer.start()
     try:
         meta = await producer.send_and_wait(topo.ingress(), b"{not json after the fault", key=b"probe")

@@ -24,6 +24,7 @@ from streams.clients.envelopes import new_envelope
 from streams.clients.sdk import TollwayClient
 from streams.followers.policy import publish_policy
 from streams.runtime.codec import decode_as, encode
+from streams.runtime.connections import kafka_security
 from streams.runtime.topics import topology
 from streams.settings import Settings
 from tests.kafka_helpers import read_until
@@ -134,7 +135,8 @@ def envelope_cases(settings: Settings, key_id: str, other_key_id: str) -> list[t
 
 
 async def _send(settings: Settings, items: list[tuple[str, str, bytes | None, str | None]]) -> list[Sent]:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True,
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, **kafka_security(settings, "admin"),
+                                enable_idempotence=True,
                                 max_request_size=settings.max_message_bytes * 2)
     await producer.start()
     try:

@@ -21,6 +21,7 @@ from schemas.envelope import Status, Usage
 from schemas.response import Response
 from streams.ledger.app import reconcile
 from streams.runtime.codec import encode
+from streams.runtime.connections import kafka_security
 from streams.runtime.topics import ensure_topics, topology
 from streams.settings import REPO_ROOT, Settings
 
@@ -49,7 +50,8 @@ def make_response(i: int, *, replay: bool = False) -> Response:
 
 
 async def produce(settings: Settings, responses: list[Response]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True,
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, **kafka_security(settings, "admin"),
+                                enable_idempotence=True,
                                 linger_ms=5)
     await producer.start()
     try:

@@ -12,7 +12,7 @@ from streams.stages.embedders import open_embedder
 from workers.context import StageContext, derive
 from workers.memory import RedisMemory
 from workers.retrieval import RetrievalContext
-from workers.vector_index import MemoryVectorIndex
+from workers.vectors.index import MemoryVectorIndex
 
 
 @asynccontextmanager

@@ -45,7 +45,7 @@ from streams.ledger.app import read_topic
 from streams.runtime.codec import decode_as, encode
 from streams.runtime.topics import ensure_topics, topology
 from streams.settings import REPO_ROOT, Settings
-from workers.ledger import Aggregator
+from workers.ledger.aggregator import Aggregator
 
 SHARED_KAFKA = "127.0.0.1:9092"
 SHARED_REDIS = "redis://127.0.0.1:6379/0"

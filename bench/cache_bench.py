@@ -47,7 +47,9 @@ from workers.cache.stage import CacheContext  # noqa: E402
 from workers.cache.store import LogRecord, MemoryCacheStore, SemanticMirror  # noqa: E402
 from workers.embedding import HashingEmbedder  # noqa: E402
 from workers.retrieval import RetrievalContext  # noqa: E402
-from workers.vector_index import PROBE_ROWS, IndexedChunk, MemoryVectorIndex, VectorMatrix  # noqa: E402
+from workers.vectors.chunks import IndexedChunk  # noqa: E402
+from workers.vectors.index import MemoryVectorIndex  # noqa: E402
+from workers.vectors.matrix import PROBE_ROWS, VectorMatrix  # noqa: E402
 
 EMBED = HashingEmbedder()
 THRESHOLD = 0.88  # the default semantic threshold (Settings.cache_semantic_threshold)

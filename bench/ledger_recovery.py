@@ -4,7 +4,7 @@
 
 Writes ``--responses`` synthetic responses to ``<prefix>.responses`` (20 tenants, 2 models, 5,000 tasks: one ledger
 update each — two cells, a task, a seen id) under a fresh topic prefix, and the checkpoints a worker that counted
-them would have left in its Faust changelogs (:func:`workers.ledger.checkpoint_writes` every
+them would have left in its Faust changelogs (:func:`workers.ledger.checkpoints.checkpoint_writes` every
 ``--checkpoint-records`` records of a partition; ``--no-checkpoints``: none, the worst case). Then starts
 ``tollway ledger worker`` and reports the time until it answers (its own measures: Faust's changelog recovery and the
 catch-up that rebuilds seen from the responses' keys and re-applies records after the checkpoints), the worker's
@@ -41,7 +41,8 @@ from streams.runtime.codec import encode
 from streams.runtime.connections import kafka_security
 from streams.runtime.topics import ensure_topics, topology
 from streams.settings import REPO_ROOT, Settings
-from workers.ledger import LiveTable, apply_response, checkpoint_writes
+from workers.ledger.checkpoints import LiveTable, checkpoint_writes
+from workers.ledger.dedup import apply_response
 
 T0 = 1_700_000_000 * 10**9
 

@@ -26,7 +26,9 @@ from workers.cache import metrics
 from workers.context import StageContext
 from workers.embedding import Embedder, HashingEmbedder
 from workers.memory import ConversationMemory
-from workers.vector_index import MemoryVectorIndex, VectorIndex, Visibility
+from workers.vectors.index import MemoryVectorIndex
+from workers.vectors.protocol import VectorIndex
+from workers.vectors.visibility import Visibility
 
 NAME = "retrieval"
 log = logging.getLogger(__name__)

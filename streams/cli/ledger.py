@@ -331,7 +331,7 @@ async def read_responses(settings: Settings) -> list[tuple[int, int, Any]]:
 def reprice_to_version(settings: Settings, prices_file: Path, *, since: int | None, until: int | None,
                        out: Path | None = None) -> tuple[list[RepriceRow], Path]:
     """Re-price the retained responses; the new ledger version (rows + price file digest) is written as JSON."""
-    from workers.ledger import load_prices, reprice
+    from workers.ledger.reprice import load_prices, reprice
 
     prices = load_prices(prices_file)
     records = run_async(read_responses(settings))

@@ -25,7 +25,8 @@ from streams.runtime.connections import new_producer, start
 from streams.runtime.topics import topology
 from streams.settings import Settings
 from workers.embedding import Embedder
-from workers.vector_index import IndexedChunk, MemoryVectorIndex
+from workers.vectors.chunks import IndexedChunk
+from workers.vectors.index import MemoryVectorIndex
 
 log = logging.getLogger(__name__)
 

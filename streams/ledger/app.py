@@ -13,7 +13,7 @@ record per request for ``seen`` (unique keys: compaction cannot shrink it) and t
 restart after 1M updates took tens of minutes. Now the changelogs hold only checkpoints (the cells and tasks changed
 since the last one, then a mark), and a restart (:meth:`LedgerApp.catch_up`) rebuilds ``seen`` from the keys of the
 responses topic with a plain consumer (~100k records/s) and re-applies, with the same :func:`apply_response`, only
-the records after each partition's checkpoint mark. The exactly-once argument is in :mod:`workers.ledger`.
+the records after each partition's checkpoint mark. The exactly-once argument is in :mod:`workers.ledger.dedup`.
 
 Checkpoint writes happen inside ``stream.events()`` iteration, so Faust sends them to the changelog partition of the
 event being processed — the partition every key written carries.
@@ -48,26 +48,11 @@ from schemas.response import Response
 from streams.runtime.codec import decode_as
 from streams.runtime.topics import ensure_topics, topology
 from streams.settings import Settings
-from workers.ledger import (
-    COUNTER_FIELDS,
-    WINDOW_MS,
-    Aggregator,
-    AuditComparison,
-    Counters,
-    LiveTable,
-    apply_outcome,
-    apply_response,
-    checkpoint_writes,
-    claim_unreadable,
-    compare_with_audit,
-    event_time_ns,
-    expired_seen,
-    ledger_rows_from,
-    load_checkpoint,
-    outcome_rows_from,
-    totals_by_tenant,
-    window_start_ms,
-)
+from workers.ledger.aggregator import Aggregator, ledger_rows_from, outcome_rows_from, totals_by_tenant
+from workers.ledger.cells import COUNTER_FIELDS, WINDOW_MS, Counters, event_time_ns, window_start_ms
+from workers.ledger.checkpoints import LiveTable, checkpoint_writes, load_checkpoint
+from workers.ledger.dedup import apply_outcome, apply_response, claim_unreadable, expired_seen
+from workers.ledger.reconcile import AuditComparison, compare_with_audit
 
 log = logging.getLogger(__name__)
 
@@ -451,7 +436,7 @@ async def aggregate_topics(settings: Settings, *, upto: dict[int, int] | None = 
         try:
             response = decode_as(value, Response)
         except BadEvent:
-            if key:  # the first record of a request id decides, as in the worker (workers/ledger.py)
+            if key:  # the first record of a request id decides, as in the worker (workers/ledger/dedup.py)
                 agg.add_unreadable(key.decode(errors="replace"), partition=partition, offset=offset)
             continue
         agg.add(response, partition=partition, offset=offset)

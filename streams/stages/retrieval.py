@@ -13,7 +13,7 @@ from workers.context import StageContext, derive
 from workers.memory import RedisMemory
 from workers.policy import LOCAL_EMBEDDERS
 from workers.retrieval import RetrievalContext
-from workers.vector_index import MemoryVectorIndex
+from workers.vectors.index import MemoryVectorIndex
 
 
 @asynccontextmanager

@@ -46,7 +46,7 @@ from streams.runtime.codec import decode_as, encode
 from streams.runtime.connections import kafka_security
 from streams.runtime.topics import ensure_topics, topology
 from streams.settings import REPO_ROOT, Settings
-from workers.ledger import Aggregator
+from workers.ledger.aggregator import Aggregator
 
 SHARED_KAFKA = "127.0.0.1:9092"
 SHARED_REDIS = "redis://127.0.0.1:6379/0"

@@ -14,7 +14,7 @@ from streams.settings import Settings
 from streams.stages.embedders import open_embedder
 from workers import retrieval
 from workers.retrieval import RetrievalContext
-from workers.vector_index import MemoryVectorIndex
+from workers.vectors.index import MemoryVectorIndex
 
 pytestmark = pytest.mark.integration
 CORPUS = Path(__file__).resolve().parents[2] / "infra" / "corpus"

@@ -12,7 +12,8 @@ from workers import retrieval
 from workers.embedding import HashingEmbedder, Vectors
 from workers.memory import MemoryConversationMemory, append_turns
 from workers.retrieval import RetrievalContext
-from workers.vector_index import IndexedChunk, MemoryVectorIndex
+from workers.vectors.chunks import IndexedChunk
+from workers.vectors.index import MemoryVectorIndex
 
 MakeEnv = Callable[..., Envelope]
 CORPUS = Path(__file__).resolve().parents[2] / "infra" / "corpus"

@@ -10,7 +10,7 @@ prompt, after which the same key is read. The tenant is in every key and the key
 
 **Sharing the semantic index across processes.** Redis is the source of truth; each process keeps a
 :class:`SemanticMirror`: per tenant a cursor into the tenant's log stream and, per scope, a numpy
-:class:`~workers.vector_index.VectorMatrix` of the vectors seen so far, with each row's key and expiry (prompts
+:class:`~workers.vectors.matrix.VectorMatrix` of the vectors seen so far, with each row's key and expiry (prompts
 and answers stay in Redis: at 100k entries they would cost every worker tens of MB). Before a batch is looked up,
 the mirror reads only the log records added since its cursor (one ``XRANGE`` per tenant in the batch, none if
 nothing is new beyond a cheap round trip), so an entry written by any process is searchable by every other one on
@@ -37,7 +37,7 @@ from redis.exceptions import RedisError
 
 from schemas.errors import BackendError
 from workers.embedding import Vectors
-from workers.vector_index import VectorMatrix
+from workers.vectors.matrix import VectorMatrix
 
 LOG_MAXLEN = 500_000  # semantic entries kept per tenant stream (approximate trim)
 # Log records per XRANGE page. Small pages keep a cold start's transient memory small: each record arrives as

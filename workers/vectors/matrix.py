@@ -1,4 +1,4 @@
-"""Per-tenant vector search: top-k cosine for a whole batch of queries at once.
+"""Top-k cosine for a whole batch of queries at once.
 
 :class:`VectorMatrix` is the numeric core shared by the retrieval index and the semantic cache's mirror. Rows are
 unit vectors kept three ways: in the storage dtype (float32, or float16 to halve memory) for exact scoring, as int8
@@ -19,11 +19,7 @@ lists. Deletions only clear a ``live`` flag.
 * Either way the ``k + shortlist`` best rows by int8 score are re-scored exactly from the stored rows, and only
   those exact scores are returned: the threshold and the near-miss guard downstream see exact similarities.
 
-Layout. Each inverted list is one array of (sign-bit words, row id) per row, so a probe concatenates whole lists
-(one call, no per-row gather) and compares ~3k rows in a few vectorised passes. Exact rows, codes and scales stay
-in row order in fixed 8 MB chunks: a full chunk never moves, so growing to 100k rows never briefly holds two copies
-of a matrix (a doubling array did: +60 MB of peak RSS at 100k float16 rows), and the 256 reranked rows are
-gathered sorted, one ``take`` per chunk.
+Where the rows live: :mod:`workers.vectors.storage`.
 
 Why this shape (measured with ``bench/cache_bench.py`` on 100k diverse prompts): the LSH shortlist it replaced
 degenerated on templated prompts (thousands of rows per bucket); a full float32 scan reads the whole matrix per
@@ -33,201 +29,22 @@ per query cost ~1.7x what the sign-bit pass plus 256 int8 rows cost. Over all 10
 held the exact best for every query of that workload. With lists of ≤ 128 rows and 3072 probed rows, recall@1
 against exact float32 brute force is ≥ 0.99 (a top-1 within 1e-3 of the exact best counts: float16 rows and
 duplicate prompts make exact ties), and 1.0 where the exact best is above the cache threshold.
-
-:class:`MemoryVectorIndex` is the retrieval index: one matrix per tenant (a query never touches another tenant's
-rows), each row an :class:`IndexedChunk` with optional ACL labels and a residency region.
-
-Visibility rule (documented in the README too): a chunk without labels is visible to every principal of its
-tenant; a labelled chunk is visible only to a principal holding at least one of its labels. A chunk with a region is
-visible only when the request's allowed regions are unknown or include it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import numpy.typing as npt
 
 from workers.embedding import Vectors
-
-Rows = npt.NDArray[np.int64]
-Bits = npt.NDArray[np.uint64]
+from workers.vectors.quantise import hamming, int8_codes, kmeans, sign_bits
+from workers.vectors.storage import Bits, ChunkedRows, InvertedList, Rows, regrown, rows_of
 
 PROBE_ROWS = 3072  # rows probed per query above brute_force_limit (see the module docstring)
 RERANK_ROWS = 256  # probed rows nearest by sign bits that get an int8 score
 _BLOCK = 1024  # rows converted from int8 at a time (1 MB of float32: stays in the CPU cache)
-_CHUNK_BYTES = 8 << 20  # storage chunk size: 16k float16 rows or 32k int8 codes at 256 dimensions
-_FEW_ROWS = 32  # up to this many exact rows are fetched one by one (cheaper than grouping them by chunk)
-
-
-@dataclass(frozen=True)
-class IndexedChunk:
-    chunk_id: str  # unique within the tenant, e.g. "refund-policy.md#2"
-    doc_id: str
-    text: str
-    labels: frozenset[str] = frozenset()
-    region: str | None = None
-
-
-@dataclass(frozen=True)
-class Visibility:
-    """What one request may see: its principal's labels and, if known, its allowed regions."""
-
-    labels: frozenset[str] = frozenset()
-    regions: frozenset[str] | None = None
-
-    def allows(self, chunk: IndexedChunk) -> bool:
-        if chunk.labels and not (chunk.labels & self.labels):
-            return False
-        return not (chunk.region is not None and self.regions is not None and chunk.region not in self.regions)
-
-
-@dataclass(frozen=True)
-class Hit:
-    chunk: IndexedChunk
-    score: float
-
-
-class VectorIndex(Protocol):
-    def upsert(self, tenant: str, chunks: Sequence[IndexedChunk], vectors: Vectors) -> None: ...
-
-    def remove(self, tenant: str, chunk_ids: Iterable[str]) -> int: ...
-
-    def search(self, tenant: str, queries: Vectors, k: int,
-               visibility: Sequence[Visibility]) -> list[list[Hit]]: ...
-
-    def size(self, tenant: str) -> int: ...
-
-
-class _ChunkedRows:
-    """Rows by id in fixed-size chunks: a full chunk never moves, so growing copies at most one chunk.
-
-    One contiguous matrix grown by doubling briefly holds the old and the new copy (about 2x the matrix at 100k
-    rows); here the transient is at most one chunk, and the unused capacity is only the tail of the last chunk.
-    """
-
-    def __init__(self, shape: tuple[int, ...], dtype: type[np.generic]) -> None:
-        self.shape = shape  # of one row: (dim,) for vectors, () for a scalar per row
-        self.dtype = dtype
-        self.chunk_rows = max(256, _CHUNK_BYTES // (int(np.prod(shape)) * np.dtype(dtype).itemsize))
-        self.chunks: list[npt.NDArray[Any]] = []
-        self.count = 0
-
-    def append(self, values: npt.NDArray[Any]) -> None:
-        done = 0
-        while done < len(values):
-            chunk, at = divmod(self.count, self.chunk_rows)
-            n = min(len(values) - done, self.chunk_rows - at)
-            if chunk == len(self.chunks):
-                self.chunks.append(np.zeros((0, *self.shape), dtype=self.dtype))
-            if at + n > len(self.chunks[chunk]):  # only the last chunk grows (doubling, up to chunk_rows)
-                capacity = min(self.chunk_rows, max(at + n, 2 * len(self.chunks[chunk]), 256))
-                self.chunks[chunk] = _regrown(self.chunks[chunk], at, capacity)
-            self.chunks[chunk][at:at + n] = values[done:done + n]
-            self.count += n
-            done += n
-
-    def take(self, rows: Rows) -> Vectors:
-        """The rows as float32, in the order asked."""
-        out = np.empty((len(rows), *self.shape), dtype=np.float32)
-        if len(rows) <= _FEW_ROWS:
-            for i, row in enumerate(rows.tolist()):
-                out[i] = self.chunks[row // self.chunk_rows][row % self.chunk_rows]
-            return out
-        order = np.argsort(rows)
-        out[order] = self.gather(rows[order])
-        return out
-
-    def gather(self, rows: Rows) -> npt.NDArray[Any]:
-        """Sorted ``rows`` in the stored dtype: one contiguous ``take`` per chunk they fall in."""
-        if len(self.chunks) == 1:
-            return np.take(self.chunks[0], rows, axis=0)
-        out = np.empty((len(rows), *self.shape), dtype=self.dtype)
-        ends = np.searchsorted(rows, np.arange(1, len(self.chunks) + 1) * self.chunk_rows).tolist()
-        lo = 0
-        for chunk, hi in enumerate(ends):
-            if hi > lo:
-                np.take(self.chunks[chunk], rows[lo:hi] - chunk * self.chunk_rows, axis=0, out=out[lo:hi])
-            lo = hi
-        return out
-
-    def blocks(self, size: int) -> Iterator[tuple[int, npt.NDArray[Any]]]:
-        """``(first row, rows)`` of every stored row in order, ``size`` rows at most at a time (views)."""
-        for chunk, values in enumerate(self.chunks):
-            used = min(len(values), self.count - chunk * self.chunk_rows)
-            for start in range(0, used, size):
-                yield chunk * self.chunk_rows + start, values[start:min(used, start + size)]
-
-
-class _InvertedList:
-    """One list's rows: per row the sign-bit words and, as one more word, the row id. A probe concatenates whole
-    lists (no gather), and one array instead of two halves the concatenations on the request path.
-
-    ``entries`` is an exactly sized view of storage with some slack (1.5x growth: a list is small, so the slack is
-    too).
-    """
-
-    __slots__ = ("_store", "entries")
-
-    def __init__(self, entries: Bits) -> None:
-        self._store = self.entries = entries
-
-    @classmethod
-    def empty(cls, words: int) -> _InvertedList:
-        return cls(np.zeros((0, words + 1), dtype=np.uint64))
-
-    @property
-    def size(self) -> int:
-        return len(self.entries)
-
-    @property
-    def rows(self) -> Rows:
-        return _rows_of(self.entries)
-
-    def append(self, rows: Rows, bits: Bits) -> None:
-        used, size = self.size, self.size + len(rows)
-        if size > len(self._store):
-            self._store = _regrown(self._store, used, max(size, used + used // 2, 8))
-        self._store[used:size, :-1] = bits
-        self._store[used:size, -1] = rows
-        self.entries = self._store[:size]
-
-    def part(self, members: npt.NDArray[np.bool_]) -> _InvertedList:
-        """A new, exactly sized list of the members selected by the mask."""
-        return _InvertedList(self.entries[members])
-
-
-def _rows_of(entries: Bits) -> Rows:
-    rows: Rows = entries[:, -1].view(np.int64)
-    return rows
-
-
-def _regrown(old: npt.NDArray[Any], used: int, capacity: int) -> npt.NDArray[Any]:
-    new = np.zeros((capacity, *old.shape[1:]), dtype=old.dtype)
-    new[:used] = old[:used]
-    return new
-
-
-def _sign_bits(vectors: Vectors, words: int) -> Bits:
-    """One bit per dimension (positive or not), packed into ``words`` uint64 per row (zero-padded)."""
-    packed = np.zeros((len(vectors), 8 * words), dtype=np.uint8)
-    packed[:, : (vectors.shape[1] + 7) // 8] = np.packbits(vectors > 0, axis=1)
-    bits: Bits = packed.view(np.uint64)
-    return bits
-
-
-def _hamming(entries: Bits, query_bits: Bits) -> npt.NDArray[np.uint16]:
-    """Differing sign bits between each list entry and the query (``query_bits`` has one more word, zero, opposite
-    the row id: the XOR runs over the contiguous entries and the row id's column is left out of the sum). Columns
-    are added one by one: numpy's ``sum(axis=1)`` over 4 columns costs several times more."""
-    counts: npt.NDArray[np.uint8] = np.bitwise_count(entries ^ query_bits)
-    distance = counts[:, 0].astype(np.uint16)
-    for word in range(1, counts.shape[1] - 1):
-        distance += counts[:, word]
-    return distance
 
 
 class VectorMatrix:
@@ -246,14 +63,14 @@ class VectorMatrix:
         # A batch scans every row when its lists would cover more than 1/full_scan_factor of the matrix.
         self.full_scan_factor = full_scan_factor
         self._words = (dim + 63) // 64
-        self._exact = _ChunkedRows((dim,), dtype)
-        self._codes = _ChunkedRows((dim,), np.int8)
-        self._scales = _ChunkedRows((), np.float32)
+        self._exact = ChunkedRows((dim,), dtype)
+        self._codes = ChunkedRows((dim,), np.int8)
+        self._scales = ChunkedRows((), np.float32)
         self._live = np.zeros(capacity, dtype=bool)
         self.count = 0  # rows ever added (live or not)
         self._removed = 0  # remove() calls: while 0 every row is live and search skips the check
         # Until the matrix is trained, one list without a centroid holds every row (in row order).
-        self._lists = [_InvertedList.empty(self._words)]
+        self._lists = [InvertedList.empty(self._words)]
         self._centroid_rows: list[Vectors] = []
         self._centroids = np.zeros((0, dim), dtype=np.float32)  # _centroid_rows stacked, rebuilt after splits
         self._sizes = np.zeros(0, dtype=np.int64)  # size of each list, rebuilt after every add
@@ -281,19 +98,18 @@ class VectorMatrix:
     def add(self, vectors: Vectors) -> Rows:
         n = len(vectors)
         if self.count + n > len(self._live):
-            self._live = _regrown(self._live, self.count, max(self.count + n, 2 * len(self._live)))
+            self._live = regrown(self._live, self.count, max(self.count + n, 2 * len(self._live)))
         rows = np.arange(self.count, self.count + n, dtype=np.int64)
         for start in range(0, n, _BLOCK):  # blocks keep the temporaries small: memory is the worker's budget
             block = np.asarray(vectors[start:start + _BLOCK], dtype=np.float32)
-            scales = (np.abs(block).max(axis=1) / 127).astype(np.float32)
-            self._codes.append(np.rint(np.divide(block, scales[:, None], out=np.zeros_like(block),
-                                                 where=scales[:, None] > 0)).astype(np.int8))
+            codes, scales = int8_codes(block)
+            self._codes.append(codes)
             self._scales.append(scales)
             self._exact.append(block)
             if self._centroid_rows:
-                self._assign(rows[start:start + _BLOCK], block, _sign_bits(block, self._words))
+                self._assign(rows[start:start + _BLOCK], block, sign_bits(block, self._words))
             else:
-                self._lists[0].append(rows[start:start + _BLOCK], _sign_bits(block, self._words))
+                self._lists[0].append(rows[start:start + _BLOCK], sign_bits(block, self._words))
         self._live[rows] = True
         self.count += n
         if not self._centroid_rows and self.count > self.brute_force_limit:
@@ -307,9 +123,9 @@ class VectorMatrix:
         lists = max(1, min(64, self.count // self.list_size))
         sample = rows if self.count <= 64 * self.list_size else np.sort(
             self._rng.choice(rows, 64 * self.list_size, replace=False))
-        self._centroid_rows = list(_kmeans(self._exact.take(sample), lists, iterations=8, rng=self._rng))
+        self._centroid_rows = list(kmeans(self._exact.take(sample), lists, iterations=8, rng=self._rng))
         self._centroids = np.stack(self._centroid_rows)
-        self._lists = [_InvertedList.empty(self._words) for _ in range(lists)]
+        self._lists = [InvertedList.empty(self._words) for _ in range(lists)]
         for start in range(0, self.count, _BLOCK):  # blocks bound the float32 copy
             block = rows[start:start + _BLOCK]
             self._assign(block, self._exact.take(block), everything.entries[start:start + _BLOCK, :-1])
@@ -335,7 +151,7 @@ class VectorMatrix:
         """Bisect one list with 2-means on its rows; the new half becomes a new list."""
         whole = self._lists[target]
         points = self._exact.take(whole.rows)
-        centroids = _kmeans(points, 2, iterations=6, rng=self._rng)
+        centroids = kmeans(points, 2, iterations=6, rng=self._rng)
         side = np.argmax(points @ centroids.T, axis=1).astype(bool)
         if side.all() or not side.any():  # identical rows cannot be told apart: cut the list in half instead
             side = np.arange(whole.size) >= whole.size // 2
@@ -376,16 +192,16 @@ class VectorMatrix:
             return scores_out, rows_out
         # Lists are probed nearest centroid first until probe_rows rows are covered: the work per query is
         # bounded (at most probe_rows + list_size rows) whatever the distribution of the data.
-        query_bits = _sign_bits(queries, self._words + 1)  # + a zero word opposite each entry's row id
+        query_bits = sign_bits(queries, self._words + 1)  # + a zero word opposite each entry's row id
         rerank = max(self.rerank_rows, 4 * (k + self.shortlist))
         for i, nearest in enumerate(self._nearest_lists(queries)):
             entries = np.concatenate([self._lists[j].entries for j in nearest])
             if allowed is not None or self._removed:
-                rows = _rows_of(entries)
+                rows = rows_of(entries)
                 entries = entries[self._live[rows] if allowed is None else self._live[rows] & allowed[i, rows]]
-            rows = _rows_of(entries)
+            rows = rows_of(entries)
             if len(rows) > rerank:  # sign bits pick the rows worth an int8 score
-                rows = rows[np.argpartition(_hamming(entries, query_bits[i]), rerank - 1)[:rerank]]
+                rows = rows[np.argpartition(hamming(entries, query_bits[i]), rerank - 1)[:rerank]]
             rows = np.sort(rows)  # gathered chunk by chunk
             approx = (self._codes.gather(rows).astype(np.float32) @ queries[i]) * self._scales.gather(rows)
             self._rescore(queries[i], rows, approx, k, None, i, scores_out[i], rows_out[i])
@@ -441,80 +257,3 @@ class VectorMatrix:
         scores_out[: len(order)] = exact[order]
         rows_out[: len(order)] = rows[order]
 
-
-def _kmeans(points: Vectors, clusters: int, *, iterations: int, rng: np.random.Generator) -> Vectors:
-    """Spherical k-means (cosine): centroids are unit vectors; an emptied cluster keeps its previous centroid."""
-    centroids = points[rng.choice(len(points), clusters, replace=len(points) < clusters)].copy()
-    for _ in range(iterations):
-        nearest = np.argmax(points @ centroids.T, axis=1)
-        membership = np.zeros((clusters, len(points)), dtype=np.float32)
-        membership[nearest, np.arange(len(points))] = 1.0
-        sums = membership @ points
-        norms = np.linalg.norm(sums, axis=1, keepdims=True)
-        filled = norms[:, 0] > 0
-        centroids[filled] = sums[filled] / norms[filled]
-    return centroids
-
-
-@dataclass
-class _TenantIndex:
-    matrix: VectorMatrix
-    chunks: list[IndexedChunk] = field(default_factory=list)
-    row_of: dict[str, int] = field(default_factory=dict)
-
-
-class MemoryVectorIndex:
-    """The retrieval index in process memory, one :class:`VectorMatrix` per tenant."""
-
-    def __init__(self, dim: int) -> None:
-        self.dim = dim
-        self._tenants: dict[str, _TenantIndex] = {}
-
-    def tenants(self) -> list[str]:
-        return sorted(self._tenants)
-
-    def size(self, tenant: str) -> int:
-        index = self._tenants.get(tenant)
-        return index.matrix.live_count if index else 0
-
-    def chunks(self, tenant: str) -> list[IndexedChunk]:
-        index = self._tenants.get(tenant)
-        if index is None:
-            return []
-        return [index.chunks[row] for row in index.row_of.values()]
-
-    def upsert(self, tenant: str, chunks: Sequence[IndexedChunk], vectors: Vectors) -> None:
-        if not chunks:
-            return
-        index = self._tenants.setdefault(tenant, _TenantIndex(VectorMatrix(self.dim)))
-        self.remove(tenant, [c.chunk_id for c in chunks if c.chunk_id in index.row_of])
-        rows = index.matrix.add(vectors)
-        for chunk, row in zip(chunks, rows.tolist(), strict=True):
-            index.chunks.append(chunk)
-            index.row_of[chunk.chunk_id] = row
-
-    def remove(self, tenant: str, chunk_ids: Iterable[str]) -> int:
-        index = self._tenants.get(tenant)
-        if index is None:
-            return 0
-        rows = [index.row_of.pop(cid) for cid in chunk_ids if cid in index.row_of]
-        index.matrix.remove(rows)
-        return len(rows)
-
-    def search(self, tenant: str, queries: Vectors, k: int,
-               visibility: Sequence[Visibility]) -> list[list[Hit]]:
-        index = self._tenants.get(tenant)
-        if index is None:
-            return [[] for _ in range(len(queries))]
-        # One mask per distinct visibility (usually one or two per batch), not one per query.
-        masks: dict[Visibility, npt.NDArray[np.bool_]] = {}
-        for vis in visibility:
-            if vis not in masks:
-                masks[vis] = np.fromiter((vis.allows(c) for c in index.chunks), dtype=bool, count=len(index.chunks))
-        allowed = np.stack([masks[vis] for vis in visibility]) if visibility else None
-        scores, rows = index.matrix.search(queries, k, allowed)
-        return [
-            [Hit(index.chunks[row], float(score)) for score, row in zip(s.tolist(), r.tolist(), strict=True)
-             if row >= 0]
-            for s, r in zip(scores, rows, strict=True)
-        ]

@@ -23,7 +23,8 @@ from workers.cache.stage import CacheContext
 from workers.embedding import HashingEmbedder, Vectors
 from workers.policy import PolicyContext, StaticPolicy
 from workers.retrieval import RetrievalContext
-from workers.vector_index import IndexedChunk, MemoryVectorIndex
+from workers.vectors.chunks import IndexedChunk
+from workers.vectors.index import MemoryVectorIndex
 
 EMAIL = "jane.doe@example.com"
 CARD = "4111 1111 1111 1111"

@@ -26,13 +26,10 @@ Measured by ``bench/injection_eval.py`` on ``bench/data/injection_tuning.jsonl``
 
 from __future__ import annotations
 
-import base64
-import binascii
 import itertools
 import json
 import math
 import re
-import unicodedata
 import zlib
 from dataclasses import dataclass
 from functools import cache
@@ -40,7 +37,10 @@ from pathlib import Path
 
 import numpy as np
 
+from workers.detectors.readings import TypoFolder, normalise, readings
 from workers.detectors.rules import Rule, load_rules
+
+__all__ = ["RULES", "InjectionResult", "NgramModel", "Rule", "features", "normalise", "score"]
 
 
 @dataclass(frozen=True)
@@ -51,43 +51,10 @@ class InjectionResult:
 
 _BOOK = load_rules()  # once per process; a bad rule file fails the import with a ConfigError naming the rule
 RULES: tuple[Rule, ...] = _BOOK.rules
-
-_ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"), None)
-_SPACES = re.compile(r"[ \t\r\f\v]+")
-# Three or more single letters with one separator between each: "i g n o r e", "i.g.n.o.r.e", "D-i-s-r-e-g-a-r-d".
-_SPREAD = re.compile(r"(?<![^\W\d_])(?:[^\W\d_][ .\-*_]){2,}[^\W\d_](?![^\W\d_])")
-_SPREAD_SEPARATORS = re.compile(r"[ .\-*_]")
-_INNER_HYPHEN = re.compile(r"(?<=[^\W\d_])-(?=[^\W\d_])")
-_MIXED_TOKEN = re.compile(r"\b(?=\w*[^\W\d_])(?=\w*\d)\w+\b")
-_LEET = str.maketrans("013457", "oieast")
-_BASE64 = re.compile(r"[A-Za-z0-9+/]{16,}={0,2}")
-
-
-def normalise(text: str) -> str:
-    """NFKC, zero-width characters dropped, spread-out letters joined, whitespace collapsed."""
-    text = unicodedata.normalize("NFKC", text).translate(_ZERO_WIDTH)
-    text = _SPREAD.sub(lambda m: _SPREAD_SEPARATORS.sub("", m.group()), text)
-    return _SPACES.sub(" ", text)
-
-
-def _variants(text: str) -> list[str]:
-    """The normalised text, its leetspeak/hyphen-folded reading when different, and any base64 it carries."""
-    normal = normalise(text)
-    out = [normal]
-    folded = _INNER_HYPHEN.sub("", normal) if "-" in normal else normal
-    if any(c.isdigit() for c in folded):
-        folded = _MIXED_TOKEN.sub(lambda m: m.group().translate(_LEET), folded)
-    if folded != normal:
-        out.append(folded)
-    for blob in _BASE64.findall(text) if len(text) >= 16 else ():
-        try:
-            decoded = base64.b64decode(blob + "=" * (-len(blob) % 4), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            continue
-        if decoded.isprintable():
-            out.append(normalise(decoded))
-    return out
-
+_TYPOS = TypoFolder(_BOOK.typo_vocabulary)
+# A quoted span: straight or curly quotes, or backticks, not an apostrophe inside a word ("don't", "band's").
+_QUOTED = re.compile(r"(?<!\w)(?:'[^'\n]{2,400}?'|\"[^\"\n]{2,400}?\"|“[^”\n]{2,400}?”|‘[^’\n]{2,400}?’|"
+                     r"`[^`\n]{2,400}?`)(?!\w)")
 
 # --- the n-gram model: hashed word 1-2-grams and character 4-grams, logistic regression. ---
 MODEL_PATH = Path(__file__).with_name("injection_model.json")
@@ -143,24 +110,55 @@ def _model() -> NgramModel | None:
     return NgramModel.load()
 
 
-def score(texts: list[str], *, use_model: bool = True) -> InjectionResult:
-    """Score the texts (prompt messages and retrieved passages) of one request."""
-    variants = [v for t in texts if t for v in _variants(t)]
+def _variants(text: str) -> list[str]:
+    return readings(text, _TYPOS)
+
+
+def _found(variants: list[str]) -> dict[str, Rule]:
     lowered = [v.lower() for v in variants]
-    signals: dict[str, float] = {}
-    for rule in RULES:
-        if any(rule.matches(v, low) for v, low in zip(variants, lowered, strict=True)):
-            signals[rule.name] = rule.weight
+    return {rule.name: rule for rule in RULES
+            if any(rule.matches(v, low) for v, low in zip(variants, lowered, strict=True))}
+
+
+def _combine(weights: list[float]) -> float:
+    remaining = 1.0
+    for weight in weights:
+        remaining *= 1.0 - weight
+    return 1.0 - remaining
+
+
+def score(texts: list[str], *, use_model: bool = True) -> InjectionResult:
+    """Score the texts (prompt messages and retrieved passages) of one request.
+
+    The signals split in two. *Attack signals* are command rules that match outside quotes: nothing lowers what
+    they add up to ("(Approved by the security team.)" after a command changes nothing). The rest (mention rules,
+    commands found only inside quotes, the n-gram model) is damped when the text discusses injection or asks, outside
+    its quotes, a question about what it quotes.
+    """
+    present = [t for t in texts if t]
+    variants = [v for t in present for v in _variants(t)]
+    found = _found(variants)
+    quoted = any(_QUOTED.search(t) for t in present)
+    unquoted = [_QUOTED.sub(" ", t) for t in present] if quoted else present
+    outside = _found([v for t in unquoted for v in _variants(t)]) if quoted and found else found
+    quoted_only = [name for name in found if name not in outside]
+    attack = [r.weight for r in found.values() if not r.mention and r.name in outside]
+    others = [r.weight for r in found.values() if r.mention or r.name not in outside]
+    signals: dict[str, float] = {name: rule.weight for name, rule in found.items()}
     model = _model() if use_model else None
     if model is not None and variants:
         probability = max(model.probability(v) for v in variants[:2])  # the text and its folded reading
         if probability >= 0.5:
             signals["ngram_model"] = model.signal_weight * (probability - 0.5) * 2
-    remaining = 1.0
-    for weight in signals.values():
-        remaining *= 1.0 - weight
-    result = 1.0 - remaining
-    if signals and any(_BOOK.discussion.search(v) for v in variants):
+            others.append(signals["ngram_model"])
+    dampable = _combine(others)
+    if dampable and _discusses(variants, unquoted, asks_about_quote=bool(quoted_only)):
         signals["discusses_injection"] = 0.0
-        result *= _BOOK.discussion_damping
+        dampable *= _BOOK.discussion_damping
+    result = 1.0 - (1.0 - _combine(attack)) * (1.0 - dampable)
     return InjectionResult(score=round(result, 4), rules=tuple(signals))
+
+
+def _discusses(variants: list[str], unquoted: list[str], *, asks_about_quote: bool) -> bool:
+    """The text talks about injection, or asks a question (outside its quotes) about a quoted command."""
+    return any(_BOOK.discussion.search(v) for v in variants) or (asks_about_quote and any("?" in t for t in unquoted))

@@ -9,6 +9,11 @@ The file has four sections:
   optional lower-case ``triggers``, an optional ``context`` pattern that must match within ``context_chars`` of the
   hit, and ``always_from_length``. A pattern may be written as a list of strings, which are joined.
 - ``discussion``: the pattern of text that talks *about* injection, and the damping applied to it.
+- ``typo_vocabulary``: words the rules look for that are worth reading through a typing slip (``Igonre``).
+
+A rule's ``kind`` is ``command`` (the default: the text tells the model to do something) or ``mention`` (the text
+names a thing attackers use, such as "DAN" or "developer mode", which a discussion of attacks names too). Only
+mentions, and commands that sit inside quotes, are damped when the text discusses injection.
 
 Every pattern is compiled case-insensitive and multi-line. A file that does not validate raises
 :class:`~schemas.errors.ConfigError` naming the file, the rule and what is wrong.
@@ -43,6 +48,7 @@ class Rule:
     # A family rule may also need ``context`` within ``context_chars`` of its match ("your", "previous").
     context: re.Pattern[str] | None = None
     context_chars: int = 40
+    mention: bool = False  # names an attack rather than commands one: damped in a discussion
 
     def __post_init__(self) -> None:
         trigger = re.compile("|".join(map(re.escape, self.triggers))) if self.triggers else None
@@ -71,6 +77,7 @@ class RuleBook:
     rules: tuple[Rule, ...]
     discussion: re.Pattern[str]
     discussion_damping: float
+    typo_vocabulary: tuple[str, ...] = ()
 
 
 class _Strict(BaseModel):
@@ -83,6 +90,7 @@ Pattern = str | list[str]
 class _RuleSpec(_Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     layer: Literal["literal", "family"]
+    kind: Literal["command", "mention"] = "command"
     weight: float = Field(gt=0.0, le=1.0)
     pattern: Pattern
     triggers: list[str] = Field(default_factory=list)
@@ -101,6 +109,7 @@ class _RuleFile(_Strict):
     lists: dict[str, list[str]] = Field(default_factory=dict)
     rules: list[_RuleSpec] = Field(min_length=1)
     discussion: _DiscussionSpec
+    typo_vocabulary: list[str] = Field(default_factory=list)
 
 
 def _joined(pattern: Pattern) -> str:
@@ -150,10 +159,13 @@ def parse_rules(raw: object, source: str = "<rules>") -> RuleBook:
         context = None if rule.context is None else _compile(_expand(rule.context, fragments, where), where)
         rules.append(Rule(rule.name, rule.weight, _compile(_expand(rule.pattern, fragments, where), where),
                           triggers=tuple(rule.triggers), always_from_length=rule.always_from_length,
-                          context=context, context_chars=rule.context_chars))
+                          context=context, context_chars=rule.context_chars, mention=rule.kind == "mention"))
     where = f"{source}: discussion"
+    bad_words = [w for w in spec.typo_vocabulary if not w.isalpha() or w != w.lower()]
+    if bad_words:
+        raise ConfigError(f"{source}: typo_vocabulary holds lower-case words only: {bad_words}")
     return RuleBook(tuple(rules), _compile(_expand(spec.discussion.pattern, fragments, where), where),
-                    spec.discussion.damping)
+                    spec.discussion.damping, tuple(spec.typo_vocabulary))
 
 
 def load_rules(path: Path = RULES_PATH) -> RuleBook:

@@ -1,12 +1,13 @@
-"""Train the injection detector's hashed n-gram model on the tuning set only; write
-workers/detectors/injection_model.json.
+"""Train the injection detector's hashed n-gram model on tuning rows only (the project's tuning set and the ``tune``
+split of the outsider set); write workers/detectors/injection_model.json.
 
 Logistic regression (full-batch gradient descent from zeros, L2) over the hashed features of
 ``workers.detectors.injection.features`` — deterministic, numpy only. The weight the model's signal gets in the
 detector's
 score is chosen by 5-fold cross-validation *within the tuning set*: the largest weight from a small grid whose
 out-of-fold combined score (rules + model) keeps the tuning FPR at the default threshold at or below 0.03.
-The held-out file is never read here. Run: ``.venv/bin/python -m bench.train_injection``.
+The held-out file and the outsider ``test`` split are never read here.
+Run: ``.venv/bin/python -m bench.train_injection``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 
 import numpy as np
 
-from bench.injection_eval import DEFAULT_THRESHOLD, TUNING
+from bench.injection_eval import DEFAULT_THRESHOLD, OUTSIDER_TUNE, TUNING
 from workers.detectors.injection import MODEL_PATH, features, normalise, score
 
 DIMS = 1 << 12
@@ -56,8 +57,9 @@ def combined(rule_score: float, probability: float, signal_weight: float) -> flo
 
 
 def main() -> int:
-    texts = [s.text for s in TUNING]
-    y = np.array([1.0 if s.is_attack else 0.0 for s in TUNING])
+    rows = TUNING + OUTSIDER_TUNE
+    texts = [s.text for s in rows]
+    y = np.array([1.0 if s.is_attack else 0.0 for s in rows])
     x = design(texts)
     rule_scores = np.array([score([t], use_model=False).score for t in texts])
     out_of_fold = np.zeros(len(texts))
@@ -88,7 +90,7 @@ def main() -> int:
     MODEL_PATH.write_text(json.dumps({
         "about": "hashed n-gram logistic regression for workers/detectors/injection.py; "
                  "trained by bench/train_injection.py "
-                 "on bench/data/injection_tuning.jsonl only",
+                 "on bench/data/injection_tuning.jsonl and the tune split of injection_outsider.jsonl only",
         "dims": DIMS, "bias": round(bias, 5), "signal_weight": chosen,
         "weights": [round(float(w), 5) for w in weights],
     }, separators=(",", ":")) + "\n", encoding="utf-8")

@@ -4,6 +4,8 @@ Detectors find candidates with a regex and keep only those that validate: card n
 issuer prefix, IBANs pass mod-97 and their country's length (python-stdnum), US SSNs are outside the never-issued
 ranges (python-stdnum), IP addresses parse (``ipaddress``), phone numbers are valid for their region (phonenumbers,
 libphonenumber's metadata). Overlaps are resolved by a fixed priority (a card number is not also a phone number).
+A well-formed IBAN with wrong check digits is rejected, and its span is not read again as a phone number unless
+the number is grouped the way its region writes it.
 
 A :class:`Redactor` is used once per request: the same value gets the same placeholder in every message and passage,
 so the model still sees that two mentions are one person. The value→placeholder map lives only in memory.
@@ -94,7 +96,8 @@ def _cards(text: str) -> Iterator[Finding]:
             i += 1
 
 
-def _ibans(text: str) -> Iterator[Finding]:
+def _ibans(text: str, rejected: list[tuple[int, int]]) -> Iterator[Finding]:
+    """Valid IBANs; the spans of well-formed ones with wrong check digits go to ``rejected``."""
     pos = 0
     while (m := _IBAN.search(text, pos)) is not None:
         raw = m.group()
@@ -106,13 +109,23 @@ def _ibans(text: str) -> Iterator[Finding]:
         for length in range(len(compact), 14, -1):
             # mod-97 and the country's length; not the national bank-code registries, which go stale.
             candidate = compact[:length]
+            end = m.start() + positions[length - 1] + 1
             if mod_97_10.is_valid(candidate[4:] + candidate[:4]) and stdnum_iban.is_valid(candidate,
                                                                                           check_country=False):
-                end = m.start() + positions[length - 1] + 1
                 if not text[end:end + 1].isalnum():
                     yield Finding("iban", m.start(), end, text[m.start():end])
                     pos = end
                 break
+            if not text[end:end + 1].isalnum() and _wrong_check_digits(candidate):
+                rejected.append((m.start(), end))
+                pos = end
+                break
+
+
+def _wrong_check_digits(candidate: str) -> bool:
+    """An IBAN in every respect (country, length, layout) but its two check digits."""
+    fixed = candidate[:2] + stdnum_iban.calc_check_digits(candidate) + candidate[4:]
+    return stdnum_iban.is_valid(fixed, check_country=False)
 
 
 def _ssns(text: str) -> Iterator[Finding]:
@@ -140,10 +153,10 @@ def _ips(text: str) -> Iterator[Finding]:
             yield Finding("ip_address", m.start(), m.end(), candidate)
 
 
-def _phones(text: str, region: str) -> Iterator[Finding]:
+def _phones(text: str, region: str, leniency: int = phonenumbers.Leniency.VALID) -> Iterator[Finding]:
     if len(_DIGITS.findall(text)) < 7:
         return
-    for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID):
+    for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=leniency):
         yield Finding("phone", match.start, match.end, text[match.start:match.end])
 
 
@@ -162,15 +175,28 @@ def _resolve(candidates: list[Finding], taken: list[Finding]) -> list[Finding]:
     return taken
 
 
+def _overlaps(finding: Finding, spans: list[tuple[int, int]]) -> bool:
+    return any(finding.start < end and start < finding.end for start, end in spans)
+
+
 def detect(text: str, *, phone_region: str = "US") -> list[Finding]:
     """Every PII finding in ``text``: validated, non-overlapping, in text order."""
-    taken = _resolve([*_secrets(text), *_emails(text), *_ibans(text), *_cards(text), *_ssns(text), *_ips(text)], [])
+    rejected: list[tuple[int, int]] = []  # IBAN-shaped candidates whose checksum failed
+    taken = _resolve([*_secrets(text), *_emails(text), *_ibans(text, rejected), *_cards(text), *_ssns(text),
+                      *_ips(text)], [])
     # libphonenumber grabs long digit runs as one candidate: mask what is already found so a card next to a phone
     # number does not hide it.
     masked = text
     for f in taken:
         masked = masked[:f.start] + "\n" * (f.end - f.start) + masked[f.end:]
-    taken = _resolve(list(_phones(masked, phone_region)), taken)
+    phones = list(_phones(masked, phone_region))
+    if rejected and any(_overlaps(p, rejected) for p in phones):
+        # The letters of a rejected IBAN split its digits into a run that libphonenumber reads as a number
+        # ("NL91 ABNA 5618 5576 85"): inside such a span, keep only numbers grouped the way their region writes
+        # them.
+        strict = {(p.start, p.end) for p in _phones(masked, phone_region, phonenumbers.Leniency.STRICT_GROUPING)}
+        phones = [p for p in phones if not _overlaps(p, rejected) or (p.start, p.end) in strict]
+    taken = _resolve(phones, taken)
     return sorted(taken, key=lambda f: f.start)
 
 

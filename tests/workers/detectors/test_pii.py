@@ -86,3 +86,15 @@ def test_valid_ibans_are_found(before: str, number: str, after: str) -> None:
 def test_redacted_text_has_nothing_left_to_find(parts: list[str]) -> None:
     redacted = Redactor().redact(" ".join(parts))
     assert detect(redacted) == []
+
+
+def test_a_rejected_iban_is_not_reread_as_a_phone_number() -> None:
+    # NL IBANs are 18 characters; this one has the right shape and a wrong check digit. Its tail, "5618 5576 85",
+    # is a valid US number to libphonenumber, but nobody writes one in groups of 4-4-2.
+    for text in ("IBAN NL91 ABNA 5618 5576 85", "Pay to NL91ABNA5618557685 today",
+                 "GB82 WEST 1234 5698 7654 33 is wrong"):
+        assert detect(text) == [], text
+    # A number that stands on its own merits next to a rejected candidate is still found.
+    text = "IBAN NL91 ABNA 5618 5576 85, or call 415 555 2671"
+    assert [(f.entity, f.text) for f in detect(text)] == [("phone", "415 555 2671")]
+

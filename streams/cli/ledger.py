@@ -152,7 +152,8 @@ def register(app: typer.Typer) -> None:
         """Print the cost ledger (the default when no subcommand is given)."""
         if ctx.invoked_subcommand is not None:
             return
-        from streams.ledger.app import fetch_snapshot, ledger_snapshot, ledger_url
+        from streams.ledger.aggregate import ledger_snapshot
+        from streams.ledger.client import fetch_snapshot, ledger_url
 
         settings = get_settings()
         if source is Source.WORKER:
@@ -183,7 +184,7 @@ def register(app: typer.Typer) -> None:
         """The running worker's recovery time, table sizes and applied positions (JSON)."""
         import httpx
 
-        from streams.ledger.app import ledger_url
+        from streams.ledger.client import ledger_url
 
         target = f"{(url or ledger_url(get_settings())).rstrip('/')}/ledger/status/"
         try:
@@ -203,7 +204,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Compare the ledger with an independent aggregation of the responses topic and with the audited costs of
         the audit log; print the differences (exit 1 unless zero)."""
-        from streams.ledger.app import Reconciliation, reconcile
+        from streams.ledger.reconcile import Reconciliation, reconcile
 
         result: Reconciliation = run_async(reconcile(get_settings(), url))
         tenants = sorted(result.ledger_totals.keys() | result.source_totals.keys())
@@ -321,7 +322,7 @@ async def publish_outcome(settings: Settings, event: OutcomeEvent) -> None:
 
 
 async def read_responses(settings: Settings) -> list[tuple[int, int, Any]]:
-    from streams.ledger.app import decoded_responses, read_topic
+    from streams.ledger.reader import decoded_responses, read_topic
     from streams.runtime.topics import ensure_topics, topology
 
     await ensure_topics(settings)

@@ -11,7 +11,7 @@ from openai import AsyncOpenAI
 
 from schemas.policy import Budgets, ModelSpec, PiiRules, PolicyDocument, RateLimits, TenantPolicy
 from streams.followers.policy import publish_policy
-from streams.ingress.http import serving
+from streams.ingress.server import serving
 from streams.settings import Settings
 from workers.keys import create_key
 

@@ -14,7 +14,8 @@ from schemas.envelope import Envelope, Status, Usage
 from schemas.errors import ServiceUnavailable
 from schemas.policy import KeyRecord, PolicyDocument, TenantPolicy
 from schemas.response import HopSummary, Response
-from streams.ingress.http import Ingress, build_app, http_status_for
+from streams.ingress.app import Ingress, build_app
+from streams.ingress.errors import http_status_for
 from streams.ingress.idempotency import MemoryIdempotencyStore
 from streams.settings import Settings
 from workers.keys import create_key, verify_principal

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
+import logging
 from dataclasses import dataclass
 
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from schemas.envelope import Tier
@@ -39,11 +39,12 @@ from streams.ingress.envelope import envelope_for
 from streams.ingress.errors import HttpError, http_status_for
 from streams.ingress.gateway import Gateway
 from streams.ingress.idempotency import Claim, IdempotencyStore, fingerprint, request_id_for, scope_of
+from streams.ingress.middleware import PARSER_LIMITS, openai_errors
 from streams.ingress.openai import (
     ChatBody,
     completion_body,
     error_from_response,
-    error_response,
+    invalid_body,
     json_response,
     parse_body,
     sse_events,
@@ -52,9 +53,8 @@ from streams.ingress.openai import (
 from streams.settings import Settings
 from workers.routing.catalog import ModelCatalog
 
-REQUESTS = Counter("tollway_ingress_requests_total", "HTTP requests answered by the ingress", ["route", "status"])
-LATENCY = Histogram("tollway_ingress_request_seconds", "HTTP request to answer, by route", ["route"],
-                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
+log = logging.getLogger(__name__)
+
 GRACE_S = 2.0  # the pipeline answers deadline_exceeded itself; wait this much past the deadline before giving up
 
 
@@ -109,17 +109,11 @@ class Ingress:
 
     # ------------------------------------------------------------------ handlers
     async def chat(self, request: web.Request) -> web.StreamResponse:
-        started = time.perf_counter()
         try:
-            result = await self._chat(request)
-        except HttpError as exc:
-            result = error_response(exc)
-        REQUESTS.labels("chat", str(result.status)).inc()
-        LATENCY.labels("chat").observe(time.perf_counter() - started)
-        return result
-
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            raise HttpError(413, f"the request body is larger than {self.settings.max_message_bytes} bytes",
+                            type_="invalid_request_error", code="request_too_large") from exc
         identity = await self.identify(request)
         body = parse_body(raw)
         if self.catalog is not None and body.model not in ("auto", "") and body.model not in self.catalog:
@@ -152,29 +146,32 @@ class Ingress:
 
         try:
             env = envelope_for(body, identity, tier, budget_ms, request_id, self.settings)
-        except ValidationError as exc:
-            await self._release(scope, claim)
-            first = exc.errors()[0]
-            raise HttpError(400, f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}",
-                            type_="invalid_request_error", code="invalid_request") from exc
-        except HttpError:
-            await self._release(scope, claim)
-            raise
-        sign_envelope(env, identity, self.secret)
-        try:
+            sign_envelope(env, identity, self.secret)
             await self.gateway.publish(env)
-        except ServiceUnavailable as exc:
+        except BaseException as exc:
+            # Nothing is in flight: free the key whatever went wrong, so the caller's retry is worked instead of
+            # waiting on a lease (a retry gets the same request id, and the pipeline deduplicates by it).
             await self._release(scope, claim)
-            raise HttpError(503, f"Kafka is unreachable: {exc}", type_="server_error", code="kafka_unavailable",
-                            retry_after_s=1) from exc
+            if isinstance(exc, ValidationError):
+                raise invalid_body(exc) from exc
+            if isinstance(exc, ServiceUnavailable):
+                raise HttpError(503, f"Kafka is unreachable: {exc}", type_="server_error",
+                                code="kafka_unavailable", retry_after_s=1) from exc
+            raise
         try:
             response = await self.gateway.wait(env.request_id, wait_s)
         except TimeoutError as exc:
             raise HttpError(504, f"no response within the {budget_ms} ms budget", type_="timeout_error",
                             code="deadline_exceeded") from exc
         if scope is not None and claim is not None and self.idempotency is not None:
-            await self.idempotency.finish(scope, claim, response)
+            try:
+                await self.idempotency.finish(scope, claim, response)
+            except ServiceUnavailable as exc:
+                # The answer exists: give it. A retry with the key finds it pending until the lease runs out, then
+                # is worked again under the same request id, which the pipeline answers as a replay.
+                log.warning("idempotency record not stored for %s: %s", env.request_id, exc)
         return await self.render(request, response, body, replayed=False)
+
     async def _claim(self, scope: str, fp: str, lease_s: float) -> Claim:
         assert self.idempotency is not None
         try:
@@ -201,7 +198,10 @@ class Ingress:
                 return await self.gateway.wait(request_id, min(0.25, max(0.0, deadline - loop.time())))
             except TimeoutError:
                 # The first ingress may have seen the reply before this one started waiting; it stores it.
-                stored = await self.idempotency.get(scope)
+                try:
+                    stored = await self.idempotency.get(scope)
+                except ServiceUnavailable as exc:
+                    raise HttpError(503, str(exc), type_="server_error", code="redis_unavailable") from exc
                 if stored is not None and stored.response is not None:
                     return stored.response
                 if loop.time() >= deadline:
@@ -228,10 +228,7 @@ class Ingress:
         return json_response(completion_body(response, body), headers=headers)
 
     async def models(self, request: web.Request) -> web.Response:
-        try:
-            identity = await self.identify(request)
-        except HttpError as exc:
-            return error_response(exc)
+        identity = await self.identify(request)
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "tollway"}
                 for name in self.models_for(identity)]
         return json_response({"object": "list", "data": data})
@@ -253,7 +250,8 @@ INGRESS = web.AppKey("ingress", Ingress)
 
 
 def build_app(ingress: Ingress) -> web.Application:
-    app = web.Application(client_max_size=ingress.settings.max_message_bytes)
+    app = web.Application(client_max_size=ingress.settings.max_message_bytes, middlewares=[openai_errors],
+                          handler_args=PARSER_LIMITS)
     app.router.add_post("/v1/chat/completions", ingress.chat)
     app.router.add_get("/v1/models", ingress.models)
     app.router.add_get("/healthz", ingress.healthz)

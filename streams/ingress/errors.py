@@ -27,15 +27,16 @@ def invalid_request(message: str, *, code: str = "invalid_value", param: str | N
     return HttpError(status, message, type_="invalid_request_error", code=code, param=param)
 
 
-# OpenAI's error type for a status aiohttp itself raises (unknown route, wrong method, body too large, …).
-_TYPE_BY_STATUS = {401: "authentication_error", 403: "permission_error", 404: "invalid_request_error",
-                   429: "rate_limit_error"}
+# OpenAI's error type and a code for a status aiohttp itself raises (unknown route, wrong method, body too large, …).
+_TYPE_BY_STATUS = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+_CODE_BY_STATUS = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large", 414: "uri_too_long",
+                   415: "unsupported_media_type", 431: "header_too_large"}
 
 
-def from_status(status: int, message: str, *, code: str) -> HttpError:
+def from_status(status: int, message: str) -> HttpError:
     """An :class:`HttpError` for a status raised outside our handlers (aiohttp's routing and body reading)."""
     type_ = _TYPE_BY_STATUS.get(status, "invalid_request_error" if status < 500 else "server_error")
-    return HttpError(status, message, type_=type_, code=code)
+    return HttpError(status, message, type_=type_, code=_CODE_BY_STATUS.get(status, f"http_{status}"))
 
 
 _DENIAL_STATUS: dict[str, tuple[int, str]] = {
@@ -49,6 +50,11 @@ _DENIAL_STATUS: dict[str, tuple[int, str]] = {
 }
 
 
+# The router's words for a model it skipped because its backend is failing (workers/routing/router.py): the request
+# itself was fine, so it is worth retrying once the circuit closes.
+_TRANSIENT_ROUTING = "circuit open"
+
+
 def http_status_for(response: Response) -> tuple[int, str]:
     """(HTTP status, OpenAI error type) for a response's status and code."""
     if response.status in (Status.OK, Status.CACHE_HIT):
@@ -59,4 +65,10 @@ def http_status_for(response: Response) -> tuple[int, str]:
         return 504, "timeout_error"
     if response.status is Status.FAILED and response.code == "model_error":
         return 502, "server_error"
+    if response.status is Status.FAILED and response.code == "no_eligible_model":
+        # A routing decision, not a crash: no model satisfies the request's tier, model, policy and context window
+        # (the caller must change the request: 400), or the only ones that would are behind an open circuit (503).
+        if _TRANSIENT_ROUTING in response.message:
+            return 503, "server_error"
+        return 400, "invalid_request_error"
     return 500, "server_error"

@@ -8,11 +8,12 @@ Tollway's extras travel where OpenAI clients ignore them: ``x-tollway-*`` and ``
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
 
 from schemas.envelope import CacheControl, Message, Tier
 from schemas.response import Response
@@ -28,15 +29,49 @@ class TollwayOptions(_Body):
     model_config = ConfigDict(extra="forbid")
     tier: Tier | None = None
     budget_ms: int | None = Field(default=None, ge=1, le=86_400_000)
-    task_id: str | None = None
-    session_id: str | None = None
+    task_id: str | None = Field(default=None, max_length=200)
+    session_id: str | None = Field(default=None, max_length=200)
     quality_tier: str | None = None
     cache: CacheControl | None = None
 
 
+_ROLES: dict[str, Literal["system", "user", "assistant", "tool"]] = {
+    "system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool",
+    "function": "tool"}
+OpenAIRole = Literal["system", "developer", "user", "assistant", "tool", "function"]
+
+
+def _text_of(content: Any) -> str:
+    """A message's content as one text: a string, null (an assistant turn with tool calls only) or a list of text
+    parts. Anything else is refused here, at parsing, before an idempotency key is claimed."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise PydanticCustomError("invalid_type", "must be a string, null or a list of text parts")
+    texts = []
+    for index, part in enumerate(content):
+        if not isinstance(part, dict) or part.get("type") != "text":
+            raise PydanticCustomError("invalid_value", "content[{index}]: only text content parts are supported",
+                                      {"index": index})
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise PydanticCustomError("invalid_type", "content[{index}].text must be a string", {"index": index})
+        texts.append(text)
+    return "\n".join(texts)
+
+
+class ChatMessage(_Body):
+    """One OpenAI message; ``content`` arrives as the joined text (see :func:`_text_of`)."""
+
+    role: OpenAIRole
+    content: Annotated[str, BeforeValidator(_text_of)] = ""
+
+
 class ChatBody(_Body):
     model: str = "auto"
-    messages: list[dict[str, Any]] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1, le=32_768)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=32_768)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
@@ -47,42 +82,32 @@ class ChatBody(_Body):
     tollway: TollwayOptions = Field(default_factory=TollwayOptions)
 
 
-_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool",
-          "function": "tool"}
+def to_messages(raw: list[ChatMessage]) -> list[Message]:
+    """OpenAI messages → ours: ``developer`` as ``system``, ``function`` as ``tool`` (parsing checked the rest)."""
+    return [Message(role=_ROLES[item.role], content=item.content) for item in raw]
 
 
-def to_messages(raw: list[dict[str, Any]]) -> list[Message]:
-    """OpenAI messages → ours: text parts joined, ``developer`` as ``system``; anything else is a 400."""
-    messages = []
-    for index, item in enumerate(raw):
-        role = _ROLES.get(str(item.get("role")))
-        if role is None:
-            raise HttpError(400, f"messages[{index}].role {item.get('role')!r} is not supported",
-                            type_="invalid_request_error", code="invalid_value", param=f"messages[{index}].role")
-        content = item.get("content")
-        if isinstance(content, list):
-            texts = [part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"]
-            if len(texts) != len(content):
-                raise HttpError(400, "only text content parts are supported", type_="invalid_request_error",
-                                code="invalid_value", param=f"messages[{index}].content")
-            content = "\n".join(texts)
-        if content is None:
-            content = ""
-        if not isinstance(content, str):
-            raise HttpError(400, f"messages[{index}].content must be a string or a list of text parts",
-                            type_="invalid_request_error", code="invalid_type", param=f"messages[{index}].content")
-        messages.append(Message(role=role, content=content))
-    return messages
+def param_of(loc: tuple[int | str, ...]) -> str | None:
+    """A pydantic error location as OpenAI names a parameter: ``messages[0].content``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or None
+
+
+def invalid_body(exc: ValidationError) -> HttpError:
+    """The first thing wrong with a request body or the envelope it became, as a 400."""
+    first = exc.errors()[0]
+    param = param_of(tuple(first["loc"]))
+    message = f"{param}: {first['msg']}" if param else f"invalid request body: {first['msg']}"
+    return HttpError(400, message, type_="invalid_request_error", code="invalid_request", param=param)
 
 
 def parse_body(raw: bytes) -> ChatBody:
     try:
         return ChatBody.model_validate_json(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        raise HttpError(400, f"{param or 'body'}: {first['msg']}" if param else f"invalid request body: {first['msg']}",
-                        type_="invalid_request_error", code="invalid_request", param=param) from exc
+        raise invalid_body(exc) from exc
 
 
 # ---------------------------------------------------------------------------------------------- errors

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from schemas.errors import ConfigError, ServiceUnavailable
@@ -31,14 +32,19 @@ def setup_logging(level: str) -> None:
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro``; a service that is down exits 3 and a bad configuration exits 2, each with one clear line."""
+    """Run ``coro``; a service that is down exits 3 and a bad configuration exits 2, each with one clear line (never
+    wrapped: a script or a test reads it whole)."""
     try:
         return asyncio.run(coro)
     except ServiceUnavailable as exc:
-        err_console.print(f"[red]service unavailable:[/] {exc}  (start the stack with `make up`)")
+        from streams.ledger.client import LedgerUnreachable
+
+        # A missing ledger worker is not fixed by starting Kafka and Redis: its message says what is.
+        hint = "" if isinstance(exc, LedgerUnreachable) else "  (start the stack with `make up`)"
+        err_console.print(f"[red]service unavailable:[/] {escape(str(exc))}{hint}", soft_wrap=True)
         raise typer.Exit(EXIT_UNAVAILABLE) from exc
     except ConfigError as exc:
-        err_console.print(f"[red]configuration error:[/] {exc}")
+        err_console.print(f"[red]configuration error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(EXIT_USAGE) from exc
 
 

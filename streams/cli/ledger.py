@@ -176,23 +176,16 @@ def register(app: typer.Typer) -> None:
         try:
             run_worker(settings, loglevel=loglevel)
         except ServiceUnavailable as exc:
-            console.print(f"[red]service unavailable:[/] {exc}")
+            console.print(f"[red]service unavailable:[/] {exc}", soft_wrap=True)
             raise typer.Exit(EXIT_UNAVAILABLE) from exc
 
     @ledger.command("status")
     def status(url: Annotated[str | None, typer.Option(help="ledger worker URL")] = None) -> None:
         """The running worker's recovery time, table sizes and applied positions (JSON)."""
-        import httpx
+        from streams.ledger.client import fetch_status, ledger_url
 
-        from streams.ledger.client import ledger_url
-
-        target = f"{(url or ledger_url(get_settings())).rstrip('/')}/ledger/status/"
-        try:
-            reply = httpx.get(target, timeout=10)
-        except httpx.HTTPError as exc:
-            console.print(f"[red]no ledger worker at {target}:[/] {exc}")
-            raise typer.Exit(EXIT_UNAVAILABLE) from exc
-        sys.stdout.write(reply.text + "\n")
+        status = run_async(fetch_status(url or ledger_url(get_settings())))
+        sys.stdout.write(orjson.dumps(status, option=orjson.OPT_NON_STR_KEYS).decode() + "\n")
 
     @ledger.command("reconcile")
     def reconcile_cmd(

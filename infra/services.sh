@@ -37,7 +37,7 @@ creds_dir="$state/credentials"
 creds_file="$creds_dir/kafka.json"
 # Who may connect (the ACLs of each are in infra/kafka_acls.py). admin is the super user and the broker's own.
 PRINCIPALS=(admin producer stage-retrieval stage-policy stage-cache stage-model stage-postprocess stage-audit stages
-            policy-admin ledger)
+            policy-admin ledger auditor)
 
 say() { printf '[infra] %s\n' "$*" >&2; }
 die() { printf '[infra] error: %s\n' "$*" >&2; exit 1; }

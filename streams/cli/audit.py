@@ -130,16 +130,14 @@ def tail(
     tenant: Annotated[str | None, typer.Option(help="only this tenant")] = None,
 ) -> None:
     """Follow the audit topic live (its own reader, no consumer group: it never disturbs the audit stage)."""
-    from aiokafka import AIOKafkaConsumer
-
+    from streams.runtime.connections import new_consumer
     from streams.runtime.topics import topology
 
     settings = get_settings()
 
     async def follow() -> None:
-        consumer = AIOKafkaConsumer(topology(settings).audit_log, bootstrap_servers=settings.bootstrap_servers,
-                                    group_id=None, enable_auto_commit=False,
-                                    auto_offset_reset="earliest" if from_beginning else "latest")
+        consumer = new_consumer(settings, topology(settings).audit_log, role="auditor",
+                                auto_offset_reset="earliest" if from_beginning else "latest")
         await consumer.start()
         try:
             while True:

@@ -1,32 +1,50 @@
-"""What every ``tollway`` subcommand shares: exit codes, running a coroutine with clear errors, reading times."""
+"""What every ``tollway`` subcommand shares: exit codes, the consoles and logging set-up, running a coroutine with clear
+errors, reading times, printing a response with its per-stage latency."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
 from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
 from schemas.errors import ConfigError, ServiceUnavailable
+from schemas.response import Response
 
 EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 1, 2, 3
 T = TypeVar("T")
 
+# Piped output (make demo | tee, CI logs) gets room for the wide tables instead of rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
 
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+
+
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro``; a service that is down exits 3 and a bad configuration exits 2, each with one clear line."""
+    """Run ``coro``; a service that is down exits 3 and a bad configuration exits 2, each with one clear line (never
+    wrapped: a script or a test reads it whole)."""
     try:
         return asyncio.run(coro)
     except ServiceUnavailable as exc:
-        err_console.print(f"[red]service unavailable:[/] {exc}  (start the stack with `make up`)")
+        from streams.ledger.client import LedgerUnreachable
+
+        # A missing ledger worker is not fixed by starting Kafka and Redis: its message says what is.
+        hint = "" if isinstance(exc, LedgerUnreachable) else "  (start the stack with `make up`)"
+        err_console.print(f"[red]service unavailable:[/] {escape(str(exc))}{hint}", soft_wrap=True)
         raise typer.Exit(EXIT_UNAVAILABLE) from exc
     except ConfigError as exc:
-        err_console.print(f"[red]configuration error:[/] {exc}")
+        err_console.print(f"[red]configuration error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(EXIT_USAGE) from exc
 
 
@@ -45,3 +63,27 @@ def parse_time_ns(text: str | None) -> int | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
+
+
+def latency_table(response: Response) -> Table:
+    table = Table(title=f"request {response.request_id} — per-stage latency", show_lines=False)
+    for col in ("stage", "queue ms", "service ms", "budget left ms", "batch"):
+        table.add_column(col, justify="right" if col != "stage" else "left")
+    for hop in response.hops:
+        table.add_row(hop.stage, f"{hop.queue_ms:.2f}", f"{hop.service_ms:.2f}", f"{hop.remaining_budget_ms:.0f}",
+                      str(hop.batch_size))
+    total = (response.completed_at_ns - response.created_at_ns) / 1e6
+    table.add_row("[b]end to end[/]", "", f"[b]{total:.2f}[/]", "", "")
+    return table
+
+
+def print_response(response: Response) -> None:
+    status = response.status.value + (f" ({response.code})" if response.code else "")
+    console.print(f"[b]{status}[/]  model={response.model or '-'}  cost={response.cost_micros} µ$  "
+                  f"tokens in/cached/out={response.usage.input_tokens}/{response.usage.cached_input_tokens}/"
+                  f"{response.usage.output_tokens}")
+    if response.answer:
+        console.print(response.answer)
+    if response.message:
+        console.print(f"[yellow]{response.message}[/]")
+    console.print(latency_table(response))

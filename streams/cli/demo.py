@@ -20,6 +20,7 @@ from rich.console import Console
 from schemas.envelope import Message, Tier
 from schemas.ledger import LedgerSnapshot
 from schemas.response import Response
+from streams.cli.common import print_response
 from streams.clients.envelopes import new_envelope
 from streams.clients.sdk import TollwayClient
 from streams.runtime.worker_process import run_workers
@@ -66,7 +67,8 @@ async def start_in_background(run: asyncio.Task[None], ready: asyncio.Event, wha
 
 async def read_ledger(settings: Settings, url: str, expected: int, timeout_s: float = 60.0) -> LedgerSnapshot:
     """The Faust ledger's view once it has counted every response of this run (it runs a little behind)."""
-    from streams.ledger.app import fetch_snapshot, ledger_snapshot
+    from streams.ledger.aggregate import ledger_snapshot
+    from streams.ledger.client import fetch_snapshot
 
     target = await ledger_snapshot(settings)  # what the responses topic holds now, for comparison
     wanted = sum(r.requests for r in target.rows)
@@ -80,7 +82,6 @@ async def read_ledger(settings: Settings, url: str, expected: int, timeout_s: fl
 
 async def run_demo(settings: Settings, requests_file: Path, console: Console) -> list[Response]:
     from streams.cli.ledger import ledger_table, quality_table
-    from streams.cli.main import print_response
     from streams.cli.report import write_report
     from streams.ledger.app import run_ledger
 

@@ -23,13 +23,12 @@ def serve(
                                                     "the shared responses topic")] = None,
 ) -> None:
     """OpenAI-compatible HTTP ingress: POST /v1/chat/completions, GET /v1/models, /healthz, /metrics."""
-    from streams.cli.common import run_async
-    from streams.cli.main import _setup_logging, console
-    from streams.ingress.http import serving
+    from streams.cli.common import console, run_async, setup_logging
+    from streams.ingress.server import serving
     from streams.settings import get_settings
 
     settings = get_settings()
-    _setup_logging(settings.log_level)
+    setup_logging(settings.log_level)
 
     async def go() -> None:
         stop = asyncio.Event()
@@ -60,13 +59,12 @@ def backfill(
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
     """Publish a JSONL file of requests on the batch lane at a steady rate; resumable, nothing charged twice."""
-    from streams.cli.common import EXIT_FAILED, EXIT_USAGE, run_async
-    from streams.cli.main import _setup_logging, console
+    from streams.cli.common import EXIT_FAILED, EXIT_USAGE, console, run_async, setup_logging
     from streams.clients.backfill import BackfillOptions, parse_rate, print_summary, run_backfill
     from streams.settings import get_settings
 
     settings = get_settings()
-    _setup_logging("WARNING")
+    setup_logging("WARNING")
     try:
         per_second = parse_rate(rate)
     except ValueError as exc:

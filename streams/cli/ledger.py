@@ -16,7 +16,6 @@ instead, with no worker). Exit codes: 0 ok, 1 reconciliation found a difference,
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import hashlib
 import io
@@ -152,7 +151,8 @@ def register(app: typer.Typer) -> None:
         """Print the cost ledger (the default when no subcommand is given)."""
         if ctx.invoked_subcommand is not None:
             return
-        from streams.ledger.app import fetch_snapshot, ledger_snapshot, ledger_url
+        from streams.ledger.aggregate import ledger_snapshot
+        from streams.ledger.client import fetch_snapshot, ledger_url
 
         settings = get_settings()
         if source is Source.WORKER:
@@ -175,23 +175,16 @@ def register(app: typer.Typer) -> None:
         try:
             run_worker(settings, loglevel=loglevel)
         except ServiceUnavailable as exc:
-            console.print(f"[red]service unavailable:[/] {exc}")
+            console.print(f"[red]service unavailable:[/] {exc}", soft_wrap=True)
             raise typer.Exit(EXIT_UNAVAILABLE) from exc
 
     @ledger.command("status")
     def status(url: Annotated[str | None, typer.Option(help="ledger worker URL")] = None) -> None:
         """The running worker's recovery time, table sizes and applied positions (JSON)."""
-        import httpx
+        from streams.ledger.client import fetch_status, ledger_url
 
-        from streams.ledger.app import ledger_url
-
-        target = f"{(url or ledger_url(get_settings())).rstrip('/')}/ledger/status/"
-        try:
-            reply = httpx.get(target, timeout=10)
-        except httpx.HTTPError as exc:
-            console.print(f"[red]no ledger worker at {target}:[/] {exc}")
-            raise typer.Exit(EXIT_UNAVAILABLE) from exc
-        sys.stdout.write(reply.text + "\n")
+        status = run_async(fetch_status(url or ledger_url(get_settings())))
+        sys.stdout.write(orjson.dumps(status, option=orjson.OPT_NON_STR_KEYS).decode() + "\n")
 
     @ledger.command("reconcile")
     def reconcile_cmd(
@@ -203,7 +196,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Compare the ledger with an independent aggregation of the responses topic and with the audited costs of
         the audit log; print the differences (exit 1 unless zero)."""
-        from streams.ledger.app import Reconciliation, reconcile
+        from streams.ledger.reconcile import Reconciliation, reconcile
 
         result: Reconciliation = run_async(reconcile(get_settings(), url))
         tenants = sorted(result.ledger_totals.keys() | result.source_totals.keys())
@@ -302,18 +295,14 @@ def register(app: typer.Typer) -> None:
 
 async def publish_outcome(settings: Settings, event: OutcomeEvent) -> None:
     """Send one outcome event to ``<prefix>.outcomes`` keyed by task_id (idempotent producer, acks=all)."""
-    from aiokafka import AIOKafkaProducer
 
     from streams.runtime.codec import encode
+    from streams.runtime.connections import new_producer, start
     from streams.runtime.topics import ensure_topics, topology
 
     await ensure_topics(settings)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True)
-    try:
-        await asyncio.wait_for(producer.start(), 15)
-    except Exception as exc:
-        await producer.stop()
-        raise ServiceUnavailable(f"Kafka is not reachable at {settings.bootstrap_servers}: {exc}") from exc
+    producer = new_producer(settings, role="producer")
+    await start(producer, settings, "outcome publisher")
     try:
         await producer.send_and_wait(topology(settings).outcomes, encode(event), key=event.task_id.encode())
     finally:
@@ -321,7 +310,7 @@ async def publish_outcome(settings: Settings, event: OutcomeEvent) -> None:
 
 
 async def read_responses(settings: Settings) -> list[tuple[int, int, Any]]:
-    from streams.ledger.app import decoded_responses, read_topic
+    from streams.ledger.reader import decoded_responses, read_topic
     from streams.runtime.topics import ensure_topics, topology
 
     await ensure_topics(settings)

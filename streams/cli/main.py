@@ -11,24 +11,14 @@ from typing import Annotated
 import orjson
 import typer
 from pydantic import ValidationError
-from rich.console import Console
-from rich.table import Table
 
 from schemas.envelope import Message, Status, Tier
 from schemas.response import Response
-from streams.cli.common import EXIT_FAILED, EXIT_USAGE, run_async
+from streams.cli.common import EXIT_FAILED, EXIT_USAGE, console, print_response, run_async, setup_logging
 from streams.settings import get_settings
 
 app = typer.Typer(help="tollway: governed LLM inference on Kafka.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
-# Piped output (make demo | tee, CI logs) gets room for the wide tables instead of rich's 80-column default.
-console = Console(width=None if sys.stdout.isatty() else 160)
-
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
 
 
 @app.command()
@@ -41,7 +31,7 @@ def worker(stages: Annotated[list[str], typer.Argument(
     from streams.stages.registry import resolve_units
 
     settings = get_settings()
-    _setup_logging(settings.log_level)
+    setup_logging(settings.log_level)
     run_async(run_workers(settings, resolve_units(stages)))
 
 
@@ -52,18 +42,6 @@ def topics() -> None:
 
     created = run_async(ensure_topics(get_settings()))
     console.print(f"created {len(created)} topic(s)" + (f": {', '.join(created)}" if created else ""))
-
-
-def latency_table(response: Response) -> Table:
-    table = Table(title=f"request {response.request_id} — per-stage latency", show_lines=False)
-    for col in ("stage", "queue ms", "service ms", "budget left ms", "batch"):
-        table.add_column(col, justify="right" if col != "stage" else "left")
-    for hop in response.hops:
-        table.add_row(hop.stage, f"{hop.queue_ms:.2f}", f"{hop.service_ms:.2f}", f"{hop.remaining_budget_ms:.0f}",
-                      str(hop.batch_size))
-    total = (response.completed_at_ns - response.created_at_ns) / 1e6
-    table.add_row("[b]end to end[/]", "", f"[b]{total:.2f}[/]", "", "")
-    return table
 
 
 @app.command()
@@ -121,18 +99,6 @@ def _conversation(prompt: str | None, messages_file: Path | None) -> list[Messag
     return messages
 
 
-def print_response(response: Response) -> None:
-    status = response.status.value + (f" ({response.code})" if response.code else "")
-    console.print(f"[b]{status}[/]  model={response.model or '-'}  cost={response.cost_micros} µ$  "
-                  f"tokens in/cached/out={response.usage.input_tokens}/{response.usage.cached_input_tokens}/"
-                  f"{response.usage.output_tokens}")
-    if response.answer:
-        console.print(response.answer)
-    if response.message:
-        console.print(f"[yellow]{response.message}[/]")
-    console.print(latency_table(response))
-
-
 @app.command()
 def demo(
     requests_file: Annotated[Path, typer.Option(help="JSONL of sample requests")] = Path("bench/samples.jsonl"),
@@ -141,7 +107,7 @@ def demo(
     from streams.cli.demo import run_demo
 
     settings = get_settings()
-    _setup_logging("WARNING")
+    setup_logging("WARNING")
     # A topic created a moment ago answers "not leader" for a few hundred ms; the producer retries, quietly here.
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
     run_async(run_demo(settings, requests_file, console))

@@ -6,9 +6,9 @@ prefix that varies (``tollway`` in production, ``t<hex>`` per test), and Kafka's
 leading characters of a name, so the ACLs are granted per prefix, in one CreateAcls request, by whoever creates that
 prefix's topics (the admin principal):
 
-    admin = AIOKafkaAdminClient(**client_kwargs("admin"))
+    admin = new_admin(settings, role="admin")    # streams/runtime/connections.py
     await admin.start()
-    await grant_prefix(admin, "t1234abcd")     # ~130 bindings, one request
+    await grant_prefix(admin, "t1234abcd")         # ~150 bindings, one request
 
 or ``infra/services.sh acl PREFIX`` / ``python -m streams.runtime.acls grant PREFIX``. ``ensure_topics`` grants the
 ACLs of the prefix whose topics it creates.
@@ -47,12 +47,13 @@ OPERATION_NAMES = {READ: "READ", WRITE: "WRITE", CREATE: "CREATE", DESCRIBE: "DE
 PRODUCER = "producer"
 POLICY_ADMIN = "policy-admin"
 LEDGER = "ledger"
+AUDITOR = "auditor"  # compliance readers: `tollway audit tail|verify --topic`
 ADMIN = "admin"  # super user: needs no ACL
 STAGE_PRINCIPALS = tuple(f"stage-{stage}" for stage in STAGES)
 # A process that runs several stages (`tollway worker all`, a co-located chain) connects as this principal: the
 # union of the stage principals' rights (one process, one credential).
 ALL_STAGES = "stages"
-PRINCIPALS = (PRODUCER, *STAGE_PRINCIPALS, ALL_STAGES, POLICY_ADMIN, LEDGER)
+PRINCIPALS = (PRODUCER, *STAGE_PRINCIPALS, ALL_STAGES, POLICY_ADMIN, LEDGER, AUDITOR)
 
 
 def stage_principal(stages: Iterable[str]) -> str:
@@ -115,6 +116,7 @@ def rules(p: str = "{p}") -> list[Rule]:
     allow(POLICY_ADMIN, [f"{p}.policy.docs", f"{p}.index.chunks"], WRITE)
 
     allow(LEDGER, [f"{p}.responses", f"{p}.outcomes", f"{p}.audit.log"], READ)
+    allow(AUDITOR, [f"{p}.audit.log", f"{p}.audit.checkpoints"], READ)
     # The Faust app (id `<p>-ledger`) creates and owns its changelog and assignor topics and its group.
     allow(LEDGER, [f"{p}-ledger", f"{p}.ledger"], READ, WRITE, CREATE, DESCRIBE_CONFIGS, pattern=PREFIXED)
     allow(LEDGER, [f"{p}-ledger", f"{p}.ledger"], READ, resource=GROUP, pattern=PREFIXED)

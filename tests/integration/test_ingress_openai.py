@@ -11,7 +11,7 @@ from openai import AsyncOpenAI
 
 from schemas.policy import Budgets, ModelSpec, PiiRules, PolicyDocument, RateLimits, TenantPolicy
 from streams.followers.policy import publish_policy
-from streams.ingress.http import serving
+from streams.ingress.server import serving
 from streams.settings import Settings
 from workers.keys import create_key
 
@@ -123,3 +123,22 @@ async def test_kafka_unreachable_is_503(settings: Settings) -> None:
         with pytest.raises(openai.APIStatusError) as unavailable:
             await client(f"http://127.0.0.1:{port}/v1", "dev").chat.completions.create(model="auto", messages=USER)  # type: ignore[arg-type]
     assert unavailable.value.status_code == 503
+
+
+async def test_client_errors_are_4xx_in_openai_shape_on_the_real_server(settings: Settings) -> None:
+    """The server `tollway serve` runs (its parser limits and middleware), not only the app: no 500, no plain text."""
+    dev = settings.model_copy(update={"bootstrap_servers": "127.0.0.1:1", "ingress_dev_mode": True})
+    async with serving(dev, port=0) as (_, port):
+        dev_client = client(f"http://127.0.0.1:{port}/v1", "dev")
+        with pytest.raises(openai.BadRequestError) as bad_part:
+            await dev_client.chat.completions.create(
+                model="auto", messages=[{"role": "user", "content": [{"type": "text", "text": 5}]}])  # type: ignore[list-item]
+        assert bad_part.value.body["param"] == "messages[0].content"  # type: ignore[index]
+        with pytest.raises(openai.APIStatusError) as too_large:
+            await dev_client.chat.completions.create(model="auto", messages=[{"role": "user",
+                                                                               "content": "x" * 3_000_000}])
+        assert too_large.value.status_code == 413 and too_large.value.code == "request_too_large"
+        with pytest.raises(openai.APIStatusError) as header:
+            await dev_client.chat.completions.create(model="auto", messages=USER,  # type: ignore[arg-type]
+                                                     extra_headers={"X-Note": "n" * 10_000})
+        assert header.value.status_code == 431 and header.value.code == "header_too_large"

@@ -3,87 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from schemas.envelope import Envelope, Status, Usage
-from schemas.errors import ServiceUnavailable
-from schemas.policy import KeyRecord, PolicyDocument, TenantPolicy
-from schemas.response import HopSummary, Response
-from streams.ingress.http import Ingress, build_app, http_status_for
-from streams.ingress.idempotency import MemoryIdempotencyStore
+from schemas.envelope import Envelope, Status
+from schemas.policy import KeyRecord
+from schemas.response import Response
+from streams.ingress.app import Ingress, build_app
+from streams.ingress.errors import http_status_for
 from streams.settings import Settings
-from workers.keys import create_key, verify_principal
+from tests.streams.ingress.fakes import CHAT, FakeGateway, auth, ok
+from workers.keys import verify_principal
 from workers.policy import StaticPolicy
 from workers.routing.catalog import get_catalog
-
-Responder = Callable[[Envelope], Response]
-
-
-def ok(env: Envelope) -> Response:
-    return Response(request_id=env.request_id, tenant=env.tenant, status=Status.OK, model="lite-us",
-                    answer=f"echo: {env.request.prompt}", usage=Usage(input_tokens=7, output_tokens=3),
-                    cost_micros=12, created_at_ns=env.created_at_ns, completed_at_ns=env.created_at_ns + 5_000_000,
-                    hops=[HopSummary(stage="retrieval", queue_ms=1.0, service_ms=0.5)])
-
-
-@dataclass
-class FakeGateway:
-    respond: Responder = ok
-    ready: bool = True
-    down: bool = False
-    published: list[Envelope] = field(default_factory=list)
-    futures: dict[str, asyncio.Future[Response]] = field(default_factory=dict)
-    hold: asyncio.Event | None = None  # when set, responses wait for it (concurrent duplicates)
-    any_published: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def publish(self, env: Envelope) -> None:
-        if self.down:
-            raise ServiceUnavailable("broker down")
-        self.published.append(env)
-        self.any_published.set()
-        future = self.futures.setdefault(env.request_id, asyncio.get_running_loop().create_future())
-
-        async def answer() -> None:
-            if self.hold is not None:
-                await self.hold.wait()
-            future.set_result(self.respond(env))
-
-        asyncio.get_running_loop().create_task(answer())
-
-    async def wait(self, request_id: str, timeout_s: float) -> Response:
-        future = self.futures.setdefault(request_id, asyncio.get_running_loop().create_future())
-        return await asyncio.wait_for(asyncio.shield(future), timeout_s)
-
-
-@pytest.fixture
-def key() -> tuple[str, KeyRecord]:
-    return create_key("acme", scrypt_n=2**10)
-
-
-@pytest.fixture
-def gateway() -> FakeGateway:
-    return FakeGateway()
-
-
-@pytest.fixture
-async def client(gateway: FakeGateway, key: tuple[str, KeyRecord]) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
-    doc = PolicyDocument(version="v1", tenants={"acme": TenantPolicy(keys=[key[1]], regions=["us"])})
-    ingress = Ingress(settings=Settings(), gateway=gateway, policy=StaticPolicy(doc),
-                      idempotency=MemoryIdempotencyStore(), catalog=get_catalog())
-    async with TestClient(TestServer(build_app(ingress))) as test_client:
-        yield test_client
-
-
-def auth(key: tuple[str, KeyRecord]) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key[0]}"}
-
-
-CHAT = {"model": "auto", "messages": [{"role": "user", "content": "What is the refund policy?"}]}
 
 
 async def test_chat_completion_shape_headers_and_signed_principal(client: TestClient, gateway: FakeGateway,  # type: ignore[type-arg]

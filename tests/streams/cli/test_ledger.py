@@ -1,0 +1,81 @@
+"""`tollway ledger` without a reachable ledger worker: one clear line naming the URL and how to start one, exit 3."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from typer.testing import CliRunner
+
+from streams.cli.common import EXIT_UNAVAILABLE
+from streams.cli.main import app
+from streams.settings import get_settings
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.strip()]
+
+
+def test_no_worker_at_the_default_url_is_one_line_with_the_url_and_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    port = closed_port()
+    monkeypatch.setenv("TOLLWAY_LEDGER_PORT", str(port))
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["ledger", "--tenant", "acme"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == EXIT_UNAVAILABLE, result.output
+    (line,) = lines(result.output)
+    assert f"http://127.0.0.1:{port}" in line
+    assert "tollway ledger worker" in line and "--source topic" in line
+    assert "make up" not in line  # Kafka and Redis are not what is missing
+
+
+@pytest.fixture
+def not_a_ledger() -> Iterator[str]:
+    """Something else listening where the ledger worker was expected (answers 404 to everything)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(404)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<html><body>\n<h1>Not Found</h1>\n</body></html>\n")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_something_else_at_the_url_is_one_line_too(not_a_ledger: str) -> None:
+    result = CliRunner().invoke(app, ["ledger", "--tenant", "acme", "--url", not_a_ledger])
+    assert result.exit_code == EXIT_UNAVAILABLE, result.output
+    (line,) = lines(result.output)
+    assert not_a_ledger in line and "404" in line and "tollway ledger worker" in line
+
+
+def test_status_and_reconcile_say_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"http://127.0.0.1:{closed_port()}"
+    for command in (["ledger", "status", "--url", url], ["ledger", "reconcile", "--url", url]):
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == EXIT_UNAVAILABLE, result.output
+        (line,) = lines(result.output)
+        assert url in line and "tollway ledger worker" in line

@@ -116,13 +116,14 @@ class ChainState:
     size: int = 0
     head: bytes = b""
     merkle: MerkleAccumulator = field(default_factory=MerkleAccumulator)
+    last_leaf: bytes = b""  # the leaf of the record appended last (the checkpoint witness sends the leaves)
 
     def __post_init__(self) -> None:
         if not self.head:
             self.head = genesis(self.chain_id)
 
     def append(self, record: bytes) -> bytes:
-        leaf = leaf_hash(record)
+        leaf = self.last_leaf = leaf_hash(record)
         self.head = link_hash(self.head, leaf)
         self.merkle.append(leaf)
         line = encode_line(self.size, self.head, record)

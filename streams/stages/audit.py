@@ -1,5 +1,6 @@
-"""Wiring for the audit stage: the chain on disk, the Redis claim store, checkpoints on a timer, and a companion
-consumer that audits dead letters.
+"""Wiring for the audit stage: the chain on disk, the Redis claim store, checkpoints on a timer (also published, with
+their leaves, to ``<prefix>.audit.checkpoints``: a witness outside the disk), and a companion consumer that audits
+dead letters.
 
 Chains are per process (``FileAuditSink.lease``), not per source partition: the runner hands the stage a batch
 without partitions, and a leased chain gives the same guarantees — one writer per chain, chains that survive
@@ -211,5 +212,6 @@ async def _open_audit_context(settings: Settings, base: StageContext, limits: Se
                 log.warning("the last audit checkpoints did not reach the topic: %s", exc)
     finally:
         sink.close()
-        await witness.producer.stop()
+        with contextlib.suppress(Exception):  # never started when the broker was away: nothing to stop
+            await witness.producer.stop()
         await redis.aclose()

@@ -216,3 +216,18 @@ def test_a_checkpoint_beyond_the_records_stops_the_writer(tmp_path: Path) -> Non
     log.rechain(originals()[:35])
     with pytest.raises(AuditLogCorrupt, match="truncated"):
         AuditLog(FileAuditSink.lease(tmp_path, fsync=False), SIGNER)
+
+
+def test_long_leaf_runs_are_sliced_and_reassembled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.audit import witness as witness_module
+
+    monkeypatch.setattr(witness_module, "MAX_LEAVES_PER_MESSAGE", 4)
+    topic = MemoryPublisher()
+    audit_log = AuditLog(FileAuditSink.lease(tmp_path, fsync=False), SIGNER, checkpoint_every=10, witness=topic,
+                         witness_topic="w")
+    audit_log.append([(f"req-{i}", record(i)) for i in range(10)], now_ns=1)
+    keys = [key for _, key, _ in topic.records]
+    assert len(keys) == 1 + 3 and len(set(keys)) == len(keys)  # the empty chain's, then 10 leaves in 4 + 4 + 2
+    witness = collect_witness([value for _, _, value in reversed(topic.records)], SIGNER)
+    report = verify_topic([record(i) for i in range(10)], witness, limits=LIMITS, now_ns=2)
+    assert report.ok and report.records == 10, report

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import csv
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,42 +37,90 @@ def _dir(directory: Path | None) -> Path:
 def verify(
     directory: Annotated[Path | None, typer.Option("--dir", help="chains directory (default: "
                                                    "<state_dir>/audit/<topic prefix>)")] = None,
+    topic: Annotated[bool, typer.Option("--topic", help="verify the topic copy (<prefix>.audit.log with "
+                                        "<prefix>.audit.checkpoints); with --dir, also the files against it")] = False,
+    max_unsigned_records: Annotated[int | None, typer.Option(
+        min=0, help="records allowed between checkpoints and after the last one (default: "
+                    "TOLLWAY_AUDIT_CHECKPOINT_RECORDS + TOLLWAY_BATCH_MAX_RECORDS)")] = None,
+    max_unsigned_seconds: Annotated[float | None, typer.Option(
+        min=0, help="age allowed for the checkpoint before an unsigned tail (default: 3 × "
+                    "TOLLWAY_AUDIT_CHECKPOINT_INTERVAL_S)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable report")] = False,
 ) -> None:
-    """Check every chain link and signed checkpoint; report the first bad index per chain."""
+    """Check every chain link and signed checkpoint, that no checkpoint is missing and the unsigned tail is short;
+    report the first bad index per chain. Exit 1 when anything does not verify."""
     import time
 
+    from streams.cli.audit_topics import read_audit_topics
+    from streams.cli.common import run_async
     from streams.stages.audit import signer_from_settings
-    from workers.audit.verify import verify_dir
+    from workers.audit.verify import TailLimits, VerifyReport, verify_dir, verify_topic
+    from workers.audit.witness import collect_witness
 
+    settings = get_settings()
+    limits = TailLimits.for_writer(checkpoint_records=settings.audit_checkpoint_records,
+                                   checkpoint_interval_s=settings.audit_checkpoint_interval_s,
+                                   batch_max_records=settings.batch_max_records)
+    if max_unsigned_records is not None:
+        limits = replace(limits, max_records=max_unsigned_records)
+    if max_unsigned_seconds is not None:
+        limits = replace(limits, max_age_ns=int(max_unsigned_seconds * 1e9))
     root = _dir(directory)
-    if not root.is_dir():
+    check_files = directory is not None or not topic
+    if check_files and not root.is_dir():
         console.print(f"[red]no audit log at {root}[/]")
         raise typer.Exit(2)
+    signer = signer_from_settings(settings, verify_only=True)
     started = time.perf_counter()
-    report = verify_dir(root, signer_from_settings(get_settings(), verify_only=True))
+    reports: dict[str, VerifyReport] = {}
+    witness = None
+    if topic:
+        witness_values, audit_records = run_async(read_audit_topics(settings))
+        witness = collect_witness(witness_values, signer)
+        reports["topic"] = verify_topic(audit_records, witness, limits=limits)
+    if check_files:
+        reports["files vs topic" if witness else "files"] = verify_dir(
+            root, signer, limits=limits, witness=witness.chains if witness else None)
     elapsed = time.perf_counter() - started
+    ok = all(report.ok for report in reports.values())
     if as_json:
         sys.stdout.write(orjson.dumps({
-            "ok": report.ok, "records": report.records, "seconds": round(elapsed, 3),
-            "chains": [{"chain": c.chain_id, "ok": c.ok, "records": c.records, "checkpoints": c.checkpoints,
-                        "first_bad_index": c.first_bad_index, "bad_checkpoint": c.bad_checkpoint,
-                        "reason": c.reason, "duplicate_keys": c.duplicate_keys[:100]} for c in report.chains],
+            "ok": ok, "seconds": round(elapsed, 3),
+            "records": max(report.records for report in reports.values()),
+            "sources": {source: _report_json(report) for source, report in reports.items()},
         }).decode() + "\n")
     else:
-        table = Table(title=f"audit log {root}")
-        for column in ("chain", "records", "checkpoints", "status", "first bad index", "reason"):
-            table.add_column(column)
+        _print_reports(reports, root if check_files else None)
+        records = max(report.records for report in reports.values())
+        rate = records / elapsed if elapsed > 0 else 0.0
+        console.print(f"{records} records in {elapsed:.2f} s ({rate:,.0f} records/s): "
+                      + ("[green]verified[/]" if ok else "[red]does not verify[/]"))
+    if not ok:
+        raise typer.Exit(1)
+
+
+def _report_json(report: Any) -> dict[str, Any]:
+    return {"ok": report.ok, "records": report.records, "problems": report.problems,
+            "chains": [{"chain": c.chain_id, "ok": c.ok, "records": c.records, "checkpoints": c.checkpoints,
+                        "first_bad_index": c.first_bad_index, "bad_checkpoint": c.bad_checkpoint,
+                        "reason": c.reason, "duplicate_keys": c.duplicate_keys[:100]} for c in report.chains]}
+
+
+def _print_reports(reports: dict[str, Any], root: Path | None) -> None:
+    table = Table(title=f"audit log {root}" if root else "audit log (topics)")
+    for column in ("source", "chain", "records", "checkpoints", "status", "first bad index", "reason"):
+        table.add_column(column)
+    for source, report in reports.items():
         for c in report.chains:
             reason = c.reason or (f"{len(c.duplicate_keys)} duplicate request(s)" if c.duplicate_keys else "")
-            table.add_row(c.chain_id, str(c.records), str(c.checkpoints), "[green]ok[/]" if c.ok else "[red]BAD[/]",
+            table.add_row(source, c.chain_id, str(c.records), str(c.checkpoints),
+                          "[green]ok[/]" if c.ok else "[red]BAD[/]",
                           "" if c.first_bad_index is None else str(c.first_bad_index), reason)
-        Console().print(table)
-        rate = report.records / elapsed if elapsed > 0 else 0.0
-        console.print(f"{report.records} records in {elapsed:.2f} s ({rate:,.0f} records/s): "
-                      + ("[green]verified[/]" if report.ok else "[red]does not verify[/]"))
-    if not report.ok:
-        raise typer.Exit(1)
+        for problem in report.problems:
+            table.add_row(source, "", "", "", "[red]BAD[/]", "", problem)
+        if not report.chains and not report.problems:
+            table.add_row(source, "", "0", "0", "[green]ok[/]", "", "no chain")
+    Console().print(table)
 
 
 def iter_records(root: Path) -> Any:

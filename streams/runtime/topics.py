@@ -4,6 +4,7 @@
     tollway.<stage>[.batch]          one topic per stage and lane (batch tier travels on the .batch lane)
     tollway.responses                one response per terminal outcome, keyed by request_id
     tollway.audit.log                tamper-evident audit records (long retention)
+    tollway.audit.checkpoints        compacted: signed audit checkpoints with their leaves (the log's second witness)
     tollway.deadletter               what no stage could process, with the reason and the original bytes
     tollway.policy.docs              compacted: the current policy document
     tollway.index.chunks             compacted: retrieval chunks per tenant
@@ -53,6 +54,10 @@ class Topology:
         return f"{self.prefix}.audit.log"
 
     @property
+    def audit_checkpoints(self) -> str:
+        return f"{self.prefix}.audit.checkpoints"
+
+    @property
     def deadletter(self) -> str:
         return f"{self.prefix}.deadletter"
 
@@ -87,6 +92,10 @@ class Topology:
             # Audit records are evidence: kept until an operator decides otherwise.
             NewTopic(self.audit_log, partitions, rf, topic_configs={"cleanup.policy": "delete", "retention.ms": "-1",
                                                                     "max.message.bytes": max_bytes}),
+            # One key per (chain, tree size, first leaf): compaction only drops a checkpoint published twice, so the
+            # topic keeps every checkpoint, outside the disk an attacker would rewrite.
+            NewTopic(self.audit_checkpoints, 1, rf, topic_configs={"cleanup.policy": "compact", "retention.ms": "-1",
+                                                                   "max.message.bytes": max_bytes}),
             NewTopic(self.policy, 1, rf, topic_configs={"cleanup.policy": "compact"}),
             NewTopic(self.index, partitions, rf, topic_configs={"cleanup.policy": "compact",
                                                                 "max.message.bytes": max_bytes}),

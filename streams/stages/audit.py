@@ -1,5 +1,6 @@
-"""Wiring for the audit stage: the chain on disk, the Redis claim store, checkpoints on a timer, and a companion
-consumer that audits dead letters.
+"""Wiring for the audit stage: the chain on disk, the Redis claim store, checkpoints on a timer (also published, with
+their leaves, to ``<prefix>.audit.checkpoints``: a witness outside the disk), and a companion consumer that audits
+dead letters.
 
 Chains are per process (``FileAuditSink.lease``), not per source partition: the runner hands the stage a batch
 without partitions, and a leased chain gives the same guarantees — one writer per chain, chains that survive
@@ -126,12 +127,40 @@ class DeadLetterAuditor:
         await self.producer.stop()
 
 
-async def _checkpoint_on_timer(ctx: AuditContext, interval_s: float) -> None:
-    """Sign a checkpoint every interval even when traffic stops, so the unsigned tail stays short."""
+class WitnessPublisher:
+    """Checkpoint witness messages for ``<prefix>.audit.checkpoints``, kept until the broker acknowledges them (a
+    failed flush keeps them for the next one). Its own producer: the timer flushes it whether or not traffic flows."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.producer = new_producer(settings, role="stage-audit")
+        self.pending: list[tuple[str, bytes, bytes | None]] = []
+
+    def publish(self, topic: str, value: bytes, *, key: bytes | None = None) -> None:
+        self.pending.append((topic, value, key))
+
+    async def flush(self) -> None:
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        try:
+            deliveries = [await self.producer.send(topic, value, key=key) for topic, value, key in batch]
+            await asyncio.gather(*deliveries)
+        except Exception:
+            self.pending[:0] = batch
+            raise
+
+
+async def _checkpoint_on_timer(ctx: AuditContext, witness: WitnessPublisher, interval_s: float) -> None:
+    """Sign a checkpoint once the oldest unsigned record waited an interval, even when traffic stops, so the unsigned
+    tail stays short; and send the witness messages to the topic within a second of signing."""
     while True:
-        await asyncio.sleep(interval_s)
+        await asyncio.sleep(min(interval_s, 1.0))
         async with ctx.lock:
             ctx.audit_log.maybe_checkpoint(now_ns=ctx.clock.now_ns())
+        try:
+            await witness.flush()
+        except Exception as exc:  # the broker is away: the messages wait for the next tick
+            log.warning("audit checkpoints not yet on the topic (%d waiting): %s", len(witness.pending), exc)
 
 
 @asynccontextmanager
@@ -144,10 +173,14 @@ async def open_context(settings: Settings, base: StageContext) -> AsyncIterator[
 async def _open_audit_context(settings: Settings, base: StageContext, limits: Settler) -> AsyncIterator[AuditContext]:
     sink = FileAuditSink.lease(audit_dir(settings), segment_records=settings.audit_segment_records)
     redis = redis_client(settings, timeout_ms=max(settings.redis_timeout_ms, 2000))
+    witness = WitnessPublisher(settings)
     try:
+        await witness.producer.start()
+        interval_ns = int(settings.audit_checkpoint_interval_s * 1e9)
         audit_log = AuditLog(sink, signer_from_settings(settings), checkpoint_every=settings.audit_checkpoint_records,
-                             checkpoint_interval_ns=int(settings.audit_checkpoint_interval_s * 1e9),
-                             now_ns=base.clock.now_ns())
+                             checkpoint_interval_ns=interval_ns, now_ns=base.clock.now_ns(), witness=witness,
+                             witness_topic=topology(settings).audit_checkpoints,
+                             republish_window_ns=max(60 * 1_000_000_000, 6 * interval_ns))
         claims = RedisClaimStore(redis, namespace=settings.topic_prefix, ttl_s=settings.audit_claim_ttl_days * 86_400)
         ctx = derive(AuditContext, base, audit_log=audit_log, claims=claims, owner=sink.owner,
                            redactor=ChainedRedactor(PiiRedactor(), BasicRedactor()),
@@ -157,7 +190,7 @@ async def _open_audit_context(settings: Settings, base: StageContext, limits: Se
         deadletters = DeadLetterAuditor(settings, ctx)
         await deadletters.start()
         tasks = [asyncio.create_task(deadletters.run(), name="audit-deadletters"),
-                 asyncio.create_task(_checkpoint_on_timer(ctx, settings.audit_checkpoint_interval_s),
+                 asyncio.create_task(_checkpoint_on_timer(ctx, witness, settings.audit_checkpoint_interval_s),
                                      name="audit-checkpoints")]
         try:
             yield ctx
@@ -171,6 +204,12 @@ async def _open_audit_context(settings: Settings, base: StageContext, limits: Se
             await deadletters.close()
             async with ctx.lock:
                 audit_log.close(now_ns=base.clock.now_ns())
+            try:
+                await asyncio.wait_for(witness.flush(), timeout=10)
+            except Exception as exc:  # on disk already; a restart publishes recent checkpoints again
+                log.warning("the last audit checkpoints did not reach the topic: %s", exc)
     finally:
         sink.close()
+        with contextlib.suppress(Exception):  # never started when the broker was away: nothing to stop
+            await witness.producer.stop()
         await redis.aclose()

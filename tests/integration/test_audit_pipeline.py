@@ -3,21 +3,28 @@ duplicates and dead letters included, and PII fixtures never reach the audit log
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 
 import orjson
 import pytest
+from typer.testing import CliRunner, Result
 
 from schemas.envelope import CacheResult, Status
+from streams.cli.audit_topics import read_audit_topics
+from streams.cli.main import app
 from streams.clients.envelopes import new_envelope
 from streams.clients.sdk import TollwayClient
 from streams.runtime.codec import encode
 from streams.runtime.topics import topology
-from streams.settings import Settings
+from streams.settings import Settings, get_settings
 from streams.stages.audit import audit_dir, signer_from_settings
 from tests.kafka_helpers import produce_raw, read_until
-from workers.audit.verify import verify_dir
+from workers.audit.chain import ChainState, parse_line
+from workers.audit.sink import CHECKPOINTS, chain_dirs, segments
+from workers.audit.verify import verify_dir, verify_topic
+from workers.audit.witness import collect_witness
 
 pytestmark = pytest.mark.integration
 PII = ("jane.doe@example.com", "4111 1111 1111 1111", "078-05-1120")
@@ -27,7 +34,7 @@ PII_TEXT = f"I am {PII[0]}, card {PII[1]}, SSN {PII[2]}. Why was I charged twice
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(topic_prefix=f"t{uuid.uuid4().hex[:10]}", partitions=2, state_dir=tmp_path,
-                    audit_checkpoint_records=5)
+                    audit_checkpoint_records=5, audit_checkpoint_interval_s=1.0)
 
 
 async def test_every_outcome_is_audited_exactly_once_without_pii(pipeline: Settings) -> None:
@@ -71,3 +78,49 @@ async def test_every_outcome_is_audited_exactly_once_without_pii(pipeline: Setti
         assert value.encode() not in on_disk and all(value.encode() not in r.value for r in records)
     report = verify_dir(root, signer_from_settings(settings))
     assert report.ok and report.records == expected, report
+
+
+async def test_the_checkpoints_topic_witnesses_the_log_and_catches_a_rewrite(
+        pipeline: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = pipeline
+    topo, signer = topology(settings), signer_from_settings(settings)
+    envelopes = [new_envelope(f"question {i}?", tenant="acme", settings=settings) for i in range(7)]
+    async with TollwayClient(settings) as submitter:
+        await submitter.complete_envelopes(envelopes, timeout_s=60)
+    await read_until(settings, topo.audit_checkpoints, lambda messages: sum(
+        chain.covered for chain in collect_witness([m.value for m in messages], signer).chains.values()) >= 7)
+    witness_values, records = await read_audit_topics(settings)
+    witness = collect_witness(witness_values, signer)
+    topic_report = verify_topic(records, witness)
+    assert topic_report.ok and topic_report.records == 7, topic_report
+    root = audit_dir(settings)
+    assert verify_dir(root, signer, witness=witness.chains).ok
+
+    # the attacker edits record 4 on disk, recomputes the chain and deletes the checkpoints
+    (chain_dir,) = chain_dirs(root)
+    lines = [line for seg in segments(chain_dir) for line in seg.read_bytes().splitlines()]
+    stored = [parse_line(line)[2] for line in lines]
+    stored[4] = stored[4].replace(b'"tenant":"acme"', b'"tenant":"evil"')
+    for seg in segments(chain_dir):
+        seg.unlink()
+    state = ChainState(chain_dir.name)
+    (chain_dir / "seg-000000000000.jsonl").write_bytes(b"".join(state.append(r) for r in stored))
+    (chain_dir / CHECKPOINTS).unlink()
+    (chain,) = verify_dir(root, signer, witness=witness.chains).chains
+    assert chain.first_bad_index == 4 and "witness" in chain.reason
+
+    monkeypatch.setenv("TOLLWAY_TOPIC_PREFIX", settings.topic_prefix)
+    monkeypatch.setenv("TOLLWAY_STATE_DIR", str(settings.state_dir))
+    get_settings.cache_clear()
+    try:
+        def tollway(*args: str) -> Result:  # in a thread: the CLI runs its own event loop
+            return CliRunner().invoke(app, ["audit", "verify", *args])
+
+        assert (await asyncio.to_thread(tollway, "--topic")).exit_code == 0
+        assert (await asyncio.to_thread(tollway, "--dir", str(root))).exit_code == 1
+        both = await asyncio.to_thread(tollway, "--topic", "--dir", str(root), "--json")
+        assert both.exit_code == 1
+        files = orjson.loads(both.stdout)["sources"]["files vs topic"]["chains"][0]
+        assert files["first_bad_index"] == 4
+    finally:
+        get_settings.cache_clear()

@@ -10,8 +10,10 @@ chain links)::
 The chain pins every record to its position: a flipped byte, a deleted, inserted or reordered line breaks the link
 at exactly that index. The chain is unkeyed (anyone can verify it), so somebody who rewrites the file can also
 recompute it; the **signed checkpoints** (tree size + Merkle root + chain head, HMAC-SHA256 with the audit secret or
-Ed25519) catch that, and a truncation, down to the interval between two checkpoints. Checkpoints are written every N
-records, every T seconds and when the stage stops.
+Ed25519) catch that, and a truncation, down to the interval between two checkpoints. Checkpoints are written when a
+chain is created, every N records, every T seconds and when the stage stops — so checkpoints that are missing, or an
+unsigned tail longer or older than that, are themselves evidence (``workers/audit/verify.py``) — and each one goes,
+with the leaves it covers, to the checkpoints topic as well (``workers/audit/witness.py``).
 
 A chain segment line is ``{"i":<index>,"chain":"<64 hex>","record":<record bytes>}\\n`` — fixed layout, so the
 record's bytes are sliced out and hashed exactly as written, never re-serialised.
@@ -116,13 +118,14 @@ class ChainState:
     size: int = 0
     head: bytes = b""
     merkle: MerkleAccumulator = field(default_factory=MerkleAccumulator)
+    last_leaf: bytes = b""  # the leaf of the record appended last (the checkpoint witness sends the leaves)
 
     def __post_init__(self) -> None:
         if not self.head:
             self.head = genesis(self.chain_id)
 
     def append(self, record: bytes) -> bytes:
-        leaf = leaf_hash(record)
+        leaf = self.last_leaf = leaf_hash(record)
         self.head = link_hash(self.head, leaf)
         self.merkle.append(leaf)
         line = encode_line(self.size, self.head, record)

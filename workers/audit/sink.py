@@ -24,10 +24,12 @@ from pathlib import Path
 from typing import IO, Protocol
 
 import orjson
+from pydantic import ValidationError
 
 from schemas.audit import Checkpoint
 from schemas.errors import AuditLogCorrupt
 from workers.audit.chain import ChainState, Signer, leaf_hash, link_hash, parse_line, sign_checkpoint
+from workers.audit.witness import witness_messages
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,17 @@ class AuditSink(Protocol):
 
     def write_checkpoint(self, checkpoint: bytes) -> None: ...
 
+    def existing_checkpoints(self) -> list[bytes]:
+        """The checkpoint lines already stored, in order: where a restarted log's unsigned tail begins."""
+        ...
+
     def close(self) -> None: ...
+
+
+class CheckpointWitness(Protocol):
+    """Where signed checkpoints are published besides the sink (a ``Publisher``: the compacted checkpoints topic)."""
+
+    def publish(self, topic: str, value: bytes, *, key: bytes | None = None) -> None: ...
 
 
 @dataclass
@@ -67,6 +79,9 @@ class MemoryAuditSink:
 
     def write_checkpoint(self, checkpoint: bytes) -> None:
         self.checkpoints.append(checkpoint)
+
+    def existing_checkpoints(self) -> list[bytes]:
+        return list(self.checkpoints)
 
     def close(self) -> None:
         pass
@@ -166,6 +181,10 @@ class FileAuditSink:
             self._segment = (self.dir / segment_name(self._count)).open("ab")
             self._sync_dir()
 
+    def existing_checkpoints(self) -> list[bytes]:
+        path = self.dir / CHECKPOINTS
+        return [line for line in path.read_bytes().split(b"\n") if line] if path.exists() else []
+
     def write_checkpoint(self, checkpoint: bytes) -> None:
         with (self.dir / CHECKPOINTS).open("ab") as handle:
             handle.write(checkpoint + b"\n")
@@ -196,25 +215,65 @@ class FileAuditSink:
 
 class AuditLog:
     """One chain: recovers its head from the sink, appends records, writes signed checkpoints every N records or
-    T seconds, and knows which dedup keys it holds (the durable half of "one record per request")."""
+    T seconds — to the sink and, with a witness, together with the leaves they cover to the checkpoints topic — and
+    knows which dedup keys it holds (the durable half of "one record per request").
+
+    A new chain is signed at size 0 right away, so a chain with records but no checkpoint has lost them. A restart
+    signs the unsigned tail it recovers, and publishes again the checkpoints signed within ``republish_window_ns``
+    of the last one: the witness publishes asynchronously, so those may never have reached the topic (compaction
+    drops the repeats).
+    """
 
     def __init__(self, sink: AuditSink, signer: Signer, *, checkpoint_every: int = 1000,
-                 checkpoint_interval_ns: int = 10 * 1_000_000_000, now_ns: int = 0) -> None:
+                 checkpoint_interval_ns: int = 10 * 1_000_000_000, now_ns: int = 0,
+                 witness: CheckpointWitness | None = None, witness_topic: str = "",
+                 republish_window_ns: int = 60 * 1_000_000_000) -> None:
         self.sink = sink
         self.signer = signer
         self.checkpoint_every = checkpoint_every
         self.checkpoint_interval_ns = checkpoint_interval_ns
+        self.witness, self.witness_topic = witness, witness_topic
         self.state = ChainState(sink.chain_id)
         self.keys: dict[str, bytes] = {}  # dedup key -> the stored record bytes (to re-publish on redelivery)
-        self._recover()
-        self._checkpointed_size = 0
+        self._unsigned: list[bytes] = []  # leaves after the last checkpoint, for its witness message
+        stored = self._stored_checkpoints()
+        self._checkpointed_size = stored[-1].tree_size if stored else 0
         self._checkpointed_at_ns = now_ns
-        if self.state.size:
-            # After a crash the tail past the last checkpoint is unsigned; sign what was recovered right away.
+        again = [c for c in stored if c.signed_at_ns >= stored[-1].signed_at_ns - republish_window_ns]
+        keep_from = self._checkpointed_size
+        if again and witness is not None:
+            position = len(stored) - len(again)
+            keep_from = stored[position - 1].tree_size if position else 0
+        leaves = self._recover(keep_from if witness is not None else None)
+        if self._checkpointed_size > self.state.size:
+            raise AuditLogCorrupt(f"audit chain {self.state.chain_id} has {self.state.size} records but a checkpoint "
+                                  f"covers {self._checkpointed_size}: the log was truncated; "
+                                  f"run `tollway audit verify`")
+        if witness is not None:
+            previous = keep_from
+            for checkpoint in again:
+                covered = leaves[previous - keep_from:checkpoint.tree_size - keep_from]
+                self._publish(checkpoint, previous, b"".join(covered))
+                previous = checkpoint.tree_size
+            self._unsigned = leaves[self._checkpointed_size - keep_from:]
+        if not stored or self.state.size > self._checkpointed_size:
+            # A new chain is signed empty; after a crash the tail past the last checkpoint is signed right away.
             self.checkpoint(now_ns=now_ns)
 
-    def _recover(self) -> None:
+    def _stored_checkpoints(self) -> list[Checkpoint]:
+        checkpoints = []
+        for line in self.sink.existing_checkpoints():
+            try:
+                checkpoints.append(Checkpoint.model_validate(orjson.loads(line)))
+            except (orjson.JSONDecodeError, ValidationError):
+                log.warning("audit chain %s: an unreadable checkpoint line is left to `tollway audit verify`",
+                            self.state.chain_id)
+        return sorted(checkpoints, key=lambda c: c.tree_size)
+
+    def _recover(self, leaves_from: int | None) -> list[bytes]:
+        """Rebuild the head and the keys from the sink; returns the leaves from index ``leaves_from`` on."""
         state = self.state
+        leaves: list[bytes] = []
         for line in self.sink.existing():
             try:
                 index, chain_hex, record = parse_line(line)
@@ -226,7 +285,10 @@ class AuditLog:
                 raise AuditLogCorrupt(f"audit chain {state.chain_id} does not verify at index {state.size}; "
                                       f"run `tollway audit verify`")
             state.append(record)
+            if leaves_from is not None and index >= leaves_from:
+                leaves.append(state.last_leaf)
             self.keys[orjson.loads(record)["dedup_key"]] = record
+        return leaves
 
     @property
     def size(self) -> int:
@@ -239,7 +301,11 @@ class AuditLog:
         """Chain and durably store (dedup key, record bytes) pairs; checkpoint when one is due."""
         if not records:
             return
-        lines = [self.state.append(record) for _, record in records]
+        lines = []
+        for _, record in records:
+            lines.append(self.state.append(record))
+            if self.witness is not None:
+                self._unsigned.append(self.state.last_leaf)
         self.sink.write(lines)
         for key, record in records:
             self.keys[key] = record
@@ -257,8 +323,16 @@ class AuditLog:
             return None
         checkpoint = sign_checkpoint(self.state, self.signer, now_ns=now_ns)
         self.sink.write_checkpoint(orjson.dumps(checkpoint.model_dump(mode="json")))
+        if self.witness is not None:
+            self._publish(checkpoint, self._checkpointed_size, b"".join(self._unsigned))
+            self._unsigned = []
         self._checkpointed_size, self._checkpointed_at_ns = self.state.size, now_ns
         return checkpoint
+
+    def _publish(self, checkpoint: Checkpoint, first: int, leaves: bytes) -> None:
+        assert self.witness is not None
+        for key, value in witness_messages(checkpoint, first, leaves):
+            self.witness.publish(self.witness_topic, value, key=key)
 
     def close(self, *, now_ns: int) -> None:
         if self.state.size > self._checkpointed_size:

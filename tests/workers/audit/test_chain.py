@@ -142,7 +142,7 @@ def test_truncated_tail_is_found_by_the_last_checkpoint(tmp_path: Path) -> None:
     last = segments(chain_dir)[-1]
     edit_lines(last, lambda lines: lines.__delitem__(slice(-3, None)))
     bad_index, bad_cp, reason = first_bad(tmp_path)
-    assert (bad_index, bad_cp) == (57, 0)
+    assert (bad_index, bad_cp) == (57, 1)  # #0 is the empty chain's, signed when it was created
     assert "truncated" in reason
 
 
@@ -161,7 +161,7 @@ def test_rewritten_and_rechained_log_is_caught_by_a_checkpoint(tmp_path: Path) -
     lines = [state.append(record(i) if i != 35 else record(-35)) for i in range(60)]
     (chain_dir / "seg-000000000000.jsonl").write_bytes(b"".join(lines))
     bad_index, bad_cp, _ = first_bad(tmp_path)
-    assert bad_index == 30 and bad_cp == 3  # between the checkpoints at 30 and 40
+    assert bad_index == 30 and bad_cp == 4  # between the checkpoints at 30 and 40 (#0 is the empty chain's)
 
 
 def test_forged_checkpoint_is_found(tmp_path: Path) -> None:

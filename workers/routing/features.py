@@ -38,7 +38,8 @@ _LOOKUP = re.compile(
 _GREETING = re.compile(r"^\W*(hi|hello|hey|thanks|thank you|good (morning|afternoon|evening)|bye)\b", _I)
 _REASONING = re.compile(
     r"\b(why|explain\w*|compare|comparison|contrast|differen\w+|vs\.?|versus|trade-?offs?|pros and cons|"
-    r"should (i|we)|which (one|is better)|justify|critique|assess|evaluate|implications?|recommend\w*)\b", _I)
+    r"should (i|we)|which (one|is better)|justify|critique|assess|evaluate|implications?|recommend\w*|"
+    r"when (would|should) (i|we|you) use|how does .{3,40} work)\b", _I)
 _PLAN = re.compile(
     r"\b(plan|planning|roadmap|migrat\w+|schedule|programme|program|syllabus|timeline|milestones?|rollback|"
     r"contingenc\w+|risks?|budget|phases?|phased|dependenc\w+|sprints?|critical path|zero downtime|"
@@ -46,10 +47,14 @@ _PLAN = re.compile(
 _DESIGN = re.compile(
     r"\b(design|architect\w*|system|service|server|pipeline|platform|scal\w+|distributed|concurren\w+|"
     r"thread[- ]safe\w*|thread safety|race conditions?|deadlock\w*|lock-free|exactly-once|consisten\w+|"
-    r"fault[- ]toleran\w+|refactor\w*|data structure|complexity|o\([^)]*\)|end-to-end|production)\b", _I)
+    r"fault[- ]toleran\w+|refactor\w*|data structure|complexity|end-to-end|production|eviction|"
+    r"undo|redo|reconnect\w*|matchmaking|replication|sharding|failover|idempoten\w+|backpressure|"
+    r"multi-\w+|modules?|components?)\b|\bO\([^)]*\)", _I)
 _PROOF = re.compile(
     r"\b(prove|proof|derive|derivation|closed form|recurrence|theorem|lemma|np-complete|undecidab\w+|"
-    r"reduction|integer solutions|irrational|induction|optimi[sz]\w+|eigen\w*|integral)\b", _I)
+    r"reduction|integer solutions|irrational|induction|optimi[sz]\w+|eigen\w*|integrals?|elliptic|pde|"
+    r"asymptotic\w*|bounds?|np-hard|if and only if|for every|for all|show that|generali[sz]e|combinatori\w*|"
+    r"lagrang\w*|convergen\w+|invariant)\b", _I)
 _MATH = re.compile(
     r"\b(solve|equations?|probabilit\w+|calculate|compute|variance|matrix|expected value|compound\w*|"
     r"percent\w*|interest)\b|\d+(\.\d+)?\s*[-+*/^×÷=]\s*\(?\d|\d\s*%|[∑∫√π]|\w\^\d", _I)
@@ -136,6 +141,10 @@ FEATURE_NAMES: tuple[str, ...] = (
     "transform", "transform_long_material", "lookup", "greeting", "writing", "reasoning", "plan", "design", "proof",
     "math", "code", "code_block", "structured_output", "long_output", "sources", "constraints_log", "questions",
     "numbers_log", "conversation_depth_log", "retrieval_confident",
+    # Demands under constraints (the labelling rules' "large" cases are a demand *and* several requirements).
+    "code_x_constraints", "plan_x_constraints", "writing_x_constraints", "design_x_code", "reasoning_x_sources",
+    # The labelling rules read literally (bench/data/outsider_routing_RULES.md): a prior the fit can weigh.
+    "rule_at_least_medium", "rule_large", "list_items_log",
 )
 
 
@@ -178,7 +187,44 @@ def extract(prompt: str, *, prior_turns: int = 0, retrieval_confidence: float = 
         "conversation_depth_log": _log(prior_turns),
         "retrieval_confident": 1.0 if has_passages and retrieval_confidence >= 0.75 else 0.0,
     }
+    any_of = {name: min(1.0, values[name]) for name in ("code", "plan", "writing", "design", "reasoning")}
+    values["code_x_constraints"] = any_of["code"] * values["constraints_log"]
+    values["plan_x_constraints"] = any_of["plan"] * values["constraints_log"]
+    values["writing_x_constraints"] = any_of["writing"] * values["constraints_log"]
+    values["design_x_code"] = any_of["design"] * any_of["code"]
+    values["reasoning_x_sources"] = any_of["reasoning"] * values["sources"]
+    values["list_items_log"] = _log(list_items(prompt))
+    values["rule_large"], values["rule_at_least_medium"] = _rule_prior(values, material_words)
     return Features(FEATURE_NAMES, tuple(values[name] for name in FEATURE_NAMES), instruction_words, material_words)
+
+
+def list_items(prompt: str) -> int:
+    """The longest enumeration asked for or given: items after a colon (split on commas, semicolons, "and"),
+    or bulleted / numbered lines."""
+    longest = len(_ITEM.findall(prompt))
+    for match in re.finditer(r":([^:\n]{10,})", prompt):
+        items = [x for x in re.split(r",|;|\band\b|\bplus\b", match.group(1)) if x.strip()]
+        longest = max(longest, len(items))
+    return longest
+
+
+def _rule_prior(v: dict[str, float], material_words: int) -> tuple[float, float]:
+    """(large, at least medium) by the labelling rules: large for a plan under several constraints, hard maths,
+    complex code design, long structured output with many requirements, or weighing several sources; medium for a
+    long input to read, code, a few reasoning steps, a word problem or moderate writing."""
+    items = math.expm1(v["list_items_log"])
+    many = v["constraints_log"] >= math.log1p(5) or items >= 5  # >= 5 listed requirements
+    several = v["constraints_log"] >= math.log1p(4) or items >= 4
+    large = (v["plan"] >= 2 and several) or (v["plan"] >= 1 and v["writing"] and many) or v["proof"] >= 1 \
+        or (v["design"] >= 2 and v["code"] >= 1) or (v["design"] >= 3 and many) \
+        or (v["design"] >= 1 and v["code"] >= 1 and many) \
+        or (v["writing"] and (v["long_output"] or v["structured_output"] or items >= 6) and many) \
+        or (v["sources"] and (v["reasoning"] or v["plan"]))
+    medium = large or material_words > SHORT_MATERIAL_WORDS or v["code"] >= 1 or v["reasoning"] >= 1 \
+        or (v["transform"] and items >= 3) or v["numbers_log"] >= math.log1p(4) \
+        or (v["math"] >= 1 and v["numbers_log"] >= math.log1p(3)) \
+        or (v["writing"] and v["instruction_tokens_log"] >= math.log1p(20))
+    return float(large), float(medium)
 
 
 def extract_messages(messages: Sequence[tuple[str, str]], *, retrieval_confidence: float = 0.0,

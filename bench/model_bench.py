@@ -8,6 +8,9 @@ in process);
               catalog's latency profile × ``--latency-scale``, fed in stream-sized batches of ``--batch``; once
               with micro-batching (one call per model and up to max_batch requests) and once without (one call
               per request); the ratio is the figure;
+4. outsider   the outsider's labelled routing set (``bench/data/outsider_routing.jsonl``): calibrated on
+              split=tune, measured on split=test only, against the router before calibration
+              (``--routing-only --plot docs/img/routing-frontier.png`` for just these figures and the frontier);
 3. auto tier  accuracy of :mod:`workers.routing.difficulty` on ``bench/data/difficulty.jsonl`` (written by hand for this
               project; the thresholds were tuned on it, so read it as a training-set figure), with under-routing
               (quality lost) and over-routing (money lost) counted apart, and the expected cost of auto routing
@@ -109,6 +112,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                         "micro_batched": batched, "one_call_per_request": single,
                         "ratio": round(batched["requests_per_s"] / single["requests_per_s"], 2)}
     results["auto_tier"] = bench_auto_tier()
+    results["outsider_routing"] = bench_outsider_routing(args.plot)
     results["rows"] = rows(results)
     return results
 
@@ -132,6 +136,48 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+OUTSIDER = Path(__file__).resolve().parent / "data" / "outsider_routing.jsonl"
+# The router at dc91436 (before issue 20) on the same test split, measured with this harness at that commit.
+BEFORE_ON_TEST = {"saving": 0.573, "quality": 0.875, "under_routed": 0.125}
+
+
+def bench_outsider_routing(plot: Path | None = None) -> dict[str, Any]:
+    """The outsider's routing set: fit on split=tune (folds by task, target 97 %), measure on split=test only.
+
+    Figures per system on the test split: saving against every request on the large tier (each tier priced at its
+    cheapest model for the request's tokens), quality (share routed to a tier ≥ its label), under/over-routing."""
+    import numpy as np
+
+    from workers.routing import calibrate as cal
+    from workers.routing.difficulty import estimate as heuristic
+
+    catalog = load_catalog()
+    tune = cal.read_labels(OUTSIDER, catalog, split="tune", group_by="task")
+    test = cal.read_labels(OUTSIDER, catalog, split="test", group_by="task")
+    params, reports = cal.calibrate(tune, catalog, target_quality=0.97)
+    chosen = reports[0].chosen
+    x, ranks, costs = cal.feature_matrix(test), np.array([r.tier_rank for r in test]), cal.tier_costs(test, catalog)
+    model = cal.fit(cal.feature_matrix(tune), np.array([r.tier_rank for r in tune]), 1.0)
+    p_medium, p_large = model.probabilities(x)
+    calibrated = cal.measure(cal.route_ranks(p_medium, p_large, chosen["medium_at"], chosen["large_at"]), ranks, costs)
+    heuristic_ranks = np.array([QUALITY_TIERS.index(heuristic(r.messages[-1][1]).tier) for r in test])
+    results = {"test_rows": len(test), "tune_rows": len(tune), "params_version": params.version,
+               "operating_point": {k: chosen[k] for k in ("medium_at", "large_at")},
+               "before": BEFORE_ON_TEST, "heuristic_fixed": cal.measure(heuristic_ranks, ranks, costs),
+               "calibrated": calibrated, "oracle": cal.measure(ranks, ranks, costs)}
+    if plot is not None:
+        from streams.cli.router import plot_frontier
+
+        test_frontier = cal.frontier(p_medium, p_large, ranks, costs)
+        plot_frontier({"calibrated, tune folds (op. point chosen here)": (reports[0].frontier, chosen),
+                       "calibrated, test split (report only)": (test_frontier, calibrated)}, plot,
+                      extra={"before (dc91436) on test": BEFORE_ON_TEST,
+                             "heuristic, fixed, on test": results["heuristic_fixed"],
+                             "oracle (labels) on test": results["oracle"]},
+                      title="outsider routing set: saving vs quality")
+    return results
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--decisions", type=int, default=20_000)
@@ -139,8 +185,14 @@ if __name__ == "__main__":
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--latency-scale", type=float, default=0.1)
     parser.add_argument("--json", action="store_true", help="print one JSON object (for bench/run.py)")
+    parser.add_argument("--plot", type=Path, default=None, help="draw the outsider routing frontier to this PNG")
+    parser.add_argument("--routing-only", action="store_true", help="only the outsider routing figures")
+    if parser.parse_args().routing_only:
+        print(orjson.dumps(bench_outsider_routing(parser.parse_args().plot), option=orjson.OPT_INDENT_2).decode())
+        raise SystemExit(0)
     results = asyncio.run(main(parser.parse_args()))
     if parser.parse_args().json:
         print(orjson.dumps(results).decode())
     else:
         print(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())
+

@@ -153,8 +153,9 @@ def _register_areas() -> None:
     from streams.cli import ledger as cli_ledger
     from streams.cli import model as cli_model
     from streams.cli import policy as cli_policy
+    from streams.cli import router as cli_router
 
-    for area in (cli_policy, cli_index, cli_model, cli_audit, cli_ledger, cli_ingress):
+    for area in (cli_policy, cli_index, cli_model, cli_audit, cli_ledger, cli_ingress, cli_router):
         area.register(app)
 
 

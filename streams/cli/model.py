@@ -14,6 +14,7 @@ from schemas.envelope import PolicyDecision
 from schemas.errors import ConfigError
 from streams.clients.envelopes import new_envelope
 from streams.settings import get_settings
+from workers.routing.auto import auto_tier
 from workers.routing.catalog import ModelCatalog, load_catalog
 from workers.routing.router import route
 
@@ -62,11 +63,34 @@ def explain_route(
         env.policy = PolicyDecision(allowed_regions=region)
     decision = route(env, _catalog(), time.time_ns())
     chosen = decision.chosen
+    auto = auto_tier(env)
+    learned = auto.learned
+    explanation = {"decided_by": "calibrated" if learned else "heuristic", "auto_tier": auto.tier,
+                   "score": auto.score, "features": auto.features.as_dict(),
+                   "material_words": auto.features.material_words,
+                   "operating_point": learned.operating_point.model_dump() if learned else None,
+                   "p_at_least_medium": learned.p_medium if learned else None,
+                   "p_large": learned.p_large if learned else None,
+                   "params_version": learned.version if learned else None,
+                   "drivers": dict(learned.drivers) if learned else None}
     if as_json:
         typer.echo(orjson.dumps({"model": chosen.name if chosen else None, "tier": decision.tier,
                                  "failure": decision.failure_code, "message": decision.failure_message,
-                                 "reasons": decision.reasons}).decode())
+                                 "reasons": decision.reasons, "auto": explanation}).decode())
     else:
+        table = Table(title=f"features (auto tier {auto.tier} by the {explanation['decided_by']} router, score "
+                            f"{auto.score:.2f})")
+        table.add_column("feature")
+        table.add_column("value", justify="right")
+        for name, value in auto.features.as_dict().items():
+            if value:
+                table.add_row(name, f"{value:.2f}")
+        console.print(table)
+        if learned is not None:
+            op = learned.operating_point
+            console.print(f"operating point (params {learned.version}, fit {learned.tenant_fit}): large when "
+                          f"P(large) ≥ {op.large_at:.2f}, else medium when P(≥medium) ≥ {op.medium_at:.2f}; "
+                          f"here P(large) = {learned.p_large:.2f}, P(≥medium) = {learned.p_medium:.2f}")
         for reason in decision.reasons:
             console.print(f"· {reason}")
         if chosen is None:

@@ -1,12 +1,15 @@
-"""Auto quality tier: how much model a request needs, estimated from the request itself.
+"""Auto quality tier, heuristic: how much model a request needs, estimated from the request itself.
 
-Used when neither the request nor the tenant's policy fixes a tier. Signals, each adding to a score in [0, 1]:
-length of the prompt, reasoning markers (why / compare / trade-offs / step by step …), math markers (equations,
-arithmetic, "probability"), code markers (fences, language names, "stack trace"), several questions or numbered
-parts in one request; simple-task markers (greetings, classify, translate, "what is") and a high-confidence
-retrieval passage pull it down (a question a passage answers well needs an extractor, not a reasoner).
-Score < SMALL_BELOW → small, < MEDIUM_BELOW → medium, else large. Measured in ``bench/model_bench.py`` against
-``bench/data/difficulty.jsonl``.
+Used when neither the request nor the tenant's policy fixes a tier and no calibrated router
+(:mod:`workers.routing.calibrated`) is in force. Signals, each adding to a score in [0, 1]: length of the
+instruction; the size of the material to transform (a long document to summarise, translate, classify or extract
+from needs at least the medium tier: reading it is the work); a plan asked under several constraints; reasoning
+markers (why / compare / trade-offs / step by step …); math markers (equations, arithmetic, "probability"); code
+markers (fences, language names, "stack trace"); several questions or numbered parts in one request. Simple-task
+markers (greetings, classify, translate, "what is") pull it down only when the material they apply to is short
+(<= ~60 words), and a high-confidence retrieval passage pulls it down (a question a passage answers well needs an
+extractor, not a reasoner). Score < SMALL_BELOW → small, < MEDIUM_BELOW → medium, else large. Measured in
+``bench/model_bench.py`` against ``bench/data/difficulty.jsonl`` and the outsider's routing set.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import re
 from dataclasses import dataclass
 
 from schemas.envelope import Envelope
+from workers.routing.features import SHORT_MATERIAL_WORDS, extract, split_prompt
 from workers.routing.tokens import count_tokens
 
 SMALL_BELOW = 0.35
@@ -53,13 +57,26 @@ class Difficulty:
         return f"auto {self.tier} (score {self.score:.2f}: {', '.join(self.signals) or 'no markers'})"
 
 
+MATERIAL_WEIGHT = 0.25  # reading and transforming a long input is medium work whatever the verb
+PLAN_WEIGHT = 0.3  # a plan under several interacting constraints is large work
+
+
 def estimate(prompt: str, *, retrieval_confidence: float = 0.0, has_passages: bool = False) -> Difficulty:
     score, signals = 0.15, []
-    tokens = count_tokens(prompt)
+    features = extract(prompt)
+    tokens = count_tokens(split_prompt(prompt).instruction)
     length = min(0.3, tokens / 300)
     if length >= 0.05:
         score += length
         signals.append(f"{tokens} tokens")
+    long_material = features.material_words > SHORT_MATERIAL_WORDS
+    if long_material:
+        score += MATERIAL_WEIGHT
+        signals.append(f"{features.material_words}-word material to work on")
+    values = features.as_dict()
+    if values["plan"] >= 2 and values["constraints_log"] >= 1.6:  # >= 4 listed constraints
+        score += PLAN_WEIGHT
+        signals.append("plan under constraints")
     hits = {name: len(pattern.findall(prompt)) for name, pattern in
             (("reasoning", _REASONING), ("math", _MATH), ("code", _CODE))}
     weights = {"reasoning": 0.25, "math": 0.3, "code": 0.3}
@@ -74,7 +91,7 @@ def estimate(prompt: str, *, retrieval_confidence: float = 0.0, has_passages: bo
     if parts > 1:
         score += min(0.3, 0.12 * (parts - 1))
         signals.append(f"{parts} parts")
-    if _SIMPLE.search(prompt) and not any(hits.values()):
+    if _SIMPLE.search(prompt) and not any(hits.values()) and not long_material:
         score -= 0.15
         signals.append("simple task")
     if has_passages and retrieval_confidence >= CONFIDENT_RETRIEVAL:

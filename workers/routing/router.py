@@ -1,10 +1,11 @@
 """The router: which model serves a request, and why.
 
 Per request, in this order: the quality tier (the request's, else the tenant's from policy, else the auto tier from
-:mod:`workers.routing.difficulty`); the models policy allows (``allowed_models`` / ``allowed_regions``; none set = all);
-models at or above the tier whose context window fits; whose backend's circuit is not open; that are expected to
-finish within the remaining latency budget; cheapest expected cost first, and a model at capacity moves to the back
-of the line. Every model passed over is recorded with its reason on ``env.model.routing``.
+:mod:`workers.routing.auto`: the calibrated router, or the heuristic :mod:`workers.routing.difficulty`); the models
+policy allows (``allowed_models`` / ``allowed_regions``; none set = all); models at or above the tier whose context
+window fits; whose backend's circuit is not open; that are expected to finish within the remaining latency budget;
+cheapest expected cost first, and a model at capacity moves to the back of the line. Every model passed over is
+recorded with its reason on ``env.model.routing``.
 
 When no model of the tier fits the budget, a faster lower tier is preferred to failing ("degraded"), unless the
 tier was fixed by policy; when nothing fits at all the request ends ``deadline_exceeded`` with the fastest
@@ -20,8 +21,8 @@ from dataclasses import dataclass, field
 from schemas.envelope import Envelope, Usage
 from workers.backends.base import context_prompt
 from workers.context import Clock
+from workers.routing.auto import auto_tier
 from workers.routing.catalog import QUALITY_TIERS, ModelCatalog, ModelSpec
-from workers.routing.difficulty import estimate_envelope
 from workers.routing.tokens import count_message_tokens, count_tokens
 
 
@@ -148,8 +149,8 @@ def required_tier(env: Envelope) -> tuple[str | None, str, str]:
         return env.request.quality_tier, "request", f"tier {env.request.quality_tier} (request)"
     if env.policy and env.policy.quality_tier and env.policy.quality_tier != "auto":
         return env.policy.quality_tier, "policy", f"tier {env.policy.quality_tier} (tenant policy)"
-    difficulty = estimate_envelope(env)
-    return difficulty.tier, "auto", f"tier {difficulty.explain()}"
+    auto = auto_tier(env)
+    return auto.tier, "auto", f"tier {auto.explain()}"
 
 
 def _ms(value: float) -> str:

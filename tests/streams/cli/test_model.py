@@ -28,3 +28,12 @@ def test_route_with_no_eligible_model_exits_1() -> None:
 def test_list_as_json() -> None:
     result = CliRunner().invoke(app(), ["models", "list", "--json"])
     assert result.exit_code == 0 and len(orjson.loads(result.output)["models"]) >= 6
+
+
+def test_route_explains_features_score_and_operating_point() -> None:
+    result = CliRunner().invoke(app(), ["models", "route", "Summarise this:\n\n" + "The audit found gaps. " * 60,
+                                        "--json"])
+    assert result.exit_code == 0, result.output
+    auto = orjson.loads(result.output)["auto"]
+    assert auto["features"]["material_over_long"] == 1.0 and auto["auto_tier"] != "small"
+    assert auto["decided_by"] == "calibrated" and auto["operating_point"]["large_at"] > 0

@@ -36,3 +36,17 @@ def test_deterministic_and_bounded() -> None:
     prompt = "why " * 2000 + "```def f(): return 1 + 2```"
     assert estimate(prompt) == estimate(prompt)
     assert 0.0 <= estimate(prompt).score <= 1.0
+
+
+LONG_REPORT = " ".join(["Revenue for the quarter was 4.8 million euros, three percent below the forecast, because a "
+                        "heatwave cut garden-furniture sales in the north."] * 10)  # ~210 words, written for this test
+
+
+def test_a_long_document_to_transform_is_not_simple() -> None:
+    # The defect: summarise / translate / classify / extract *subtracted*, so a 200-word report went to small.
+    for verb in ("Summarise this:", "Translate this into German:", "Classify this as finance or tech:",
+                 "Extract every number below as JSON:"):
+        difficulty = estimate(f"{verb}\n\n{LONG_REPORT}")
+        assert difficulty.tier != "small", verb
+        assert "simple task" not in difficulty.signals
+    assert estimate("Translate to German: 'where is the station?'").tier == "small"

@@ -1,0 +1,236 @@
+"""What a request asks of a model, as numbers: the features the routers (heuristic and calibrated) read.
+
+Wording alone misleads a router: "summarise" a two-line note is small work, "summarise" a 400-word report is not,
+and a long personal story followed by "what's the capital of Peru?" is still a lookup. So a request is first split
+into its **instruction** and the **material** it asks to transform (a separated block, a quoted span, a code fence,
+a list), and the material counts only when the instruction refers to it ("this", "below", "the text" …). Then:
+
+* sizes: instruction tokens, material tokens, whether the material passes the ~60 / ~150-word marks;
+* task type: transform (summarise, translate, classify, extract, rewrite), lookup, greeting, writing;
+* demands: reasoning, plan, design, proof / derivation, code and maths markers, structured output, a long output
+  asked for, several sources to weigh, the number of constraints (list items, commas, "and"s), questions;
+* context: conversation depth (earlier turns) and how confident retrieval is.
+
+Every feature is a plain float and has a name; :func:`extract` is deterministic and pure.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from workers.routing.tokens import count_tokens
+
+_I = re.IGNORECASE
+_TRANSFORM = re.compile(
+    r"\b(summari[sz]\w*|summary|gist|tl;?dr|translat\w*|classif\w*|categor\w*|extract\w*|pull out|rewrite|"
+    r"rephrase|paraphrase|proofread|fix (the )?grammar|shorten|make (this|it) (shorter|sound|more|less)|"
+    r"turn (this|it) into|sentiment|tone|label)\b", _I)
+_REFERENCE = re.compile(
+    r"\b(this|these|below|above|following|the text|the passage|the document|the report|the email|"
+    r"the transcript|the article|in it|from it)\b", _I)
+_LOOKUP = re.compile(
+    r"\b(what(?:'s| is| are| was)|who (is|was|wrote|invented)|when (is|was|did|does)|where (is|do|can)|"
+    r"how (many|much|long|far|old)|which is|capital of|define|definition|meaning of|symbol for|shortcut|"
+    r"is (a|an|it|there)|do i need|does (the|it))\b", _I)
+_GREETING = re.compile(r"^\W*(hi|hello|hey|thanks|thank you|good (morning|afternoon|evening)|bye)\b", _I)
+_REASONING = re.compile(
+    r"\b(why|explain\w*|compare|comparison|contrast|differen\w+|vs\.?|versus|trade-?offs?|pros and cons|"
+    r"should (i|we)|which (one|is better)|justify|critique|assess|evaluate|implications?|recommend\w*|"
+    r"when (would|should) (i|we|you) use|how does .{3,40} work)\b", _I)
+_PLAN = re.compile(
+    r"\b(plan|planning|roadmap|migrat\w+|schedule|programme|program|syllabus|timeline|milestones?|rollback|"
+    r"contingenc\w+|risks?|budget|phases?|phased|dependenc\w+|sprints?|critical path|zero downtime|"
+    r"compliance|itinerary|owners?|kpis?)\b", _I)
+_DESIGN = re.compile(
+    r"\b(design|architect\w*|system|service|server|pipeline|platform|scal\w+|distributed|concurren\w+|"
+    r"thread[- ]safe\w*|thread safety|race conditions?|deadlock\w*|lock-free|exactly-once|consisten\w+|"
+    r"fault[- ]toleran\w+|refactor\w*|data structure|complexity|end-to-end|production|eviction|"
+    r"undo|redo|reconnect\w*|matchmaking|replication|sharding|failover|idempoten\w+|backpressure|"
+    r"multi-\w+|modules?|components?)\b|\bO\([^)]*\)", _I)
+_PROOF = re.compile(
+    r"\b(prove|proof|derive|derivation|closed form|recurrence|theorem|lemma|np-complete|undecidab\w+|"
+    r"reduction|integer solutions|irrational|induction|optimi[sz]\w+|eigen\w*|integrals?|elliptic|pde|"
+    r"asymptotic\w*|bounds?|np-hard|if and only if|for every|for all|show that|generali[sz]e|combinatori\w*|"
+    r"lagrang\w*|convergen\w+|invariant)\b", _I)
+_MATH = re.compile(
+    r"\b(solve|equations?|probabilit\w+|calculate|compute|variance|matrix|expected value|compound\w*|"
+    r"percent\w*|interest)\b|\d+(\.\d+)?\s*[-+*/^×÷=]\s*\(?\d|\d\s*%|[∑∫√π]|\w\^\d", _I)
+_CODE = re.compile(
+    r"```|\b(def|regex|sql|query|python|javascript|js|typescript|rust|golang|java|c\+\+|kotlin|bash|"
+    r"dockerfile|yaml|function|class|script|unit tests?|pytest|tests|compile\w*|stack ?trace|traceback|"
+    r"exception|bug|debug\w*|implement\w*|algorithm|api|endpoint|kubernetes|docker)\b|=>|\w+\(\)", _I)
+_STRUCTURED = re.compile(
+    r"\b(tables?|json|csv|markdown|sections?|headings?|template|bullet\w*|format|schema|columns?|"
+    r"appendix|checklist)\b", _I)
+_LONG_OUTPUT = re.compile(
+    r"\b(complete|full|comprehensive|detailed|in[- ]depth|thorough|end-to-end|whole)\b|"
+    r"\b\d[\d,]{2,}\s*(\+\s*)?words\b", _I)
+_WORDS_ASKED = re.compile(r"\b(\d[\d,]*)\s*(\+\s*)?words\b", _I)
+_SOURCES = re.compile(
+    r"\b(three|four|five|several|multiple|\d+)\s+(vendors?|proposals?|studies|reports?|contracts?|leases?|"
+    r"options|designs|candidates|papers|sources|offers|quotes)\b|^\s*[A-E]\)\s|\bconflicting\b", _I | re.MULTILINE)
+_WRITING = re.compile(r"\b(write|draft|compose|prepare|create|produce)\b", _I)
+_ITEM = re.compile(r"^\s*(\d+[.)]|[-*•]|[A-Za-z][.)])\s+", re.MULTILINE)
+_QUOTED = re.compile(r"'[^'\n]{12,}'|\"[^\"\n]{12,}\"|“[^”]{12,}”|```.*?```", re.DOTALL)
+_ASKS = re.compile(r"\b(read|answer|tell|list|give|turn|explain|what|which|how|check|review|find)\b", _I)
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
+_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)?")
+
+SHORT_MATERIAL_WORDS = 60  # the labelling rules' "short input" bound
+LONG_MATERIAL_WORDS = 150  # … and their "long input"
+
+
+@dataclass(frozen=True)
+class Split:
+    """A prompt as the instruction and the material it operates on (empty when it refers to none)."""
+
+    instruction: str
+    material: str
+
+
+def split_prompt(prompt: str) -> Split:
+    """Instruction vs material. Several paragraphs: the shortest end paragraph is the instruction, the rest the
+    material. One paragraph: quoted spans, code fences and list lines are the material. Material the instruction
+    does not refer to (a story told before a lookup) is dropped: the answer does not depend on it."""
+    text = prompt.strip()
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+    if len(paragraphs) > 1:
+        first, last = paragraphs[0], paragraphs[-1]
+        if len(_WORD.findall(first)) <= len(_WORD.findall(last)):
+            instruction, material = first, "\n\n".join(paragraphs[1:])
+        else:
+            instruction, material = last, "\n\n".join(paragraphs[:-1])
+    else:
+        pieces = _QUOTED.findall(text) + [m.group(0) for m in re.finditer(r"^\s*(?:\d+[.)]|[-*•]).*$", text,
+                                                                              re.MULTILINE)]
+        material = "\n".join(pieces)
+        instruction = text
+        for piece in pieces:
+            instruction = instruction.replace(piece, " ")
+        if ":" in instruction and not pieces:
+            head, _, tail = instruction.partition(":")
+            if len(_WORD.findall(tail)) > 2 * max(1, len(_WORD.findall(head))) and len(_WORD.findall(tail)) > 40 \
+                    and (_TRANSFORM.search(head) or _ASKS.search(head)):
+                instruction, material = head, tail
+    if material and not (_REFERENCE.search(instruction) or instruction.rstrip().endswith(":")
+                         or _TRANSFORM.search(instruction) or "```" in material):
+        return Split(instruction=text, material="")  # nothing is operated on: every word is the request's own
+    return Split(instruction=instruction, material=material)
+
+
+def _log(value: float) -> float:
+    return math.log1p(max(0.0, value))
+
+
+@dataclass(frozen=True)
+class Features:
+    names: tuple[str, ...]
+    values: tuple[float, ...]
+    instruction_words: int
+    material_words: int
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(zip(self.names, self.values, strict=True))
+
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "instruction_tokens_log", "material_tokens_log", "material_over_short", "material_over_long",
+    "transform", "transform_long_material", "lookup", "greeting", "writing", "reasoning", "plan", "design", "proof",
+    "math", "code", "code_block", "structured_output", "long_output", "sources", "constraints_log", "questions",
+    "numbers_log", "conversation_depth_log", "retrieval_confident",
+    # Demands under constraints (the labelling rules' "large" cases are a demand *and* several requirements).
+    "code_x_constraints", "plan_x_constraints", "writing_x_constraints", "design_x_code", "reasoning_x_sources",
+    # The labelling rules read literally (bench/data/outsider_routing_RULES.md): a prior the fit can weigh.
+    "rule_at_least_medium", "rule_large", "list_items_log",
+)
+
+
+def extract(prompt: str, *, prior_turns: int = 0, retrieval_confidence: float = 0.0,
+            has_passages: bool = False) -> Features:
+    """The features of one request: ``prompt`` is the last user message, ``prior_turns`` the messages before it."""
+    parts = split_prompt(prompt)
+    instruction, material = parts.instruction, parts.material
+    instruction_words = len(_WORD.findall(instruction))
+    material_words = len(_WORD.findall(material))
+    transform = 1.0 if _TRANSFORM.search(instruction) else 0.0
+    asked = [int(m.group(1).replace(",", "")) for m in _WORDS_ASKED.finditer(instruction)
+             if m.group(1).replace(",", "").isdigit()]
+    long_output = 1.0 if _LONG_OUTPUT.search(instruction) or any(n >= 800 for n in asked) else 0.0
+    constraints = (instruction.count(",") + instruction.count(";") + len(re.findall(r"\band\b", instruction, _I))
+                   + len(_ITEM.findall(prompt if not material else instruction)))
+    values = {
+        "instruction_tokens_log": _log(count_tokens(instruction)),
+        "material_tokens_log": _log(count_tokens(material)) if material else 0.0,
+        "material_over_short": 1.0 if material_words > SHORT_MATERIAL_WORDS else 0.0,
+        "material_over_long": 1.0 if material_words >= LONG_MATERIAL_WORDS else 0.0,
+        "transform": transform,
+        "transform_long_material": transform * (1.0 if material_words > SHORT_MATERIAL_WORDS else 0.0),
+        "lookup": 1.0 if _LOOKUP.search(instruction) else 0.0,
+        "greeting": 1.0 if _GREETING.search(prompt) and instruction_words <= 8 else 0.0,
+        "writing": 1.0 if _WRITING.search(instruction) else 0.0,
+        "reasoning": float(min(3, len(_REASONING.findall(instruction)))),
+        "plan": float(min(5, len(_PLAN.findall(instruction)))),
+        "design": float(min(5, len(_DESIGN.findall(instruction)))),
+        "proof": float(min(3, len(_PROOF.findall(instruction)))),
+        "math": float(min(3, len(_MATH.findall(instruction)))),
+        "code": float(min(5, len(_CODE.findall(prompt)))),
+        "code_block": 1.0 if "```" in prompt else 0.0,
+        "structured_output": float(min(3, len(_STRUCTURED.findall(instruction)))),
+        "long_output": long_output,
+        "sources": 1.0 if _SOURCES.search(prompt) else 0.0,
+        "constraints_log": _log(constraints),
+        "questions": float(min(4, instruction.count("?"))),
+        "numbers_log": _log(len(_NUMBER.findall(instruction))),
+        "conversation_depth_log": _log(prior_turns),
+        "retrieval_confident": 1.0 if has_passages and retrieval_confidence >= 0.75 else 0.0,
+    }
+    any_of = {name: min(1.0, values[name]) for name in ("code", "plan", "writing", "design", "reasoning")}
+    values["code_x_constraints"] = any_of["code"] * values["constraints_log"]
+    values["plan_x_constraints"] = any_of["plan"] * values["constraints_log"]
+    values["writing_x_constraints"] = any_of["writing"] * values["constraints_log"]
+    values["design_x_code"] = any_of["design"] * any_of["code"]
+    values["reasoning_x_sources"] = any_of["reasoning"] * values["sources"]
+    values["list_items_log"] = _log(list_items(prompt))
+    values["rule_large"], values["rule_at_least_medium"] = _rule_prior(values, material_words)
+    return Features(FEATURE_NAMES, tuple(values[name] for name in FEATURE_NAMES), instruction_words, material_words)
+
+
+def list_items(prompt: str) -> int:
+    """The longest enumeration asked for or given: items after a colon (split on commas, semicolons, "and"),
+    or bulleted / numbered lines."""
+    longest = len(_ITEM.findall(prompt))
+    for match in re.finditer(r":([^:\n]{10,})", prompt):
+        items = [x for x in re.split(r",|;|\band\b|\bplus\b", match.group(1)) if x.strip()]
+        longest = max(longest, len(items))
+    return longest
+
+
+def _rule_prior(v: dict[str, float], material_words: int) -> tuple[float, float]:
+    """(large, at least medium) by the labelling rules: large for a plan under several constraints, hard maths,
+    complex code design, long structured output with many requirements, or weighing several sources; medium for a
+    long input to read, code, a few reasoning steps, a word problem or moderate writing."""
+    items = math.expm1(v["list_items_log"])
+    many = v["constraints_log"] >= math.log1p(5) or items >= 5  # >= 5 listed requirements
+    several = v["constraints_log"] >= math.log1p(4) or items >= 4
+    large = (v["plan"] >= 2 and several) or (v["plan"] >= 1 and v["writing"] and many) or v["proof"] >= 1 \
+        or (v["design"] >= 2 and v["code"] >= 1) or (v["design"] >= 3 and many) \
+        or (v["design"] >= 1 and v["code"] >= 1 and many) \
+        or (v["writing"] and (v["long_output"] or v["structured_output"] or items >= 6) and many) \
+        or (v["sources"] and (v["reasoning"] or v["plan"]))
+    medium = large or material_words > SHORT_MATERIAL_WORDS or v["code"] >= 1 or v["reasoning"] >= 1 \
+        or (v["transform"] and items >= 3) or v["numbers_log"] >= math.log1p(4) \
+        or (v["math"] >= 1 and v["numbers_log"] >= math.log1p(3)) \
+        or (v["writing"] and v["instruction_tokens_log"] >= math.log1p(20))
+    return float(large), float(medium)
+
+
+def extract_messages(messages: Sequence[tuple[str, str]], *, retrieval_confidence: float = 0.0,
+                     has_passages: bool = False) -> Features:
+    """Features of a chat: the last user message is the prompt; every message before it is conversation depth."""
+    users = [i for i, (role, _) in enumerate(messages) if role == "user"]
+    last = users[-1] if users else len(messages) - 1
+    return extract(messages[last][1], prior_turns=last, retrieval_confidence=retrieval_confidence,
+                   has_passages=has_passages)

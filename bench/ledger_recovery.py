@@ -117,7 +117,8 @@ def cpu_seconds(pid: int) -> float:
 
 async def time_recovery(settings: Settings, port: int, state_dir: Path) -> dict[str, Any]:
     env = {**os.environ, "TOLLWAY_TOPIC_PREFIX": settings.topic_prefix, "TOLLWAY_PARTITIONS": str(settings.partitions),
-           "TOLLWAY_LEDGER_PORT": str(port), "TOLLWAY_STATE_DIR": str(state_dir)}
+           "TOLLWAY_LEDGER_PORT": str(port), "TOLLWAY_STATE_DIR": str(state_dir),
+           "TOLLWAY_KAFKA_CREDENTIALS_FILE": str(settings.kafka_credentials_path)}
     spawned = time.monotonic()
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "streams.cli", "ledger", "worker", cwd=REPO_ROOT,
                                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -37,7 +37,7 @@ creds_dir="$state/credentials"
 creds_file="$creds_dir/kafka.json"
 # Who may connect (the ACLs of each are in infra/kafka_acls.py). admin is the super user and the broker's own.
 PRINCIPALS=(admin producer stage-retrieval stage-policy stage-cache stage-model stage-postprocess stage-audit stages
-            policy-admin ledger auditor)
+            policy-admin ledger auditor backfill)
 
 say() { printf '[infra] %s\n' "$*" >&2; }
 die() { printf '[infra] error: %s\n' "$*" >&2; exit 1; }
@@ -147,7 +147,7 @@ python_with_aiokafka() {
 grant_acls() {  # grant_acls PREFIX...: the ACL table of infra/kafka_acls.py for each prefix, as admin
   local py
   py=$(python_with_aiokafka) || die "granting ACLs needs a Python with aiokafka (set TOLLWAY_PYTHON, or make venv)"
-  TOLLWAY_BOOTSTRAP_SERVERS="127.0.0.1:$kafka_port" TOLLWAY_KAFKA_CREDENTIALS="$creds_file" \
+  TOLLWAY_BOOTSTRAP_SERVERS="127.0.0.1:$kafka_port" TOLLWAY_KAFKA_CREDENTIALS_FILE="$creds_file" \
     "$py" "$here/kafka_acls.py" grant "$@"
 }
 

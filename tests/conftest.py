@@ -36,8 +36,9 @@ async def settings(tmp_path: Path) -> AsyncIterator[Settings]:
     The test's topics are deleted afterwards: thousands of leftover topics slow every metadata request on the broker.
     """
     # The local model's emulated latency is off: tests check behaviour, benchmarks and the demo show time.
+    # The stack's credentials stay where `make up` wrote them; only the test's own state moves to tmp_path.
     isolated = Settings(topic_prefix=f"t{uuid.uuid4().hex[:10]}", partitions=2, state_dir=tmp_path,
-                        model_latency_scale=0.0)
+                        model_latency_scale=0.0, kafka_credentials_file=Settings().kafka_credentials_path)
     yield isolated
     await delete_topics_with_prefix(isolated)
 

@@ -211,7 +211,7 @@ async def scan_published(settings: Settings, topic: str, since_ms: int, wanted: 
     """
     if not wanted:
         return set()
-    consumer = new_consumer(settings, role="producer", auto_offset_reset="earliest")
+    consumer = new_consumer(settings, role="backfill", auto_offset_reset="earliest")
     await start(consumer, settings, "backfill scan")
     found: set[str] = set()
     try:

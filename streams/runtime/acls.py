@@ -48,12 +48,13 @@ PRODUCER = "producer"
 POLICY_ADMIN = "policy-admin"
 LEDGER = "ledger"
 AUDITOR = "auditor"  # compliance readers: `tollway audit tail|verify --topic`
+BACKFILL = "backfill"  # `tollway backfill --resume` reads what it already published
 ADMIN = "admin"  # super user: needs no ACL
 STAGE_PRINCIPALS = tuple(f"stage-{stage}" for stage in STAGES)
 # A process that runs several stages (`tollway worker all`, a co-located chain) connects as this principal: the
 # union of the stage principals' rights (one process, one credential).
 ALL_STAGES = "stages"
-PRINCIPALS = (PRODUCER, *STAGE_PRINCIPALS, ALL_STAGES, POLICY_ADMIN, LEDGER, AUDITOR)
+PRINCIPALS = (PRODUCER, *STAGE_PRINCIPALS, ALL_STAGES, POLICY_ADMIN, LEDGER, AUDITOR, BACKFILL)
 
 
 def stage_principal(stages: Iterable[str]) -> str:
@@ -117,6 +118,8 @@ def rules(p: str = "{p}") -> list[Rule]:
 
     allow(LEDGER, [f"{p}.responses", f"{p}.outcomes", f"{p}.audit.log"], READ)
     allow(AUDITOR, [f"{p}.audit.log", f"{p}.audit.checkpoints"], READ)
+    # Ingress records are unredacted prompts of every tenant: only the backfill's resume scan may read them back.
+    allow(BACKFILL, _lanes(p, "ingress"), READ)
     # The Faust app (id `<p>-ledger`) creates and owns its changelog and assignor topics and its group.
     allow(LEDGER, [f"{p}-ledger", f"{p}.ledger"], READ, WRITE, CREATE, DESCRIBE_CONFIGS, pattern=PREFIXED)
     allow(LEDGER, [f"{p}-ledger", f"{p}.ledger"], READ, resource=GROUP, pattern=PREFIXED)

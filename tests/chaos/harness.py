@@ -104,6 +104,8 @@ class Env:
     partitions: int = 4
     model_latency_scale: float = 0.2
     extra: dict[str, str] = field(default_factory=dict)
+    # The broker's principals' passwords (infra/services.sh writes them next to the broker's state).
+    credentials: Path = field(default_factory=lambda: Settings().kafka_credentials_path)
 
 
 class Pipeline:
@@ -115,10 +117,12 @@ class Pipeline:
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         self.settings = Settings(topic_prefix=self.prefix, bootstrap_servers=where.bootstrap,
-                                 redis_url=where.redis_url, partitions=where.partitions, state_dir=run_dir / "state")
+                                 redis_url=where.redis_url, partitions=where.partitions, state_dir=run_dir / "state",
+                                 kafka_credentials_file=where.credentials)
         self.env = {**os.environ, "TOLLWAY_TOPIC_PREFIX": self.prefix, "TOLLWAY_BOOTSTRAP_SERVERS": where.bootstrap,
                     "TOLLWAY_REDIS_URL": where.redis_url, "TOLLWAY_PARTITIONS": str(where.partitions),
                     "TOLLWAY_STATE_DIR": str(run_dir / "state"), "TOLLWAY_LOG_LEVEL": "WARNING",
+                    "TOLLWAY_KAFKA_CREDENTIALS_FILE": str(where.credentials),
                     "TOLLWAY_MODEL_LATENCY_SCALE": str(where.model_latency_scale), **where.extra}
         self.workers: list[Worker] = []
         self._n = Counter[str]()
@@ -457,7 +461,7 @@ def services(command: str, timeout_s: float = 240) -> subprocess.CompletedProces
 
 def own_env(**overrides: Any) -> Env:
     return Env(bootstrap=f"127.0.0.1:{CHAOS_KAFKA_PORT}", redis_url=f"redis://127.0.0.1:{CHAOS_REDIS_PORT}/0",
-               **overrides)
+               credentials=CHAOS_STATE / "credentials" / "kafka.json", **overrides)
 
 
 def stop_own_redis() -> None:

@@ -34,6 +34,7 @@ PII_TEXT = f"I am {PII[0]}, card {PII[1]}, SSN {PII[2]}. Why was I charged twice
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(topic_prefix=f"t{uuid.uuid4().hex[:10]}", partitions=2, state_dir=tmp_path,
+                    kafka_credentials_file=Settings().kafka_credentials_path,
                     audit_checkpoint_records=5, audit_checkpoint_interval_s=1.0)
 
 
@@ -111,6 +112,7 @@ async def test_the_checkpoints_topic_witnesses_the_log_and_catches_a_rewrite(
 
     monkeypatch.setenv("TOLLWAY_TOPIC_PREFIX", settings.topic_prefix)
     monkeypatch.setenv("TOLLWAY_STATE_DIR", str(settings.state_dir))
+    monkeypatch.setenv("TOLLWAY_KAFKA_CREDENTIALS_FILE", str(settings.kafka_credentials_path))
     get_settings.cache_clear()
     try:
         def tollway(*args: str) -> Result:  # in a thread: the CLI runs its own event loop

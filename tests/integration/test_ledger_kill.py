@@ -65,6 +65,7 @@ async def produce(settings: Settings, responses: list[Response]) -> None:
 def start_worker(settings: Settings, port: int, state_dir: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "TOLLWAY_TOPIC_PREFIX": settings.topic_prefix, "TOLLWAY_PARTITIONS": str(settings.partitions),
            "TOLLWAY_LEDGER_PORT": str(port), "TOLLWAY_STATE_DIR": str(state_dir),
+           "TOLLWAY_KAFKA_CREDENTIALS_FILE": str(settings.kafka_credentials_path),
            "TOLLWAY_LEDGER_CHECKPOINT_RECORDS": str(CHECKPOINT_RECORDS)}
     return subprocess.Popen([sys.executable, "-m", "streams.cli", "ledger", "worker", "--loglevel", "warn"],
                             cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -16,7 +16,7 @@ from workers.backends.openai_compat import OpenAICompatBackend
 from workers.context import FakeClock, StageContext
 from workers.model import ModelContext, _Pending, attempt_timeout_ms, process
 from workers.routing.catalog import ModelCatalog, load_catalog, parse_catalog, price_of
-from workers.routing.router import BreakerBoard
+from workers.routing.router import BreakerBoard, prompt_tokens
 
 __all__ = ["openai_server"]
 MakeEnvelope = Callable[..., Envelope]
@@ -156,14 +156,17 @@ async def test_timeout_falls_back_within_the_budget(openai_server: FakeOpenAI, m
     # slower than the whole budget: the attempt gives up while lite-us still fits in what is left
     openai_server.script("tiny", "slow")
     env = make_envelope("hi", budget_ms=4_000)
+    clock = FakeClock(env.created_at_ns)  # pinned: the budget left is exactly 4 s whatever the machine's load
     timeouts = sample("tollway_model_calls_total", model="remote-small", result="timeout")
     fallbacks = sample("tollway_model_fallbacks_total", from_model="remote-small", to_model="lite-us")
-    await process([env], remote_context(openai_server))
+    ctx = remote_context(openai_server, clock=clock)
+    await process([env], ctx)
     assert env.outcome is None and env.model and env.model.model == "lite-us"
     (reason,) = [r for r in env.model.routing if "timed out after" in r]
     waited_ms = float(reason.split("timed out after ")[1].split(" ms")[0])
-    # 4 s − 10 % for post-process and audit − 3 × lite-us's ~665 ms kept for the fallback
-    assert 1_000 < waited_ms < 4_000 - 400 - 1_995
+    # 4 s − 10 % for post-process and audit − 3 × lite-us's expected time, kept for the fallback
+    lite_expected_ms = ctx.catalog.get("lite-us").latency.expected_ms(prompt_tokens(env), 160)
+    assert waited_ms == pytest.approx(4_000 - 400 - 3 * lite_expected_ms, abs=1)
     assert sample("tollway_model_calls_total", model="remote-small", result="timeout") == timeouts + 1
     assert sample("tollway_model_fallbacks_total", from_model="remote-small", to_model="lite-us") == fallbacks + 1
 

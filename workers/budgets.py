@@ -7,7 +7,7 @@ request (``deadline_exceeded``) — a stage never hands on a request it already 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -17,6 +17,14 @@ from schemas.envelope import Hop, Tier
 DEFAULT_SHARES: Mapping[str, float] = MappingProxyType({
     "retrieval": 0.08, "policy": 0.04, "cache": 0.03, "model": 0.75, "postprocess": 0.05, "audit": 0.05,
 })
+
+
+def reserved_for_ms(total_ms: float, stages: Iterable[str], shares: Mapping[str, float] = DEFAULT_SHARES) -> float:
+    """What ``stages`` (those still ahead of a request) need of a ``total_ms`` budget: the sum of their shares.
+
+    The model stage keeps this back from a call's timeout, so a slow model cannot eat the time post-process and
+    audit need to deliver the answer before the deadline."""
+    return total_ms * sum(shares.get(stage, 0.0) for stage in set(stages))
 
 
 @dataclass(frozen=True)

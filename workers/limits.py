@@ -6,10 +6,16 @@ counters have room and all are incremented, or none is touched and the request i
 hit. In Redis that step is a Lua script, run once for a whole batch, so no check-then-increment race exists between
 workers and a batch of 500 costs one round trip.
 
-The budget counter holds spent + reserved micro-dollars. ``settle(reservation_id, actual)`` replaces the estimate
-with the actual cost once (a second settle is a no-op), ``release`` settles at zero. Because a reservation is an
-upper bound of the request's cost and admission never lets reservations exceed the cap, spend can pass the cap only
-by what a request costs beyond its estimate.
+The budget counter holds spent + reserved micro-dollars; beside it ``<counter>:held`` holds the reserved part alone
+(reservations in flight). ``settle(reservation_id, actual)`` replaces the estimate with the actual cost once (a
+second settle is a no-op) and takes the reservation off ``held``; ``release`` settles at zero. Because a reservation
+is an upper bound of the request's cost and admission never lets reservations exceed the cap, spend can pass the cap
+only by what a request costs beyond its estimate.
+
+A budget refusal says why, so its Retry-After is honest: ``spent`` (settled spend alone leaves no room: retry when
+the period resets), ``in_flight`` (the room is held by reservations of requests still running, which settle at
+their actual cost, usually far below the reservation: retry in :data:`IN_FLIGHT_RETRY_S`), ``too_large`` (the
+request's reservation exceeds the whole cap: no retry helps, no Retry-After).
 
 The reservation id is the request id: a batch redelivered after a crash finds its reservations and is admitted again
 without counting twice.
@@ -27,9 +33,17 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, Protocol
 
+from prometheus_client import Counter
+
 from schemas.errors import BackendError
 
 RESERVATION_TTL_S = 3 * 24 * 3600
+# Retry-After for a refusal whose room is held by requests in flight: about one request's time through the pipeline.
+IN_FLIGHT_RETRY_S = 1.0
+HELD_SUFFIX = ":held"
+
+REFUSALS = Counter("tollway_limit_refusals_total", "Admissions refused, by limit kind and why",
+                   ["code", "reason"])
 
 
 @dataclass(frozen=True)
@@ -64,6 +78,7 @@ class Verdict:
     limit_key: str = ""
     retry_after_s: float | None = None
     replay: bool = False  # admitted earlier (a redelivery): nothing counted again
+    reason: str = ""  # of a refusal: "window" (rate) | "spent" | "in_flight" | "too_large" (budget)
 
 
 class Limits(Protocol):
@@ -82,16 +97,36 @@ class Limits(Protocol):
     async def counter(self, key: str) -> int: ...
 
 
+# Verdict kinds, as the Lua script returns them.
+_ADMITTED, _REPLAY, _RATE, _SPENT, _IN_FLIGHT, _TOO_LARGE = range(6)
+
+
 def _verdict(request: AdmissionRequest, kind: int, index: int) -> Verdict:
-    if kind == 0:
+    if kind == _ADMITTED:
         return Verdict(admitted=True)
-    if kind == 1:
+    if kind == _REPLAY:
         return Verdict(admitted=True, replay=True)
-    if kind == 2:
+    if kind == _RATE:
         check = request.rates[index]
-        return Verdict(False, "rate_limited", check.key, check.retry_after_s)
-    budget = request.budgets[index]
-    return Verdict(False, "budget_exceeded", budget.key, budget.retry_after_s)
+        verdict = Verdict(False, "rate_limited", check.key, check.retry_after_s, reason="window")
+    else:
+        budget = request.budgets[index]
+        if kind == _IN_FLIGHT:
+            verdict = Verdict(False, "budget_exceeded", budget.key, min(IN_FLIGHT_RETRY_S, budget.retry_after_s),
+                              reason="in_flight")
+        elif kind == _TOO_LARGE:
+            verdict = Verdict(False, "budget_exceeded", budget.key, None, reason="too_large")
+        else:
+            verdict = Verdict(False, "budget_exceeded", budget.key, budget.retry_after_s, reason="spent")
+    REFUSALS.labels(verdict.code, verdict.reason).inc()
+    return verdict
+
+
+def _budget_refusal(cost: int, cap: int, counter: int, held: int) -> int:
+    """Why a budget with ``counter`` (spent + held) cannot take ``cost`` more (the Lua script mirrors this)."""
+    if cost > cap:
+        return _TOO_LARGE
+    return _IN_FLIGHT if counter - held + cost <= cap else _SPENT
 
 
 # ---------------------------------------------------------------------------------------------- in memory
@@ -108,21 +143,24 @@ class MemoryLimits:
             if request.reservation_id in self.reservations:
                 verdicts.append(_verdict(request, 1, 0))
                 continue
-            kind, index = 0, 0
+            kind, index = _ADMITTED, 0
             for i, rate in enumerate(request.rates):
                 if self.counters.get(rate.key, 0) + rate.amount > rate.limit:
-                    kind, index = 2, i
+                    kind, index = _RATE, i
                     break
-            if kind == 0:
+            if kind == _ADMITTED:
                 for i, budget in enumerate(request.budgets):
-                    if self.counters.get(budget.key, 0) + request.cost_micros > budget.cap_micros:
-                        kind, index = 3, i
+                    counter = self.counters.get(budget.key, 0)
+                    if counter + request.cost_micros > budget.cap_micros:
+                        held = self.counters.get(budget.key + HELD_SUFFIX, 0)
+                        kind, index = _budget_refusal(request.cost_micros, budget.cap_micros, counter, held), i
                         break
-            if kind == 0:
+            if kind == _ADMITTED:
                 for rate in request.rates:
                     self.counters[rate.key] = self.counters.get(rate.key, 0) + rate.amount
                 for budget in request.budgets:
-                    self.counters[budget.key] = self.counters.get(budget.key, 0) + request.cost_micros
+                    for key in (budget.key, budget.key + HELD_SUFFIX):
+                        self.counters[key] = self.counters.get(key, 0) + request.cost_micros
                 self.reservations[request.reservation_id] = {
                     "state": "reserved", "reserved": request.cost_micros, "keys": [b.key for b in request.budgets]}
             verdicts.append(_verdict(request, kind, index))
@@ -132,10 +170,12 @@ class MemoryLimits:
         reservation = self.reservations.get(reservation_id)
         if reservation is None or reservation["state"] != "reserved":
             return False
-        delta = actual_micros - int(reservation["reserved"])
+        reserved = int(reservation["reserved"])
         for key in reservation["keys"]:
             if key in self.counters:
-                self.counters[key] += delta
+                self.counters[key] += actual_micros - reserved
+            if key + HELD_SUFFIX in self.counters:
+                self.counters[key + HELD_SUFFIX] -= reserved
         reservation.update(state=state, actual=actual_micros)
         return True
 
@@ -170,9 +210,17 @@ for i, q in ipairs(reqs) do
       if cur + tonumber(rl[3]) > tonumber(rl[2]) then kind, index = 2, j - 1; break end
     end
     if kind == 0 then
+      local cost = tonumber(q[2])
       for j, b in ipairs(q[4]) do
+        local cap = tonumber(b[2])
         local cur = tonumber(redis.call('GET', KEYS[b[1]]) or '0')
-        if cur + tonumber(q[2]) > tonumber(b[2]) then kind, index = 3, j - 1; break end
+        if cur + cost > cap then
+          -- why (mirrors _budget_refusal): 5 never fits, 4 held by requests in flight, 3 spent
+          local held = tonumber(redis.call('GET', KEYS[b[1]] .. ':held') or '0')
+          if cost > cap then kind = 5 elseif cur - held + cost <= cap then kind = 4 else kind = 3 end
+          index = j - 1
+          break
+        end
       end
     end
     if kind == 0 then
@@ -184,6 +232,8 @@ for i, q in ipairs(reqs) do
       for _, b in ipairs(q[4]) do
         redis.call('INCRBY', KEYS[b[1]], q[2])
         redis.call('EXPIRE', KEYS[b[1]], b[3])
+        redis.call('INCRBY', KEYS[b[1]] .. ':held', q[2])
+        redis.call('EXPIRE', KEYS[b[1]] .. ':held', b[3])
         budget_keys[#budget_keys + 1] = KEYS[b[1]]
       end
       redis.call('HSET', rk, 'state', 'reserved', 'reserved', q[2], 'keys', cjson.encode(budget_keys))
@@ -201,9 +251,12 @@ if redis.call('HGET', KEYS[1], 'state') ~= 'reserved' then return 0 end
 local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved'))
 local delta = tonumber(ARGV[1]) - reserved
 local raw_keys = redis.call('HGET', KEYS[1], 'keys')
-if raw_keys and raw_keys ~= '{}' and delta ~= 0 then
+if raw_keys and raw_keys ~= '{}' then
   for _, k in ipairs(cjson.decode(raw_keys)) do
-    if redis.call('EXISTS', k) == 1 then redis.call('INCRBY', k, string.format('%d', delta)) end
+    if delta ~= 0 and redis.call('EXISTS', k) == 1 then redis.call('INCRBY', k, string.format('%d', delta)) end
+    if redis.call('EXISTS', k .. ':held') == 1 then
+      redis.call('DECRBY', k .. ':held', string.format('%d', reserved))
+    end
   end
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'actual', ARGV[1])

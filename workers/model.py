@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 
 from schemas.envelope import Envelope, ModelResult, Status
 from schemas.errors import BackendError, RateLimitedByBackend
+from workers.backends import metrics
 from workers.backends.base import ModelBackend, ModelCall, ModelReply
 from workers.backends.local import LocalBackend
+from workers.budgets import reserved_for_ms
 from workers.context import StageContext
 from workers.routing.catalog import ModelCatalog, ModelSpec, get_catalog
 from workers.routing.router import BreakerBoard, GateBoard, route
@@ -40,7 +42,9 @@ class ModelContext(StageContext):
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     micro_batching: bool = True
     max_attempts: int = 3
-    # An attempt may take this many times its expected latency before it is abandoned for a fallback.
+    # An attempt's timeout follows the request's remaining budget (:func:`attempt_timeout_ms`); the catalog's
+    # declared latency only decides how much of it to keep for a fallback: ``timeout_factor`` × the next
+    # candidate's expected time (at least ``min_timeout_ms``).
     timeout_factor: float = 3.0
     min_timeout_ms: float = 250.0
 
@@ -122,9 +126,7 @@ async def _call(chunk: list[_Pending], ctx: ModelContext) -> list[ModelReply]:
         if not breaker.allows(now_ns):
             error = BackendError(f"backend {spec.backend} circuit open", retryable=True)
             return [ModelReply(item.env.request_id, error=error) for item in chunk]
-        budget_ms = min(item.env.remaining_budget_ms(now_ns) for item in chunk)
-        timeout_ms = min(budget_ms, max(ctx.min_timeout_ms,
-                                        ctx.timeout_factor * max(item.expected_ms(spec) for item in chunk)))
+        timeout_ms = min(attempt_timeout_ms(item, now_ns, ctx) for item in chunk)
         requests = [ModelCall(request_id=item.env.request_id, model=spec.served_as, messages=item.env.request.messages,
                               passages=item.env.retrieval.passages if item.env.retrieval else [],
                               max_tokens=item.env.request.params.max_tokens,
@@ -134,14 +136,20 @@ async def _call(chunk: list[_Pending], ctx: ModelContext) -> list[ModelReply]:
             item.attempts += 1
         breaker.before_call(now_ns)
         try:
-            replies = await asyncio.wait_for(backend.complete(requests), timeout_ms / 1000)
+            with metrics.CALL_SECONDS.labels(spec.name).time():
+                replies = await asyncio.wait_for(backend.complete(requests), timeout_ms / 1000)
         except TimeoutError:
             breaker.record_failure(ctx.clock.now_ns())
+            metrics.CALLS.labels(spec.name, "timeout").inc(len(chunk))
             error = BackendError(f"{spec.name} timed out after {timeout_ms:.0f} ms")
             return [ModelReply(item.env.request_id, error=error) for item in chunk]
         except BackendError as exc:
             breaker.record_failure(ctx.clock.now_ns())
+            metrics.CALLS.labels(spec.name, "error").inc(len(chunk))
             return [ModelReply(item.env.request_id, error=exc) for item in chunk]
+        ok = sum(reply.ok for reply in replies)
+        metrics.CALLS.labels(spec.name, "ok").inc(ok)
+        metrics.CALLS.labels(spec.name, "error").inc(len(replies) - ok)
         if len(replies) != len(chunk):
             breaker.record_failure(ctx.clock.now_ns())
             error = BackendError(f"backend {spec.backend} returned {len(replies)} replies for {len(chunk)} requests")
@@ -153,6 +161,25 @@ async def _call(chunk: list[_Pending], ctx: ModelContext) -> list[ModelReply]:
         return replies
     finally:
         await gate.release(len(chunk))
+
+
+def attempt_timeout_ms(item: _Pending, now_ns: int, ctx: ModelContext) -> float:
+    """How long this attempt may take: what is left of the request's budget, minus what the stages after the model
+    need (their shares, :mod:`workers.budgets`), minus — when a fallback is possible and the current model still
+    gets ``timeout_factor`` × its expected time — what the next candidate would need. Never under
+    ``min_timeout_ms`` while the deadline allows, never past the deadline."""
+    env, spec = item.env, item.model
+    remaining_ms = env.remaining_budget_ms(now_ns)
+    ahead = env.route[env.route.index(NAME) + 1:] if NAME in env.route else env.route
+    usable_ms = remaining_ms - reserved_for_ms((env.deadline_at_ns - env.created_at_ns) / 1e6, ahead)
+    own_floor_ms = max(ctx.min_timeout_ms, ctx.timeout_factor * item.expected_ms(spec))
+    for candidate in item.candidates[1:]:
+        if ctx.breakers(candidate.backend).allows(now_ns):
+            keep_ms = max(ctx.min_timeout_ms, ctx.timeout_factor * item.expected_ms(candidate))
+            if usable_ms - keep_ms >= own_floor_ms:
+                usable_ms -= keep_ms
+            break
+    return max(0.0, min(remaining_ms, max(usable_ms, ctx.min_timeout_ms)))
 
 
 def _settle(item: _Pending, reply: ModelReply, ctx: ModelContext) -> None:
@@ -194,6 +221,7 @@ def _next_attempt(item: _Pending, error: BackendError, ctx: ModelContext) -> boo
             else:
                 item.candidates = [candidate, *rest]
                 item.reasons.append(f"fallback to {candidate.name}")
+                metrics.FALLBACKS.labels(failed.name, candidate.name).inc()
                 return True
     item.candidates = item.candidates[:1]
     if remaining_ms <= 0 or budget_blocked:

@@ -26,7 +26,8 @@ from workers.context import StageContext
 from workers.detectors import injection
 from workers.detectors.pii import Redactor
 from workers.keys import verify_principal
-from workers.limits import AdmissionRequest, Limits, MemoryLimits, Scope, build_admission
+from workers.limits import AdmissionRequest, Limits, MemoryLimits, Scope, Verdict, build_admission
+from workers.routing.router import prompt_tokens
 
 NAME = "policy"
 DEV_PRINCIPAL_SECRET = SecretStr("tollway-dev-secret-change-me")
@@ -108,18 +109,28 @@ async def process(batch: list[Envelope], ctx: PolicyContext) -> list[Envelope]:
                 env.policy.decisions.append(f"reserved {admission.cost_micros} µ$"
                                             + (" (redelivery: already reserved)" if verdict.replay else ""))
             else:
-                _deny(env, PolicyDenied(verdict.code, _limit_message(verdict.limit_key),
-                                        retry_after_s=round(verdict.retry_after_s or 0.0, 3)))
+                retry = None if verdict.retry_after_s is None else round(verdict.retry_after_s, 3)
+                _deny(env, PolicyDenied(verdict.code, _limit_message(verdict, admission.cost_micros),
+                                        retry_after_s=retry))
     return batch
 
 
-def _limit_message(key: str) -> str:
+def _limit_message(verdict: Verdict, reserved_micros: int) -> str:
     # "<prefix>:rl:acme/k_12ab:rpm:29406666" → "the requests-per-minute limit of acme/k_12ab is reached"
+    key = verdict.limit_key
     parts = key.split(":")
     kind, scope, what = (parts[-4], parts[-3], parts[-2]) if len(parts) >= 4 else ("", key, "")
     names = {"rpm": "requests-per-minute limit", "tpm": "tokens-per-minute limit", "day": "daily budget",
              "month": "monthly budget"}
-    return f"the {names.get(what, what)} of {scope} is {'reached' if kind == 'rl' else 'spent'}"
+    limit = f"the {names.get(what, what)} of {scope}"
+    if kind == "rl":
+        return f"{limit} is reached"
+    if verdict.reason == "in_flight":
+        return (f"{limit} is held by requests in flight (this one needs up to {reserved_micros} µ$); their "
+                "reservations are released as they finish")
+    if verdict.reason == "too_large":
+        return f"this request may cost up to {reserved_micros} µ$, more than {limit} allows at all"
+    return f"{limit} is spent"
 
 
 def _deny(env: Envelope, denial: PolicyDenied) -> None:
@@ -180,7 +191,9 @@ def decide(env: Envelope, doc: PolicyDocument, ctx: PolicyContext, now_ns: int) 
                or s.monthly_micros is not None for s in scopes):
         decision.decisions.append("allow")
         return None
-    input_tokens = math.ceil(sum(len(t) for t in texts) / 4)
+    # The prompt as the model will bill it: the same count (chat framing and retrieved context included) the local
+    # backend reports as usage and the router routes by, taken after redaction; output at most max_tokens.
+    input_tokens = prompt_tokens(env)
     output_tokens = env.request.params.max_tokens
     cost = estimate_cost_micros(doc, models, input_tokens, output_tokens)
     decision.decisions.append("allow")

@@ -1,5 +1,6 @@
 """A policy-stage worker process for the concurrency tests: runs ``workers.policy.process`` on its share of the
-requests, many batches at once, against the shared Redis, and reports which request ids were admitted."""
+requests, many batches at once, against the Redis of ``TOLLWAY_REDIS_URL``, and reports which request ids were
+admitted."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pydantic import SecretStr
 
 from schemas.policy import parse_policy
 from streams.clients.envelopes import new_envelope
+from streams.settings import Settings
 from workers import policy
 from workers.context import FakeClock
 from workers.limits import RedisLimits
@@ -22,7 +24,7 @@ from workers.policy import PolicyContext, StaticPolicy
 
 async def _work(doc: dict[str, Any], prefix: str, request_ids: list[str], now_ns: int, seed: int,
                 start: Barrier) -> list[tuple[str, int]]:
-    client = aioredis.Redis.from_url("redis://127.0.0.1:6379/0", max_connections=64)
+    client = aioredis.Redis.from_url(Settings().redis_url, max_connections=64)
     ctx = PolicyContext(stage="policy", clock=FakeClock(now_ns), topic_prefix=prefix,
                         policy=StaticPolicy(parse_policy(doc)), limits=RedisLimits(client, prefix),
                         principal_secret=SecretStr("unused"))

@@ -10,10 +10,13 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from schemas.envelope import Message
 from schemas.policy import parse_policy
+from streams.settings import Settings
 from tests.integration.policy_load import run_worker
 from workers.limits import RedisLimits
 from workers.policy import estimate_cost_micros
+from workers.routing.tokens import count_message_tokens
 
 REQUESTS = 500
 NOW_NS = 1_764_400_000_000_000_000  # pinned: 40 s into a minute, so no run straddles a window
@@ -21,7 +24,7 @@ NOW_NS = 1_764_400_000_000_000_000  # pinned: 40 s into a minute, so no run stra
 
 @pytest.fixture
 async def redis_prefix() -> AsyncIterator[tuple[aioredis.Redis, str]]:
-    client = aioredis.Redis.from_url("redis://127.0.0.1:6379/0")
+    client = aioredis.Redis.from_url(Settings().redis_url)
     prefix = f"tconc{uuid.uuid4().hex[:10]}"
     yield client, prefix
     keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
@@ -60,7 +63,8 @@ async def test_budget_overshoot_is_bounded_by_one_request(redis_prefix: tuple[ai
     client, prefix = redis_prefix
     cap = 1_000_000
     doc = base_doc(budgets={"daily_micros": cap})
-    cost = estimate_cost_micros(parse_policy(doc), ["lite-us"], 7, 256)  # the prompt is 28 characters
+    prompt = [Message(role="user", content="How much is the annual plan?")]
+    cost = estimate_cost_micros(parse_policy(doc), ["lite-us"], count_message_tokens(prompt), 256)  # 15 tokens
     room = int(37.5 * cost)  # nearly spent: room for 37 requests and a half
     day_key = f"{prefix}:budget:acme:day:20251129"
     await client.set(day_key, cap - room)

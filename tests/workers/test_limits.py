@@ -8,7 +8,17 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from workers.limits import Limits, MemoryLimits, RedisLimits, Scope, build_admission
+from streams.settings import Settings
+from workers.limits import (
+    HELD_SUFFIX,
+    IN_FLIGHT_RETRY_S,
+    AdmissionRequest,
+    Limits,
+    MemoryLimits,
+    RedisLimits,
+    Scope,
+    build_admission,
+)
 
 NOW_NS = 1_764_400_000_000_000_000  # 2025-11-29T07:06:40Z, 40 s into its minute
 
@@ -19,7 +29,7 @@ async def limits(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Limits, 
     if request.param == "memory":
         yield MemoryLimits(), prefix
         return
-    client = aioredis.Redis.from_url("redis://127.0.0.1:6379/0")
+    client = aioredis.Redis.from_url(Settings().redis_url)
     try:
         yield RedisLimits(client, prefix), prefix
     finally:
@@ -96,3 +106,26 @@ async def test_large_amounts_stay_exact(limits: tuple[Limits, str]) -> None:
     assert (await backend.admit([big]))[0].admitted
     assert await backend.settle("big", 10**15 + 3)
     assert await backend.counter(big.budgets[0].key) == 10**15 + 3
+
+
+async def test_budget_refusals_say_why_and_when_to_retry(limits: tuple[Limits, str]) -> None:
+    backend, prefix = limits
+    scope = [Scope("acme", daily_micros=1_000)]
+
+    def request(rid: str, cost: int) -> AdmissionRequest:
+        return build_admission(prefix, rid, scope, cost_micros=cost, tokens=1, now_ns=NOW_NS)
+
+    held = await backend.admit([request("a", 400), request("b", 400), request("c", 400)])
+    assert [v.admitted for v in held] == [True, True, False]
+    # 800 reserved, nothing spent: the room comes back as "a" and "b" settle, so retry soon, not at midnight
+    assert held[2].reason == "in_flight" and held[2].retry_after_s == IN_FLIGHT_RETRY_S
+    day_key = request("x", 0).budgets[0].key
+    assert await backend.counter(day_key + HELD_SUFFIX) == 800
+    assert await backend.settle("a", 30) and await backend.release("b")
+    assert await backend.counter(day_key) == 30 and await backend.counter(day_key + HELD_SUFFIX) == 0
+    assert (await backend.admit([request("c", 400)]))[0].admitted
+    assert await backend.settle("c", 700)  # actual above the estimate: 730 spent
+    (spent,) = await backend.admit([request("d", 400)])
+    assert spent.reason == "spent" and spent.retry_after_s == pytest.approx(16 * 3600 + 53 * 60 + 20)  # to midnight
+    (huge,) = await backend.admit([request("e", 1_001)])
+    assert not huge.admitted and huge.reason == "too_large" and huge.retry_after_s is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from prometheus_client import REGISTRY
 
 from schemas.envelope import CacheResult, Envelope, Passage, PolicyDecision, RetrievalResult, Status, Usage
 from schemas.errors import BackendError
@@ -13,12 +14,16 @@ from workers.backends.base import ModelCall, ModelReply
 from workers.backends.local import LocalBackend
 from workers.backends.openai_compat import OpenAICompatBackend
 from workers.context import FakeClock
-from workers.model import ModelContext, process
+from workers.model import ModelContext, _Pending, attempt_timeout_ms, process
 from workers.routing.catalog import ModelCatalog, load_catalog, parse_catalog, price_of
-from workers.routing.router import BreakerBoard
+from workers.routing.router import BreakerBoard, prompt_tokens
 
 __all__ = ["openai_server"]
 MakeEnvelope = Callable[..., Envelope]
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def context(catalog: ModelCatalog | None = None, **fields: object) -> ModelContext:
@@ -148,11 +153,58 @@ async def test_remote_errors_fall_back_to_the_next_candidate(openai_server: Fake
 
 
 async def test_timeout_falls_back_within_the_budget(openai_server: FakeOpenAI, make_envelope: MakeEnvelope) -> None:
+    # slower than the whole budget: the attempt gives up while lite-us still fits in what is left
     openai_server.script("tiny", "slow")
-    env = make_envelope("hi")
-    await process([env], remote_context(openai_server, min_timeout_ms=200, timeout_factor=0.1))
-    assert env.model and env.model.model == "lite-us"
-    assert any("timed out after 200 ms" in r for r in env.model.routing)
+    env = make_envelope("hi", budget_ms=4_000)
+    clock = FakeClock(env.created_at_ns)  # pinned: the budget left is exactly 4 s whatever the machine's load
+    timeouts = sample("tollway_model_calls_total", model="remote-small", result="timeout")
+    fallbacks = sample("tollway_model_fallbacks_total", from_model="remote-small", to_model="lite-us")
+    ctx = remote_context(openai_server, clock=clock)
+    await process([env], ctx)
+    assert env.outcome is None and env.model and env.model.model == "lite-us"
+    (reason,) = [r for r in env.model.routing if "timed out after" in r]
+    waited_ms = float(reason.split("timed out after ")[1].split(" ms")[0])
+    # 4 s − 10 % for post-process and audit − 3 × lite-us's expected time, kept for the fallback
+    lite_expected_ms = ctx.catalog.get("lite-us").latency.expected_ms(prompt_tokens(env), 160)
+    assert waited_ms == pytest.approx(4_000 - 400 - 3 * lite_expected_ms, abs=1)
+    assert sample("tollway_model_calls_total", model="remote-small", result="timeout") == timeouts + 1
+    assert sample("tollway_model_fallbacks_total", from_model="remote-small", to_model="lite-us") == fallbacks + 1
+
+
+async def test_a_backend_slower_than_its_catalog_latency_is_waited_for_within_the_budget(
+        openai_server: FakeOpenAI, make_envelope: MakeEnvelope) -> None:
+    # The catalog says ~36 ms; the server takes 600 ms; the request has 10 s. Timing out at 3 × 36 ms (250 ms floor)
+    # failed requests whose budgets had seconds left (issue 16, item 9).
+    document = two_backend_catalog(openai_server.base_url).model_dump()
+    document["models"][0]["latency"] = {"overhead_ms": 20, "prefill_ms_per_1k_tokens": 0, "decode_ms_per_token": 0.1}
+    catalog = parse_catalog(document)
+    openai_server.slow_s = 0.6
+    openai_server.script("tiny", "slow")
+    backends = {"remote": OpenAICompatBackend("remote", openai_server.base_url), "local": LocalBackend(latency_scale=0)}
+    env = make_envelope("hi", budget_ms=10_000)
+    await process([env], context(catalog, backends=backends))
+    assert env.outcome is None and env.model and env.model.model == "remote-small" and env.model.attempts == 1
+
+
+def test_attempt_timeout_follows_the_remaining_budget() -> None:
+    clock = FakeClock()
+    catalog = two_backend_catalog()
+    remote, lite = catalog.get("remote-small"), catalog.get("lite-us")
+    ctx = context(catalog, clock=clock)
+    env = Envelope(request_id="r", tenant="acme", created_at_ns=clock.now_ns(),
+                   deadline_at_ns=clock.now_ns() + 10_000 * 1_000_000, route=["postprocess", "audit"],
+                   request={"messages": [{"role": "user", "content": "hi"}]})
+    alone = _Pending(env, [remote], 10, 160, clock.now_ns(), [])
+    assert attempt_timeout_ms(alone, clock.now_ns(), ctx) == 10_000 - 1_000  # post-process + audit keep 10 %
+    chained = _Pending(env, [remote, lite], 10, 160, clock.now_ns(), [])
+    keep = 3 * chained.expected_ms(lite)
+    assert attempt_timeout_ms(chained, clock.now_ns(), ctx) == pytest.approx(9_000 - keep)
+    clock.advance_ms(8_500)  # too little left to keep a fallback's time: the current model gets all of it
+    assert attempt_timeout_ms(chained, clock.now_ns(), ctx) == pytest.approx(500)
+    clock.advance_ms(400)  # into the later stages' share: the floor, while the deadline allows it
+    assert attempt_timeout_ms(chained, clock.now_ns(), ctx) == pytest.approx(250)
+    clock.advance_ms(1_000)  # never past the deadline
+    assert attempt_timeout_ms(chained, clock.now_ns(), ctx) == pytest.approx(100)
 
 
 async def test_429_retry_after_is_honoured_on_the_same_model(openai_server: FakeOpenAI,

@@ -157,19 +157,31 @@ class TestLimits:
 
     async def test_budget_reserves_then_refuses(self, make_envelope: Callable[..., Envelope]) -> None:
         limits = MemoryLimits()
-        document = doc(allowed_models=["lite-us"], budgets={"daily_micros": 500})
+        document = doc(allowed_models=["lite-us"], budgets={"daily_micros": 400})
         out = await run(document, *[make_envelope("x" * 400) for _ in range(5)], limits=limits)
         admitted = [e for e in out if not e.terminal]
         cost = admitted[0].policy.reserved_micros if admitted[0].policy else 0
-        assert cost == estimate_cost_micros(document, ["lite-us"], 100, 256) == 169
+        # 400 letters are 67 tokens (+ 8 of chat framing) as the model counts them, not 400 / 4
+        assert cost == estimate_cost_micros(document, ["lite-us"], 75, 256) == 165
         assert len(admitted) == 2 and all(e.policy and e.policy.reservation_id == e.request_id for e in admitted)
-        assert out[2].outcome is not None and out[2].outcome.code == "budget_exceeded"
-        assert out[2].outcome.message.startswith("the daily budget of acme is spent")
+        refused = out[2].outcome
+        assert refused is not None and refused.code == "budget_exceeded"
+        # nothing is spent yet: the room is held by the two in flight, so retry in a second, not at midnight
+        assert refused.message.startswith("the daily budget of acme is held by requests in flight")
+        assert refused.retry_after_s == 1.0
         # settle the first for less than reserved: room for one more
         assert await limits.settle(admitted[0].request_id, 10)
         assert not await limits.settle(admitted[0].request_id, 10), "a reservation settles once"
         (more,) = await run(document, make_envelope("x" * 400), limits=limits)
         assert not more.terminal
+        assert more.policy and await limits.settle(more.request_id, 165)
+        assert admitted[1].policy and await limits.settle(admitted[1].request_id, 165)
+        (spent,) = await run(document, make_envelope("x" * 400), limits=limits)  # 340 of 400 spent, none held
+        assert spent.outcome is not None and spent.outcome.message.startswith("the daily budget of acme is spent")
+        assert spent.outcome.retry_after_s is not None and spent.outcome.retry_after_s > 1.0  # the day's end
+        (huge,) = await run(doc(allowed_models=["lite-us"], budgets={"daily_micros": 100}), make_envelope("x"))
+        assert huge.outcome is not None and huge.outcome.retry_after_s is None
+        assert "more than the daily budget of acme allows at all" in huge.outcome.message
 
     async def test_settlement_for_terminal_requests(self, make_envelope: Callable[..., Envelope]) -> None:
         from schemas.envelope import ModelResult

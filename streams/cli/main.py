@@ -179,13 +179,14 @@ def export_schemas(out: Annotated[Path, typer.Option(help="directory for the JSO
 
 def _register_areas() -> None:
     from streams.cli import audit as cli_audit
+    from streams.cli import cache as cli_cache
     from streams.cli import index as cli_index
     from streams.cli import ingress as cli_ingress
     from streams.cli import ledger as cli_ledger
     from streams.cli import model as cli_model
     from streams.cli import policy as cli_policy
 
-    for area in (cli_policy, cli_index, cli_model, cli_audit, cli_ledger, cli_ingress):
+    for area in (cli_policy, cli_index, cli_model, cli_audit, cli_ledger, cli_ingress, cli_cache):
         area.register(app)
 
 

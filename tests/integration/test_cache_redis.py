@@ -21,8 +21,8 @@ pytestmark = pytest.mark.integration
 
 def _ctx(settings: Settings, client: Redis) -> CacheContext:
     """One context per simulated worker process: same Redis, its own mirror."""
-    return CacheContext(stage="cache", store=RedisCacheStore(client, namespace=settings.topic_prefix),
-                        mirror=SemanticMirror(256))
+    store = RedisCacheStore(client, namespace=settings.topic_prefix, vectors="hashing-v1-d256")
+    return CacheContext(stage="cache", store=store, mirror=SemanticMirror(256))
 
 
 async def _fill(ctx: CacheContext, settings: Settings, prompt: str, tenant: str, answer: str, cost: int) -> None:

@@ -68,6 +68,7 @@ _ENTITY_RE = re.compile(
 _NUMBER_RE = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?")
 _CODE_RE = re.compile(r"^(?=.*[a-z])(?=.*\d)[a-z0-9.-]+$")
 _NUMBER_SUFFIX_RE = re.compile(r"([\d.,]+)([a-z]*)")
+_TENS = frozenset({20, 30, 40, 50, 60, 70, 80, 90})
 _ORDINALS = frozenset({"st", "nd", "rd", "th"})
 _YES_NO_TAIL = re.compile(r"\bor (?:not|no)\b\W*$")
 _COMPARATIVE_SUFFIXES = (("iest", "y"), ("est", ""), ("ier", "y"), ("er", ""))
@@ -99,30 +100,35 @@ def _canonical_number(raw: str) -> str:
 
 
 def _spelled_number(words: list[str], start: int) -> tuple[str | None, int]:
-    """A number written in words from ``words[start]`` ("a hundred and fifty", "seventy two"): value, next index."""
+    """A number written in words from ``words[start]`` ("a hundred and fifty", "seventy two"): value, next index.
+
+    A second number word that cannot continue the first ("fifty seventy") starts a new number."""
     total = current = 0
     seen = False
+    last: int | None = None  # the value of the last word taken; None at the start and after a scale
     index = start
     while index < len(words):
         word = words[index]
         if word in NUMBER_WORDS:
-            current += NUMBER_WORDS[word]
-            seen = True
+            value = NUMBER_WORDS[word]
+            if last is not None and not (last in _TENS and value < 10):
+                break
+            current += value
+            last, seen = value, True
         elif word in SCALES and (seen or (index > start and words[index - 1] == "a")):
             current = max(current, 1) * SCALES[word]
-            seen = True
             if SCALES[word] >= 1000:
                 total, current = total + current, 0
+            last, seen = None, True
         elif word in ("a", "and") and index + 1 < len(words) and (
-                words[index + 1] in NUMBER_WORDS or words[index + 1] in SCALES) and (word == "a" or seen):
+                words[index + 1] in NUMBER_WORDS or words[index + 1] in SCALES) and (
+                word == "a" or (seen and last is None)):
             pass
         else:
             break
         index += 1
-    if not seen and index == start:
+    if not seen:
         return None, start
-    if not seen and total + current == 0:
-        return None, start + 1
     return str(total + current), index
 
 
@@ -190,7 +196,8 @@ def facts(text: str) -> Facts:
             continue
         word = stem(token)
         if word in TIME_WORDS or token in TIME_WORDS:
-            times.add(TIME_WORDS.get(word) or TIME_WORDS[token])
+            word = TIME_WORDS.get(word) or TIME_WORDS[token]  # "already shipped" / "after it ships": one qualifier
+            times.add(word)
         if token not in FILLERS and word not in FILLERS and token not in "$€£%":
             words.append(SYNONYM_OF.get(word, word))
         index += 1

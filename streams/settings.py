@@ -100,9 +100,10 @@ class Settings(BaseSettings):
     # the share of an answer's sentences the retrieved passages must support for it to count as grounded.
     eval_sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
     eval_grounded_min: float = Field(default=0.8, ge=0.0, le=1.0)
-    # Retrieval and cache (issue 3). The embedder is "hashing" (offline, deterministic) or "openai" (any
-    # OpenAI-compatible /v1/embeddings endpoint at embedding_url).
-    embedder: Literal["hashing", "openai"] = "hashing"
+    # Retrieval and cache (issues 3, 19). The embedder is "static" (WordLlama static embeddings shipped in the
+    # wordllama wheel, offline; dim 64/128/256), "hashing" (lexical, deterministic, fast tests) or "openai" (any
+    # OpenAI-compatible /v1/embeddings endpoint at embedding_url). See docs/SEMANTIC_CACHE.md.
+    embedder: Literal["static", "hashing", "openai"] = "static"
     embedding_dim: int = Field(default=256, ge=8)
     embedding_url: str | None = None
     embedding_model: str = "text-embedding-3-small"

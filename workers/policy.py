@@ -61,7 +61,7 @@ class EmbedderSettings(Protocol):
     def embedder(self) -> str: ...
 
 
-LOCAL_EMBEDDERS = frozenset({"hashing"})
+LOCAL_EMBEDDERS = frozenset({"hashing", "static"})  # in-process: prompts never leave the worker
 
 
 def route_for(policy: PolicyDocument | None, settings: EmbedderSettings | None = None, *,

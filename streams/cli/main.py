@@ -148,6 +148,7 @@ def export_schemas(out: Annotated[Path, typer.Option(help="directory for the JSO
 
 def _register_areas() -> None:
     from streams.cli import audit as cli_audit
+    from streams.cli import cache as cli_cache
     from streams.cli import index as cli_index
     from streams.cli import ingress as cli_ingress
     from streams.cli import ledger as cli_ledger
@@ -155,7 +156,7 @@ def _register_areas() -> None:
     from streams.cli import policy as cli_policy
     from streams.cli import router as cli_router
 
-    for area in (cli_policy, cli_index, cli_model, cli_audit, cli_ledger, cli_ingress, cli_router):
+    for area in (cli_policy, cli_index, cli_model, cli_audit, cli_ledger, cli_ingress, cli_router, cli_cache):
         area.register(app)
 
 

@@ -9,7 +9,7 @@ from streams.runtime.connections import redis_client
 from streams.settings import Settings
 from streams.stages.embedders import open_embedder
 from workers.cache.stage import CacheContext
-from workers.cache.store import RedisCacheStore, SemanticMirror
+from workers.cache.store import RedisCacheStore, SemanticMirror, vector_space
 from workers.context import StageContext, derive
 
 
@@ -20,7 +20,8 @@ async def open_context(settings: Settings, base: StageContext) -> AsyncIterator[
         async with open_embedder(settings) as embedder:
             yield derive(
                 CacheContext, base,
-                store=RedisCacheStore(client, namespace=settings.topic_prefix), embedder=embedder,
+                store=RedisCacheStore(client, namespace=settings.topic_prefix, vectors=vector_space(embedder)),
+                embedder=embedder,
                 mirror=SemanticMirror(embedder.dim), semantic_threshold=settings.cache_semantic_threshold,
                 default_ttl_s=settings.cache_ttl_s, max_ttl_s=settings.cache_max_ttl_s,
             )

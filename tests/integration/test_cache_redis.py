@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 
 import pytest
@@ -14,15 +15,24 @@ from streams.settings import Settings
 from streams.stages.cache import redis_client
 from workers.cache import stage as cache
 from workers.cache.stage import CacheContext
-from workers.cache.store import RedisCacheStore, SemanticMirror
+from workers.cache.store import RedisCacheStore, SemanticMirror, vector_space
+from workers.embedding import Embedder, HashingEmbedder
+from workers.static_embedding import StaticEmbedder
 
 pytestmark = pytest.mark.integration
 
 
+@functools.cache
+def _embedder(kind: str) -> Embedder:
+    return StaticEmbedder() if kind == "static" else HashingEmbedder()
+
+
 def _ctx(settings: Settings, client: Redis) -> CacheContext:
-    """One context per simulated worker process: same Redis, its own mirror."""
-    return CacheContext(stage="cache", store=RedisCacheStore(client, namespace=settings.topic_prefix),
-                        mirror=SemanticMirror(256))
+    """One context per simulated worker process: same Redis, its own mirror, the workers' embedder (and so their
+    vector space: entries filled with another model would be invisible to them)."""
+    embedder = _embedder(settings.embedder)
+    store = RedisCacheStore(client, namespace=settings.topic_prefix, vectors=vector_space(embedder))
+    return CacheContext(stage="cache", store=store, embedder=embedder, mirror=SemanticMirror(embedder.dim))
 
 
 async def _fill(ctx: CacheContext, settings: Settings, prompt: str, tenant: str, answer: str, cost: int) -> None:
@@ -74,7 +84,7 @@ async def test_through_the_pipeline(pipeline: Settings) -> None:
     finally:
         await client.aclose()
     envs = [new_envelope("Is the annual plan refundable?", tenant="acme", settings=settings),
-            new_envelope("Please tell me: is the annual plan refundable", tenant="acme", settings=settings),
+            new_envelope("Could you tell me: is the annual plan refundable?", tenant="acme", settings=settings),
             new_envelope("Is the annual plan not refundable?", tenant="acme", settings=settings),
             new_envelope("Is the annual plan refundable?", tenant="globex", settings=settings)]
     async with TollwayClient(settings) as submitter:

@@ -9,8 +9,10 @@ import httpx
 import numpy as np
 import pytest
 
-from schemas.errors import BackendError, RateLimitedByBackend
+from schemas.errors import BackendError, ConfigError, RateLimitedByBackend
+from workers.cache.store import vector_space
 from workers.embedding import HashingEmbedder, OpenAICompatibleEmbedder, normalise_text, stem
+from workers.static_embedding import StaticEmbedder
 
 
 async def test_rows_are_unit_length_and_empty_text_is_zero() -> None:
@@ -61,3 +63,63 @@ async def test_openai_compatible_embedder_errors(status: int, error: type[Except
     async with _client(httpx.MockTransport(lambda r: httpx.Response(status, headers={"retry-after": "3"}))) as c:
         with pytest.raises(error):
             await OpenAICompatibleEmbedder(c, model="m", dim=2).embed(["a"])
+
+
+# Issue 19: the default embedder, WordLlama static embeddings read from the installed wheel, offline.
+@pytest.fixture(scope="module")
+def static() -> StaticEmbedder:
+    return StaticEmbedder()
+
+
+def test_static_embedder_never_touches_the_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"network access attempted: {args!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    vectors = StaticEmbedder(dim=64).embed_sync(["A man is eating food.", ""])
+    assert vectors.shape == (2, 64) and vectors.dtype == np.float32
+    assert np.linalg.norm(vectors[0]) == pytest.approx(1, abs=1e-5) and not vectors[1].any()  # empty text: zero row
+
+
+def test_static_embedder_understands_a_rewording_the_lexical_one_misses(static: StaticEmbedder) -> None:
+    texts = ["How do I reset my password?", "Steps to change a forgotten login credential",
+             "Give me a recipe for chocolate cake."]
+    v = static.embed_sync(texts)
+    assert float(v[0] @ v[1]) > float(v[0] @ v[2]) + 0.2
+    h = HashingEmbedder().embed_sync(texts)
+    assert float(h[0] @ h[1]) < float(v[0] @ v[1])
+
+
+def test_static_embedder_identity_names_model_version_dim_and_weights(static: StaticEmbedder) -> None:
+    assert static.name.startswith("wordllama-l2_supercat-0.4.0.post1-d256-")
+    assert StaticEmbedder(dim=128).name != static.name
+    assert vector_space(static) == static.name
+    assert vector_space(HashingEmbedder()) == "hashing-v1-d256"
+
+
+async def test_static_embedder_batch_does_not_change_a_row(static: StaticEmbedder) -> None:
+    alone = await static.embed(["Is Java faster than Python?"])
+    batched = await static.embed(["warm up", "Is Java faster than Python?"])
+    np.testing.assert_array_equal(alone[0], batched[1])
+    with pytest.raises(TypeError):
+        static.embed_sync("not a list")  # type: ignore[arg-type]
+
+
+def test_missing_wordllama_package_is_a_clear_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match="pip install"):
+        StaticEmbedder()
+
+
+def test_static_is_the_default_embedder_and_is_local() -> None:
+    from streams.settings import Settings
+    from workers.policy import DEFAULT_ROUTE, route_for
+
+    assert Settings().embedder == "static"
+    assert route_for(None, Settings(embedder="static")) == list(DEFAULT_ROUTE)  # prompts never leave the worker

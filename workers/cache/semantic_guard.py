@@ -1,94 +1,63 @@
-"""The near-miss guard: two prompts can be close in embedding space and still ask opposite things.
+"""The near-miss guard: two prompts can be close in embedding space and still ask different things.
 
 A semantic-cache candidate above the similarity threshold is served only if :func:`near_miss` finds nothing that
-flips the meaning. The checks run in order and the first one that fires names the reason:
+changes the answer. Both prompts are reduced to :class:`Facts` (canonical content words *in order*, numbers in
+order, units with their role, negations, time qualifiers, names) and the checks run in order; the first that fires
+names the reason:
 
-``negation``   one side negates and the other does not ("is X safe" / "is X not safe")
-``number``     the numbers differ ("refund after 30 days" / "after 60 days"; "1,000" equals "1000")
-``unit``       the units differ ("5 km" / "5 miles", "°C" / "°F", "USD" / "EUR")
-``antonym``    a word was swapped for its opposite ("increase" / "decrease", "before" / "after")
-``entity``     a capitalised name, acronym, quoted string, code-like token or e-mail differs ("Python" / "Java")
-``content``    a content word on one side only (a substitution or a narrowing addition); fillers and synonyms pass
+``negation``     one side negates and the other does not ("with consent" / "without consent"; a trailing
+                 "…, or not?" is a yes/no question, not a negation)
+``number``       both sides state numbers and they differ, in value or in order ("20% of 150" / "150 is what % of
+                 20"); "1,000" = "1000" = "one thousand", "seventy-two" = "72"
+``unit``         units attached to numbers differ ("5 km" / "5 miles", "72 °F in Kelvin" / "… in Celsius")
+``roles``        the same words on the two sides of a relation in the opposite order: "Java faster than Python" /
+                 "Python faster than Java", "10 km to miles" / "10 miles to km", "string to int" / "int to string"
+``antonym``      a word (or its comparative) swapped for its opposite ("increase" / "decrease", "largest" /
+                 "smallest", "open" / "closed", "absorb" / "release")
+``comparative``  one side compares ("… than adults?") and the other asks no comparison at all
+``time``         a time qualifier on one side only ("… at night", "… tomorrow", "… during probation", "… a week
+                 late"), or different ones
+``entity``       a code or model name differs ("X200" / "X300", "K2"), or each side names a thing the other does
+                 not ("Linux" / "Windows")
+``content``      a minimal edit: the prompts share most of their content words and differ in a few that are not
+                 fillers or listed synonyms ("sick days" / "vacation days", "reset" / "delete")
 
-Pure insertions or deletions of filler words ("please", "exactly", "actually") pass; reordering passes. The guard is
+What passes: rewordings that change *most* words (a paraphrase rarely keeps the sentence and swaps one noun; a near
+miss usually does), fillers, greetings, reordering without a relation between the moved words, typos in ordinary
+words. The embedding threshold decides whether such a rewording is close enough; this guard only vetoes. It is
 conservative on purpose: a missed hit costs one model call, a wrong hit serves a wrong answer.
+Tuned on the tune split of bench/data/outsider_paraphrase.jsonl only; see docs/SEMANTIC_CACHE.md.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from dataclasses import dataclass
+from functools import lru_cache
 
+from workers.cache.guard_lexicon import (
+    ANTONYMS,
+    COMPARISON_MARKERS,
+    FILLERS,
+    NEGATIONS,
+    NUMBER_WORDS,
+    PIVOTS,
+    SCALES,
+    STRONG_TIMES,
+    SYNONYM_OF,
+    TIME_WORDS,
+    UNITS,
+)
 from workers.embedding import STOPWORDS, normalise_text, stem, tokens
 
-NEGATIONS = frozenset({"not", "no", "never", "none", "nobody", "nothing", "neither", "nor", "without", "nowhere",
-                       "cannot", "unsafe", "illegal", "disallowed", "forbidden", "prohibited", "impossible"})
+__all__ = ["Facts", "entities", "facts", "near_miss", "numbers", "units"]
 
-_UNITS = {
-    "km": "km", "kilometer": "km", "kilometre": "km", "mile": "mi", "mi": "mi", "m": "m", "meter": "m",
-    "metre": "m", "cm": "cm", "mm": "mm", "ft": "ft", "foot": "ft", "feet": "ft", "inch": "in",
-    "kg": "kg", "kilogram": "kg", "g": "g", "gram": "g", "lb": "lb", "lbs": "lb", "pound": "lb", "oz": "oz",
-    "ounce": "oz", "l": "l", "liter": "l", "litre": "l", "ml": "ml", "gallon": "gal", "gal": "gal",
-    "c": "degc", "celsius": "degc", "f": "degf", "fahrenheit": "degf", "kelvin": "k",
-    "usd": "usd", "dollar": "usd", "$": "usd", "eur": "eur", "euro": "eur", "€": "eur", "gbp": "gbp",
-    "£": "gbp", "yen": "jpy", "jpy": "jpy", "cent": "cent", "%": "pct", "percent": "pct",
-    "kb": "kb", "mb": "mb", "gb": "gb", "tb": "tb", "ms": "ms", "millisecond": "ms", "second": "s", "sec": "s",
-    "s": "s", "minute": "min", "min": "min", "hour": "h", "hr": "h", "h": "h", "day": "day", "week": "week",
-    "month": "month", "year": "year", "mg": "mg", "mcg": "mcg", "kwh": "kwh", "w": "w", "watt": "w",
-    "mph": "mph", "kph": "kph", "rpm": "rpm", "token": "token", "request": "request",
-}
-
-_NUMBER_WORDS = {
-    "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7",
-    "eight": "8", "nine": "9", "ten": "10", "eleven": "11", "twelve": "12", "fifteen": "15", "twenty": "20",
-    "thirty": "30", "forty": "40", "fifty": "50", "sixty": "60", "ninety": "90", "hundred": "100",
-    "thousand": "1000", "million": "1000000", "billion": "1000000000", "half": "0.5", "once": "1", "twice": "2",
-    "first": "1st", "second": "2nd", "third": "3rd", "last": "last",
-}
-
-_ANTONYM_PAIRS = [
-    ("increase", "decrease"), ("raise", "lower"), ("before", "after"), ("max", "min"), ("maximum", "minimum"),
-    ("enable", "disable"), ("allow", "deny"), ("allow", "block"), ("add", "remove"), ("buy", "sell"),
-    ("open", "close"), ("start", "stop"), ("upgrade", "downgrade"), ("above", "below"), ("more", "less"),
-    ("more", "fewer"), ("high", "low"), ("higher", "lower"), ("best", "worst"), ("cheap", "expensive"),
-    ("fast", "slow"), ("safe", "dangerous"), ("safe", "unsafe"), ("true", "false"), ("legal", "illegal"),
-    ("include", "exclude"), ("import", "export"), ("encrypt", "decrypt"), ("input", "output"),
-    ("inbound", "outbound"), ("win", "lose"), ("accept", "reject"), ("login", "logout"), ("subscribe",
-    "unsubscribe"), ("lock", "unlock"), ("upload", "download"), ("push", "pull"), ("first", "last"),
-    ("north", "south"), ("east", "west"), ("hot", "cold"), ("positive", "negative"), ("always", "never"),
-    ("all", "none"), ("same", "different"), ("old", "new"), ("early", "late"), ("long", "short"),
-    ("left", "right"), ("up", "down"), ("in", "out"), ("on", "off"), ("give", "receive"), ("send", "receive"),
-    ("create", "delete"), ("join", "leave"), ("public", "private"), ("internal", "external"),
-]
-_ANTONYMS: dict[str, set[str]] = {}
-for _left, _right in _ANTONYM_PAIRS:
-    _ANTONYMS.setdefault(stem(_left), set()).add(stem(_right))
-    _ANTONYMS.setdefault(stem(_right), set()).add(stem(_left))
-
-# Words that may be swapped for each other without changing the question. Keep this list small and obvious.
-_SYNONYM_GROUPS = [
-    ("refund", "reimburse", "reimbursement", "money back"), ("cancel", "terminate", "end"),
-    ("change", "update", "modify", "edit"), ("reset", "recover"), ("password", "passcode"),
-    ("buy", "purchase"), ("cost", "price"), ("begin", "start"), ("finish", "complete"),
-    ("big", "large"), ("small", "little"), ("quick", "fast"), ("help", "assist", "support"),
-    ("show", "display", "list"), ("error", "failure"), ("get", "obtain", "receive"), ("car", "automobile"),
-    ("doctor", "physician"), ("use", "utilize"), ("need", "require"), ("allow", "permit"),
-    ("delete", "remove", "erase"), ("create", "make", "generate"), ("find", "locate"), ("fix", "repair"),
-    ("account", "profile"), ("sign up", "register"), ("sign in", "log in", "login"), ("email", "e-mail"),
-]
-_SYNONYM_OF: dict[str, str] = {}
-for _group in _SYNONYM_GROUPS:
-    for _word in _group:
-        if " " not in _word:
-            _SYNONYM_OF[stem(_word)] = stem(_group[0])
-
-# Words a paraphrase may add or drop without changing what is asked.
-_FILLER_TEXT = (
-    "exactly actually really basically currently generally typically usually quickly briefly simply "
-    "know want like need wonder wondering curious question ask asking help could would mind "
-    "let us say thing things way ok okay hi hello hey thanks thank also still yet"
-)
-FILLERS = frozenset(_FILLER_TEXT.split()) | STOPWORDS
+# The share of content words two prompts must have in common before a differing word counts as the edit that
+# made one from the other (tuned on the tune split: 0.5 keeps most paraphrases, which share far less).
+MINIMAL_EDIT_OVERLAP = 0.35
+# A difference of at most this many content words between prompts that share any is an edit, not a rewording.
+SMALL_EDIT_WORDS = 2
 
 _ENTITY_RE = re.compile(
     r"\"[^\"]+\"|'[^']+'|`[^`]+`"                      # quoted strings and code
@@ -96,26 +65,29 @@ _ENTITY_RE = re.compile(
     r"|\b[A-Z][A-Za-z0-9]*(?:[-_.][A-Za-z0-9]+)*\b"    # Capitalised words, acronyms, CamelCase, v2.1-like
     r"|\b\w*\d\w*\b"                                   # tokens with digits: model names, ids, versions
 )
-_NUMBER_RE = re.compile(r"(?<![\w.])[-+]?\d[\d,]*(?:\.\d+)?(?![\d])")
-_UNIT_ATTACHED_RE = re.compile(r"\d(?:[\d,.]*)\s*([a-z%$€£°]+)")
+_NUMBER_RE = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?")
+_CODE_RE = re.compile(r"^(?=.*[a-z])(?=.*\d)[a-z0-9.-]+$")
+_NUMBER_SUFFIX_RE = re.compile(r"([\d.,]+)([a-z]*)")
+_TENS = frozenset({20, 30, 40, 50, 60, 70, 80, 90})
+_ORDINALS = frozenset({"st", "nd", "rd", "th"})
+_YES_NO_TAIL = re.compile(r"\bor (?:not|no)\b\W*$")
+_COMPARATIVE_SUFFIXES = (("iest", "y"), ("est", ""), ("ier", "y"), ("er", ""))
 
 
-def _content_words(text: str) -> list[str]:
-    words = []
-    for token in tokens(normalise_text(text)):
-        if token[0].isdigit():
-            words.append(_canonical_number(token))
-        else:
-            words.append(_NUMBER_WORDS.get(token) or stem(token))
-    return words
+@dataclass(frozen=True)
+class Facts:
+    """What the guard compares: canonical content words in order and the structured parts of a prompt."""
 
-
-def numbers(text: str) -> list[str]:
-    """Numbers in a canonical form, in order: digits (``1,000`` → ``1000``) and common number words."""
-    norm = normalise_text(text)
-    found = [_canonical_number(match.group(0)) for match in _NUMBER_RE.finditer(norm)]
-    found += [_NUMBER_WORDS[w] for w in re.findall(r"[a-z]+", norm) if w in _NUMBER_WORDS]
-    return sorted(found)
+    words: tuple[str, ...]      # content words (stemmed, synonyms folded; numbers as canonical digits), in order
+    numbers: tuple[str, ...]    # canonical numbers in order of appearance
+    units: tuple[str, ...]      # units attached to a number or the target of a conversion, in order
+    negations: int
+    times: frozenset[str]
+    codes: frozenset[str]       # tokens mixing letters and digits: X200, K2, gpt-4o
+    names: frozenset[str]       # capitalised names (not at a sentence start), stemmed and case-folded
+    compares: str               # "than": a comparative; "weighs": alternatives ("vs", "or", "between"); "" none
+    focus: str | None           # what is asked for: the word after "what"/"which"/"how many"/"how much"
+    pivots: tuple[tuple[int, str], ...]  # (position in ``words`` coordinates, pivot word)
 
 
 def _canonical_number(raw: str) -> str:
@@ -127,18 +99,160 @@ def _canonical_number(raw: str) -> str:
     return str(int(value)) if value.is_integer() else repr(value)
 
 
+def _spelled_number(words: list[str], start: int) -> tuple[str | None, int]:
+    """A number written in words from ``words[start]`` ("a hundred and fifty", "seventy two"): value, next index.
+
+    A second number word that cannot continue the first ("fifty seventy") starts a new number."""
+    total = current = 0
+    seen = False
+    last: int | None = None  # the value of the last word taken; None at the start and after a scale
+    index = start
+    while index < len(words):
+        word = words[index]
+        if word in NUMBER_WORDS:
+            value = NUMBER_WORDS[word]
+            if last is not None and not (last in _TENS and value < 10):
+                break
+            current += value
+            last, seen = value, True
+        elif word in SCALES and (seen or (index > start and words[index - 1] == "a")):
+            current = max(current, 1) * SCALES[word]
+            if SCALES[word] >= 1000:
+                total, current = total + current, 0
+            last, seen = None, True
+        elif word in ("a", "and") and index + 1 < len(words) and (
+                words[index + 1] in NUMBER_WORDS or words[index + 1] in SCALES) and (
+                word == "a" or (seen and last is None)):
+            pass
+        else:
+            break
+        index += 1
+    if not seen:
+        return None, start
+    return str(total + current), index
+
+
+def _unit_of(word: str) -> str | None:
+    return UNITS.get(word) or (UNITS.get(word[:-1]) if word.endswith("s") else None) or UNITS.get(stem(word))
+
+
+def _comparative_base(word: str) -> str:
+    """"faster" → "fast", "largest" → "large", "biggest" → "big" (only when the base has an opposite)."""
+    for suffix, replacement in _COMPARATIVE_SUFFIXES:
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            base = word[: len(word) - len(suffix)] + replacement
+            for candidate in (base, base + "e", base[:-1] if len(base) > 3 and base[-1] == base[-2] else base):
+                if stem(candidate) in ANTONYMS:
+                    return stem(candidate)
+    return word
+
+
+@lru_cache(maxsize=4096)
+def facts(text: str) -> Facts:
+    norm = normalise_text(text).replace("°", " ")
+    norm = _YES_NO_TAIL.sub("", norm)
+    raw = tokens(norm)
+    words: list[str] = []
+    found_numbers: list[str] = []
+    found_units: list[str] = []
+    pivots: list[tuple[int, str]] = []
+    negations = 0
+    times: set[str] = set()
+    compares = ""
+    index = 0
+    after_number = False
+    while index < len(raw):
+        token = raw[index]
+        if token[0].isdigit():
+            digits, suffix = _NUMBER_SUFFIX_RE.match(token).groups()  # type: ignore[union-attr]
+            value = _canonical_number(digits)
+            found_numbers.append(value)
+            words.append(value)
+            if suffix and _unit_of(suffix):
+                found_units.append(_unit_of(suffix) or suffix)
+            index += 1
+            after_number = True
+            continue
+        spelled, end = _spelled_number(raw, index) if token != "one" or _next_is_scale(raw, index) else (None, index)
+        if spelled is not None and end > index:
+            found_numbers.append(spelled)
+            words.append(spelled)
+            index = end
+            after_number = True
+            continue
+        unit = _unit_of(token)
+        if unit is not None and (after_number or (token in "$€£") or _is_conversion_target(raw, index, found_units)):
+            found_units.append(unit)
+        after_number = token in ("degree", "degrees") and after_number
+        if token in NEGATIONS:
+            negations += 1
+        if token == "than":
+            compares = "than"
+        elif token in COMPARISON_MARKERS and not compares:
+            compares = "weighs"
+        if token in PIVOTS:
+            pivots.append((len(words), token))
+            index += 1
+            continue
+        word = stem(token)
+        if word in TIME_WORDS or token in TIME_WORDS:
+            word = TIME_WORDS.get(word) or TIME_WORDS[token]  # "already shipped" / "after it ships": one qualifier
+            times.add(word)
+        if token not in FILLERS and word not in FILLERS and token not in "$€£%":
+            words.append(SYNONYM_OF.get(word, word))
+        index += 1
+    codes = frozenset(t for t in raw if _is_code(t))
+    return Facts(words=tuple(words), numbers=tuple(found_numbers), units=tuple(found_units), negations=negations,
+                 times=frozenset(times), codes=codes, names=frozenset(entities(text)), compares=compares,
+                 focus=_focus(raw), pivots=tuple(pivots))
+
+
+def _focus(raw: list[str]) -> str | None:
+    for index, token in enumerate(raw[:-1]):
+        nxt = index + 1
+        if token == "how" and raw[nxt] in ("many", "much") and nxt + 1 < len(raw):
+            nxt += 1
+        elif token not in ("what", "which"):
+            continue
+        word = raw[nxt]
+        if word in FILLERS or word[0].isdigit():
+            return None
+        return SYNONYM_OF.get(stem(word), stem(word))
+    return None
+
+
+def _is_code(token: str) -> bool:
+    """Letters and digits in one token ("x200", "k2", "gpt4"), but not a number with a unit or ordinal ("5km")."""
+    if not _CODE_RE.match(token):
+        return False
+    if token[0].isdigit():
+        suffix = _NUMBER_SUFFIX_RE.match(token).group(2)  # type: ignore[union-attr]
+        return bool(suffix) and suffix not in _ORDINALS and _unit_of(suffix) is None
+    return True
+
+
+def _next_is_scale(raw: list[str], index: int) -> bool:
+    return index + 1 < len(raw) and raw[index + 1] in SCALES
+
+
+def _is_conversion_target(raw: list[str], index: int, units_so_far: list[str]) -> bool:
+    """"… in Celsius", "… to miles", "… into our kg": a unit after a conversion word, once a unit was stated."""
+    if not units_so_far:
+        return False
+    back = index - 1
+    while back >= 0 and raw[back] in STOPWORDS and raw[back] not in ("to", "in", "into"):
+        back -= 1
+    return back >= 0 and raw[back] in ("to", "in", "into")
+
+
+def numbers(text: str) -> list[str]:
+    """Numbers in a canonical form, in order: digits (``1,000`` → ``1000``) and spelled numbers."""
+    return list(facts(text).numbers)
+
+
 def units(text: str) -> set[str]:
-    norm = normalise_text(text).replace("°", " ° ")
-    found = {_UNITS[stem(w)] for w in tokens(norm) if stem(w) in _UNITS and len(w) > 1}
-    found |= {_UNITS[u] for u in _UNIT_ATTACHED_RE.findall(norm) if u in _UNITS}  # "5km", "20%", "3h"
-    for symbol in ("$", "€", "£", "%"):
-        if symbol in norm:
-            found.add(_UNITS[symbol])
-    if re.search(r"°\s*c\b", norm):
-        found.add("degc")
-    if re.search(r"°\s*f\b", norm):
-        found.add("degf")
-    return found
+    """Units attached to a number or named as a conversion target."""
+    return set(facts(text).units)
 
 
 def entities(text: str) -> set[str]:
@@ -148,11 +262,11 @@ def entities(text: str) -> set[str]:
     for match in _ENTITY_RE.finditer(text):
         start, token = match.start(), match.group(0)
         before = text[:start].rstrip()
-        sentence_start = not before or before[-1] in ".?!:;\n"
+        sentence_start = not before or before[-1] in ".?!:;\n—-"
         if sentence_start and token[:1].isupper() and not token.isupper() and token[1:].islower():
             continue  # "Is", "How", "What" — a capital only because it opens the sentence
         canonical = token.strip("\"'`").casefold()
-        if stem(canonical) in STOPWORDS or canonical in _NUMBER_WORDS or canonical == "i":
+        if stem(canonical) in STOPWORDS or canonical in NUMBER_WORDS or canonical in SCALES or canonical == "i":
             continue
         if _NUMBER_RE.fullmatch(canonical):
             continue  # pure numbers are the number check's business
@@ -160,41 +274,92 @@ def entities(text: str) -> set[str]:
     return found
 
 
-def _negation_count(words: list[str]) -> int:
-    # Counts, not parity: "not unsafe" is not "safe" for a cache, so any difference in negations rejects.
-    return sum(1 for w in words if w in NEGATIONS)
+def _mentioned(name: str, other: Facts, other_text: str) -> bool:
+    norm = normalise_text(other_text)
+    return name in norm or name in other.words or any(w.startswith(name) or name.startswith(w)
+                                                       for w in other.words if len(w) >= 4 and len(name) >= 4)
 
 
-def _entity_differs(query: str, candidate: str) -> bool:
-    """An entity on one side that the other side does not mention at all (case differences do not count)."""
-    query_norm, candidate_norm = normalise_text(query), normalise_text(candidate)
-    query_stems = " ".join(stem(t) for t in tokens(query_norm))
-    candidate_stems = " ".join(stem(t) for t in tokens(candidate_norm))
-    for entity, other_norm, other_stems in ((e, candidate_norm, candidate_stems) for e in entities(query)):
-        if entity not in other_norm and entity not in other_stems:
-            return True
-    return any(entity not in query_norm and entity not in query_stems for entity in entities(candidate))
+def _roles_swapped(left: Facts, right: Facts) -> bool:
+    """Two words both prompts share that sit on opposite sides of the same relation word, in opposite order."""
+    shared = set(left.words) & set(right.words)
+    for position, pivot in left.pivots:
+        for other_position, other_pivot in right.pivots:
+            if other_pivot != pivot:
+                continue
+            left_before = shared.intersection(left.words[:position])
+            left_after = shared.intersection(left.words[position:])
+            right_before = shared.intersection(right.words[:other_position])
+            right_after = shared.intersection(right.words[other_position:])
+            if (left_before - left_after) & (right_after - right_before) and (
+                    (left_after - left_before) & (right_before - right_after)):
+                return True
+    return False
+
+
+def _opposites(only_left: set[str], only_right: set[str]) -> bool:
+    left = {_comparative_base(w) for w in only_left} | only_left
+    right = {_comparative_base(w) for w in only_right} | only_right
+    return any(ANTONYMS.get(w, set()) & right for w in left)
 
 
 def near_miss(query: str, candidate: str) -> str | None:
     """The reason ``candidate``'s answer must not be served for ``query``, or ``None`` if it may be."""
-    query_words, candidate_words = _content_words(query), _content_words(candidate)
-    if _negation_count(query_words) != _negation_count(candidate_words):
+    left, right = facts(query), facts(candidate)
+    if left.negations != right.negations:
         return "negation"
-    if numbers(query) != numbers(candidate):
+    if left.numbers and right.numbers and left.numbers != right.numbers:
         return "number"
-    if units(query) != units(candidate):
+    if left.units and right.units and set(left.units) != set(right.units):
         return "unit"
-    query_set = {_SYNONYM_OF.get(w, w) for w in query_words}
-    candidate_set = {_SYNONYM_OF.get(w, w) for w in candidate_words}
-    only_query, only_candidate = query_set - candidate_set, candidate_set - query_set
-    for word in only_query:
-        if _ANTONYMS.get(word, set()) & only_candidate:
-            return "antonym"
-    if _entity_differs(query, candidate):
+    if _roles_swapped(left, right) or _roles_swapped(right, left) or (
+            len(left.units) > 1 and left.units != right.units and sorted(left.units) == sorted(right.units)):
+        return "roles"
+    left_set, right_set = set(left.words), set(right.words)
+    only_left, only_right = _unmatched(left_set - right_set, right_set - left_set)
+    if _opposites(only_left, only_right):
+        return "antonym"
+    if {left.compares, right.compares} == {"than", ""}:
+        return "comparative"
+    if _times_differ(left.times, right.times):
+        return "time"
+    if left.codes != right.codes or _names_swapped(left, query, right, candidate):
         return "entity"
-    # A content word on one side only: a substitution ("reset" / "delete") or an addition that narrows or widens
-    # the question ("my password" / "my admin password"). Fillers and listed synonyms do not count.
-    if any(w not in FILLERS for w in only_query | only_candidate):
+    if left.focus and right.focus and left.focus != right.focus:
+        return "content"
+    shared = len(left_set | right_set) - len(only_left) - len(only_right)
+    differing = len(only_left) + len(only_right)
+    if differing and shared and (differing <= SMALL_EDIT_WORDS or (
+            shared >= 2 and shared >= MINIMAL_EDIT_OVERLAP * (shared + differing))):
         return "content"
     return None
+
+
+def _unmatched(only_left: set[str], only_right: set[str]) -> tuple[set[str], set[str]]:
+    """Drop the pairs of words that are one typo apart ("blu" / "blue", "conversoin" / "conversion")."""
+    matched_left = {a for a in only_left if any(_one_typo_apart(a, b) for b in only_right)}
+    matched_right = {b for b in only_right if any(_one_typo_apart(a, b) for a in only_left)}
+    return only_left - matched_left, only_right - matched_right
+
+
+def _one_typo_apart(a: str, b: str) -> bool:
+    if min(len(a), len(b)) < 3 or abs(len(a) - len(b)) > 1 or a[0] != b[0] or a.isdigit() or b.isdigit():
+        return False
+    if len(a) == len(b):
+        diffs = [i for i in range(len(a)) if a[i] != b[i]]
+        return len(diffs) == 1 or (len(diffs) == 2 and diffs[1] == diffs[0] + 1
+                                   and a[diffs[0]] == b[diffs[1]] and a[diffs[1]] == b[diffs[0]])
+    short, long_ = (a, b) if len(a) < len(b) else (b, a)
+    return any(long_[:i] + long_[i + 1:] == short for i in range(len(long_)))
+
+
+def _times_differ(left: frozenset[str], right: frozenset[str]) -> bool:
+    if left and right:
+        return not left & right
+    return bool((left | right) & STRONG_TIMES)
+
+
+def _names_swapped(left: Facts, query: str, right: Facts, candidate: str) -> bool:
+    missing_right = [n for n in left.names if not _mentioned(n, right, candidate)]
+    missing_left = [n for n in right.names if not _mentioned(n, left, query)]
+    return bool(missing_right) and bool(missing_left)

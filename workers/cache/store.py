@@ -1,9 +1,15 @@
 """Where cached answers live: a :class:`CacheStore` protocol with a Redis and an in-memory implementation.
 
-Redis layout (``ns`` is the deployment's topic prefix, so tests and deployments sharing a Redis never collide)::
+Redis layout (``ns`` is the deployment's topic prefix, so tests and deployments sharing a Redis never collide;
+``space`` is the embedder's identity, :func:`vector_space`: model, version, dimension, weights hash)::
 
-    {ns}:cache:{tenant}:e:{key}   the entry (answer, cost, model, prompt) as JSON, with the entry's TTL
-    {ns}:cache:{tenant}:log       a stream: one record per semantic entry (key, scope, prompt, vector, expiry)
+    {ns}:cache:{tenant}:e:{key}          the entry (answer, cost, model, prompt) as JSON, with the entry's TTL
+    {ns}:cache:{tenant}:log:{space}      a stream: one record per semantic entry (key, scope, prompt, vector,
+                                         expiry), written and read only by processes running that embedder
+
+Entries do not depend on the embedder (an exact hit survives a model change); their vectors do, so each embedder
+has its own log and vectors of two models are never compared. After a model change the new log starts empty:
+``tollway cache reembed --from SPACE`` (``workers.cache.reembed``) embeds the old log's prompts with the new model.
 
 An entry is written once and found two ways: by its exact key, or — through the semantic index — by a similar
 prompt, after which the same key is read. The tenant is in every key and the key hash includes it too.
@@ -25,6 +31,8 @@ the next caller; each command or pipeline takes its own connection from the pool
 
 from __future__ import annotations
 
+import re
+import time
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
@@ -36,7 +44,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from schemas.errors import BackendError
-from workers.embedding import Vectors
+from workers.embedding import Embedder, Vectors
 from workers.vectors.matrix import VectorMatrix
 
 LOG_MAXLEN = 500_000  # semantic entries kept per tenant stream (approximate trim)
@@ -98,10 +106,24 @@ class CacheStore(Protocol):
 
     async def put(self, writes: Sequence[CacheWrite], *, ttl_s: Sequence[int]) -> None: ...
 
+    async def tenants(self) -> list[str]:
+        """Tenants with a semantic log (in this store's vector space)."""
+        ...
+
+    async def append_log(self, tenant: str, records: Sequence[LogRecord]) -> None:
+        """Add semantic records to the tenant's log without writing entries (re-embedding)."""
+        ...
+
     async def read_log(self, tenant: str, after: str, *, limit: int | None = None) -> tuple[list[LogRecord], str]:
         """Semantic records of ``tenant`` added after cursor ``after`` (``"0"`` = from the start), at most ``limit``
         of them (``None``: all), and the new cursor."""
         ...
+
+
+def vector_space(embedder: Embedder) -> str:
+    """The embedder's identity as a Redis key part: its name (which carries model and version) and dimension."""
+    identity = embedder.name if f"d{embedder.dim}" in embedder.name else f"{embedder.name}-d{embedder.dim}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", identity)
 
 
 def _vector_bytes(vector: Vectors) -> bytes:
@@ -109,15 +131,46 @@ def _vector_bytes(vector: Vectors) -> bytes:
 
 
 class RedisCacheStore:
-    def __init__(self, client: Redis, *, namespace: str) -> None:
+    def __init__(self, client: Redis, *, namespace: str, vectors: str) -> None:
         self.client = client
         self.namespace = namespace
+        self.vectors = vectors  # the embedder's vector_space: whose log this store reads and writes
 
     def entry_key(self, tenant: str, key: str) -> str:
         return f"{self.namespace}:cache:{tenant}:e:{key}"
 
     def log_key(self, tenant: str) -> str:
-        return f"{self.namespace}:cache:{tenant}:log"
+        return f"{self.namespace}:cache:{tenant}:log:{self.vectors}"
+
+    async def tenants(self) -> list[str]:
+        """Tenants with a semantic log in this store's vector space."""
+        prefix, suffix = f"{self.namespace}:cache:", f":log:{self.vectors}"
+        found: set[str] = set()
+        try:
+            async for raw in self.client.scan_iter(match=f"{prefix}*{suffix}", count=1000):
+                name = raw.decode() if isinstance(raw, bytes) else str(raw)
+                found.add(name[len(prefix):-len(suffix)])
+        except (RedisError, OSError) as exc:
+            raise BackendError(f"redis cache scan failed: {exc}") from exc
+        return sorted(found)
+
+    async def append_log(self, tenant: str, records: Sequence[LogRecord]) -> None:
+        """Add semantic records without touching entries (re-embedding); the log keeps its longest TTL."""
+        if not records:
+            return
+        log_key = self.log_key(tenant)
+        ttl_s = max(1, (max(r.expires_at_ms for r in records) - time.time_ns() // 1_000_000) // 1000)
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for record in records:
+                    fields: dict[Any, Any] = {"k": record.key, "s": record.scope, "p": record.prompt,
+                                              "x": record.expires_at_ms, "v": _vector_bytes(record.vector)}
+                    pipe.xadd(log_key, fields, maxlen=LOG_MAXLEN, approximate=True)
+                pipe.expire(log_key, ttl_s, gt=True)
+                pipe.expire(log_key, ttl_s, nx=True)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise BackendError(f"redis cache write failed: {exc}") from exc
 
     async def get(self, tenant_keys: Sequence[tuple[str, str]]) -> list[CacheEntry | None]:
         if not tenant_keys:
@@ -200,6 +253,14 @@ class MemoryCacheStore:
             self.logs.setdefault(write.tenant, []).append(
                 LogRecord(write.key, write.scope, write.entry.prompt, write.entry.expires_at_ms,
                           np.asarray(write.vector, dtype=np.float32)))
+
+    async def tenants(self) -> list[str]:
+        return sorted(self.logs)
+
+    async def append_log(self, tenant: str, records: Sequence[LogRecord]) -> None:
+        if self.fail:
+            raise BackendError("memory cache store is failing (test)")
+        self.logs.setdefault(tenant, []).extend(records)
 
     async def read_log(self, tenant: str, after: str, *, limit: int | None = None) -> tuple[list[LogRecord], str]:
         if self.fail:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from workers.cache.semantic_guard import entities, near_miss, numbers, units
+from workers.cache.semantic_guard import entities, facts, near_miss, numbers, units
 
 
 @pytest.mark.parametrize(("query", "candidate", "reason"), [
@@ -43,3 +43,49 @@ def test_extractors() -> None:
     assert numbers("1,000 or 2.50 or five") == ["1000", "2.5", "5"]
     assert units("5km and 20% in USD") == {"km", "pct", "usd"}
     assert entities("How does ACME use GPT-4o in Berlin?") == {"acme", "gpt-4o", "berlin"}
+
+
+# Issue 19: the old guard compared word sets, so these passed as "the same question".
+@pytest.mark.parametrize(("query", "candidate", "reason"), [
+    ("Is Java faster than Python for numeric loops?", "Is Python faster than Java for numeric loops?", "roles"),
+    ("How do I convert a string to an integer in C#?", "How do I convert an integer to a string in C#?", "roles"),
+    ("Convert 10 km to miles", "Convert 10 miles to km", "roles"),
+    ("What's 72 Fahrenheit in Celsius?", "What's 72 Celsius in Fahrenheit?", "roles"),
+    ("What is 20% of 150?", "150 is what percent of 20?", "number"),
+    ("What's 27 Fahrenheit in Celsius?", "What's 72 Fahrenheit in Celsius?", "number"),
+    ("carbonara for six people, how many eggs?", "carbonara for 4 people, how many eggs?", "number"),
+    ("What's 72 Fahrenheit in Kelvin?", "What's 72 Fahrenheit in Celsius?", "unit"),
+    ("Which is the longest river in Africa?", "Which is the shortest river in Africa?", "antonym"),
+    ("When does the stock market open?", "When is the stock market closed?", "antonym"),
+    ("Do teenagers need more sleep than adults?", "How much sleep does a teenager need?", "comparative"),
+    ("Is the stock market open tomorrow?", "Is the stock market open?", "time"),
+    ("Is it legal to record a call with consent?", "Is it legal to record a call without consent?", "negation"),
+    ("Does the X300 vacuum work on carpets?", "thinking about the X200, will it cope with carpets?", "entity"),
+    ("How many sick days do I get per year?", "How many vacation days do I get per year?", "content"),
+    ("What currency is used in Brazil?", "What language is spoken in Brazil?", "content"),
+])
+def test_order_and_role_flips_are_rejected(query: str, candidate: str, reason: str) -> None:
+    assert near_miss(query, candidate) == reason
+    assert near_miss(candidate, query) == reason
+
+
+# Issue 19: the old guard refused any differing content word, so no real rewording could ever hit.
+@pytest.mark.parametrize(("query", "candidate"), [
+    ("How long should I boil an egg for a runny yolk?",
+     "How many minute I must cook egg in hot water so the yellow stay liquid?"),
+    ("What is the 2024 Roth IRA contribution limit?", "how much can I stash in my Roth this year (2024)?"),
+    ("Express seventy-two degrees Fahrenheit in Celsius.", "What's 72 °F in Celsius?"),
+    ("Is Mount Everest in Nepal or China?", "On which national territory is the summit of Mount Everest located?"),
+    ("Can I cancel my order after it ships?", "cancel order already shipped?"),
+    ("Why is the sky blue?", "why sky is blu"),
+])
+def test_rewordings_that_change_most_words_pass(query: str, candidate: str) -> None:
+    assert near_miss(query, candidate) is None
+    assert near_miss(candidate, query) is None
+
+
+def test_spelled_numbers_and_units_in_order() -> None:
+    assert numbers("a hundred and fifty, seventy-two, one thousand two hundred") == ["150", "72", "1200"]
+    assert numbers("the snake one is faster") == []  # "one" alone is a pronoun, not a number
+    assert facts("Convert 10 km to miles").units == ("km", "mi")
+    assert facts("5km in 3h").units == ("km", "h")

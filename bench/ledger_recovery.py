@@ -41,6 +41,7 @@ from streams.runtime.codec import encode
 from streams.runtime.connections import kafka_security
 from streams.runtime.topics import ensure_topics, topology
 from streams.settings import REPO_ROOT, Settings
+from streams.testing import seal_response
 from workers.ledger.checkpoints import LiveTable, checkpoint_writes
 from workers.ledger.dedup import apply_response
 
@@ -48,6 +49,10 @@ T0 = 1_700_000_000 * 10**9
 
 
 def synthetic(i: int) -> Response:
+    return seal_response(_synthetic(i))
+
+
+def _synthetic(i: int) -> Response:
     return Response(request_id=f"req-{i}", tenant=f"tenant-{i % 20}", status=Status.OK,
                     model=("small", "large")[i % 2], usage=Usage(input_tokens=100, output_tokens=20),
                     cost_micros=100 + i % 1000, created_at_ns=T0 + i * 10**8, completed_at_ns=T0 + i * 10**8 + 1,

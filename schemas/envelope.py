@@ -136,6 +136,12 @@ class PolicyDecision(_Model):
     decisions: list[str] = Field(default_factory=list)
     reserved_micros: int = 0
     reservation_id: str | None = None
+    # Sealed by the policy stage (workers/decisions.py): the route it decided, a digest of the governed request, and
+    # an HMAC over the whole decision; the stages after policy verify it instead of trusting the envelope.
+    route: list[str] = Field(default_factory=list)
+    request_digest: str = ""
+    key_id: str | None = None
+    signature: str | None = None
 
 
 class CacheResult(_Model):
@@ -193,6 +199,9 @@ class Outcome(_Model):
     message: str = ""
     retry_after_s: float | None = None
     stage: str = ""
+    # Signed by the stage that ended the request, over what the ledger and the audit count (workers/decisions.py).
+    key_id: str | None = None
+    signature: str | None = None
 
 
 class Envelope(_Model):

@@ -43,6 +43,11 @@ class Response(BaseModel):
     task_id: str | None = None  # the task (agent run, ticket) the request belongs to: the ledger's cost per outcome
     deadline_at_ns: int = 0  # the request's deadline: the ledger's "SLO met" is completed_at_ns <= deadline_at_ns
     evaluation: Evaluation | None = None  # online evaluators' verdicts, when the request was sampled
+    stage: str = ""  # the stage that ended the request
+    # The deciding stage's signature over what the ledger counts (workers/decisions.py): the ledger counts only
+    # responses whose signature verifies.
+    key_id: str | None = None
+    signature: str | None = None
 
     @classmethod
     def from_envelope(cls, env: Envelope, *, completed_at_ns: int) -> Response:
@@ -55,6 +60,9 @@ class Response(BaseModel):
             code=outcome.code,
             message=outcome.message,
             retry_after_s=outcome.retry_after_s,
+            stage=outcome.stage,
+            key_id=outcome.key_id,
+            signature=outcome.signature,
             answer=env.answer,
             model=env.model.model if env.model else None,
             usage=env.model.usage if env.model else Usage(),

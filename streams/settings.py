@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     budget_batch_ms: int = 3_600_000
     # Secret the ingress signs principals with, so a stage can tell a forged principal from a real one.
     principal_secret: SecretStr = SecretStr("tollway-dev-secret-change-me")
+    # Keys the stages sign policy decisions and outcomes with ("kid:secret[,kid:secret…]": the first signs, all
+    # verify, so a key rotates by prepending the new one, then dropping the old once no envelope carries it).
+    decision_keys: SecretStr = SecretStr("dev:tollway-dev-decision-key-change-me")
     audit_secret: SecretStr = SecretStr("tollway-dev-audit-secret-change-me")
     # Audit log: prompt/answer as sha256 only ("hashes") or also in redacted form ("redacted"); never raw.
     audit_content: Literal["hashes", "redacted"] = "hashes"

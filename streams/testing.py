@@ -18,6 +18,7 @@ Kafka (responses, reply topics, dead letters, the next stage's lane), and the ne
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -97,6 +98,9 @@ def _runner(stage: Stage[Any], settings: Settings, topics: MemoryTopics, clock: 
             ctx: StageContext | None) -> StageRunner[Any]:
     base = StageContext(stage=stage.name, worker_id=settings.worker_id, clock=clock, publisher=topics,
                         topic_prefix=settings.topic_prefix)
+    if ctx is not None:  # the caller's backends, on the harness's topics, clock and names
+        ctx = dataclasses.replace(ctx, stage=stage.name, worker_id=settings.worker_id, clock=clock, publisher=topics,
+                                  topic_prefix=settings.topic_prefix)
     return StageRunner(stage=stage, ctx=ctx if ctx is not None else stage.memory_context(base), settings=settings,
                        topology=Topology(settings.topic_prefix), publisher=topics, clock=clock, replays=replays)
 
@@ -180,3 +184,39 @@ async def run_pipeline(envelopes: Iterable[Envelope | bytes], *, stages: Sequenc
         if not moved:
             return PipelineResult(topics, topo, batches)
     raise RuntimeError(f"the pipeline did not settle within {max_batches} batches (a routing loop?)")
+
+
+def decide(env: Envelope, settings: Settings | None = None, *, version: str = "test") -> Envelope:
+    """Seal a policy decision on ``env`` as the policy stage would (to drive a governed stage on its own): the route
+    from here on is ``env.route`` as it stands."""
+    from schemas.envelope import PolicyDecision
+    from workers.decisions import DecisionKeys, sign_decision
+
+    s = _settings(settings)
+    if env.policy is None:
+        env.policy = PolicyDecision(policy_version=version)
+    sign_decision(env, DecisionKeys.parse(s.decision_keys.get_secret_value()))
+    return env
+
+
+def seal_outcome(env: Envelope, settings: Settings | None = None) -> Envelope:
+    """Sign ``env``'s outcome as the stage that ended it would (to hand a stage's output straight to audit)."""
+    from workers.decisions import DecisionKeys, sign_outcome
+
+    s = _settings(settings)
+    sign_outcome(env, DecisionKeys.parse(s.decision_keys.get_secret_value()))
+    return env
+
+
+def seal_response(response: Response, settings: Settings | None = None) -> Response:
+    """A response signed as a stage would sign it (synthetic ledger input for tests and benchmarks)."""
+    from workers.decisions import DecisionKeys, outcome_claims
+
+    s = _settings(settings)
+    keys = DecisionKeys.parse(s.decision_keys.get_secret_value())
+    claims = outcome_claims(request_id=response.request_id, tenant=response.tenant, status=str(response.status),
+                            code=response.code, stage=response.stage, model=response.model, usage=response.usage,
+                            cost_micros=response.cost_micros, saved_micros=response.saved_micros,
+                            task_id=response.task_id)
+    response.key_id, response.signature = keys.sign(claims)
+    return response

@@ -7,6 +7,7 @@ The Faust app around it is in streams/ledger/app.py; the exactly-once argument i
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from streams.ledger.reader import iter_records
 from streams.runtime.codec import decode_as
 from streams.runtime.topics import topology
 from streams.settings import Settings
+from workers.decisions import DecisionKeys, response_verifies
 from workers.ledger.aggregator import ledger_rows_from, outcome_rows_from
 from workers.ledger.cells import WINDOW_MS, window_start_ms
 from workers.ledger.checkpoints import LiveTable, load_checkpoint
@@ -51,6 +53,7 @@ class LedgerState:
     counted: int = 0
     duplicates: int = 0
     bad: int = 0
+    unverified: int = 0  # responses whose outcome signature did not verify: never counted
 
 
 @dataclass
@@ -70,6 +73,10 @@ class LedgerApp:
         if offset > self.state.positions.get(partition, -1):
             self.state.positions[partition] = offset
 
+    @functools.cached_property
+    def decision_keys(self) -> DecisionKeys:
+        return DecisionKeys.parse(self.settings.decision_keys.get_secret_value())
+
     def snapshot(self, *, tenant: str | None, window: str | None) -> LedgerSnapshot:
         return LedgerSnapshot(rows=ledger_rows_from(self.state.cells, tenant=tenant, window=window),
                               outcomes=outcome_rows_from(self.state.tasks, self.outcomes, tenant=tenant),
@@ -88,6 +95,14 @@ class LedgerApp:
             if key:
                 claim_unreadable(state.seen, key.decode(errors="replace"), partition=partition, offset=offset,
                                  day_ms=0)
+            self._bump(partition, offset)
+            return None
+        if not response_verifies(response, self.decision_keys):
+            # A forged or altered outcome (written by something that is not a stage): not counted, and the id is
+            # not claimed either, so the genuine response for it still counts when it comes.
+            state.unverified += 1
+            log.warning("ledger skipped responses[%d]@%d: request %s's outcome signature does not verify",
+                        partition, offset, response.request_id)
             self._bump(partition, offset)
             return None
         state.cells.partition = state.tasks.partition = partition

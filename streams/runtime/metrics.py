@@ -14,6 +14,8 @@ STAGE_SERVICE_SECONDS = Histogram("tollway_stage_service_seconds", "Stage servic
 OUTCOMES = Counter("tollway_outcomes_total", "Terminal outcomes by the stage that decided them",
                    ["stage", "status"])
 DEADLETTERS = Counter("tollway_deadletters_total", "Records sent to the dead-letter topic", ["stage", "reason"])
+REFUSED = Counter("tollway_refused_total", "Requests refused for an unverified policy decision or outcome",
+                  ["stage", "code"])
 
 BUDGET_VIOLATIONS = Counter("tollway_budget_violations_total",
                             "Hops whose queue + service time exceeded the stage's allocation", ["tier", "stage"])

@@ -34,6 +34,7 @@ from streams.runtime.topics import Topology
 from streams.settings import Settings
 from workers.budgets import Budgets
 from workers.context import Clock
+from workers.decisions import DecisionKeys, decision_problem, outcome_verifies, sign_decision, sign_outcome
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +109,10 @@ class StageRunner(Generic[C]):
         publisher: BatchPublisher,
         clock: Clock,
         replays: ReplayMemory | None = None,
+        keys: DecisionKeys | None = None,
     ) -> None:
         self.spec = stage
+        self.keys = keys or DecisionKeys.parse(settings.decision_keys.get_secret_value())
         self.stage = stage.name
         self.ctx = ctx
         self.settings = settings
@@ -195,6 +198,10 @@ class StageRunner(Generic[C]):
                     continue
                 env.hops.append(hop)
                 hops[env.request_id] = hop
+                if self._refused(env, result):
+                    hop.status = "refused"
+                    if sink:
+                        unanswered.append(env)
                 if sink and not env.terminal:
                     # Only a producer bypassing the route gets here: audit it as a failure, and answer it too.
                     env.finish(Status.FAILED, code="no_outcome", stage=self.stage,
@@ -217,6 +224,10 @@ class StageRunner(Generic[C]):
             hop.started_at_ns = started_ns
             hop.batch_size = len(live)
         outputs = await self._process(live, result) if live else []
+        if self.spec.decides:
+            for env in outputs:
+                if not env.terminal and env.policy is not None:
+                    sign_decision(env, self.keys)
         finished_ns = self.clock.now_ns()
         for stamp in hops.values():
             stamp.finished_at_ns = finished_ns
@@ -282,6 +293,8 @@ class StageRunner(Generic[C]):
             # A route that ends before the audit stage would lose the request silently; end it, explained.
             env.finish(Status.FAILED, code="route_ended", stage=self.stage,
                        message=f"the route ended at {self.stage} without reaching a terminal outcome")
+        if env.terminal and env.outcome is not None and env.outcome.signature is None:
+            sign_outcome(env, self.keys)  # this stage ended it: what it counts is sealed here
         if env.terminal and not env.responded:
             answer = Response.from_envelope(env, completed_at_ns=now_ns)
             answer.replay = env.request_id in replayed
@@ -300,6 +313,34 @@ class StageRunner(Generic[C]):
         if env.route:
             self.publisher.publish(self.topology.stage(env.route[0], env.tier), encode(env), key=key)
             result.forwarded += 1
+
+    def _refused(self, env: Envelope, result: BatchOutcome) -> bool:
+        """Zero trust: an outcome must carry its deciding stage's signature, and a governed stage works a request
+        only under a policy decision sealed for it. Otherwise the request becomes an audited denial without data
+        (never an answer, never a count) and a copy goes to the dead-letter topic."""
+        if env.terminal:
+            problem = None if outcome_verifies(env, self.keys) else "its outcome's signature does not verify"
+        elif self.spec.governed:
+            problem = decision_problem(env, self.keys, self.stage)
+        else:
+            return False
+        if problem is None:
+            return False
+        code = "unverified_outcome" if env.terminal else "unverified_decision"
+        log.warning("stage %s refused request %s (tenant %s): %s", self.stage, env.request_id, env.tenant, problem)
+        env.answer = None
+        env.retrieval = env.cache = None
+        env.model = None
+        env.postprocess = None
+        env.responded = False
+        env.outcome = None
+        env.finish(Status.DENIED, code=code, stage=self.stage,
+                   message=f"refused by the {self.stage} stage: {problem}")
+        sign_outcome(env, self.keys)
+        if not self.spec.sink:  # the sink audits the refusal itself; elsewhere operators get a copy to look at
+            self._deadletter_envelope(env, code, result)
+        metrics.REFUSED.labels(self.stage, code).inc()
+        return True
 
     def _deadletter(self, record: ConsumerRecord[bytes, bytes], exc: BadEvent, result: BatchOutcome,
                     env: Envelope | None) -> None:

@@ -33,6 +33,8 @@ class Stage(Generic[C]):
     ``sink``: the route ends here — the stage sees every request exactly once whatever its outcome (the audit
     stage): it is never skipped for terminal requests, a request reaching it without an outcome is ended
     ``no_outcome`` and answered, and it forwards nothing. ``entry``: it also reads the ingress topics.
+    ``decides``: the runner seals what this stage decided (the policy stage: ``workers/decisions.py``).
+    ``governed``: the runner refuses any request whose sealed decision is missing or does not match it.
     """
 
     name: str
@@ -41,6 +43,8 @@ class Stage(Generic[C]):
     open_context: OpenContext[C]
     sink: bool = False
     entry: bool = False
+    decides: bool = False
+    governed: bool = False
 
     def memory_context(self, base: StageContext, **backends: Any) -> C:
         """The stage's context on its in-memory backends (every context field has one), for tests and the bench."""

@@ -103,8 +103,9 @@ class DeadLetterAuditor:
                     except BadEvent as exc:  # nothing to audit: it names no request and no source
                         log.warning("unreadable dead letter %s[%d]@%d: %s", raw.topic, raw.partition, raw.offset, exc)
                         continue
-                    if letter.reason == "stage_error" and letter.stage != "audit" and letter.request_id:
-                        continue  # the failed request itself reaches the audit stage
+                    if (letter.reason == "stage_error" or letter.reason.startswith("unverified_")) \
+                            and letter.stage != "audit" and letter.request_id:
+                        continue  # the failed (or refused) request itself reaches the audit stage
                     records.append(record_from_deadletter(letter, redactor=self.ctx.redactor,
                                                           auditor=self.ctx.worker_id, now_ns=now_ns))
             try:

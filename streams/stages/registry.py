@@ -29,11 +29,11 @@ from workers.retrieval import RetrievalContext
 
 STAGES: Final[tuple[Stage[Any], ...]] = (
     Stage("retrieval", RetrievalContext, retrieval.process, retrieval_wiring.open_context, entry=True),
-    Stage("policy", PolicyContext, policy.process, policy_wiring.open_context),
-    Stage("cache", CacheContext, cache.process, cache_wiring.open_context),
-    Stage("model", ModelContext, model.process, model_wiring.open_context),
-    Stage("postprocess", PostprocessContext, postprocess.process, postprocess_wiring.open_context),
-    Stage("audit", AuditContext, audit.process, audit_wiring.open_context, sink=True),
+    Stage("policy", PolicyContext, policy.process, policy_wiring.open_context, decides=True),
+    Stage("cache", CacheContext, cache.process, cache_wiring.open_context, governed=True),
+    Stage("model", ModelContext, model.process, model_wiring.open_context, governed=True),
+    Stage("postprocess", PostprocessContext, postprocess.process, postprocess_wiring.open_context, governed=True),
+    Stage("audit", AuditContext, audit.process, audit_wiring.open_context, sink=True, governed=True),
 )
 BY_NAME: Final[dict[str, Stage[Any]]] = {stage.name: stage for stage in STAGES}
 assert tuple(BY_NAME) == STAGE_NAMES, "the registry and the envelope schema list the same stages in route order"

@@ -20,6 +20,7 @@ from streams.runtime.codec import encode
 from streams.runtime.topics import topology
 from streams.settings import Settings, get_settings
 from streams.stages.audit import audit_dir, signer_from_settings
+from streams.testing import seal_outcome
 from tests.kafka_helpers import produce_raw, read_until
 from workers.audit.chain import ChainState, parse_line
 from workers.audit.sink import CHECKPOINTS, chain_dirs, segments
@@ -49,7 +50,7 @@ async def test_every_outcome_is_audited_exactly_once_without_pii(pipeline: Setti
             env.cache = CacheResult(outcome="hit", kind="semantic", similarity=0.96)
         env.finish(status, code=status.value, stage="model", message=f"about {PII[2]}")
         env.responded = True
-        injected.append(env)
+        injected.append(seal_outcome(env, settings))
     # each injected outcome arrives twice (an upstream redelivery); the audit stage keeps one
     await produce_raw(settings, topo.stage("audit"), [encode(e) for e in injected for _ in range(2)])
     await produce_raw(settings, topo.stage("policy"), [b"\x00not json"])  # dead-lettered, no request id

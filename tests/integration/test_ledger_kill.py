@@ -24,6 +24,7 @@ from streams.runtime.codec import encode
 from streams.runtime.connections import kafka_security
 from streams.runtime.topics import ensure_topics, topology
 from streams.settings import REPO_ROOT, Settings
+from streams.testing import seal_response
 
 # A kill -9 and a changelog recovery take minutes on a loaded 2-core machine: this runs in `make chaos`.
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
@@ -39,6 +40,10 @@ def free_port() -> int:
 
 
 def make_response(i: int, *, replay: bool = False) -> Response:
+    return seal_response(_make_response(i, replay=replay))
+
+
+def _make_response(i: int, *, replay: bool = False) -> Response:
     status = [Status.OK, Status.OK, Status.CACHE_HIT, Status.DENIED, Status.FAILED][i % 5]
     return Response(request_id=f"req-{i}", tenant=["acme", "globex"][i % 2], status=status,
                     model=None if status is Status.DENIED else ["small", "large"][i % 3 % 2],

@@ -16,6 +16,7 @@ from streams.cli.ledger import publish_outcome, reprice_to_version
 from streams.ledger.app import fetch_snapshot, ledger_rows, run_ledger
 from streams.runtime.topics import ensure_topics
 from streams.settings import Settings
+from streams.testing import seal_response
 from tests.integration.test_ledger_kill import produce
 
 pytestmark = pytest.mark.integration
@@ -35,8 +36,8 @@ def data_set() -> list[Response]:
     usage = Usage(input_tokens=1_000, cached_input_tokens=0, output_tokens=100)
 
     def r(rid: str, tenant: str, task: str, cost: int, model: str = "small") -> Response:
-        return Response(request_id=rid, tenant=tenant, status=Status.OK, model=model, usage=usage, cost_micros=cost,
-                        created_at_ns=T0, task_id=task)
+        return seal_response(Response(request_id=rid, tenant=tenant, status=Status.OK, model=model, usage=usage,
+                                      cost_micros=cost, created_at_ns=T0, task_id=task))
 
     return [r("a1", "acme", "a", 100), r("a2", "acme", "a", 100), r("a3", "acme", "a", 100, model="large"),
             r("b1", "acme", "b", 50), r("c1", "acme", "c", 7), r("g1", "globex", "a", 10), r("g2", "globex", "a", 10),

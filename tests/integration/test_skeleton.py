@@ -105,7 +105,7 @@ async def test_an_envelope_without_outcome_on_the_audit_topic_is_audited_and_ans
         submitter.expect([env.request_id])
         await produce_raw(pipeline, topology(pipeline).stage("audit"), [encode(env)])
         response = await submitter.result(env.request_id, 30)
-    assert (response.status, response.code) == (Status.FAILED, "no_outcome")
+    assert (response.status, response.code) == (Status.DENIED, "unverified_decision")  # no sealed decision
     audit = await read_until(pipeline, topology(pipeline).audit_log,
                              lambda rs: env.request_id in {orjson.loads(r.value)["request_id"] for r in rs})
     assert env.request_id in {orjson.loads(r.value)["request_id"] for r in audit}

@@ -13,7 +13,7 @@ from streams.runtime.stage import Stage, base_context
 from streams.runtime.topics import Topology
 from streams.settings import load_settings
 from streams.stages import registry
-from streams.testing import run_batch, run_pipeline
+from streams.testing import decide, run_batch, run_pipeline
 from workers.context import FakeClock, StageContext
 
 SETTINGS = load_settings(topic_prefix="t")
@@ -25,6 +25,11 @@ def envelope(prompt: str = "hello", *, at: str = "cache", **fields: object) -> E
     env = new_envelope(prompt, tenant="acme", settings=SETTINGS, **fields)  # type: ignore[arg-type]
     env.route = list(DEFAULT_ROUTE[DEFAULT_ROUTE.index(at):])
     return env
+
+
+def sealed(env: Envelope) -> Envelope:
+    """A decision sealed as if the policy stage had decided ``env.route`` (which starts at the stage to drive)."""
+    return decide(env, SETTINGS)
 
 
 async def passthrough(batch: list[Envelope], _ctx: StageContext) -> list[Envelope]:
@@ -128,18 +133,20 @@ async def test_fields_only_the_runner_may_set_are_dropped_on_entry() -> None:
 async def test_a_non_terminal_request_claiming_to_be_answered_is_still_answered() -> None:
     env = envelope()
     env.route = ["postprocess", "audit"]
+    sealed(env)
     env.responded = True
     result = await run_batch(registry.stage("postprocess"), [env], settings=SETTINGS)
-    assert len(result.responses) == 1
+    assert [r.code for r in result.responses] == ["no_answer"]  # worked (and answered), not refused
 
 
 async def test_a_redelivered_answer_is_marked_replay() -> None:
     replays = MemoryReplayMemory()
     env = envelope()
     env.route = ["postprocess", "audit"]
+    sealed(env)
     first = await run_batch(registry.stage("postprocess"), [env], settings=SETTINGS, replays=replays)
     again = await run_batch(registry.stage("postprocess"), [env], settings=SETTINGS, replays=replays)
-    assert [r.replay for r in first.responses] == [False]
+    assert [(r.code, r.replay) for r in first.responses] == [("no_answer", False)]
     assert [r.replay for r in again.responses] == [True]
 
 

@@ -1,0 +1,134 @@
+"""Zero trust between stages: signed policy decisions and signed outcomes.
+
+A stage does not trust what an envelope says about earlier stages. Two signatures, HMAC-SHA256 with a key id so keys
+rotate without downtime (sign with the first key, verify with any listed):
+
+* **the decision** — the policy stage's verdict (every field of ``PolicyDecision``: allowed models and regions, cache
+  permission, reservation, ...), bound to the request id, tenant, tier, principal, the route policy decided and a
+  digest of the governed (redacted) request. The cache, model, post-process and audit stages refuse an envelope
+  whose decision is missing, forged, replayed from another request, or whose route or request changed since.
+* **the outcome** — signed by the stage that ended the request, over what the ledger and the audit count (status,
+  code, model, tokens, cost, savings, task). An outcome that does not verify is never answered with data, never
+  counted: it is turned into an audited denial.
+
+Keys come from ``TOLLWAY_DECISION_KEYS`` (``kid:secret[,kid:secret…]``); the stages and the ledger share them, the
+producers never see them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from schemas.envelope import Envelope, Usage
+from schemas.errors import ConfigError
+
+DEV_DECISION_KEYS = "dev:tollway-dev-decision-key-change-me"
+_SIGNED_ELSEWHERE = frozenset({"signature", "key_id"})
+
+
+@dataclass(frozen=True)
+class DecisionKeys:
+    keys: dict[str, bytes]
+    active: str
+
+    @classmethod
+    def parse(cls, text: str) -> DecisionKeys:
+        keys: dict[str, bytes] = {}
+        order: list[str] = []
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            kid, sep, secret = part.partition(":")
+            if not sep or not kid or len(secret) < 16:
+                raise ConfigError("TOLLWAY_DECISION_KEYS must be 'kid:secret[,kid:secret…]' with secrets of 16+ "
+                                  "characters (the first signs, all verify)")
+            keys[kid] = secret.encode()
+            order.append(kid)
+        if not order:
+            raise ConfigError("TOLLWAY_DECISION_KEYS is empty")
+        return cls(keys=keys, active=order[0])
+
+    def sign(self, message: bytes) -> tuple[str, str]:
+        return self.active, hmac.new(self.keys[self.active], message, hashlib.sha256).hexdigest()
+
+    def verify(self, message: bytes, key_id: str | None, signature: str | None) -> bool:
+        key = self.keys.get(key_id or "")
+        if key is None or not signature:
+            return False
+        return hmac.compare_digest(hmac.new(key, message, hashlib.sha256).hexdigest(), signature)
+
+
+def request_digest(env: Envelope) -> str:
+    """What the decision governs: the request as policy left it (redacted), its tier and principal."""
+    request = env.request.model_dump(mode="json", exclude={"reply_to"})
+    payload = orjson.dumps([env.tenant, env.tier.value, env.principal.key_id if env.principal else None, request],
+                           option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(payload).hexdigest()
+
+
+def _decision_message(env: Envelope) -> bytes:
+    assert env.policy is not None
+    decision = env.policy.model_dump(mode="json", exclude=set(_SIGNED_ELSEWHERE))
+    return orjson.dumps(["decision", env.request_id, env.tenant, decision], option=orjson.OPT_SORT_KEYS)
+
+
+def sign_decision(env: Envelope, keys: DecisionKeys) -> None:
+    """Seal the policy stage's decision on ``env``: the route from here on and the governed request included."""
+    assert env.policy is not None, "only a decided request is signed"
+    env.policy.route = list(env.route)
+    env.policy.request_digest = request_digest(env)
+    env.policy.key_id, env.policy.signature = keys.sign(_decision_message(env))
+
+
+def decision_problem(env: Envelope, keys: DecisionKeys, stage: str) -> str | None:
+    """Why ``stage`` must not work ``env`` (None: the decision holds). Called after the stage popped itself off."""
+    decision = env.policy
+    if decision is None or decision.signature is None:
+        return "no signed policy decision"
+    if not keys.verify(_decision_message(env), decision.key_id, decision.signature):
+        return "the policy decision's signature does not verify (forged, altered or from another request)"
+    if decision.request_digest != request_digest(env):
+        return "the request changed after the policy decision"
+    route = decision.route
+    if stage not in route or env.route != route[route.index(stage) + 1:]:
+        return f"the route {env.route} is not the one policy decided ({route})"
+    return None
+
+
+def outcome_claims(*, request_id: str, tenant: str, status: str, code: str, stage: str, model: str | None,
+                   usage: Usage, cost_micros: int, saved_micros: int, task_id: str | None) -> bytes:
+    """What the ledger and the audit count about an outcome, canonically (an envelope and its response agree)."""
+    fields: list[Any] = ["outcome", request_id, tenant, status, code, stage, model, usage.input_tokens,
+                         usage.output_tokens, usage.cached_input_tokens, cost_micros, saved_micros, task_id]
+    return orjson.dumps(fields)
+
+
+def envelope_claims(env: Envelope) -> bytes:
+    assert env.outcome is not None
+    return outcome_claims(
+        request_id=env.request_id, tenant=env.tenant, status=str(env.outcome.status), code=env.outcome.code,
+        stage=env.outcome.stage, model=env.model.model if env.model else None,
+        usage=env.model.usage if env.model else Usage(), cost_micros=env.model.cost_micros if env.model else 0,
+        saved_micros=env.cache.saved_micros if env.cache else 0, task_id=env.request.task_id)
+
+
+def sign_outcome(env: Envelope, keys: DecisionKeys) -> None:
+    assert env.outcome is not None
+    env.outcome.key_id, env.outcome.signature = keys.sign(envelope_claims(env))
+
+
+def outcome_verifies(env: Envelope, keys: DecisionKeys) -> bool:
+    assert env.outcome is not None
+    return keys.verify(envelope_claims(env), env.outcome.key_id, env.outcome.signature)
+
+
+def response_verifies(response: Any, keys: DecisionKeys) -> bool:
+    """A response (``schemas.response.Response``) carries its outcome's signature: the ledger counts it only then."""
+    claims = outcome_claims(
+        request_id=response.request_id, tenant=response.tenant, status=str(response.status), code=response.code,
+        stage=response.stage, model=response.model, usage=response.usage, cost_micros=response.cost_micros,
+        saved_micros=response.saved_micros, task_id=response.task_id)
+    return keys.verify(claims, response.key_id, response.signature)

@@ -28,7 +28,7 @@ from schemas.errors import BadEvent
 from schemas.response import DeadLetter, Response
 from streams.runtime import metrics
 from streams.runtime.codec import decode, encode
-from streams.runtime.lanes import LanePoller
+from streams.runtime.lanes import LanePoller, owned_offsets
 from streams.runtime.replays import NoReplayMemory, ReplayMemory
 from streams.runtime.topics import Topology
 from streams.settings import Settings
@@ -127,8 +127,12 @@ class OffsetCommitter:
             await inflight  # re-raises what the commit raised (other than a rebalance)
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        # A partition a rebalance moved while the batch was worked is redelivered by its new owner (aiokafka refuses
+        # to commit it, and that refusal killed the worker): commit what this member still owns.
+        offsets = owned_offsets(self.consumer, offsets)
         try:
-            await self.consumer.commit(offsets)
+            if offsets:
+                await self.consumer.commit(offsets)
         except CommitFailedError as exc:
             # The group rebalanced while this batch was worked (on a starved machine a long batch can outlast the
             # session). Everything it produced is acknowledged; the partitions' new owner redelivers it and the

@@ -446,11 +446,15 @@ def table(results: Sequence[Figures]) -> str:
 CHAOS_STATE = Path(os.environ.get("TOLLWAY_CHAOS_STATE_DIR", "/tmp/chaos-state"))
 CHAOS_KAFKA_PORT = int(os.environ.get("TOLLWAY_CHAOS_KAFKA_PORT", "29092"))
 CHAOS_REDIS_PORT = int(os.environ.get("TOLLWAY_CHAOS_REDIS_PORT", "26379"))
+# Its own controller port too: an inherited TOLLWAY_KAFKA_CONTROLLER_PORT (a second stack's) made its broker fail to
+# bind, and the scenarios that kill the broker or Redis were skipped.
+CHAOS_KAFKA_CONTROLLER_PORT = int(os.environ.get("TOLLWAY_CHAOS_KAFKA_CONTROLLER_PORT", str(CHAOS_KAFKA_PORT + 1)))
 
 
 def services(command: str, timeout_s: float = 240) -> subprocess.CompletedProcess[str]:
     """``infra/services.sh <command>`` for the chaos run's own broker and Redis (never the shared ones)."""
     env = {**os.environ, "TOLLWAY_STATE_DIR": str(CHAOS_STATE), "TOLLWAY_KAFKA_PORT": str(CHAOS_KAFKA_PORT),
+           "TOLLWAY_KAFKA_CONTROLLER_PORT": str(CHAOS_KAFKA_CONTROLLER_PORT),
            "TOLLWAY_REDIS_PORT": str(CHAOS_REDIS_PORT)}
     return subprocess.run([str(REPO_ROOT / "infra" / "services.sh"), command], env=env, capture_output=True,
                           text=True, timeout=timeout_s, check=False)

@@ -16,6 +16,11 @@ Each stage consumes two topics: ``tollway.<stage>`` (interactive and standard ti
   at all), and resumed once the lag has drained below half of it (hysteresis, so it does not flap);
 * when interactive traffic is idle, the batch lane gets the whole batch size: backfill runs at full speed. The first
   interactive record after a quiet spell waits for at most the batch in hand.
+
+The group may rebalance while a poll waits (another worker of the stage joins or leaves): what the poll observes
+afterwards (lag, pause, resume) is about the partitions the consumer owns *then*, never the list it took before
+``getmany`` — aiokafka asserts on a revoked partition, and that assertion killed the first worker of a stage as soon
+as a second one joined. A batch lane held paused stays paused on the partitions a rebalance hands over.
 """
 
 from __future__ import annotations
@@ -130,11 +135,11 @@ class LanePoller:
             rest_ms = min(float(self.wait_ms), (self._batch_due - now) * 1000)
             batches = await consumer.getmany(*interactive, timeout_ms=max(1, round(rest_ms)),
                                              max_records=self.max_records)
-        self._observe(consumer, interactive, batch, batches)
+        self._observe(consumer, batches)
         return batches
 
-    def _observe(self, consumer: AIOKafkaConsumer, interactive: list[TopicPartition], batch: list[TopicPartition],
-                 batches: Batches) -> None:
+    def _observe(self, consumer: AIOKafkaConsumer, batches: Batches) -> None:
+        interactive, batch = self._split(consumer)  # owned now: a rebalance may have completed during getmany
         if any(tp.topic not in self.batch_topics for tp in batches):
             self.shared.last_interactive = self.clock()
             self._polls_since_interactive = 0
@@ -144,9 +149,16 @@ class LanePoller:
         metrics.CONSUMER_LAG.labels(self.stage, "interactive").set(lag)
         metrics.CONSUMER_LAG.labels(self.stage, "batch").set(self._lag(consumer, batch, batches))
         if not self._paused and lag > self.pause_lag:
-            consumer.pause(*batch)
             self._paused = True
         elif self._paused and lag <= self.pause_lag // 2:
             consumer.resume(*batch)
             self._paused = False
+        if self._paused:
+            consumer.pause(*batch)  # every poll: a partition a rebalance hands over starts unpaused (idempotent)
         metrics.LANE_PAUSED.labels(self.stage).set(1 if self._paused else 0)
+
+
+def owned_offsets(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+    """The offsets of partitions the consumer still owns (a rebalance may have moved the others since the poll)."""
+    owned = consumer.assignment()
+    return {tp: offset for tp, offset in offsets.items() if tp in owned}

@@ -1,48 +1,63 @@
-"""Remembering which requests were already answered, so a redelivered response says it is a replay.
+"""Answering each request once: a redelivered request gets its first response again, marked as a replay.
 
-At-least-once delivery means a crash between producing a batch and committing its offsets makes the next worker
-answer those requests again. The answer is the same (the audit stage and the ledger count each request once), but a
-consumer deserves to know it is a repeat: the runner asks this memory before publishing responses, marks
-``replay=True`` for ids it has seen, and records the batch's ids before publishing them — so every second delivery
-is marked (a crash before the acks can mark a first delivery too, the safe side of the trade).
+At-least-once delivery means a crash between producing a batch and committing its offsets (or a rebalance that moves
+a partition mid-batch) makes a worker answer those requests again — and the second pass need not reach the same
+answer (the cache now holds the first one, a budget has moved, the model is not deterministic). The audit stage and
+the ledger count each request once, by its first record; a consumer of the responses deserves the same: the replay
+memory stores the bytes of each request's first response (in Redis, keyed by request id, for as long as the work
+topics keep records) and every later response to that request is those bytes again with ``replay: true`` — the only
+byte that differs.
 
-A missing or unreachable Redis never blocks a response: the marker then reports nothing as seen.
+The runner hands a batch's responses to :class:`Answers` and publishes them through it: one atomic round trip claims
+every request id of the batch (store the response unless one is stored already, and read what is stored), so two
+workers answering the same request at once (a rebalance) publish the same bytes too. The claim comes before the
+responses go out, so a crash after it and before the acknowledgements marks the only delivery as a replay as well —
+a harmless "you may have seen this" rather than an unmarked, different duplicate.
+
+A missing or unreachable Redis never blocks a response: the memory then claims nothing, and responses go out as
+answered, unmarked.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from redis.asyncio import Redis
+
+from schemas.errors import BadEvent
+from schemas.response import Response
+from streams.runtime.codec import decode_as, encode
 
 log = logging.getLogger(__name__)
 
 
 class ReplayMemory(Protocol):
-    async def seen(self, request_ids: Sequence[str]) -> set[str]: ...
+    async def claim(self, responses: Mapping[str, bytes]) -> dict[str, bytes]:
+        """Store each request's response unless one is stored already; return the responses that were (by request
+        id): those requests were answered before."""
+        ...
 
-    async def remember(self, request_ids: Sequence[str]) -> None: ...
+
+class Publisher(Protocol):
+    def publish(self, topic: str, value: bytes, *, key: bytes | None = None) -> None: ...
 
 
 class NoReplayMemory:
-    async def seen(self, request_ids: Sequence[str]) -> set[str]:
-        return set()
-
-    async def remember(self, request_ids: Sequence[str]) -> None:
-        return None
+    async def claim(self, responses: Mapping[str, bytes]) -> dict[str, bytes]:
+        return {}
 
 
 class MemoryReplayMemory:
     def __init__(self) -> None:
-        self.ids: set[str] = set()
+        self.responses: dict[str, bytes] = {}
 
-    async def seen(self, request_ids: Sequence[str]) -> set[str]:
-        return self.ids.intersection(request_ids)
-
-    async def remember(self, request_ids: Sequence[str]) -> None:
-        self.ids.update(request_ids)
+    async def claim(self, responses: Mapping[str, bytes]) -> dict[str, bytes]:
+        earlier = {rid: self.responses[rid] for rid in responses if rid in self.responses}
+        for rid, value in responses.items():
+            self.responses.setdefault(rid, value)
+        return earlier
 
 
 class RedisReplayMemory:
@@ -54,23 +69,68 @@ class RedisReplayMemory:
     def key(self, request_id: str) -> str:
         return f"{self.namespace}:responded:{request_id}"
 
-    async def seen(self, request_ids: Sequence[str]) -> set[str]:
-        if not request_ids:
-            return set()
+    async def claim(self, responses: Mapping[str, bytes]) -> dict[str, bytes]:
+        if not responses:
+            return {}
         try:
-            found = await self.client.mget([self.key(rid) for rid in request_ids])
+            # SET NX then GET, per request, in one MULTI: atomic, so concurrent claims agree on the first response.
+            async with self.client.pipeline(transaction=True) as pipe:
+                for rid, value in responses.items():
+                    pipe.set(self.key(rid), value, nx=True, ex=self.ttl_s)
+                    pipe.get(self.key(rid))
+                results = await pipe.execute()
         except Exception as exc:  # redis-py raises many types; a response must never wait on this
-            log.warning("replay memory unavailable, responses go out unmarked: %s", exc)
-            return set()
-        return {rid for rid, value in zip(request_ids, found, strict=True) if value is not None}
+            log.warning("replay memory unavailable, %d response(s) go out unmarked: %s", len(responses), exc)
+            return {}
+        earlier: dict[str, bytes] = {}
+        for i, rid in enumerate(responses):
+            stored, value = results[2 * i], results[2 * i + 1]
+            if not stored and value is not None:
+                earlier[rid] = value
+        return earlier
 
-    async def remember(self, request_ids: Sequence[str]) -> None:
-        if not request_ids:
+
+def as_replay(response: bytes) -> bytes | None:
+    """The same response with ``replay: true``; None when the bytes are not a response (an older memory's marker)."""
+    try:
+        first = decode_as(response, Response)
+    except BadEvent:
+        return None
+    return encode(first.model_copy(update={"replay": True}))
+
+
+class Answers:
+    """One batch's responses, published once their request ids are claimed in the replay memory."""
+
+    def __init__(self, memory: ReplayMemory) -> None:
+        self.memory = memory
+        self.pending: list[tuple[str, bytes, Sequence[str]]] = []  # request id, response, topics
+
+    def add(self, request_id: str, response: bytes, topics: Sequence[str]) -> None:
+        self.pending.append((request_id, response, topics))
+
+    async def publish(self, publisher: Publisher) -> None:
+        if not self.pending:
             return
-        try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for rid in request_ids:
-                    pipe.set(self.key(rid), b"1", ex=self.ttl_s)
-                await pipe.execute()
-        except Exception as exc:
-            log.warning("could not remember %d responded request(s): %s", len(request_ids), exc)
+        pending, self.pending = self.pending, []
+        first: dict[str, bytes] = {}
+        for rid, response, _topics in pending:
+            first.setdefault(rid, response)  # a request twice in one batch: its first response here is the first
+        earlier = await self.memory.claim(first)
+        published: set[str] = set()
+        for rid, response, topics in pending:
+            if rid in earlier:
+                value = replay_of(earlier[rid], response)
+            elif rid in published:
+                value = replay_of(first[rid], response)
+            else:
+                value = response
+            published.add(rid)
+            for topic in topics:
+                publisher.publish(topic, value, key=rid.encode())
+
+
+def replay_of(first: bytes, fresh: bytes) -> bytes:
+    """The first response again, marked; the fresh one marked if the first is unreadable (an older memory's "1")."""
+    replay = as_replay(first) or as_replay(fresh)
+    return replay if replay is not None else fresh

@@ -27,8 +27,8 @@ from schemas.response import DeadLetter, Response
 from streams.runtime import metrics
 from streams.runtime.codec import decode, encode
 from streams.runtime.connections import new_consumer
-from streams.runtime.lanes import LanePoller
-from streams.runtime.replays import NoReplayMemory, ReplayMemory
+from streams.runtime.lanes import LanePoller, owned_offsets
+from streams.runtime.replays import Answers, NoReplayMemory, ReplayMemory
 from streams.runtime.stage import C, Stage
 from streams.runtime.topics import Topology
 from streams.settings import Settings
@@ -77,8 +77,12 @@ class OffsetCommitter:
             await inflight  # re-raises what the commit raised (other than a rebalance)
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        # A partition a rebalance moved while the batch was worked is redelivered by its new owner (aiokafka refuses
+        # to commit it, and that refusal killed the worker): commit what this member still owns.
+        offsets = owned_offsets(self.consumer, offsets)
         try:
-            await self.consumer.commit(offsets)
+            if offsets:
+                await self.consumer.commit(offsets)
         except CommitFailedError as exc:
             # The group rebalanced while this batch was worked (on a starved machine a long batch can outlast the
             # session). Everything it produced is acknowledged; the partitions' new owner redelivers it and the
@@ -232,15 +236,7 @@ class StageRunner(Generic[C]):
         for stamp in hops.values():
             stamp.finished_at_ns = finished_ns
         onward = (*outputs, *passing, *unanswered)
-        answering = [env.request_id for env in onward if env.terminal and not env.responded]
-        if answering:
-            replayed = await self.replays.seen(answering)
-            # Remembered before the responses go out, so any response that can be seen twice is marked on its second
-            # delivery. The price: a crash between here and the acks marks the only delivery as a replay too —
-            # a harmless "you may have seen this" rather than an unmarked duplicate.
-            await self.replays.remember(answering)
-        else:
-            replayed = set()
+        answers = Answers(self.replays)  # a request answered before gets its first response again (replays.py)
         for i, env in enumerate(onward, start=1):
             if i % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)
@@ -250,7 +246,8 @@ class StageRunner(Generic[C]):
                 if self.budgets.for_tier(env.tier).violated_by(stamp_or_none):
                     stamp_or_none.budget_violation = True
                     metrics.BUDGET_VIOLATIONS.labels(env.tier.value, self.stage).inc()
-            self._forward(env, finished_ns, result, replayed)
+            self._forward(env, finished_ns, result, answers)
+        await answers.publish(self.publisher)
         await self.publisher.flush()
         metrics.STAGE_EVENTS.labels(self.stage).inc(result.consumed)
         metrics.STAGE_SERVICE_SECONDS.labels(self.stage).observe((finished_ns - started_ns) / 1e9)
@@ -287,7 +284,7 @@ class StageRunner(Generic[C]):
             self._deadletter(record, exc, result, None)
             return None
 
-    def _forward(self, env: Envelope, now_ns: int, result: BatchOutcome, replayed: set[str]) -> None:
+    def _forward(self, env: Envelope, now_ns: int, result: BatchOutcome, answers: Answers) -> None:
         key = env.request_id.encode()
         if not env.route and not self.spec.sink and not env.terminal:
             # A route that ends before the audit stage would lose the request silently; end it, explained.
@@ -296,17 +293,16 @@ class StageRunner(Generic[C]):
         if env.terminal and env.outcome is not None and env.outcome.signature is None:
             sign_outcome(env, self.keys)  # this stage ended it: what it counts is sealed here
         if env.terminal and not env.responded:
-            answer = Response.from_envelope(env, completed_at_ns=now_ns)
-            answer.replay = env.request_id in replayed
-            response = encode(answer)
-            self.publisher.publish(self.topology.responses, response, key=key)
+            response = encode(Response.from_envelope(env, completed_at_ns=now_ns))
+            topics = [self.topology.responses]
             if env.request.reply_to:
                 if env.request.reply_to.startswith(self.topology.replies_prefix):
-                    self.publisher.publish(env.request.reply_to, response, key=key)
+                    topics.append(env.request.reply_to)
                 else:
                     # A producer must not make the pipeline write into arbitrary topics (say another stage's input).
                     log.warning("request %s: reply_to %r is outside %s*; answered on %s only", env.request_id,
                                 env.request.reply_to, self.topology.replies_prefix, self.topology.responses)
+            answers.add(env.request_id, response, topics)
             env.responded = True
             result.responses += 1
             metrics.OUTCOMES.labels(self.stage, env.outcome.status if env.outcome else "").inc()

@@ -7,8 +7,9 @@ an audit record (bounded), then reads every output topic from the beginning and 
 
     accepted     requests whose produce Kafka acknowledged (the loader's own futures)
     terminal     accepted requests with at least one response on ``<prefix>.responses``
-    dup resp     responses beyond the first per request (identical = same status, code, answer, model, usage,
-                 cost; hop timings legitimately differ), and how many of them say ``replay: true``
+    dup resp     responses beyond the first per request, how many are identical to the first (the same bytes but
+                 for the ``replay`` marker: a redelivered request is re-served its first response) and how many
+                 say ``replay: true``
     audited      accepted requests with an audit record on ``<prefix>.audit.log``; double = more than one
     ledger       requests counted by the ledger (its own reader of the responses topic, dedup by request_id —
                  or the running Faust ledger worker where the scenario kills it) and its cost vs Σ audited cost
@@ -48,8 +49,9 @@ from streams.runtime.topics import ensure_topics, topology
 from streams.settings import REPO_ROOT, Settings
 from workers.ledger.aggregator import Aggregator
 
-SHARED_KAFKA = "127.0.0.1:9092"
-SHARED_REDIS = "redis://127.0.0.1:6379/0"
+# The stack `make up` started (TOLLWAY_BOOTSTRAP_SERVERS / TOLLWAY_REDIS_URL name another one, as in Settings).
+SHARED_KAFKA = os.environ.get("TOLLWAY_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+SHARED_REDIS = os.environ.get("TOLLWAY_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 class Worker:
@@ -273,9 +275,8 @@ class Figures:
         return out
 
 
-def _same_outcome(a: Response, b: Response) -> bool:
-    keys = ("status", "code", "answer", "model", "usage", "cost_micros", "saved_micros", "cache")
-    return all(getattr(a, k) == getattr(b, k) for k in keys)
+def _unmarked(response: bytes) -> bytes:
+    return response.replace(b'"replay":true', b'"replay":false', 1)
 
 
 async def count(settings: Settings, scenario: str, load: Load, *, ledger: Callable[[], Awaitable[tuple[int, int]]]
@@ -285,14 +286,17 @@ async def count(settings: Settings, scenario: str, load: Load, *, ledger: Callab
     figures = Figures(scenario, accepted=len(accepted), refused=load.refused)
 
     by_id: dict[str, list[Response]] = defaultdict(list)
+    raw_by_id: dict[str, list[bytes]] = defaultdict(list)
     for _p, _o, value in await read_topic(settings, topo.responses):
         response = decode_as(value, Response)
         by_id[response.request_id].append(response)
+        raw_by_id[response.request_id].append(value or b"")
     figures.terminal = len(accepted & by_id.keys())
     for rid in accepted & by_id.keys():
         first, *again = by_id[rid]
+        first_raw = _unmarked(raw_by_id[rid][0])
         figures.duplicate_responses += len(again)
-        figures.duplicates_identical += sum(_same_outcome(first, r) for r in again)
+        figures.duplicates_identical += sum(_unmarked(raw) == first_raw for raw in raw_by_id[rid][1:])
         figures.duplicates_marked_replay += sum(r.replay for r in again)
         figures.response_cost_micros += first.cost_micros
     figures.statuses = dict(Counter(f"{by_id[rid][0].status.value}/{by_id[rid][0].code or '-'}"
@@ -378,6 +382,7 @@ async def deadletter_path_works(settings: Settings, timeout_s: float = 45) -> bo
     stage's dead-letter consumer is a task of its own; it must have survived the fault too)."""
     topo = topology(settings)
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True,
+                                **kafka_security(settings, "admin"),
                                 **kafka_security(settings, "admin"))
     await producer.start()
     try:
@@ -449,11 +454,15 @@ def table(results: Sequence[Figures]) -> str:
 CHAOS_STATE = Path(os.environ.get("TOLLWAY_CHAOS_STATE_DIR", "/tmp/chaos-state"))
 CHAOS_KAFKA_PORT = int(os.environ.get("TOLLWAY_CHAOS_KAFKA_PORT", "29092"))
 CHAOS_REDIS_PORT = int(os.environ.get("TOLLWAY_CHAOS_REDIS_PORT", "26379"))
+# Its own controller port too: an inherited TOLLWAY_KAFKA_CONTROLLER_PORT (a second stack's) made its broker fail to
+# bind, and the scenarios that kill the broker or Redis were skipped.
+CHAOS_KAFKA_CONTROLLER_PORT = int(os.environ.get("TOLLWAY_CHAOS_KAFKA_CONTROLLER_PORT", str(CHAOS_KAFKA_PORT + 1)))
 
 
 def services(command: str, timeout_s: float = 240) -> subprocess.CompletedProcess[str]:
     """``infra/services.sh <command>`` for the chaos run's own broker and Redis (never the shared ones)."""
     env = {**os.environ, "TOLLWAY_STATE_DIR": str(CHAOS_STATE), "TOLLWAY_KAFKA_PORT": str(CHAOS_KAFKA_PORT),
+           "TOLLWAY_KAFKA_CONTROLLER_PORT": str(CHAOS_KAFKA_CONTROLLER_PORT),
            "TOLLWAY_REDIS_PORT": str(CHAOS_REDIS_PORT)}
     return subprocess.run([str(REPO_ROOT / "infra" / "services.sh"), command], env=env, capture_output=True,
                           text=True, timeout=timeout_s, check=False)

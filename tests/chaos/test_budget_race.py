@@ -27,7 +27,6 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaProducer
 
 from bench.load import prompt
 from schemas.envelope import STAGES, Envelope, GenerationParams, Tier
@@ -37,6 +36,7 @@ from streams.clients.envelopes import new_envelope
 from streams.followers.policy import publish_policy
 from streams.ledger.app import read_topic
 from streams.runtime.codec import decode_as, encode
+from streams.runtime.connections import new_producer
 from streams.runtime.topics import topology
 from streams.settings import Settings
 from tests.chaos.harness import Figures, Load, Pipeline, count, own_env, services, wait_settled, wait_until, warm_up
@@ -93,7 +93,7 @@ class Wave:
 
 async def produce(settings: Settings, envs: list[Envelope]) -> None:
     """All at once: every produce is in flight before the first acknowledgement is awaited."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True, linger_ms=5)
+    producer = new_producer(settings, role="producer", linger_ms=5)
     await producer.start()
     try:
         topic = topology(settings).ingress(Tier.STANDARD)

@@ -136,11 +136,41 @@ async def test_add_and_remove_workers_under_load(tmp_path: Path, chaos_results: 
         await at(load, 1.5)
         third = p.worker(list(STAGES))
         await at(load, 3.5)
-        second.stop()  # graceful: SIGTERM, leaves the groups
+        await asyncio.to_thread(second.stop)  # graceful: SIGTERM, leaves the groups (the load keeps flowing)
         await at(load, 4.5)
         third.kill9()  # abrupt: its partitions move after the session timeout
 
     check(await run("rebalance +2 −1 −1(kill)", pipeline, fault, chaos_results))
+
+
+async def test_scale_every_stage_up_and_down_at_once(tmp_path: Path, chaos_results: list[Figures]) -> None:
+    """As users scale: several ``tollway worker all`` and single-stage workers started at the same moment, then
+    stopped and killed -9 in waves (joins and leaves overlapping) while the load flows. Every stage gains and loses
+    members, in every order; no worker may die on its own, and nothing accepted may be lost."""
+    pipeline = Pipeline("scale", Env(), tmp_path)
+    original = pipeline.worker(list(STAGES))
+
+    async def at_once(*actions: Callable[[], object]) -> None:
+        await asyncio.gather(*(asyncio.to_thread(action) for action in actions))
+
+    async def fault(p: Pipeline, load: Load) -> None:
+        await at(load, 1.0)
+        first, second = p.worker(list(STAGES)), p.worker(list(STAGES))  # Popen returns at once: they start together
+        policy, model, audit = p.worker(["policy"]), p.worker(["model"]), p.worker(["audit"])
+        await at(load, 3.0)
+        await at_once(first.stop, audit.kill9, original.kill9)
+        await at(load, 5.0)
+        p.worker(["cache"]), p.worker(list(STAGES))  # they stay to the end
+        retrieval = p.worker(["retrieval"])
+        await at_once(second.stop)
+        await at(load, 7.0)
+        await at_once(policy.kill9, model.stop, retrieval.kill9)
+        # Left: the last `all` and the cache worker; the killed members' partitions move after the session timeout.
+
+    figures = await run("scale up/down at once: +5 −3 +3 −1 −3", pipeline, fault, chaos_results,
+                        load=Load(run="scale", count=800, rate_per_s=80))
+    figures.notes.append(f"outcomes: {figures.statuses}")
+    check(figures)
 
 
 # ---------------------------------------------------------------------------------------------- ledger kill -9
@@ -327,7 +357,7 @@ async def test_crash_between_produce_and_commit_redelivers(tmp_path: Path, chaos
 
         await wait_until(load_sent, 60, "the load to be sent")
         async with AsyncExitStack() as stack:
-            producer = new_producer(settings)
+            producer = new_producer(settings, role="stage-postprocess")
             await producer.start()
             stack.push_async_callback(producer.stop)
             publisher = KafkaPublisher(producer)

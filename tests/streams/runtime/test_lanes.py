@@ -171,3 +171,79 @@ async def test_stages_of_one_process_share_hotness(clock: Clock) -> None:
     downstream.add(SLOW, 2000)
     assert counts(await second.poll(downstream)) == (0, 16)  # ... holds the other stage's backfill to a slice
     assert counts(await poller(clock).poll(downstream)) == (0, 500)  # a stage of another process: idle, full batch
+
+
+# ------------------------------------------------------------------------------------------------ rebalances
+@dataclass
+class RebalancingConsumer(FakeConsumer):
+    """The group rebalances while ``getmany`` waits: ``revoke`` moves to another member and ``grant`` arrives with
+    its records. As in aiokafka, asking about a partition this member no longer owns fails."""
+
+    revoke: set[TopicPartition] = field(default_factory=set)
+    grant: dict[TopicPartition, int] = field(default_factory=dict)
+
+    def rebalance(self) -> None:
+        for tp in self.revoke:
+            del self.queued[tp], self.ends[tp]
+            self.paused.discard(tp)
+        for tp, records in self.grant.items():
+            self.queued[tp], self.ends[tp] = [], 0
+            self.add(tp, records)
+        self.revoke, self.grant = set(), {}
+
+    def owned(self, tp: TopicPartition) -> None:
+        if tp not in self.queued:
+            raise AssertionError("Partition is not assigned")
+
+    def highwater(self, tp: TopicPartition) -> int:
+        self.owned(tp)
+        return super().highwater(tp)
+
+    def pause(self, *tps: TopicPartition) -> None:
+        for tp in tps:
+            self.owned(tp)
+        super().pause(*tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        for tp in tps:
+            self.owned(tp)
+        super().resume(*tps)
+
+    async def getmany(self, *tps: TopicPartition, timeout_ms: int = 0,
+                      max_records: int | None = None) -> dict[TopicPartition, list[Record]]:
+        self.rebalance()
+        owned = [tp for tp in tps if tp in self.queued]
+        if tps and not owned:
+            return {}
+        return await super().getmany(*owned, timeout_ms=timeout_ms, max_records=max_records)
+
+
+SLOW_1 = TopicPartition(SLOW.topic, 1)
+
+
+async def test_a_rebalance_during_the_poll_does_not_kill_the_stage(clock: Clock) -> None:
+    consumer = RebalancingConsumer(clock)
+    consumer.add(FAST, 5)
+    consumer.add(SLOW, 5)
+    lanes = poller(clock)
+    consumer.revoke = {FAST}  # a second worker of the stage joins: the interactive partition moves to it
+    assert counts(await lanes.poll(consumer)) == (0, 5)
+    consumer.add(SLOW, 3)
+    consumer.grant = {FAST: 2}  # and back when it leaves
+    assert counts(await lanes.poll(consumer)) == (2, 3)
+
+
+async def test_a_paused_batch_lane_survives_a_rebalance_and_stays_paused(clock: Clock) -> None:
+    consumer = RebalancingConsumer(clock)
+    lanes = poller(clock, max_records=50, pause_lag=100)
+    consumer.add(SLOW, 500)
+    consumer.add(FAST, 400)
+    await lanes.poll(consumer)
+    assert SLOW in consumer.paused
+    consumer.revoke, consumer.grant = {SLOW}, {SLOW_1: 500}  # the paused partition moves; another one arrives
+    assert counts(await lanes.poll(consumer)) == (50, 0)
+    assert consumer.paused == {SLOW_1}, "the lane is still paused, on the partition it owns now"
+    consumer.revoke = {SLOW_1}
+    while consumer.queued[FAST]:  # the interactive lag drains: resumes what it owns, nothing it lost
+        await lanes.poll(consumer)
+    assert not consumer.paused

@@ -1,0 +1,120 @@
+"""A request answered again gets its first response again, byte for byte, marked ``replay``."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+from redis.asyncio import Redis
+
+from schemas.envelope import Status
+from schemas.response import Response
+from streams.clients.envelopes import new_envelope
+from streams.clients.sdk import TollwayClient
+from streams.runtime.codec import decode_as, encode
+from streams.runtime.replays import Answers, MemoryReplayMemory, NoReplayMemory, RedisReplayMemory, as_replay
+from streams.runtime.topics import topology
+from streams.settings import Settings
+from tests.kafka_helpers import read_until
+
+
+@dataclass
+class Published:
+    records: list[tuple[str, bytes, bytes | None]] = field(default_factory=list)
+
+    def publish(self, topic: str, value: bytes, *, key: bytes | None = None) -> None:
+        self.records.append((topic, value, key))
+
+
+def response(rid: str, answer: str, *, completed_at_ns: int = 1) -> bytes:
+    return encode(Response(request_id=rid, tenant="acme", status=Status.OK, answer=answer, cost_micros=7,
+                           created_at_ns=1, completed_at_ns=completed_at_ns))
+
+
+def marked(first: bytes) -> bytes:
+    return first.replace(b'"replay":false', b'"replay":true')
+
+
+async def answer(memory: MemoryReplayMemory | NoReplayMemory | RedisReplayMemory,
+                 *batch: tuple[str, bytes]) -> list[bytes]:
+    answers, out = Answers(memory), Published()
+    for rid, value in batch:
+        answers.add(rid, value, ["t.responses", "t.replies.me"])
+    await answers.publish(out)
+    assert [key for _t, _v, key in out.records] == [rid.encode() for rid, _ in batch for _ in range(2)]
+    return [value for topic, value, _k in out.records if topic == "t.responses"]
+
+
+def test_a_replay_differs_from_the_first_only_in_its_marker() -> None:
+    first = response("r1", "hello", completed_at_ns=123_456_789)
+    assert as_replay(first) == marked(first) != first
+    assert as_replay(b"1") is None  # what an older replay memory stored
+
+
+async def test_the_second_answer_to_a_request_is_the_first_one_again() -> None:
+    memory = MemoryReplayMemory()
+    first = response("r1", "the first answer", completed_at_ns=10)
+    assert await answer(memory, ("r1", first)) == [first]
+    again = await answer(memory, ("r1", response("r1", "a different answer", completed_at_ns=20)),
+                         ("r2", response("r2", "other")))
+    assert again == [marked(first), response("r2", "other")]
+
+
+async def test_a_request_twice_in_one_batch_is_answered_once_then_replayed() -> None:
+    first, second = response("r1", "one"), response("r1", "two")
+    assert await answer(MemoryReplayMemory(), ("r1", first), ("r1", second)) == [first, marked(first)]
+
+
+async def test_without_a_memory_responses_go_out_as_answered() -> None:
+    fresh = response("r1", "hello")
+    assert await answer(NoReplayMemory(), ("r1", fresh), ("r1", fresh)) == [fresh, marked(fresh)]
+
+
+# ------------------------------------------------------------------------------------------------ real Redis
+@pytest.fixture
+async def redis_memory(settings: Settings) -> AsyncIterator[RedisReplayMemory]:
+    client = Redis.from_url(settings.redis_url)
+    memory = RedisReplayMemory(client, namespace=f"t{uuid.uuid4().hex[:10]}", ttl_s=60)
+    yield memory
+    keys = [key async for key in client.scan_iter(f"{memory.namespace}:*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+@pytest.mark.integration
+async def test_redis_keeps_the_first_response_with_a_ttl(redis_memory: RedisReplayMemory) -> None:
+    first = response("r1", "first")
+    assert await answer(redis_memory, ("r1", first)) == [first]
+    assert await answer(redis_memory, ("r1", response("r1", "second"))) == [marked(first)]
+    assert 0 < await redis_memory.client.ttl(redis_memory.key("r1")) <= 60
+
+
+@pytest.mark.integration
+async def test_an_older_memory_marker_still_marks_the_replay(redis_memory: RedisReplayMemory) -> None:
+    await redis_memory.client.set(redis_memory.key("r1"), b"1")  # written by the previous release
+    fresh = response("r1", "again")
+    assert await answer(redis_memory, ("r1", fresh)) == [marked(fresh)]
+
+
+async def test_an_unreachable_redis_never_holds_a_response_back() -> None:
+    client = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
+    try:
+        fresh = response("r1", "hello")
+        assert await answer(RedisReplayMemory(client, namespace="t", ttl_s=60), ("r1", fresh)) == [fresh]
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.integration
+async def test_a_request_answered_again_gets_its_first_response_byte_for_byte(pipeline: Settings) -> None:
+    env = new_envelope("answer me twice", tenant="acme", settings=pipeline)
+    async with TollwayClient(pipeline) as submitter:
+        (first,) = await submitter.complete_envelopes([env])
+        (again,) = await submitter.complete_envelopes([env])  # what a redelivery after a crash looks like downstream
+    assert not first.replay and again.replay
+    records = await read_until(pipeline, topology(pipeline).responses, lambda rs: len(rs) >= 2)
+    raw = [r.value for r in records if decode_as(r.value, Response).request_id == env.request_id]
+    assert len(raw) == 2 and raw[1] == marked(raw[0]), "the second pass (served from the cache) is not re-sent"

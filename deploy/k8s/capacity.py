@@ -104,7 +104,8 @@ def keda_ramp(stage: str, *, start_rps: float, end_rps: float, ramp_s: int, max_
     pods are ready ``startup_s`` later, and each scale event pauses the whole group ~3 s (aiokafka's eager
     rebalance: every member gives up its partitions)."""
     threshold, per_replica = lag_threshold(stage), replica_rps(stage) / TARGET_UTILISATION
-    ready, lag, pending, paused_until = min_replicas, 0.0, [], -1
+    ready, lag, paused_until = min_replicas, 0.0, -1
+    pending: list[tuple[int, int]] = []
     for t in range(0, ramp_s * 2, step_s):
         rate = start_rps + (end_rps - start_rps) * min(1.0, t / ramp_s)
         pending_ready = [p for p in pending if p[0] <= t]
@@ -130,7 +131,8 @@ def _table() -> Iterator[str]:
                f"{replica_rps(stage):,.0f} | {lag_threshold(stage)} | {replicas_for(stage, 1e3)} | "
                f"{replicas_for(stage, 1e4)} | {replicas_for(stage, 1e5)} |")
     yield ""
-    yield "| req/s | partitions per work topic | brokers (raw / zstd 3×) | write MB/s (raw) | 7-day topics TB (raw / 3×) | audit log GB/day (raw / 3×) |"
+    yield ("| req/s | partitions per work topic | brokers (raw / zstd 3×) | write MB/s (raw) | 7-day topics TB "
+           "(raw / 3×) | audit log GB/day (raw / 3×) |")
     yield "|---:|---:|---:|---:|---:|---:|"
     for rps in (1e3, 1e4, 1e5):
         raw, packed = storage_for(rps), storage_for(rps, ASSUMED_COMPRESSION)
@@ -144,7 +146,8 @@ def main() -> None:
           f"{check_against_bench():.0f} req/s vs measured {MEASURED_PER_STAGE_LAYOUT_RPS:.0f}")
     print("\n".join(_table()))
     print("\nKEDA ramp, model stage, 100 → 5,000 req/s over 300 s, max 24 replicas:")
-    print("| s | req/s | ready replicas | CPU per replica | lag (records) | queue (ms) |\n|---:|---:|---:|---:|---:|---:|")
+    print("| s | req/s | ready replicas | CPU per replica | lag (records) | queue (ms) |")
+    print("|---:|---:|---:|---:|---:|---:|")
     full = replica_rps("model") / TARGET_UTILISATION
     for t, rate, ready, lag in keda_ramp("model", start_rps=100, end_rps=5_000, ramp_s=300, max_replicas=24):
         if t % 30 == 0 and t <= 420:

@@ -1,7 +1,8 @@
 """Write the manifests that follow from the code's tables, so they cannot drift from it:
 
     base/generated/topics.yaml   a Strimzi KafkaTopic per topic of ``Topology.all_topics`` (streams/runtime/topics.py)
-    base/generated/users.yaml    a SCRAM KafkaUser per principal with the ACLs of ``acls.rules`` (streams/runtime/acls.py)
+    base/generated/users.yaml    a SCRAM KafkaUser per principal with the ACLs of ``acls.rules``
+                                 (streams/runtime/acls.py)
     base/generated/stages.yaml   per stage of the registry (streams/stages/registry.py): the workload running
                                  ``tollway worker <stage>``, its PodDisruptionBudget and KEDA ScaledObject (lag
                                  thresholds from deploy/k8s/capacity.py)
@@ -122,7 +123,7 @@ def _container(stage: str) -> dict[str, Any]:
 def _workload(stage: str) -> list[dict[str, Any]]:
     labels = {"app.kubernetes.io/name": f"stage-{stage}", "app.kubernetes.io/component": "stage",
               "tollway.io/stage": stage, **PART_OF}
-    pod = {"metadata": {"labels": labels,
+    pod: dict[str, Any] = {"metadata": {"labels": labels,
                         "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": "9400"}},
            "spec": {"containers": [_container(stage)], "terminationGracePeriodSeconds": 30,
                     "securityContext": {"fsGroup": 10001},

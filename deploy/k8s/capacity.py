@@ -149,10 +149,16 @@ def main() -> None:
     print("| s | req/s | ready replicas | CPU per replica | lag (records) | queue (ms) |")
     print("|---:|---:|---:|---:|---:|---:|")
     full = replica_rps("model") / TARGET_UTILISATION
-    for t, rate, ready, lag in keda_ramp("model", start_rps=100, end_rps=5_000, ramp_s=300, max_replicas=24):
+    ramp = list(keda_ramp("model", start_rps=100, end_rps=5_000, ramp_s=300, max_replicas=24))
+    events = sum(1 for a, b in zip(ramp, ramp[1:], strict=False) if a[2] != b[2])
+    worst = max(ramp, key=lambda row: row[3])
+    for t, rate, ready, lag in ramp:
         if t % 30 == 0 and t <= 420:
             print(f"| {t} | {rate:,.0f} | {ready} | {min(1.0, rate / (ready * full)):.0%} | {lag:,.0f} | "
                   f"{1000 * lag / (ready * full):,.0f} |")
+    print(f"\n{events} scale events; the largest lag {worst[3]:,.0f} records at {worst[0]} s "
+          f"({worst[2]} replicas, {worst[1]:,.0f} req/s), drained in "
+          f"{worst[3] / (worst[2] * full - worst[1]):.1f} s after the pause")
 
 
 if __name__ == "__main__":

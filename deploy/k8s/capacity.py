@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 
 from schemas.envelope import STAGES
 
@@ -150,7 +151,7 @@ def main() -> None:
     print("|---:|---:|---:|---:|---:|---:|")
     full = replica_rps("model") / TARGET_UTILISATION
     ramp = list(keda_ramp("model", start_rps=100, end_rps=5_000, ramp_s=300, max_replicas=24))
-    events = sum(1 for a, b in zip(ramp, ramp[1:], strict=False) if a[2] != b[2])
+    events = sum(1 for a, b in pairwise(ramp) if a[2] != b[2])
     worst = max(ramp, key=lambda row: row[3])
     for t, rate, ready, lag in ramp:
         if t % 30 == 0 and t <= 420:

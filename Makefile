@@ -37,10 +37,10 @@ demo: $(STAMP)
 	 [ $$started = 1 ] && infra/services.sh down; exit $$rc
 
 lint: $(STAMP)
-	$(BIN)/ruff check streams workers schemas tests bench
+	$(BIN)/ruff check streams workers schemas tests bench deploy
 
 typecheck: $(STAMP)
-	$(BIN)/mypy streams workers schemas
+	$(BIN)/mypy streams workers schemas deploy
 
 test-unit: $(STAMP)
 	$(BIN)/pytest -q -m "not integration and not chaos"
@@ -49,8 +49,8 @@ test-integration: $(STAMP) up
 	$(BIN)/pytest -q -m "integration and not chaos"
 
 test: $(STAMP) up
-	$(BIN)/ruff check streams workers schemas tests bench
-	$(BIN)/mypy streams workers schemas
+	$(BIN)/ruff check streams workers schemas tests bench deploy
+	$(BIN)/mypy streams workers schemas deploy
 	$(BIN)/pytest -q -m "not chaos"
 
 bench: $(STAMP) up  # BENCH_ARGS="--requests 20000 --layouts 1" etc.; see python -m bench.run --help

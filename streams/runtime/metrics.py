@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -25,9 +31,31 @@ LANE_PAUSED = Gauge("tollway_batch_lane_paused", "1 while a stage holds its batc
                     ["stage"])
 
 
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def with_healthz(metrics_app: WsgiApp) -> WsgiApp:
+    """``GET /healthz`` answers ``200 ok`` (Kubernetes' probes; the server starts once the worker has found its topics
+    and opened its stages); every other path is Prometheus' app (which answers /metrics on any path)."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == "/healthz":
+            start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"ok\n"]
+        return metrics_app(environ, start_response)
+
+    return app
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Probes every few seconds would flood the log."""
+
+
 def serve_metrics(port: int | None, host: str = "127.0.0.1") -> int | None:
-    """Expose /metrics on ``port`` (0 picks a free one); returns the bound port, or None when disabled."""
+    """Expose /metrics and /healthz on ``port`` (0 picks a free one); returns the bound port, or None when disabled."""
     if port is None:
         return None
-    server, _thread = start_http_server(port, addr=host)
+    server = make_server(host, port, with_healthz(make_wsgi_app()), ThreadingWSGIServer, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return int(server.server_port)

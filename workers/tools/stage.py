@@ -64,6 +64,7 @@ async def process(batch: list[Envelope], ctx: ToolsContext) -> list[Envelope]:
     doc = ctx.policy.current()
     owners: list[Envelope] = []
     work: list[Awaitable[ToolCallRecord]] = []
+    effects: dict[str, asyncio.Future[ToolCallRecord]] = {}  # a duplicate in the same batch waits for the first
     for env in batch:
         state = env.tools
         if state is None or not state.pending:
@@ -72,7 +73,7 @@ async def process(batch: list[Envelope], ctx: ToolsContext) -> list[Envelope]:
         calls, state.pending = state.pending, []
         for position, call in enumerate(calls):
             owners.append(env)
-            work.append(_run_call(env, call, state.steps, position, doc, tenant, ctx))
+            work.append(_run_call(env, call, state.steps, position, doc, tenant, ctx, effects))
     records = await asyncio.gather(*work)
     for env, record in zip(owners, records, strict=True):
         assert env.tools is not None
@@ -89,11 +90,13 @@ def step_timeout_ms(env: Envelope, now_ns: int, spec: ToolSpec, model_keep_share
 
 
 async def _run_call(env: Envelope, call: ToolCall, step: int, position: int, doc: PolicyDocument | None,
-                    tenant: TenantPolicy | None, ctx: ToolsContext) -> ToolCallRecord:
+                    tenant: TenantPolicy | None, ctx: ToolsContext,
+                    effects: dict[str, asyncio.Future[ToolCallRecord]]) -> ToolCallRecord:
     started_ns = ctx.clock.now_ns()
     record = ToolCallRecord(call_id=call.id, name=call.name, step=step, status="ok",
                             arguments_sha256=arguments_digest(call.arguments))
-    claimed: str | None = None
+    claimed: str | None = None  # the effect key this attempt claimed in the store
+    owned: str | None = None  # the effect key this call answers for in the batch
     invoked = False
     spec: ToolSpec | None = None
     try:
@@ -113,8 +116,14 @@ async def _run_call(env: Envelope, call: ToolCall, step: int, position: int, doc
                                                "this call: not started")
         key = effect_key(env.request_id, step, position, call.name, admitted.arguments)
         if spec.side_effects:
+            first = effects.get(key)
+            if first is not None:  # the same call twice in one batch (a redelivery next to the original)
+                return (await first).model_copy(update={"call_id": call.id, "step": step, "replayed": True})
+            effects[key] = asyncio.get_running_loop().create_future()
+            owned = key
             replay = await _claim(key, ctx)
             if replay is not None:
+                effects[key].set_result(replay)
                 return replay.model_copy(update={"call_id": call.id, "step": step, "replayed": True})
             claimed = key
         invoked = True
@@ -130,6 +139,8 @@ async def _run_call(env: Envelope, call: ToolCall, step: int, position: int, doc
             log.info("request %s: tool %s failed: %s: %s", env.request_id, call.name, failure.code, failure)
     record.cost_micros = spec.price_micros if spec is not None and invoked else 0
     record.latency_ms = round((ctx.clock.now_ns() - started_ns) / 1e6, 3)
+    if owned is not None and not effects[owned].done():
+        effects[owned].set_result(record)  # whatever became of the call, a duplicate in the batch shares it
     if claimed is not None:
         try:
             await ctx.effects.complete(claimed, record)

@@ -129,3 +129,14 @@ def test_tool_failure_is_in_the_error_tree() -> None:
     from schemas.errors import TollwayError
     with pytest.raises(TollwayError):
         raise ToolFailure("x", "y")
+
+
+async def test_the_same_refund_twice_in_one_batch_runs_once() -> None:
+    ctx = await context()
+    refund = ("issue_refund", {"ticket_id": "T-1001", "amount": 40})
+    first, second = await process([asking(refund), asking(refund)], ctx)
+    ticket = await ctx.builtins.tickets.get("acme", "T-1001")
+    assert ticket is not None and len(ticket["refunds"]) == 1
+    assert first.tools is not None and second.tools is not None
+    assert [first.tools.calls[0].replayed, second.tools.calls[0].replayed] == [False, True]
+    assert first.tools.calls[0].content == second.tools.calls[0].content

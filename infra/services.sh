@@ -36,7 +36,7 @@ auth="${TOLLWAY_KAFKA_AUTH:-scram}"
 creds_dir="$state/credentials"
 creds_file="$creds_dir/kafka.json"
 # Who may connect (the ACLs of each are in infra/kafka_acls.py). admin is the super user and the broker's own.
-PRINCIPALS=(admin producer stage-retrieval stage-policy stage-cache stage-model stage-postprocess stage-audit stages
+PRINCIPALS=(admin producer stage-retrieval stage-policy stage-cache stage-model stage-tools stage-postprocess stage-audit stages
             policy-admin ledger auditor backfill)
 
 say() { printf '[infra] %s\n' "$*" >&2; }

@@ -31,6 +31,23 @@ class AuditHop(BaseModel):
     budget_violation: bool = False
 
 
+class AuditToolCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    call_id: str
+    tool: str
+    step: int
+    status: str
+    code: str = ""
+    decisions: list[str] = Field(default_factory=list)
+    arguments_sha256: str = ""
+    result_sha256: str | None = None
+    side_effects: bool = False
+    replayed: bool = False
+    region: str = ""
+    cost_micros: int = 0
+    latency_ms: float = 0.0
+
+
 class AuditRecord(BaseModel):
     """Everything a compliance reader needs to reconstruct one request's outcome, and nothing it must not see."""
 
@@ -73,8 +90,11 @@ class AuditRecord(BaseModel):
     routing: list[str] = Field(default_factory=list)
     attempts: int = 0
     usage: Usage = Field(default_factory=Usage)
-    cost_micros: int = 0
+    cost_micros: int = 0  # the model's turns plus the tool calls
     reserved_micros: int = 0
+    # tool calls of an agent loop: one entry per call, run, refused or failed (arguments and result as digests)
+    tool_cost_micros: int = 0
+    tool_calls: list[AuditToolCall] = Field(default_factory=list)
     # output guardrails
     postprocess_actions: list[str] = Field(default_factory=list)
     structured_output_valid: bool | None = None

@@ -12,11 +12,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 SCHEMA_VERSION: Literal[1] = 1
-STAGES: tuple[str, ...] = ("retrieval", "policy", "cache", "model", "postprocess", "audit")
-DEFAULT_ROUTE: tuple[str, ...] = STAGES
+# Every stage, in route order. ``tools`` is visited only when the model answers with tool calls: the model stage then
+# routes ``tools → model → … → postprocess → audit`` (workers/model.py), so it is not on the default route.
+STAGES: tuple[str, ...] = ("retrieval", "policy", "cache", "model", "tools", "postprocess", "audit")
+DEFAULT_ROUTE: tuple[str, ...] = ("retrieval", "policy", "cache", "model", "postprocess", "audit")
 _STAGE_SET = frozenset(STAGES)
 
-StageName = Literal["retrieval", "policy", "cache", "model", "postprocess", "audit"]
+StageName = Literal["retrieval", "policy", "cache", "model", "tools", "postprocess", "audit"]
 
 
 class _Model(BaseModel):
@@ -178,6 +180,49 @@ class ModelResult(_Model):
     latency_ms: float = 0.0
 
 
+class ToolCall(_Model):
+    """One call the model asked for: ``id`` is unique within the request (the exactly-once key of its effect)."""
+
+    id: str = Field(min_length=1, max_length=128)
+    name: str = Field(min_length=1, max_length=128)
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+ToolCallStatus = Literal["ok", "denied", "error"]
+
+
+class ToolCallRecord(_Model):
+    """What became of one tool call: governed, executed (or not), costed. ``content`` is what the model sees next:
+    the result's JSON, or a structured error ``{"error": code, "message": …}`` — a denied call never disappears."""
+
+    call_id: str
+    name: str
+    step: int
+    status: ToolCallStatus
+    code: str = ""  # "" when ok; a denial or failure code otherwise (tool_denied, invalid_arguments, tool_timeout, …)
+    content: str = ""
+    arguments_sha256: str = ""  # of the arguments as executed (after redaction)
+    result_sha256: str | None = None
+    decisions: list[str] = Field(default_factory=list)
+    side_effects: bool = False
+    replayed: bool = False  # the effect had already happened (a redelivery): its stored result was reused
+    region: str = ""
+    cost_micros: int = 0
+    latency_ms: float = 0.0
+
+
+class ToolsResult(_Model):
+    """The agent loop's state: the calls the model asked for and not yet answered (``pending``), every call's record,
+    the model steps taken, and the tool calls' cost (the model's own cost stays on ``Envelope.model``)."""
+
+    offered: list[str] = Field(default_factory=list)  # the tools the model was offered (the tenant's visible tools)
+    pending: list[ToolCall] = Field(default_factory=list)
+    calls: list[ToolCallRecord] = Field(default_factory=list)
+    steps: int = 0  # model turns that asked for tools
+    max_steps: int = 4
+    cost_micros: int = 0
+
+
 class Evaluation(_Model):
     """The online evaluators' verdicts on one sampled answer (``workers/evaluators.py``); None: not applicable."""
 
@@ -221,6 +266,7 @@ class Envelope(_Model):
     cache: CacheResult | None = None
     model: ModelResult | None = None
     postprocess: PostprocessResult | None = None
+    tools: ToolsResult | None = None
     answer: str | None = None
     outcome: Outcome | None = None
     responded: bool = False  # set once the response for the terminal outcome has been published

@@ -5,6 +5,7 @@
     ├── BadEvent               bytes on a topic that are not a valid event (dead-lettered, never fatal)
     │   └── UnknownSchemaVersion
     ├── PolicyDenied           a request refused by governance; carries a machine-readable ``code``
+    ├── ToolFailure            a tool call refused by governance or failed; its ``code`` goes back to the model
     ├── DeadlineExceeded       the request cannot finish within its latency budget
     ├── BackendError           a model, embedder, Redis or Kafka call failed (``retryable`` says if it may pass later)
     │   └── RateLimitedByBackend  a backend answered 429; ``retry_after_s`` when it said so
@@ -45,6 +46,15 @@ class PolicyDenied(TollwayError):
         super().__init__(message)
         self.code = code
         self.retry_after_s = retry_after_s
+
+
+class ToolFailure(TollwayError):
+    """A tool call that could not run (denied, bad arguments, over its deadline) or failed. It never ends the request:
+    the tools stage turns it into a structured tool error the model sees and the audit records."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class DeadlineExceeded(TollwayError):

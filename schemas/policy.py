@@ -3,6 +3,9 @@
     version: "2026-11-29.1"            # recorded on every decision
     models:                            # what the policy may allow: region (residency) and price
       lite-eu: {region: eu, input_micros_per_mtok: 165000, output_micros_per_mtok: 660000}
+    tools:                             # tools the model may call (workers/tools/): built-ins or plain HTTP
+      calculator: {parameters: {type: object, properties: {expression: {type: string}}, required: [expression]}}
+      issue_refund: {side_effects: true, price_micros: 2000, timeout_ms: 1000, parameters: {...}}
     tenants:
       acme:
         require_principal: true        # false: requests without a principal are accepted (demo, tests)
@@ -13,6 +16,8 @@
         rate_limits: {requests_per_minute: 600, tokens_per_minute: 200000}
         budgets: {daily_micros: 50000000, monthly_micros: 1000000000}
         cache: {allowed: true, semantic_threshold: 0.92}
+        tools: {allowed: [calculator, issue_refund], denied: [ticket_update],
+                bounds: {issue_refund: {amount: {max: 100}}}}
         keys:                          # only salted hashes; `tollway keys create --tenant acme` makes one
           - {key_id: k_..., salt: ..., hash: ..., rate_limits: {...}, budgets: {...}}
 
@@ -27,6 +32,8 @@ from enum import StrEnum
 from typing import Any, Literal
 
 import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from schemas.errors import ConfigError
@@ -89,6 +96,60 @@ class CachePolicy(_Doc):
     semantic_threshold: float | None = Field(default=None, gt=0.0, le=1.0)
 
 
+class ToolSpec(_Doc):
+    """A tool the pipeline may run for a model: a local built-in (``builtin``, by name) or a plain HTTP endpoint
+    (``url``: the arguments are POSTed as JSON, the JSON reply is the result). Tools are data: adding one is a policy
+    change, not a deploy."""
+
+    kind: Literal["builtin", "http"] = "builtin"
+    builtin: str | None = None  # the built-in's name (workers/tools/builtins.py); default: the tool's own name
+    url: str | None = None
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})  # JSON Schema of the arguments
+    timeout_ms: int = Field(default=2_000, ge=1, le=300_000)
+    price_micros: int = Field(default=0, ge=0)  # per call, charged whenever the tool ran
+    region: str = "any"
+    side_effects: bool = False  # true: executed at most once per tool-call id, whatever the redeliveries
+    max_result_chars: int = Field(default=8_000, ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _target(self) -> ToolSpec:
+        if self.kind == "http" and not (self.url and self.url.startswith(("http://", "https://"))):
+            raise ValueError("an http tool needs a url starting with http:// or https://")
+        if self.kind == "builtin" and self.url:
+            raise ValueError("a builtin tool takes no url")
+        if self.parameters.get("type", "object") != "object":
+            raise ValueError("a tool's parameters schema describes an object (type: object)")
+        try:
+            Draft202012Validator.check_schema(self.parameters)
+        except SchemaError as exc:
+            raise ValueError(f"parameters is not a valid JSON Schema: {exc.message}") from exc
+        return self
+
+
+class ArgumentBound(_Doc):
+    """Value bounds on one numeric argument, e.g. ``{max: 100}`` for ``amount ≤ 100``."""
+
+    min: float | None = None
+    max: float | None = None
+
+
+class ToolRules(_Doc):
+    """A tenant's governance of tool calls. A tool is offered to the model when it is ``visible`` (empty: the
+    allowed tools; a tenant without rules gets none); a call runs only when the tool is ``allowed`` and not
+    ``denied`` — a call to a disallowed tool is answered with a structured ``tool_denied`` error, so a model (or an
+    injected instruction) asking for it is audited rather than silently ignored."""
+
+    visible: list[str] = Field(default_factory=list)
+    allowed: list[str] = Field(default_factory=list)  # empty: no tool may run
+    denied: list[str] = Field(default_factory=list)  # wins over allowed
+    bounds: dict[str, dict[str, ArgumentBound]] = Field(default_factory=dict)  # tool → argument → bound
+    regions: list[str] = Field(default_factory=list)  # empty: the tenant's model regions, if any
+    max_steps: int = Field(default=4, ge=1, le=32)  # model turns that may ask for tools, per request
+    max_calls_per_step: int = Field(default=4, ge=1, le=64)
+    result_injection: Literal["allow", "flag", "block"] = "block"  # indirect injection in a tool's result
+
+
 class KeyRecord(_Doc):
     """An API key as the policy stores it: an id and a salted scrypt hash, never the key."""
 
@@ -114,6 +175,7 @@ class TenantPolicy(_Doc):
     rate_limits: RateLimits = Field(default_factory=RateLimits)
     budgets: Budgets = Field(default_factory=Budgets)
     cache: CachePolicy = Field(default_factory=CachePolicy)
+    tools: ToolRules = Field(default_factory=ToolRules)
     keys: list[KeyRecord] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -143,6 +205,7 @@ class PolicyDocument(_Doc):
     default_price: ModelSpec = Field(default_factory=lambda: ModelSpec(region="any", input_micros_per_mtok=5_000_000,
                                                                        output_micros_per_mtok=15_000_000))
     embedder: EmbedderPolicy = Field(default_factory=EmbedderPolicy)
+    tools: dict[str, ToolSpec] = Field(default_factory=dict)  # name → tool (names as the model calls them)
     tenants: dict[str, TenantPolicy] = Field(default_factory=dict)
     # Applied to a tenant the document does not name; absent: unknown tenants are refused.
     default_tenant: TenantPolicy | None = None
@@ -154,6 +217,13 @@ class PolicyDocument(_Doc):
             unknown = [m for m in tenant.allowed_models if declared and m not in declared]
             if unknown:
                 raise ValueError(f"tenants.{name}.allowed_models names undeclared model(s) {unknown}")
+        tenants = [*self.tenants.items(), *([("default_tenant", self.default_tenant)] if self.default_tenant else [])]
+        for name, tenant in tenants:
+            rules = tenant.tools
+            named = [*rules.visible, *rules.allowed, *rules.denied, *rules.bounds]
+            unknown_tools = sorted({t for t in named if t not in self.tools})
+            if unknown_tools:
+                raise ValueError(f"tenants.{name}.tools names undeclared tool(s) {unknown_tools}")
         seen: dict[str, str] = {}
         for name, tenant in self.tenants.items():
             for key in tenant.keys:

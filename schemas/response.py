@@ -33,7 +33,9 @@ class Response(BaseModel):
     answer: str | None = None
     model: str | None = None
     usage: Usage = Field(default_factory=Usage)
-    cost_micros: int = 0
+    cost_micros: int = 0  # everything the request cost: the model's turns plus its tool calls
+    tool_cost_micros: int = 0  # of which tool calls (an agent loop's tools, priced per call)
+    tool_calls: int = 0
     saved_micros: int = 0
     cache: str | None = None
     hops: list[HopSummary] = Field(default_factory=list)
@@ -66,7 +68,9 @@ class Response(BaseModel):
             answer=env.answer,
             model=env.model.model if env.model else None,
             usage=env.model.usage if env.model else Usage(),
-            cost_micros=env.model.cost_micros if env.model else 0,
+            cost_micros=(env.model.cost_micros if env.model else 0) + (env.tools.cost_micros if env.tools else 0),
+            tool_cost_micros=env.tools.cost_micros if env.tools else 0,
+            tool_calls=len(env.tools.calls) if env.tools else 0,
             saved_micros=env.cache.saved_micros if env.cache else 0,
             cache=env.cache.outcome if env.cache else None,
             # Built from already-validated hops: constructed, not validated again (one response per request).

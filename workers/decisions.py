@@ -93,9 +93,24 @@ def decision_problem(env: Envelope, keys: DecisionKeys, stage: str) -> str | Non
     if decision.request_digest != request_digest(env):
         return "the request changed after the policy decision"
     route = decision.route
-    if stage not in route or env.route != route[route.index(stage) + 1:]:
+    # The model stage may loop through the tools stage (model → tools → model …): that is the route policy decided
+    # with the loop collapsed. The tools stage stands in the model's place.
+    anchor = "model" if stage == "tools" else stage
+    if anchor not in route:
+        return f"the {stage} stage is not on the route policy decided ({route})"
+    start = route.index(anchor) + (0 if stage == "tools" else 1)
+    if _collapsed(env.route) != _collapsed(route[start:]):
         return f"the route {env.route} is not the one policy decided ({route})"
     return None
+
+
+def _collapsed(route: list[str]) -> list[str]:
+    out: list[str] = []
+    for stage in route:
+        if stage == "tools" or (out and out[-1] == stage):
+            continue
+        out.append(stage)
+    return out
 
 
 def outcome_claims(*, request_id: str, tenant: str, status: str, code: str, stage: str, model: str | None,

@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
-from schemas.envelope import Envelope, ModelResult, Status
+from schemas.envelope import Envelope, ModelResult, Status, Usage
 from schemas.errors import BackendError, RateLimitedByBackend
 from workers.backends import metrics
 from workers.backends.base import ModelBackend, ModelCall, ModelReply
@@ -28,6 +28,7 @@ from workers.budgets import reserved_for_ms
 from workers.context import StageContext
 from workers.routing.catalog import ModelCatalog, ModelSpec, get_catalog
 from workers.routing.router import BreakerBoard, GateBoard, route
+from workers.tools import loop as tools
 
 NAME = "model"
 log = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ class _Pending:
     output_tokens: int
     started_ns: int
     reasons: list[str]
+    prior_usage: Usage = field(default_factory=Usage)  # earlier turns of an agent loop
+    prior_cost_micros: int = 0
     attempts: int = 0
     retried_after_429: set[str] = field(default_factory=set)
     not_before_ns: int = 0
@@ -80,7 +83,10 @@ async def process(batch: list[Envelope], ctx: ModelContext) -> list[Envelope]:
         decision = route(env, mctx.catalog, now_ns,
                          breaker_allows=lambda backend, at: mctx.breakers(backend).allows(at),
                          load=lambda name: mctx.gates.in_flight(name) + planned[name])
-        env.model = ModelResult(quality_tier=decision.tier, routing=list(decision.reasons))
+        # A later turn of an agent loop: the turns before it stay accounted for (the model's usage and cost add up).
+        prior = env.model if env.tools is not None and env.tools.calls and env.model is not None else None
+        env.model = ModelResult(quality_tier=decision.tier, routing=list(decision.reasons),
+                                usage=prior.usage if prior else Usage(), cost_micros=prior.cost_micros if prior else 0)
         if decision.chosen is None:
             status = Status.DEADLINE_EXCEEDED if decision.failure_code == "deadline_exceeded" else Status.FAILED
             env.finish(status, code=decision.failure_code or "no_eligible_model", message=decision.failure_message,
@@ -88,7 +94,8 @@ async def process(batch: list[Envelope], ctx: ModelContext) -> list[Envelope]:
             continue
         planned[decision.chosen.name] += 1
         pending.append(_Pending(env, list(decision.candidates), decision.input_tokens,
-                                decision.expected_output_tokens, now_ns, env.model.routing))
+                                decision.expected_output_tokens, now_ns, env.model.routing,
+                                prior_usage=env.model.usage, prior_cost_micros=env.model.cost_micros))
     while pending:
         by_model: dict[str, list[_Pending]] = defaultdict(list)
         for item in pending:
@@ -131,7 +138,7 @@ async def _call(chunk: list[_Pending], ctx: ModelContext) -> list[ModelReply]:
                               passages=item.env.retrieval.passages if item.env.retrieval else [],
                               max_tokens=item.env.request.params.max_tokens,
                               temperature=item.env.request.params.temperature, timeout_s=timeout_ms / 1000,
-                              latency=spec.latency) for item in chunk]
+                              latency=spec.latency, **tools.offer(item.env)) for item in chunk]
         for item in chunk:
             item.attempts += 1
         breaker.before_call(now_ns)
@@ -186,9 +193,11 @@ def _settle(item: _Pending, reply: ModelReply, ctx: ModelContext) -> None:
     spec, env = item.model, item.env
     env.answer = reply.text
     env.model = ModelResult(model=spec.name, backend=spec.backend, region=spec.region, quality_tier=spec.quality_tier,
-                            routing=item.reasons, attempts=item.attempts, usage=reply.usage,
-                            cost_micros=spec.cost_micros(reply.usage),
+                            routing=item.reasons, attempts=item.attempts, usage=item.prior_usage + reply.usage,
+                            cost_micros=item.prior_cost_micros + spec.cost_micros(reply.usage),
                             latency_ms=round((ctx.clock.now_ns() - item.started_ns) / 1e6, 3))
+    if reply.tool_calls:
+        tools.ask(env, reply.tool_calls, stage=NAME)
 
 
 def _next_attempt(item: _Pending, error: BackendError, ctx: ModelContext) -> bool:

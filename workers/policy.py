@@ -19,7 +19,7 @@ from typing import Protocol
 
 from pydantic import SecretStr
 
-from schemas.envelope import DEFAULT_ROUTE, Envelope, PolicyDecision, Status
+from schemas.envelope import DEFAULT_ROUTE, Envelope, PolicyDecision, Status, ToolsResult
 from schemas.errors import PolicyDenied
 from schemas.policy import ModelSpec, PiiAction, PolicyDocument, TenantPolicy
 from workers.context import StageContext
@@ -28,6 +28,7 @@ from workers.detectors.pii import Redactor
 from workers.keys import verify_principal
 from workers.limits import AdmissionRequest, Limits, MemoryLimits, Scope, Verdict, build_admission
 from workers.routing.router import prompt_tokens
+from workers.tools.governance import offered_tools
 
 NAME = "policy"
 DEV_PRINCIPAL_SECRET = SecretStr("tollway-dev-secret-change-me")
@@ -87,6 +88,7 @@ async def process(batch: list[Envelope], ctx: PolicyContext) -> list[Envelope]:
     if doc is None:
         for env in batch:
             env.policy = PolicyDecision(policy_version="none", decisions=["allow: no policy loaded"])
+            env.tools = None  # no policy, no tools (and never a producer's own tool state)
         return batch
     now_ns = ctx.clock.now_ns()
     admissions: list[tuple[Envelope, AdmissionRequest]] = []
@@ -154,6 +156,9 @@ def decide(env: Envelope, doc: PolicyDocument, ctx: PolicyContext, now_ns: int) 
     decision.quality_tier = env.request.quality_tier or tenant.default_quality_tier
     decision.cache_allowed = tenant.cache.allowed and not env.request.cache.no_store
     decision.semantic_threshold = tenant.cache.semantic_threshold
+    # The tools its model may be offered; whatever a producer put on env.tools is replaced, never trusted.
+    offered = offered_tools(doc, tenant)
+    env.tools = ToolsResult(offered=offered, max_steps=tenant.tools.max_steps) if offered else None
 
     texts = [m.content for m in env.request.messages]
     if env.retrieval is not None:
@@ -250,12 +255,14 @@ def settlement_for(env: Envelope) -> tuple[str, int] | None:
     """(reservation_id, actual cost) to settle once a request is terminal, or None when nothing was reserved.
 
     For the audit stage: ``await limits.settle_many([s for env in batch if (s := settlement_for(env))])``. A denial,
-    a failure or a cache hit settles at the model's cost so far (0 when no model ran): the reservation is released.
+    a failure or a cache hit settles at the model's cost so far (0 when no model ran) plus its tool calls' cost: the
+    reservation is released.
     Settling is idempotent per reservation, so a redelivered audit batch cannot count twice.
     """
     if env.policy is None or env.policy.reservation_id is None:
         return None
-    return env.policy.reservation_id, env.model.cost_micros if env.model is not None else 0
+    tools = env.tools.cost_micros if env.tools is not None else 0
+    return env.policy.reservation_id, (env.model.cost_micros if env.model is not None else 0) + tools
 
 
 def estimate_cost_micros(doc: PolicyDocument, models: Sequence[str], input_tokens: int, output_tokens: int) -> int:

@@ -12,21 +12,23 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import pairwise
 
-from schemas.envelope import STAGES
+from schemas.envelope import DEFAULT_ROUTE, STAGES
 
 # `python -m bench.micro --json` (batch 200, minimum of 7 repetitions, process CPU time): µs of CPU per record of the
 # runner with each stage's real `process` on in-memory backends, no broker.
 MICRO_US: dict[str, float] = {"retrieval": 39.12, "policy": 41.62, "cache": 72.62, "model": 340.17,
-                              "postprocess": 186.59, "audit": 144.45}
+                              "postprocess": 186.59, "audit": 144.45,
+                              "tools": 60.0}  # tools: estimated (one built-in call), not measured
 # README "Benchmarks", scenario 2: 3.68 ms of CPU per request across the six stages with the real broker and Redis.
 END_TO_END_CPU_US = 3680.0
 # The same scenario, one process per stage on 2 cores: 400 req/s (the model predicts it: see check_against_bench).
 MEASURED_PER_STAGE_LAYOUT_RPS = 400.0
 # Bytes per request on each topic, measured with streams.testing.run_pipeline over 200 bench requests (bench.load).
-BYTES_PER_REQUEST: dict[str, int] = {"ingress": 743, "policy": 1107, "cache": 1669, "model": 2099,
+BYTES_PER_REQUEST: dict[str, int] = {"ingress": 743, "policy": 1107, "cache": 1669, "model": 2099, "tools": 0,
                                      "postprocess": 3220, "audit": 3698, "responses": 1328, "audit.log": 2878}
 # Retention (days) per topic as streams/runtime/topics.py creates them; None = kept forever (audit evidence).
-RETENTION_DAYS: dict[str, float | None] = {"ingress": 7, "policy": 7, "cache": 7, "model": 7, "postprocess": 7,
+RETENTION_DAYS: dict[str, float | None] = {"ingress": 7, "policy": 7, "cache": 7, "model": 7, "tools": 7,
+                                           "postprocess": 7,
                                            "audit": 7, "responses": 7, "audit.log": None}
 
 TARGET_UTILISATION = 0.6  # a replica is sized to run at 60 % of a core: headroom for bursts and rebalances
@@ -40,7 +42,8 @@ BROKER_WRITE_MB_S = 60.0  # sustained replicated write per broker we plan for (n
 
 def hop_overhead_us() -> float:
     """Per-hop Kafka client + Redis client CPU: what the end-to-end measure adds to the broker-less one, per hop."""
-    return (END_TO_END_CPU_US - sum(MICRO_US.values())) / len(STAGES)
+    default = [MICRO_US[stage] for stage in DEFAULT_ROUTE]
+    return (END_TO_END_CPU_US - sum(default)) / len(DEFAULT_ROUTE)
 
 
 def cpu_us(stage: str) -> float:
@@ -63,7 +66,8 @@ def lag_threshold(stage: str, shares: dict[str, float] | None = None) -> int:
     look like lag)."""
     from workers.budgets import DEFAULT_SHARES
 
-    share = (shares or dict(DEFAULT_SHARES))[stage]
+    table = shares or dict(DEFAULT_SHARES)
+    share = table.get(stage, table["model"])  # the tools stage runs inside the model's share (model → tools → model)
     allowance_s = INTERACTIVE_BUDGET_MS / 1000 * share * QUEUE_SHARE_OF_ALLOCATION
     rate = replica_rps(stage)
     return int(round(max(rate * allowance_s, 2 * rate * BATCH_CYCLE_S), -1))

@@ -101,7 +101,9 @@ def rules(p: str = "{p}") -> list[Rule]:
             # Forward: any later stage of retrieval→policy→cache→model→postprocess→audit (routes may skip);
             # retrieval and policy may also hand to each other (policy first when the embedder is remote).
             later = [name for nxt in STAGES[i + 1:] for name in _lanes(p, nxt)]
-            back = _lanes(p, "policy") if stage == "retrieval" else _lanes(p, "retrieval") if stage == "policy" else []
+            # The tools stage hands each request back to the model (an agent loop: model → tools → model → …).
+            back = {"retrieval": _lanes(p, "policy"), "policy": _lanes(p, "retrieval"),
+                    "tools": _lanes(p, "model")}.get(stage, [])
             allow(principal, [*later, *back], WRITE)
             allow(principal, [f"{p}.responses", f"{p}.deadletter"], WRITE)
             allow(principal, [f"{p}.replies."], WRITE, pattern=PREFIXED)

@@ -378,6 +378,7 @@ def _clear_runner_fields(env: Envelope) -> None:
     env.cache = None
     env.model = None
     env.postprocess = None
+    env.tools = None
     env.answer = None
 
 

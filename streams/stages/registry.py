@@ -17,6 +17,7 @@ from streams.stages import model as model_wiring
 from streams.stages import policy as policy_wiring
 from streams.stages import postprocess as postprocess_wiring
 from streams.stages import retrieval as retrieval_wiring
+from streams.stages import tools as tools_wiring
 from workers import model, policy, postprocess, retrieval
 from workers.audit import stage as audit
 from workers.audit.stage import AuditContext
@@ -26,12 +27,16 @@ from workers.model import ModelContext
 from workers.policy import PolicyContext
 from workers.postprocess import PostprocessContext
 from workers.retrieval import RetrievalContext
+from workers.tools import stage as tools
+from workers.tools.stage import ToolsContext
 
 STAGES: Final[tuple[Stage[Any], ...]] = (
     Stage("retrieval", RetrievalContext, retrieval.process, retrieval_wiring.open_context, entry=True),
     Stage("policy", PolicyContext, policy.process, policy_wiring.open_context, decides=True),
     Stage("cache", CacheContext, cache.process, cache_wiring.open_context, governed=True),
     Stage("model", ModelContext, model.process, model_wiring.open_context, governed=True),
+    # only when the model asks for tools (model → tools → model …): a governed stage like the model
+    Stage("tools", ToolsContext, tools.process, tools_wiring.open_context, governed=True),
     Stage("postprocess", PostprocessContext, postprocess.process, postprocess_wiring.open_context, governed=True),
     Stage("audit", AuditContext, audit.process, audit_wiring.open_context, sink=True, governed=True),
 )

@@ -10,7 +10,7 @@ import hashlib
 
 import orjson
 
-from schemas.audit import AuditHop, AuditRecord, ContentMode
+from schemas.audit import AuditHop, AuditRecord, AuditToolCall, ContentMode
 from schemas.envelope import Envelope, Status, Usage
 from schemas.response import DeadLetter
 from workers.detectors.redaction import Redactor
@@ -35,7 +35,7 @@ def deadletter_key(letter: DeadLetter) -> str:
 def record_from_envelope(env: Envelope, *, redactor: Redactor, content_mode: ContentMode, auditor: str,
                          now_ns: int) -> AuditRecord:
     outcome = env.outcome
-    policy, cache, model, post = env.policy, env.cache, env.model, env.postprocess
+    policy, cache, model, post, tools = env.policy, env.cache, env.model, env.postprocess, env.tools
     prompt = env.request.prompt
     record = AuditRecord(
         request_id=env.request_id,
@@ -71,7 +71,13 @@ def record_from_envelope(env: Envelope, *, redactor: Redactor, content_mode: Con
         routing=list(model.routing) if model else [],
         attempts=model.attempts if model else 0,
         usage=model.usage if model else Usage(),
-        cost_micros=model.cost_micros if model else 0,
+        cost_micros=(model.cost_micros if model else 0) + (tools.cost_micros if tools else 0),
+        tool_cost_micros=tools.cost_micros if tools else 0,
+        tool_calls=[AuditToolCall(call_id=c.call_id, tool=c.name, step=c.step, status=c.status, code=c.code,
+                                  decisions=list(c.decisions), arguments_sha256=c.arguments_sha256,
+                                  result_sha256=c.result_sha256, side_effects=c.side_effects, replayed=c.replayed,
+                                  region=c.region, cost_micros=c.cost_micros, latency_ms=c.latency_ms)
+                    for c in (tools.calls if tools else [])],
         postprocess_actions=list(post.actions) if post else [],
         structured_output_valid=post.structured_output_valid if post else None,
         content_mode=content_mode,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from schemas.envelope import Message, Passage, Usage
+from schemas.envelope import Message, Passage, ToolCall, ToolCallRecord, Usage
 from schemas.errors import BackendError
 from workers.routing.catalog import LatencyProfile
 
@@ -22,6 +22,10 @@ class ModelCall:
     temperature: float = 0.0
     timeout_s: float = 30.0  # what is left of the request's latency budget
     latency: LatencyProfile | None = None  # the catalog entry's profile (the local backend can emulate it)
+    # Agent loops: the tools the model may ask for (names; empty: answer directly), and what earlier tool calls of
+    # this request returned (their ``content``: a result's JSON, or a structured error).
+    tools: list[str] = field(default_factory=list)
+    tool_results: list[ToolCallRecord] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -31,8 +35,9 @@ class ModelReply:
     request_id: str
     text: str = ""
     usage: Usage = field(default_factory=Usage)
-    finish_reason: str = "stop"
+    finish_reason: str = "stop"  # "tool_calls" when the model asks for tools instead of answering
     error: BackendError | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

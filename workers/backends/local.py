@@ -22,7 +22,10 @@ from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import orjson
+
 from schemas.envelope import Message, Passage, Usage
+from workers.backends import local_tools
 from workers.backends.base import ModelCall, ModelReply, context_prompt
 from workers.routing.tokens import count_message_tokens, count_tokens, truncate_to_tokens
 
@@ -180,6 +183,10 @@ class LocalBackend:
 
     def _reply(self, call: ModelCall) -> ModelReply:
         prompt = next((m.content for m in reversed(call.messages) if m.role == "user"), call.messages[-1].content)
+        if call.tool_results or call.tools:
+            tool_reply = self._tool_turn(call, prompt)
+            if tool_reply is not None:
+                return tool_reply
         text = answer(prompt, call.passages)
         truncated = truncate_to_tokens(text, call.max_tokens)
         chat: list[Message] = list(call.messages)
@@ -193,6 +200,21 @@ class LocalBackend:
                       output_tokens=count_tokens(truncated))
         return ModelReply(request_id=call.request_id, text=truncated, usage=usage,
                           finish_reason="length" if truncated != text else "stop")
+
+    def _tool_turn(self, call: ModelCall, prompt: str) -> ModelReply | None:
+        """Agent loops (:mod:`workers.backends.local_tools`): answer from tool results, or ask for tools."""
+        results_tokens = sum(count_tokens(r.content) for r in call.tool_results)
+        input_tokens = count_message_tokens(list(call.messages)) + results_tokens
+        if call.tool_results:
+            text = truncate_to_tokens(local_tools.answer_from_results(call.tool_results), call.max_tokens)
+            return ModelReply(request_id=call.request_id, text=text, finish_reason="stop",
+                              usage=Usage(input_tokens=input_tokens, output_tokens=count_tokens(text)))
+        calls = local_tools.plan(prompt, call.tools, step=len({r.step for r in call.tool_results}))
+        if not calls:
+            return None
+        asked = orjson.dumps([c.model_dump() for c in calls]).decode()
+        return ModelReply(request_id=call.request_id, text="", finish_reason="tool_calls", tool_calls=calls,
+                          usage=Usage(input_tokens=input_tokens, output_tokens=count_tokens(asked)))
 
     def _seen_prefix(self, context: str) -> bool:
         digest = hashlib.blake2b(context.encode(), digest_size=16).digest()

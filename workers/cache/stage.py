@@ -180,6 +180,8 @@ def _may_write(env: Envelope) -> bool:
         return False
     if env.cache is not None and env.cache.outcome == "hit":
         return False
+    if env.tools is not None and env.tools.calls:
+        return False  # an answer from tool results is live data (and a cached "refund issued" would skip the refund)
     if env.outcome is not None and env.outcome.status is not Status.OK:
         return False
     return env.answer is not None and env.model is not None

@@ -83,7 +83,9 @@ def reprice(responses: Iterable[tuple[int, int, Response]], prices: Mapping[str,
             if response.model:  # requests without a model cost nothing either way
                 unpriced[response.tenant] = unpriced.get(response.tenant, 0) + 1
         else:
-            repriced = response.model_copy(update={"cost_micros": price_usage(price, response.usage)})
+            # New model prices; the tool calls keep their own per-call prices.
+            repriced = response.model_copy(update={"cost_micros": price_usage(price, response.usage)
+                                                   + response.tool_cost_micros})
         new.add(repriced, partition=partition, offset=offset)
     before, after = totals_by_tenant(old.rows(window="day")), totals_by_tenant(new.rows(window="day"))
     rows = [

@@ -6,7 +6,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from schemas.envelope import DEFAULT_ROUTE, Envelope, Status
+from schemas.envelope import DEFAULT_ROUTE, STAGES, Envelope, Status
 from schemas.response import Response
 from streams.clients.envelopes import new_envelope
 from streams.runtime.chain import ChainPublisher, ChainRunner
@@ -91,4 +91,5 @@ def test_worker_arguments_name_chains_with_plus() -> None:
     units = resolve_units(["retrieval+policy+cache", "model", "postprocess+audit"])
     assert [[s.name for s in u] if isinstance(u, list) else u.name for u in units] == [
         ["retrieval", "policy", "cache"], "model", ["postprocess", "audit"]]
-    assert [s.name for s in resolve_units(["all+"])[0]] == list(DEFAULT_ROUTE)  # type: ignore[union-attr]
+    # every stage, the tools stage included (visited only when a model asks for tools)
+    assert [s.name for s in resolve_units(["all+"])[0]] == list(STAGES)  # type: ignore[union-attr]

@@ -1,0 +1,142 @@
+"""The tools stage's pure process: governed calls, structured errors, deadlines, exactly-once effects."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+
+from schemas.envelope import Envelope, ToolCall, ToolsResult
+from schemas.errors import ToolFailure
+from schemas.policy import ToolSpec
+from streams.clients.envelopes import new_envelope
+from tests.workers.tools.documents import tools_policy
+from workers.context import FakeClock
+from workers.policy import StaticPolicy
+from workers.tools.builtins import Builtins, MemoryTicketStore, seed_demo_tickets
+from workers.tools.effects import MemoryEffectStore
+from workers.tools.stage import ToolsContext, process
+
+
+async def context(**fields: Any) -> ToolsContext:
+    store = MemoryTicketStore()
+    await seed_demo_tickets(store, "acme")
+    defaults: dict[str, Any] = {"policy": StaticPolicy(tools_policy()), "builtins": Builtins(tickets=store),
+                                "effects": MemoryEffectStore()}
+    return ToolsContext(stage="tools", **{**defaults, **fields})
+
+
+def asking(*calls: tuple[str, dict[str, Any]], tenant: str = "acme", budget_ms: int = 10_000,
+           request_id: str = "r1") -> Envelope:
+    env = new_envelope("do things", tenant=tenant, budget_ms=budget_ms, request_id=request_id)
+    env.tools = ToolsResult(offered=["calculator"], steps=1, pending=[
+        ToolCall(id=f"c{i}", name=name, arguments=arguments) for i, (name, arguments) in enumerate(calls)])
+    return env
+
+
+async def test_every_call_gets_a_record_a_denied_one_a_structured_error() -> None:
+    ctx = await context()
+    env = asking(("calculator", {"expression": "17*23"}), ("ticket_update", {"ticket_id": "T-1001",
+                                                                             "status": "closed"}))
+    [out] = await process([env], ctx)
+    assert out.tools is not None and out.tools.pending == []
+    ok, denied = out.tools.calls
+    assert (ok.status, orjson.loads(ok.content)["result"], ok.cost_micros) == ("ok", 391, 100)
+    assert (denied.status, denied.code, denied.cost_micros) == ("denied", "tool_denied", 0)
+    assert orjson.loads(denied.content)["error"] == "tool_denied"
+    assert out.tools.cost_micros == 100 and out.outcome is None  # a refusal never ends the request
+    ticket = await ctx.builtins.tickets.get("acme", "T-1001")
+    assert ticket is not None and ticket["status"] == "open"  # the denied update did not happen
+
+
+async def test_a_tenant_the_policy_does_not_know_runs_nothing() -> None:
+    [out] = await process([asking(("calculator", {"expression": "1+1"}), tenant="stranger")], await context())
+    assert out.tools is not None and out.tools.calls[0].code == "tool_denied"
+
+
+async def test_a_redelivered_batch_does_not_refund_twice() -> None:
+    ctx = await context()
+    refund = ("issue_refund", {"ticket_id": "T-1001", "amount": 40})
+    first = await process([asking(refund)], ctx)
+    again = await process([asking(refund)], ctx)  # the same input record, delivered again
+    ticket = await ctx.builtins.tickets.get("acme", "T-1001")
+    assert ticket is not None and len(ticket["refunds"]) == 1
+    assert first[0].tools is not None and again[0].tools is not None
+    original, replayed = first[0].tools.calls[0], again[0].tools.calls[0]
+    assert (original.replayed, replayed.replayed) == (False, True)
+    assert replayed.content == original.content and replayed.cost_micros == original.cost_micros == 2_000
+
+
+async def test_an_effect_left_in_doubt_is_not_run_again() -> None:
+    ctx = await context()
+    refund = ("issue_refund", {"ticket_id": "T-1001", "amount": 40})
+    env = asking(refund)
+    from workers.tools.effects import effect_key
+    assert isinstance(ctx.effects, MemoryEffectStore)
+    ctx.effects.entries[effect_key("r1", 1, 0, "issue_refund", refund[1])] = b"pending"  # crashed mid-call
+    [out] = await process([env], ctx)
+    assert out.tools is not None and out.tools.calls[0].code == "tool_effect_in_doubt"
+    ticket = await ctx.builtins.tickets.get("acme", "T-1001")
+    assert ticket is not None and "refunds" not in ticket
+
+
+async def test_bounds_and_max_calls_per_step() -> None:
+    ctx = await context(policy=StaticPolicy(tools_policy(max_calls_per_step=2)))
+    env = asking(("issue_refund", {"ticket_id": "T-1001", "amount": 500}), ("calculator", {"expression": "1+1"}),
+                 ("calculator", {"expression": "2+2"}))
+    [out] = await process([env], ctx)
+    assert out.tools is not None
+    assert [c.code for c in out.tools.calls] == ["argument_out_of_bounds", "", "too_many_tool_calls"]
+
+
+class SlowTools(Builtins):
+    async def run(self, name: str, arguments: dict[str, Any], tenant: str, *, idempotency_key: str) -> Any:
+        if name == "notes":
+            await asyncio.Event().wait()  # never answers
+        raise RuntimeError("boom")
+
+
+async def test_a_slow_or_raising_tool_is_a_clear_error_and_still_costs() -> None:
+    doc = tools_policy()
+    slow = doc.model_copy(update={"tools": {**doc.tools, "notes": ToolSpec(timeout_ms=20, price_micros=10)}})
+    ctx = await context(policy=StaticPolicy(slow), builtins=SlowTools())
+    [out] = await process([asking(("notes", {"text": "x"}), ("calculator", {"expression": "1+1"}))], ctx)
+    assert out.tools is not None
+    timeout, raised = out.tools.calls
+    assert (timeout.status, timeout.code, timeout.cost_micros) == ("error", "tool_timeout", 10)
+    assert (raised.code, orjson.loads(raised.content)["message"]) == ("tool_error", "RuntimeError: boom")
+
+
+async def test_the_step_deadline_comes_from_the_remaining_budget() -> None:
+    clock = FakeClock()
+    env = asking(("calculator", {"expression": "1+1"}), budget_ms=1_000)
+    env.created_at_ns, env.deadline_at_ns = clock.at_ns, clock.at_ns + 1_000_000_000
+    clock.advance_ms(995)  # 5 ms left, post-process and audit need more than that
+    [out] = await process([env], await context(clock=clock))
+    assert out.tools is not None and out.tools.calls[0].code == "tool_deadline"
+
+
+async def test_an_http_tool_without_a_client_is_a_tool_error() -> None:
+    doc = tools_policy()
+    http = doc.model_copy(update={"tools": {**doc.tools, "notes": ToolSpec(kind="http", url="http://127.0.0.1:9/")}})
+    [out] = await process([asking(("notes", {"text": "x"}))], await context(policy=StaticPolicy(http)))
+    assert out.tools is not None and out.tools.calls[0].code == "tool_unavailable"
+
+
+def test_tool_failure_is_in_the_error_tree() -> None:
+    from schemas.errors import TollwayError
+    with pytest.raises(TollwayError):
+        raise ToolFailure("x", "y")
+
+
+async def test_the_same_refund_twice_in_one_batch_runs_once() -> None:
+    ctx = await context()
+    refund = ("issue_refund", {"ticket_id": "T-1001", "amount": 40})
+    first, second = await process([asking(refund), asking(refund)], ctx)
+    ticket = await ctx.builtins.tickets.get("acme", "T-1001")
+    assert ticket is not None and len(ticket["refunds"]) == 1
+    assert first.tools is not None and second.tools is not None
+    assert [first.tools.calls[0].replayed, second.tools.calls[0].replayed] == [False, True]
+    assert first.tools.calls[0].content == second.tools.calls[0].content

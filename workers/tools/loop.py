@@ -1,0 +1,46 @@
+"""The agent loop as the model stage sees it: what to offer the model, and what to do when it asks for tools.
+
+The policy stage puts the tools a tenant's model may be offered on ``env.tools`` (``offered``, ``max_steps``); the
+model stage passes them to the backend with the results of earlier calls (:func:`offer`) and, when the reply asks
+for tools, :func:`ask` queues the calls and routes the request ``tools → model → …`` (the rest of its route kept).
+Once ``max_steps`` turns have asked for tools, no tool is offered any more: the next turn must answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from schemas.envelope import Envelope, Status, ToolCall
+
+
+def offer(env: Envelope) -> dict[str, Any]:
+    """``ModelCall`` keyword arguments: the tools the model may ask for now, and the results it has so far."""
+    state = env.tools
+    if state is None:
+        return {}
+    return {"tools": list(state.offered) if state.steps < state.max_steps else [],
+            "tool_results": list(state.calls)}
+
+
+def ask(env: Envelope, calls: list[ToolCall], *, stage: str) -> None:
+    """The model answered with tool calls: queue them for the tools stage, or end the request when it may not."""
+    state = env.tools
+    env.answer = None
+    if state is None or not state.offered:
+        env.finish(Status.FAILED, code="unexpected_tool_calls", stage=stage,
+                   message="the model asked for tools although none were offered to it")
+        return
+    if state.steps >= state.max_steps:
+        env.finish(Status.FAILED, code="tool_steps_exhausted", stage=stage,
+                   message=f"the model still asked for tools after {state.max_steps} tool steps")
+        return
+    state.steps += 1
+    used = {record.call_id for record in state.calls}
+    pending: list[ToolCall] = []
+    for call in calls:
+        # Call ids identify a call within the request (its record, its effect key): make a reused id unique.
+        unique = call if call.id not in used else call.model_copy(update={"id": f"{call.id}~{state.steps}"})
+        used.add(unique.id)
+        pending.append(unique)
+    state.pending = pending
+    env.route = ["tools", "model", *env.route]

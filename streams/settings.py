@@ -129,7 +129,7 @@ class Settings(BaseSettings):
     # a caller's sampled flag is followed, and every error and SLO miss is kept whatever the rate. The tenant goes
     # on spans keyed-hashed (default), plain, or not at all.
     otel_endpoint: str | None = None
-    otel_sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
+    otel_sample_rate: float = Field(default=0.1, ge=0.0, le=1.0)
     otel_service_name: str = "tollway"
     otel_tenant: Literal["hashed", "plain", "omit"] = "hashed"
     otel_tenant_salt: SecretStr = SecretStr("tollway-trace-salt-change-me")

@@ -61,31 +61,42 @@ def keep_reason(env: Envelope, hop: Hop) -> str | None:
 
 
 def request_attributes(env: Envelope, tenant: TenantLabel) -> Attributes:
-    attrs: Attributes = {"tollway.request_id": env.request_id, "tollway.tier": env.tier.value,
-                         "tollway.route": list(env.route)}
+    """On every span of the request: what a trace is searched by."""
+    attrs: Attributes = {"tollway.request_id": env.request_id, "tollway.tier": env.tier.value}
     label = tenant(env.tenant)
     if label is not None:
         attrs["tollway.tenant"] = label
+    return attrs
+
+
+def submit_attributes(env: Envelope, tenant: TenantLabel) -> Attributes:
+    """The producer span: the request as it enters (its route, the model asked for, the deadline)."""
+    attrs = request_attributes(env, tenant)
+    attrs.update({"messaging.system": "kafka", "messaging.operation.type": "send", "tollway.route": list(env.route),
+                  "tollway.deadline.budget_ms": round((env.deadline_at_ns - env.created_at_ns) / 1e6, 3)})
     if env.request.model:
         attrs["tollway.request.model"] = env.request.model
     return attrs
 
 
 def hop_attributes(env: Envelope, hop: Hop, tenant: TenantLabel) -> Attributes:
+    """A stage hop. Each attribute costs encoding on every exported span, so what the span already says (its name is
+    the stage, its duration the service time, the resource the worker) is not repeated."""
     attrs = request_attributes(env, tenant)
-    attrs.update({
-        "messaging.system": "kafka", "messaging.operation.type": "process",
-        "tollway.stage": hop.stage, "tollway.worker_id": hop.worker_id, "tollway.hop.status": hop.status,
-        "tollway.queue_ms": round(hop.queue_ms, 3), "tollway.service_ms": round(hop.service_ms, 3),
-        "tollway.batch_size": hop.batch_size, "tollway.deadline.remaining_ms": hop.remaining_budget_ms,
-        "tollway.budget_violation": hop.budget_violation,
-    })
-    if env.outcome is not None:
-        attrs["tollway.outcome.status"] = env.outcome.status.value
-        attrs["tollway.outcome.code"] = env.outcome.code
-        attrs["tollway.outcome.stage"] = env.outcome.stage
-        if env.outcome.stage == hop.stage and env.outcome.status in ERROR_STATUSES:
-            attrs["error.type"] = env.outcome.code or env.outcome.status.value
+    attrs["tollway.hop.status"] = hop.status
+    attrs["tollway.queue_ms"] = round(hop.queue_ms, 3)
+    attrs["tollway.batch_size"] = hop.batch_size
+    attrs["tollway.deadline.remaining_ms"] = hop.remaining_budget_ms
+    if hop.budget_violation:
+        attrs["tollway.budget_violation"] = True
+    outcome = env.outcome
+    if outcome is not None and hop.stage in (outcome.stage, "audit"):
+        # Where the outcome was decided, and at the sink that sees every outcome.
+        attrs["tollway.outcome.status"] = outcome.status.value
+        attrs["tollway.outcome.code"] = outcome.code
+        attrs["tollway.outcome.stage"] = outcome.stage
+        if outcome.stage == hop.stage and outcome.status in ERROR_STATUSES:
+            attrs["error.type"] = outcome.code or outcome.status.value
     section = _SECTIONS.get(hop.stage)
     if section is not None:
         attrs.update(section(env))

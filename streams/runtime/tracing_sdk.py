@@ -1,162 +1,138 @@
 """The OpenTelemetry side of tracing (imported only when ``TOLLWAY_OTEL_ENDPOINT`` is set; see
 :mod:`streams.runtime.tracing`).
 
-Spans are made after the fact, from the runner's hop stamps, with explicit start and end times: by then a hop's
-outcome is known, so the sampler can keep every error and every SLO miss at any sample rate.
+Spans are records of what happened, made after the fact from the runner's hop stamps (``ReadableSpan`` handed to the
+SDK's span processor, as a span is when it ends): by then a hop's outcome is known, so sampling can keep every error
+and every SLO miss at any sample rate, and an unsampled hop costs a few string operations, not an SDK span.
 
-**Sampling, tail-aware.** A new trace is kept with probability ``TOLLWAY_OTEL_SAMPLE_RATE`` (by trace id); a child
-follows its parent's sampled flag — except a hop that decided a failure or ended past the deadline, which is always
-kept and sets the flag for the hops after it. The hops before it already ran, perhaps in other processes, unexported:
-while a trace is not sampled, each span appends its id to the ``tollway`` entry of the W3C ``tracestate``
-(``p:<id>`` for the producer, ``<hop index>:<id>`` per hop), so the hop that keeps the trace re-creates those spans,
-with their ids, parents and attributes, from the envelope's hop stamps — the whole trace, not its tail only.
+**Sampling, tail-aware.** A new trace is kept with probability ``TOLLWAY_OTEL_SAMPLE_RATE`` (by trace id, as the
+SDK's ``TraceIdRatioBased``); a child follows its parent's sampled flag — except a hop that decided a failure or
+ended past the deadline, which is always kept and sets the flag for the hops after it. The hops before it already
+ran, perhaps in other processes, unexported: while a trace is not sampled, each hop appends its span id to the
+``tollway`` entry of the W3C ``tracestate`` (``p:<id>`` for the producer, ``<hop index>:<id>`` per hop), so the hop
+that keeps the trace re-creates those spans, with their ids, parents and attributes, from the envelope's hop stamps
+— the whole trace, not its tail only.
 
 Export: a batch span processor over OTLP/HTTP (protobuf), in a background thread.
 """
 
 from __future__ import annotations
 
-import contextvars
+import atexit
 import random
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
-from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult, TraceIdRatioBased
-from opentelemetry.trace import (
-    Link,
-    NonRecordingSpan,
-    Span,
-    SpanContext,
-    SpanKind,
-    StatusCode,
-    TraceFlags,
-    TraceState,
-    get_current_span,
-    set_span_in_context,
-)
-from opentelemetry.util.types import Attributes as OtelAttributes
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from schemas.envelope import Envelope, Hop, TraceContext
 from streams.runtime.trace_attributes import (
+    ERROR_STATUSES,
     KEEP,
-    TRACEPARENT,
+    Attributes,
     TenantLabel,
     hop_attributes,
     keep_reason,
     model_call,
-    request_attributes,
+    submit_attributes,
 )
 from streams.settings import Settings
 
 STATE_KEY = "tollway"  # our tracestate entry: the unexported ancestors of an unsampled trace
 _MAX_LINKS = 128  # the SDK's default span link limit; a bigger batch links its first 128 traced members
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)
+_LOW_64 = (1 << 64) - 1
 
 
-class KeepErrorsSampler(Sampler):
-    """Head sampling by trace id for new traces, the parent's flag for children, and always a span whose attributes
-    carry :data:`~streams.runtime.trace_attributes.KEEP` (an error, an SLO miss, a batch with traced members)."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self._ratio = TraceIdRatioBased(rate)
-
-    def should_sample(self, parent_context: Context | None, trace_id: int, name: str, kind: SpanKind | None = None,
-                      attributes: OtelAttributes = None, links: Sequence[Link] | None = None,
-                      trace_state: TraceState | None = None) -> SamplingResult:
-        parent = get_current_span(parent_context).get_span_context()
-        state = parent.trace_state if parent.is_valid else trace_state
-        if attributes and attributes.get(KEEP):
-            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, state)
-        if parent.is_valid:
-            if parent.trace_flags.sampled:
-                return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, state)
-            return SamplingResult(Decision.DROP, None, state)
-        return self._ratio.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
-
-    def get_description(self) -> str:
-        return f"KeepErrorsSampler{{rate={self.rate}}}"
+def _span_id() -> int:
+    return random.getrandbits(64) or 1
 
 
-_FORCED_IDS: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar("tollway_forced_ids",
-                                                                                      default=None)
+def _trace_id() -> int:
+    return random.getrandbits(128) or 1
 
 
-class _Ids(RandomIdGenerator):
-    """Random ids, except for the spans whose ids were handed out before they were made (a batch span its members
-    already link to; re-created ancestors)."""
+class Carried:
+    """The trace context an envelope carries, read from its W3C strings (validated when the envelope was decoded)."""
 
-    def generate_trace_id(self) -> int:
-        forced = _FORCED_IDS.get()
-        return forced[0] if forced is not None else super().generate_trace_id()
+    __slots__ = ("chain", "parent_id", "sampled", "state", "trace_id")
 
-    def generate_span_id(self) -> int:
-        forced = _FORCED_IDS.get()
-        if forced is not None:
-            _FORCED_IDS.set(None)
-            return forced[1]
-        return super().generate_span_id()
-
-
-def _parent(trace: TraceContext | None) -> tuple[Context, SpanContext | None, list[str]]:
-    """The span context an envelope carries, as an OpenTelemetry parent, and its unexported ancestors."""
-    if trace is None:
-        return Context(), None, []
-    found = TRACEPARENT.match(trace.traceparent)
-    if found is None:
-        return Context(), None, []
-    state = TraceState.from_header([trace.tracestate]) if trace.tracestate else TraceState()
-    span = SpanContext(int(found[1], 16), int(found[2], 16), is_remote=True, trace_flags=TraceFlags(int(found[3], 16)),
-                       trace_state=state)
-    chain = state.get(STATE_KEY)
-    return set_span_in_context(NonRecordingSpan(span)), span, chain.split(".") if chain else []
+    def __init__(self, trace: TraceContext) -> None:
+        parent = trace.traceparent
+        self.trace_id = int(parent[3:35], 16)
+        self.parent_id = int(parent[36:52], 16)
+        self.sampled = bool(int(parent[53:55], 16) & 1)
+        self.state = trace.tracestate
+        self.chain: list[str] = []
+        if STATE_KEY + "=" in self.state:
+            for entry in self.state.split(","):
+                key, _, value = entry.strip().partition("=")
+                if key == STATE_KEY:
+                    self.chain = value.split(".")
 
 
-def _carry(span: SpanContext, chain: list[str]) -> TraceContext:
-    state = span.trace_state
+def _carry(trace_id: int, span_id: int, sampled: bool, state: str, chain: list[str]) -> TraceContext:
+    """The context to hand on: ours in front of the other vendors' tracestate entries (W3C: at most 32 entries and
+    512 characters, dropping from the right)."""
+    others = [e.strip() for e in state.split(",") if e.strip() and not e.strip().startswith(STATE_KEY + "=")]
     if chain:
-        value = ".".join(chain)
-        state = state.update(STATE_KEY, value) if STATE_KEY in state else state.add(STATE_KEY, value)
-    elif STATE_KEY in state:
-        state = state.delete(STATE_KEY)
-    return TraceContext(traceparent=f"00-{span.trace_id:032x}-{span.span_id:016x}-{int(span.trace_flags):02x}",
-                        tracestate=state.to_header())
+        others.insert(0, f"{STATE_KEY}={'.'.join(chain)}")
+    others = others[:32]
+    header = ",".join(others)
+    while len(header) > 512:
+        others.pop()
+        header = ",".join(others)
+    flags = 0x03 if sampled else 0x02
+    # Constructed, not validated: both strings are made here in their valid form.
+    return TraceContext.model_construct(traceparent=f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}",
+                                        tracestate=header)
 
 
 class Tracing:
-    """One process's tracer for one endpoint: producer spans (:meth:`start_request`) and the runner's per-batch
-    hook (:meth:`batch`)."""
+    """One process's tracing for one endpoint: producer spans (:meth:`start_request`) and the runner's per-batch hook
+    (:meth:`batch`); spans go to ``processor`` (a batch span processor over OTLP/HTTP)."""
 
-    def __init__(self, provider: TracerProvider, tenant: TenantLabel) -> None:
-        self.provider = provider
-        self.tracer = provider.get_tracer("tollway")
+    def __init__(self, processor: SpanProcessor, resource: Resource, rate: float, tenant: TenantLabel) -> None:
+        self.processor = processor
+        self.resource = resource
+        self.scope = InstrumentationScope("tollway")
+        self.bound = round(rate * (1 << 64))
         self.tenant = tenant
 
+    def head_sampled(self, trace_id: int) -> bool:
+        """The SDK's ``TraceIdRatioBased`` decision for a new trace."""
+        return (trace_id & _LOW_64) < self.bound
+
+    def emit(self, name: str, kind: SpanKind, trace_id: int, span_id: int, parent_id: int | None, start_ns: int,
+             end_ns: int, attributes: Attributes, *, events: Sequence[Event] = (), links: Sequence[Link] = (),
+             error: str | None = None) -> None:
+        parent = SpanContext(trace_id, parent_id, is_remote=False, trace_flags=_SAMPLED) if parent_id else None
+        self.processor.on_end(ReadableSpan(
+            name, SpanContext(trace_id, span_id, is_remote=False, trace_flags=_SAMPLED), parent, self.resource,
+            attributes, events, links, kind, status=Status(StatusCode.ERROR, error) if error else Status(),
+            start_time=start_ns, end_time=max(start_ns, end_ns), instrumentation_scope=self.scope))
+
     def start_request(self, env: Envelope, parent: TraceContext | None) -> None:
-        context, _span, _chain = _parent(parent)
-        span = self.tracer.start_span("tollway.submit", context=context, kind=SpanKind.PRODUCER,
-                                      start_time=env.created_at_ns)
-        if span.is_recording():
-            span.set_attributes({"messaging.system": "kafka", "messaging.operation.type": "send",
-                                 **request_attributes(env, self.tenant)})
-        span.end(end_time=max(env.created_at_ns, time.time_ns()))
-        sc = span.get_span_context()
-        env.trace = _carry(sc, [] if sc.trace_flags.sampled else [f"p:{sc.span_id:016x}"])
+        carried = Carried(parent) if parent is not None else None
+        trace_id = carried.trace_id if carried else _trace_id()
+        sampled = carried.sampled if carried else self.head_sampled(trace_id)
+        span_id = _span_id()
+        if sampled:
+            self.emit("tollway.submit", SpanKind.PRODUCER, trace_id, span_id, carried.parent_id if carried else None,
+                      env.created_at_ns, env.created_at_ns, submit_attributes(env, self.tenant))
+        env.trace = _carry(trace_id, span_id, sampled, carried.state if carried else "",
+                           [] if sampled else [f"p:{span_id:016x}"])
 
     def batch(self, stage: str, started_ns: int, finished_ns: int, size: int) -> BatchTrace:
         return BatchTrace(self, stage, started_ns, finished_ns, size)
 
     def force_flush(self, timeout_ms: int = 30_000) -> bool:
-        return self.provider.force_flush(timeout_ms)
-
-    def shutdown(self) -> None:
-        self.provider.shutdown()
+        return self.processor.force_flush(timeout_ms)
 
 
 class BatchTrace:
@@ -169,35 +145,34 @@ class BatchTrace:
         self.started_ns = started_ns
         self.finished_ns = finished_ns
         self.size = size
-        self.ids = (random.getrandbits(128) or 1, random.getrandbits(64) or 1)
-        self.link = Link(SpanContext(*self.ids, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED)),
+        self.trace_id, self.span_id = _trace_id(), _span_id()
+        self.link = Link(SpanContext(self.trace_id, self.span_id, is_remote=False, trace_flags=_SAMPLED),
                          {"tollway.link": "batch"})
-        self.members: list[SpanContext] = []
+        self.members: list[tuple[int, int]] = []
         self.seen: set[str] = set()
 
     def hop(self, env: Envelope, hop: Hop) -> None:
         self.seen.add(env.request_id)
-        context, parent, chain = _parent(env.trace)
+        carried = Carried(env.trace) if env.trace is not None else None
         keep = keep_reason(env, hop)
-        tracer = self.tracing.tracer
-        span = tracer.start_span(f"tollway.{hop.stage}", context=context, kind=SpanKind.CONSUMER,
-                                 attributes={KEEP: keep} if keep else None, links=(self.link,),
-                                 start_time=hop.started_at_ns)
-        sc = span.get_span_context()
-        if span.is_recording():
-            if chain and parent is not None and not parent.trace_flags.sampled:
-                self._recreate(env, chain, parent)  # kept for an error or an SLO miss: its ancestors first
-            self._describe(span, env, hop)
-            self.members.append(sc)
-            onward: list[str] = []
-        else:
-            onward = [*chain, f"{len(env.hops) - 1}:{sc.span_id:016x}"]
-        span.end(end_time=max(hop.started_at_ns, hop.finished_at_ns))
-        env.trace = _carry(sc, onward)
+        trace_id = carried.trace_id if carried else _trace_id()
+        span_id = _span_id()
+        sampled = bool(keep) or (carried.sampled if carried else self.tracing.head_sampled(trace_id))
+        if not sampled:  # the common case at low rates: no span, our id joins the chain of unexported ancestors
+            chain = carried.chain if carried else []
+            env.trace = _carry(trace_id, span_id, False, carried.state if carried else "",
+                               [*chain, f"{len(env.hops) - 1}:{span_id:016x}"])
+            return
+        parent_id = carried.parent_id if carried else None
+        if carried is not None and not carried.sampled and carried.chain:
+            self._recreate(env, carried.chain, trace_id)  # kept for an error or an SLO miss: its ancestors first
+        self._hop_span(env, hop, trace_id, span_id, parent_id, keep=keep)
+        self.members.append((trace_id, span_id))
+        env.trace = _carry(trace_id, span_id, True, carried.state if carried else "", [])
 
     def close(self, worked: Sequence[Envelope] = ()) -> None:
         """Spans for the envelopes of ``worked`` that :meth:`hop` did not see (a sink stage forwards nothing), then
-        the batch span."""
+        the batch span, linked to its traced members."""
         for env in worked:
             if env.request_id not in self.seen and env.hops and env.hops[-1].stage == self.stage:
                 hop = env.hops[-1]
@@ -206,50 +181,46 @@ class BatchTrace:
                 self.hop(env, hop)
         if not self.members:
             return  # nothing traced in this batch: no batch span either
-        token = _FORCED_IDS.set(self.ids)
-        try:
-            span = self.tracing.tracer.start_span(
-                f"tollway.{self.stage}.batch", context=Context(), kind=SpanKind.CONSUMER,
-                attributes={KEEP: "members"}, links=[Link(sc, {"tollway.link": "member"})
-                                                     for sc in self.members[:_MAX_LINKS]],
-                start_time=self.started_ns)
-        finally:
-            _FORCED_IDS.reset(token)
-        span.set_attributes({"tollway.stage": self.stage, "messaging.system": "kafka",
-                             "messaging.operation.type": "process", "messaging.batch.message_count": self.size,
-                             "tollway.batch.traced_members": len(self.members)})
-        span.end(end_time=max(self.started_ns, self.finished_ns))
+        links = [Link(SpanContext(tid, sid, is_remote=False, trace_flags=_SAMPLED), {"tollway.link": "member"})
+                 for tid, sid in self.members[:_MAX_LINKS]]
+        self.tracing.emit(f"tollway.{self.stage}.batch", SpanKind.CONSUMER, self.trace_id, self.span_id, None,
+                          self.started_ns, self.finished_ns,
+                          {"tollway.stage": self.stage, "messaging.system": "kafka", KEEP: "members",
+                           "messaging.operation.type": "process", "messaging.batch.message_count": self.size,
+                           "tollway.batch.traced_members": len(self.members)}, links=links)
 
-    def _describe(self, span: Span, env: Envelope, hop: Hop, *, recreated: bool = False) -> None:
-        span.set_attributes(hop_attributes(env, hop, self.tracing.tenant))
+    def _hop_span(self, env: Envelope, hop: Hop, trace_id: int, span_id: int, parent_id: int | None, *,
+                  keep: str | None, recreated: bool = False) -> None:
+        attrs = hop_attributes(env, hop, self.tracing.tenant)
+        if keep:
+            attrs[KEEP] = keep
         if recreated:
-            span.set_attribute("tollway.trace.recreated", True)
-        span.add_event("dequeued", {"tollway.queue_ms": round(hop.queue_ms, 3),
-                                    "tollway.produced_at_ns": hop.produced_at_ns}, timestamp=hop.started_at_ns)
+            attrs["tollway.trace.recreated"] = True
         outcome = env.outcome
-        if outcome is not None and outcome.stage == hop.stage and keep_reason(env, hop) == "error":
-            span.set_status(StatusCode.ERROR, outcome.code or outcome.status.value)
+        error = None
+        if outcome is not None and outcome.stage == hop.stage and outcome.status in ERROR_STATUSES:
+            error = outcome.code or outcome.status.value
+        dequeued = Event("dequeued", {"tollway.queue_ms": round(hop.queue_ms, 3)}, hop.started_at_ns)
+        self.tracing.emit(f"tollway.{hop.stage}", SpanKind.CONSUMER, trace_id, span_id, parent_id, hop.started_at_ns,
+                          hop.finished_at_ns, attrs, events=(dequeued,), links=() if recreated else (self.link,),
+                          error=error)
         if hop.stage == "model":
-            self._model_call(span, env, hop)
+            self._model_call(env, hop, trace_id, span_id)
 
-    def _model_call(self, parent: Span, env: Envelope, hop: Hop) -> None:
+    def _model_call(self, env: Envelope, hop: Hop, trace_id: int, parent_id: int) -> None:
         attrs = model_call(env)
         if attrs is None or env.model is None:
             return
         end = max(hop.started_at_ns, hop.finished_at_ns)
         start = max(hop.started_at_ns, end - int(env.model.latency_ms * 1e6))
-        name = f"chat {attrs.get('gen_ai.request.model', 'unknown')}"
-        span = self.tracing.tracer.start_span(name, context=set_span_in_context(parent), kind=SpanKind.CLIENT,
-                                              attributes=attrs, start_time=start)
-        if "error.type" in attrs:
-            span.set_status(StatusCode.ERROR, str(attrs["error.type"]))
-        span.end(end_time=end)
+        error = attrs.get("error.type")
+        self.tracing.emit(f"chat {attrs.get('gen_ai.request.model', 'unknown')}", SpanKind.CLIENT, trace_id,
+                          _span_id(), parent_id, start, end, attrs, error=str(error) if error else None)
 
-    def _recreate(self, env: Envelope, chain: list[str], parent: SpanContext) -> None:
+    def _recreate(self, env: Envelope, chain: list[str], trace_id: int) -> None:
         """Re-create the unexported ancestors named in ``chain`` (oldest first) with their ids, each a child of the
         one before; the first is a root (the caller's span, if any, was not sampled either)."""
-        context: Context = Context()
-        tracer = self.tracing.tracer
+        parent_id: int | None = None
         for entry in chain:
             label, _, hex_id = entry.partition(":")
             try:
@@ -257,23 +228,14 @@ class BatchTrace:
                 hop = None if label == "p" else env.hops[int(label)]
             except (ValueError, IndexError):
                 continue  # not ours to read: skip it, its child then hangs from the one before
-            token = _FORCED_IDS.set((parent.trace_id, span_id))
-            try:
-                if hop is None:
-                    span = tracer.start_span("tollway.submit", context=context, kind=SpanKind.PRODUCER,
-                                             attributes={KEEP: "ancestor"}, start_time=env.created_at_ns)
-                else:
-                    span = tracer.start_span(f"tollway.{hop.stage}", context=context, kind=SpanKind.CONSUMER,
-                                             attributes={KEEP: "ancestor"}, start_time=hop.started_at_ns)
-            finally:
-                _FORCED_IDS.reset(token)
             if hop is None:
-                span.set_attributes({"tollway.trace.recreated": True, **request_attributes(env, self.tracing.tenant)})
-                span.end(end_time=env.created_at_ns)
+                self.tracing.emit("tollway.submit", SpanKind.PRODUCER, trace_id, span_id, parent_id,
+                                  env.created_at_ns, env.created_at_ns,
+                                  {"tollway.trace.recreated": True, KEEP: "ancestor",
+                                   **submit_attributes(env, self.tracing.tenant)})
             else:
-                self._describe(span, env, hop, recreated=True)
-                span.end(end_time=max(hop.started_at_ns, hop.finished_at_ns))
-            context = set_span_in_context(span)
+                self._hop_span(env, hop, trace_id, span_id, parent_id, keep="ancestor", recreated=True)
+            parent_id = span_id
 
 
 _REGISTRY: dict[tuple[Any, ...], Tracing] = {}
@@ -293,7 +255,8 @@ def traces_url(endpoint: str) -> str:
 
 def tracing_for(settings: Settings, exporter: SpanExporter | None = None) -> Tracing:
     """The process's tracing for ``settings`` (made once per endpoint and sampling): OTLP/HTTP behind a batch span
-    processor, or ``exporter`` behind a simple one (tests), which then replaces the one registered."""
+    processor (flushed when the process exits), or ``exporter`` behind a simple one (tests), which then replaces
+    the one registered."""
     key = _key(settings)
     with _LOCK:
         found = _REGISTRY.get(key)
@@ -305,20 +268,18 @@ def tracing_for(settings: Settings, exporter: SpanExporter | None = None) -> Tra
 
             assert settings.otel_endpoint is not None
             processor = BatchSpanProcessor(OTLPSpanExporter(endpoint=traces_url(settings.otel_endpoint)))
+            atexit.register(processor.shutdown)
         else:
             processor = SimpleSpanProcessor(exporter)
         resource = Resource.create({"service.name": settings.otel_service_name,
                                     "service.instance.id": settings.worker_id})
-        provider = TracerProvider(resource=resource, sampler=KeepErrorsSampler(settings.otel_sample_rate),
-                                  id_generator=_Ids())
-        provider.add_span_processor(processor)
-        tracing = _REGISTRY[key] = Tracing(provider, TenantLabel(settings.otel_tenant,
-                                                                  settings.otel_tenant_salt.get_secret_value()))
+        tenant = TenantLabel(settings.otel_tenant, settings.otel_tenant_salt.get_secret_value())
+        tracing = _REGISTRY[key] = Tracing(processor, resource, settings.otel_sample_rate, tenant)
         return tracing
 
 
 def flush_all(timeout_ms: int = 30_000) -> None:
-    """Export every span ended so far (tests; a worker's provider also flushes when the process exits)."""
+    """Export every span ended so far (tests; a worker's processor also flushes when the process exits)."""
     with _LOCK:
         tracings = list(_REGISTRY.values())
     for tracing in tracings:

@@ -102,8 +102,9 @@ async def test_attributes_follow_the_conventions_and_never_carry_content() -> No
     common = named(spans, "tollway.retrieval").attributes
     assert common is not None
     assert str(common["tollway.tenant"]).startswith("h:") and common["tollway.tenant"] != "acme"
-    assert common["tollway.tier"] == "standard" and common["tollway.stage"] == "retrieval"
-    assert list(common["tollway.route"]) == list(STAGES[1:])  # type: ignore[arg-type]
+    assert common["tollway.tier"] == "standard" and common["tollway.request_id"] == env.request_id
+    submit = named(spans, "tollway.submit").attributes
+    assert submit is not None and list(submit["tollway.route"]) == list(STAGES)  # type: ignore[arg-type]
     assert 0 < float(common["tollway.deadline.remaining_ms"]) <= 10_000  # type: ignore[arg-type]
     policy = named(spans, "tollway.policy").attributes
     assert policy is not None and policy["tollway.policy.version"] == "none"  # no policy document in memory

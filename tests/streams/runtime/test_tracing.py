@@ -198,3 +198,28 @@ def test_traces_url() -> None:
     assert traces_url("http://127.0.0.1:4318") == "http://127.0.0.1:4318/v1/traces"
     assert traces_url("http://127.0.0.1:4318/") == "http://127.0.0.1:4318/v1/traces"
     assert traces_url("http://collector/custom/v1/traces") == "http://collector/custom/v1/traces"
+
+
+def test_a_hop_that_ends_past_the_deadline_is_kept_as_an_slo_miss() -> None:
+    from schemas.envelope import Hop
+    from streams.runtime.trace_attributes import keep_reason
+
+    env = EnvelopeFactory(load_settings(topic_prefix="t")).new(PROMPT, tenant="acme")
+    hop = Hop(stage="model", worker_id="w", produced_at_ns=1, received_at_ns=2, started_at_ns=3, finished_at_ns=4,
+              remaining_budget_ms=-5.0)
+    assert keep_reason(env, hop) == "slo_miss"
+    hop.remaining_budget_ms = 5.0
+    assert keep_reason(env, hop) is None
+    env.finish(Status.FAILED, code="model_error", stage="model")
+    assert keep_reason(env, hop) == "error"
+    env.outcome.stage = "policy"  # type: ignore[union-attr]
+    assert keep_reason(env, hop) is None  # an error decided elsewhere is that hop's to keep
+
+
+async def test_a_caller_tracestate_near_the_limit_still_leaves_a_valid_envelope() -> None:
+    settings, _exporter = traced(rate=0.0)
+    crowded = ",".join(f"v{i}={'x' * 40}" for i in range(11))  # 505 characters of other vendors' entries
+    caller = tracing.incoming(f"00-{CALLER_TRACE}-{CALLER_SPAN}-00", crowded)
+    env = EnvelopeFactory(settings).new(PROMPT, tenant="acme", parent_trace=caller)
+    result = await run_pipeline([env], settings=settings)  # every hop re-validates the envelope it decodes
+    assert result.responses[env.request_id].status == Status.OK and not result.deadletters

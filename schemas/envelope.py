@@ -249,6 +249,15 @@ class Outcome(_Model):
     signature: str | None = None
 
 
+class TraceContext(_Model):
+    """W3C trace context (https://www.w3.org/TR/trace-context/) of the span that last handled the request: the
+    producer's, then each stage's (``streams/runtime/tracing.py``). It travels in the envelope rather than in record
+    headers so every path an envelope takes (stage lanes, replays, dead letters, the in-memory harness) carries it."""
+
+    traceparent: str = Field(pattern=r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+    tracestate: str = Field(default="", max_length=512)
+
+
 class Envelope(_Model):
     schema_version: Literal[1] = SCHEMA_VERSION
     kind: Literal["request"] = "request"
@@ -270,6 +279,7 @@ class Envelope(_Model):
     answer: str | None = None
     outcome: Outcome | None = None
     responded: bool = False  # set once the response for the terminal outcome has been published
+    trace: TraceContext | None = None  # set by producers and stages only while tracing is on (or passed through)
 
     @field_validator("route")
     @classmethod

@@ -127,6 +127,15 @@ class Settings(BaseSettings):
     idempotency_ttl_s: int = Field(default=86_400, ge=1)
     # A publish that Kafka has not acknowledged within this many seconds answers 503.
     ingress_publish_timeout_s: float = Field(default=5.0, gt=0)
+    # OpenTelemetry traces (issue 23, docs/TRACING.md): off unless an OTLP/HTTP endpoint is set (e.g.
+    # http://127.0.0.1:4318, or its full /v1/traces URL). sample_rate: the share of new traces kept (by trace id);
+    # a caller's sampled flag is followed, and every error and SLO miss is kept whatever the rate. The tenant goes
+    # on spans keyed-hashed (default), plain, or not at all.
+    otel_endpoint: str | None = None
+    otel_sample_rate: float = Field(default=0.1, ge=0.0, le=1.0)
+    otel_service_name: str = "tollway"
+    otel_tenant: Literal["hashed", "plain", "omit"] = "hashed"
+    otel_tenant_salt: SecretStr = SecretStr("tollway-trace-salt-change-me")
 
 
     @model_validator(mode="before")

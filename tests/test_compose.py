@@ -29,3 +29,11 @@ def test_compose_files_it_mounts_exist() -> None:
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
             assert (ROOT / source).exists(), f"{source} is mounted but missing"
+
+
+def test_compose_sends_the_workers_traces_to_jaeger() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert "4318:4318" in services["jaeger"]["ports"] and "16686:16686" in services["jaeger"]["ports"]
+    for name in ("retrieval", "policy", "cache", "model", "postprocess", "audit", "ingress"):
+        assert services[name]["environment"]["TOLLWAY_OTEL_ENDPOINT"] == "http://jaeger:4318", name

@@ -5,6 +5,10 @@ The route is data: when the embedder is remote (the policy's ``embedder.remote``
 settings), policy runs before retrieval so the prompt is redacted before it leaves the pipeline. The retrieval
 stage enforces the same rule on its own (``workers/retrieval.py``), so a producer that gets the route wrong cannot
 send a raw prompt to a remote embedder either.
+
+Every envelope starts its trace here (``streams/runtime/tracing.py``): a child of ``parent_trace`` (the HTTP
+caller's ``traceparent``) or of the calling application's active OpenTelemetry span; with tracing off, a given
+parent is passed through as it is.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.envelope import Envelope, Message, Request, Tier
+from schemas.envelope import Envelope, Message, Request, Tier, TraceContext
 from streams.clients.principals import Identity, sign_envelope
+from streams.runtime import tracing
 from streams.settings import Settings, get_settings
 from workers.policy import PolicySource, route_for
 
@@ -34,7 +39,7 @@ class EnvelopeFactory:
 
     def new(self, prompt: str | list[Message], *, tenant: str | None = None, tier: Tier = Tier.STANDARD,
             budget_ms: int | None = None, request_id: str | None = None, identity: Identity | None = None,
-            **request_fields: Any) -> Envelope:
+            parent_trace: TraceContext | None = None, **request_fields: Any) -> Envelope:
         """A new envelope; signed when the factory (or the call) has a verified identity, whose tenant it takes."""
         who = identity or self.identity
         tenant = who.tenant if who is not None else tenant
@@ -52,6 +57,7 @@ class EnvelopeFactory:
             deadline_at_ns=now + budget * 1_000_000,
             request=Request(messages=messages, **request_fields),
         )
+        tracing.start_request(env, self.settings, parent_trace or tracing.current_context())
         if who is not None:
             sign_envelope(env, who, self.settings.principal_secret.get_secret_value())
         return env

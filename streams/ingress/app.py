@@ -51,6 +51,7 @@ from streams.ingress.openai import (
     sse_events,
     tollway_headers,
 )
+from streams.runtime import tracing
 from streams.settings import Settings
 from workers.routing.catalog import ModelCatalog
 
@@ -140,8 +141,10 @@ class Ingress:
                 return await self.render(request, response, body, replayed=True)
 
         try:
+            # The caller's W3C trace context is continued (a malformed one is ignored, as W3C asks).
+            caller = tracing.incoming(request.headers.get("traceparent"), request.headers.get("tracestate"))
             env = envelope_for(body, identity, tier, budget_ms, request_id,
-                               EnvelopeFactory(self.settings, policy=self.policy))
+                               EnvelopeFactory(self.settings, policy=self.policy), parent_trace=caller)
             await self.gateway.publish(env)
         except BaseException as exc:
             # Nothing is in flight: free the key whatever went wrong, so the caller's retry is worked instead of

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 
-from schemas.envelope import CacheControl, Envelope, GenerationParams, Tier
+from schemas.envelope import CacheControl, Envelope, GenerationParams, Tier, TraceContext
 from streams.clients.envelopes import EnvelopeFactory
 from streams.clients.principals import Identity
 from streams.ingress.openai import ChatBody, to_messages
@@ -20,9 +20,9 @@ def new_request_id() -> str:
 
 
 def envelope_for(body: ChatBody, identity: Identity, tier: Tier, budget_ms: int, request_id: str | None,
-                 factory: EnvelopeFactory) -> Envelope:
+                 factory: EnvelopeFactory, parent_trace: TraceContext | None = None) -> Envelope:
     """The signed envelope for ``body`` from ``identity``: deadline ``budget_ms`` from now, a fresh request id
-    unless an idempotency key decided it."""
+    unless an idempotency key decided it; its trace continues the caller's (``parent_trace``)."""
     options = body.tollway
     params = GenerationParams(max_tokens=body.max_completion_tokens or body.max_tokens or 256,
                               temperature=body.temperature or 0.0, response_format=body.response_format)
@@ -30,4 +30,4 @@ def envelope_for(body: ChatBody, identity: Identity, tier: Tier, budget_ms: int,
                        request_id=request_id or new_request_id(), params=params,
                        model=None if body.model in ("auto", "") else body.model,
                        quality_tier=options.quality_tier, session_id=options.session_id, task_id=options.task_id,
-                       cache=options.cache or CacheControl())
+                       cache=options.cache or CacheControl(), parent_trace=parent_trace)

@@ -24,7 +24,7 @@ from aiokafka.errors import CommitFailedError
 from schemas.envelope import Envelope, Hop, Status
 from schemas.errors import BadEvent
 from schemas.response import DeadLetter, Response
-from streams.runtime import metrics
+from streams.runtime import metrics, tracing
 from streams.runtime.codec import decode, encode
 from streams.runtime.connections import new_consumer
 from streams.runtime.lanes import LanePoller, owned_offsets
@@ -131,6 +131,7 @@ class StageRunner(Generic[C]):
         self._stopping = asyncio.Event()
         self.budgets = Budgets.from_totals(settings.budget_interactive_ms, settings.budget_standard_ms,
                                            settings.budget_batch_ms)
+        self.tracing = tracing.tracer_for(settings)  # OpenTelemetry hop spans; None (and free) when off
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -237,6 +238,8 @@ class StageRunner(Generic[C]):
             stamp.finished_at_ns = finished_ns
         onward = (*outputs, *passing, *unanswered)
         answers = Answers(self.replays)  # a request answered before gets its first response again (replays.py)
+        # tracing hook: one span per hop (made before forwarding: it rewrites env.trace), one per batch
+        trace = self.tracing.batch(self.stage, started_ns, finished_ns, len(live)) if self.tracing else None
         for i, env in enumerate(onward, start=1):
             if i % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)
@@ -246,8 +249,12 @@ class StageRunner(Generic[C]):
                 if self.budgets.for_tier(env.tier).violated_by(stamp_or_none):
                     stamp_or_none.budget_violation = True
                     metrics.BUDGET_VIOLATIONS.labels(env.tier.value, self.stage).inc()
+                if trace is not None:
+                    trace.hop(env, stamp_or_none)
             self._forward(env, finished_ns, result, answers)
         await answers.publish(self.publisher)
+        if trace is not None:
+            trace.close(live)  # also the hops of the envelopes a sink stage keeps (not forwarded)
         await self.publisher.flush()
         metrics.STAGE_EVENTS.labels(self.stage).inc(result.consumed)
         metrics.STAGE_SERVICE_SECONDS.labels(self.stage).observe((finished_ns - started_ns) / 1e9)

@@ -101,8 +101,9 @@ class LedgerApp:
             # A forged or altered outcome (written by something that is not a stage): not counted, and the id is
             # not claimed either, so the genuine response for it still counts when it comes.
             state.unverified += 1
-            log.warning("ledger skipped responses[%d]@%d: request %s's outcome signature does not verify",
-                        partition, offset, response.request_id)
+            if state.unverified & (state.unverified - 1) == 0:  # 1st, 2nd, 4th, 8th…: a flood cannot flood the log
+                log.warning("ledger skipped responses[%d]@%d: request %s's outcome signature does not verify "
+                            "(%d such so far)", partition, offset, response.request_id, state.unverified)
             self._bump(partition, offset)
             return None
         state.cells.partition = state.tasks.partition = partition

@@ -91,7 +91,7 @@ async def wait_status(port: int, done: Callable[[dict[str, Any]], bool], proc: s
             if status and done(status):
                 return status
             await asyncio.sleep(0.05)  # polling interval, not synchronisation: the condition decides
-    raise AssertionError(f"ledger worker did not reach the condition in {timeout_s:.0f} s")
+    raise AssertionError(f"ledger worker did not reach the condition in {timeout_s:.0f} s: {status}")
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

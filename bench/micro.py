@@ -23,7 +23,7 @@ from aiokafka import ConsumerRecord
 from bench.load import request
 from bench.passthrough import passthrough_stages
 from bench.relay import relay_record
-from schemas.envelope import STAGES
+from schemas.envelope import DEFAULT_ROUTE as STAGES  # the hops every request crosses (tools only on demand)
 from streams.runtime.publisher import KafkaPublisher
 from streams.runtime.runner import StageRunner
 from streams.runtime.topics import Topology

@@ -25,7 +25,7 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.relay import HOPS, ensure_relay_topics, relay_topics
-from schemas.envelope import STAGES
+from schemas.envelope import DEFAULT_ROUTE as STAGES  # the hops every request crosses (tools only on demand)
 from streams.runtime.connections import kafka_security
 from streams.runtime.topics import ensure_topics, topology
 from streams.settings import REPO_ROOT, Settings
@@ -135,7 +135,7 @@ class System:
             from streams.runtime.worker_process import run_workers
             from streams.stages.registry import STAGES as REGISTRY
 
-            coro = run_workers(self.settings, REGISTRY, stop=self._stop)
+            coro = run_workers(self.settings, [s for s in REGISTRY if s.name in STAGES], stop=self._stop)
         self._task = asyncio.create_task(coro, name=f"bench-{self.kind}")
 
     def check(self) -> None:

@@ -38,7 +38,8 @@ async def test_reservations_are_settled_at_the_actual_cost(pipeline: Settings) -
 
     redis = Redis.from_url(settings.redis_url)
     try:
-        keys = [k.decode() async for k in redis.scan_iter(match=f"{settings.topic_prefix}:budget:*acme*:day:*")]
+        keys = [k.decode() async for k in redis.scan_iter(match=f"{settings.topic_prefix}:budget:*acme*:day:*")
+                if not k.endswith(b":held")]  # the reservations in flight have their own counter
         assert keys, "the policy stage reserved against the tenant's daily budget"
         deadline = time.monotonic() + 20
         counter = -1

@@ -23,6 +23,7 @@ from streams.clients.sdk import TollwayClient
 from streams.runtime.codec import decode_as, encode
 from streams.runtime.topics import topology
 from streams.settings import Settings
+from streams.testing import decide
 from tests.conftest import delete_topics_with_prefix
 from tests.kafka_helpers import produce_raw, read_until
 from tests.workers.tools.documents import tools_policy
@@ -77,6 +78,7 @@ async def test_a_redelivered_refund_is_executed_once(tickets: RedisTicketStore, 
     env.policy = PolicyDecision(policy_version="tools-v1")
     env.tools = ToolsResult(offered=["issue_refund"], steps=1, pending=[
         ToolCall(id="call_0_0", name="issue_refund", arguments={"ticket_id": "T-1001", "amount": 40})])
+    decide(env, pipeline)  # sealed as the policy stage would have (the stages verify, zero trust)
     topo = topology(pipeline)
     lane = topo.stage("tools", env.tier)
     await produce_raw(pipeline, lane, [encode(env)])

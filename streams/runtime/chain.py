@@ -31,9 +31,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from streams.runtime.acls import ALL_STAGES
-from streams.runtime.connections import new_consumer
-from streams.runtime.lanes import LanePoller
-from streams.runtime.runner import BatchPublisher, OffsetCommitter, Records, StageRunner, consumer_options
+from streams.runtime.runner import BatchPublisher, ConsumerLoop, Records, StageRunner
 from streams.runtime.topics import Topology
 from streams.settings import Settings
 
@@ -69,7 +67,7 @@ def chain_name(names: Sequence[str]) -> str:
     return "+".join(names)
 
 
-class ChainRunner:
+class ChainRunner(ConsumerLoop):
     def __init__(self, members: Sequence[StageRunner[Any]], publisher: ChainPublisher, kafka: BatchPublisher,
                  settings: Settings, topology: Topology) -> None:
         self.members = list(members)
@@ -88,34 +86,7 @@ class ChainRunner:
         self.stage = self.name  # for the process's task names and logs
 
     async def start(self) -> None:
-        self.consumer = new_consumer(self.settings, *self.topics, role=ALL_STAGES,
-                                     group_id=self.topology.group(f"chain.{self.name}"),
-                                     client_id=f"{self.settings.worker_id}-{self.name}",
-                                     **consumer_options(self.settings))
-        await self.consumer.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-
-    async def close(self) -> None:
-        if self.consumer is not None:
-            await self.consumer.stop()
-
-    async def run(self) -> None:
-        assert self.consumer is not None, "start() first"
-        poller = LanePoller(self.name, frozenset(t for t in self.topics if t.endswith(".batch")),
-                            max_records=self.settings.batch_max_records, batch_quota=self.settings.lane_batch_quota,
-                            batch_share=self.settings.lane_batch_share, pause_lag=self.settings.lane_pause_lag)
-        committer = OffsetCommitter(self.consumer, self.name)
-        try:
-            while not self._stopping.is_set():
-                batches = await poller.poll(self.consumer)
-                if not batches:
-                    continue
-                await self.handle(batches)  # returns once everything the cycle produced is acknowledged
-                await committer.commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
-        finally:
-            await committer.wait()
+        await self.open_consumer(role=ALL_STAGES, group=self.topology.group(f"chain.{self.name}"))
 
     async def handle(self, batches: Records) -> None:
         """Work one polled batch through the chain; returns once its Kafka output is acknowledged."""

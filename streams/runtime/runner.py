@@ -99,7 +99,50 @@ class BatchOutcome:
     deadlettered: int = 0
 
 
-class StageRunner(Generic[C]):
+class ConsumerLoop:
+    """A consumer group's loop: poll (lanes) → ``handle`` → commit once everything it produced is acknowledged.
+    Shared by a stage (:class:`StageRunner`) and a co-located chain (``streams/runtime/chain.py``)."""
+
+    name: str
+    topics: list[str]
+    settings: Settings
+    consumer: AIOKafkaConsumer | None
+    _stopping: asyncio.Event
+
+    async def handle(self, batches: Records) -> object:
+        raise NotImplementedError
+
+    async def open_consumer(self, *, role: str, group: str) -> None:
+        self.consumer = new_consumer(self.settings, *self.topics, role=role, group_id=group,
+                                     client_id=f"{self.settings.worker_id}-{self.name}",
+                                     **consumer_options(self.settings))
+        await self.consumer.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def close(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+
+    async def run(self) -> None:
+        assert self.consumer is not None, "start() first"
+        poller = LanePoller(self.name, frozenset(t for t in self.topics if t.endswith(".batch")),
+                            max_records=self.settings.batch_max_records, batch_quota=self.settings.lane_batch_quota,
+                            batch_share=self.settings.lane_batch_share, pause_lag=self.settings.lane_pause_lag)
+        committer = OffsetCommitter(self.consumer, self.name)
+        try:
+            while not self._stopping.is_set():
+                batches = await poller.poll(self.consumer)
+                if not batches:
+                    continue
+                await self.handle(batches)  # returns once everything the batch produced is acknowledged
+                await committer.commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
+        finally:
+            await committer.wait()
+
+
+class StageRunner(ConsumerLoop, Generic[C]):
     """Runs one stage: ``handle`` works one batch of records (no broker needed: :mod:`streams.testing` drives it
     over in-memory topics); ``start``/``run`` wrap it in a Kafka consumer loop with ordered commits."""
 
@@ -117,7 +160,7 @@ class StageRunner(Generic[C]):
     ) -> None:
         self.spec = stage
         self.keys = keys or DecisionKeys.parse(settings.decision_keys.get_secret_value())
-        self.stage = stage.name
+        self.stage = self.name = stage.name
         self.ctx = ctx
         self.settings = settings
         self.topology = topology
@@ -135,34 +178,7 @@ class StageRunner(Generic[C]):
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        self.consumer = new_consumer(self.settings, *self.topics, role=f"stage-{self.stage}",
-                                     group_id=self.topology.group(self.stage),
-                                     client_id=f"{self.settings.worker_id}-{self.stage}",
-                                     **consumer_options(self.settings))
-        await self.consumer.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-
-    async def close(self) -> None:
-        if self.consumer is not None:
-            await self.consumer.stop()
-
-    async def run(self) -> None:
-        assert self.consumer is not None, "start() first"
-        poller = LanePoller(self.stage, frozenset(t for t in self.topics if t.endswith(".batch")),
-                            max_records=self.settings.batch_max_records, batch_quota=self.settings.lane_batch_quota,
-                            batch_share=self.settings.lane_batch_share, pause_lag=self.settings.lane_pause_lag)
-        committer = OffsetCommitter(self.consumer, self.stage)
-        try:
-            while not self._stopping.is_set():
-                batches = await poller.poll(self.consumer)
-                if not batches:
-                    continue
-                await self.handle(batches)  # returns once everything the batch produced is acknowledged
-                await committer.commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
-        finally:
-            await committer.wait()
+        await self.open_consumer(role=f"stage-{self.stage}", group=self.topology.group(self.stage))
 
     # ------------------------------------------------------------------ one batch
     async def handle(self, batches: Records) -> BatchOutcome:

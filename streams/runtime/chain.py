@@ -30,7 +30,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+from schemas.envelope import Envelope
 from streams.runtime.acls import ALL_STAGES
+from streams.runtime.codec import encode
 from streams.runtime.runner import BatchPublisher, ConsumerLoop, Records, StageRunner
 from streams.runtime.topics import Topology
 from streams.settings import Settings
@@ -47,7 +49,15 @@ class ChainPublisher:
     def __init__(self, kafka: BatchPublisher, member_topics: frozenset[str]) -> None:
         self.kafka = kafka
         self.member_topics = member_topics
-        self.local: dict[str, list[tuple[bytes | None, bytes]]] = defaultdict(list)
+        self.local: dict[str, list[tuple[bytes | None, bytes | Envelope]]] = defaultdict(list)
+
+    def hand_over(self, topic: str, env: Envelope, key: bytes) -> bool:
+        """A request for a member is handed over as the object itself: no encode here, no decode there (the
+        member's runner takes it as a decoded record; every check and stamp still runs)."""
+        if topic not in self.member_topics:
+            return False
+        self.local[topic].append((key, env))
+        return True
 
     def publish(self, topic: str, value: bytes, *, key: bytes | None = None) -> None:
         if topic in self.member_topics:
@@ -58,7 +68,7 @@ class ChainPublisher:
     async def flush(self) -> None:
         """A member's end of batch: nothing to do, the chain flushes Kafka once per cycle."""
 
-    def take(self) -> dict[str, list[tuple[bytes | None, bytes]]]:
+    def take(self) -> dict[str, list[tuple[bytes | None, bytes | Envelope]]]:
         local, self.local = self.local, defaultdict(list)
         return local
 
@@ -106,7 +116,9 @@ class ChainRunner(ConsumerLoop):
                       _MAX_ROUNDS)
             for records in (r for work in pending.values() for r in work.values()):
                 for record in records:
-                    self.kafka.publish(record.topic, record.value, key=record.key)
+                    value = record.value
+                    self.kafka.publish(record.topic, encode(value) if isinstance(value, Envelope) else value,
+                                       key=record.key)
         await self.kafka.flush()
 
     def _collect(self, pending: dict[StageRunner[Any], Records]) -> None:
@@ -117,5 +129,5 @@ class ChainRunner(ConsumerLoop):
             records = pending[member].setdefault(tp, [])
             records.extend(ConsumerRecord(topic=topic, partition=-1, offset=-1, timestamp=now_ms, timestamp_type=0,
                                           key=key, value=value, checksum=None,
-                                          serialized_key_size=len(key or b""), serialized_value_size=len(value),
+                                          serialized_key_size=len(key or b""), serialized_value_size=0,
                                           headers=[]) for key, value in values)

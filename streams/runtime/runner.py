@@ -298,6 +298,8 @@ class StageRunner(ConsumerLoop, Generic[C]):
 
     def _decode(self, record: ConsumerRecord[bytes, bytes], result: BatchOutcome) -> Envelope | None:
         value = record.value
+        if isinstance(value, Envelope):  # handed over in memory by a co-located member (streams/runtime/chain.py)
+            return value
         try:
             if value is not None and len(value) > self.settings.max_message_bytes:
                 raise BadEvent(f"record of {len(value)} bytes exceeds the {self.settings.max_message_bytes} limit",
@@ -330,7 +332,10 @@ class StageRunner(ConsumerLoop, Generic[C]):
             result.responses += 1
             metrics.OUTCOMES.labels(self.stage, env.outcome.status if env.outcome else "").inc()
         if env.route:
-            self.publisher.publish(self.topology.stage(env.route[0], env.tier), encode(env), key=key)
+            topic = self.topology.stage(env.route[0], env.tier)
+            hand_over = getattr(self.publisher, "hand_over", None)
+            if hand_over is None or not hand_over(topic, env, key):
+                self.publisher.publish(topic, encode(env), key=key)
             result.forwarded += 1
 
     def _refused(self, env: Envelope, result: BatchOutcome) -> bool:

@@ -27,6 +27,7 @@ from schemas.errors import BadEvent, ConfigError
 from schemas.response import DeadLetter
 from streams.runtime.codec import decode_as
 from streams.runtime.connections import new_consumer, new_producer, redis_client
+from streams.runtime.lanes import owned_offsets
 from streams.runtime.publisher import KafkaPublisher
 from streams.runtime.topics import topology
 from streams.settings import Settings
@@ -111,13 +112,19 @@ class DeadLetterAuditor:
             try:
                 await record_batch(records, self.ctx, self.publisher, self.unconfirmed)
                 await self.publisher.flush()
-                await self.consumer.commit({tp: recs[-1].offset + 1 for tp, recs in batches.items()})
+                # Only partitions still owned: a rebalance may have moved some since the poll (their new owner
+                # redelivers them, and the chain and the claims deduplicate).
+                offsets = owned_offsets(self.consumer, {tp: recs[-1].offset + 1 for tp, recs in batches.items()})
+                if offsets:
+                    await self.consumer.commit(offsets)
             except Exception:
                 # Never die silently: log, rewind to the batch's start and try it again (at-least-once; the
                 # chain and the claims deduplicate what was already recorded).
                 log.exception("auditing %d dead letter(s) failed; retrying the batch", len(records))
+                owned = self.consumer.assignment()
                 for tp, recs in batches.items():
-                    self.consumer.seek(tp, recs[0].offset)
+                    if tp in owned:
+                        self.consumer.seek(tp, recs[0].offset)
                 await asyncio.sleep(1.0)
 
     def stop(self) -> None:

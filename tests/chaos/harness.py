@@ -382,7 +382,6 @@ async def deadletter_path_works(settings: Settings, timeout_s: float = 45) -> bo
     stage's dead-letter consumer is a task of its own; it must have survived the fault too)."""
     topo = topology(settings)
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True,
-                                **kafka_security(settings, "admin"),
                                 **kafka_security(settings, "admin"))
     await producer.start()
     try:

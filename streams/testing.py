@@ -210,13 +210,9 @@ def seal_outcome(env: Envelope, settings: Settings | None = None) -> Envelope:
 
 def seal_response(response: Response, settings: Settings | None = None) -> Response:
     """A response signed as a stage would sign it (synthetic ledger input for tests and benchmarks)."""
-    from workers.decisions import DecisionKeys, outcome_claims
+    from workers.decisions import DecisionKeys, response_claims
 
     s = _settings(settings)
     keys = DecisionKeys.parse(s.decision_keys.get_secret_value())
-    claims = outcome_claims(request_id=response.request_id, tenant=response.tenant, status=str(response.status),
-                            code=response.code, stage=response.stage, model=response.model, usage=response.usage,
-                            cost_micros=response.cost_micros, saved_micros=response.saved_micros,
-                            task_id=response.task_id)
-    response.key_id, response.signature = keys.sign(claims)
+    response.key_id, response.signature = keys.sign(response_claims(response))
     return response

@@ -140,10 +140,14 @@ def outcome_verifies(env: Envelope, keys: DecisionKeys) -> bool:
     return keys.verify(envelope_claims(env), env.outcome.key_id, env.outcome.signature)
 
 
-def response_verifies(response: Any, keys: DecisionKeys) -> bool:
-    """A response (``schemas.response.Response``) carries its outcome's signature: the ledger counts it only then."""
-    claims = outcome_claims(
+def response_claims(response: Any) -> bytes:
+    """The claims of a response (``schemas.response.Response``): the same bytes as its envelope's."""
+    return outcome_claims(
         request_id=response.request_id, tenant=response.tenant, status=str(response.status), code=response.code,
         stage=response.stage, model=response.model, usage=response.usage, cost_micros=response.cost_micros,
         saved_micros=response.saved_micros, task_id=response.task_id)
-    return keys.verify(claims, response.key_id, response.signature)
+
+
+def response_verifies(response: Any, keys: DecisionKeys) -> bool:
+    """A response carries its outcome's signature: the ledger counts it only then."""
+    return keys.verify(response_claims(response), response.key_id, response.signature)

@@ -19,7 +19,7 @@ from aiokafka import ConsumerRecord
 
 from schemas.errors import BadEvent
 from schemas.index import IndexChunkEvent, record_key
-from streams.followers.base import TopicFollower
+from streams.followers.base import TopicFollower, read_to_end
 from streams.runtime.codec import decode_as, encode
 from streams.runtime.connections import new_producer, start
 from streams.runtime.topics import topology
@@ -97,33 +97,19 @@ async def publish(settings: Settings, chunks: Iterable[IndexChunkEvent],
         await producer.stop()
 
 
-class _IndexSnapshot(TopicFollower):
-    """Reads the compacted index topic to its end once (the CLI's view): the current chunks by record key."""
-
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings, topology(settings).index, start_at="beginning", catch_up=True)
-        self.current: dict[str, IndexChunkEvent] = {}
-
-    async def apply(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
-        for record in records:
-            key = (record.key or b"").decode()
-            if record.value is None:
-                self.current.pop(key, None)
-                continue
-            try:
-                self.current[key] = decode_as(record.value, IndexChunkEvent)
-            except BadEvent as exc:
-                log.warning("skipping a bad index record at offset %d: %s", record.offset, exc)
-
-
 async def read_index(settings: Settings) -> dict[str, IndexChunkEvent]:
     """The current chunks by record key, read from the compacted topic up to its end (used by the CLI)."""
-    snapshot = _IndexSnapshot(settings)
-    await snapshot.start()
-    try:
-        return snapshot.current
-    finally:
-        await snapshot.stop()
+    current: dict[str, IndexChunkEvent] = {}
+    for record in await read_to_end(settings, topology(settings).index):
+        key = (record.key or b"").decode()
+        if record.value is None:
+            current.pop(key, None)
+            continue
+        try:
+            current[key] = decode_as(record.value, IndexChunkEvent)
+        except BadEvent as exc:
+            log.warning("skipping a bad index record at offset %d: %s", record.offset, exc)
+    return current
 
 
 class IndexMaterialiser(TopicFollower):

@@ -34,6 +34,7 @@ from schemas.envelope import Envelope
 from streams.runtime.acls import ALL_STAGES
 from streams.runtime.codec import encode
 from streams.runtime.runner import BatchPublisher, ConsumerLoop, Records, StageRunner
+from streams.runtime.stage import Stage
 from streams.runtime.topics import Topology
 from streams.settings import Settings
 
@@ -71,6 +72,14 @@ class ChainPublisher:
     def take(self) -> dict[str, list[tuple[bytes | None, bytes | Envelope]]]:
         local, self.local = self.local, defaultdict(list)
         return local
+
+
+def member_topics(stages: Sequence[Stage[Any]], topology: Topology) -> frozenset[str]:
+    """Every topic the members of a chain read: their lanes, and the ingress when the entry stage is a member."""
+    topics = frozenset(t for stage in stages for t in topology.stage_lanes(stage.name))
+    if any(stage.entry for stage in stages):
+        topics |= frozenset(topology.stage_lanes("ingress"))
+    return topics
 
 
 def chain_name(names: Sequence[str]) -> str:

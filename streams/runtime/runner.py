@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol
 
@@ -165,6 +165,8 @@ class StageRunner(ConsumerLoop, Generic[C]):
         self.settings = settings
         self.topology = topology
         self.publisher = publisher
+        # A co-located chain's publisher takes envelopes for its members as objects (streams/runtime/chain.py).
+        self._hand_over: Callable[[str, Envelope, bytes], bool] | None = getattr(publisher, "hand_over", None)
         self.clock = clock
         self.replays: ReplayMemory = replays or NoReplayMemory()
         self.topics: list[str] = list(topology.stage_lanes(stage.name))
@@ -333,8 +335,7 @@ class StageRunner(ConsumerLoop, Generic[C]):
             metrics.OUTCOMES.labels(self.stage, env.outcome.status if env.outcome else "").inc()
         if env.route:
             topic = self.topology.stage(env.route[0], env.tier)
-            hand_over = getattr(self.publisher, "hand_over", None)
-            if hand_over is None or not hand_over(topic, env, key):
+            if self._hand_over is None or not self._hand_over(topic, env, key):
                 self.publisher.publish(topic, encode(env), key=key)
             result.forwarded += 1
 

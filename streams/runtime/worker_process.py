@@ -12,7 +12,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from streams.runtime.acls import stage_principal
-from streams.runtime.chain import ChainPublisher, ChainRunner
+from streams.runtime.chain import ChainPublisher, ChainRunner, member_topics
 from streams.runtime.connections import new_producer, redis_client, start
 from streams.runtime.metrics import serve_metrics
 from streams.runtime.publisher import KafkaPublisher
@@ -77,9 +77,7 @@ async def run_workers(settings: Settings, stages: Sequence[Unit], *, ready: asyn
                                                                             replays, clock)
             else:
                 kafka = KafkaPublisher(producer)
-                shared = ChainPublisher(kafka, frozenset(t for s in unit for t in topo.stage_lanes(s.name))
-                                        | (frozenset(topo.stage_lanes("ingress")) if any(s.entry for s in unit)
-                                           else frozenset()))
+                shared = ChainPublisher(kafka, member_topics(unit, topo))
                 members = [await _open_runner(stack, settings, s, shared, replays, clock) for s in unit]
                 runner = ChainRunner(members, shared, kafka, settings, topo)
             await runner.start()

@@ -9,7 +9,7 @@ from aiokafka import TopicPartition
 from schemas.envelope import DEFAULT_ROUTE, STAGES, Envelope, Status
 from schemas.response import Response
 from streams.clients.envelopes import new_envelope
-from streams.runtime.chain import ChainPublisher, ChainRunner
+from streams.runtime.chain import ChainPublisher, ChainRunner, member_topics
 from streams.runtime.codec import decode, decode_as, encode
 from streams.runtime.replays import MemoryReplayMemory
 from streams.runtime.runner import StageRunner
@@ -27,10 +27,7 @@ TOPICS = Topology("t")
 
 def chain_of(stages: list[Stage[Any]]) -> tuple[ChainRunner, MemoryTopics]:
     kafka = MemoryTopics()
-    member_topics = frozenset(t for s in stages for t in TOPICS.stage_lanes(s.name))
-    if any(s.entry for s in stages):
-        member_topics |= frozenset(TOPICS.stage_lanes("ingress"))
-    shared = ChainPublisher(kafka, member_topics)
+    shared = ChainPublisher(kafka, member_topics(stages, TOPICS))
     replays = MemoryReplayMemory()
     members = []
     for stage in stages:

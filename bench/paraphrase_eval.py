@@ -18,7 +18,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from collections import Counter
+import random
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,35 @@ TARGET_HIT, TARGET_WRONG = 0.60, 0.01
 
 def rows(name: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (DATA / name).read_text().splitlines() if line.strip()]
+
+
+def directions(pairs: list[dict[str, Any]]) -> list[tuple[str, str, int]]:
+    """(query, cached prompt, 1 for a paraphrase / 0 for a near miss), both ways round for every pair."""
+    return [(query, cached, int(row["label"] == "paraphrase"))
+            for row in pairs for cached, query in ((row["a"], row["b"]), (row["b"], row["a"]))]
+
+
+def other_questions(pairs: list[dict[str, Any]], per_group: int = 3, seed: int = 19) -> list[tuple[str, str, int]]:
+    """A control set of negatives: (query, cached, 0) with the two prompts from different groups of the same domain
+    (another domain where a domain has one group in the split). Near misses are minimal edits; these are whole
+    other questions, so a verifier that learnt "few shared words = paraphrase" shows up here."""
+    rng = random.Random(seed)
+    by_domain: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for row in pairs:
+        by_domain[row["domain"]][row["group"]].update((row["a"], row["b"]))
+    out = []
+    for domain in sorted(by_domain):
+        groups = by_domain[domain]
+        for group in sorted(groups):
+            for _ in range(per_group):
+                others = [g for g in sorted(groups) if g != group]
+                if others:
+                    pool = groups[rng.choice(others)]
+                else:
+                    other_domain = rng.choice([d for d in sorted(by_domain) if d != domain])
+                    pool = set().union(*by_domain[other_domain].values())
+                out.append((rng.choice(sorted(groups[group])), rng.choice(sorted(pool)), 0))
+    return out
 
 
 async def _one_way(embedder: Embedder, cached: str, query: str) -> tuple[float, bool, str | None]:

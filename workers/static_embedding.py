@@ -152,3 +152,24 @@ class StaticEmbedder:
             norm = float(np.linalg.norm(acc))
             out[row] = acc / norm if norm > 1e-12 else self._empty
         return out
+
+    def word_vectors(self, words: list[str]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """Unit vectors of single words (mean of their tokens) and each word's rarity in [0, 1].
+
+        Rarity is ``log(1 + highest token id) / log(vocabulary)``: SentencePiece ids grow as merges get rarer, so a
+        word made of late tokens ("quail", "X200") is rare and one of early tokens ("egg", "long") is common. The
+        cache's pair verifier uses both (``workers.cache.verifier``)."""
+        vectors = np.zeros((len(words), self.dim), dtype=np.float32)
+        rarity = np.zeros(len(words), dtype=np.float32)
+        encodings = self._tokenizer.encode_batch([" " + word for word in words], add_special_tokens=False)
+        log_vocab = float(np.log(self._vocab))
+        for row, enc in enumerate(encodings):
+            ids = np.clip(np.asarray(enc.ids, dtype=np.int64), 0, self._vocab - 1)
+            if ids.size == 0:
+                continue
+            acc = self._table[ids].sum(axis=0, dtype=np.float32)
+            norm = float(np.linalg.norm(acc))
+            if norm > 1e-12:
+                vectors[row] = acc / norm
+            rarity[row] = float(np.log1p(ids.max())) / log_vocab
+        return vectors, rarity

@@ -93,7 +93,7 @@ def main() -> None:
         "coef": [round(float(v), 6) for v in coef], "intercept": round(float(intercept), 6),
         "threshold": point["threshold"], "similarity_floor": point["similarity_floor"],
         "fit": {"split": "tune", "pairs": len(tune), "directions": len(y), "other_question_pairs": len(oy),
-                "trained_on": int(len(train_y)), "l2": L2, "operating_point_on_tune": point},
+                "trained_on": len(train_y), "l2": L2, "operating_point_on_tune": point},
     }
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(out["fit"], indent=1))

@@ -153,6 +153,9 @@ class CacheResult(_Model):
     saved_micros: int = 0
     key: str | None = None
     rejected_near_miss: bool = False
+    # Why the best semantic candidate was refused: a near-miss guard reason ("negation", "roles", …) or "verifier".
+    refused_reason: str | None = None
+    verifier_score: float | None = None  # the pair verifier's probability for the served or best refused candidate
 
 
 class Usage(_Model):

@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     cache_ttl_s: int = Field(default=86_400, ge=1)
     cache_max_ttl_s: int = Field(default=7 * 86_400, ge=1)
     cache_semantic_threshold: float = Field(default=0.88, gt=0.0, le=1.0)
+    # The pair verifier after the near-miss guard (workers/cache/verifier.py; only for the embedder its weights
+    # were fit with, i.e. the static one). Off: the guard alone decides above the threshold.
+    cache_verifier: bool = True
     # Redis calls on the request path give up quickly: a slow cache is a miss, never a stalled request.
     redis_timeout_ms: int = Field(default=250, ge=1)
     # HTTP ingress and SDK (issue 9). Dev mode: while no policy is in force, accept requests without a key (tenant

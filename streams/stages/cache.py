@@ -1,4 +1,5 @@
-"""Wiring for the cache stage: a Redis connection pool, the cache store, the embedder and this process's mirror."""
+"""Wiring for the cache stage: a Redis connection pool, the cache store, the embedder, its pair verifier and this
+process's mirror."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from streams.settings import Settings
 from streams.stages.embedders import open_embedder
 from workers.cache.stage import CacheContext
 from workers.cache.store import RedisCacheStore, SemanticMirror, vector_space
+from workers.cache.verifier import load_verifier
 from workers.context import StageContext, derive
 
 
@@ -24,6 +26,7 @@ async def open_context(settings: Settings, base: StageContext) -> AsyncIterator[
                 embedder=embedder,
                 mirror=SemanticMirror(embedder.dim), semantic_threshold=settings.cache_semantic_threshold,
                 default_ttl_s=settings.cache_ttl_s, max_ttl_s=settings.cache_max_ttl_s,
+                verifier=load_verifier(embedder) if settings.cache_verifier else None,
             )
     finally:
         await client.aclose()

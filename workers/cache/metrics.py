@@ -7,7 +7,8 @@ from prometheus_client import Counter
 LOOKUPS = Counter("tollway_cache_lookups_total", "Cache lookups by outcome (hit/miss/bypass/error) and kind",
                   ["outcome", "kind"])
 NEAR_MISSES = Counter("tollway_cache_near_miss_rejections_total",
-                      "Semantic candidates above the threshold refused by the near-miss guard", ["reason"])
+                      "Semantic candidates above the threshold refused by the near-miss guard or the pair verifier",
+                      ["reason"])
 ERRORS = Counter("tollway_cache_errors_total", "Cache store failures (Redis down or slow); each became a miss",
                  ["operation"])
 FILLS = Counter("tollway_cache_fills_total", "Answers written to the cache")

@@ -3,7 +3,9 @@
 Lookup (``process``, between policy and model) for a whole batch: one ``MGET`` for the exact keys; for the misses,
 one embedding call, one log refresh per tenant and one batched vector search per (tenant, scope); the candidates at
 or above the threshold are read from the store in one ``MGET`` (the mirror holds no prompts) and, best first, go
-through the near-miss guard on the entry's prompt: the first that passes is served.
+through the near-miss guard on the entry's prompt and then, when the context has one, the pair verifier
+(``workers.cache.verifier``, fit for the static embedder): the first that passes both is served. A refusal records
+its reason (a guard reason or ``verifier``) and the similarity on the result.
 
 * Exact key = sha256(tenant, model class, normalised prompt, retrieval context chunk ids, the rest of the
   conversation, generation params). Semantic scope = the same without the prompt: a semantic hit needs the same
@@ -32,6 +34,7 @@ from schemas.errors import BackendError
 from workers.cache import metrics
 from workers.cache.semantic_guard import near_miss
 from workers.cache.store import CacheEntry, CacheStore, CacheWrite, MemoryCacheStore, SemanticMirror
+from workers.cache.verifier import PairVerifier
 from workers.context import StageContext
 from workers.embedding import Embedder, HashingEmbedder, normalise_text
 
@@ -50,6 +53,7 @@ class CacheContext(StageContext):
     default_ttl_s: int = 86_400
     max_ttl_s: int = 7 * 86_400
     candidates: int = 3  # how many above-threshold candidates the guard may look at per request
+    verifier: PairVerifier | None = None  # second stage after the guard; None = the guard alone
 
 
 def normalise_prompt(prompt: str) -> str:
@@ -138,11 +142,17 @@ async def _lookup(lookups: list[tuple[Envelope, str]], ctx: CacheContext) -> Non
         if entry is None or env.cache.outcome == "hit" or _own(entry, env):  # expired since, served, or its own
             continue
         reason = near_miss(env.request.prompt, entry.prompt)
+        score = None
+        if reason is None and ctx.verifier is not None:
+            score = ctx.verifier.score(env.request.prompt, entry.prompt, similarity)
+            reason = None if score >= ctx.verifier.threshold else "verifier"
         if reason is None:
-            _serve(env, entry, key=key, kind="semantic", similarity=similarity)
+            _serve(env, entry, key=key, kind="semantic", similarity=similarity, verifier_score=score)
         elif not env.cache.rejected_near_miss:
             env.cache.rejected_near_miss = True
             env.cache.similarity = round(similarity, 4)
+            env.cache.refused_reason = reason
+            env.cache.verifier_score = None if score is None else round(score, 4)
             metrics.NEAR_MISSES.labels(reason).inc()
     for env, _ in misses:
         if env.cache is not None and env.cache.outcome == "miss":
@@ -162,11 +172,14 @@ def _threshold(env: Envelope, ctx: CacheContext) -> float:
 
 
 def _serve(env: Envelope, entry: CacheEntry, *, key: str, kind: Literal["exact", "semantic"],
-           similarity: float) -> None:
+           similarity: float, verifier_score: float | None = None) -> None:
     rejected = env.cache.rejected_near_miss if env.cache else False
+    refused = env.cache.refused_reason if env.cache else None
     env.answer = entry.answer
     env.cache = CacheResult(outcome="hit", kind=kind, similarity=round(similarity, 4),
-                            saved_micros=entry.cost_micros, key=key, rejected_near_miss=rejected)
+                            saved_micros=entry.cost_micros, key=key, rejected_near_miss=rejected,
+                            refused_reason=refused,
+                            verifier_score=None if verifier_score is None else round(verifier_score, 4))
     env.route = [stage for stage in env.route if stage != "model"]
     metrics.LOOKUPS.labels("hit", kind).inc()
     metrics.SAVED_MICROS.inc(entry.cost_micros)

@@ -20,6 +20,7 @@ import asyncio
 import json
 import random
 from collections import Counter, defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from workers import retrieval
 from workers.cache import stage as cache
 from workers.cache.stage import CacheContext
 from workers.cache.store import MemoryCacheStore, SemanticMirror
+from workers.cache.verifier import PairVerifier, load_verifier
 from workers.embedding import Embedder, HashingEmbedder
 from workers.retrieval import RetrievalContext
 from workers.static_embedding import StaticEmbedder
@@ -38,6 +40,7 @@ from workers.vectors.index import MemoryVectorIndex
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "bench" / "data"
 SWEEP = [round(0.30 + 0.02 * i, 2) for i in range(34)]  # 0.30 … 0.96
+VERIFIER_SWEEP = [round(0.30 + 0.01 * i, 2) for i in range(70)]  # 0.30 … 0.99
 TARGET_HIT, TARGET_WRONG = 0.60, 0.01
 
 
@@ -74,10 +77,14 @@ def other_questions(pairs: list[dict[str, Any]], per_group: int = 3, seed: int =
     return out
 
 
-async def _one_way(embedder: Embedder, cached: str, query: str) -> tuple[float, bool, str | None]:
-    """(similarity, served by the guard, guard reason) for one cached prompt and one lookup."""
+async def _one_way(embedder: Embedder, verifier: PairVerifier | None, cached: str, query: str
+                   ) -> tuple[float, bool, str | None, float | None]:
+    """(similarity, passed the guard, guard reason, verifier score) for one cached prompt and one lookup, through
+    the real stage with the threshold at ~0 and the verifier's threshold at 0 (so it scores but never refuses)."""
     ctx = CacheContext(stage="cache", store=MemoryCacheStore(), embedder=embedder,
-                       mirror=SemanticMirror(embedder.dim), semantic_threshold=1e-6)
+                       mirror=SemanticMirror(embedder.dim), semantic_threshold=1e-6,
+                       verifier=None if verifier is None else PairVerifier(
+                           verifier_words(verifier), replace(verifier.weights, threshold=0.0)))
     filled = new_envelope(cached, tenant="bench", budget_ms=10_000)
     filled.answer, filled.model = "answer", ModelResult(model="m", cost_micros=1000)
     await cache.fill([filled], ctx)
@@ -86,36 +93,54 @@ async def _one_way(embedder: Embedder, cached: str, query: str) -> tuple[float, 
     (env,) = await cache.process([env], ctx)
     assert env.cache is not None
     served = env.cache.outcome == "hit"
-    reason = None if served else cache.near_miss(query, cached)
-    return float(env.cache.similarity or 0.0), served, reason
+    reason = None if served else env.cache.refused_reason
+    return float(env.cache.similarity or 0.0), served, reason, env.cache.verifier_score
 
 
-async def pair_outcomes(embedder: Embedder, pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def verifier_words(verifier: PairVerifier) -> Any:
+    return verifier._words  # the embedder the verifier reads word vectors from
+
+
+async def pair_outcomes(embedder: Embedder, verifier: PairVerifier | None,
+                        directed: list[tuple[str, str, int]], kinds: list[str | None]) -> list[dict[str, Any]]:
     out = []
-    for row in pairs:
-        for cached, query in ((row["a"], row["b"]), (row["b"], row["a"])):
-            similarity, served, reason = await _one_way(embedder, cached, query)
-            out.append({"label": row["label"], "kind": row["kind"], "overlap": row.get("overlap"),
-                        "similarity": similarity, "served": served, "reason": reason})
+    for (query, cached, label), kind in zip(directed, kinds, strict=True):
+        similarity, served, reason, score = await _one_way(embedder, verifier, cached, query)
+        out.append({"label": "paraphrase" if label else "near_miss", "kind": kind, "similarity": similarity,
+                    "served": served, "reason": reason, "verifier": score})
     return out
 
 
-def sweep(outcomes: list[dict[str, Any]]) -> list[dict[str, float]]:
+def _served(o: dict[str, Any], floor: float, verifier_threshold: float | None) -> bool:
+    return bool(o["served"] and o["similarity"] >= floor
+                and (verifier_threshold is None or (o["verifier"] or 0.0) >= verifier_threshold))
+
+
+def sweep(outcomes: list[dict[str, Any]], others: list[dict[str, Any]], *, floor: float | None = None
+          ) -> list[dict[str, float]]:
+    """Without ``floor``: the similarity threshold sweeps (guard only). With it: the similarity threshold stays at
+    ``floor`` and the verifier's probability threshold sweeps."""
     para = [o for o in outcomes if o["label"] == "paraphrase"]
     near = [o for o in outcomes if o["label"] == "near_miss"]
     curve = []
-    for threshold in SWEEP:
-        hits = sum(o["served"] and o["similarity"] >= threshold for o in para)
-        wrong = sum(o["served"] and o["similarity"] >= threshold for o in near)
-        above = sum(o["similarity"] >= threshold for o in near)
+    for threshold in (SWEEP if floor is None else VERIFIER_SWEEP):
+        sim, ver = (threshold, None) if floor is None else (floor, threshold)
+        hits = sum(_served(o, sim, ver) for o in para)
+        wrong = sum(_served(o, sim, ver) for o in near)
+        above = sum(o["similarity"] >= sim for o in near)
         curve.append({"threshold": threshold, "hit_rate": hits / len(para), "wrong_rate": wrong / len(near),
-                      "wrong": wrong, "near_above": above, "guard_refused": above - wrong})
+                      "wrong": wrong, "near_above": above, "refused": above - wrong,
+                      "other_wrong_rate": sum(_served(o, sim, ver) for o in others) / len(others)})
     return curve
 
 
 def best_under(curve: list[dict[str, float]], wrong_max: float) -> dict[str, float] | None:
     ok = [c for c in curve if c["wrong_rate"] <= wrong_max]
     return max(ok, key=lambda c: (c["hit_rate"], -c["threshold"])) if ok else None
+
+
+def at_threshold(curve: list[dict[str, float]], threshold: float) -> dict[str, float]:
+    return min(curve, key=lambda c: abs(c["threshold"] - threshold))
 
 
 async def recall(embedder: Embedder, split: str) -> dict[str, float]:
@@ -136,29 +161,36 @@ async def recall(embedder: Embedder, split: str) -> dict[str, float]:
     return {"questions": len(questions), "recall@1": at1 / len(questions), "recall@5": at5 / len(questions)}
 
 
-def plot(curves: dict[str, list[dict[str, float]]], path: Path, split: str) -> None:
+def plot(curves: dict[str, list[dict[str, float]]], marks: dict[str, dict[str, float]], path: Path,
+         split: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
     for name, curve in curves.items():
-        ax.plot([100 * c["wrong_rate"] for c in curve], [100 * c["hit_rate"] for c in curve], marker=".", label=name)
+        ax.plot([100 * c["wrong_rate"] for c in curve], [100 * c["hit_rate"] for c in curve], marker=".",
+                markersize=3, label=name)
+        step = 0.1 if "verifier" not in name else 0.05
         for c in curve:
-            if round(c["threshold"] * 50) % 5 == 0:  # label every 0.1
-                ax.annotate(f"{c['threshold']:.1f}", (100 * c["wrong_rate"], 100 * c["hit_rate"]), fontsize=7,
+            if abs(c["threshold"] / step - round(c["threshold"] / step)) < 1e-6:
+                ax.annotate(f"{c['threshold']:.2f}", (100 * c["wrong_rate"], 100 * c["hit_rate"]), fontsize=6,
                             textcoords="offset points", xytext=(4, -8))
+    for name, c in marks.items():
+        ax.plot([100 * c["wrong_rate"]], [100 * c["hit_rate"]], marker="*", markersize=11, linestyle="none",
+                label=f"{name}: {c['hit_rate']:.1%} hits, {c['wrong_rate']:.1%} wrong")
     ax.axhspan(100 * TARGET_HIT, 100, xmin=0, xmax=1, alpha=0.08, color="green")
     ax.axvline(100 * TARGET_WRONG, color="green", linestyle="--", linewidth=0.8,
                label=f"target: ≥{TARGET_HIT:.0%} hits at ≤{TARGET_WRONG:.0%} wrong")
     ax.set_xlabel("wrong hits (% of near misses served another question's answer)")
     ax.set_ylabel("paraphrase hit rate (%)")
-    ax.set_title(f"Semantic cache threshold sweep (outsider set, {split} split; labels = threshold)")
-    ax.set_xlim(left=-1)
+    ax.set_title(f"Semantic cache, outsider set, {split} split (labels: similarity / verifier threshold)",
+                 fontsize=9)
+    ax.set_xlim(-1, 60)
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -166,46 +198,68 @@ def plot(curves: dict[str, list[dict[str, float]]], path: Path, split: str) -> N
 
 
 async def run(split: str, png: Path | None) -> dict[str, Any]:
-    embedders: dict[str, Embedder] = {"hashing (before)": HashingEmbedder(), "static (after)": StaticEmbedder()}
+    static = StaticEmbedder()
+    verifier = load_verifier(static)
+    assert verifier is not None, "workers/cache/verifier_weights.json is missing: python -m bench.fit_verifier"
+    floor = float(json.loads((ROOT / "workers" / "cache" / "verifier_weights.json").read_text())["similarity_floor"])
+    configs: dict[str, tuple[Embedder, PairVerifier | None]] = {
+        "hashing + guard (before)": (HashingEmbedder(), None), "static + guard": (static, None),
+        "static + guard + verifier (after)": (static, verifier)}
     pairs = [r for r in rows("outsider_paraphrase.jsonl") if r["split"] == split]
-    report: dict[str, Any] = {"split": split, "pairs": len(pairs), "embedders": {}}
-    curves = {}
-    for name, embedder in embedders.items():
-        outcomes = await pair_outcomes(embedder, pairs)
-        curve = curves[name] = sweep(outcomes)
-        best = best_under(curve, TARGET_WRONG)
-        at_best = best["threshold"] if best else 1.0
-        wrong_kinds = Counter(o["kind"] for o in outcomes if o["label"] == "near_miss" and o["served"]
-                              and o["similarity"] >= 0.5)
+    directed = directions(pairs)
+    kinds = [row["kind"] for row in pairs for _ in range(2)]
+    others_directed = other_questions(pairs)
+    report: dict[str, Any] = {"split": split, "pairs": len(pairs), "other_question_pairs": len(others_directed),
+                              "configs": {}}
+    curves, marks = {}, {}
+    for name, (embedder, pair_verifier) in configs.items():
+        outcomes = await pair_outcomes(embedder, pair_verifier, directed, kinds)
+        others = await pair_outcomes(embedder, pair_verifier, others_directed, [None] * len(others_directed))
+        curve = curves[name] = sweep(outcomes, others, floor=floor if pair_verifier else None)
+        shipped = at_threshold(curve, pair_verifier.threshold) if pair_verifier else None
+        if shipped is not None:
+            marks[f"shipped (floor {floor:.2f}, verifier {pair_verifier.threshold:.2f}; chosen on tune)"] = shipped
+        wrong_kinds = Counter(o["kind"] for o in outcomes if o["label"] == "near_miss"
+                              and _served(o, floor if pair_verifier else 0.5, pair_verifier.threshold
+                                          if pair_verifier else None))
         refused = Counter(o["reason"] for o in outcomes if o["label"] == "paraphrase" and not o["served"])
-        report["embedders"][name] = {
-            "name": embedder.name, "sweep": curve, "best_at_1pct_wrong": best,
-            "wrong_hits_by_kind_at_0.5": dict(wrong_kinds.most_common()),
+        report["configs"][name] = {
+            "embedder": embedder.name, "sweep": curve, "best_at_1pct_wrong": best_under(curve, TARGET_WRONG),
+            "best_at_2pct_wrong": best_under(curve, 0.02), "best_at_5pct_wrong": best_under(curve, 0.05),
+            "shipped": shipped, "wrong_hits_by_kind": dict(wrong_kinds.most_common()),
             "paraphrases_refused_by_guard": dict(refused.most_common()),
-            "retrieval": await recall(embedder, split), "threshold_at_1pct": at_best,
         }
+    report["retrieval"] = {"hashing (before)": await recall(HashingEmbedder(), split),
+                           "static (after)": await recall(static, split)}
     if png is not None:
-        plot(curves, png, split)
+        plot(curves, marks, png, split)
     return report
 
 
 def print_report(report: dict[str, Any]) -> None:
-    print(f"## outsider paraphrase / near-miss set, {report['split']} split ({report['pairs']} pairs, both ways)")
-    for name, r in report["embedders"].items():
-        print(f"### {name}: {r['name']}")
-        print("  threshold  paraphrase hits  wrong hits (of near misses)  near misses above thr refused by guard")
+    print(f"## outsider paraphrase / near-miss set, {report['split']} split ({report['pairs']} pairs, both ways; "
+          f"{report['other_question_pairs']} other-question control pairs)")
+    for name, r in report["configs"].items():
+        print(f"### {name}: {r['embedder']}")
+        print("  threshold  paraphrase hits  wrong hits (of near misses)  other-question wrong  near misses refused")
         for c in r["sweep"]:
-            if round(c["threshold"] * 50) % 5 == 0 or c is r["best_at_1pct_wrong"]:
+            if abs(c["threshold"] * 20 - round(c["threshold"] * 20)) < 1e-6 or c is r["shipped"]:
                 print(f"  {c['threshold']:.2f}       {c['hit_rate']:6.1%}           {c['wrong_rate']:6.1%} "
-                      f"({c['wrong']})               {c['guard_refused']}/{c['near_above']}")
-        best = r["best_at_1pct_wrong"]
-        if best:
-            print(f"  best with wrong hits <= {TARGET_WRONG:.0%}: threshold {best['threshold']:.2f} → paraphrase hit "
-                  f"rate {best['hit_rate']:.1%}, wrong {best['wrong_rate']:.1%}")
-        print(f"  near misses served at threshold 0.5, by kind: {r['wrong_hits_by_kind_at_0.5']}")
-        print(f"  paraphrases the guard refused, by reason: {r['paraphrases_refused_by_guard']}")
-        rr = r["retrieval"]
-        print(f"  retrieval ({rr['questions']} questions): recall@1 {rr['recall@1']:.1%}  "
+                      f"({c['wrong']})          {c['other_wrong_rate']:6.1%}           "
+                      f"{c['refused']}/{c['near_above']}")
+        for key in ("best_at_1pct_wrong", "best_at_2pct_wrong", "best_at_5pct_wrong"):
+            best = r[key]
+            if best:
+                print(f"  {key} (threshold read off this split's curve, not chosen on it): {best['threshold']:.2f}"
+                      f" → hits {best['hit_rate']:.1%}, wrong {best['wrong_rate']:.1%}")
+        if r["shipped"]:
+            c = r["shipped"]
+            print(f"  SHIPPED operating point (chosen on tune): hits {c['hit_rate']:.1%}, wrong {c['wrong_rate']:.1%}"
+                  f" ({c['wrong']}), other-question wrong {c['other_wrong_rate']:.1%}")
+        print(f"  near misses served (at the shipped point / threshold 0.5), by kind: {r['wrong_hits_by_kind']}")
+        print(f"  paraphrases refused, by reason: {r['paraphrases_refused_by_guard']}")
+    for name, rr in report["retrieval"].items():
+        print(f"retrieval {name} ({rr['questions']} questions): recall@1 {rr['recall@1']:.1%}  "
               f"recall@5 {rr['recall@5']:.1%}")
 
 

@@ -39,7 +39,7 @@ WEIGHTS_FILE: Final = Path(__file__).with_name("verifier_weights.json")
 FEATURES: Final = ("cosine", "align_min", "align_max", "rare_gap_max", "rare_gap_min", "exact_min", "exact_max",
                    "worst_query", "worst_candidate", "length_ratio")
 _EXACT: Final = 0.98  # a word vector this close to another is the same word (or a spelling of it)
-_WORD_CACHE: Final = 1 << 15
+_WORD_CACHE: Final = 1 << 13  # words whose vectors are kept (1 KB each)
 
 
 class WordVectors(Protocol):

@@ -143,13 +143,14 @@ def at_threshold(curve: list[dict[str, float]], threshold: float) -> dict[str, f
     return min(curve, key=lambda c: abs(c["threshold"] - threshold))
 
 
-async def recall(embedder: Embedder, split: str) -> dict[str, float]:
+async def recall(embedder: Embedder, split: str, reranker: PairVerifier | None = None) -> dict[str, float]:
     docs = rows("outsider_retrieval_docs.jsonl")
     questions = [q for q in rows("outsider_retrieval.jsonl") if q["split"] == split]
     index = MemoryVectorIndex(embedder.dim)
     chunks = [IndexedChunk(chunk_id=d["id"], doc_id=d["id"], text=d["text"]) for d in docs]
     index.upsert("t", chunks, await embedder.embed([c.text for c in chunks]))
-    ctx = RetrievalContext(stage="retrieval", index=index, embedder=embedder, top_k=5, min_score=-1.0)
+    ctx = RetrievalContext(stage="retrieval", index=index, embedder=embedder, top_k=5, min_score=-1.0,
+                           reranker=reranker)
     envs = await retrieval.process([new_envelope(q["question"], tenant="t", budget_ms=10_000) for q in questions],
                                    ctx)
     at1 = at5 = 0
@@ -230,7 +231,8 @@ async def run(split: str, png: Path | None) -> dict[str, Any]:
             "paraphrases_refused_by_guard": dict(refused.most_common()),
         }
     report["retrieval"] = {"hashing (before)": await recall(HashingEmbedder(), split),
-                           "static (after)": await recall(static, split)}
+                           "static": await recall(static, split),
+                           "static + verifier rerank of the top 5 (after)": await recall(static, split, verifier)}
     if png is not None:
         plot(curves, marks, png, split)
     return report

@@ -115,6 +115,9 @@ class Settings(BaseSettings):
     embedding_api_key: SecretStr | None = None
     retrieval_top_k: int = Field(default=4, ge=1, le=50)
     retrieval_min_score: float = Field(default=0.15, ge=-1.0, le=1.0)
+    # Reorder the top_k passages with the cache's pair verifier (static embedder only). Off by default: it raised
+    # recall@1 on the outsider tune questions but not on the test ones (docs/SEMANTIC_CACHE.md).
+    retrieval_rerank: bool = False
     memory_ttl_s: int = Field(default=3600, ge=1)
     memory_max_turns: int = Field(default=10, ge=1)
     cache_ttl_s: int = Field(default=86_400, ge=1)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from schemas.envelope import Envelope, Message, Passage, RetrievalResult
 from schemas.errors import BackendError
 from workers.cache import metrics
+from workers.cache.verifier import PairVerifier
 from workers.context import StageContext
 from workers.embedding import Embedder, HashingEmbedder
 from workers.memory import ConversationMemory
@@ -49,6 +50,10 @@ class RetrievalContext(StageContext):
     # The embedder sends text out of the pipeline (an HTTP service): only prompts the policy stage has governed
     # (redacted) may reach it. Set by the wiring from the embedder in use, whatever route a producer chose.
     embedder_remote: bool = False
+    # Reorders the top_k passages by the cache's pair verifier (word alignment with the prompt; fit for the static
+    # embedder). Recall@1 on the outsider questions: tune 70.2 % → 74.6 %, test 56.9 % → 54.9 %, so the wiring
+    # leaves it off unless TOLLWAY_RETRIEVAL_RERANK=1; None keeps the cosine order.
+    reranker: PairVerifier | None = None
 
 
 def visibility_of(env: Envelope, ctx: RetrievalContext) -> Visibility:
@@ -108,8 +113,11 @@ async def _attach_passages(batch: list[Envelope], ctx: RetrievalContext) -> None
             assert env.retrieval is not None
             passages = [Passage(doc_id=h.chunk.chunk_id, score=round(h.score, 4), text=h.chunk.text)
                         for h in found if h.score >= ctx.min_score]
+            if ctx.reranker is not None and len(passages) > 1:
+                reranker, prompt = ctx.reranker, env.request.prompt
+                passages.sort(key=lambda p: reranker.score(prompt, p.text, p.score), reverse=True)
             env.retrieval.passages = passages
-            env.retrieval.confidence = passages[0].score if passages else 0.0
+            env.retrieval.confidence = max((p.score for p in passages), default=0.0)
 
 
 async def _attach_turns(batch: list[Envelope], ctx: RetrievalContext) -> None:

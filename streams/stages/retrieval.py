@@ -9,6 +9,7 @@ from streams.followers.index import IndexMaterialiser
 from streams.runtime.connections import redis_client
 from streams.settings import Settings
 from streams.stages.embedders import open_embedder
+from workers.cache.verifier import load_verifier
 from workers.context import StageContext, derive
 from workers.memory import RedisMemory
 from workers.policy import LOCAL_EMBEDDERS
@@ -31,6 +32,7 @@ async def open_context(settings: Settings, base: StageContext) -> AsyncIterator[
                                        max_turns=settings.memory_max_turns),
                     top_k=settings.retrieval_top_k, min_score=settings.retrieval_min_score,
                     embedder_remote=settings.embedder not in LOCAL_EMBEDDERS,
+                    reranker=load_verifier(embedder) if settings.retrieval_rerank else None,
                 )
             finally:
                 await materialiser.stop()

@@ -4,7 +4,10 @@
 2. runs every stage and the Faust cost ledger;
 3. publishes the bundled requests in two waves (the second repeats questions, so the cache answers them);
 4. prints each response with its per-stage latency, the cost ledger (tenant × model × day) and writes the latency
-   report picture.
+   report picture;
+5. shows the semantic cache's decisions on a reworded question and on near misses (the cache stage's own code with
+   the worker's embedder, guard and pair verifier, and tenant acme's threshold from the sample policy): similarity,
+   outcome and the guard's or the verifier's reason.
 """
 
 from __future__ import annotations
@@ -80,6 +83,60 @@ async def read_ledger(settings: Settings, url: str, expected: int, timeout_s: fl
     return snapshot
 
 
+CACHED_QUESTION = "How long do I have to ask for a refund on an annual plan?"
+CACHE_PROBES = (
+    ("same question, other words", "how many days do I get to request a refund for a yearly plan"),
+    ("near miss: another plan", "How long do I have to ask for a refund on a monthly plan?"),
+    ("near miss: negation", "How long do I have to ask for a refund when it is not an annual plan?"),
+    ("another question", "Can I pause my annual plan instead of cancelling it?"),
+)
+
+
+async def cache_walkthrough(settings: Settings, console: Console) -> None:
+    """The cache stage's decision for a few lookups against one cached answer (see the module docstring, step 5)."""
+    from rich.table import Table
+
+    from schemas.envelope import ModelResult, PolicyDecision
+    from streams.followers.policy import load_policy_file
+    from streams.stages.embedders import open_embedder
+    from workers.cache import stage as cache
+    from workers.cache.stage import CacheContext
+    from workers.cache.store import MemoryCacheStore, SemanticMirror
+    from workers.cache.verifier import load_verifier
+
+    threshold = load_policy_file(POLICY_FILE).tenants["acme"].cache.semantic_threshold or 0.88
+    async with open_embedder(settings) as embedder:
+        verifier = load_verifier(embedder) if settings.cache_verifier else None
+        ctx = CacheContext(stage="cache", store=MemoryCacheStore(), embedder=embedder,
+                           mirror=SemanticMirror(embedder.dim), verifier=verifier)
+        cached = new_envelope(CACHED_QUESTION, tenant="acme", settings=settings)
+        cached.answer, cached.model = "Within 30 days of the renewal.", ModelResult(model="m", cost_micros=900)
+        await cache.fill([cached], ctx)
+        table = Table(title=f"semantic cache (acme, threshold {threshold}; cached: “{CACHED_QUESTION}”; "
+                            f"{embedder.name}; verifier threshold "
+                            f"{verifier.threshold if verifier else '-'})")
+        for column in ("lookup", "prompt", "similarity", "outcome", "why"):
+            table.add_column(column)
+        for label, prompt in CACHE_PROBES:
+            env = new_envelope(prompt, tenant="acme", settings=settings)
+            env.policy = PolicyDecision(semantic_threshold=threshold)
+            (env,) = await cache.process([env], ctx)
+            result = env.cache
+            assert result is not None
+            score = f"verifier {result.verifier_score:.2f}" if result.verifier_score is not None else ""
+            if result.outcome == "hit":
+                why = f"served: guard passed, {score}".rstrip(", ")
+            elif result.refused_reason == "verifier":
+                why = f"refused by the verifier ({score} < {verifier.threshold if verifier else '-'})"
+            elif result.refused_reason:
+                why = f"refused by the near-miss guard: {result.refused_reason}"
+            else:
+                why = "no cached prompt at or above the threshold"
+            similarity = f"{result.similarity:.3f}" if result.similarity is not None else "-"
+            table.add_row(label, prompt, similarity, result.outcome, why)
+        console.print(table)
+
+
 async def run_demo(settings: Settings, requests_file: Path, console: Console) -> list[Response]:
     from streams.cli.ledger import ledger_table, quality_table
     from streams.cli.report import write_report
@@ -114,6 +171,7 @@ async def run_demo(settings: Settings, requests_file: Path, console: Console) ->
         console.print(quality_table(snapshot.rows, "quality beside cost: online evaluators' pass rates × day"))
         png, page = write_report(responses, settings.state_dir / "reports")
         console.print(f"latency report: {png} · {page}")
+        await cache_walkthrough(settings, console)
         return responses
     finally:
         stop.set()

@@ -259,7 +259,7 @@ def print_report(report: dict[str, Any]) -> None:
             print(f"  SHIPPED operating point (chosen on tune): hits {c['hit_rate']:.1%}, wrong {c['wrong_rate']:.1%}"
                   f" ({c['wrong']}), other-question wrong {c['other_wrong_rate']:.1%}")
         print(f"  near misses served (at the shipped point / threshold 0.5), by kind: {r['wrong_hits_by_kind']}")
-        print(f"  paraphrases refused, by reason: {r['paraphrases_refused_by_guard']}")
+        print(f"  paraphrases refused by the guard, by reason: {r['paraphrases_refused_by_guard']}")
     for name, rr in report["retrieval"].items():
         print(f"retrieval {name} ({rr['questions']} questions): recall@1 {rr['recall@1']:.1%}  "
               f"recall@5 {rr['recall@5']:.1%}")

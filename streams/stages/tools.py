@@ -1,5 +1,5 @@
 """Wiring for the tools stage: the policy follower (tool registry and tenant rules), the ticket store and the effect
-store on Redis, and an HTTP client for plain HTTP tools."""
+store on Redis, an HTTP client for plain HTTP tools and the worker's MCP connections."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from workers.context import StageContext, derive
 from workers.tools.builtins import Builtins, RedisTicketStore
 from workers.tools.effects import RedisEffectStore
 from workers.tools.http import HttpxTools
+from workers.tools.mcp import McpSessions
 from workers.tools.stage import ToolsContext
 
 
@@ -24,6 +25,7 @@ async def open_context(settings: Settings, base: StageContext) -> AsyncIterator[
     # The effect store decides whether a side-effecting call runs at all: a longer floor than a cache lookup.
     client = redis_client(settings, timeout_ms=max(settings.redis_timeout_ms, 1000))
     http = HttpxTools()
+    mcp = McpSessions(mcp_server_environment(settings))
     try:
         try:
             await client.ping()
@@ -32,7 +34,16 @@ async def open_context(settings: Settings, base: StageContext) -> AsyncIterator[
         async with open_policy_store(settings, role="stage-tools") as store:
             yield derive(ToolsContext, base, policy=store,
                          builtins=Builtins(tickets=RedisTicketStore(client, prefix=settings.topic_prefix)),
-                         http=http, effects=RedisEffectStore(client, prefix=settings.topic_prefix))
+                         http=http, effects=RedisEffectStore(client, prefix=settings.topic_prefix), mcp=mcp)
     finally:
+        await mcp.aclose()
         await http.aclose()
         await client.aclose()
+
+
+def mcp_server_environment(settings: Settings) -> dict[str, str]:
+    """What a stdio MCP server this worker launches inherits: the settings that locate Redis, Kafka and the topics,
+    so the demo server reads and writes the same tickets and index as the pipeline."""
+    return {"TOLLWAY_REDIS_URL": settings.redis_url, "TOLLWAY_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+            "TOLLWAY_TOPIC_PREFIX": settings.topic_prefix, "TOLLWAY_STATE_DIR": str(settings.state_dir),
+            "TOLLWAY_KAFKA_CREDENTIALS_FILE": str(settings.kafka_credentials_path)}

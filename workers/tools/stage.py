@@ -10,7 +10,8 @@ then routed it ``tools → model → …``. Per call, concurrently across the ba
    ``tool_deadline`` error, not a call that would make the request late;
 3. a side-effecting tool claims its effect key first (:mod:`workers.tools.effects`): a redelivered batch reuses the
    stored result instead of running the tool again;
-4. execution (a built-in, or plain HTTP); a timeout, an unreachable tool or a raising one is a structured error;
+4. execution (a built-in, plain HTTP, or a tool of an MCP server); a timeout, an unreachable tool or a raising one
+   is a structured error;
 5. the result's checks (size, PII, indirect injection) before the model reads it.
 
 Every call — run, refused or failed — becomes a :class:`~schemas.envelope.ToolCallRecord` on ``env.tools.calls``
@@ -39,6 +40,7 @@ from workers.tools.builtins import Builtins
 from workers.tools.effects import Claim, EffectStore, MemoryEffectStore, arguments_digest, effect_key
 from workers.tools.governance import admit, inspect_result
 from workers.tools.http import HttpTools, NoHttpTools
+from workers.tools.mcp import McpTools, NoMcpTools
 
 NAME = "tools"
 log = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ class ToolsContext(StageContext):
     builtins: Builtins = field(default_factory=Builtins)
     http: HttpTools = field(default_factory=NoHttpTools)
     effects: EffectStore = field(default_factory=MemoryEffectStore)
+    mcp: McpTools = field(default_factory=NoMcpTools)
     # Of the budget left once post-process and audit have their shares, what the model's next turn keeps.
     model_keep_share: float = 0.5
     min_call_ms: float = 5.0
@@ -127,7 +130,10 @@ async def _run_call(env: Envelope, call: ToolCall, step: int, position: int, doc
                 return replay.model_copy(update={"call_id": call.id, "step": step, "replayed": True})
             claimed = key
         invoked = True
-        result = await _execute(spec, call.name, admitted.arguments, env.tenant, timeout_ms, key, ctx)
+        arguments = admitted.arguments
+        if spec.tenant_argument is not None:  # whose data a tool reads is the request's, never the model's choice
+            arguments = {**arguments, spec.tenant_argument: env.tenant}
+        result = await _execute(spec, call.name, arguments, env.tenant, timeout_ms, key, doc, ctx)
         record.content = inspect_result(result, spec, tenant, record.decisions)
         record.result_sha256 = hashlib.sha256(record.content.encode()).hexdigest()
     except ToolFailure as failure:
@@ -167,8 +173,13 @@ async def _claim(key: str, ctx: ToolsContext) -> ToolCallRecord | None:
 
 
 async def _execute(spec: ToolSpec, name: str, arguments: dict[str, Any], tenant: str, timeout_ms: float,
-                   key: str, ctx: ToolsContext) -> Any:
+                   key: str, doc: PolicyDocument, ctx: ToolsContext) -> Any:
     try:
+        if spec.kind == "mcp":
+            assert spec.server is not None  # validated by the policy document
+            return await asyncio.wait_for(
+                ctx.mcp.run(spec.server, doc.mcp_servers[spec.server], spec.tool or name, arguments,
+                            timeout_s=timeout_ms / 1000), timeout_ms / 1000)
         if spec.kind == "http":
             return await asyncio.wait_for(
                 ctx.http.run(spec, arguments, timeout_s=timeout_ms / 1000,

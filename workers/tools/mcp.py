@@ -20,8 +20,8 @@ import sys
 from typing import Any, Protocol
 
 import orjson
-from mcp import Client, StdioServerParameters
-from mcp_types import CallToolResult, TextContent
+from mcp import Client, MCPError, StdioServerParameters
+from mcp_types import CONNECTION_CLOSED, CallToolResult, TextContent
 
 from schemas.errors import ToolFailure
 from schemas.policy import McpServerSpec
@@ -125,6 +125,9 @@ class _Connection:
         except ToolFailure:
             raise
         except Exception as exc:
+            if isinstance(exc, MCPError) and exc.error.code == CONNECTION_CLOSED:
+                self.dead = True  # the server went away: the next call opens a new connection
+                self.closing.set()
             if self.dead:
                 raise ToolFailure("tool_unavailable", f"the connection to MCP server {self.name!r} broke: "
                                                       f"{type(exc).__name__}: {exc}") from exc

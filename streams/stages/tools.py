@@ -32,6 +32,9 @@ async def open_context(settings: Settings, base: StageContext) -> AsyncIterator[
         except (RedisError, OSError) as exc:
             raise ServiceUnavailable(f"Redis is not reachable at {settings.redis_url}: {exc}") from exc
         async with open_policy_store(settings, role="stage-tools") as store:
+            doc = store.current()
+            if doc is not None and doc.mcp_servers:
+                await mcp.warm(doc.mcp_servers)  # launched once now, not inside the first call's deadline
             yield derive(ToolsContext, base, policy=store,
                          builtins=Builtins(tickets=RedisTicketStore(client, prefix=settings.topic_prefix)),
                          http=http, effects=RedisEffectStore(client, prefix=settings.topic_prefix), mcp=mcp)

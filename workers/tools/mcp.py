@@ -166,6 +166,22 @@ class McpSessions:
                   timeout_s: float) -> Any:
         return await self.connect(name, server).call(tool, arguments, timeout_s)
 
+    async def warm(self, servers: dict[str, McpServerSpec]) -> list[str]:
+        """Connect to every server now (a worker's start), each within its ``connect_timeout_ms``, so the first
+        call's deadline is not spent launching a process; returns the servers that could not be reached (their
+        calls will try again)."""
+        async def one(name: str, server: McpServerSpec) -> str | None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self.connect(name, server).ready),
+                                       server.connect_timeout_ms / 1000)
+            except (TimeoutError, ToolFailure) as exc:
+                log.warning("MCP server %r is not reachable yet: %s", name, exc or "timed out")
+                return name
+            return None
+
+        failed = await asyncio.gather(*(one(n, s) for n, s in servers.items()))
+        return [name for name in failed if name is not None]
+
     async def aclose(self) -> None:
         connections, self.connections = list(self.connections.values()), {}
         await asyncio.gather(*(c.close() for c in connections))

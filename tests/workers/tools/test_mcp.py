@@ -139,9 +139,7 @@ async def run_calls(doc: PolicyDocument, settings: Settings, *calls: tuple[str, 
     sessions = McpSessions(mcp_server_environment(settings))
     try:
         ctx = ToolsContext(stage="tools", policy=StaticPolicy(doc), effects=MemoryEffectStore(), mcp=sessions)
-        # The first connection launches a process: warm it so the calls' own deadlines measure the calls.
-        for name, server in doc.mcp_servers.items():
-            await asyncio.wait_for(asyncio.shield(sessions.connect(name, server).ready), 120)
+        assert await sessions.warm(doc.mcp_servers) == []  # launched before the calls, as a worker's start does
         [out] = await process([asking(*calls)], ctx)
         assert out.tools is not None
         return list(out.tools.calls)

@@ -138,6 +138,9 @@ class ToolSpec(_Doc):
     price_micros: int = Field(default=0, ge=0)  # per call, charged whenever the tool ran
     region: str = "any"
     side_effects: bool = False  # true: executed at most once per tool-call id, whatever the redeliveries
+    # The tool itself deduplicates by the Idempotency-Key it is sent (the effect key): a call a crash left in doubt
+    # is sent again with the same key (exactly once, no effect lost) instead of answered tool_effect_in_doubt.
+    honours_idempotency_key: bool = False
     max_result_chars: int = Field(default=8_000, ge=1, le=1_000_000)
 
     @model_validator(mode="after")

@@ -9,7 +9,8 @@ then routed it ``tools → model → …``. Per call, concurrently across the ba
    post-process and audit have their shares (the rest is kept for the model's next turn); too little left is a
    ``tool_deadline`` error, not a call that would make the request late;
 3. a side-effecting tool claims its effect key first (:mod:`workers.tools.effects`): a redelivered batch reuses the
-   stored result instead of running the tool again;
+   stored result instead of running the tool again; a call a crash left in doubt is not run again — unless the tool
+   honours the idempotency key it is sent (``honours_idempotency_key``), then it is resent with the same key;
 4. execution (a built-in, plain HTTP, or a tool of an MCP server); a timeout, an unreachable tool or a raising one
    is a structured error;
 5. the result's checks (size, PII, indirect injection) before the model reads it.
@@ -61,6 +62,9 @@ class ToolsContext(StageContext):
     # Of the budget left once post-process and audit have their shares, what the model's next turn keeps.
     model_keep_share: float = 0.5
     min_call_ms: float = 5.0
+    # Calls of one batch that talk to the effect store or a tool at once (a redelivered batch of hundreds of
+    # calls otherwise exhausts the Redis pool: "Too many connections", seen in the kill -9 chaos scenario).
+    max_concurrent_calls: int = 32
 
 
 async def process(batch: list[Envelope], ctx: ToolsContext) -> list[Envelope]:
@@ -68,6 +72,7 @@ async def process(batch: list[Envelope], ctx: ToolsContext) -> list[Envelope]:
     owners: list[Envelope] = []
     work: list[Awaitable[ToolCallRecord]] = []
     effects: dict[str, asyncio.Future[ToolCallRecord]] = {}  # a duplicate in the same batch waits for the first
+    slots = asyncio.Semaphore(ctx.max_concurrent_calls)
     for env in batch:
         state = env.tools
         if state is None or not state.pending:
@@ -76,7 +81,7 @@ async def process(batch: list[Envelope], ctx: ToolsContext) -> list[Envelope]:
         calls, state.pending = state.pending, []
         for position, call in enumerate(calls):
             owners.append(env)
-            work.append(_run_call(env, call, state.steps, position, doc, tenant, ctx, effects))
+            work.append(_run_call(env, call, state.steps, position, doc, tenant, ctx, effects, slots))
     records = await asyncio.gather(*work)
     for env, record in zip(owners, records, strict=True):
         assert env.tools is not None
@@ -94,7 +99,7 @@ def step_timeout_ms(env: Envelope, now_ns: int, spec: ToolSpec, model_keep_share
 
 async def _run_call(env: Envelope, call: ToolCall, step: int, position: int, doc: PolicyDocument | None,
                     tenant: TenantPolicy | None, ctx: ToolsContext,
-                    effects: dict[str, asyncio.Future[ToolCallRecord]]) -> ToolCallRecord:
+                    effects: dict[str, asyncio.Future[ToolCallRecord]], slots: asyncio.Semaphore) -> ToolCallRecord:
     started_ns = ctx.clock.now_ns()
     record = ToolCallRecord(call_id=call.id, name=call.name, step=step, status="ok",
                             arguments_sha256=arguments_digest(call.arguments))
@@ -124,7 +129,8 @@ async def _run_call(env: Envelope, call: ToolCall, step: int, position: int, doc
                 return (await first).model_copy(update={"call_id": call.id, "step": step, "replayed": True})
             effects[key] = asyncio.get_running_loop().create_future()
             owned = key
-            replay = await _claim(key, ctx)
+            async with slots:  # never held while waiting for a duplicate's first (no slot waits on a slot)
+                replay = await _claim(key, ctx, resend=spec.honours_idempotency_key)
             if replay is not None:
                 effects[key].set_result(replay)
                 return replay.model_copy(update={"call_id": call.id, "step": step, "replayed": True})
@@ -133,7 +139,8 @@ async def _run_call(env: Envelope, call: ToolCall, step: int, position: int, doc
         arguments = admitted.arguments
         if spec.tenant_argument is not None:  # whose data a tool reads is the request's, never the model's choice
             arguments = {**arguments, spec.tenant_argument: env.tenant}
-        result = await _execute(spec, call.name, arguments, env.tenant, timeout_ms, key, doc, ctx)
+        async with slots:
+            result = await _execute(spec, call.name, arguments, env.tenant, timeout_ms, key, doc, ctx)
         record.content = inspect_result(result, spec, tenant, record.decisions)
         record.result_sha256 = hashlib.sha256(record.content.encode()).hexdigest()
     except ToolFailure as failure:
@@ -149,15 +156,17 @@ async def _run_call(env: Envelope, call: ToolCall, step: int, position: int, doc
         effects[owned].set_result(record)  # whatever became of the call, a duplicate in the batch shares it
     if claimed is not None:
         try:
-            await ctx.effects.complete(claimed, record)
+            async with slots:
+                await ctx.effects.complete(claimed, record)
         except BackendError as exc:
             # The claim stays "pending": a redelivery answers in doubt rather than running the effect again.
             log.warning("request %s: the result of tool call %s was not stored: %s", env.request_id, call.id, exc)
     return record
 
 
-async def _claim(key: str, ctx: ToolsContext) -> ToolCallRecord | None:
-    """None when this attempt owns the effect; the stored record when it already happened; raises when in doubt."""
+async def _claim(key: str, ctx: ToolsContext, *, resend: bool) -> ToolCallRecord | None:
+    """None when this attempt owns the effect; the stored record when it already happened; raises when in doubt —
+    unless the tool honours the idempotency key (``resend``): then sending the call again is safe."""
     try:
         claim, stored = await ctx.effects.claim(key)
     except BackendError as exc:
@@ -166,6 +175,9 @@ async def _claim(key: str, ctx: ToolsContext) -> ToolCallRecord | None:
     if claim is Claim.DONE:
         assert stored is not None
         return stored
+    if claim is Claim.IN_DOUBT and resend:
+        log.info("effect %s was left in doubt; sent again with the same idempotency key", key)
+        return None
     if claim is Claim.IN_DOUBT:
         raise ToolFailure("tool_effect_in_doubt", f"an earlier attempt of this call started and left no result (effect "
                                                   f"key {key}); it is not run again")

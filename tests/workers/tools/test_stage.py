@@ -140,3 +140,45 @@ async def test_the_same_refund_twice_in_one_batch_runs_once() -> None:
     assert first.tools is not None and second.tools is not None
     assert [first.tools.calls[0].replayed, second.tools.calls[0].replayed] == [False, True]
     assert first.tools.calls[0].content == second.tools.calls[0].content
+
+
+class CountingEffects(MemoryEffectStore):
+    """An effect store that notes how many operations run at once (a Redis pool has a bound)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = self.peak = 0
+
+    async def claim(self, key: str) -> Any:
+        self.now += 1
+        self.peak = max(self.peak, self.now)
+        await asyncio.sleep(0.001)
+        self.now -= 1
+        return await super().claim(key)
+
+
+async def test_a_large_batch_uses_a_bounded_number_of_connections() -> None:
+    effects = CountingEffects()
+    ctx = await context(effects=effects, max_concurrent_calls=8)
+    batch = [asking(("issue_refund", {"ticket_id": "T-1001", "amount": 1}), request_id=f"r{i}") for i in range(100)]
+    out = await process(batch, ctx)
+    assert all(e.tools is not None and e.tools.calls[0].status == "ok" for e in out)
+    assert effects.peak <= 8
+
+
+async def test_an_effect_in_doubt_is_resent_when_the_tool_honours_its_idempotency_key() -> None:
+    doc = tools_policy()
+    honours = doc.tools["issue_refund"].model_copy(update={"honours_idempotency_key": True})
+    ctx = await context(policy=StaticPolicy(doc.model_copy(update={"tools": {**doc.tools, "issue_refund": honours}})))
+    refund = ("issue_refund", {"ticket_id": "T-1001", "amount": 40})
+    from workers.tools.effects import effect_key
+    key = effect_key("r1", 1, 0, "issue_refund", refund[1])
+    # The crashed attempt had reached the ticket desk: its refund is there under the call's key, no result stored.
+    await ctx.builtins.run("issue_refund", refund[1], "acme", idempotency_key=key)
+    assert isinstance(ctx.effects, MemoryEffectStore)
+    ctx.effects.entries[key] = b"pending"
+    [out] = await process([asking(refund)], ctx)
+    assert out.tools is not None and out.tools.calls[0].status == "ok"
+    assert orjson.loads(out.tools.calls[0].content)["refund_id"] == "rf_1_T-1001"
+    ticket = await ctx.builtins.tickets.get("acme", "T-1001")
+    assert ticket is not None and len(ticket["refunds"]) == 1  # resent, deduplicated by the desk: once

@@ -161,10 +161,19 @@ class ToolSpec(_Doc):
 
 
 class ArgumentBound(_Doc):
-    """Value bounds on one numeric argument, e.g. ``{max: 100}`` for ``amount ≤ 100``."""
+    """Rules on one argument: value bounds of a number, e.g. ``{max: 100}`` for ``amount ≤ 100``; or, for a URL,
+    the domains it may point at (``{domains: [example.com]}``: that host or a subdomain, http or https only)."""
 
     min: float | None = None
     max: float | None = None
+    domains: list[str] = Field(default_factory=list)
+
+
+class PrincipalToolRules(_Doc):
+    """One API key's narrowing of its tenant's tool rules: only ``allowed`` (absent: the tenant's), never ``denied``."""
+
+    allowed: list[str] | None = None
+    denied: list[str] = Field(default_factory=list)
 
 
 class ToolRules(_Doc):
@@ -181,6 +190,7 @@ class ToolRules(_Doc):
     max_steps: int = Field(default=4, ge=1, le=32)  # model turns that may ask for tools, per request
     max_calls_per_step: int = Field(default=4, ge=1, le=64)
     result_injection: Literal["allow", "flag", "block"] = "block"  # indirect injection in a tool's result
+    principals: dict[str, PrincipalToolRules] = Field(default_factory=dict)  # key_id → narrower rules
 
 
 class KeyRecord(_Doc):
@@ -254,7 +264,8 @@ class PolicyDocument(_Doc):
         tenants = [*self.tenants.items(), *([("default_tenant", self.default_tenant)] if self.default_tenant else [])]
         for name, tenant in tenants:
             rules = tenant.tools
-            named = [*rules.visible, *rules.allowed, *rules.denied, *rules.bounds]
+            named = [*rules.visible, *rules.allowed, *rules.denied, *rules.bounds,
+                     *(t for p in rules.principals.values() for t in [*(p.allowed or []), *p.denied])]
             unknown_tools = sorted({t for t in named if t not in self.tools})
             if unknown_tools:
                 raise ValueError(f"tenants.{name}.tools names undeclared tool(s) {unknown_tools}")

@@ -113,7 +113,8 @@ async def _run_call(env: Envelope, call: ToolCall, step: int, position: int, doc
         if position >= tenant.tools.max_calls_per_step:
             raise ToolFailure("too_many_tool_calls", f"at most {tenant.tools.max_calls_per_step} tool calls per "
                                                      "model turn")
-        admitted = admit(call.name, call.arguments, doc, tenant)
+        admitted = admit(call.name, call.arguments, doc, tenant,
+                         env.policy.principal_key_id if env.policy is not None else None)
         spec = admitted.spec
         record.decisions = admitted.decisions
         record.side_effects, record.region = spec.side_effects, spec.region

@@ -191,6 +191,8 @@ class ToolRules(_Doc):
     max_calls_per_step: int = Field(default=4, ge=1, le=64)
     result_injection: Literal["allow", "flag", "block"] = "block"  # indirect injection in a tool's result
     principals: dict[str, PrincipalToolRules] = Field(default_factory=dict)  # key_id → narrower rules
+    approval: list[str] = Field(default_factory=list)  # tools whose calls wait for `tollway approve ID`
+    approval_timeout_ms: int = Field(default=120_000, ge=1, le=3_600_000)  # then approval_timeout (never run)
 
 
 class KeyRecord(_Doc):
@@ -264,7 +266,7 @@ class PolicyDocument(_Doc):
         tenants = [*self.tenants.items(), *([("default_tenant", self.default_tenant)] if self.default_tenant else [])]
         for name, tenant in tenants:
             rules = tenant.tools
-            named = [*rules.visible, *rules.allowed, *rules.denied, *rules.bounds,
+            named = [*rules.visible, *rules.allowed, *rules.denied, *rules.bounds, *rules.approval,
                      *(t for p in rules.principals.values() for t in [*(p.allowed or []), *p.denied])]
             unknown_tools = sorted({t for t in named if t not in self.tools})
             if unknown_tools:

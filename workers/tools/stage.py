@@ -31,12 +31,14 @@ from typing import Any
 
 import orjson
 
+from schemas.approvals import ApprovalEvent
 from schemas.envelope import Envelope, ToolCall, ToolCallRecord
 from schemas.errors import BackendError, ToolFailure
 from schemas.policy import PolicyDocument, TenantPolicy, ToolSpec
 from workers.budgets import reserved_for_ms
 from workers.context import StageContext
 from workers.policy import PolicySource, StaticPolicy
+from workers.tools.approvals import ApprovalBook, NoApprovals, approval_id
 from workers.tools.builtins import Builtins
 from workers.tools.effects import Claim, EffectStore, MemoryEffectStore, arguments_digest, effect_key
 from workers.tools.governance import admit, inspect_result
@@ -48,7 +50,8 @@ log = logging.getLogger(__name__)
 
 # Refusals by governance: the call was never run. Every other code is an error of a call that was attempted.
 DENIAL_CODES = frozenset({"unknown_tool", "tool_denied", "tool_residency_violation", "invalid_arguments",
-                          "argument_out_of_bounds", "pii_blocked", "too_many_tool_calls", "tool_result_blocked"})
+                          "argument_out_of_bounds", "pii_blocked", "too_many_tool_calls", "tool_result_blocked",
+                          "approval_denied", "approval_timeout"})
 _AFTER_TOOLS = ("postprocess", "audit")
 
 
@@ -59,6 +62,7 @@ class ToolsContext(StageContext):
     http: HttpTools = field(default_factory=NoHttpTools)
     effects: EffectStore = field(default_factory=MemoryEffectStore)
     mcp: McpTools = field(default_factory=NoMcpTools)
+    approvals: ApprovalBook = field(default_factory=NoApprovals)
     # Of the budget left once post-process and audit have their shares, what the model's next turn keeps.
     model_keep_share: float = 0.5
     min_call_ms: float = 5.0
@@ -124,6 +128,9 @@ async def _run_call(env: Envelope, call: ToolCall, step: int, position: int, doc
             raise ToolFailure("tool_deadline", f"{max(0.0, timeout_ms):.0f} ms of the request's budget is left for "
                                                "this call: not started")
         key = effect_key(env.request_id, step, position, call.name, admitted.arguments)
+        if call.name in tenant.tools.approval:
+            timeout_ms = await _hold_for_approval(env, call.name, admitted.arguments, record, key, timeout_ms,
+                                                  tenant, spec, ctx)
         if spec.side_effects:
             first = effects.get(key)
             if first is not None:  # the same call twice in one batch (a redelivery next to the original)
@@ -163,6 +170,35 @@ async def _run_call(env: Envelope, call: ToolCall, step: int, position: int, doc
             # The claim stays "pending": a redelivery answers in doubt rather than running the effect again.
             log.warning("request %s: the result of tool call %s was not stored: %s", env.request_id, call.id, exc)
     return record
+
+
+async def _hold_for_approval(env: Envelope, name: str, arguments: dict[str, Any], record: ToolCallRecord, key: str,
+                             timeout_ms: float, tenant: TenantPolicy, spec: ToolSpec, ctx: ToolsContext) -> float:
+    """Wait for an operator's decision; returns the call's timeout from what is left, raises when denied or late."""
+    now_ns = ctx.clock.now_ns()
+    # The hold may use the budget the call would have had, bounded by the tenant's approval timeout.
+    hold_ms = min(float(tenant.tools.approval_timeout_ms),
+                  step_timeout_ms(env, now_ns, spec.model_copy(update={"timeout_ms": 3_600_000}),
+                                  ctx.model_keep_share) - timeout_ms)
+    aid = approval_id(key)
+    await ctx.approvals.ask(ApprovalEvent(
+        approval_id=aid, state="pending", request_id=env.request_id, tenant=env.tenant, tool=name,
+        arguments=arguments, arguments_sha256=record.arguments_sha256, at_ns=now_ns,
+        deadline_ns=now_ns + int(max(0.0, hold_ms) * 1e6)))
+    record.decisions.append(f"held for approval {aid}")
+    decided = await ctx.approvals.wait(aid, max(0.0, hold_ms) / 1000)
+    if decided is None:
+        raise ToolFailure("approval_timeout", f"approval {aid} was not decided within {max(0.0, hold_ms):.0f} ms; "
+                                              "the call did not run")
+    if decided.state == "denied":
+        raise ToolFailure("approval_denied", f"approval {aid} was denied by {decided.by or 'an operator'}"
+                                             + (f": {decided.reason}" if decided.reason else ""))
+    record.decisions.append(f"approved {aid} by {decided.by or 'an operator'}")
+    left_ms = step_timeout_ms(env, ctx.clock.now_ns(), spec, ctx.model_keep_share)
+    if left_ms < ctx.min_call_ms:
+        raise ToolFailure("tool_deadline", f"approved, but {max(0.0, left_ms):.0f} ms of the request's budget is "
+                                           "left for this call: not started")
+    return left_ms
 
 
 async def _claim(key: str, ctx: ToolsContext, *, resend: bool) -> ToolCallRecord | None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from schemas.errors import ConfigError, ToolFailure
@@ -114,9 +116,10 @@ def test_an_api_key_may_narrow_its_tenants_tools() -> None:
 ])
 def test_url_arguments_are_held_to_their_domain_allow_list(url: object, allowed: bool) -> None:
     doc = tools_policy(bounds={"notes": {"text": {"domains": ["example.com"]}}})
+    arguments: dict[str, Any] = {"text": url}
     if allowed:
-        assert admit("notes", {"text": url}, doc, doc.tenants["acme"]).arguments == {"text": url}
+        assert admit("notes", arguments, doc, doc.tenants["acme"]).arguments == arguments
         return
     with pytest.raises(ToolFailure) as refused:
-        admit("notes", {"text": url}, doc, doc.tenants["acme"])
+        admit("notes", arguments, doc, doc.tenants["acme"])
     assert refused.value.code in {"argument_out_of_bounds", "invalid_arguments"}

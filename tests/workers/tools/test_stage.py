@@ -182,3 +182,48 @@ async def test_an_effect_in_doubt_is_resent_when_the_tool_honours_its_idempotenc
     assert orjson.loads(out.tools.calls[0].content)["refund_id"] == "rf_1_T-1001"
     ticket = await ctx.builtins.tickets.get("acme", "T-1001")
     assert ticket is not None and len(ticket["refunds"]) == 1  # resent, deduplicated by the desk: once
+
+
+async def test_a_held_tool_waits_for_its_approval() -> None:
+    from schemas.approvals import ApprovalEvent
+    from workers.tools.approvals import MemoryApprovals
+
+    class Watched(MemoryApprovals):
+        asked = asyncio.Event()
+
+        async def ask(self, pending: ApprovalEvent) -> None:
+            await super().ask(pending)
+            self.asked.set()
+
+    approvals = Watched()
+    ctx = await context(policy=StaticPolicy(tools_policy(approval=["issue_refund"], approval_timeout_ms=5_000)),
+                        approvals=approvals)
+    refund = ("issue_refund", {"ticket_id": "T-1001", "amount": 40})
+
+    async def operator(state: str, by: str) -> None:
+        await approvals.asked.wait()
+        approvals.asked.clear()
+        [pending] = approvals.pending()
+        assert (pending.tool, pending.tenant, pending.arguments) == ("issue_refund", "acme", refund[1])
+        approvals.record(ApprovalEvent(approval_id=pending.approval_id, state=state, by=by))
+
+    [[approved], _] = await asyncio.gather(process([asking(refund, request_id="r1")], ctx),
+                                           operator("approved", "ana"))
+    assert approved.tools is not None and approved.tools.calls[0].status == "ok"
+    assert approved.tools.calls[0].decisions[-1].startswith("approved ap_") and "by ana" in \
+        approved.tools.calls[0].decisions[-1]
+    [[denied], _] = await asyncio.gather(process([asking(refund, request_id="r2")], ctx), operator("denied", "bo"))
+    assert denied.tools is not None
+    assert (denied.tools.calls[0].status, denied.tools.calls[0].code) == ("denied", "approval_denied")
+    ticket = await ctx.builtins.tickets.get("acme", "T-1001")
+    assert ticket is not None and len(ticket["refunds"]) == 1  # only the approved call ran
+
+
+async def test_an_unanswered_approval_ends_as_a_timeout_not_a_stuck_request() -> None:
+    from workers.tools.approvals import MemoryApprovals
+
+    ctx = await context(policy=StaticPolicy(tools_policy(approval=["issue_refund"], approval_timeout_ms=30)),
+                        approvals=MemoryApprovals())
+    [out] = await process([asking(("issue_refund", {"ticket_id": "T-1001", "amount": 40}))], ctx)
+    assert out.tools is not None
+    assert (out.tools.calls[0].code, out.tools.calls[0].cost_micros) == ("approval_timeout", 0)

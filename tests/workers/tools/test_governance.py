@@ -97,10 +97,11 @@ def test_an_api_key_may_narrow_its_tenants_tools() -> None:
     doc = tools_policy(principals={"k_0123456789": {"denied": ["issue_refund"]},
                                    "k_abcdefabcd": {"allowed": ["calculator"]}})
     acme = doc.tenants["acme"]
-    refund = {"ticket_id": "T-1", "amount": 5}
+    refund: dict[str, Any] = {"ticket_id": "T-1", "amount": 5}
     assert admit("issue_refund", refund, doc, acme).spec.side_effects  # no key: the tenant's rules
     for key, tool, arguments in [("k_0123456789", "issue_refund", refund),
                                  ("k_abcdefabcd", "notes", {"text": "x"})]:
+        assert isinstance(arguments, dict)
         with pytest.raises(ToolFailure, match=f"for key {key}") as refused:
             admit(tool, arguments, doc, acme, key)
         assert refused.value.code == "tool_denied"

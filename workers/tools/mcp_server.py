@@ -14,8 +14,11 @@ the request (``ToolSpec.tenant_argument``), overriding whatever the model sent.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import re
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,8 +68,13 @@ class DemoTools:
     documents_file: Path | None = None
     _index: DocumentSearch | None = None
     _index_read_at: float = 0.0
+    _reading: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def index(self) -> DocumentSearch:
+        async with self._reading:  # one read at a time: a search waits for the read under way
+            return await self._read()
+
+    async def _read(self) -> DocumentSearch:
         if self._index is not None and time.monotonic() - self._index_read_at < _INDEX_TTL_S:
             return self._index
         found = DocumentSearch()
@@ -102,8 +110,16 @@ class DemoTools:
         return result
 
 
-def build_server(tools: DemoTools) -> MCPServer[Any]:
-    server: MCPServer[Any] = MCPServer("tollway-demo-tools", version="1", log_level="WARNING",
+def build_server(tools: DemoTools, *, preload: bool = False) -> MCPServer[Any]:
+    @asynccontextmanager
+    async def lifespan(_: MCPServer[Any]) -> AsyncIterator[None]:
+        # Read the index while the client connects, not inside the first search's deadline.
+        task = asyncio.create_task(tools.index()) if preload else None
+        yield
+        if task is not None:
+            task.cancel()
+
+    server: MCPServer[Any] = MCPServer("tollway-demo-tools", version="1", log_level="WARNING", lifespan=lifespan,
                                        instructions="Demo tools of tollway: calculator, search, tickets.")
 
     # A ToolFailure travels as the tool's error result: "<code>: <message>" (the client maps it back to the code).
@@ -155,7 +171,8 @@ def main(argv: list[str] | None = None) -> None:
 
     settings = get_settings()
     client = redis_client(settings, timeout_ms=max(settings.redis_timeout_ms, 1000))
-    server = build_server(DemoTools(RedisTicketStore(client, prefix=settings.topic_prefix), args.documents))
+    server = build_server(DemoTools(RedisTicketStore(client, prefix=settings.topic_prefix), args.documents),
+                          preload=True)
     if args.transport == "stdio":
         server.run("stdio")
     else:

@@ -54,7 +54,9 @@ def mcp_policy(demo: dict[str, Any] | None = None, **acme_tools: Any) -> PolicyD
         "calculator": {**TOOLS["calculator"], "kind": "mcp", "server": "demo"},
         "ticket_lookup": {**TOOLS["ticket_lookup"], "kind": "mcp", "server": "demo", "tenant_argument": "tenant"},
         "ticket_update": {**TOOLS["ticket_update"], "kind": "mcp", "server": "demo", "tenant_argument": "tenant"},
+        # Its first call may read the index topic from Kafka: a longer timeout than the others.
         "search": {"kind": "mcp", "server": "demo", "tenant_argument": "tenant", "price_micros": 30,
+                   "timeout_ms": 15_000,
                    "parameters": {"type": "object", "properties": {"query": {"type": "string"}},
                                   "required": ["query"], "additionalProperties": False}},
         "slow": {"kind": "mcp", "server": "bad", "timeout_ms": 300, "price_micros": 10,

@@ -188,6 +188,7 @@ class ToolRules(_Doc):
     bounds: dict[str, dict[str, ArgumentBound]] = Field(default_factory=dict)  # tool → argument → bound
     regions: list[str] = Field(default_factory=list)  # empty: the tenant's model regions, if any
     max_steps: int = Field(default=4, ge=1, le=32)  # model turns that may ask for tools, per request
+    max_steps_per_task: int | None = Field(default=None, ge=1)  # … per task (request.task_id), over its requests
     max_calls_per_step: int = Field(default=4, ge=1, le=64)
     result_injection: Literal["allow", "flag", "block"] = "block"  # indirect injection in a tool's result
     principals: dict[str, PrincipalToolRules] = Field(default_factory=dict)  # key_id → narrower rules

@@ -26,6 +26,7 @@ from workers.tools.effects import RedisEffectStore
 from workers.tools.http import HttpxTools
 from workers.tools.mcp import McpSessions
 from workers.tools.stage import ToolsContext
+from workers.tools.tasks import RedisTaskSteps
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ async def open_context(settings: Settings, base: StageContext) -> AsyncIterator[
             yield derive(ToolsContext, base, policy=store,
                          builtins=Builtins(tickets=RedisTicketStore(client, prefix=settings.topic_prefix)),
                          http=http, effects=RedisEffectStore(client, prefix=settings.topic_prefix), mcp=mcp,
-                         approvals=approvals)
+                         approvals=approvals, task_steps=RedisTaskSteps(client, prefix=settings.topic_prefix))
     finally:
         await approvals.close()
         await mcp.aclose()

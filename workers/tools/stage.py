@@ -44,6 +44,7 @@ from workers.tools.effects import Claim, EffectStore, MemoryEffectStore, argumen
 from workers.tools.governance import admit, inspect_result
 from workers.tools.http import HttpTools, NoHttpTools
 from workers.tools.mcp import McpTools, NoMcpTools
+from workers.tools.tasks import MemoryTaskSteps, TaskSteps
 
 NAME = "tools"
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 # Refusals by governance: the call was never run. Every other code is an error of a call that was attempted.
 DENIAL_CODES = frozenset({"unknown_tool", "tool_denied", "tool_residency_violation", "invalid_arguments",
                           "argument_out_of_bounds", "pii_blocked", "too_many_tool_calls", "tool_result_blocked",
-                          "approval_denied", "approval_timeout"})
+                          "approval_denied", "approval_timeout", "task_steps_exhausted"})
 _AFTER_TOOLS = ("postprocess", "audit")
 
 
@@ -63,6 +64,7 @@ class ToolsContext(StageContext):
     effects: EffectStore = field(default_factory=MemoryEffectStore)
     mcp: McpTools = field(default_factory=NoMcpTools)
     approvals: ApprovalBook = field(default_factory=NoApprovals)
+    task_steps: TaskSteps = field(default_factory=MemoryTaskSteps)
     # Of the budget left once post-process and audit have their shares, what the model's next turn keeps.
     model_keep_share: float = 0.5
     min_call_ms: float = 5.0
@@ -83,15 +85,41 @@ async def process(batch: list[Envelope], ctx: ToolsContext) -> list[Envelope]:
             continue  # nothing asked: the route hands the request back to the model as it is
         tenant = doc.tenant(env.tenant) if doc is not None else None
         calls, state.pending = state.pending, []
+        refusal = await _task_refusal(env, tenant, ctx)
         for position, call in enumerate(calls):
             owners.append(env)
-            work.append(_run_call(env, call, state.steps, position, doc, tenant, ctx, effects, slots))
+            work.append(_refused(call, state.steps, refusal) if refusal is not None else
+                        _run_call(env, call, state.steps, position, doc, tenant, ctx, effects, slots))
     records = await asyncio.gather(*work)
     for env, record in zip(owners, records, strict=True):
         assert env.tools is not None
         env.tools.calls.append(record)
         env.tools.cost_micros += record.cost_micros
     return batch
+
+
+async def _task_refusal(env: Envelope, tenant: TenantPolicy | None, ctx: ToolsContext) -> ToolFailure | None:
+    """A step over the task's ``max_steps_per_task`` runs none of its calls (the step is counted once, by its id)."""
+    limit = tenant.tools.max_steps_per_task if tenant is not None else None
+    task_id = env.request.task_id
+    if limit is None or not task_id or env.tools is None:
+        return None
+    try:
+        taken = await ctx.task_steps.count(env.tenant, task_id, f"{env.request_id}:{env.tools.steps}")
+    except BackendError as exc:  # governance fails closed
+        return ToolFailure("tool_unavailable", f"the task's step count cannot be checked, so no call runs: {exc}")
+    if taken > limit:
+        return ToolFailure("task_steps_exhausted", f"task {task_id} has taken {taken} tool steps, over its "
+                                                   f"{limit}")
+    return None
+
+
+async def _refused(call: ToolCall, step: int, failure: ToolFailure) -> ToolCallRecord:
+    status = "denied" if failure.code in DENIAL_CODES else "error"
+    return ToolCallRecord(call_id=call.id, name=call.name, step=step, status=status, code=failure.code,
+                          arguments_sha256=arguments_digest(call.arguments),
+                          content=orjson.dumps({"error": failure.code, "message": str(failure)}).decode(),
+                          decisions=[f"{status} {failure.code}"])
 
 
 def step_timeout_ms(env: Envelope, now_ns: int, spec: ToolSpec, model_keep_share: float) -> float:

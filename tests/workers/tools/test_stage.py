@@ -227,3 +227,23 @@ async def test_an_unanswered_approval_ends_as_a_timeout_not_a_stuck_request() ->
     [out] = await process([asking(("issue_refund", {"ticket_id": "T-1001", "amount": 40}))], ctx)
     assert out.tools is not None
     assert (out.tools.calls[0].code, out.tools.calls[0].cost_micros) == ("approval_timeout", 0)
+
+
+async def test_a_task_may_take_at_most_its_tool_steps_over_all_its_requests() -> None:
+    from workers.tools.tasks import MemoryTaskSteps
+
+    steps = MemoryTaskSteps()
+    ctx = await context(policy=StaticPolicy(tools_policy(max_steps_per_task=2)), task_steps=steps)
+
+    def step(request_id: str) -> Envelope:
+        env = asking(("calculator", {"expression": "1+1"}), request_id=request_id)
+        env.request.task_id = "job-7"
+        return env
+
+    first, second = await process([step("r1"), step("r2")], ctx)
+    [again] = await process([step("r1")], ctx)  # a redelivery of r1's step is not a new step
+    [third] = await process([step("r3")], ctx)
+    assert [e.tools.calls[0].status for e in (first, second, again) if e.tools] == ["ok", "ok", "ok"]
+    assert third.tools is not None
+    assert (third.tools.calls[0].status, third.tools.calls[0].code) == ("denied", "task_steps_exhausted")
+    assert third.tools.calls[0].cost_micros == 0

@@ -224,6 +224,9 @@ class ToolsResult(_Model):
     steps: int = 0  # model turns that asked for tools
     max_steps: int = 4
     cost_micros: int = 0
+    # The model stage's seal over the calls it asked for (workers/decisions.py): the tools stage runs only those.
+    calls_key_id: str | None = None
+    calls_signature: str | None = None
 
 
 class Evaluation(_Model):

@@ -3,9 +3,12 @@
     version: "2026-11-29.1"            # recorded on every decision
     models:                            # what the policy may allow: region (residency) and price
       lite-eu: {region: eu, input_micros_per_mtok: 165000, output_micros_per_mtok: 660000}
-    tools:                             # tools the model may call (workers/tools/): built-ins or plain HTTP
+    tools:                             # tools the model may call (workers/tools/): built-ins, plain HTTP or MCP
       calculator: {parameters: {type: object, properties: {expression: {type: string}}, required: [expression]}}
       issue_refund: {side_effects: true, price_micros: 2000, timeout_ms: 1000, parameters: {...}}
+      search: {kind: mcp, server: demo, tenant_argument: tenant, parameters: {...}}
+    mcp_servers:                       # MCP servers (stdio: launched by the worker; or streamable-http)
+      demo: {transport: stdio, command: [python, -m, workers.tools.mcp_server]}
     tenants:
       acme:
         require_principal: true        # false: requests without a principal are accepted (demo, tests)
@@ -96,28 +99,58 @@ class CachePolicy(_Doc):
     semantic_threshold: float | None = Field(default=None, gt=0.0, le=1.0)
 
 
+class McpServerSpec(_Doc):
+    """An MCP server the tools stage talks to (the official ``mcp`` SDK): a command it launches and speaks to over
+    stdio, or a streamable-HTTP endpoint. One connection per server and worker, opened on first use and reopened
+    after a failure. ``python`` as the command is the worker's own interpreter."""
+
+    transport: Literal["stdio", "streamable-http"] = "stdio"
+    command: list[str] = Field(default_factory=list)  # stdio: argv, e.g. [python, -m, workers.tools.mcp_server]
+    env: dict[str, str] = Field(default_factory=dict)  # stdio: added to the worker's TOLLWAY_* variables
+    url: str | None = None  # streamable-http, e.g. http://127.0.0.1:8765/mcp
+    connect_timeout_ms: int = Field(default=30_000, ge=100, le=300_000)
+
+    @model_validator(mode="after")
+    def _target(self) -> McpServerSpec:
+        if self.transport == "stdio" and not self.command:
+            raise ValueError("a stdio MCP server needs a command")
+        if self.transport == "streamable-http" and not (self.url and self.url.startswith(("http://", "https://"))):
+            raise ValueError("a streamable-http MCP server needs a url starting with http:// or https://")
+        return self
+
+
 class ToolSpec(_Doc):
-    """A tool the pipeline may run for a model: a local built-in (``builtin``, by name) or a plain HTTP endpoint
-    (``url``: the arguments are POSTed as JSON, the JSON reply is the result). Tools are data: adding one is a policy
+    """A tool the pipeline may run for a model: a local built-in (``builtin``, by name), a plain HTTP endpoint
+    (``url``: the arguments are POSTed as JSON, the JSON reply is the result) or a tool of an MCP server (``server``,
+    one of the document's ``mcp_servers``; ``tool``: its name there). Tools are data: adding one is a policy
     change, not a deploy."""
 
-    kind: Literal["builtin", "http"] = "builtin"
+    kind: Literal["builtin", "http", "mcp"] = "builtin"
     builtin: str | None = None  # the built-in's name (workers/tools/builtins.py); default: the tool's own name
     url: str | None = None
+    server: str | None = None  # mcp: the name of one of the document's mcp_servers
+    tool: str | None = None  # mcp: the tool's name on its server; default: the tool's own name
+    # The argument the stage sets to the request's tenant (the model never chooses whose data a tool reads).
+    tenant_argument: str | None = None
     description: str = ""
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})  # JSON Schema of the arguments
     timeout_ms: int = Field(default=2_000, ge=1, le=300_000)
     price_micros: int = Field(default=0, ge=0)  # per call, charged whenever the tool ran
     region: str = "any"
     side_effects: bool = False  # true: executed at most once per tool-call id, whatever the redeliveries
+    # The tool itself deduplicates by the Idempotency-Key it is sent (the effect key): a call a crash left in doubt
+    # is sent again with the same key (exactly once, no effect lost) instead of answered tool_effect_in_doubt.
+    honours_idempotency_key: bool = False
     max_result_chars: int = Field(default=8_000, ge=1, le=1_000_000)
 
     @model_validator(mode="after")
     def _target(self) -> ToolSpec:
         if self.kind == "http" and not (self.url and self.url.startswith(("http://", "https://"))):
             raise ValueError("an http tool needs a url starting with http:// or https://")
-        if self.kind == "builtin" and self.url:
-            raise ValueError("a builtin tool takes no url")
+        if self.kind != "http" and self.url:
+            raise ValueError(f"a {self.kind} tool takes no url")
+        if (self.kind == "mcp") != (self.server is not None):
+            raise ValueError("an mcp tool (and only an mcp tool) names its server")
         if self.parameters.get("type", "object") != "object":
             raise ValueError("a tool's parameters schema describes an object (type: object)")
         try:
@@ -128,10 +161,19 @@ class ToolSpec(_Doc):
 
 
 class ArgumentBound(_Doc):
-    """Value bounds on one numeric argument, e.g. ``{max: 100}`` for ``amount ≤ 100``."""
+    """Rules on one argument: value bounds of a number, e.g. ``{max: 100}`` for ``amount ≤ 100``; or, for a URL,
+    the domains it may point at (``{domains: [example.com]}``: that host or a subdomain, http or https only)."""
 
     min: float | None = None
     max: float | None = None
+    domains: list[str] = Field(default_factory=list)
+
+
+class PrincipalToolRules(_Doc):
+    """One API key's narrowing of its tenant's tool rules: only ``allowed`` (absent: the tenant's), never ``denied``."""
+
+    allowed: list[str] | None = None
+    denied: list[str] = Field(default_factory=list)
 
 
 class ToolRules(_Doc):
@@ -146,8 +188,12 @@ class ToolRules(_Doc):
     bounds: dict[str, dict[str, ArgumentBound]] = Field(default_factory=dict)  # tool → argument → bound
     regions: list[str] = Field(default_factory=list)  # empty: the tenant's model regions, if any
     max_steps: int = Field(default=4, ge=1, le=32)  # model turns that may ask for tools, per request
+    max_steps_per_task: int | None = Field(default=None, ge=1)  # … per task (request.task_id), over its requests
     max_calls_per_step: int = Field(default=4, ge=1, le=64)
     result_injection: Literal["allow", "flag", "block"] = "block"  # indirect injection in a tool's result
+    principals: dict[str, PrincipalToolRules] = Field(default_factory=dict)  # key_id → narrower rules
+    approval: list[str] = Field(default_factory=list)  # tools whose calls wait for `tollway approve ID`
+    approval_timeout_ms: int = Field(default=120_000, ge=1, le=3_600_000)  # then approval_timeout (never run)
 
 
 class KeyRecord(_Doc):
@@ -206,6 +252,7 @@ class PolicyDocument(_Doc):
                                                                        output_micros_per_mtok=15_000_000))
     embedder: EmbedderPolicy = Field(default_factory=EmbedderPolicy)
     tools: dict[str, ToolSpec] = Field(default_factory=dict)  # name → tool (names as the model calls them)
+    mcp_servers: dict[str, McpServerSpec] = Field(default_factory=dict)  # name → server (for tools of kind mcp)
     tenants: dict[str, TenantPolicy] = Field(default_factory=dict)
     # Applied to a tenant the document does not name; absent: unknown tenants are refused.
     default_tenant: TenantPolicy | None = None
@@ -220,10 +267,15 @@ class PolicyDocument(_Doc):
         tenants = [*self.tenants.items(), *([("default_tenant", self.default_tenant)] if self.default_tenant else [])]
         for name, tenant in tenants:
             rules = tenant.tools
-            named = [*rules.visible, *rules.allowed, *rules.denied, *rules.bounds]
+            named = [*rules.visible, *rules.allowed, *rules.denied, *rules.bounds, *rules.approval,
+                     *(t for p in rules.principals.values() for t in [*(p.allowed or []), *p.denied])]
             unknown_tools = sorted({t for t in named if t not in self.tools})
             if unknown_tools:
                 raise ValueError(f"tenants.{name}.tools names undeclared tool(s) {unknown_tools}")
+        undeclared = sorted({f"{n} → {t.server}" for n, t in self.tools.items()
+                             if t.server is not None and t.server not in self.mcp_servers})
+        if undeclared:
+            raise ValueError(f"tools name undeclared mcp_servers: {undeclared}")
         seen: dict[str, str] = {}
         for name, tenant in self.tenants.items():
             for key in tenant.keys:

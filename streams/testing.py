@@ -190,12 +190,15 @@ def decide(env: Envelope, settings: Settings | None = None, *, version: str = "t
     """Seal a policy decision on ``env`` as the policy stage would (to drive a governed stage on its own): the route
     from here on is ``env.route`` as it stands."""
     from schemas.envelope import PolicyDecision
-    from workers.decisions import DecisionKeys, sign_decision
+    from workers.decisions import DecisionKeys, sign_decision, sign_tool_calls
 
     s = _settings(settings)
     if env.policy is None:
         env.policy = PolicyDecision(policy_version=version)
-    sign_decision(env, DecisionKeys.parse(s.decision_keys.get_secret_value()))
+    keys = DecisionKeys.parse(s.decision_keys.get_secret_value())
+    sign_decision(env, keys)
+    if env.tools is not None and env.tools.pending:  # and the tool calls, as the model stage would
+        sign_tool_calls(env, keys)
     return env
 
 

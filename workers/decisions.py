@@ -7,6 +7,8 @@ rotate without downtime (sign with the first key, verify with any listed):
   permission, reservation, ...), bound to the request id, tenant, tier, principal, the route policy decided and a
   digest of the governed (redacted) request. The cache, model, post-process and audit stages refuse an envelope
   whose decision is missing, forged, replayed from another request, or whose route or request changed since.
+* **the tool calls** — the model stage seals the calls it asked for (with the step, the offered tools, the request
+  id); the tools stage runs nothing else (an injected or altered call is refused like a forged decision).
 * **the outcome** — signed by the stage that ended the request, over what the ledger and the audit count (status,
   code, model, tokens, cost, savings, task). An outcome that does not verify is never answered with data, never
   counted: it is turned into an audited denial.
@@ -101,6 +103,29 @@ def decision_problem(env: Envelope, keys: DecisionKeys, stage: str) -> str | Non
     start = route.index(anchor) + (0 if stage == "tools" else 1)
     if _collapsed(env.route) != _collapsed(route[start:]):
         return f"the route {env.route} is not the one policy decided ({route})"
+    if stage == "tools":
+        return tool_calls_problem(env, keys)
+    return None
+
+
+def _tool_calls_message(env: Envelope) -> bytes:
+    assert env.tools is not None
+    pending = [call.model_dump(mode="json") for call in env.tools.pending]
+    return orjson.dumps(["tool_calls", env.request_id, env.tenant, env.tools.steps, env.tools.max_steps,
+                         env.tools.offered, pending], option=orjson.OPT_SORT_KEYS)
+
+
+def sign_tool_calls(env: Envelope, keys: DecisionKeys) -> None:
+    """Seal the tool calls the model stage asked for: the tools stage runs no call the model did not ask for."""
+    assert env.tools is not None
+    env.tools.calls_key_id, env.tools.calls_signature = keys.sign(_tool_calls_message(env))
+
+
+def tool_calls_problem(env: Envelope, keys: DecisionKeys) -> str | None:
+    if env.tools is None or not env.tools.pending:
+        return None
+    if not keys.verify(_tool_calls_message(env), env.tools.calls_key_id, env.tools.calls_signature):
+        return "the tool calls are not the ones the model stage sealed (forged, altered or from another request)"
     return None
 
 

@@ -155,8 +155,10 @@ def _register_areas() -> None:
     from streams.cli import model as cli_model
     from streams.cli import policy as cli_policy
     from streams.cli import router as cli_router
+    from streams.cli import tools as cli_tools
 
-    for area in (cli_policy, cli_index, cli_model, cli_audit, cli_ledger, cli_ingress, cli_router, cli_cache):
+    for area in (cli_policy, cli_index, cli_model, cli_audit, cli_ledger, cli_ingress, cli_router, cli_cache,
+                 cli_tools):
         area.register(app)
 
 

@@ -117,6 +117,9 @@ def rules(p: str = "{p}") -> list[Rule]:
 
     # The operator's principal: `tollway policy apply` and `tollway index add|rm`.
     allow(POLICY_ADMIN, [f"{p}.policy.docs", f"{p}.index.chunks"], WRITE)
+    # Held tool calls: the tools stage asks (pending) and follows the decisions `tollway approve|deny` write.
+    for principal in ("stage-tools", ALL_STAGES, POLICY_ADMIN):
+        allow(principal, [f"{p}.tools.approvals"], READ, WRITE)
 
     allow(LEDGER, [f"{p}.responses", f"{p}.outcomes", f"{p}.audit.log"], READ)
     allow(AUDITOR, [f"{p}.audit.log", f"{p}.audit.checkpoints"], READ)

@@ -34,7 +34,14 @@ from streams.runtime.topics import Topology
 from streams.settings import Settings
 from workers.budgets import Budgets
 from workers.context import Clock
-from workers.decisions import DecisionKeys, decision_problem, outcome_verifies, sign_decision, sign_outcome
+from workers.decisions import (
+    DecisionKeys,
+    decision_problem,
+    outcome_verifies,
+    sign_decision,
+    sign_outcome,
+    sign_tool_calls,
+)
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +258,10 @@ class StageRunner(ConsumerLoop, Generic[C]):
             for env in outputs:
                 if not env.terminal and env.policy is not None:
                     sign_decision(env, self.keys)
+        if self.spec.seals_tool_calls:
+            for env in outputs:
+                if not env.terminal and env.tools is not None and env.tools.pending:
+                    sign_tool_calls(env, self.keys)
         finished_ns = self.clock.now_ns()
         for stamp in hops.values():
             stamp.finished_at_ns = finished_ns

@@ -45,6 +45,7 @@ class Stage(Generic[C]):
     entry: bool = False
     decides: bool = False
     governed: bool = False
+    seals_tool_calls: bool = False  # the runner seals the tool calls this stage asked for (the model stage)
 
     def memory_context(self, base: StageContext, **backends: Any) -> C:
         """The stage's context on its in-memory backends (every context field has one), for tests and the bench."""

@@ -9,6 +9,7 @@
     tollway.policy.docs              compacted: the current policy document
     tollway.index.chunks             compacted: retrieval chunks per tenant
     tollway.outcomes                 task outcomes (resolved/failed) keyed by task_id: the ledger's cost per outcome
+    tollway.tools.approvals          compacted: held tool calls and `tollway approve|deny` decisions, by approval id
 """
 
 from __future__ import annotations
@@ -73,6 +74,10 @@ class Topology:
     def outcomes(self) -> str:
         return f"{self.prefix}.outcomes"
 
+    @property
+    def tool_approvals(self) -> str:
+        return f"{self.prefix}.tools.approvals"
+
     def group(self, stage: str) -> str:
         return f"{self.prefix}.{stage}"
 
@@ -101,6 +106,8 @@ class Topology:
                                                                 "max.message.bytes": max_bytes}),
             # Outcomes: co-partitioned with responses (same count) for the ledger's Faust app; kept like audit.
             NewTopic(self.outcomes, partitions, rf, topic_configs={"cleanup.policy": "delete", "retention.ms": "-1"}),
+            # Held tool calls and their decisions (workers/tools/approvals.py): each approval's last word is kept.
+            NewTopic(self.tool_approvals, 1, rf, topic_configs={"cleanup.policy": "compact"}),
         ]
         return topics
 

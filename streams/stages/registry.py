@@ -34,7 +34,7 @@ STAGES: Final[tuple[Stage[Any], ...]] = (
     Stage("retrieval", RetrievalContext, retrieval.process, retrieval_wiring.open_context, entry=True),
     Stage("policy", PolicyContext, policy.process, policy_wiring.open_context, decides=True),
     Stage("cache", CacheContext, cache.process, cache_wiring.open_context, governed=True),
-    Stage("model", ModelContext, model.process, model_wiring.open_context, governed=True),
+    Stage("model", ModelContext, model.process, model_wiring.open_context, governed=True, seals_tool_calls=True),
     # only when the model asks for tools (model → tools → model …): a governed stage like the model
     Stage("tools", ToolsContext, tools.process, tools_wiring.open_context, governed=True),
     Stage("postprocess", PostprocessContext, postprocess.process, postprocess_wiring.open_context, governed=True),

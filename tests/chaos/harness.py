@@ -189,6 +189,7 @@ class Load:
     sent_at: dict[str, float] = field(default_factory=dict)
     budget_ms: int = BENCH_BUDGET_MS
     distinct: int = 10_000  # fewer than count: prompts repeat, so some requests hit the cache
+    prompts: Callable[[int], str] | None = None  # the i-th request's prompt; default: bench.load's prompt(i)
 
 
 async def send_load(settings: Settings, load: Load) -> None:
@@ -206,7 +207,8 @@ async def send_load(settings: Settings, load: Load) -> None:
             if delay > 0:
                 await asyncio.sleep(delay)
             rid = f"{load.run}-{i}"
-            env = new_envelope(prompt(i % load.distinct), tenant="acme", budget_ms=load.budget_ms, request_id=rid)
+            text = load.prompts(i) if load.prompts is not None else prompt(i % load.distinct)
+            env = new_envelope(text, tenant="acme", budget_ms=load.budget_ms, request_id=rid)
             try:
                 future = await producer.send(topic, encode(env), key=rid.encode())
             except Exception:  # the producer refused outright (buffer full, broker unknown): not accepted

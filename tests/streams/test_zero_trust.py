@@ -150,3 +150,21 @@ def test_a_rotated_key_still_verifies_what_the_old_one_signed() -> None:
     assert decision_problem(env, rotated, "cache") is None
     assert decision_problem(env, DecisionKeys.parse("k2:" + "b" * 32), "cache") is not None
     assert encode(env)  # still a valid envelope on the wire
+
+
+def test_the_tools_stage_runs_only_the_calls_the_model_stage_sealed() -> None:
+    from schemas.envelope import ToolCall, ToolsResult
+    from workers.decisions import decision_problem
+
+    env = new_envelope(PROMPT, tenant="B", settings=SETTINGS)
+    env.route = ["model", "postprocess", "audit"]
+    env.tools = ToolsResult(offered=["issue_refund"], steps=1, pending=[
+        ToolCall(id="call_1_0", name="issue_refund", arguments={"ticket_id": "T-1", "amount": 40})])
+    decide(env, SETTINGS)  # the policy decision, and the tool calls as the model stage seals them
+    assert decision_problem(env, KEYS, "tools") is None
+    env.tools.pending[0].arguments["amount"] = 4000  # altered on the tools topic
+    assert "tool calls" in (decision_problem(env, KEYS, "tools") or "")
+    env.tools.pending[0].arguments["amount"] = 40
+    env.tools.pending.append(ToolCall(id="call_1_1", name="issue_refund", arguments={"ticket_id": "T-2",
+                                                                                     "amount": 99}))
+    assert "tool calls" in (decision_problem(env, KEYS, "tools") or "")  # one more, injected

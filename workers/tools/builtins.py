@@ -148,6 +148,9 @@ class Builtins:
             if not isinstance(amount, int | float) or isinstance(amount, bool) or amount <= 0:
                 raise ToolFailure("invalid_arguments", "amount must be a positive number")
             refunds: list[dict[str, Any]] = ticket.setdefault("refunds", [])
+            done = next((r for r in refunds if idempotency_key and r.get("idempotency_key") == idempotency_key), None)
+            if done is not None:  # the same call sent again (after a crash left it in doubt): the first refund
+                return {"ticket_id": ticket_id, "refund_id": done["refund_id"], "amount": done["amount"]}
             refund_id = f"rf_{len(refunds) + 1}_{ticket_id}"
             refunds.append({"refund_id": refund_id, "amount": amount, "idempotency_key": idempotency_key})
             await self.tickets.put(tenant, ticket_id, ticket)

@@ -1,10 +1,11 @@
 """Governed tool calls: what a tenant's policy says about one call before it runs, and about its result after.
 
 Before (:func:`admit`), in order — the first refusal is the call's structured error, the request goes on:
-the tool is registered (``unknown_tool``) → the tenant allows it and does not deny it (``tool_denied``) → it runs in
+the tool is registered (``unknown_tool``) → the tenant allows it and does not deny it, nor does the rule of the
+request's API key (``tool_denied``) → it runs in
 a region the tenant accepts (``tool_residency_violation``) → the arguments match the tool's JSON Schema
-(``invalid_arguments``, via ``jsonschema``) → numeric bounds such as ``amount ≤ 100`` hold
-(``argument_out_of_bounds``) → PII in string arguments is redacted, or blocks the call (``pii_blocked``) by the
+(``invalid_arguments``, via ``jsonschema``) → numeric bounds such as ``amount ≤ 100`` and URL domain allow-lists
+hold (``argument_out_of_bounds``) → PII in string arguments is redacted, or blocks the call (``pii_blocked``) by the
 tenant's PII rules, exactly as in prompts.
 
 After (:func:`inspect_result`): the result is serialised (``invalid_result`` when it cannot be, ``result_too_large``
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from jsonschema import Draft202012Validator
@@ -35,14 +37,20 @@ class Admitted:
     decisions: list[str] = field(default_factory=list)
 
 
-def admit(name: str, arguments: dict[str, Any], doc: PolicyDocument, tenant: TenantPolicy) -> Admitted:
-    """The governance of one call; raises :class:`ToolFailure` with the refusal's code."""
+def admit(name: str, arguments: dict[str, Any], doc: PolicyDocument, tenant: TenantPolicy,
+          principal: str | None = None) -> Admitted:
+    """The governance of one call; raises :class:`ToolFailure` with the refusal's code. ``principal``: the key id
+    the policy stage decided the request came from (sealed), whose rules may narrow the tenant's."""
     spec = doc.tools.get(name)
     rules = tenant.tools
     if spec is None:
         raise ToolFailure("unknown_tool", f"there is no tool named {name!r}")
     if name in rules.denied or name not in rules.allowed:
         raise ToolFailure("tool_denied", f"the policy does not allow tool {name!r} for this tenant")
+    narrower = rules.principals.get(principal) if principal is not None else None
+    if narrower is not None and (name in narrower.denied or (narrower.allowed is not None
+                                                             and name not in narrower.allowed)):
+        raise ToolFailure("tool_denied", f"the policy does not allow tool {name!r} for key {principal}")
     regions = set(rules.regions or tenant.regions)
     if regions and spec.region != "any" and spec.region not in regions:
         raise ToolFailure("tool_residency_violation", f"tool {name!r} runs in {spec.region}; the tenant is restricted "
@@ -55,6 +63,9 @@ def admit(name: str, arguments: dict[str, Any], doc: PolicyDocument, tenant: Ten
     for argument, bound in rules.bounds.get(name, {}).items():
         value = arguments.get(argument)
         if value is None:
+            continue
+        if bound.domains:
+            _check_domain(argument, value, bound.domains)
             continue
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise ToolFailure("argument_out_of_bounds", f"{argument} must be a number to be checked against its bounds")
@@ -101,6 +112,17 @@ def inspect_result(result: Any, spec: ToolSpec, tenant: TenantPolicy, decisions:
                                                          f"{found.score:.2f}: {', '.join(found.rules)})")
             decisions.append(f"result injection flagged {found.score:.2f}")
     return text
+
+
+def _check_domain(argument: str, value: Any, domains: list[str]) -> None:
+    """A URL argument must be http(s) and point at one of ``domains`` or a subdomain of one."""
+    url = urlsplit(value) if isinstance(value, str) else None
+    host = (url.hostname or "").rstrip(".").lower() if url is not None else ""
+    if url is None or url.scheme not in ("http", "https") or not host:
+        raise ToolFailure("argument_out_of_bounds", f"{argument} must be an http(s) URL")
+    if not any(host == d.lower() or host.endswith("." + d.lower()) for d in domains):
+        raise ToolFailure("argument_out_of_bounds", f"{argument} points at {host}, which is not one of the allowed "
+                                                    f"domains ({', '.join(domains)})")
 
 
 def _redact(value: Any, redactor: Redactor) -> Any:

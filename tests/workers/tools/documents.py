@@ -36,3 +36,40 @@ def tools_policy(**acme_tools: Any) -> PolicyDocument:
                          "tenants": {"acme": {"require_principal": False, "tools": rules,
                                               "pii": {"default": "redact", "credit_card": "block"}},
                                      "plain": {"require_principal": False}}})
+
+
+def demo_server(transport: str = "stdio", url: str | None = None) -> dict[str, Any]:
+    if transport == "stdio":
+        return {"transport": "stdio", "command": ["python", "-m", "workers.tools.mcp_server"]}
+    return {"transport": "streamable-http", "url": url}
+
+
+BAD_TOOLS = ("slow", "raising", "huge", "picture", "prose", "die")
+
+
+def mcp_policy(demo: dict[str, Any] | None = None, **acme_tools: Any) -> PolicyDocument:
+    """The demo tools served by the project's MCP server (and a misbehaving one), with the same tenant rules."""
+    text = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
+    tools: dict[str, Any] = {
+        "calculator": {**TOOLS["calculator"], "kind": "mcp", "server": "demo"},
+        "ticket_lookup": {**TOOLS["ticket_lookup"], "kind": "mcp", "server": "demo", "tenant_argument": "tenant"},
+        "ticket_update": {**TOOLS["ticket_update"], "kind": "mcp", "server": "demo", "tenant_argument": "tenant"},
+        # Its first call may read the index topic from Kafka: a longer timeout than the others.
+        "search": {"kind": "mcp", "server": "demo", "tenant_argument": "tenant", "price_micros": 30,
+                   "timeout_ms": 15_000,
+                   "parameters": {"type": "object", "properties": {"query": {"type": "string"}},
+                                  "required": ["query"], "additionalProperties": False}},
+        "slow": {"kind": "mcp", "server": "bad", "timeout_ms": 300, "price_micros": 10,
+                 "parameters": {"type": "object", "properties": {"seconds": {"type": "number"}}}},
+        **{name: {"kind": "mcp", "server": "bad", "price_micros": 10, "max_result_chars": 1_000,
+                  "parameters": text} for name in BAD_TOOLS if name != "slow"},
+    }
+    names = list(tools)
+    rules: dict[str, Any] = {"visible": names, "allowed": [n for n in names if n != "ticket_update"],
+                             "denied": ["ticket_update"], "max_calls_per_step": 8, **acme_tools}
+    return parse_policy({"version": "tools-mcp-v1", "tools": tools,
+                         "mcp_servers": {"demo": demo or demo_server(),
+                                         "bad": {"transport": "stdio",
+                                                 "command": ["python", "-m", "tests.fakes.mcp_misbehaving"]}},
+                         "tenants": {"acme": {"require_principal": False, "tools": rules,
+                                              "pii": {"default": "redact", "credit_card": "block"}}}})

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from schemas.errors import ConfigError, ToolFailure
@@ -89,3 +91,36 @@ def test_the_policy_refuses_bad_tool_declarations() -> None:
         parse_policy({"version": "v", "tools": {"t": {"parameters": {"type": "object", "required": 3}}}})
     with pytest.raises(ConfigError, match="needs a url"):
         parse_policy({"version": "v", "tools": {"t": {"kind": "http"}}})
+
+
+def test_an_api_key_may_narrow_its_tenants_tools() -> None:
+    doc = tools_policy(principals={"k_0123456789": {"denied": ["issue_refund"]},
+                                   "k_abcdefabcd": {"allowed": ["calculator"]}})
+    acme = doc.tenants["acme"]
+    refund: dict[str, Any] = {"ticket_id": "T-1", "amount": 5}
+    assert admit("issue_refund", refund, doc, acme).spec.side_effects  # no key: the tenant's rules
+    for key, tool, arguments in [("k_0123456789", "issue_refund", refund),
+                                 ("k_abcdefabcd", "notes", {"text": "x"})]:
+        assert isinstance(arguments, dict)
+        with pytest.raises(ToolFailure, match=f"for key {key}") as refused:
+            admit(tool, arguments, doc, acme, key)
+        assert refused.value.code == "tool_denied"
+    assert admit("calculator", {"expression": "1"}, doc, acme, "k_abcdefabcd").decisions == ["allow calculator"]
+    with pytest.raises(ConfigError, match="undeclared tool"):
+        tools_policy(principals={"k_0123456789": {"allowed": ["rm_rf"]}})
+
+
+@pytest.mark.parametrize(("url", "allowed"), [
+    ("https://docs.example.com/a?b=1", True), ("http://example.com", True),
+    ("https://example.com.evil.net/", False), ("https://notexample.com/", False), ("ftp://example.com/", False),
+    ("example.com", False), (42, False),
+])
+def test_url_arguments_are_held_to_their_domain_allow_list(url: object, allowed: bool) -> None:
+    doc = tools_policy(bounds={"notes": {"text": {"domains": ["example.com"]}}})
+    arguments: dict[str, Any] = {"text": url}
+    if allowed:
+        assert admit("notes", arguments, doc, doc.tenants["acme"]).arguments == arguments
+        return
+    with pytest.raises(ToolFailure) as refused:
+        admit("notes", arguments, doc, doc.tenants["acme"])
+    assert refused.value.code in {"argument_out_of_bounds", "invalid_arguments"}

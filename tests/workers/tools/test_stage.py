@@ -140,3 +140,110 @@ async def test_the_same_refund_twice_in_one_batch_runs_once() -> None:
     assert first.tools is not None and second.tools is not None
     assert [first.tools.calls[0].replayed, second.tools.calls[0].replayed] == [False, True]
     assert first.tools.calls[0].content == second.tools.calls[0].content
+
+
+class CountingEffects(MemoryEffectStore):
+    """An effect store that notes how many operations run at once (a Redis pool has a bound)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = self.peak = 0
+
+    async def claim(self, key: str) -> Any:
+        self.now += 1
+        self.peak = max(self.peak, self.now)
+        await asyncio.sleep(0.001)
+        self.now -= 1
+        return await super().claim(key)
+
+
+async def test_a_large_batch_uses_a_bounded_number_of_connections() -> None:
+    effects = CountingEffects()
+    ctx = await context(effects=effects, max_concurrent_calls=8)
+    batch = [asking(("issue_refund", {"ticket_id": "T-1001", "amount": 1}), request_id=f"r{i}") for i in range(100)]
+    out = await process(batch, ctx)
+    assert all(e.tools is not None and e.tools.calls[0].status == "ok" for e in out)
+    assert effects.peak <= 8
+
+
+async def test_an_effect_in_doubt_is_resent_when_the_tool_honours_its_idempotency_key() -> None:
+    doc = tools_policy()
+    honours = doc.tools["issue_refund"].model_copy(update={"honours_idempotency_key": True})
+    ctx = await context(policy=StaticPolicy(doc.model_copy(update={"tools": {**doc.tools, "issue_refund": honours}})))
+    refund = ("issue_refund", {"ticket_id": "T-1001", "amount": 40})
+    from workers.tools.effects import effect_key
+    key = effect_key("r1", 1, 0, "issue_refund", refund[1])
+    # The crashed attempt had reached the ticket desk: its refund is there under the call's key, no result stored.
+    await ctx.builtins.run("issue_refund", refund[1], "acme", idempotency_key=key)
+    assert isinstance(ctx.effects, MemoryEffectStore)
+    ctx.effects.entries[key] = b"pending"
+    [out] = await process([asking(refund)], ctx)
+    assert out.tools is not None and out.tools.calls[0].status == "ok"
+    assert orjson.loads(out.tools.calls[0].content)["refund_id"] == "rf_1_T-1001"
+    ticket = await ctx.builtins.tickets.get("acme", "T-1001")
+    assert ticket is not None and len(ticket["refunds"]) == 1  # resent, deduplicated by the desk: once
+
+
+async def test_a_held_tool_waits_for_its_approval() -> None:
+    from schemas.approvals import ApprovalEvent
+    from workers.tools.approvals import MemoryApprovals
+
+    class Watched(MemoryApprovals):
+        asked = asyncio.Event()
+
+        async def ask(self, pending: ApprovalEvent) -> None:
+            await super().ask(pending)
+            self.asked.set()
+
+    approvals = Watched()
+    ctx = await context(policy=StaticPolicy(tools_policy(approval=["issue_refund"], approval_timeout_ms=5_000)),
+                        approvals=approvals)
+    refund = ("issue_refund", {"ticket_id": "T-1001", "amount": 40})
+
+    async def operator(state: str, by: str) -> None:
+        await approvals.asked.wait()
+        approvals.asked.clear()
+        [pending] = approvals.pending()
+        assert (pending.tool, pending.tenant, pending.arguments) == ("issue_refund", "acme", refund[1])
+        approvals.record(ApprovalEvent(approval_id=pending.approval_id, state=state, by=by))
+
+    [[approved], _] = await asyncio.gather(process([asking(refund, request_id="r1")], ctx),
+                                           operator("approved", "ana"))
+    assert approved.tools is not None and approved.tools.calls[0].status == "ok"
+    assert approved.tools.calls[0].decisions[-1].startswith("approved ap_") and "by ana" in \
+        approved.tools.calls[0].decisions[-1]
+    [[denied], _] = await asyncio.gather(process([asking(refund, request_id="r2")], ctx), operator("denied", "bo"))
+    assert denied.tools is not None
+    assert (denied.tools.calls[0].status, denied.tools.calls[0].code) == ("denied", "approval_denied")
+    ticket = await ctx.builtins.tickets.get("acme", "T-1001")
+    assert ticket is not None and len(ticket["refunds"]) == 1  # only the approved call ran
+
+
+async def test_an_unanswered_approval_ends_as_a_timeout_not_a_stuck_request() -> None:
+    from workers.tools.approvals import MemoryApprovals
+
+    ctx = await context(policy=StaticPolicy(tools_policy(approval=["issue_refund"], approval_timeout_ms=30)),
+                        approvals=MemoryApprovals())
+    [out] = await process([asking(("issue_refund", {"ticket_id": "T-1001", "amount": 40}))], ctx)
+    assert out.tools is not None
+    assert (out.tools.calls[0].code, out.tools.calls[0].cost_micros) == ("approval_timeout", 0)
+
+
+async def test_a_task_may_take_at_most_its_tool_steps_over_all_its_requests() -> None:
+    from workers.tools.tasks import MemoryTaskSteps
+
+    steps = MemoryTaskSteps()
+    ctx = await context(policy=StaticPolicy(tools_policy(max_steps_per_task=2)), task_steps=steps)
+
+    def step(request_id: str) -> Envelope:
+        env = asking(("calculator", {"expression": "1+1"}), request_id=request_id)
+        env.request.task_id = "job-7"
+        return env
+
+    first, second = await process([step("r1"), step("r2")], ctx)
+    [again] = await process([step("r1")], ctx)  # a redelivery of r1's step is not a new step
+    [third] = await process([step("r3")], ctx)
+    assert [e.tools.calls[0].status for e in (first, second, again) if e.tools] == ["ok", "ok", "ok"]
+    assert third.tools is not None
+    assert (third.tools.calls[0].status, third.tools.calls[0].code) == ("denied", "task_steps_exhausted")
+    assert third.tools.calls[0].cost_micros == 0

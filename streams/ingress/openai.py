@@ -22,9 +22,9 @@ from streams.ingress.tools import (
     ToolCallPart,
     ToolChoice,
     ToolDefinition,
+    to_tool_calls,
     tool_call_deltas,
     tool_calls_out,
-    to_tool_calls,
 )
 
 

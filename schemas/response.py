@@ -39,8 +39,8 @@ class StepSummary(BaseModel):
 
 def agent_steps(env: Envelope) -> list[StepSummary]:
     """The model turns and tool calls of an agent loop, in the order they happened (empty without one)."""
-    if env.tools is None:
-        return []
+    if env.tools is None or not (env.tools.calls or env.tools.pending):
+        return []  # no tool was asked for: not an agent step, however many tools were offered
     turns = env.model.step_cost_micros if env.model is not None else []
     model_name = env.model.model if env.model is not None else ""
     steps: list[StepSummary] = []

@@ -139,7 +139,9 @@ async def _call(chunk: list[_Pending], ctx: ModelContext) -> list[ModelReply]:
                               passages=item.env.retrieval.passages if item.env.retrieval else [],
                               max_tokens=item.env.request.params.max_tokens,
                               temperature=item.env.request.params.temperature, timeout_s=timeout_ms / 1000,
-                              latency=spec.latency, **tools.offer(item.env)) for item in chunk]
+                              latency=spec.latency,
+                              history=item.env.retrieval.session_turns if item.env.retrieval else [],
+                              **tools.offer(item.env)) for item in chunk]
         for item in chunk:
             item.attempts += 1
         breaker.before_call(now_ns)

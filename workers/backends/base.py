@@ -26,6 +26,8 @@ class ModelCall:
     # this request returned (their ``content``: a result's JSON, or a structured error).
     tools: list[str] = field(default_factory=list)
     tool_results: list[ToolCallRecord] = field(default_factory=list)
+    # The session's earlier turns (conversation memory, oldest first), tool calls and results included.
+    history: list[Message] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from schemas.envelope import Message, Request, ToolCallRecord, ToolsResult
+import orjson
+
+from schemas.envelope import Message, Request, ToolCallRecord, ToolCallStatus, ToolsResult
 
 DEFAULT_MAX_STEPS = 4
 
@@ -56,18 +58,41 @@ def _after_last_user(messages: list[Message]) -> list[Message]:
 def client_results(messages: list[Message]) -> list[ToolCallRecord]:
     """The caller's tool results for the current question: each tool message after the last user message, as the
     record of the call it answers (step n: the n-th assistant turn that asked for tools)."""
+    return results_in(_after_last_user(messages))
+
+
+def results_in(messages: list[Message]) -> list[ToolCallRecord]:
+    """Every tool message of ``messages`` as the record of the call it answers; a structured error
+    ``{"error": code, "message": …}`` (what the tools stage gives the model) keeps its status and code."""
     names: dict[str, tuple[str, int]] = {}
     records: list[ToolCallRecord] = []
     step = 0
-    for message in _after_last_user(messages):
+    for message in messages:
         if message.role == "assistant" and message.tool_calls:
             step += 1
             names.update({call.id: (call.name, step) for call in message.tool_calls})
         elif message.role == "tool" and message.tool_call_id is not None:
             name, at = names.get(message.tool_call_id, ("tool", max(step, 1)))
-            records.append(ToolCallRecord(call_id=message.tool_call_id, name=name, step=at, status="ok",
-                                          content=message.content))
+            code = _error_code(message.content)
+            status: ToolCallStatus = "ok" if not code else "denied" if code in _REFUSALS else "error"
+            records.append(ToolCallRecord(call_id=message.tool_call_id, name=name, step=at, status=status,
+                                          code=code, content=message.content))
     return records
+
+
+# Governance's refusals as the model reads them (workers/tools/stage.py DENIAL_CODES, the ones a result may carry).
+_REFUSALS = frozenset({"unknown_tool", "tool_denied", "tool_residency_violation", "invalid_arguments",
+                       "argument_out_of_bounds", "pii_blocked", "too_many_tool_calls", "tool_result_blocked"})
+
+
+def _error_code(content: str) -> str:
+    if not content.startswith('{"error"'):
+        return ""
+    try:
+        parsed = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return ""
+    return str(parsed.get("error", "")) if isinstance(parsed, dict) and "message" in parsed else ""
 
 
 def conversation_problem(messages: list[Message]) -> tuple[int, str, str] | None:

@@ -11,6 +11,7 @@ from streams.clients.tools import tool_turn
 from streams.settings import load_settings
 from streams.testing import run_pipeline
 from tests.workers.tools.documents import tools_policy
+from workers.decisions import DecisionKeys, response_verifies
 from workers.memory import MemoryConversationMemory, append_turns
 from workers.policy import PolicyContext, StaticPolicy
 from workers.postprocess import PostprocessContext
@@ -72,3 +73,17 @@ async def test_memory_carries_server_tool_results_into_the_next_turn() -> None:
                                "call was refused by policy (tool_denied): the policy does not allow tool "
                                "'ticket_update' for this tenant.")
     assert recalled.tool_calls == 0
+
+
+async def test_a_response_with_priced_tool_calls_verifies_for_the_ledger() -> None:
+    """The outcome's signature covers what the response says it cost — model turns plus tool calls — so the ledger
+    counts an agent task instead of skipping it as forged."""
+    tickets = MemoryTicketStore()
+    await seed_demo_tickets(tickets, "acme")
+    env = new_envelope("Calculate 17*23 and look up ticket T-1001.", tenant="acme", settings=SETTINGS,
+                       request_id="v-1")
+    response = (await run_pipeline([env], contexts=contexts(MemoryConversationMemory(), tickets),
+                                   settings=SETTINGS)).responses["v-1"]
+    assert response.tool_cost_micros == 150 and response.cost_micros > 150
+    assert response.cost_micros == sum(step.cost_micros for step in response.steps)
+    assert response_verifies(response, DecisionKeys.parse(SETTINGS.decision_keys.get_secret_value()))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from schemas.envelope import Envelope, Status, ToolCall
+from schemas.envelope import Envelope, FunctionTool, Status, ToolCall
 from workers.tools.modes import client_results
 
 
@@ -23,8 +23,10 @@ def offer(env: Envelope) -> dict[str, Any]:
     client = client_results(env.request.messages) if env.request.tools or env.request.tools_mode == "client" else []
     if state is None:
         return {"tool_results": client} if client else {}
-    return {"tools": list(state.offered) if state.steps < state.max_steps else [],
-            "tool_results": [*state.calls, *client]}
+    offered = list(state.offered) if state.steps < state.max_steps else []
+    defined = {tool.name: tool for tool in env.request.tools}
+    return {"tools": offered, "tool_results": [*state.calls, *client],
+            "tool_definitions": [defined.get(name, FunctionTool(name=name)) for name in offered]}
 
 
 def ask(env: Envelope, calls: list[ToolCall], *, stage: str) -> None:

@@ -67,7 +67,7 @@ def submit(
     may instead answer with tool calls for you to run (client-executed, printed with exit code 0) — send their
     results back with --messages (assistant turn with tool_calls, then role "tool" messages with tool_call_id)."""
     from streams.clients.sdk import TollwayClient
-    from streams.clients.tools import as_function_tools
+    from streams.clients.tools import as_function_tools, check_conversation
 
     settings = get_settings()
     conversation = _conversation(prompt, messages_file)
@@ -76,8 +76,9 @@ def submit(
         raise typer.Exit(EXIT_USAGE)
     try:
         definitions = as_function_tools([*(tool or []), *_read_json_list(tools_file)])
+        check_conversation(conversation)
     except (ValueError, ValidationError) as exc:
-        console.print(f"[red]bad tool definitions:[/] {exc}")
+        console.print(f"[red]bad tool definitions or tool messages:[/] {exc}")
         raise typer.Exit(EXIT_USAGE) from exc
 
     async def go() -> Response:

@@ -53,6 +53,7 @@ async def test_client_executed_round_trip_and_its_memory() -> None:
                           session_id="s1")
     answered = (await run_pipeline([second], contexts=contexts(memory, tickets), settings=SETTINGS)).responses["c-2"]
     assert answered.answer == 'lookup_order returned {"state":"lost"}.' and answered.requested_tool_calls == []
+    assert (asked.cache, answered.cache) == ("bypass", "bypass")  # a tool conversation is live data
     assert [m.role for m in memory.sessions[("acme", "s1")]] == ["user", "assistant", "tool", "assistant"]
 
 

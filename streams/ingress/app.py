@@ -137,7 +137,8 @@ class Ingress:
         budget_ms = options.budget_ms or self.settings.budget_ms_for(tier)
         wait_s = budget_ms / 1000 + GRACE_S
         tools_mode = mode_of(request.headers.get(MODE_HEADER), options.tools_mode)
-        check_tools(body.tools, body.tool_choice, to_messages(body.messages))
+        check_tools(body.tools, body.tool_choice, to_messages(body.messages),
+                    legacy={i for i, m in enumerate(body.messages) if m.role == "function"})
         check_registered(function_tools(body.tools), tools_mode, self.registered_tools(identity))
 
         idem_key = request.headers.get("Idempotency-Key")

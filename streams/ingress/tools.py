@@ -16,6 +16,7 @@ parameter (``tools[1].function.parameters``, ``messages[3].tool_call_id``, …).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -125,7 +126,8 @@ def to_tool_calls(parts: list[ToolCallPart] | None) -> list[ToolCall] | None:
             for p in parts]
 
 
-def check_tools(tools: list[ToolDefinition] | None, choice: ToolChoice | None, messages: list[Message]) -> None:
+def check_tools(tools: list[ToolDefinition] | None, choice: ToolChoice | None, messages: list[Message], *,
+                legacy: Collection[int] = ()) -> None:
     """What pydantic cannot see field by field: unique names, a named choice among them, sound tool messages."""
     seen: set[str] = set()
     for index, tool in enumerate(tools or []):
@@ -138,7 +140,7 @@ def check_tools(tools: list[ToolDefinition] | None, choice: ToolChoice | None, m
                               param="tool_choice")
     if choice == "required" and not seen:
         raise invalid_request("tool_choice: 'required' needs tools", param="tool_choice")
-    problem = conversation_problem(messages)
+    problem = conversation_problem(messages, legacy=legacy)
     if problem is not None:
         _, param, message = problem
         raise invalid_request(f"{param}: {message}", param=param, code="invalid_tool_message")

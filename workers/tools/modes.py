@@ -95,14 +95,15 @@ def _error_code(content: str) -> str:
     return str(parsed.get("error", "")) if isinstance(parsed, dict) and "message" in parsed else ""
 
 
-def conversation_problem(messages: list[Message]) -> tuple[int, str, str] | None:
-    """The first tool message that answers no earlier tool call: ``(index, param, message)``; None when sound."""
+def conversation_problem(messages: list[Message], *, legacy: Collection[int] = ()) -> tuple[int, str, str] | None:
+    """The first tool message that answers no earlier tool call: ``(index, param, message)``; None when sound.
+    ``legacy``: positions of OpenAI's deprecated ``function`` messages, which answer by name, not by id."""
     asked: set[str] = set()
     answered: set[str] = set()
     for index, message in enumerate(messages):
         if message.role == "assistant" and message.tool_calls:
             asked.update(call.id for call in message.tool_calls)
-        elif message.role == "tool":
+        elif message.role == "tool" and index not in legacy:
             if not message.tool_call_id:
                 return index, f"messages[{index}].tool_call_id", "a tool message needs the tool_call_id it answers"
             if message.tool_call_id not in asked:

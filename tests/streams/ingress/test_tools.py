@@ -193,6 +193,12 @@ async def test_bad_tool_definitions_and_tool_messages_are_openai_400s(oai: opena
     assert gateway.published == []
 
 
+async def test_a_legacy_function_message_needs_no_tool_call_id(oai: openai.AsyncOpenAI) -> None:
+    completion = await oai.chat.completions.create(model="auto", messages=[  # type: ignore[list-item]
+        {"role": "user", "content": "What is the refund policy?"}, {"role": "function", "name": "f", "content": "1"}])
+    assert completion.choices[0].finish_reason == "stop"
+
+
 async def test_a_bad_mode_header_is_400(oai: openai.AsyncOpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as raised:
         await oai.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}],

@@ -45,9 +45,43 @@ class Status(StrEnum):
     DEAD_LETTERED = "dead_lettered"
 
 
+class ToolCall(_Model):
+    """One call the model asked for: ``id`` is unique within the request (the exactly-once key of its effect)."""
+
+    id: str = Field(min_length=1, max_length=128)
+    name: str = Field(min_length=1, max_length=128)
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+def _unset(value: object) -> bool:
+    """Optional fields added to an event after v1 are left out of its JSON while unset, so an event that does not
+    use them is written byte for byte as before (and its request digest is unchanged)."""
+    return value is None or value == []
+
+
+def _auto(value: object) -> bool:
+    return value == "auto"
+
+
 class Message(_Model):
     role: Literal["system", "user", "assistant", "tool"]
     content: str
+    # OpenAI's tool-call turns (client-executed tools): an assistant message that asked for tools, and the tool
+    # message that answers one of its calls by id.
+    tool_calls: list[ToolCall] | None = Field(default=None, exclude_if=_unset)
+    tool_call_id: str | None = Field(default=None, max_length=128, exclude_if=_unset)
+
+
+class FunctionTool(_Model):
+    """A tool the caller defines in its request (OpenAI's ``tools[].function``): offered to the model, and — unless
+    it is one of the tenant's registered tools in server mode — executed by the caller (client-executed mode)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str = Field(default="", max_length=4_000)
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+
+
+ToolsMode = Literal["auto", "server", "client"]
 
 
 class GenerationParams(_Model):
@@ -72,6 +106,13 @@ class Request(_Model):
     task_id: str | None = Field(default=None, max_length=200)
     cache: CacheControl = Field(default_factory=CacheControl)
     reply_to: str | None = Field(default=None, max_length=249)
+    # Tool use (workers/tools/modes.py): the caller's tool definitions, OpenAI's tool_choice ("auto", "none",
+    # "required" or a tool's name) and who runs the calls — "server": tollway runs registered tools and answers;
+    # "client": the response carries the calls and the caller posts their results back; "auto": server when every
+    # named tool is a registered tool of the tenant, client otherwise.
+    tools: list[FunctionTool] = Field(default_factory=list, max_length=128, exclude_if=_unset)
+    tool_choice: str = Field(default="auto", max_length=64, exclude_if=_auto)
+    tools_mode: ToolsMode = Field(default="auto", exclude_if=_auto)
 
     @property
     def prompt(self) -> str:
@@ -181,14 +222,8 @@ class ModelResult(_Model):
     usage: Usage = Field(default_factory=Usage)
     cost_micros: int = 0
     latency_ms: float = 0.0
-
-
-class ToolCall(_Model):
-    """One call the model asked for: ``id`` is unique within the request (the exactly-once key of its effect)."""
-
-    id: str = Field(min_length=1, max_length=128)
-    name: str = Field(min_length=1, max_length=128)
-    arguments: dict[str, Any] = Field(default_factory=dict)
+    # An agent loop's model turns, one cost each (their sum is cost_micros): the cost per step of a task.
+    step_cost_micros: list[int] = Field(default_factory=list, exclude_if=_unset)
 
 
 ToolCallStatus = Literal["ok", "denied", "error"]
@@ -219,6 +254,9 @@ class ToolsResult(_Model):
     the model steps taken, and the tool calls' cost (the model's own cost stays on ``Envelope.model``)."""
 
     offered: list[str] = Field(default_factory=list)  # the tools the model was offered (the tenant's visible tools)
+    # "client": the offered tools are the caller's (Request.tools); a turn that asks for them ends the request with
+    # the calls in ``pending`` for the caller to run, instead of visiting the tools stage.
+    mode: Literal["server", "client"] = Field(default="server", exclude_if=lambda v: v == "server")
     pending: list[ToolCall] = Field(default_factory=list)
     calls: list[ToolCallRecord] = Field(default_factory=list)
     steps: int = 0  # model turns that asked for tools

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.envelope import SCHEMA_VERSION, Envelope, Evaluation, Status, Usage
+from schemas.envelope import SCHEMA_VERSION, Envelope, Evaluation, Status, ToolCall, Usage
 
 
 class HopSummary(BaseModel):
@@ -16,6 +16,40 @@ class HopSummary(BaseModel):
     service_ms: float
     remaining_budget_ms: float = 0.0
     batch_size: int = 1
+
+
+def _empty(value: object) -> bool:
+    return value == []  # fields added after v1 stay out of a response that does not use them
+
+
+class StepSummary(BaseModel):
+    """One step of an agent loop: a model turn (``kind="model"``, its cost) or one tool call (its decision, cost and
+    latency). Model turn ``n`` asked for the tool calls of step ``n``."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["model", "tool"]
+    step: int
+    name: str
+    status: str = "ok"
+    code: str = ""
+    cost_micros: int = 0
+    latency_ms: float = 0.0
+    call_id: str | None = None
+
+
+def agent_steps(env: Envelope) -> list[StepSummary]:
+    """The model turns and tool calls of an agent loop, in the order they happened (empty without one)."""
+    if env.tools is None or not (env.tools.calls or env.tools.pending):
+        return []  # no tool was asked for: not an agent step, however many tools were offered
+    turns = env.model.step_cost_micros if env.model is not None else []
+    model_name = env.model.model if env.model is not None else ""
+    steps: list[StepSummary] = []
+    for index, cost in enumerate(turns):
+        steps.append(StepSummary(kind="model", step=index + 1, name=model_name, cost_micros=cost))
+        steps += [StepSummary(kind="tool", step=c.step, name=c.name, status=c.status, code=c.code,
+                              cost_micros=c.cost_micros, latency_ms=c.latency_ms, call_id=c.call_id)
+                  for c in env.tools.calls if c.step == index + 1]
+    return steps
 
 
 class Response(BaseModel):
@@ -50,6 +84,14 @@ class Response(BaseModel):
     # responses whose signature verifies.
     key_id: str | None = None
     signature: str | None = None
+    # Client-executed tools: the calls the model asked for, which the caller runs and answers with ``role: tool``
+    # messages (OpenAI's finish_reason "tool_calls"); empty otherwise.
+    requested_tool_calls: list[ToolCall] = Field(default_factory=list, exclude_if=_empty)
+    steps: list[StepSummary] = Field(default_factory=list, exclude_if=_empty)  # an agent loop's turns and calls
+
+    @property
+    def finish_reason(self) -> str:
+        return "tool_calls" if self.requested_tool_calls else "stop"
 
     @classmethod
     def from_envelope(cls, env: Envelope, *, completed_at_ns: int) -> Response:
@@ -86,6 +128,9 @@ class Response(BaseModel):
             task_id=env.request.task_id,
             deadline_at_ns=env.deadline_at_ns,
             evaluation=env.postprocess.evaluation if env.postprocess else None,
+            requested_tool_calls=list(env.tools.pending) if env.tools is not None and env.tools.mode == "client"
+            else [],
+            steps=agent_steps(env),
         )
 
 

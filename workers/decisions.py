@@ -151,7 +151,9 @@ def envelope_claims(env: Envelope) -> bytes:
     return outcome_claims(
         request_id=env.request_id, tenant=env.tenant, status=str(env.outcome.status), code=env.outcome.code,
         stage=env.outcome.stage, model=env.model.model if env.model else None,
-        usage=env.model.usage if env.model else Usage(), cost_micros=env.model.cost_micros if env.model else 0,
+        usage=env.model.usage if env.model else Usage(),
+        # What the response says it cost (schemas/response.py): the model's turns plus the tool calls'.
+        cost_micros=(env.model.cost_micros if env.model else 0) + (env.tools.cost_micros if env.tools else 0),
         saved_micros=env.cache.saved_micros if env.cache else 0, task_id=env.request.task_id)
 
 

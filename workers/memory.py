@@ -17,7 +17,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from schemas.envelope import Envelope, Message, Status
+from schemas.envelope import Envelope, Message, Status, ToolCall
 from schemas.errors import BackendError
 
 log = logging.getLogger(__name__)
@@ -80,8 +80,27 @@ class MemoryConversationMemory:
         self.sessions.setdefault((tenant, session_id), []).extend(messages)
 
 
+def tool_messages(env: Envelope) -> list[Message]:
+    """The tool use between a request's prompt and its answer, as chat messages: per step, the assistant turn that
+    asked (its calls by id and name) and one ``role: tool`` message per call with what the model read — the tools
+    stage's records (server-executed: refusals and errors included), or the caller's tool messages (client-executed).
+    """
+    messages: list[Message] = []
+    if env.tools is not None and env.tools.calls:
+        for step in sorted({record.step for record in env.tools.calls}):
+            records = [r for r in env.tools.calls if r.step == step]
+            messages.append(Message(role="assistant", content="",
+                                    tool_calls=[ToolCall(id=r.call_id, name=r.name) for r in records]))
+            messages += [Message(role="tool", content=r.content, tool_call_id=r.call_id) for r in records]
+    last_user = max((i for i, m in enumerate(env.request.messages) if m.role == "user"), default=-1)
+    messages += [m for m in env.request.messages[last_user + 1:]
+                 if m.role == "tool" or (m.role == "assistant" and m.tool_calls)]
+    return messages
+
+
 async def append_turns(batch: list[Envelope], store: ConversationMemory) -> int:
-    """Record the user prompt and the answer of each answered request that has a session; returns how many.
+    """Record the user prompt, its tool use (:func:`tool_messages`) and the answer of each answered request that has
+    a session; returns how many. A later turn's model sees them (``ModelCall.history``), tool results included.
 
     Call it after the answer is final (post-process). Cache hits count: the user saw that answer. A store error is
     logged and swallowed: losing a turn of memory must not fail the request.
@@ -93,7 +112,8 @@ async def append_turns(batch: list[Envelope], store: ConversationMemory) -> int:
             continue
         if env.outcome is not None and env.outcome.status not in (Status.OK, Status.CACHE_HIT):
             continue
-        turn = [Message(role="user", content=env.request.prompt), Message(role="assistant", content=env.answer)]
+        turn = [Message(role="user", content=env.request.prompt), *tool_messages(env),
+                Message(role="assistant", content=env.answer)]
         try:
             await store.append_turn(env.tenant, session, turn)
             written += 1

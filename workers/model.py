@@ -86,7 +86,8 @@ async def process(batch: list[Envelope], ctx: ModelContext) -> list[Envelope]:
         # A later turn of an agent loop: the turns before it stay accounted for (the model's usage and cost add up).
         prior = env.model if env.tools is not None and env.tools.calls and env.model is not None else None
         env.model = ModelResult(quality_tier=decision.tier, routing=list(decision.reasons),
-                                usage=prior.usage if prior else Usage(), cost_micros=prior.cost_micros if prior else 0)
+                                usage=prior.usage if prior else Usage(), cost_micros=prior.cost_micros if prior else 0,
+                                step_cost_micros=list(prior.step_cost_micros) if prior else [])
         if decision.chosen is None:
             status = Status.DEADLINE_EXCEEDED if decision.failure_code == "deadline_exceeded" else Status.FAILED
             env.finish(status, code=decision.failure_code or "no_eligible_model", message=decision.failure_message,
@@ -138,7 +139,9 @@ async def _call(chunk: list[_Pending], ctx: ModelContext) -> list[ModelReply]:
                               passages=item.env.retrieval.passages if item.env.retrieval else [],
                               max_tokens=item.env.request.params.max_tokens,
                               temperature=item.env.request.params.temperature, timeout_s=timeout_ms / 1000,
-                              latency=spec.latency, **tools.offer(item.env)) for item in chunk]
+                              latency=spec.latency,
+                              history=item.env.retrieval.session_turns if item.env.retrieval else [],
+                              **tools.offer(item.env)) for item in chunk]
         for item in chunk:
             item.attempts += 1
         breaker.before_call(now_ns)
@@ -192,9 +195,12 @@ def attempt_timeout_ms(item: _Pending, now_ns: int, ctx: ModelContext) -> float:
 def _settle(item: _Pending, reply: ModelReply, ctx: ModelContext) -> None:
     spec, env = item.model, item.env
     env.answer = reply.text
+    turn_cost = spec.cost_micros(reply.usage)
+    # An agent loop keeps each model turn's cost apart (the cost per step of a task); other requests have one turn.
+    steps = [*env.model.step_cost_micros, turn_cost] if env.tools is not None and env.model is not None else []
     env.model = ModelResult(model=spec.name, backend=spec.backend, region=spec.region, quality_tier=spec.quality_tier,
                             routing=item.reasons, attempts=item.attempts, usage=item.prior_usage + reply.usage,
-                            cost_micros=item.prior_cost_micros + spec.cost_micros(reply.usage),
+                            cost_micros=item.prior_cost_micros + turn_cost, step_cost_micros=steps,
                             latency_ms=round((ctx.clock.now_ns() - item.started_ns) / 1e6, 3))
     if reply.tool_calls:
         tools.ask(env, reply.tool_calls, stage=NAME)

@@ -19,7 +19,7 @@ from typing import Protocol
 
 from pydantic import SecretStr
 
-from schemas.envelope import DEFAULT_ROUTE, Envelope, PolicyDecision, Status, ToolsResult
+from schemas.envelope import DEFAULT_ROUTE, Envelope, PolicyDecision, Status
 from schemas.errors import PolicyDenied
 from schemas.policy import ModelSpec, PiiAction, PolicyDocument, TenantPolicy
 from workers.context import StageContext
@@ -29,6 +29,7 @@ from workers.keys import verify_principal
 from workers.limits import AdmissionRequest, Limits, MemoryLimits, Scope, Verdict, build_admission
 from workers.routing.router import prompt_tokens
 from workers.tools.governance import offered_tools
+from workers.tools.modes import tools_for
 
 NAME = "policy"
 DEV_PRINCIPAL_SECRET = SecretStr("tollway-dev-secret-change-me")
@@ -88,7 +89,8 @@ async def process(batch: list[Envelope], ctx: PolicyContext) -> list[Envelope]:
     if doc is None:
         for env in batch:
             env.policy = PolicyDecision(policy_version="none", decisions=["allow: no policy loaded"])
-            env.tools = None  # no policy, no tools (and never a producer's own tool state)
+            # No policy, no registered tools — only the caller's own, client-executed (never a producer's tool state).
+            env.tools, _line = tools_for(env.request, [])
         return batch
     now_ns = ctx.clock.now_ns()
     admissions: list[tuple[Envelope, AdmissionRequest]] = []
@@ -157,8 +159,10 @@ def decide(env: Envelope, doc: PolicyDocument, ctx: PolicyContext, now_ns: int) 
     decision.cache_allowed = tenant.cache.allowed and not env.request.cache.no_store
     decision.semantic_threshold = tenant.cache.semantic_threshold
     # The tools its model may be offered; whatever a producer put on env.tools is replaced, never trusted.
-    offered = offered_tools(doc, tenant)
-    env.tools = ToolsResult(offered=offered, max_steps=tenant.tools.max_steps) if offered else None
+    env.tools, tools_line = tools_for(env.request, offered_tools(doc, tenant), denied=tenant.tools.denied,
+                                      max_steps=tenant.tools.max_steps)
+    if tools_line:
+        decision.decisions.append(tools_line)
 
     texts = [m.content for m in env.request.messages]
     if env.retrieval is not None:

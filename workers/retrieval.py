@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from schemas.envelope import Envelope, Message, Passage, RetrievalResult
+from schemas.envelope import Envelope, Passage, RetrievalResult
 from schemas.errors import BackendError
 from workers.cache import metrics
 from workers.cache.verifier import PairVerifier
@@ -133,4 +133,4 @@ async def _attach_turns(batch: list[Envelope], ctx: RetrievalContext) -> None:
         return
     for env, messages in zip(with_session, turns, strict=True):
         assert env.retrieval is not None
-        env.retrieval.session_turns = [Message(role=m.role, content=m.content) for m in messages]
+        env.retrieval.session_turns = list(messages)  # tool calls and results included (workers/memory.py)

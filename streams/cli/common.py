@@ -10,6 +10,7 @@ from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import orjson
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -77,6 +78,43 @@ def latency_table(response: Response) -> Table:
     return table
 
 
+def agent_table(response: Response, *, width: int = 32) -> Table:
+    """An agent task's waterfall: each hop in order (a bar from where it started to where it ended, queue then
+    service), the model turn or tool calls it made, their decisions and cost, and the task's total."""
+    table = Table(title=f"agent task {response.request_id} — per-step latency and cost")
+    for col in ("hop", "step", "what", "decision", "queue ms", "service ms", "waterfall", "cost µ$"):
+        table.add_column(col, justify="right" if col in ("queue ms", "service ms", "cost µ$") else "left")
+    total_ms = max(sum(h.queue_ms + h.service_ms for h in response.hops), 1e-9)
+    models = [s for s in response.steps if s.kind == "model"]
+    tool_steps = sorted({s.step for s in response.steps if s.kind == "tool"})
+    at_ms = 0.0
+    for hop in response.hops:
+        start = round(at_ms / total_ms * width)
+        queue = round(hop.queue_ms / total_ms * width)
+        service = max(1, round(hop.service_ms / total_ms * width))
+        bar = " " * start + "·" * queue + "█" * service
+        at_ms += hop.queue_ms + hop.service_ms
+        rows: list[tuple[str, str, str, str]] = []
+        if hop.stage == "model" and models:
+            turn = models.pop(0)
+            rows.append((str(turn.step), f"model {turn.name}", "asked for tools" if turn.step in tool_steps
+                         else "answered", str(turn.cost_micros)))
+        elif hop.stage == "tools" and tool_steps:
+            step = tool_steps.pop(0)
+            rows += [(str(c.step), f"tool {c.name}", c.status + (f" ({c.code})" if c.code else ""),
+                      str(c.cost_micros)) for c in response.steps if c.kind == "tool" and c.step == step]
+        first = rows[0] if rows else ("", "", "", "")
+        table.add_row(hop.stage, first[0], first[1], first[2], f"{hop.queue_ms:.2f}", f"{hop.service_ms:.2f}", bar,
+                      first[3])
+        for row in rows[1:]:
+            table.add_row("", row[0], row[1], row[2], "", "", "", row[3])
+    total = (response.completed_at_ns - response.created_at_ns) / 1e6
+    table.add_row("[b]task[/]", "", f"{sum(s.kind == 'model' for s in response.steps)} model turns, "
+                  f"{response.tool_calls} tool calls", "", "", f"[b]{total:.2f}[/]", "",
+                  f"[b]{response.cost_micros}[/]")
+    return table
+
+
 def print_response(response: Response) -> None:
     status = response.status.value + (f" ({response.code})" if response.code else "")
     console.print(f"[b]{status}[/]  model={response.model or '-'}  cost={response.cost_micros} µ$  "
@@ -86,4 +124,6 @@ def print_response(response: Response) -> None:
         console.print(response.answer)
     if response.message:
         console.print(f"[yellow]{response.message}[/]")
-    console.print(latency_table(response))
+    for call in response.requested_tool_calls:  # client-executed: the caller runs these and posts the results back
+        console.print(f"tool call [b]{call.id}[/]: {call.name}({orjson.dumps(call.arguments).decode()})")
+    console.print(agent_table(response) if response.steps else latency_table(response))

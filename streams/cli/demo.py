@@ -3,9 +3,13 @@
 1. applies the sample policy (``infra/policy.example.yaml``) and indexes the sample corpus (``infra/corpus/``);
 2. runs every stage and the Faust cost ledger;
 3. publishes the bundled requests in two waves (the second repeats questions, so the cache answers them);
-4. prints each response with its per-stage latency, the cost ledger (tenant × model × day) and writes the latency
+4. runs an agent task for the ``acme-support`` tenant — "Look up ticket T-1001, then close ticket T-1001": the
+   model asks for two tools, the lookup runs, the status change is refused by policy — and prints its per-step
+   latency waterfall (model → tools → model) and cost per step and per task; then a client-executed tool round trip
+   (the model asks, this process runs the tool, the model answers from its result);
+5. prints each response with its per-stage latency, the cost ledger (tenant × model × day) and writes the latency
    report picture;
-5. shows the semantic cache's decisions on a reworded question and on near misses (the cache stage's own code with
+6. shows the semantic cache's decisions on a reworded question and on near misses (the cache stage's own code with
    the worker's embedder, guard and pair verifier, and tenant acme's threshold from the sample policy): similarity,
    outcome and the guard's or the verifier's reason.
 """
@@ -32,6 +36,11 @@ from streams.stages.registry import resolve as resolve_stages
 
 POLICY_FILE = REPO_ROOT / "infra" / "policy.example.yaml"
 CORPUS_DIR = REPO_ROOT / "infra" / "corpus"
+AGENT_TENANT = "acme-support"
+AGENT_TASK = "Look up ticket T-1001, then close ticket T-1001."
+ORDER_TOOL = {"type": "function", "function": {
+    "name": "lookup_order", "description": "an order's delivery state (runs in the caller's process)",
+    "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]}}}
 
 
 def load_samples(path: Path) -> list[dict[str, object]]:
@@ -93,7 +102,7 @@ CACHE_PROBES = (
 
 
 async def cache_walkthrough(settings: Settings, console: Console) -> None:
-    """The cache stage's decision for a few lookups against one cached answer (see the module docstring, step 5)."""
+    """The cache stage's decision for a few lookups against one cached answer (see the module docstring, step 6)."""
     from rich.table import Table
 
     from schemas.envelope import ModelResult, PolicyDecision
@@ -137,6 +146,33 @@ async def cache_walkthrough(settings: Settings, console: Console) -> None:
         console.print(table)
 
 
+async def run_agent_task(settings: Settings, client: TollwayClient, console: Console) -> list[Response]:
+    """Two tool calls, one refused by policy, server-executed; then one client-executed round trip."""
+    from streams.runtime.connections import redis_client
+    from workers.tools.builtins import RedisTicketStore, seed_demo_tickets
+
+    redis = redis_client(settings)
+    try:
+        await seed_demo_tickets(RedisTicketStore(redis, prefix=settings.topic_prefix), AGENT_TENANT)
+    finally:
+        await redis.aclose()
+    console.rule(f"[b]{AGENT_TENANT}[/] agent task, server-executed tools: {AGENT_TASK}")
+    env = new_envelope(AGENT_TASK, tenant=AGENT_TENANT, settings=settings, task_id="demo-agent-task")
+    (task,) = await client.complete_envelopes([env], timeout_s=120)
+    print_response(task)
+    prompt = 'Use lookup_order with {"order_id": "A-17"}'
+    console.rule(f"[b]{AGENT_TENANT}[/] client-executed tool (this process runs it): {prompt}")
+    final, messages = await client.complete_with_tools(
+        prompt, {"lookup_order": lambda args: {"order_id": args["order_id"], "state": "shipped"}},
+        tools=[ORDER_TOOL], tenant=AGENT_TENANT, timeout=120)
+    for message in messages[1:]:
+        said = message.content or ", ".join(f"{c.name}({orjson.dumps(c.arguments).decode()})"
+                                            for c in message.tool_calls or [])
+        console.print(f"[dim]{message.role}:[/] {said}")
+    print_response(final)
+    return [task, final]
+
+
 async def run_demo(settings: Settings, requests_file: Path, console: Console) -> list[Response]:
     from streams.cli.ledger import ledger_table, quality_table
     from streams.cli.report import write_report
@@ -166,6 +202,7 @@ async def run_demo(settings: Settings, requests_file: Path, console: Console) ->
                     console.rule(f"[b]{env.tenant}[/] ({env.tier}, wave {wave}): {env.request.prompt}")
                     print_response(response)
                 responses += wave_responses
+            responses += await run_agent_task(settings, submitter, console)
         snapshot = await read_ledger(settings, f"http://127.0.0.1:{ledger_port}", expected=len(responses))
         console.print(ledger_table(snapshot.rows, "cost ledger (Faust table): tenant × model × day"))
         console.print(quality_table(snapshot.rows, "quality beside cost: online evaluators' pass rates × day"))

@@ -6,7 +6,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 import typer
@@ -54,19 +54,43 @@ def submit(
     model: Annotated[str | None, typer.Option(help="catalog model, default: routed")] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the response")] = 30.0,
     as_json: Annotated[bool, typer.Option("--json", help="print the response as JSON")] = False,
+    tool: Annotated[list[str] | None, typer.Option("--tool", help="offer this registered tool (repeatable); "
+                                                   "default: all of the tenant's")] = None,
+    tools_file: Annotated[Path | None, typer.Option("--tools", help="JSON list of tool definitions (OpenAI's "
+                                                    "shape): tools the caller runs")] = None,
+    tools_mode: Annotated[str, typer.Option(help="who runs tool calls: auto, server or client")] = "auto",
+    tool_choice: Annotated[str, typer.Option(help="auto, none, required or a tool's name")] = "auto",
 ) -> None:
-    """Publish one request, wait for its response, print the answer and the per-stage latency breakdown."""
+    """Publish one request, wait for its response, print the answer and the per-stage latency breakdown.
+
+    Tools: registered tools run in the pipeline and the answer comes back (server-executed); with --tools the model
+    may instead answer with tool calls for you to run (client-executed, printed with exit code 0) — send their
+    results back with --messages (assistant turn with tool_calls, then role "tool" messages with tool_call_id)."""
     from streams.clients.sdk import TollwayClient
+    from streams.clients.tools import as_function_tools, check_conversation
 
     settings = get_settings()
     conversation = _conversation(prompt, messages_file)
+    if tools_mode not in ("auto", "server", "client"):
+        console.print("[red]--tools-mode must be auto, server or client[/]")
+        raise typer.Exit(EXIT_USAGE)
+    try:
+        definitions = as_function_tools([*(tool or []), *_read_json_list(tools_file)])
+        check_conversation(conversation)
+    except (ValueError, ValidationError) as exc:
+        console.print(f"[red]bad tool definitions or tool messages:[/] {exc}")
+        raise typer.Exit(EXIT_USAGE) from exc
 
     async def go() -> Response:
         async with TollwayClient(settings, tenant=tenant, tier=tier) as client:
-            return await client.complete(conversation, timeout=timeout, model=model)
+            return await client.complete(conversation, timeout=timeout, model=model, tools=definitions,
+                                         tools_mode=tools_mode, tool_choice=tool_choice)
 
     try:
         response = run_async(go())
+    except ValueError as exc:  # a conversation whose tool messages answer no call
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(EXIT_USAGE) from exc
     except TimeoutError as exc:
         console.print(f"[red]no response within {timeout:.0f} s[/] — are the workers running? (`tollway worker all`)")
         raise typer.Exit(EXIT_FAILED) from exc
@@ -79,16 +103,31 @@ def submit(
         raise typer.Exit(EXIT_FAILED)
 
 
+def _read_json_list(path: Path | None) -> list[Any]:
+    if path is None:
+        return []
+    try:
+        data = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(data, list):
+        raise ValueError(f"{path} must hold a JSON list")
+    return data
+
+
 def _conversation(prompt: str | None, messages_file: Path | None) -> list[Message]:
-    """The chat messages to send: the prompt as one user message, or a file of messages (then the prompt last)."""
+    """The chat messages to send: the prompt as one user message, or a file of messages (then the prompt last);
+    messages in OpenAI's shape (tool_calls with JSON-string arguments) are accepted."""
+    from streams.clients.tools import message_from
+
     messages: list[Message] = []
     if messages_file is not None:
         try:
             raw = messages_file.read_bytes()
             data = orjson.loads(raw) if raw.lstrip().startswith(b"[") else [
                 orjson.loads(line) for line in raw.splitlines() if line.strip()]
-            messages = [Message.model_validate(m) for m in data]
-        except (OSError, orjson.JSONDecodeError, ValidationError) as exc:
+            messages = [message_from(m) for m in data]
+        except (OSError, orjson.JSONDecodeError, ValidationError, KeyError, TypeError) as exc:
             console.print(f"[red]cannot read messages from {messages_file}:[/] {exc}")
             raise typer.Exit(EXIT_USAGE) from exc
     if prompt:

@@ -8,6 +8,11 @@
     with SyncTollwayClient(settings) as client:                             # the same, for scripts
         print(client.complete("hello").answer)
 
+**Tools** (streams/clients/tools.py): ``complete(prompt, tools=[...])`` with registered tool names runs them in the
+pipeline (server-executed: the response is the final answer, ``response.steps`` lists each call);
+``complete_with_tools(prompt, {"lookup_order": fn}, tools=[definition])`` runs the caller's own tools locally
+(client-executed: the model's ``requested_tool_calls`` are run and posted back until it answers).
+
 **Publishing** uses an idempotent producer (acks=all): a request is acknowledged only once the broker has it, and a
 producer retry never duplicates it. ``submit`` returns after the acknowledgement.
 
@@ -32,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Mapping
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer
@@ -45,6 +50,7 @@ from schemas.response import Response
 from streams.clients.envelopes import EnvelopeFactory
 from streams.clients.principals import Identity, KeyCache, sign_envelope
 from streams.clients.replies import ReplyReader
+from streams.clients.tools import ToolHandler, as_function_tools, check_conversation, run_handlers, tool_turn
 from streams.followers.policy import PolicyStore, load_policy_file
 from streams.runtime.codec import encode
 from streams.runtime.connections import new_admin, new_producer, start
@@ -157,7 +163,12 @@ class TollwayClient:
     # ------------------------------------------------------------------ requests
     def envelope(self, prompt: str | list[Message], *, tier: Tier | None = None, budget_ms: int | None = None,
                  request_id: str | None = None, tenant: str | None = None, **request_fields: Any) -> Envelope:
-        """A new envelope for this client's tenant and tier (not yet signed or published)."""
+        """A new envelope for this client's tenant and tier (not yet signed or published). ``tools`` may be given
+        in OpenAI's shape, ours or as registered tool names (:func:`streams.clients.tools.as_function_tools`)."""
+        if request_fields.get("tools"):
+            request_fields["tools"] = as_function_tools(request_fields["tools"])
+        if not isinstance(prompt, str):
+            check_conversation(prompt)
         factory = EnvelopeFactory(self.settings, policy=self._policy, identity=self.identity)
         return factory.new(prompt, tenant=tenant or self.tenant, tier=tier or self.tier, budget_ms=budget_ms,
                            request_id=request_id, **request_fields)
@@ -207,6 +218,24 @@ class TollwayClient:
                        **fields: Any) -> Response:
         return await self.result(await self.submit(prompt, **fields), timeout)
 
+    async def complete_with_tools(self, prompt: str | list[Message], handlers: Mapping[str, ToolHandler], *,
+                                  tools: Iterable[Any], max_rounds: int = 4, timeout: float = 30.0,  # noqa: ASYNC109
+                                  **fields: Any) -> tuple[Response, list[Message]]:
+        """Client-executed tools: complete, run the calls the model asks for with ``handlers`` (by tool name, sync or
+        async), post their results back, until the model answers (at most ``max_rounds`` tool rounds). Returns the
+        last response and the conversation that led to it."""
+        messages = [Message(role="user", content=prompt)] if isinstance(prompt, str) else list(prompt)
+        definitions = as_function_tools(tools)
+        fields.setdefault("tools_mode", "client")
+        response = await self.complete(messages, timeout=timeout, tools=definitions, **fields)
+        for _ in range(max_rounds):
+            if not response.requested_tool_calls:
+                break
+            results = await run_handlers(response.requested_tool_calls, handlers)
+            messages += tool_turn(response, results)
+            response = await self.complete(messages, timeout=timeout, tools=definitions, **fields)
+        return response, messages
+
 
 class SyncTollwayClient:
     """The async client on a private event loop in a background thread, for scripts and notebooks."""
@@ -234,6 +263,11 @@ class SyncTollwayClient:
 
     def complete(self, prompt: str | list[Message], *, timeout: float = 30.0, **fields: Any) -> Response:
         return self._call(self._client.complete(prompt, timeout=timeout, **fields))
+
+    def complete_with_tools(self, prompt: str | list[Message], handlers: Mapping[str, ToolHandler], *,
+                            tools: Iterable[Any], timeout: float = 30.0,
+                            **fields: Any) -> tuple[Response, list[Message]]:
+        return self._call(self._client.complete_with_tools(prompt, handlers, tools=tools, timeout=timeout, **fields))
 
     def close(self) -> None:
         if self._started:

@@ -15,7 +15,10 @@ closed (503), unless ``TOLLWAY_INGRESS_DEV_MODE=true``: then requests need no ke
 
 **Errors** use OpenAI's shape (streams/ingress/openai.py); the status follows the outcome
 (streams/ingress/errors.py). Tollway-only request options go in a ``tollway`` body field (``extra_body`` in the
-OpenAI SDK): tier, budget_ms, task_id, session_id, quality_tier, cache.
+OpenAI SDK): tier, budget_ms, task_id, session_id, quality_tier, cache, tools_mode.
+
+**Tools** (streams/ingress/tools.py): OpenAI's ``tools`` / ``tool_choice`` / ``tool_calls`` / ``role: tool``,
+server-executed (registered tools, tollway answers) or client-executed (``finish_reason: "tool_calls"``).
 """
 
 from __future__ import annotations
@@ -49,11 +52,14 @@ from streams.ingress.openai import (
     json_response,
     parse_body,
     sse_events,
+    to_messages,
     tollway_headers,
 )
+from streams.ingress.tools import MODE_HEADER, check_registered, check_tools, function_tools, mode_of
 from streams.runtime import tracing
 from streams.settings import Settings
 from workers.routing.catalog import ModelCatalog
+from workers.tools.governance import offered_tools
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +109,13 @@ class Ingress:
                      and (not regions or m.region in regions)]
         return ["auto", *names]
 
+    def registered_tools(self, identity: Identity) -> list[str]:
+        """The tools tollway may run for this tenant (none without a policy)."""
+        doc = self.policy.current()
+        if not isinstance(doc, PolicyDocument):
+            return []
+        return offered_tools(doc, doc.tenant(identity.tenant))
+
     # ------------------------------------------------------------------ handlers
     async def chat(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -123,6 +136,10 @@ class Ingress:
         tier = options.tier or (Tier(header_tier) if header_tier else Tier.STANDARD)
         budget_ms = options.budget_ms or self.settings.budget_ms_for(tier)
         wait_s = budget_ms / 1000 + GRACE_S
+        tools_mode = mode_of(request.headers.get(MODE_HEADER), options.tools_mode)
+        check_tools(body.tools, body.tool_choice, to_messages(body.messages),
+                    legacy={i for i, m in enumerate(body.messages) if m.role == "function"})
+        check_registered(function_tools(body.tools), tools_mode, self.registered_tools(identity))
 
         idem_key = request.headers.get("Idempotency-Key")
         scope = claim = None
@@ -144,7 +161,8 @@ class Ingress:
             # The caller's W3C trace context is continued (a malformed one is ignored, as W3C asks).
             caller = tracing.incoming(request.headers.get("traceparent"), request.headers.get("tracestate"))
             env = envelope_for(body, identity, tier, budget_ms, request_id,
-                               EnvelopeFactory(self.settings, policy=self.policy), parent_trace=caller)
+                               EnvelopeFactory(self.settings, policy=self.policy), parent_trace=caller,
+                               tools_mode=tools_mode)
             await self.gateway.publish(env)
         except BaseException as exc:
             # Nothing is in flight: free the key whatever went wrong, so the caller's retry is worked instead of

@@ -15,9 +15,17 @@ from aiohttp import web
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
-from schemas.envelope import CacheControl, Message, Tier
+from schemas.envelope import CacheControl, Message, Tier, ToolsMode
 from schemas.response import Response
 from streams.ingress.errors import HttpError, http_status_for
+from streams.ingress.tools import (
+    ToolCallPart,
+    ToolChoice,
+    ToolDefinition,
+    to_tool_calls,
+    tool_call_deltas,
+    tool_calls_out,
+)
 
 
 # ---------------------------------------------------------------------------------------------- the request body
@@ -33,6 +41,7 @@ class TollwayOptions(_Body):
     session_id: str | None = Field(default=None, max_length=200)
     quality_tier: str | None = None
     cache: CacheControl | None = None
+    tools_mode: ToolsMode | None = None  # who runs the tools (streams/ingress/tools.py); the header wins
 
 
 _ROLES: dict[str, Literal["system", "user", "assistant", "tool"]] = {
@@ -67,6 +76,8 @@ class ChatMessage(_Body):
 
     role: OpenAIRole
     content: Annotated[str, BeforeValidator(_text_of)] = ""
+    tool_calls: list[ToolCallPart] | None = Field(default=None, max_length=128)  # an assistant turn that asked
+    tool_call_id: str | None = Field(default=None, max_length=128)  # a tool message: the call it answers
 
 
 class ChatBody(_Body):
@@ -79,12 +90,17 @@ class ChatBody(_Body):
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     n: int = Field(default=1, ge=1, le=1)
+    tools: list[ToolDefinition] | None = Field(default=None, max_length=128)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None  # accepted; the model may ask for several calls per turn either way
     tollway: TollwayOptions = Field(default_factory=TollwayOptions)
 
 
 def to_messages(raw: list[ChatMessage]) -> list[Message]:
-    """OpenAI messages → ours: ``developer`` as ``system``, ``function`` as ``tool`` (parsing checked the rest)."""
-    return [Message(role=_ROLES[item.role], content=item.content) for item in raw]
+    """OpenAI messages → ours: ``developer`` as ``system``, ``function`` as ``tool``, tool calls with their arguments
+    parsed (parsing checked the rest)."""
+    return [Message(role=_ROLES[item.role], content=item.content, tool_calls=to_tool_calls(item.tool_calls),
+                    tool_call_id=item.tool_call_id) for item in raw]
 
 
 def param_of(loc: tuple[int | str, ...]) -> str | None:
@@ -156,7 +172,8 @@ def tollway_extension(response: Response) -> dict[str, Any]:
     return {"request_id": response.request_id, "status": response.status.value, "code": response.code or None,
             "cost_micros": response.cost_micros, "saved_micros": response.saved_micros, "cache": response.cache,
             "latency_ms": round(max(0, response.completed_at_ns - response.created_at_ns) / 1e6, 3),
-            "hops": [h.model_dump() for h in response.hops]}
+            "hops": [h.model_dump() for h in response.hops],
+            **({"steps": [s.model_dump() for s in response.steps]} if response.steps else {})}
 
 
 def usage_of(response: Response) -> dict[str, Any]:
@@ -166,13 +183,20 @@ def usage_of(response: Response) -> dict[str, Any]:
             "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens}}
 
 
+def message_of(response: Response) -> dict[str, Any]:
+    """The assistant message: the answer, or (client-executed tools) the calls the caller is to run."""
+    if response.requested_tool_calls:
+        return {"role": "assistant", "content": None, "tool_calls": tool_calls_out(response.requested_tool_calls)}
+    return {"role": "assistant", "content": response.answer or ""}
+
+
 def completion_body(response: Response, body: ChatBody) -> dict[str, Any]:
     """A ``chat.completion`` object for a successful response."""
     return {
         "id": f"chatcmpl-{response.request_id}", "object": "chat.completion",
         "created": response.created_at_ns // 1_000_000_000, "model": response.model or body.model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": response.answer or ""},
-                     "logprobs": None, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "message": message_of(response), "logprobs": None,
+                     "finish_reason": response.finish_reason}],
         "usage": usage_of(response), "system_fingerprint": None, "tollway": tollway_extension(response),
     }
 
@@ -181,7 +205,8 @@ SSE_CHUNK_WORDS = 8
 
 
 def sse_events(response: Response, body: ChatBody) -> list[dict[str, Any]]:
-    """The final answer as ``chat.completion.chunk`` events: role, the content in word chunks, stop, [usage]."""
+    """The final answer as ``chat.completion.chunk`` events: role, the content in word chunks (or one delta per
+    requested tool call), the finish reason, [usage]."""
     base = {"id": f"chatcmpl-{response.request_id}", "object": "chat.completion.chunk",
             "created": response.created_at_ns // 1_000_000_000, "model": response.model or body.model,
             "system_fingerprint": None}
@@ -192,9 +217,13 @@ def sse_events(response: Response, body: ChatBody) -> list[dict[str, Any]]:
     words = (response.answer or "").split(" ")
     pieces = [" ".join(words[i:i + SSE_CHUNK_WORDS]) + (" " if i + SSE_CHUNK_WORDS < len(words) else "")
               for i in range(0, len(words), SSE_CHUNK_WORDS)]
-    events = [chunk({"role": "assistant", "content": ""})]
-    events += [chunk({"content": piece}) for piece in pieces if piece]
-    events.append(chunk({}, "stop", tollway=tollway_extension(response)))
+    if response.requested_tool_calls:
+        events = [chunk({"role": "assistant", "content": None})]
+        events += [chunk(delta) for delta in tool_call_deltas(response.requested_tool_calls)]
+    else:
+        events = [chunk({"role": "assistant", "content": ""})]
+        events += [chunk({"content": piece}) for piece in pieces if piece]
+    events.append(chunk({}, response.finish_reason, tollway=tollway_extension(response)))
     if (body.stream_options or {}).get("include_usage"):
         events.append({**base, "choices": [], "usage": usage_of(response)})
     return events

@@ -1,7 +1,8 @@
 """A local fake OpenAI-compatible server (aiohttp) with scriptable failures, for the ``openai`` backend's tests.
 
 Behaviours are scripted per model name, one per request, in order; when a model's script runs out it answers
-``ok``. ``ok`` echoes the last user message and reports usage (prompt_tokens, cached_tokens, completion_tokens).
+``ok``. ``ok`` echoes the last user message and reports usage (prompt_tokens, cached_tokens, completion_tokens);
+``tool_calls`` asks for the request's first tool with ``{"q": <last user message>}``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-Behaviour = Literal["ok", "500", "429", "429-date", "slow", "malformed", "truncated", "400"]
+Behaviour = Literal["ok", "500", "429", "429-date", "slow", "malformed", "truncated", "400", "tool_calls"]
 
 
 @dataclass
@@ -68,6 +69,15 @@ class FakeOpenAI:
             return response
         prompt = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
         answer = f"fake answer to: {prompt}"
+        if behaviour == "tool_calls":
+            call = {"id": "call_fake", "type": "function",
+                    "function": {"name": body["tools"][0]["function"]["name"],
+                                 "arguments": orjson.dumps({"q": prompt}).decode()}}
+            return web.json_response({
+                "id": "chatcmpl-fake", "object": "chat.completion", "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": [call]},
+                             "finish_reason": "tool_calls"}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})
         return web.json_response({
             "id": "chatcmpl-fake", "object": "chat.completion", "model": body["model"],
             "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],

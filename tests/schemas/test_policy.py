@@ -19,8 +19,9 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "infra" / "policy.example.yaml"
 
 def test_the_example_policy_validates() -> None:
     doc = load_policy_yaml(EXAMPLE.read_text())
-    assert set(doc.tenants) == {"acme", "globex"}
+    assert set(doc.tenants) == {"acme", "acme-support", "globex"}
     assert doc.tenants["globex"].regions == ["eu"]
+    assert doc.tenants["acme-support"].tools.denied == ["ticket_update"]  # the demo's refused tool call
 
 
 @pytest.mark.parametrize(("patch", "path"), [

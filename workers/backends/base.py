@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from schemas.envelope import Message, Passage, ToolCall, ToolCallRecord, Usage
+from schemas.envelope import FunctionTool, Message, Passage, ToolCall, ToolCallRecord, Usage
 from schemas.errors import BackendError
 from workers.routing.catalog import LatencyProfile
 
@@ -26,6 +26,11 @@ class ModelCall:
     # this request returned (their ``content``: a result's JSON, or a structured error).
     tools: list[str] = field(default_factory=list)
     tool_results: list[ToolCallRecord] = field(default_factory=list)
+    # The session's earlier turns (conversation memory, oldest first), tool calls and results included.
+    history: list[Message] = field(default_factory=list)
+    # The offered tools' definitions for a backend that needs them (OpenAI's ``tools``): the caller's own, or the
+    # registered tool's name alone (its arguments are checked against the registry by the tools stage).
+    tool_definitions: list[FunctionTool] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -187,6 +187,11 @@ class LocalBackend:
             tool_reply = self._tool_turn(call, prompt)
             if tool_reply is not None:
                 return tool_reply
+        if call.history and (recalled := local_tools.recall(prompt, call.history)) is not None:
+            text = truncate_to_tokens(recalled, call.max_tokens)
+            usage = Usage(input_tokens=count_message_tokens([*call.history, *call.messages]),
+                          output_tokens=count_tokens(text))
+            return ModelReply(request_id=call.request_id, text=text, usage=usage)
         text = answer(prompt, call.passages)
         truncated = truncate_to_tokens(text, call.max_tokens)
         chat: list[Message] = list(call.messages)

@@ -11,6 +11,9 @@ instead of text, in the order the prompt asks:
 
 Turn 2 (:func:`answer_from_results`): with the tools' results in hand it answers in one sentence per call, saying
 plainly when a call was refused or failed (the structured error's code and message).
+
+A later turn of the session (:func:`recall`): a prompt that asks about what was found earlier ("what did you find
+earlier?", "remind me of the result again") is answered from the newest tool results in the conversation memory.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from typing import Any
 
 import orjson
 
-from schemas.envelope import ToolCall, ToolCallRecord
+from schemas.envelope import Message, ToolCall, ToolCallRecord
+from workers.tools.modes import results_in
 
 _ID = r"#?([A-Za-z]{1,8}-\d{1,10})"
 _EXPRESSION = r"([-+*/().%^×÷\d\s]*\d[-+*/().%^×÷\d\s]*)"
@@ -66,6 +70,18 @@ def plan(prompt: str, offered: list[str], step: int) -> list[ToolCall]:
     calls = [(name, arguments) for _pos, name, arguments in sorted(found, key=lambda f: f[0]) if name in allowed]
     return [ToolCall(id=f"call_{step}_{i}", name=name, arguments=arguments) for i, (name, arguments) in
             enumerate(calls)]
+
+
+_RECALL = re.compile(r"\b(?:earlier|previously|last time|remind me|you (?:found|said|got))\b", re.I)
+
+
+def recall(prompt: str, history: list[Message]) -> str | None:
+    """The answer to a question about earlier tool results, from the session's memory (None: not such a question,
+    or no tool results remembered)."""
+    if not _RECALL.search(prompt):
+        return None
+    records = results_in(history)
+    return "Earlier: " + answer_from_results(records) if records else None
 
 
 def answer_from_results(records: list[ToolCallRecord]) -> str:

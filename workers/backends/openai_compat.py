@@ -18,7 +18,7 @@ import httpx
 import orjson
 from pydantic import SecretStr
 
-from schemas.envelope import Usage
+from schemas.envelope import FunctionTool, Message, ToolCall, Usage
 from schemas.errors import BackendError, ConfigError, RateLimitedByBackend
 from workers.backends.base import ModelCall, ModelReply, context_prompt
 
@@ -64,11 +64,15 @@ class OpenAICompatBackend:
             return ModelReply(call.request_id, error=exc)
 
     async def _post(self, call: ModelCall) -> dict[str, Any]:
-        messages = [{"role": m.role, "content": m.content} for m in call.messages]
+        messages = chat_messages(call)
         if call.passages:
             messages.insert(0, {"role": "system", "content": context_prompt(call.passages)})
-        body = {"model": call.model, "messages": messages, "max_tokens": call.max_tokens,
-                "temperature": call.temperature}
+        body: dict[str, Any] = {"model": call.model, "messages": messages, "max_tokens": call.max_tokens,
+                                "temperature": call.temperature}
+        if call.tools:
+            body["tools"] = [{"type": "function", "function": {"name": t.name, "description": t.description,
+                                                               "parameters": t.parameters}}
+                             for t in call.tool_definitions or [FunctionTool(name=n) for n in call.tools]]
         timeout = min(call.timeout_s, self._timeout_s)
         try:
             response = await self._client.post(self.url, content=orjson.dumps(body),
@@ -87,6 +91,44 @@ class OpenAICompatBackend:
         return _parse_completion(self.name, response.content)
 
 
+def _wire(message: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        out["content"] = message.content or None
+        out["tool_calls"] = [{"id": c.id, "type": "function",
+                              "function": {"name": c.name, "arguments": orjson.dumps(c.arguments).decode()}}
+                             for c in message.tool_calls]
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def chat_messages(call: ModelCall) -> list[dict[str, Any]]:
+    """The chat in OpenAI's shape: the session's memory, the caller's messages, then the tools stage's results of
+    this request (per step, the assistant turn that asked and one tool message per call) that are not already in
+    the caller's messages (client-executed results are)."""
+    messages = [_wire(m) for m in [*call.history, *call.messages]]
+    answered = {m.tool_call_id for m in call.messages if m.tool_call_id}
+    pending = [r for r in call.tool_results if r.call_id not in answered]
+    for step in sorted({r.step for r in pending}):
+        records = [r for r in pending if r.step == step]
+        messages.append({"role": "assistant", "content": None, "tool_calls": [
+            {"id": r.call_id, "type": "function", "function": {"name": r.name, "arguments": "{}"}}
+            for r in records]})
+        messages += [{"role": "tool", "tool_call_id": r.call_id, "content": r.content} for r in records]
+    return messages
+
+
+def _tool_calls(message: dict[str, Any]) -> list[ToolCall]:
+    calls = []
+    for raw in message.get("tool_calls") or []:
+        arguments = orjson.loads(raw["function"].get("arguments") or "{}")
+        if not isinstance(arguments, dict):
+            raise ValueError("tool call arguments are not a JSON object")
+        calls.append(ToolCall(id=str(raw["id"]), name=str(raw["function"]["name"]), arguments=arguments))
+    return calls
+
+
 def _parse_completion(name: str, content: bytes) -> dict[str, Any]:
     try:
         data = orjson.loads(content)
@@ -96,6 +138,7 @@ def _parse_completion(name: str, content: bytes) -> dict[str, Any]:
         details = usage.get("prompt_tokens_details") or {}
         return {
             "text": str(text),
+            "tool_calls": _tool_calls(choice["message"]),
             "finish_reason": str(choice.get("finish_reason") or "stop"),
             "usage": Usage(input_tokens=int(usage.get("prompt_tokens", 0)),
                            cached_input_tokens=int(details.get("cached_tokens") or 0),

@@ -81,8 +81,14 @@ def exact_key(env: Envelope) -> str:
     return hashlib.sha256(material).hexdigest()
 
 
+def _uses_tools(env: Envelope) -> bool:
+    """The caller's own tools or tool turns (client-executed, workers/tools/modes.py): the answer may be a set of
+    tool calls, or rest on results the key does not capture — live data, never served from or written to the cache."""
+    return bool(env.request.tools) or any(m.role == "tool" or m.tool_calls for m in env.request.messages)
+
+
 def _may_read(env: Envelope) -> bool:
-    return (env.policy is None or env.policy.cache_allowed) and env.request.cache.read
+    return (env.policy is None or env.policy.cache_allowed) and env.request.cache.read and not _uses_tools(env)
 
 
 async def process(batch: list[Envelope], ctx: CacheContext) -> list[Envelope]:
@@ -193,7 +199,7 @@ def _may_write(env: Envelope) -> bool:
         return False
     if env.cache is not None and env.cache.outcome == "hit":
         return False
-    if env.tools is not None and env.tools.calls:
+    if (env.tools is not None and env.tools.calls) or _uses_tools(env):
         return False  # an answer from tool results is live data (and a cached "refund issued" would skip the refund)
     if env.outcome is not None and env.outcome.status is not Status.OK:
         return False

@@ -3,23 +3,30 @@
 The policy stage puts the tools a tenant's model may be offered on ``env.tools`` (``offered``, ``max_steps``); the
 model stage passes them to the backend with the results of earlier calls (:func:`offer`) and, when the reply asks
 for tools, :func:`ask` queues the calls and routes the request ``tools → model → …`` (the rest of its route kept).
-Once ``max_steps`` turns have asked for tools, no tool is offered any more: the next turn must answer.
+Once ``max_steps`` turns have asked for tools, no tool is offered any more: the next turn must answer. In
+client-executed mode (:mod:`workers.tools.modes`) a turn that asks for tools ends the request with the calls on
+``env.tools.pending`` (the response's ``requested_tool_calls``) instead of visiting the tools stage.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from schemas.envelope import Envelope, Status, ToolCall
+from schemas.envelope import Envelope, FunctionTool, Status, ToolCall
+from workers.tools.modes import client_results
 
 
 def offer(env: Envelope) -> dict[str, Any]:
-    """``ModelCall`` keyword arguments: the tools the model may ask for now, and the results it has so far."""
+    """``ModelCall`` keyword arguments: the tools the model may ask for now, and the results it has so far (the
+    tools stage's records, or the caller's ``role: tool`` messages in client-executed mode)."""
     state = env.tools
+    client = client_results(env.request.messages) if env.request.tools or env.request.tools_mode == "client" else []
     if state is None:
-        return {}
-    return {"tools": list(state.offered) if state.steps < state.max_steps else [],
-            "tool_results": list(state.calls)}
+        return {"tool_results": client} if client else {}
+    offered = list(state.offered) if state.steps < state.max_steps else []
+    defined = {tool.name: tool for tool in env.request.tools}
+    return {"tools": offered, "tool_results": [*state.calls, *client],
+            "tool_definitions": [defined.get(name, FunctionTool(name=name)) for name in offered]}
 
 
 def ask(env: Envelope, calls: list[ToolCall], *, stage: str) -> None:
@@ -35,6 +42,12 @@ def ask(env: Envelope, calls: list[ToolCall], *, stage: str) -> None:
                    message=f"the model still asked for tools after {state.max_steps} tool steps")
         return
     state.steps += 1
+    if state.mode == "client":
+        # The caller runs these: the request ends here with the calls in its response (finish_reason "tool_calls");
+        # the caller posts their results back as a new request. Nothing runs, so there is nothing to post-process.
+        state.pending = list(calls)
+        env.finish(Status.OK, code="tool_calls", stage=stage)
+        return
     used = {record.call_id for record in state.calls}
     pending: list[ToolCall] = []
     for call in calls:

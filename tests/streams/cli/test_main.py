@@ -21,6 +21,29 @@ def test_bad_messages_file_is_a_usage_error(tmp_path: Path, content: str) -> Non
     assert result.exit_code == 2, result.output
 
 
+def test_a_client_executed_turn_in_openai_shape(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    path.write_text('[{"role": "user", "content": "use f with {}"}, {"role": "assistant", "content": null, '
+                    '"tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}, '
+                    '{"role": "tool", "tool_call_id": "c1", "content": "42"}]')
+    messages = _conversation(None, path)
+    assert [(m.role, m.tool_call_id) for m in messages] == [("user", None), ("assistant", None), ("tool", "c1")]
+    assert messages[1].tool_calls is not None and messages[1].tool_calls[0].name == "f"
+
+
+@pytest.mark.parametrize("args", [["--tools-mode", "sometimes"], ["--tools", "missing.json"]])
+def test_bad_tool_options_are_usage_errors(args: list[str]) -> None:
+    result = CliRunner().invoke(app, ["submit", "hi", *args])
+    assert result.exit_code == 2, result.output
+
+
+def test_a_tool_message_answering_no_call_is_a_usage_error(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    path.write_text('[{"role": "user", "content": "x"}, {"role": "tool", "tool_call_id": "c9", "content": "1"}]')
+    result = CliRunner().invoke(app, ["submit", "--messages", str(path)])
+    assert result.exit_code == 2 and "c9" in result.output, result.output
+
+
 def test_nothing_to_send_is_a_usage_error() -> None:
     assert CliRunner().invoke(app, ["submit"]).exit_code == 2
 

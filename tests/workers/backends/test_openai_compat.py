@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr
 
-from schemas.envelope import Message, Passage
+from schemas.envelope import FunctionTool, Message, Passage, ToolCall, ToolCallRecord
 from schemas.errors import BackendError, ConfigError, RateLimitedByBackend
 from tests.fakes.openai_server import FakeOpenAI, openai_server
 from workers.backends.base import ModelCall
@@ -97,3 +97,29 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after("1.5") == 1.5
     assert parse_retry_after(None) is None and parse_retry_after("soon") is None
     assert parse_retry_after("Thu, 01 Jan 1970 00:01:40 GMT", now_s=90) == 10.0
+
+
+async def test_tools_go_out_in_openai_shape_and_tool_calls_come_back(openai_server: FakeOpenAI,
+                                                                     backend: OpenAICompatBackend) -> None:
+    openai_server.script("m", "tool_calls")
+    lookup = FunctionTool(name="lookup_order", parameters={"type": "object", "properties": {}})
+    (asked,) = await backend.complete([call(prompt="where is A-1?", tools=["lookup_order"],
+                                            tool_definitions=[lookup])])
+    assert asked.ok and asked.finish_reason == "tool_calls"
+    assert asked.tool_calls == [ToolCall(id="call_fake", name="lookup_order", arguments={"q": "where is A-1?"})]
+    assert openai_server.received[0]["tools"] == [{"type": "function", "function": {
+        "name": "lookup_order", "description": "", "parameters": {"type": "object", "properties": {}}}}]
+    # The next turn: the tools stage's result of that call, and the session's remembered client-side turn.
+    history = [Message(role="user", content="before"),
+               Message(role="assistant", content="", tool_calls=[ToolCall(id="h1", name="f")]),
+               Message(role="tool", content="1", tool_call_id="h1"), Message(role="assistant", content="ok")]
+    result = ToolCallRecord(call_id="call_fake", name="lookup_order", step=1, status="ok", content='{"s": 1}')
+    (answered,) = await backend.complete([call(prompt="where is A-1?", tool_results=[result], history=history)])
+    await backend.aclose()
+    assert answered.ok and answered.text == "fake answer to: where is A-1?"
+    sent = openai_server.received[1]["messages"]
+    assert [(m["role"], m.get("tool_call_id")) for m in sent] == [
+        ("user", None), ("assistant", None), ("tool", "h1"), ("assistant", None), ("user", None), ("assistant", None),
+        ("tool", "call_fake")]
+    assert sent[1]["tool_calls"][0]["function"] == {"name": "f", "arguments": "{}"} and sent[1]["content"] is None
+    assert "tools" not in openai_server.received[1]

@@ -251,22 +251,31 @@ def start_systems(args: argparse.Namespace, settings: Settings, workdir: Path) -
     config.write_text(LITELLM_CONFIG.format(port=fake_port))
     litellm_env = {**base_env, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR",
                    "LITELLM_TELEMETRY": "False", "DISABLE_ADMIN_UI": "True", "NO_DOCS": "True"}
+    if "litellm" not in args.systems:
+        return Running(procs, {"tollway": f"http://127.0.0.1:{tollway_port}"},
+                       {"tollway": _tollway_roots(procs, settings)})
     procs["litellm"] = _spawn([str(LITELLM_VENV / "bin" / "litellm"), "--config", str(config), "--host",
                                "127.0.0.1", "--port", str(litellm_port), "--num_workers", str(args.litellm_workers)],
                               litellm_env, workdir / "litellm.log")
+    roots = {"tollway": _tollway_roots(procs, settings),
+             "litellm": {"proxy": [procs["litellm"].pid], **_infra(settings), "model": [procs["fake"].pid]}}
+    return Running(procs, {"tollway": f"http://127.0.0.1:{tollway_port}", "litellm": f"http://127.0.0.1:{litellm_port}"},
+                   roots)
+
+
+def _infra(settings: Settings) -> dict[str, list[int]]:
     infra: dict[str, list[int]] = {}
     kafka_port = int(settings.bootstrap_servers.rsplit(":", 1)[1])
     redis_port = int(settings.redis_url.rsplit(":", 1)[1].split("/", 1)[0])
     for name, port in (("broker", kafka_port), ("redis", redis_port)):
         pid = listener_pid(port)
         infra[name] = [pid] if pid else []
-    roots = {
-        "tollway": {"workers": [procs["workers"].pid], "server": [procs["server"].pid], **infra,
-                    "model": [procs["fake"].pid]},
-        "litellm": {"proxy": [procs["litellm"].pid], **infra, "model": [procs["fake"].pid]},
-    }
-    return Running(procs, {"tollway": f"http://127.0.0.1:{tollway_port}", "litellm": f"http://127.0.0.1:{litellm_port}"},
-                   roots)
+    return infra
+
+
+def _tollway_roots(procs: dict[str, subprocess.Popen[bytes]], settings: Settings) -> dict[str, list[int]]:
+    return {"workers": [procs["workers"].pid], "server": [procs["server"].pid], **_infra(settings),
+            "model": [procs["fake"].pid]}
 
 
 def stop_systems(running: Running) -> None:
@@ -304,10 +313,11 @@ async def measure(args: argparse.Namespace, running: Running) -> list[Phase]:
                     return resp.status == 200
             return send
 
-        senders = {system: sender(system) for system in SYSTEMS}
-        for system in SYSTEMS:  # ready once a completion comes back (workers, server, proxy all up)
+        systems = tuple(s for s in SYSTEMS if s in running.urls)
+        senders = {system: sender(system) for system in systems}
+        for system in systems:  # ready once a completion comes back (workers, server, proxy all up)
             await wait_ready(system, senders[system], running, args.ready_timeout_s)
-        for system in SYSTEMS:
+        for system in systems:
             await closed_loop(senders[system], args.warmup, 16, args.timeout_s)
 
         async def phase(system: str, load: str, k: int, rate: float | None) -> None:
@@ -330,11 +340,11 @@ async def measure(args: argparse.Namespace, running: Running) -> list[Phase]:
 
         for k in range(args.rounds):
             for j, rate in enumerate(args.rates):
-                order = SYSTEMS if (k + j) % 2 == 0 else SYSTEMS[::-1]
+                order = systems if (k + j) % 2 == 0 else systems[::-1]
                 for system in order:
                     await phase(system, "open", k, rate)
             if args.closed_requests > 0:
-                for system in (SYSTEMS if k % 2 == 0 else SYSTEMS[::-1]):
+                for system in (systems if k % 2 == 0 else systems[::-1]):
                     await phase(system, "closed", k, None)
     return phases
 
@@ -443,7 +453,7 @@ def print_table(summary: dict[str, Any]) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
-    if not (LITELLM_VENV / "bin" / "litellm").exists():
+    if "litellm" in args.systems and not (LITELLM_VENV / "bin" / "litellm").exists():
         raise SystemExit(f"LiteLLM's proxy is not installed in {LITELLM_VENV}: run `make litellm-venv` (bench-only)")
     prefix = f"gw{uuid.uuid4().hex[:8]}"
     settings = Settings(topic_prefix=prefix, partitions=4)
@@ -472,6 +482,8 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--closed-requests", type=int, default=600, help="closed-loop requests per system and round")
     parser.add_argument("--concurrency", type=int, default=64, help="in flight in the closed-loop phase")
+    parser.add_argument("--systems", type=lambda s: s.split(","), default=list(SYSTEMS),
+                        help="tollway,litellm (one alone: profiling runs)")
     parser.add_argument("--layout", default="all+", help="tollway worker argument: all+ (co-located) or all")
     parser.add_argument("--litellm-workers", type=int, default=2)
     parser.add_argument("--model-latency-ms", type=float, default=0.0)

@@ -5,7 +5,8 @@ load generator, open loop, alternating rounds.
 
 Method. One fake model server (bench/fake_openai.py, answers at once) serves both systems:
 
-* **LiteLLM** — its proxy (``litellm --config … --num_workers 2``) from its own virtualenv ``.venv-litellm`` (the
+* **LiteLLM** — its proxy (``--litellm-workers`` processes of ``litellm --config …``, requests round-robin) from
+  its own virtualenv ``.venv-litellm`` (the
   bench-only extra ``gateway-bench`` of pyproject.toml; ``make litellm-venv`` installs it, nothing is fetched at run
   time), one model ``fake`` routed to the fake server;
 * **tollway** — ``tollway serve`` (HTTP ingress) and the pipeline's workers (``--layout``: ``all+`` the whole route
@@ -223,7 +224,7 @@ async def closed_loop(send: Callable[[int], Any], n: int, concurrency: int,
 @dataclass
 class Running:
     procs: dict[str, subprocess.Popen[bytes]]
-    urls: dict[str, str]
+    urls: dict[str, list[str]]  # system → its servers (requests go round-robin)
     cpu_roots: dict[str, dict[str, list[int]]]  # system → part → root pids
 
 
@@ -234,7 +235,7 @@ def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
 
 
 def start_systems(args: argparse.Namespace, settings: Settings, workdir: Path) -> Running:
-    fake_port, tollway_port, litellm_port = free_port(), free_port(), free_port()
+    fake_port, tollway_port = free_port(), free_port()
     base_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     procs: dict[str, subprocess.Popen[bytes]] = {}
     procs["fake"] = _spawn([sys.executable, "-m", "bench.fake_openai", "--port", str(fake_port),
@@ -250,17 +251,24 @@ def start_systems(args: argparse.Namespace, settings: Settings, workdir: Path) -
     config = workdir / "litellm.yaml"
     config.write_text(LITELLM_CONFIG.format(port=fake_port))
     litellm_env = {**base_env, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR",
-                   "LITELLM_TELEMETRY": "False", "DISABLE_ADMIN_UI": "True", "NO_DOCS": "True"}
+                   "LITELLM_TELEMETRY": "False", "DISABLE_ADMIN_UI": "True", "NO_DOCS": "True",
+                   # no keys on either side: tollway runs in dev mode (no policy document, no API key)
+                   "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true"}
     if "litellm" not in args.systems:
-        return Running(procs, {"tollway": f"http://127.0.0.1:{tollway_port}"},
+        return Running(procs, {"tollway": [f"http://127.0.0.1:{tollway_port}"]},
                        {"tollway": _tollway_roots(procs, settings)})
-    procs["litellm"] = _spawn([str(LITELLM_VENV / "bin" / "litellm"), "--config", str(config), "--host",
-                               "127.0.0.1", "--port", str(litellm_port), "--num_workers", str(args.litellm_workers)],
-                              litellm_env, workdir / "litellm.log")
+    # One proxy process per worker, the load spread round-robin over them: `--num_workers 2` (uvicorn's own
+    # workers) lost every child at start on this machine, silently; two processes are the same two workers.
+    litellm_ports = [free_port() for _ in range(args.litellm_workers)]
+    for n, port in enumerate(litellm_ports):
+        procs[f"litellm{n}"] = _spawn([str(LITELLM_VENV / "bin" / "litellm"), "--config", str(config), "--host",
+                                       "127.0.0.1", "--port", str(port), "--num_workers", "1"],
+                                      litellm_env, workdir / f"litellm{n}.log")
     roots = {"tollway": _tollway_roots(procs, settings),
-             "litellm": {"proxy": [procs["litellm"].pid], **_infra(settings), "model": [procs["fake"].pid]}}
-    return Running(procs, {"tollway": f"http://127.0.0.1:{tollway_port}", "litellm": f"http://127.0.0.1:{litellm_port}"},
-                   roots)
+             "litellm": {"proxy": [procs[f"litellm{n}"].pid for n in range(len(litellm_ports))], **_infra(settings),
+                         "model": [procs["fake"].pid]}}
+    return Running(procs, {"tollway": [f"http://127.0.0.1:{tollway_port}"],
+                           "litellm": [f"http://127.0.0.1:{port}" for port in litellm_ports]}, roots)
 
 
 def _infra(settings: Settings) -> dict[str, list[int]]:
@@ -301,14 +309,14 @@ async def measure(args: argparse.Namespace, running: Running) -> list[Phase]:
     phases: list[Phase] = []
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
         def sender(system: str) -> Callable[[int], Any]:
-            url = f"{running.urls[system]}/v1/chat/completions"
+            urls = [f"{base}/v1/chat/completions" for base in running.urls[system]]
             headers = {"Content-Type": "application/json", "Authorization": "Bearer sk-bench",
                        "X-Tollway-Tenant": "bench"}
 
             async def send(i: int) -> bool:
                 body = {"model": "fake", "max_tokens": 16, "messages": [
                     {"role": "user", "content": f"question {run_id} {system} {i} {uuid.uuid4().hex}"}]}
-                async with http.post(url, data=orjson.dumps(body), headers=headers) as resp:
+                async with http.post(urls[i % len(urls)], data=orjson.dumps(body), headers=headers) as resp:
                     await resp.read()
                     return resp.status == 200
             return send
@@ -357,7 +365,7 @@ async def wait_ready(system: str, send: Callable[[int], Any], running: Running, 
             if proc.poll() is not None:
                 raise SystemExit(f"{name} exited with {proc.returncode} before the run (see its log)")
         try:
-            if await asyncio.wait_for(send(-1), 10):
+            if all([await asyncio.wait_for(send(n), 10) for n in range(len(running.urls[system]))]):
                 return
         except (TimeoutError, aiohttp.ClientError, OSError):
             pass
@@ -492,7 +500,7 @@ if __name__ == "__main__":
     parser.add_argument("--timeout-s", type=float, default=30.0)
     parser.add_argument("--pause-s", type=float, default=2.0)
     parser.add_argument("--max-connections", type=int, default=2000)
-    parser.add_argument("--ready-timeout-s", type=float, default=180.0)
+    parser.add_argument("--ready-timeout-s", type=float, default=420.0)
     parser.add_argument("--keep-logs", action="store_true")
     parser.add_argument("--json", action="store_true", help="accepted for bench/run.py; the last line is JSON anyway")
     main(parser.parse_args())

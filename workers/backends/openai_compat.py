@@ -2,7 +2,8 @@
 
 One HTTP request per call (the chat API takes one conversation), all of a batch's calls in flight at once on one
 pooled aiohttp session (httpx's pool scanned every connection on every request: ~16 % of a co-located worker's CPU
-at 40 req/s in bench/gateway_bench.py's profile, py-spy). Each request's timeout is the call's ``timeout_s`` (what is left of its latency budget).
+at 40 req/s in bench/gateway_bench.py's profile, py-spy). Each request's timeout is the call's ``timeout_s`` (what
+is left of its latency budget).
 Errors are converted where they enter: 429 → :class:`RateLimitedByBackend` with Retry-After (seconds or an HTTP
 date), 5xx / timeouts / broken or malformed bodies → retryable :class:`BackendError`, other 4xx → non-retryable.
 Usage comes from the response (``prompt_tokens``, ``prompt_tokens_details.cached_tokens``, ``completion_tokens``).

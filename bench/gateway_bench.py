@@ -248,6 +248,17 @@ def start_systems(args: argparse.Namespace, settings: Settings, workdir: Path) -
     tollway = [sys.executable, "-m", "streams.cli"]
     procs["workers"] = _spawn([*tollway, "worker", args.layout], env, workdir / "workers.log")
     procs["server"] = _spawn([*tollway, "serve", "--port", str(tollway_port)], env, workdir / "server.log")
+    variant_urls: dict[str, list[str]] = {}
+    variant_roots: dict[str, dict[str, list[int]]] = {}
+    for variant in args.ingress_variant:  # another `tollway serve` with other settings, in front of the same workers
+        name, _, assignments = variant.partition(":")
+        port = free_port()
+        extra = dict(kv.split("=", 1) for kv in assignments.split(",") if kv)
+        procs[f"server-{name}"] = _spawn([*tollway, "serve", "--port", str(port)], {**env, **extra},
+                                         workdir / f"server-{name}.log")
+        variant_urls[f"tollway-{name}"] = [f"http://127.0.0.1:{port}"]
+        variant_roots[f"tollway-{name}"] = {**_tollway_roots(procs, settings),
+                                            "server": [procs[f"server-{name}"].pid]}
     config = workdir / "litellm.yaml"
     config.write_text(LITELLM_CONFIG.format(port=fake_port))
     litellm_env = {**base_env, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR",
@@ -255,8 +266,8 @@ def start_systems(args: argparse.Namespace, settings: Settings, workdir: Path) -
                    # no keys on either side: tollway runs in dev mode (no policy document, no API key)
                    "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true"}
     if "litellm" not in args.systems:
-        return Running(procs, {"tollway": [f"http://127.0.0.1:{tollway_port}"]},
-                       {"tollway": _tollway_roots(procs, settings)})
+        return Running(procs, {"tollway": [f"http://127.0.0.1:{tollway_port}"], **variant_urls},
+                       {"tollway": _tollway_roots(procs, settings), **variant_roots})
     # One proxy process per worker, the load spread round-robin over them: `--num_workers 2` (uvicorn's own
     # workers) lost every child at start on this machine, silently; two processes are the same two workers.
     litellm_ports = [free_port() for _ in range(args.litellm_workers)]
@@ -264,10 +275,10 @@ def start_systems(args: argparse.Namespace, settings: Settings, workdir: Path) -
         procs[f"litellm{n}"] = _spawn([str(LITELLM_VENV / "bin" / "litellm"), "--config", str(config), "--host",
                                        "127.0.0.1", "--port", str(port), "--num_workers", "1"],
                                       litellm_env, workdir / f"litellm{n}.log")
-    roots = {"tollway": _tollway_roots(procs, settings),
+    roots = {"tollway": _tollway_roots(procs, settings), **variant_roots,
              "litellm": {"proxy": [procs[f"litellm{n}"].pid for n in range(len(litellm_ports))], **_infra(settings),
                          "model": [procs["fake"].pid]}}
-    return Running(procs, {"tollway": [f"http://127.0.0.1:{tollway_port}"],
+    return Running(procs, {"tollway": [f"http://127.0.0.1:{tollway_port}"], **variant_urls,
                            "litellm": [f"http://127.0.0.1:{port}" for port in litellm_ports]}, roots)
 
 
@@ -321,7 +332,7 @@ async def measure(args: argparse.Namespace, running: Running) -> list[Phase]:
                     return resp.status == 200
             return send
 
-        systems = tuple(s for s in SYSTEMS if s in running.urls)
+        systems = tuple(s for s in running.urls)
         senders = {system: sender(system) for system in systems}
         for system in systems:  # ready once a completion comes back (workers, server, proxy all up)
             await wait_ready(system, senders[system], running, args.ready_timeout_s)
@@ -392,7 +403,7 @@ def summarise(phases: list[Phase]) -> dict[str, Any]:
     table: list[dict[str, Any]] = []
     rates = sorted({p.offered_per_s for p in phases if p.load == "open" and p.offered_per_s})
     for rate in [*rates, None]:
-        for system in SYSTEMS:
+        for system in dict.fromkeys(p.system for p in phases):
             runs = [p for p in phases if p.system == system and p.offered_per_s == rate
                     and p.load == ("open" if rate else "closed")]
             if not runs:
@@ -409,7 +420,7 @@ def summarise(phases: list[Phase]) -> dict[str, Any]:
             entry["cpu_ms_per_request"] = {part: round(statistics.median(p.cpu_ms_per_request()[part] for p in runs), 3)
                                            for part in parts}
             entry["cpu_ms_per_request_total"] = round(sum(entry["cpu_ms_per_request"][part]
-                                                          for part in OWN_PARTS[system]), 3)
+                                                          for part in OWN_PARTS[system.split("-")[0]]), 3)
             table.append(entry)
     by = {(e["system"], e["offered_per_s"]): e for e in table}
     rows: list[dict[str, Any]] = []
@@ -425,10 +436,11 @@ def summarise(phases: list[Phase]) -> dict[str, Any]:
             rows.append({"figure": f"gateway overhead: {name[:3]} through the HTTP ingress at {rate:g} req/s",
                          "value": value, "unit": "ms", "baseline": base, "baseline_name": "LiteLLM proxy",
                          "ratio": round(value / base, 3) if base else None, "target": "<= LiteLLM", "pass": passed})
-    sustained = {system: sustained_rate(phases, system) for system in SYSTEMS}
-    closed = {system: by[(system, "closed")]["achieved_per_s"] for system in SYSTEMS if (system, "closed") in by}
+    systems = list(dict.fromkeys(p.system for p in phases))
+    sustained = {system: sustained_rate(phases, system) for system in systems}
+    closed = {system: by[(system, "closed")]["achieved_per_s"] for system in systems if (system, "closed") in by}
     closed_median = {system: statistics.median(v) for system, v in closed.items()}
-    if len(closed_median) == 2:
+    if "tollway" in closed_median and "litellm" in closed_median:
         passed = closed_median["tollway"] > closed_median["litellm"]
         verdict["saturation"] = passed
         rows.append({"figure": "gateway overhead: saturation throughput (closed loop)",
@@ -436,8 +448,8 @@ def summarise(phases: list[Phase]) -> dict[str, Any]:
                      "baseline": round(closed_median["litellm"], 1), "baseline_name": "LiteLLM proxy",
                      "ratio": round(closed_median["tollway"] / closed_median["litellm"], 3)
                      if closed_median["litellm"] else None, "target": "> LiteLLM", "pass": passed,
-                     "note": f"highest open-loop rate sustained: tollway {sustained['tollway']:g}, "
-                             f"LiteLLM {sustained['litellm']:g} req/s"})
+                     "note": f"highest open-loop rate sustained: tollway {sustained.get('tollway', 0):g}, "
+                             f"LiteLLM {sustained.get('litellm', 0):g} req/s"})
     for rate in rates:
         t, lite = by.get(("tollway", rate)), by.get(("litellm", rate))
         if t and lite and lite["cpu_ms_per_request_total"]:
@@ -492,6 +504,9 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=64, help="in flight in the closed-loop phase")
     parser.add_argument("--systems", type=lambda s: s.split(","), default=list(SYSTEMS),
                         help="tollway,litellm (one alone: profiling runs)")
+    parser.add_argument("--ingress-variant", action="append", default=[],
+                        help="NAME:KEY=VAL,KEY=VAL — another `tollway serve` with these settings in front of the same "
+                             "workers, measured as system tollway-NAME (an ingress change's A/B in one run)")
     parser.add_argument("--layout", default="all+", help="tollway worker argument: all+ (co-located) or all")
     parser.add_argument("--litellm-workers", type=int, default=2)
     parser.add_argument("--model-latency-ms", type=float, default=0.0)

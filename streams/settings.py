@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     # HTTP ingress and SDK (issue 9). Dev mode: while no policy is in force, accept requests without a key (tenant
     # from X-Tollway-Tenant); off, the ingress answers 503 until a policy is loaded (fail closed).
     ingress_dev_mode: bool = False
+    # The ingress's event loop: uvloop (libuv) costs less CPU per HTTP request than asyncio's own loop (issue 18,
+    # bench/gateway_bench.py); ``asyncio`` is the fallback.
+    ingress_event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     # Idempotency-Key results are remembered this long, so a retried request is neither worked nor charged twice.
     idempotency_ttl_s: int = Field(default=86_400, ge=1)
     # A publish that Kafka has not acknowledged within this many seconds answers 503.

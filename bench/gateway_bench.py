@@ -228,9 +228,9 @@ class Running:
     cpu_roots: dict[str, dict[str, list[int]]]  # system → part → root pids
 
 
-def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def _spawn(cmd: list[str], env: dict[str, str], log: Path, cwd: Path = REPO_ROOT) -> subprocess.Popen[bytes]:
     handle = log.open("wb")
-    return subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=handle, stderr=subprocess.STDOUT,
+    return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT,
                             start_new_session=True)
 
 
@@ -252,10 +252,12 @@ def start_systems(args: argparse.Namespace, settings: Settings, workdir: Path) -
     variant_roots: dict[str, dict[str, list[int]]] = {}
     for variant in args.ingress_variant:  # another `tollway serve` with other settings, in front of the same workers
         name, _, assignments = variant.partition(":")
+        name, _, root = name.partition("@")  # NAME@CHECKOUT: that checkout's code and venv (e.g. main, the baseline)
         port = free_port()
         extra = dict(kv.split("=", 1) for kv in assignments.split(",") if kv)
-        procs[f"server-{name}"] = _spawn([*tollway, "serve", "--port", str(port)], {**env, **extra},
-                                         workdir / f"server-{name}.log")
+        serve = [str(Path(root) / ".venv" / "bin" / "python"), "-m", "streams.cli"] if root else tollway
+        procs[f"server-{name}"] = _spawn([*serve, "serve", "--port", str(port)], {**env, **extra},
+                                         workdir / f"server-{name}.log", cwd=Path(root) if root else REPO_ROOT)
         variant_urls[f"tollway-{name}"] = [f"http://127.0.0.1:{port}"]
         variant_roots[f"tollway-{name}"] = {**_tollway_roots(procs, settings),
                                             "server": [procs[f"server-{name}"].pid]}
@@ -505,8 +507,9 @@ if __name__ == "__main__":
     parser.add_argument("--systems", type=lambda s: s.split(","), default=list(SYSTEMS),
                         help="tollway,litellm (one alone: profiling runs)")
     parser.add_argument("--ingress-variant", action="append", default=[],
-                        help="NAME:KEY=VAL,KEY=VAL — another `tollway serve` with these settings in front of the same "
-                             "workers, measured as system tollway-NAME (an ingress change's A/B in one run)")
+                        help="NAME[@CHECKOUT]:KEY=VAL,KEY=VAL — another `tollway serve` (from CHECKOUT's code and "
+                             ".venv, e.g. /work/main) with these settings in front of the same workers, measured as "
+                             "system tollway-NAME: an ingress change's A/B in one run")
     parser.add_argument("--layout", default="all+", help="tollway worker argument: all+ (co-located) or all")
     parser.add_argument("--litellm-workers", type=int, default=2)
     parser.add_argument("--model-latency-ms", type=float, default=0.0)

@@ -151,7 +151,8 @@ class Phase:
         return self.ok / self.wall_s if self.wall_s else 0.0
 
     def cpu_ms_per_request(self) -> dict[str, float]:
-        return {k: round(v * 1000 / max(1, self.ok), 3) for k, v in self.cpu_s.items()}
+        """CPU per answered request (nan when none was answered: the phase's CPU served nothing)."""
+        return {k: round(v * 1000 / self.ok, 3) if self.ok else float("nan") for k, v in self.cpu_s.items()}
 
     def row(self) -> dict[str, Any]:
         lat = self.latencies_ms or [float("nan")]
@@ -419,8 +420,9 @@ def summarise(phases: list[Phase]) -> dict[str, Any]:
             entry["achieved_per_s"] = [round(p.achieved_per_s, 1) for p in runs]
             entry["failures"] = sum(p.failures for p in runs)
             parts = runs[0].cpu_s.keys()
-            entry["cpu_ms_per_request"] = {part: round(statistics.median(p.cpu_ms_per_request()[part] for p in runs), 3)
-                                           for part in parts}
+            answered = [p for p in runs if p.ok] or runs
+            entry["cpu_ms_per_request"] = {
+                part: round(statistics.median(p.cpu_ms_per_request()[part] for p in answered), 3) for part in parts}
             entry["cpu_ms_per_request_total"] = round(sum(entry["cpu_ms_per_request"][part]
                                                           for part in OWN_PARTS[system.split("-")[0]]), 3)
             table.append(entry)

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     kafka_credentials_file: Path | None = None  # default: <state_dir>/credentials/kafka.json
     kafka_security_protocol: Literal["SASL_PLAINTEXT", "SASL_SSL"] = "SASL_PLAINTEXT"
     kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    # The Kafka client of the HTTP ingress's publisher: aiokafka, or librdkafka (confluent-kafka, the optional extra
+    # `librdkafka`; streams/runtime/rdkafka.py). bench/kafka_client_bench.py compares them (README, Benchmarks).
+    kafka_client: Literal["aiokafka", "librdkafka"] = "aiokafka"
     # Every topic and consumer group name starts with this, so tests and several deployments can share a broker.
     topic_prefix: str = "tollway"
     partitions: int = Field(default=4, ge=1)

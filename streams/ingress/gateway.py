@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Protocol
-
-from aiokafka.errors import KafkaError
+from typing import TYPE_CHECKING, Protocol
 
 from schemas.envelope import Envelope
 from schemas.errors import ServiceUnavailable
@@ -19,6 +17,10 @@ from streams.clients.sdk import TollwayClient
 from streams.runtime.codec import encode
 from streams.runtime.publisher import KafkaPublisher
 from streams.settings import Settings
+
+if TYPE_CHECKING:
+    from streams.runtime.rdkafka import RdKafkaProducer
+    from streams.runtime.runner import BatchPublisher
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,8 @@ class KafkaGateway:
     def __init__(self, settings: Settings, *, reply_topic: str | None = None) -> None:
         self.client = TollwayClient(settings, reply_to=reply_topic)
         self._ready = False
-        self._publisher: KafkaPublisher | None = None
+        self._publisher: BatchPublisher | None = None
+        self._rdkafka: RdKafkaProducer | None = None
         self._flush: asyncio.Future[None] | None = None  # the flush the records published this loop turn ride on
         self._flushing: set[asyncio.Future[None]] = set()
 
@@ -61,7 +64,23 @@ class KafkaGateway:
                 delay = min(delay * 2, max_delay_s)
                 continue
             assert self.client.producer is not None
-            self._publisher = KafkaPublisher(self.client.producer)
+            settings = self.client.settings
+            if settings.kafka_client == "librdkafka":
+                from streams.runtime.rdkafka import RdKafkaProducer, RdKafkaPublisher
+
+                self._rdkafka = RdKafkaProducer(settings, role="producer", client_id=f"{settings.worker_id}-ingress")
+                try:
+                    await self._rdkafka.start()
+                except ServiceUnavailable as exc:
+                    log.warning("Kafka not reachable yet (%s); retrying in %.1f s", exc, delay)
+                    await self._rdkafka.stop()
+                    await self.client.close()
+                    await asyncio.sleep(delay)  # reconnect backoff, not synchronisation
+                    delay = min(delay * 2, max_delay_s)
+                    continue
+                self._publisher = RdKafkaPublisher(self._rdkafka)
+            else:
+                self._publisher = KafkaPublisher(self.client.producer)
             self._ready = True
             return
 
@@ -85,7 +104,7 @@ class KafkaGateway:
         flush = self._flush
         try:
             await asyncio.wait_for(asyncio.shield(flush), self.client.settings.ingress_publish_timeout_s)
-        except (TimeoutError, KafkaError, OSError) as exc:
+        except (TimeoutError, ServiceUnavailable) as exc:
             client.replies.forget(env.request_id)
             raise ServiceUnavailable(f"Kafka did not acknowledge the request within "
                                      f"{client.settings.ingress_publish_timeout_s:g} s: {exc!r}") from exc
@@ -102,8 +121,8 @@ class KafkaGateway:
                 return
             if done.cancelled():
                 flush.set_exception(ServiceUnavailable("publishing was cancelled"))
-            elif (exc := done.exception()) is not None:
-                flush.set_exception(exc)
+            elif (exc := done.exception()) is not None:  # whatever the client raised: Kafka did not take it
+                flush.set_exception(ServiceUnavailable(repr(exc)))
             else:
                 flush.set_result(None)
                 return
@@ -117,4 +136,6 @@ class KafkaGateway:
 
     async def close(self) -> None:
         self._ready = False
+        if self._rdkafka is not None:
+            await self._rdkafka.stop()
         await self.client.close()

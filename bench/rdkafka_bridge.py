@@ -1,104 +1,30 @@
-"""A librdkafka client (confluent-kafka) on asyncio through a thread bridge — the candidate of issue 18's transport
-evaluation, measured beside aiokafka by bench/kafka_client_bench.py on the relay and the floor chain.
+"""The consumer half of the librdkafka client evaluated in issue 18 (bench/kafka_client_bench.py, the relay and the
+floor chain); the producer half is the runtime's own, streams/runtime/rdkafka.py.
 
-* :class:`RdProducer`: ``produce`` is a non-blocking C call from the event loop (librdkafka is thread-safe for
-  producing); one thread runs ``poll`` and hands the delivery reports back to the loop in one
-  ``call_soon_threadsafe`` per poll, not one per record.
 * :class:`RdConsumer`: every consumer call (commit, poll) runs on one thread of its own (the Python consumer is not
   to be used from two threads at once); ``cycle`` commits the previous batch's offsets (asynchronously, as
   aiokafka's runner does off the loop) and polls the next batch: it waits for the first record (librdkafka's
   ``consume(n, timeout)`` would wait for n records or the timeout — a latency floor) and then takes whatever is
   already fetched, up to ``max_records``.
 
-Security is the same as every tollway client's: SASL/SCRAM credentials from ``kafka_security`` (the role's password)
-mapped to librdkafka's names.
+Security is every tollway client's (streams/runtime/rdkafka.py: ``rdkafka_config``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 
-from streams.runtime.connections import kafka_security
+from streams.runtime.rdkafka import rdkafka_config
 from streams.settings import Settings
-
-
-def rdkafka_common(settings: Settings, role: str) -> dict[str, Any]:
-    """bootstrap and security in librdkafka's configuration names."""
-    conf: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers}
-    security = kafka_security(settings, role)
-    if security:
-        conf.update({"security.protocol": security["security_protocol"],
-                     "sasl.mechanisms": security["sasl_mechanism"],
-                     "sasl.username": security["sasl_plain_username"],
-                     "sasl.password": security["sasl_plain_password"]})
-    return conf
-
-
-class RdProducer:
-    def __init__(self, settings: Settings, *, role: str, client_id: str, linger_ms: int | None = None) -> None:
-        conf = {**rdkafka_common(settings, role), "client.id": client_id, "enable.idempotence": True, "acks": "all",
-                "linger.ms": settings.producer_linger_ms if linger_ms is None else linger_ms,
-                "message.max.bytes": settings.max_message_bytes * 2, "compression.type": "none"}
-        self.producer = Producer(conf)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._reports: list[tuple[asyncio.Future[None], KafkaError | None]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll_forever, name="rdkafka-producer-poll", daemon=True)
-
-    async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._thread.start()
-
-    def _poll_forever(self) -> None:
-        assert self._loop is not None
-        while not self._stop.is_set():
-            self.producer.poll(0.05)
-            if self._reports:
-                reports, self._reports = self._reports, []
-                self._loop.call_soon_threadsafe(_resolve_all, reports)
-
-    def send(self, topic: str, value: bytes, key: bytes | None = None,
-             partition: int | None = None) -> asyncio.Future[None]:
-        assert self._loop is not None
-        future: asyncio.Future[None] = self._loop.create_future()
-
-        def delivered(err: KafkaError | None, _msg: Message) -> None:  # on the poll thread
-            self._reports.append((future, err))
-
-        if partition is None:
-            self.producer.produce(topic, value, key, on_delivery=delivered)
-        else:
-            self.producer.produce(topic, value, key, partition=partition, on_delivery=delivered)
-        return future
-
-    async def send_and_wait(self, topic: str, value: bytes, key: bytes | None = None) -> None:
-        await self.send(topic, value, key)
-
-    async def stop(self) -> None:
-        await asyncio.to_thread(self.producer.flush, 10)
-        self._stop.set()
-        await asyncio.to_thread(self._thread.join, 5)
-
-
-def _resolve_all(reports: list[tuple[asyncio.Future[None], KafkaError | None]]) -> None:
-    for future, err in reports:
-        if future.done():
-            continue
-        if err is None:
-            future.set_result(None)
-        else:
-            future.set_exception(KafkaException(err))
 
 
 class RdConsumer:
     def __init__(self, settings: Settings, *topics: str, role: str, group_id: str, client_id: str,
                  max_records: int) -> None:
-        self.conf = {**rdkafka_common(settings, role), "group.id": group_id, "client.id": client_id,
+        self.conf = {**rdkafka_config(settings, role), "group.id": group_id, "client.id": client_id,
                      "enable.auto.commit": False, "auto.offset.reset": "earliest",
                      "fetch.wait.max.ms": settings.batch_wait_ms, "fetch.min.bytes": 1,
                      "session.timeout.ms": 30_000, "enable.partition.eof": False,

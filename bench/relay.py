@@ -10,7 +10,7 @@ lifts both.
 
     python -m bench.relay --hops 1-6        # every hop in this process
     python -m bench.relay --hops 3          # one hop per process (TOLLWAY_TOPIC_PREFIX names the topics)
-    python -m bench.relay --client librdkafka   # the same hops on confluent-kafka (bench/rdkafka_bridge.py)
+    python -m bench.relay --client librdkafka   # the same hops on librdkafka (streams/runtime/rdkafka.py)
 
 ``--client`` (default ``$TOLLWAY_KAFKA_CLIENT`` or aiokafka) picks the Kafka client: issue 18 weighs librdkafka
 against aiokafka on exactly this loop (bench/kafka_client_bench.py).
@@ -141,7 +141,7 @@ async def floor_hop_rd(settings: Settings, hop: int, producer: Any, stop: asynci
             for record in records:
                 value = relay_record(record.value(), stage, settings.worker_id, record.timestamp()[1],
                                      time.time_ns())
-                await producer.send_and_wait(sink, value, record.key())
+                await producer.send(sink, value, record.key())
             if records:
                 commit = next_offsets(records)
     finally:
@@ -205,10 +205,10 @@ async def run_relay(settings: Settings, hops: list[int], *, stop: asyncio.Event 
 
 
 async def _run_relay_rd(settings: Settings, hops: list[int], stop: asyncio.Event, *, floor: bool) -> None:
-    from bench.rdkafka_bridge import RdProducer
+    from streams.runtime.rdkafka import RdKafkaProducer
 
-    producer = RdProducer(settings, role="admin", client_id=f"{settings.worker_id}-producer",
-                          linger_ms=0 if floor else None)
+    producer = RdKafkaProducer(settings, role="admin", client_id=f"{settings.worker_id}-producer",
+                               linger_ms=0 if floor else None)
     await producer.start()
     tune_gc()
     try:

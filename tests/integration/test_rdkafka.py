@@ -17,12 +17,11 @@ from pydantic import SecretStr
 from schemas.errors import ServiceUnavailable
 from streams.ingress.server import serving
 from streams.runtime.connections import new_consumer
+from streams.runtime.rdkafka import RdKafkaProducer, RdKafkaPublisher
 from streams.runtime.topics import ensure_topics, topology
 from streams.settings import Settings
 
 pytest.importorskip("confluent_kafka")
-
-from streams.runtime.rdkafka import RdKafkaProducer, RdKafkaPublisher  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

@@ -85,10 +85,9 @@ class RdKafkaProducer:
         """Enqueue one record; the future resolves on its acknowledgement (or fails with the broker's error)."""
         assert self._loop is not None, "start() first"
         future: asyncio.Future[None] = self._loop.create_future()
-        reports = self._reports
 
-        def delivered(err: Any, _msg: Any) -> None:  # on the poll thread
-            reports.append((future, err))
+        def delivered(err: Any, _msg: Any) -> None:  # inside poll(): the list the poll thread hands over next
+            self._reports.append((future, err))
 
         try:
             self.producer.produce(topic, value, key, on_delivery=delivered)

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export TOLLWAY_BOOTSTRAP_SERVERS ?= 127.0.0.1:$(or $(TOLLWAY_KAFKA_PORT),9092)
 export TOLLWAY_REDIS_URL ?= redis://127.0.0.1:$(or $(TOLLWAY_REDIS_PORT),6379)/0
 
-.PHONY: help venv up down status demo test test-unit test-integration lint typecheck bench chaos schemas clean
+.PHONY: help venv litellm-venv librdkafka up down status demo test test-unit test-integration lint typecheck bench chaos schemas clean
 
 help:
 	@echo "make demo | test | up | down | status | lint | typecheck | bench | chaos | schemas | clean"
@@ -21,6 +21,15 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 venv: $(STAMP)
+
+# Bench-only peers (issue 18): LiteLLM's proxy in a virtualenv of its own (its pins must not change tollway's), and
+# librdkafka (confluent-kafka) for bench/kafka_client_bench.py. Installed at build time; nothing downloads at run time.
+litellm-venv:
+	@[ -x .venv-litellm/bin/litellm ] || { $(PY) -m venv .venv-litellm && \
+	 .venv-litellm/bin/pip install -q "$$($(BIN)/python -c 'import tomllib; print(tomllib.load(open("pyproject.toml","rb"))["project"]["optional-dependencies"]["gateway-bench"][0])')"; }
+
+librdkafka: $(STAMP)
+	$(BIN)/pip install -q -e '.[librdkafka]'
 
 up:
 	@infra/services.sh up

@@ -10,6 +10,10 @@ lifts both.
 
     python -m bench.relay --hops 1-6        # every hop in this process
     python -m bench.relay --hops 3          # one hop per process (TOLLWAY_TOPIC_PREFIX names the topics)
+    python -m bench.relay --client librdkafka   # the same hops on librdkafka (streams/runtime/rdkafka.py)
+
+``--client`` (default ``$TOLLWAY_KAFKA_CLIENT`` or aiokafka) picks the Kafka client: issue 18 weighs librdkafka
+against aiokafka on exactly this loop (bench/kafka_client_bench.py).
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -118,14 +124,67 @@ async def relay_hop(settings: Settings, hop: int, producer: AIOKafkaProducer, st
         await consumer.stop()
 
 
+async def floor_hop_rd(settings: Settings, hop: int, producer: Any, stop: asyncio.Event) -> None:
+    """:func:`floor_hop` on librdkafka: await each record's delivery, commit after each batch."""
+    from bench.rdkafka_bridge import RdConsumer, next_offsets
+
+    topics = relay_topics(settings.topic_prefix)
+    source, sink, stage = topics[hop - 1], topics[hop], f"f{hop}"
+    consumer = RdConsumer(settings, source, role="admin", group_id=f"{settings.topic_prefix}.floor.{stage}",
+                          client_id=f"{settings.worker_id}-floor-{stage}", max_records=settings.batch_max_records)
+    await consumer.start()
+    commit = None
+    try:
+        while not stop.is_set():
+            records = await consumer.cycle(commit)
+            commit = None
+            for record in records:
+                value = relay_record(record.value(), stage, settings.worker_id, record.timestamp()[1],
+                                     time.time_ns())
+                await producer.send(sink, value, record.key())
+            if records:
+                commit = next_offsets(records)
+    finally:
+        await consumer.stop(commit)
+
+
+async def relay_hop_rd(settings: Settings, hop: int, producer: Any, stop: asyncio.Event) -> None:
+    """:func:`relay_hop` on librdkafka: a batch's records produced at once, every delivery awaited, then committed
+    (the commit rides on the next poll, off the loop)."""
+    from bench.rdkafka_bridge import RdConsumer, next_offsets
+
+    topics = relay_topics(settings.topic_prefix)
+    source, sink, stage = topics[hop - 1], topics[hop], f"r{hop}"
+    consumer = RdConsumer(settings, source, role="admin", group_id=f"{settings.topic_prefix}.relay.{stage}",
+                          client_id=f"{settings.worker_id}-relay-{stage}", max_records=settings.batch_max_records)
+    await consumer.start()
+    commit = None
+    try:
+        while not stop.is_set():
+            records = await consumer.cycle(commit)
+            commit = None
+            if not records:
+                continue
+            received_ns = time.time_ns()
+            deliveries = [producer.send(sink, relay_record(r.value(), stage, settings.worker_id, r.timestamp()[1],
+                                                           received_ns), r.key()) for r in records]
+            await asyncio.gather(*deliveries)
+            commit = next_offsets(records)
+    finally:
+        await consumer.stop(commit)
+
+
 async def run_relay(settings: Settings, hops: list[int], *, stop: asyncio.Event | None = None,
-                    floor: bool = False) -> None:
+                    floor: bool = False, client: str = "aiokafka") -> None:
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
     await ensure_relay_topics(settings)
+    if client == "librdkafka":
+        await _run_relay_rd(settings, hops, stop, floor=floor)
+        return
     # One producer per process, shared by its hops, as run_workers does (the floor's sends one record at a time).
     producer = new_producer(settings, role="admin", linger_ms=0) if floor else new_producer(settings, role="admin")
     await producer.start()
@@ -134,6 +193,27 @@ async def run_relay(settings: Settings, hops: list[int], *, stop: asyncio.Event 
         tasks = [asyncio.create_task(floor_hop(settings, hop, producer, stop) if floor
                                      else relay_hop(settings, hop, producer, stop), name=f"relay-r{hop}")
                  for hop in hops]
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
+        for task in tasks:
+            if task in done and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        await asyncio.wait(tasks, timeout=10)
+    finally:
+        await producer.stop()
+
+
+async def _run_relay_rd(settings: Settings, hops: list[int], stop: asyncio.Event, *, floor: bool) -> None:
+    from streams.runtime.rdkafka import RdKafkaProducer
+
+    producer = RdKafkaProducer(settings, role="admin", client_id=f"{settings.worker_id}-producer",
+                               linger_ms=0 if floor else None)
+    await producer.start()
+    tune_gc()
+    try:
+        hop_of = floor_hop_rd if floor else relay_hop_rd
+        tasks = [asyncio.create_task(hop_of(settings, hop, producer, stop), name=f"relay-r{hop}") for hop in hops]
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
         stop.set()
@@ -159,9 +239,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hops", default=f"1-{HOPS}", help="which hops this process runs, e.g. 1-6 or 3")
     parser.add_argument("--floor", action="store_true", help="the minimal chain: await each record's send")
+    parser.add_argument("--client", choices=("aiokafka", "librdkafka"),
+                        default=os.environ.get("TOLLWAY_KAFKA_CLIENT", "aiokafka"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    asyncio.run(run_relay(load_settings(), parse_hops(args.hops), floor=args.floor))
+    asyncio.run(run_relay(load_settings(), parse_hops(args.hops), floor=args.floor, client=args.client))
 
 
 if __name__ == "__main__":

@@ -50,6 +50,8 @@ EXTRA_SCENARIOS: tuple[tuple[str, tuple[tuple[str, tuple[str, ...]], ...]], ...]
 # Other areas' benches that run on request only (--extras all): long, or without a JSON result.
 MORE_EXTRAS: tuple[tuple[str, tuple[tuple[str, tuple[str, ...]], ...]], ...] = (
     ("ingress", (("ingress_bench", ()),)),
+    ("gateway_overhead", (("gateway_bench", ()),)),  # needs `make litellm-venv`
+    ("kafka_client", (("kafka_client_bench", ()),)),  # needs `make librdkafka`
     ("policy", (("policy_bench", ()),)),
     ("pii", (("pii_eval", ()),)),
     ("injection", (("injection_eval", ()),)),

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     kafka_credentials_file: Path | None = None  # default: <state_dir>/credentials/kafka.json
     kafka_security_protocol: Literal["SASL_PLAINTEXT", "SASL_SSL"] = "SASL_PLAINTEXT"
     kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    # The Kafka client of the HTTP ingress's publisher: aiokafka, or librdkafka (confluent-kafka, the optional extra
+    # `librdkafka`; streams/runtime/rdkafka.py). bench/kafka_client_bench.py compares them (README, Benchmarks).
+    kafka_client: Literal["aiokafka", "librdkafka"] = "aiokafka"
     # Every topic and consumer group name starts with this, so tests and several deployments can share a broker.
     topic_prefix: str = "tollway"
     partitions: int = Field(default=4, ge=1)
@@ -131,6 +134,9 @@ class Settings(BaseSettings):
     # HTTP ingress and SDK (issue 9). Dev mode: while no policy is in force, accept requests without a key (tenant
     # from X-Tollway-Tenant); off, the ingress answers 503 until a policy is loaded (fail closed).
     ingress_dev_mode: bool = False
+    # The ingress's event loop: uvloop (libuv) costs less CPU per HTTP request than asyncio's own loop (issue 18,
+    # bench/gateway_bench.py); ``asyncio`` is the fallback.
+    ingress_event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     # Idempotency-Key results are remembered this long, so a retried request is neither worked nor charged twice.
     idempotency_ttl_s: int = Field(default=86_400, ge=1)
     # A publish that Kafka has not acknowledged within this many seconds answers 503.

@@ -32,10 +32,15 @@ def setup_logging(level: str) -> None:
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
 
 
-def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro``; a service that is down exits 3 and a bad configuration exits 2, each with one clear line (never
-    wrapped: a script or a test reads it whole)."""
+def run_async(coro: Coroutine[Any, Any, T], *, event_loop: str = "asyncio") -> T:
+    """Run ``coro`` (on uvloop when ``event_loop`` is ``"uvloop"``); a service that is down exits 3 and a bad
+    configuration exits 2, each with one clear line (never wrapped: a script or a test reads it whole)."""
     try:
+        if event_loop == "uvloop":
+            import uvloop
+
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                return runner.run(coro)
         return asyncio.run(coro)
     except ServiceUnavailable as exc:
         from streams.ledger.client import LedgerUnreachable

@@ -40,7 +40,7 @@ def serve(
             console.print(f"tollway ingress on http://{host}:{bound}/v1 (Kafka {settings.bootstrap_servers})")
             await stop.wait()
 
-    run_async(go())
+    run_async(go(), event_loop=settings.ingress_event_loop)
 
 
 def backfill(

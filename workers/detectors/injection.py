@@ -61,30 +61,33 @@ MODEL_PATH = Path(__file__).with_name("injection_model.json")
 _WORD = re.compile(r"\w+")
 
 
-_CHAR_MULTIPLIERS = np.array([0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F], dtype=np.uint64)
+_CHAR_MULTIPLIERS = np.array([0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F, 0x165667B1], dtype=np.uint64)
+_CHAR_SIZES = (3, 4, 5)
 
 
 def features(text: str, dims: int) -> np.ndarray:
     """Indices of the hashed n-grams of an already normalised text, stable across processes (no ``hash()``).
 
-    Words and word pairs go through crc32; character 4-grams are hashed in one numpy pass over the code points.
+    Words and word pairs go through crc32; character 3-, 4- and 5-grams (of the words joined by single spaces) are
+    hashed in one numpy pass over the code points per size.
     """
     words = _WORD.findall(text.lower())
     grams = [*words, *(f"{a} {b}" for a, b in itertools.pairwise(words))]
-    word_idx = np.fromiter((zlib.crc32(g.encode()) for g in grams), dtype=np.uint64, count=len(grams))
+    parts = [np.fromiter((zlib.crc32(g.encode()) for g in grams), dtype=np.uint64, count=len(grams))]
     points = np.frombuffer(f" {' '.join(words)} ".encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
-    if points.size >= 4:
-        m = _CHAR_MULTIPLIERS
-        mixed = points[:-3] * m[0] + points[1:-2] * m[1] + points[2:-1] * m[2] + points[3:] * m[3]
-        word_idx = np.concatenate([word_idx, (mixed & np.uint64(0xFFFFFFFF)) >> np.uint64(7)])
-    return (word_idx % np.uint64(dims)).astype(np.int64)
+    for size in _CHAR_SIZES:
+        if points.size >= size:
+            mixed = np.full(points.size - size + 1, size, dtype=np.uint64)
+            for k in range(size):
+                mixed += points[k:points.size - size + 1 + k] * _CHAR_MULTIPLIERS[k]
+            parts.append((mixed & np.uint64(0xFFFFFFFF)) >> np.uint64(3))
+    return (np.concatenate(parts) % np.uint64(dims)).astype(np.int64)
 
 
 @dataclass(frozen=True)
 class NgramModel:
     weights: np.ndarray
-    bias: float
-    signal_weight: float  # the weight of the ``ngram_model`` signal at probability 1
+    bias: float  # calibrated by the trainer: probability 0.6 (the default threshold) at the cross-validated cut
 
     @property
     def dims(self) -> int:
@@ -102,7 +105,7 @@ class NgramModel:
         if not path.exists():
             return None
         raw = json.loads(path.read_text(encoding="utf-8"))
-        return cls(np.asarray(raw["weights"], dtype=np.float32), float(raw["bias"]), float(raw["signal_weight"]))
+        return cls(np.asarray(raw["weights"], dtype=np.float32), float(raw["bias"]))
 
 
 @cache
@@ -145,17 +148,17 @@ def score(texts: list[str], *, use_model: bool = True) -> InjectionResult:
     attack = [r.weight for r in found.values() if not r.mention and r.name in outside]
     others = [r.weight for r in found.values() if r.mention or r.name not in outside]
     signals: dict[str, float] = {name: rule.weight for name, rule in found.items()}
-    model = _model() if use_model else None
-    if model is not None and variants:
-        probability = max(model.probability(v) for v in variants[:2])  # the text and its folded reading
-        if probability >= 0.5:
-            signals["ngram_model"] = model.signal_weight * (probability - 0.5) * 2
-            others.append(signals["ngram_model"])
     dampable = _combine(others)
     if dampable and _discusses(variants, unquoted, asks_about_quote=bool(quoted_only)):
         signals["discusses_injection"] = 0.0
         dampable *= _BOOK.discussion_damping
     result = 1.0 - (1.0 - _combine(attack)) * (1.0 - dampable)
+    model = _model() if use_model else None
+    if model is not None and variants:
+        probability = max(model.probability(v) for v in variants[:2])  # the text and its folded reading
+        if probability >= 0.5:
+            signals["ngram_model"] = round(probability, 4)
+            result = max(result, probability)
     return InjectionResult(score=round(result, 4), rules=tuple(signals))
 
 

@@ -12,16 +12,24 @@ Three layers, cheapest first, each listed by name on the decision:
    a persona cue near "no rules / no filters", a disclosure verb near the model's own setup, text that addresses
    the model and tells it to act, an exfiltration verb with a secret and a destination, and the same families in
    French, German, Spanish, Italian and Dutch).
-3. **A hashed n-gram linear model** (``workers/detectors/injection_model.json``, trained by
-   ``bench/train_injection.py`` on the tuning set only): its probability counts as one more signal,
-   ``ngram_model``, when it is above one half.
+3. **A hashed n-gram scorer** (``workers/detectors/injection_model.json``, trained by ``bench/train_injection.py``
+   on tuning rows only: the project's tuning set and the outsider set's ``tune`` split): regularised logistic
+   regression over word 1-2-grams and character 3-5-grams hashed into 16k dimensions. Its bias is calibrated so
+   that probability 0.6 (the default threshold) is the cut where 5-fold group cross-validation on the tuning rows
+   flags 1.5 % of the benign rows; above one half it is listed as ``ngram_model``.
 
-Each signal has a weight; the score is ``1 - Π(1 - weight)`` over the signals found, so one strong signal crosses
-the default 0.6 threshold alone and two weak ones need each other. Text that *discusses* prompt injection (a
-question about jailbreaks, a red-team brief) has its score halved and says so with ``discusses_injection``.
+The rules combine as ``1 - Π(1 - weight)`` over the signals found, so one strong signal crosses the default 0.6
+threshold alone and two weak ones need each other. Text that *discusses* prompt injection (a question about
+jailbreaks, a red-team brief) has the mention and quoted-only part of that halved and says so with
+``discusses_injection``; the command rules found outside quotes (the attack signals) are never damped. The score is
+the larger of the rule score and the model's probability, so nothing the model or the damping does can lower a
+score below what the attack signals alone give.
 
-Measured by ``bench/injection_eval.py`` on ``bench/data/injection_tuning.jsonl`` and, separately, on
-``bench/data/injection_heldout.jsonl``, which no rule or weight was fitted to.
+Measured by ``bench/injection_eval.py`` (tuning set, held-out set, outsider tune and test splits). At 0.6 on the
+outsider test split: TPR 0.728, FPR 0.029 (rules and the old capped model: 0.549 / 0.020); on the project's
+held-out set 0.976 / 0.060 (was 0.858 / 0.044). Weak families remain privilege escalation, cross-user
+exfiltration and tool-command abuse: requests that are only wrong because of *whose* data or rights they touch,
+which words alone do not show.
 """
 
 from __future__ import annotations
@@ -135,8 +143,9 @@ def score(texts: list[str], *, use_model: bool = True) -> InjectionResult:
 
     The signals split in two. *Attack signals* are command rules that match outside quotes: nothing lowers what
     they add up to ("(Approved by the security team.)" after a command changes nothing). The rest (mention rules,
-    commands found only inside quotes, the n-gram model) is damped when the text discusses injection or asks, outside
-    its quotes, a question about what it quotes.
+    commands found only inside quotes) is damped when the text discusses injection or asks, outside its quotes, a
+    question about what it quotes. The n-gram scorer's calibrated probability is taken as it is; the score is the
+    larger of it and the rule score.
     """
     present = [t for t in texts if t]
     variants = [v for t in present for v in _variants(t)]

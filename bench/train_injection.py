@@ -62,7 +62,8 @@ def fit_dual(kernel: np.ndarray, y: np.ndarray) -> np.ndarray:
     gram = kernel + 1.0
     balance = np.where(y == 1, (y == 0).sum() / max(1.0, (y == 1).sum()), 1.0)
     balance /= balance.mean()
-    f, alpha = np.zeros(n), np.zeros(n)
+    f: np.ndarray = np.zeros(n)
+    alpha: np.ndarray = np.zeros(n)
     for _ in range(IRLS_STEPS):
         p = 1.0 / (1.0 + np.exp(-f))
         w = np.maximum(balance * p * (1 - p), 1e-6)

@@ -16,7 +16,8 @@ Three layers, cheapest first, each listed by name on the decision:
    on tuning rows only: the project's tuning set and the outsider set's ``tune`` split): regularised logistic
    regression over word 1-2-grams and character 3-5-grams hashed into 16k dimensions. Its bias is calibrated so
    that probability 0.6 (the default threshold) is the cut where 5-fold group cross-validation on the tuning rows
-   flags 1.5 % of the benign rows; above one half it is listed as ``ngram_model``.
+   flags 1.5 % of the benign rows; above one half it is listed as ``ngram_model``. It is not consulted for texts of
+   fewer than six words (the tuning rows hold almost no short benign text to learn from).
 
 The rules combine as ``1 - Π(1 - weight)`` over the signals found, so one strong signal crosses the default 0.6
 threshold alone and two weak ones need each other. Text that *discusses* prompt injection (a question about
@@ -71,6 +72,10 @@ _WORD = re.compile(r"\w+")
 
 _CHAR_MULTIPLIERS = np.array([0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F, 0x165667B1], dtype=np.uint64)
 _CHAR_SIZES = (3, 4, 5)
+# The model only speaks for texts of six words or more: under that the tuning rows hold 7 benign texts of 427 (and
+# 12 attacks of 370), so it has no evidence that short requests are mostly benign ("Your account refund?" read as
+# an attack). Short attacks are left to the rules.
+MIN_WORDS = 6
 
 
 def features(text: str, dims: int) -> np.ndarray:
@@ -163,7 +168,7 @@ def score(texts: list[str], *, use_model: bool = True) -> InjectionResult:
         dampable *= _BOOK.discussion_damping
     result = 1.0 - (1.0 - _combine(attack)) * (1.0 - dampable)
     model = _model() if use_model else None
-    if model is not None and variants:
+    if model is not None and variants and len(_WORD.findall(variants[0])) >= MIN_WORDS:
         probability = max(model.probability(v) for v in variants[:2])  # the text and its folded reading
         if probability >= 0.5:
             signals["ngram_model"] = round(probability, 4)

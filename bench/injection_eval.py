@@ -2,7 +2,8 @@
 
 Three files under ``bench/data/``:
 
-- ``injection_tuning.jsonl``: rules, weights and the n-gram model (``bench/train_injection.py``) may be fitted here.
+- ``injection_tuning.jsonl``: rules, weights and the n-gram scorer (``bench/train_injection.py``) may be fitted here;
+  the scorer also learns from the outsider ``tune`` rows.
 - ``injection_heldout.jsonl``: never used to choose a rule, a weight or a threshold. ``heldout_v2`` rows were written
   and committed before the v2 detector; ``colleague_fresh`` rows are the earlier fresh set.
 - ``injection_outsider.jsonl``: written by someone who had not read the detector, before it was tuned (a copy of
@@ -169,6 +170,14 @@ def main() -> int:
         print(f"{t:>9.2f} {cells}{'   <- default' if t == DEFAULT_THRESHOLD else ''}")
     print(f"cost: {cost:.1f} µs/request (one request per call, batch of 500)")
     print_breakdown(f"outsider set, test split, threshold {args.threshold}", outsider_test)
+    print("\noutsider set, test split, frontier (a reading, never a way to pick the threshold)")
+    attacks, benign = _split(OUTSIDER_TEST)
+    attack_scores = [score([a]).score for a in attacks]
+    benign_scores = [score([b]).score for b in benign]
+    for t in (0.5, 0.55, 0.6, 0.65, 0.7):
+        tpr = sum(s >= t for s in attack_scores) / len(attacks)
+        fpr = sum(s >= t for s in benign_scores) / len(benign)
+        print(f"  threshold {t:.2f}: TPR {tpr:.3f} FPR {fpr:.3f}")
     if args.show_outsider_tune:
         for sample in OUTSIDER_TUNE:
             result = score([sample.text])

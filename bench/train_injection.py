@@ -1,11 +1,15 @@
 """Train the injection detector's hashed n-gram model on tuning rows only (the project's tuning set and the ``tune``
 split of the outsider set); write workers/detectors/injection_model.json.
 
-Logistic regression (full-batch gradient descent from zeros, L2) over the hashed features of
-``workers.detectors.injection.features`` — deterministic, numpy only. The weight the model's signal gets in the
-detector's
-score is chosen by 5-fold cross-validation *within the tuning set*: the largest weight from a small grid whose
-out-of-fold combined score (rules + model) keeps the tuning FPR at the default threshold at or below 0.03.
+Regularised logistic regression (classes balanced, L2) over the hashed word 1-2-grams and character 3-5-grams of
+``workers.detectors.injection.features``, each row scaled to unit length — deterministic, numpy only. With ~800 rows
+and 16k features it is solved in its dual form (iteratively reweighted least squares on the row kernel, a few
+solves of an 800 x 800 system), and the primal weights shipped are ``Xᵀα``.
+
+The cut is chosen by 5-fold cross-validation *within the tuning rows*, folds by the outsider's ``group`` (a sentence
+and its typo / lowercase / formal variants stay in one fold): the out-of-fold logit above which at most
+``MAX_TUNING_FPR`` of the benign rows fall. The bias is then shifted so that this logit reads as probability 0.6,
+the policy's default threshold; the detector's score is the larger of the rule score and that probability.
 The held-out file and the outsider ``test`` split are never read here.
 Run: ``.venv/bin/python -m bench.train_injection``.
 """
@@ -13,19 +17,34 @@ Run: ``.venv/bin/python -m bench.train_injection``.
 from __future__ import annotations
 
 import json
+import math
 import sys
+import zlib
 
 import numpy as np
 
-from bench.injection_eval import DEFAULT_THRESHOLD, OUTSIDER_TUNE, TUNING
-from workers.detectors.injection import MODEL_PATH, features, normalise, score
+from bench.injection_eval import DEFAULT_THRESHOLD, OUTSIDER_FILE, TUNING
+from workers.detectors.injection import MODEL_PATH, features, normalise
 
-DIMS = 1 << 12
+DIMS = 1 << 14
 L2 = 1e-3
-STEPS = 400
-LEARNING_RATE = 2.0
-SIGNAL_WEIGHTS = (0.0, 0.3, 0.45, 0.6, 0.7)
-MAX_TUNING_FPR = 0.03
+IRLS_STEPS = 10
+FOLDS = 5
+MAX_TUNING_FPR = 0.015
+
+
+def tuning_rows() -> tuple[list[str], np.ndarray, list[str]]:
+    """Texts, labels and fold groups of every row the model may learn from."""
+    texts = [s.text for s in TUNING]
+    labels = [1.0 if s.is_attack else 0.0 for s in TUNING]
+    groups = [f"project-{i}" for i in range(len(TUNING))]
+    for line in OUTSIDER_FILE.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if row["split"] == "tune":  # the test split is skipped unread
+            texts.append(row["text"])
+            labels.append(1.0 if row["label"] == "attack" else 0.0)
+            groups.append(row["group"])
+    return texts, np.array(labels), groups
 
 
 def design(texts: list[str]) -> np.ndarray:
@@ -37,62 +56,47 @@ def design(texts: list[str]) -> np.ndarray:
     return matrix
 
 
-def fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
-    weights, bias = np.zeros(x.shape[1]), 0.0
-    pos_weight = (y == 0).sum() / max(1, (y == 1).sum())  # balance the classes
-    sample_weight = np.where(y == 1, pos_weight, 1.0)
-    sample_weight /= sample_weight.mean()
-    for _ in range(STEPS):
-        p = 1.0 / (1.0 + np.exp(-(x @ weights + bias)))
-        err = (p - y) * sample_weight
-        weights -= LEARNING_RATE * (x.T @ err / len(y) + L2 * weights)
-        bias -= LEARNING_RATE * float(err.mean())
-    return weights, bias
-
-
-def combined(rule_score: float, probability: float, signal_weight: float) -> float:
-    if probability < 0.5:
-        return rule_score
-    return 1.0 - (1.0 - rule_score) * (1.0 - signal_weight * (probability - 0.5) * 2)
+def fit_dual(kernel: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """α of kernel logistic regression (the bias as a constant feature, so ``kernel + 1``), classes balanced."""
+    n = len(y)
+    gram = kernel + 1.0
+    balance = np.where(y == 1, (y == 0).sum() / max(1.0, (y == 1).sum()), 1.0)
+    balance /= balance.mean()
+    f: np.ndarray = np.zeros(n)
+    alpha: np.ndarray = np.zeros(n)
+    for _ in range(IRLS_STEPS):
+        p = 1.0 / (1.0 + np.exp(-f))
+        w = np.maximum(balance * p * (1 - p), 1e-6)
+        alpha = np.linalg.solve(gram + n * L2 * np.diag(1.0 / w), f + balance * (y - p) / w)
+        f = gram @ alpha
+    return alpha
 
 
 def main() -> int:
-    rows = TUNING + OUTSIDER_TUNE
-    texts = [s.text for s in rows]
-    y = np.array([1.0 if s.is_attack else 0.0 for s in rows])
+    texts, y, groups = tuning_rows()
     x = design(texts)
-    rule_scores = np.array([score([t], use_model=False).score for t in texts])
-    out_of_fold = np.zeros(len(texts))
-    folds = np.arange(len(texts)) % 5
-    for k in range(5):
-        train, test = folds != k, folds == k
-        weights, bias = fit(x[train], y[train])
-        out_of_fold[test] = 1.0 / (1.0 + np.exp(-(x[test] @ weights + bias)))
-    chosen = 0.0
-    print(f"{'signal weight':>13} {'CV TPR':>7} {'CV FPR':>7}  (tuning set, out-of-fold model, threshold "
-          f"{DEFAULT_THRESHOLD})")
-    for signal_weight in SIGNAL_WEIGHTS:
-        # Rule scores already include the discussion damping; good enough for choosing a weight.
-        # The rules were fitted to this set, so their in-sample scores hide what the model adds; judge the
-        # model's signal on its own too (out-of-fold), and require both to keep the FPR bound.
-        s = np.array([combined(r, p, signal_weight) for r, p in zip(rule_scores, out_of_fold, strict=True)])
-        alone = np.array([combined(0.0, p, signal_weight) for p in out_of_fold])
-        alone_fpr = float((alone[y == 0] >= DEFAULT_THRESHOLD).mean())
-        tpr = float((s[y == 1] >= DEFAULT_THRESHOLD).mean())
-        fpr = float((s[y == 0] >= DEFAULT_THRESHOLD).mean())
-        alone_tpr = float((alone[y == 1] >= DEFAULT_THRESHOLD).mean())
-        print(f"{signal_weight:>13.2f} {tpr:>7.3f} {fpr:>7.3f}   model alone: TPR {alone_tpr:.3f} FPR {alone_fpr:.3f}")
-        if fpr <= MAX_TUNING_FPR and alone_fpr <= MAX_TUNING_FPR:
-            chosen = signal_weight
-    model_only = float(((out_of_fold >= 0.5) == (y == 1)).mean())
-    print(f"model alone, out-of-fold accuracy at p>=0.5: {model_only:.3f}; chosen signal weight {chosen}")
-    weights, bias = fit(x, y)
+    kernel = x @ x.T
+    fold = np.array([zlib.crc32(g.encode()) % FOLDS for g in groups])
+    out_of_fold = np.zeros(len(y))
+    for k in range(FOLDS):
+        train, held = fold != k, fold == k
+        alpha = fit_dual(kernel[np.ix_(train, train)], y[train])
+        out_of_fold[held] = (kernel[np.ix_(held, train)] + 1.0) @ alpha
+    benign = np.sort(out_of_fold[y == 0])[::-1]
+    cut = float(benign[int(MAX_TUNING_FPR * len(benign))]) + 1e-6
+    tpr = float((out_of_fold[y == 1] >= cut).mean())
+    fpr = float((out_of_fold[y == 0] >= cut).mean())
+    print(f"{len(y)} tuning rows ({int(y.sum())} attacks); {FOLDS}-fold group CV, model alone at the cut: "
+          f"TPR {tpr:.3f} FPR {fpr:.3f} (cut logit {cut:.3f})")
+    alpha = fit_dual(kernel, y)
+    weights = x.T @ alpha
+    bias = float(alpha.sum()) - cut + math.log(DEFAULT_THRESHOLD / (1 - DEFAULT_THRESHOLD))
     MODEL_PATH.write_text(json.dumps({
-        "about": "hashed n-gram logistic regression for workers/detectors/injection.py; "
-                 "trained by bench/train_injection.py "
-                 "on bench/data/injection_tuning.jsonl and the tune split of injection_outsider.jsonl only",
-        "dims": DIMS, "bias": round(bias, 5), "signal_weight": chosen,
-        "weights": [round(float(w), 5) for w in weights],
+        "about": "hashed n-gram logistic regression for workers/detectors/injection.py; trained by "
+                 "bench/train_injection.py on bench/data/injection_tuning.jsonl and the tune split of "
+                 "injection_outsider.jsonl only; probability 0.6 at the cut of out-of-fold FPR "
+                 f"{MAX_TUNING_FPR} (CV TPR {tpr:.3f} FPR {fpr:.3f})",
+        "dims": DIMS, "bias": round(bias, 5), "weights": [round(float(w), 5) for w in weights],
     }, separators=(",", ":")) + "\n", encoding="utf-8")
     print(f"wrote {MODEL_PATH} ({MODEL_PATH.stat().st_size // 1024} KiB)")
     return 0

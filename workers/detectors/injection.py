@@ -12,16 +12,25 @@ Three layers, cheapest first, each listed by name on the decision:
    a persona cue near "no rules / no filters", a disclosure verb near the model's own setup, text that addresses
    the model and tells it to act, an exfiltration verb with a secret and a destination, and the same families in
    French, German, Spanish, Italian and Dutch).
-3. **A hashed n-gram linear model** (``workers/detectors/injection_model.json``, trained by
-   ``bench/train_injection.py`` on the tuning set only): its probability counts as one more signal,
-   ``ngram_model``, when it is above one half.
+3. **A hashed n-gram scorer** (``workers/detectors/injection_model.json``, trained by ``bench/train_injection.py``
+   on tuning rows only: the project's tuning set and the outsider set's ``tune`` split): regularised logistic
+   regression over word 1-2-grams and character 3-5-grams hashed into 16k dimensions. Its bias is calibrated so
+   that probability 0.6 (the default threshold) is the cut where 5-fold group cross-validation on the tuning rows
+   flags 1.5 % of the benign rows; above one half it is listed as ``ngram_model``. It is not consulted for texts of
+   fewer than six words (the tuning rows hold almost no short benign text to learn from).
 
-Each signal has a weight; the score is ``1 - Π(1 - weight)`` over the signals found, so one strong signal crosses
-the default 0.6 threshold alone and two weak ones need each other. Text that *discusses* prompt injection (a
-question about jailbreaks, a red-team brief) has its score halved and says so with ``discusses_injection``.
+The rules combine as ``1 - Π(1 - weight)`` over the signals found, so one strong signal crosses the default 0.6
+threshold alone and two weak ones need each other. Text that *discusses* prompt injection (a question about
+jailbreaks, a red-team brief) has the mention and quoted-only part of that halved and says so with
+``discusses_injection``; the command rules found outside quotes (the attack signals) are never damped. The score is
+the larger of the rule score and the model's probability, so nothing the model or the damping does can lower a
+score below what the attack signals alone give.
 
-Measured by ``bench/injection_eval.py`` on ``bench/data/injection_tuning.jsonl`` and, separately, on
-``bench/data/injection_heldout.jsonl``, which no rule or weight was fitted to.
+Measured by ``bench/injection_eval.py`` (tuning set, held-out set, outsider tune and test splits). At 0.6 on the
+outsider test split: TPR 0.728, FPR 0.029 (rules and the old capped model: 0.549 / 0.020); on the project's
+held-out set 0.976 / 0.060 (was 0.858 / 0.044). Weak families remain privilege escalation, cross-user
+exfiltration and tool-command abuse: requests that are only wrong because of *whose* data or rights they touch,
+which words alone do not show.
 """
 
 from __future__ import annotations
@@ -61,30 +70,37 @@ MODEL_PATH = Path(__file__).with_name("injection_model.json")
 _WORD = re.compile(r"\w+")
 
 
-_CHAR_MULTIPLIERS = np.array([0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F], dtype=np.uint64)
+_CHAR_MULTIPLIERS = np.array([0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F, 0x165667B1], dtype=np.uint64)
+_CHAR_SIZES = (3, 4, 5)
+# The model only speaks for texts of six words or more: under that the tuning rows hold 7 benign texts of 427 (and
+# 12 attacks of 370), so it has no evidence that short requests are mostly benign ("Your account refund?" read as
+# an attack). Short attacks are left to the rules.
+MIN_WORDS = 6
 
 
 def features(text: str, dims: int) -> np.ndarray:
     """Indices of the hashed n-grams of an already normalised text, stable across processes (no ``hash()``).
 
-    Words and word pairs go through crc32; character 4-grams are hashed in one numpy pass over the code points.
+    Words and word pairs go through crc32; character 3-, 4- and 5-grams (of the words joined by single spaces) are
+    hashed in one numpy pass over the code points per size.
     """
     words = _WORD.findall(text.lower())
     grams = [*words, *(f"{a} {b}" for a, b in itertools.pairwise(words))]
-    word_idx = np.fromiter((zlib.crc32(g.encode()) for g in grams), dtype=np.uint64, count=len(grams))
+    parts = [np.fromiter((zlib.crc32(g.encode()) for g in grams), dtype=np.uint64, count=len(grams))]
     points = np.frombuffer(f" {' '.join(words)} ".encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
-    if points.size >= 4:
-        m = _CHAR_MULTIPLIERS
-        mixed = points[:-3] * m[0] + points[1:-2] * m[1] + points[2:-1] * m[2] + points[3:] * m[3]
-        word_idx = np.concatenate([word_idx, (mixed & np.uint64(0xFFFFFFFF)) >> np.uint64(7)])
-    return (word_idx % np.uint64(dims)).astype(np.int64)
+    for size in _CHAR_SIZES:
+        if points.size >= size:
+            mixed = np.full(points.size - size + 1, size, dtype=np.uint64)
+            for k in range(size):
+                mixed += points[k:points.size - size + 1 + k] * _CHAR_MULTIPLIERS[k]
+            parts.append((mixed & np.uint64(0xFFFFFFFF)) >> np.uint64(3))
+    return (np.concatenate(parts) % np.uint64(dims)).astype(np.int64)
 
 
 @dataclass(frozen=True)
 class NgramModel:
     weights: np.ndarray
-    bias: float
-    signal_weight: float  # the weight of the ``ngram_model`` signal at probability 1
+    bias: float  # calibrated by the trainer: probability 0.6 (the default threshold) at the cross-validated cut
 
     @property
     def dims(self) -> int:
@@ -102,7 +118,7 @@ class NgramModel:
         if not path.exists():
             return None
         raw = json.loads(path.read_text(encoding="utf-8"))
-        return cls(np.asarray(raw["weights"], dtype=np.float32), float(raw["bias"]), float(raw["signal_weight"]))
+        return cls(np.asarray(raw["weights"], dtype=np.float32), float(raw["bias"]))
 
 
 @cache
@@ -132,8 +148,9 @@ def score(texts: list[str], *, use_model: bool = True) -> InjectionResult:
 
     The signals split in two. *Attack signals* are command rules that match outside quotes: nothing lowers what
     they add up to ("(Approved by the security team.)" after a command changes nothing). The rest (mention rules,
-    commands found only inside quotes, the n-gram model) is damped when the text discusses injection or asks, outside
-    its quotes, a question about what it quotes.
+    commands found only inside quotes) is damped when the text discusses injection or asks, outside its quotes, a
+    question about what it quotes. The n-gram scorer's calibrated probability is taken as it is; the score is the
+    larger of it and the rule score.
     """
     present = [t for t in texts if t]
     variants = [v for t in present for v in _variants(t)]
@@ -145,17 +162,17 @@ def score(texts: list[str], *, use_model: bool = True) -> InjectionResult:
     attack = [r.weight for r in found.values() if not r.mention and r.name in outside]
     others = [r.weight for r in found.values() if r.mention or r.name not in outside]
     signals: dict[str, float] = {name: rule.weight for name, rule in found.items()}
-    model = _model() if use_model else None
-    if model is not None and variants:
-        probability = max(model.probability(v) for v in variants[:2])  # the text and its folded reading
-        if probability >= 0.5:
-            signals["ngram_model"] = model.signal_weight * (probability - 0.5) * 2
-            others.append(signals["ngram_model"])
     dampable = _combine(others)
     if dampable and _discusses(variants, unquoted, asks_about_quote=bool(quoted_only)):
         signals["discusses_injection"] = 0.0
         dampable *= _BOOK.discussion_damping
     result = 1.0 - (1.0 - _combine(attack)) * (1.0 - dampable)
+    model = _model() if use_model else None
+    if model is not None and variants and len(_WORD.findall(variants[0])) >= MIN_WORDS:
+        probability = max(model.probability(v) for v in variants[:2])  # the text and its folded reading
+        if probability >= 0.5:
+            signals["ngram_model"] = round(probability, 4)
+            result = max(result, probability)
     return InjectionResult(score=round(result, 4), rules=tuple(signals))
 
 

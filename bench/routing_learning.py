@@ -76,7 +76,7 @@ def simulate(split: str = "test", requests: int = 2000, seed: int = 0, config: L
         elif not failed and rng.random() < false_failures:
             failed = True
         kind = task_kind(f)
-        learner.observe(Observation("sim", kind, tuple(design_row(f, kind)), tier, failed))
+        learner.observe(Observation("sim", kind, tuple(design_row(f, kind)), tier, failed, decision.probe))
         if i in CHECKPOINTS or i == requests:
             seen = order[:i]
             last = order[max(0, i - 500):i]

@@ -88,14 +88,14 @@ COLUMN_NAMES: Final = ("bias", *FEATURE_NAMES, *(f"kind={k}" for k in TASK_KINDS
 
 @dataclass(frozen=True)
 class LearnerConfig:
-    prior_variance: float = 1.0  # of each weight around its prior mean
-    explore_rate: float = 0.15  # probe share of a tenant × task kind with no observations
+    prior_variance: float = 4.0  # of each weight around its prior mean
+    explore_rate: float = 0.3  # probe share of a tenant × task kind with no observations
     explore_min: float = 0.01  # … and after many
     explore_halflife: int = 40  # observations of a kind that halve its probe rate
     probe_ceiling: float = 0.7  # no probe where P(needs more than the probed tier) is above this
     target_failure: float = 0.02  # the failure rate λ steers to
-    lambda_start: float = 60.0
-    lambda_step: float = 0.08  # log-λ step per observed failure (a success moves it target/(1−target) as far back)
+    lambda_start: float = 20.0
+    lambda_step: float = 0.3  # log-λ step per observed failure (a success moves it target/(1−target) as far back)
     lambda_min: float = 1.0
     lambda_max: float = 1000.0
     refit_every: int = 10
@@ -112,6 +112,7 @@ class Observation:
     row: tuple[float, ...]  # design_row(...) as a tuple
     served_rank: int
     failed: bool
+    probe: bool = False  # served below the greedy choice to learn: its verdict does not steer λ
     prior_medium: float = 0.0  # the calibrated logits at the time (0: cold)
     prior_large: float = 0.0
 
@@ -216,20 +217,25 @@ class OnlineRouter:
         return len(state.observations) if state else 0
 
     def observe(self, obs: Observation) -> None:
-        """Learn from one verdict (ignored when frozen; a large-tier verdict only moves nothing)."""
-        if self.frozen or obs.served_rank >= 2:
+        """Learn from one verdict (ignored when frozen). Every greedy verdict steers λ (a large-tier one as a
+        success: under-routing cannot fail it); only verdicts below large teach the models."""
+        if self.frozen:
             return
         cfg = self.config
         state = self._state(obs.tenant)
+        failed = obs.failed and obs.served_rank < 2
+        if not obs.probe:
+            if failed:
+                state.failures += 1
+                state.log_lambda += cfg.lambda_step
+            else:
+                state.successes += 1
+                state.log_lambda -= cfg.lambda_step * cfg.target_failure / (1 - cfg.target_failure)
+            state.log_lambda = min(math.log(cfg.lambda_max), max(math.log(cfg.lambda_min), state.log_lambda))
+        if obs.served_rank >= 2:
+            return
         state.observations.append(obs)
         state.per_kind[obs.kind] += 1
-        if obs.failed:
-            state.failures += 1
-            state.log_lambda += cfg.lambda_step
-        else:
-            state.successes += 1
-            state.log_lambda -= cfg.lambda_step * cfg.target_failure / (1 - cfg.target_failure)
-        state.log_lambda = min(math.log(cfg.lambda_max), max(math.log(cfg.lambda_min), state.log_lambda))
         state.since_fit += 1
         if state.since_fit >= cfg.refit_every:
             self.refit(obs.tenant)

@@ -33,7 +33,7 @@ from workers.routing.catalog import load_catalog
 Array = npt.NDArray[np.float64]
 OUTSIDER = Path(__file__).resolve().parent / "data" / "outsider_routing.jsonl"
 RELATIVE_COST = (0.04, 0.16, 1.0)
-UNCERTAIN_GRID = tuple(round(x, 2) for x in np.arange(0.0, 0.96, 0.05))
+UNCERTAIN_GRID = tuple(round(float(x), 2) for x in np.arange(0.0, 0.96, 0.05))
 
 
 def expected(routed: Array, p_medium: Array, p_large: Array, ranks: Array, costs: Array, *, uncertain_below: float,
@@ -104,7 +104,7 @@ def main() -> None:
     args = parser.parse_args()
     results = [run(d, args.false_alarm, args.max_quality_loss) for d in (args.detect or [0.7, 0.8, 0.9])]
     if args.json:
-        print(orjson.dumps(results).decode())
+        print(orjson.dumps(results, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY).decode())
         return
     for r in results:
         a, b = r["test_without_cascade"], r["test_with_cascade"]

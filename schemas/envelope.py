@@ -168,6 +168,20 @@ class Usage(_Model):
         )
 
 
+class RouteRecord(_Model):
+    """What the learning router (``workers/routing/online.py``) needs to learn from the verdict on this request: the
+    features it was routed on, its task kind, the auto tier of the answer, and whether it was a probe or a cascade
+    whose cheaper answer failed verification (``cascade_failed_tier``)."""
+
+    kind: str
+    features: list[float]
+    tier: str
+    probe: bool = False
+    cascade_failed_tier: str | None = None
+    prior_medium: float = 0.0  # the calibrated router's logits when it was in force (the learner's offset)
+    prior_large: float = 0.0
+
+
 class ModelResult(_Model):
     model: str = ""
     backend: str = ""
@@ -176,8 +190,10 @@ class ModelResult(_Model):
     routing: list[str] = Field(default_factory=list)  # the router's reasons, in order
     attempts: int = 0
     usage: Usage = Field(default_factory=Usage)
-    cost_micros: int = 0
+    cost_micros: int = 0  # every call of the request, a cascade's cheaper call included
     latency_ms: float = 0.0
+    learn: RouteRecord | None = None  # set when the auto tier decided (the learning router's input)
+    cascade_cost_micros: int = 0  # of cost_micros, what the cascade's escalated cheaper call cost
 
 
 class ToolCall(_Model):

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.envelope import SCHEMA_VERSION, Envelope, Evaluation, Status, Usage
+from schemas.envelope import SCHEMA_VERSION, Envelope, Evaluation, RouteRecord, Status, Usage
 
 
 class HopSummary(BaseModel):
@@ -45,6 +45,7 @@ class Response(BaseModel):
     task_id: str | None = None  # the task (agent run, ticket) the request belongs to: the ledger's cost per outcome
     deadline_at_ns: int = 0  # the request's deadline: the ledger's "SLO met" is completed_at_ns <= deadline_at_ns
     evaluation: Evaluation | None = None  # online evaluators' verdicts, when the request was sampled
+    route: RouteRecord | None = None  # the auto tier's features and choice: what the learning router learns from
     stage: str = ""  # the stage that ended the request
     # The deciding stage's signature over what the ledger counts (workers/decisions.py): the ledger counts only
     # responses whose signature verifies.
@@ -86,6 +87,7 @@ class Response(BaseModel):
             task_id=env.request.task_id,
             deadline_at_ns=env.deadline_at_ns,
             evaluation=env.postprocess.evaluation if env.postprocess else None,
+            route=env.model.learn if env.model else None,
         )
 
 

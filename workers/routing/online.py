@@ -39,6 +39,8 @@ from typing import Final, Literal
 import numpy as np
 import numpy.typing as npt
 
+from schemas.envelope import Evaluation, RouteRecord, Status
+from schemas.response import Response
 from workers.routing.features import FEATURE_NAMES, Features
 
 Array = npt.NDArray[np.float64]
@@ -145,7 +147,7 @@ def _fit_head(x: Array, y: Array, offset: Array, prior_var: float, iterations: i
             break
     p = 1.0 / (1.0 + np.exp(-np.clip(x @ beta + offset, -60, 60)))
     hessian = (x.T * (p * (1 - p))) @ x + np.diag(precision)
-    return _Head(beta, np.linalg.inv(hessian))
+    return _Head(beta, np.asarray(np.linalg.inv(hessian), dtype=np.float64))
 
 
 def _sigmoid(value: float) -> float:
@@ -296,5 +298,68 @@ class OnlineRouter:
                               self.frozen, drivers)
 
 
+# ------------------------------------------------------------------------------------------- verdicts
+def observations_of(tenant: str, record: RouteRecord, verdict: Verdict | None) -> list[Observation]:
+    """What one routed request teaches: a cascade whose cheaper answer failed verification says the cheaper tier
+    failed; ``verdict`` (None: none yet) is about the tier that answered."""
+    row = (1.0, *record.features, *(1.0 if record.kind == k else 0.0 for k in TASK_KINDS))
+    out: list[Observation] = []
+    if len(row) != len(COLUMN_NAMES):
+        return out  # routed on another feature set (an older version): nothing to learn
+    if record.cascade_failed_tier in TIERS:
+        out.append(Observation(tenant, record.kind, row, TIERS.index(record.cascade_failed_tier), True, True,
+                               record.prior_medium, record.prior_large))
+    if verdict is not None and record.tier in TIERS:
+        out.append(Observation(tenant, record.kind, row, TIERS.index(record.tier), verdict == "failed",
+                               record.probe, record.prior_medium, record.prior_large))
+    return out
+
+
+def evaluators_verdict(evaluation: Evaluation | None) -> Verdict | None:
+    """The online evaluators' verdict on an answer: failed when one that applies failed, resolved when at least
+    one applied and all passed, None when none applied (or the request was not sampled)."""
+    if evaluation is None:
+        return None
+    checks = [evaluation.grounded, evaluation.structured_valid,
+              None if evaluation.refusal is None else not evaluation.refusal]
+    applied = [c for c in checks if c is not None]
+    if not applied:
+        return None
+    return "resolved" if all(applied) else "failed"
+
+
+@dataclass
+class OutcomeJoin:
+    """Joins responses (their route records and evaluators' verdicts) with task outcomes, into observations.
+
+    A response whose task is known waits for the task's outcome (``tollway outcome TASK resolved|failed``), which
+    then judges every request of the task; a response without a task is judged by the evaluators alone. At most
+    ``max_waiting`` tasks wait (the oldest are dropped: their outcome, if it comes, teaches nothing)."""
+
+    max_waiting: int = 100_000
+    waiting: dict[tuple[str, str], list[RouteRecord]] = field(default_factory=dict)
+
+    def on_response(self, response: Response) -> list[Observation]:
+        record = response.route
+        if record is None or response.replay:
+            return []
+        verdict = evaluators_verdict(response.evaluation)
+        if response.status is not Status.OK:
+            verdict = None  # a denial, a failure of the backend, a deadline: not a verdict on the tier
+        if verdict != "failed" and response.task_id:
+            self.waiting.setdefault((response.tenant, response.task_id), []).append(record)
+            while len(self.waiting) > self.max_waiting:
+                self.waiting.pop(next(iter(self.waiting)))
+            return observations_of(response.tenant, record, None)  # the task's outcome will judge the answer
+        return observations_of(response.tenant, record, verdict)
+
+    def on_outcome(self, tenant: str, task_id: str, outcome: Verdict) -> list[Observation]:
+        records = self.waiting.pop((tenant, task_id), [])
+        out: list[Observation] = []
+        for record in records:
+            out += observations_of(tenant, record.model_copy(update={"cascade_failed_tier": None}), outcome)
+        return out
+
+
 __all__ = ["COLUMN_NAMES", "DEFAULT_TIER_COST", "TASK_KINDS", "LearnerConfig", "Observation", "OnlineDecision",
-           "OnlineRouter", "design_row", "task_kind"]
+           "OnlineRouter", "OutcomeJoin", "design_row", "evaluators_verdict", "observations_of", "task_kind"]

@@ -191,7 +191,10 @@ def route(env: Envelope, catalog: ModelCatalog, now_ns: int, *,
     if cheap.chosen is None or cheap.chosen.tier_rank >= decision.chosen.tier_rank:
         return decision  # nothing cheaper fits (budget, policy): serve the tier outright
     escalate = tuple(m for m in decision.candidates if m.tier_rank > cheap.chosen.tier_rank)
-    return replace(cheap, auto=auto, tier=tier, escalate_to=escalate, cascade=step,
+    reasons = (*cheap.reasons, f"cascade: {cheap.chosen.name} first (fallbacks below {tier} only), escalated to "
+                               f"{', '.join(m.name for m in escalate)} when the evaluators fail its answer and the "
+                               "budget left covers it")
+    return replace(cheap, auto=auto, tier=tier, escalate_to=escalate, cascade=step, reasons=reasons,
                    candidates=tuple(m for m in cheap.candidates if m.tier_rank < decision.chosen.tier_rank))
 
 

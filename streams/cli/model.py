@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from schemas.envelope import PolicyDecision
-from schemas.errors import ConfigError
+from schemas.errors import ConfigError, TollwayError
+from streams.cli.common import EXIT_UNAVAILABLE
 from streams.clients.envelopes import new_envelope
 from streams.settings import get_settings
 from workers.routing.auto import auto_tier
@@ -78,7 +79,11 @@ def explain_route(
     env = new_envelope(prompt, tenant=tenant, budget_ms=budget_ms, quality_tier=tier)
     if region:
         env.policy = PolicyDecision(allowed_regions=region)
-    online = asyncio.run(_rebuilt_learner()) if learnt else None
+    try:
+        online = asyncio.run(_rebuilt_learner()) if learnt else None
+    except TollwayError as exc:
+        console.print(f"[red]cannot rebuild the learning router:[/] {exc}")
+        raise typer.Exit(EXIT_UNAVAILABLE) from exc
     below = cascade_below if cascade_below is not None else get_settings().router_cascade_below
     decision = route(env, _catalog(), time.time_ns(), online=online, cascade_below=below)
     chosen = decision.chosen

@@ -123,7 +123,7 @@ def main() -> None:
     result = {"split": args.split, "seeds": args.seeds, "requests": args.requests, "missed": args.missed,
               "false_failures": args.false_failures, "oracle": runs[0]["oracle"], "mean": summarise(runs)}
     if args.json:
-        print(orjson.dumps(result).decode())
+        print(orjson.dumps(result, option=orjson.OPT_NON_STR_KEYS).decode())
         return
     print(f"split {args.split}: {runs[0]['rows']} prompts replayed as {args.requests} requests, {args.seeds} seeds; "
           f"oracle saving {100 * runs[0]['oracle']['saving']:.1f} %")

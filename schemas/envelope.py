@@ -212,6 +212,20 @@ class Usage(_Model):
         )
 
 
+class RouteRecord(_Model):
+    """What the learning router (``workers/routing/online.py``) needs to learn from the verdict on this request: the
+    features it was routed on, its task kind, the auto tier of the answer, and whether it was a probe or a cascade
+    whose cheaper answer failed verification (``cascade_failed_tier``)."""
+
+    kind: str
+    features: list[float]
+    tier: str
+    probe: bool = False
+    cascade_failed_tier: str | None = None
+    prior_medium: float = 0.0  # the calibrated router's logits when it was in force (the learner's offset)
+    prior_large: float = 0.0
+
+
 class ModelResult(_Model):
     model: str = ""
     backend: str = ""
@@ -220,10 +234,12 @@ class ModelResult(_Model):
     routing: list[str] = Field(default_factory=list)  # the router's reasons, in order
     attempts: int = 0
     usage: Usage = Field(default_factory=Usage)
-    cost_micros: int = 0
+    cost_micros: int = 0  # every call of the request, a cascade's cheaper call included
     latency_ms: float = 0.0
     # An agent loop's model turns, one cost each (their sum is cost_micros): the cost per step of a task.
     step_cost_micros: list[int] = Field(default_factory=list, exclude_if=_unset)
+    learn: RouteRecord | None = None  # set when the auto tier decided (the learning router's input)
+    cascade_cost_micros: int = 0  # of cost_micros, what the cascade's escalated cheaper call cost
 
 
 ToolCallStatus = Literal["ok", "denied", "error"]

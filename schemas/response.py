@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.envelope import SCHEMA_VERSION, Envelope, Evaluation, Status, ToolCall, Usage
+from schemas.envelope import SCHEMA_VERSION, Envelope, Evaluation, RouteRecord, Status, ToolCall, Usage
 
 
 class HopSummary(BaseModel):
@@ -79,6 +79,7 @@ class Response(BaseModel):
     task_id: str | None = None  # the task (agent run, ticket) the request belongs to: the ledger's cost per outcome
     deadline_at_ns: int = 0  # the request's deadline: the ledger's "SLO met" is completed_at_ns <= deadline_at_ns
     evaluation: Evaluation | None = None  # online evaluators' verdicts, when the request was sampled
+    route: RouteRecord | None = None  # the auto tier's features and choice: what the learning router learns from
     stage: str = ""  # the stage that ended the request
     # The deciding stage's signature over what the ledger counts (workers/decisions.py): the ledger counts only
     # responses whose signature verifies.
@@ -131,6 +132,7 @@ class Response(BaseModel):
             requested_tool_calls=list(env.tools.pending) if env.tools is not None and env.tools.mode == "client"
             else [],
             steps=agent_steps(env),
+            route=env.model.learn if env.model else None,
         )
 
 

@@ -108,6 +108,13 @@ class Settings(BaseSettings):
     # the share of an answer's sentences the retrieved passages must support for it to count as grounded.
     eval_sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
     eval_grounded_min: float = Field(default=0.8, ge=0.0, le=1.0)
+    # The learning router (issue 20, docs/ROUTING.md): "off" (the calibrated router or the heuristic decides the
+    # auto tier), "learn" (model workers learn the tier online from outcomes and evaluators' verdicts, rebuilding
+    # the state from the responses and outcomes topics at start-up) or "frozen" (rebuilt, then neither learns nor
+    # probes). The verified cascade: off when unset, else an auto tier whose learnt P(needs it) is below this value
+    # is served one tier lower first and escalated when the evaluators fail the answer.
+    router_learning: Literal["off", "learn", "frozen"] = "off"
+    router_cascade_below: float | None = Field(default=None, ge=0.0, le=1.0)
     # Retrieval and cache (issues 3, 19). The embedder is "static" (WordLlama static embeddings shipped in the
     # wordllama wheel, offline; dim 64/128/256), "hashing" (lexical, deterministic, fast tests) or "openai" (any
     # OpenAI-compatible /v1/embeddings endpoint at embedding_url). See docs/SEMANTIC_CACHE.md.

@@ -26,7 +26,10 @@ from workers.backends.base import ModelBackend, ModelCall, ModelReply
 from workers.backends.local import LocalBackend
 from workers.budgets import reserved_for_ms
 from workers.context import StageContext
+from workers.routing import cascade
+from workers.routing.auto import route_record
 from workers.routing.catalog import ModelCatalog, ModelSpec, get_catalog
+from workers.routing.online import OnlineRouter
 from workers.routing.router import BreakerBoard, GateBoard, route
 from workers.tools import loop as tools
 
@@ -48,6 +51,11 @@ class ModelContext(StageContext):
     # candidate's expected time (at least ``min_timeout_ms``).
     timeout_factor: float = 3.0
     min_timeout_ms: float = 250.0
+    # The learning router (None: the calibrated router or the heuristic decides the auto tier), and the verified
+    # cascade (None: off; else the learnt P(needs the tier) below which the tier below is tried first).
+    online: OnlineRouter | None = None
+    cascade_below: float | None = None
+    eval_grounded_min: float = 0.8
 
 
 @dataclass
@@ -63,6 +71,9 @@ class _Pending:
     attempts: int = 0
     retried_after_429: set[str] = field(default_factory=set)
     not_before_ns: int = 0
+    escalate_to: list[ModelSpec] = field(default_factory=list)  # a cascade's next tier, until it is verified
+    cascade_cost_micros: int = 0
+    cascade_failed_tier: str | None = None
 
     @property
     def model(self) -> ModelSpec:
@@ -82,12 +93,14 @@ async def process(batch: list[Envelope], ctx: ModelContext) -> list[Envelope]:
             continue  # answered from the cache: no model call, no cost
         decision = route(env, mctx.catalog, now_ns,
                          breaker_allows=lambda backend, at: mctx.breakers(backend).allows(at),
-                         load=lambda name: mctx.gates.in_flight(name) + planned[name])
+                         load=lambda name: mctx.gates.in_flight(name) + planned[name],
+                         online=mctx.online, cascade_below=mctx.cascade_below)
         # A later turn of an agent loop: the turns before it stay accounted for (the model's usage and cost add up).
         prior = env.model if env.tools is not None and env.tools.calls and env.model is not None else None
         env.model = ModelResult(quality_tier=decision.tier, routing=list(decision.reasons),
                                 usage=prior.usage if prior else Usage(), cost_micros=prior.cost_micros if prior else 0,
-                                step_cost_micros=list(prior.step_cost_micros) if prior else [])
+                                step_cost_micros=list(prior.step_cost_micros) if prior else [],
+                                learn=route_record(decision.auto, env) if decision.auto is not None else None)
         if decision.chosen is None:
             status = Status.DEADLINE_EXCEEDED if decision.failure_code == "deadline_exceeded" else Status.FAILED
             env.finish(status, code=decision.failure_code or "no_eligible_model", message=decision.failure_message,
@@ -96,7 +109,8 @@ async def process(batch: list[Envelope], ctx: ModelContext) -> list[Envelope]:
         planned[decision.chosen.name] += 1
         pending.append(_Pending(env, list(decision.candidates), decision.input_tokens,
                                 decision.expected_output_tokens, now_ns, env.model.routing,
-                                prior_usage=env.model.usage, prior_cost_micros=env.model.cost_micros))
+                                prior_usage=env.model.usage, prior_cost_micros=env.model.cost_micros,
+                                escalate_to=list(decision.escalate_to)))
     while pending:
         by_model: dict[str, list[_Pending]] = defaultdict(list)
         for item in pending:
@@ -110,6 +124,9 @@ async def process(batch: list[Envelope], ctx: ModelContext) -> list[Envelope]:
         for chunk, replies in zip(calls, outcomes, strict=True):
             for item, reply in zip(chunk, replies, strict=True):
                 if reply.error is None:
+                    if item.escalate_to and _escalate(item, reply, mctx):
+                        pending.append(item)
+                        continue
                     _settle(item, reply, mctx)
                 elif _next_attempt(item, reply.error, mctx):
                     pending.append(item)
@@ -192,16 +209,52 @@ def attempt_timeout_ms(item: _Pending, now_ns: int, ctx: ModelContext) -> float:
     return max(0.0, min(remaining_ms, max(usable_ms, ctx.min_timeout_ms)))
 
 
+def _escalate(item: _Pending, reply: ModelReply, ctx: ModelContext) -> bool:
+    """A cascade's cheaper answer is in: verify it; on failure, and when the budget left covers the next tier,
+    pay for the cheaper call and move to the next tier (True). False: settle this answer."""
+    env, spec = item.env, item.model
+    escalate_to, item.escalate_to = item.escalate_to, []
+    if reply.tool_calls:
+        return False  # an agent loop's turn: its tools run, the loop is not judged mid-way
+    verdict = cascade.verify(env, reply.text, grounded_min=ctx.eval_grounded_min)
+    if verdict.passed:
+        item.reasons.append(f"cascade: {spec.name}'s answer {verdict.explain()}; not escalated")
+        return False
+    now_ns = ctx.clock.now_ns()
+    target = escalate_to[0]
+    ahead = env.route[env.route.index(NAME) + 1:] if NAME in env.route else env.route
+    reserved_ms = reserved_for_ms((env.deadline_at_ns - env.created_at_ns) / 1e6, ahead)
+    remaining_ms = env.remaining_budget_ms(now_ns)
+    if not cascade.may_escalate(remaining_ms, reserved_ms, item.expected_ms(target)):
+        item.reasons.append(f"cascade: {spec.name}'s answer {verdict.explain()}, but {remaining_ms:.0f} ms left "
+                            f"cannot cover {target.name} (~{item.expected_ms(target):.0f} ms): served as is")
+        return False
+    first_cost = spec.cost_micros(reply.usage)
+    item.prior_usage = item.prior_usage + reply.usage
+    item.prior_cost_micros += first_cost
+    item.cascade_cost_micros += first_cost
+    item.cascade_failed_tier = spec.quality_tier
+    item.candidates = list(escalate_to)
+    item.reasons.append(f"cascade: {spec.name}'s answer {verdict.explain()} ({first_cost} µ$ paid); escalated "
+                        f"to {target.name}")
+    metrics.FALLBACKS.labels(spec.name, target.name).inc()
+    return True
+
+
 def _settle(item: _Pending, reply: ModelReply, ctx: ModelContext) -> None:
     spec, env = item.model, item.env
     env.answer = reply.text
     turn_cost = spec.cost_micros(reply.usage)
     # An agent loop keeps each model turn's cost apart (the cost per step of a task); other requests have one turn.
     steps = [*env.model.step_cost_micros, turn_cost] if env.tools is not None and env.model is not None else []
+    learn = env.model.learn if env.model is not None else None
+    if learn is not None:  # what the learner hears about is the tier that answered (a cascade, a degradation)
+        learn = learn.model_copy(update={"tier": spec.quality_tier, "cascade_failed_tier": item.cascade_failed_tier})
     env.model = ModelResult(model=spec.name, backend=spec.backend, region=spec.region, quality_tier=spec.quality_tier,
                             routing=item.reasons, attempts=item.attempts, usage=item.prior_usage + reply.usage,
                             cost_micros=item.prior_cost_micros + turn_cost, step_cost_micros=steps,
-                            latency_ms=round((ctx.clock.now_ns() - item.started_ns) / 1e6, 3))
+                            latency_ms=round((ctx.clock.now_ns() - item.started_ns) / 1e6, 3), learn=learn,
+                            cascade_cost_micros=item.cascade_cost_micros)
     if reply.tool_calls:
         tools.ask(env, reply.tool_calls, stage=NAME)
 

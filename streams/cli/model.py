@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Annotated
 
@@ -11,11 +12,13 @@ from rich.console import Console
 from rich.table import Table
 
 from schemas.envelope import PolicyDecision
-from schemas.errors import ConfigError
+from schemas.errors import ConfigError, TollwayError
+from streams.cli.common import EXIT_UNAVAILABLE
 from streams.clients.envelopes import new_envelope
 from streams.settings import get_settings
 from workers.routing.auto import auto_tier
 from workers.routing.catalog import ModelCatalog, load_catalog
+from workers.routing.online import OnlineRouter
 from workers.routing.router import route
 
 models_app = typer.Typer(help="The model catalog and the router.", no_args_is_help=True)
@@ -49,23 +52,55 @@ def list_models(as_json: Annotated[bool, typer.Option("--json", help="print JSON
     console.print(table)
 
 
+async def _rebuilt_learner() -> OnlineRouter:
+    from streams.followers.routing import follow_outcomes
+    from streams.runtime.acls import stage_principal
+
+    settings = get_settings()
+    async with follow_outcomes(settings, OnlineRouter(frozen=True), role=stage_principal(["model"])) as router:
+        return router
+
+
 @models_app.command("route")
 def explain_route(
     prompt: Annotated[str, typer.Argument(help="the user prompt")],
     tier: Annotated[str | None, typer.Option(help="quality tier (small|medium|large); default: auto")] = None,
     budget_ms: Annotated[int, typer.Option(help="latency budget left")] = 10_000,
     region: Annotated[list[str] | None, typer.Option(help="allowed region (repeatable)")] = None,
+    tenant: Annotated[str, typer.Option(help="the tenant whose learnt router decides")] = "cli",
+    learnt: Annotated[bool, typer.Option("--learnt", help="rebuild the learning router from the responses and "
+                                         "outcomes topics (as a model worker with TOLLWAY_ROUTER_LEARNING does) "
+                                         "and let it decide")] = False,
+    cascade_below: Annotated[float | None, typer.Option(help="explain the verified cascade at this threshold "
+                                                        "(default: TOLLWAY_ROUTER_CASCADE_BELOW)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Which model the router would choose for PROMPT, and why (no model is called)."""
-    env = new_envelope(prompt, tenant="cli", budget_ms=budget_ms, quality_tier=tier)
+    env = new_envelope(prompt, tenant=tenant, budget_ms=budget_ms, quality_tier=tier)
     if region:
         env.policy = PolicyDecision(allowed_regions=region)
-    decision = route(env, _catalog(), time.time_ns())
+    try:
+        online = asyncio.run(_rebuilt_learner()) if learnt else None
+    except TollwayError as exc:
+        console.print(f"[red]cannot rebuild the learning router:[/] {exc}")
+        raise typer.Exit(EXIT_UNAVAILABLE) from exc
+    below = cascade_below if cascade_below is not None else get_settings().router_cascade_below
+    decision = route(env, _catalog(), time.time_ns(), online=online, cascade_below=below)
     chosen = decision.chosen
-    auto = auto_tier(env)
+    auto = decision.auto or auto_tier(env, online=online)
     learned = auto.learned
-    explanation = {"decided_by": "calibrated" if learned else "heuristic", "auto_tier": auto.tier,
+    step = decision.cascade
+    explanation = {"decided_by": auto.decided_by, "auto_tier": auto.tier,
+                   "online": None if auto.online is None else {
+                       "kind": auto.online.kind, "p_at_least_medium": auto.online.p_medium,
+                       "p_large": auto.online.p_large, "medium_at": auto.online.medium_at,
+                       "large_at": auto.online.large_at, "failure_price": auto.online.failure_price,
+                       "observations": auto.online.observations, "kind_observations": auto.online.kind_observations,
+                       "probe": auto.online.probe, "frozen": auto.online.frozen,
+                       "drivers": dict(auto.online.drivers)},
+                   "cascade": None if step is None else {
+                       "first_tier": step.first_tier, "then_tier": step.then_tier, "p_needs_then": step.p_needs_then,
+                       "escalate_to": [m.name for m in decision.escalate_to]},
                    "score": auto.score, "features": auto.features.as_dict(),
                    "material_words": auto.features.material_words,
                    "operating_point": learned.operating_point.model_dump() if learned else None,
@@ -86,6 +121,8 @@ def explain_route(
             if value:
                 table.add_row(name, f"{value:.2f}")
         console.print(table)
+        if auto.online is not None:
+            console.print(auto.online.explain())
         if learned is not None:
             op = learned.operating_point
             console.print(f"operating point (params {learned.version}, fit {learned.tenant_fit}): large when "
@@ -93,6 +130,9 @@ def explain_route(
                           f"here P(large) = {learned.p_large:.2f}, P(≥medium) = {learned.p_medium:.2f}")
         for reason in decision.reasons:
             console.print(f"· {reason}")
+        if step is not None:
+            console.print(f"verified cascade: {step.first_tier} first, escalated to "
+                          f"{', '.join(m.name for m in decision.escalate_to)} if the evaluators fail its answer")
         if chosen is None:
             console.print(f"[red]{decision.failure_code}[/]: {decision.failure_message}")
     if chosen is None:

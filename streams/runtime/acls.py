@@ -111,6 +111,10 @@ def rules(p: str = "{p}") -> list[Rule]:
             allow(principal, [f"{p}.{stage}"], READ, resource=GROUP, pattern=PREFIXED)
     allow(ALL_STAGES, [f"{p}.chain."], READ, resource=GROUP, pattern=PREFIXED)  # co-located chains' groups
 
+    # The learning router (TOLLWAY_ROUTER_LEARNING): model workers rebuild it from responses and task outcomes.
+    allow("stage-model", [f"{p}.responses", f"{p}.outcomes"], READ)
+    allow(ALL_STAGES, [f"{p}.responses", f"{p}.outcomes"], READ)
+
     for audit in ("stage-audit", ALL_STAGES):
         allow(audit, [f"{p}.audit.log", f"{p}.audit.checkpoints"], READ, WRITE)
         allow(audit, [f"{p}.deadletter"], READ)

@@ -12,6 +12,7 @@ from workers.backends.openai_compat import OpenAICompatBackend
 from workers.context import StageContext, derive
 from workers.model import ModelContext
 from workers.routing.catalog import ModelCatalog, load_catalog
+from workers.routing.online import OnlineRouter
 
 
 def build_backends(catalog: ModelCatalog, settings: Settings) -> dict[str, ModelBackend]:
@@ -33,4 +34,13 @@ async def open_context(settings: Settings, base: StageContext) -> AsyncIterator[
         backends = build_backends(catalog, settings)
         for backend in backends.values():
             stack.push_async_callback(backend.aclose)
-        yield derive(ModelContext, base, catalog=catalog, backends=backends)
+        online = None
+        if settings.router_learning != "off":
+            from streams.followers.routing import follow_outcomes
+            from streams.runtime.acls import stage_principal
+
+            online = await stack.enter_async_context(follow_outcomes(
+                settings, OnlineRouter(frozen=settings.router_learning == "frozen"),
+                role=stage_principal(["model"])))
+        yield derive(ModelContext, base, catalog=catalog, backends=backends, online=online,
+                     cascade_below=settings.router_cascade_below, eval_grounded_min=settings.eval_grounded_min)

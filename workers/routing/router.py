@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from schemas.envelope import Envelope, Usage
 from workers.backends.base import context_prompt
 from workers.context import Clock
-from workers.routing.auto import auto_tier
+from workers.routing import cascade
+from workers.routing.auto import AutoTier, auto_tier
 from workers.routing.catalog import QUALITY_TIERS, ModelCatalog, ModelSpec
+from workers.routing.online import DEFAULT_TIER_COST, OnlineRouter
 from workers.routing.tokens import count_message_tokens, count_tokens
 
 
@@ -123,6 +125,9 @@ class RouteDecision:
     expected_output_tokens: int
     failure_code: str | None = None
     failure_message: str = ""
+    auto: AutoTier | None = None  # when the auto tier decided: its features and learnt probabilities
+    escalate_to: tuple[ModelSpec, ...] = ()  # a verified cascade: served by these when the answer fails verification
+    cascade: cascade.CascadePlan | None = None
 
     @property
     def chosen(self) -> ModelSpec | None:
@@ -143,14 +148,19 @@ def prompt_tokens(env: Envelope) -> int:
     return tokens
 
 
-def required_tier(env: Envelope) -> tuple[str | None, str, str]:
+def required_tier(env: Envelope, online: OnlineRouter | None = None) -> tuple[str | None, str, str]:
     """(tier, source, reason): the request's tier, else the tenant's (policy), else the auto estimate."""
+    tier, source, reason, _auto = _required_tier(env, online)
+    return tier, source, reason
+
+
+def _required_tier(env: Envelope, online: OnlineRouter | None) -> tuple[str | None, str, str, AutoTier | None]:
     if env.request.quality_tier and env.request.quality_tier != "auto":
-        return env.request.quality_tier, "request", f"tier {env.request.quality_tier} (request)"
+        return env.request.quality_tier, "request", f"tier {env.request.quality_tier} (request)", None
     if env.policy and env.policy.quality_tier and env.policy.quality_tier != "auto":
-        return env.policy.quality_tier, "policy", f"tier {env.policy.quality_tier} (tenant policy)"
-    auto = auto_tier(env)
-    return auto.tier, "auto", f"tier {auto.explain()}"
+        return env.policy.quality_tier, "policy", f"tier {env.policy.quality_tier} (tenant policy)", None
+    auto = auto_tier(env, online=online)
+    return auto.tier, "auto", f"tier {auto.explain()}", auto
 
 
 def _ms(value: float) -> str:
@@ -159,10 +169,38 @@ def _ms(value: float) -> str:
 
 def route(env: Envelope, catalog: ModelCatalog, now_ns: int, *,
           breaker_allows: Callable[[str, int], bool] | None = None,
-          load: Callable[[str], int] | None = None) -> RouteDecision:
+          load: Callable[[str], int] | None = None, online: OnlineRouter | None = None,
+          cascade_below: float | None = None) -> RouteDecision:
     """Choose the model for ``env``. ``breaker_allows(backend, now_ns)`` and ``load(model) -> requests in flight
-    or planned`` come from the stage; without them every backend is healthy and idle."""
-    tier, source, tier_reason = required_tier(env)
+    or planned`` come from the stage; without them every backend is healthy and idle. ``online``: the learning
+    router decides the auto tier. ``cascade_below``: an auto tier whose learnt P(needs it) is below this is served
+    one tier lower first, with the tier's models as ``escalate_to`` (:mod:`workers.routing.cascade`)."""
+    tier, source, tier_reason, auto = _required_tier(env, online)
+    decision = _route_tier(env, catalog, now_ns, tier, source, tier_reason, breaker_allows, load)
+    decision = replace(decision, auto=auto)
+    probabilities = auto.probabilities if auto is not None else None
+    if (cascade_below is None or probabilities is None or tier is None or decision.chosen is None
+            or (auto is not None and auto.online is not None and auto.online.probe)
+            or (env.request.model and env.request.model != "auto")):
+        return decision
+    step = cascade.plan(tier, *probabilities, DEFAULT_TIER_COST, uncertain_below=cascade_below)
+    if step is None:
+        return decision
+    cheap = _route_tier(env, catalog, now_ns, step.first_tier, source, f"{tier_reason}; {step.reason}",
+                        breaker_allows, load)
+    if cheap.chosen is None or cheap.chosen.tier_rank >= decision.chosen.tier_rank:
+        return decision  # nothing cheaper fits (budget, policy): serve the tier outright
+    escalate = tuple(m for m in decision.candidates if m.tier_rank > cheap.chosen.tier_rank)
+    reasons = (*cheap.reasons, f"cascade: {cheap.chosen.name} first (fallbacks below {tier} only), escalated to "
+                               f"{', '.join(m.name for m in escalate)} when the evaluators fail its answer and the "
+                               "budget left covers it")
+    return replace(cheap, auto=auto, tier=tier, escalate_to=escalate, cascade=step, reasons=reasons,
+                   candidates=tuple(m for m in cheap.candidates if m.tier_rank < decision.chosen.tier_rank))
+
+
+def _route_tier(env: Envelope, catalog: ModelCatalog, now_ns: int, tier: str | None, source: str, tier_reason: str,
+                breaker_allows: Callable[[str, int], bool] | None,
+                load: Callable[[str], int] | None) -> RouteDecision:
     reasons = [tier_reason]
     if tier is not None and tier not in QUALITY_TIERS:
         return RouteDecision((), tier, source, (*reasons, f"unknown tier {tier!r}"), 0, 0, "no_eligible_model",

@@ -1,0 +1,365 @@
+"""The learning router: tier choice adjusted online from the outcomes the pipeline already sees.
+
+What it learns from (no label is ever read): each routed request's features and the tier it was served at, joined
+with a verdict on that answer — the task's outcome (``tollway outcome TASK resolved|failed``, the SDK) or the
+online evaluators' (grounded, structured output valid, refusal). A verdict says something only about the tier that
+served the request, so the observations are *censored*:
+
+    served small,  resolved → it did not need medium        served small,  failed → it needed at least medium
+    served medium, resolved → it did not need large          served medium, failed → it needed large
+    served large,  either   → nothing about the tier (a large model failing is not a routing problem)
+
+Per tenant, two Bayesian logistic models over the router's features plus a one-hot **task kind** (so the fit
+adjusts per tenant × task kind): P(needs ≥ medium) and P(needs large), each with a Gaussian prior (its mean is
+the calibrated router's logit when parameters are in force — a warm start — else 0: a cold start) and a Laplace
+posterior refitted by Newton's method every ``refit_every`` observations.
+
+The decision: with λ the price of a failure (in units of a large call), serve the cheapest tier t for which the
+expected failure cost does not outweigh the saving, i.e. small when P(≥ medium) < (c_medium − c_small) / λ, else
+medium when P(large) < (c_large − c_medium) / λ, else large. λ is the operating point and is itself learnt: it
+rises after every observed failure and falls slowly after every success, so the observed failure rate settles at
+``target_failure`` (a dual-ascent controller). A cold learner knows nothing (P = ½), so it serves large.
+
+Exploration is bounded and deterministic: a request is a **probe** (served one tier below the greedy choice) when
+a hash of its id falls under the probe rate of its tenant × task kind, which starts at ``explore_rate`` and decays
+with the observations that kind has (never below ``explore_min``); a probe is never sent where the model is already
+sure it fails. A redelivered request gets the same decision. ``frozen`` stops learning and probing (the setting
+``TOLLWAY_ROUTER_LEARNING=frozen``); the state is the observations, so it is rebuilt by replaying the responses and
+outcomes topics (:mod:`streams.followers.routing`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from schemas.envelope import Evaluation, RouteRecord, Status
+from schemas.response import Response
+from workers.routing.features import FEATURE_NAMES, Features
+
+Array = npt.NDArray[np.float64]
+Verdict = Literal["resolved", "failed"]
+TASK_KINDS: Final = ("greeting", "lookup", "transform_short", "transform_long", "code", "maths", "proof", "plan",
+                     "design", "writing", "reasoning", "other")
+TIERS: Final = ("small", "medium", "large")
+# Relative price of a call on each tier (the default catalog's cheapest model per tier, input and output alike:
+# nano 0.1/0.4, core 0.4/1.6, max 2.5/10 $ per M tokens).
+DEFAULT_TIER_COST: Final = (0.04, 0.16, 1.0)
+
+
+def task_kind(features: Features) -> str:
+    """The coarse kind of request, from the features (the order is the precedence)."""
+    v = features.as_dict()
+    if v["proof"] >= 1:
+        return "proof"
+    if v["plan"] >= 1 and (v["constraints_log"] >= math.log1p(2) or v["writing"]):
+        return "plan"
+    if v["design"] >= 1 and v["code"] >= 1:
+        return "design"
+    if v["code"] >= 1:
+        return "code"
+    if v["math"] >= 1:
+        return "maths"
+    if v["transform"]:
+        return "transform_long" if v["material_over_short"] else "transform_short"
+    if v["greeting"]:
+        return "greeting"
+    if v["writing"]:
+        return "writing"
+    if v["reasoning"] >= 1 or v["sources"]:
+        return "reasoning"
+    if v["lookup"]:
+        return "lookup"
+    return "other"
+
+
+def design_row(features: Features, kind: str) -> Array:
+    """[1, features…, one-hot kind]: what the online models read."""
+    onehot = [1.0 if kind == k else 0.0 for k in TASK_KINDS]
+    return np.array([1.0, *features.values, *onehot], dtype=np.float64)
+
+
+COLUMN_NAMES: Final = ("bias", *FEATURE_NAMES, *(f"kind={k}" for k in TASK_KINDS))
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    prior_variance: float = 4.0  # of each weight around its prior mean
+    explore_rate: float = 0.3  # probe share of a tenant × task kind with no observations
+    explore_min: float = 0.01  # … and after many
+    explore_halflife: int = 40  # observations of a kind that halve its probe rate
+    probe_ceiling: float = 0.7  # no probe where P(needs more than the probed tier) is above this
+    target_failure: float = 0.02  # the failure rate λ steers to
+    lambda_start: float = 20.0
+    lambda_step: float = 0.3  # log-λ step per observed failure (a success moves it target/(1−target) as far back)
+    lambda_min: float = 1.0
+    lambda_max: float = 1000.0
+    refit_every: int = 10
+    window: int = 5000  # observations kept per tenant (oldest dropped)
+    tier_cost: tuple[float, float, float] = DEFAULT_TIER_COST
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One served request and the verdict on its answer."""
+
+    tenant: str
+    kind: str
+    row: tuple[float, ...]  # design_row(...) as a tuple
+    served_rank: int
+    failed: bool
+    probe: bool = False  # served below the greedy choice to learn: its verdict does not steer λ
+    prior_medium: float = 0.0  # the calibrated logits at the time (0: cold)
+    prior_large: float = 0.0
+
+
+@dataclass
+class _Head:
+    """One Bayesian logistic model: posterior mean and covariance (Laplace)."""
+
+    mean: Array
+    cov: Array
+
+    def logit(self, x: Array) -> float:
+        return float(x @ self.mean)
+
+    def std(self, x: Array) -> float:
+        return float(math.sqrt(max(0.0, float(x @ self.cov @ x))))
+
+
+def _fit_head(x: Array, y: Array, offset: Array, prior_var: float, iterations: int = 25) -> _Head:
+    d = x.shape[1]
+    beta = np.zeros(d)
+    precision = np.full(d, 1.0 / prior_var)
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-np.clip(x @ beta + offset, -60, 60)))
+        grad = x.T @ (p - y) + precision * beta
+        hessian = (x.T * (p * (1 - p))) @ x + np.diag(precision)
+        step = np.linalg.solve(hessian, grad)
+        beta -= step
+        if float(np.max(np.abs(step))) < 1e-6:
+            break
+    p = 1.0 / (1.0 + np.exp(-np.clip(x @ beta + offset, -60, 60)))
+    hessian = (x.T * (p * (1 - p))) @ x + np.diag(precision)
+    return _Head(beta, np.asarray(np.linalg.inv(hessian), dtype=np.float64))
+
+
+def _sigmoid(value: float) -> float:
+    return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, value))))
+
+
+@dataclass
+class _TenantState:
+    observations: deque[Observation]
+    medium: _Head
+    large: _Head
+    since_fit: int = 0
+    per_kind: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    log_lambda: float = 0.0
+    failures: int = 0
+    successes: int = 0
+
+
+@dataclass(frozen=True)
+class OnlineDecision:
+    tier: str
+    greedy_tier: str
+    probe: bool
+    kind: str
+    p_medium: float
+    p_large: float
+    medium_at: float  # the thresholds in force (from λ)
+    large_at: float
+    failure_price: float  # λ
+    observations: int  # of the tenant
+    kind_observations: int
+    frozen: bool
+    drivers: tuple[tuple[str, float], ...]
+
+    def explain(self) -> str:
+        state = "frozen" if self.frozen else "learning"
+        probe = f"; probe one tier below {self.greedy_tier}" if self.probe else ""
+        why = ", ".join(f"{name} {value:+.2f}" for name, value in self.drivers) or "prior only"
+        return (f"online ({state}, {self.observations} outcomes, {self.kind_observations} of kind {self.kind}): "
+                f"P(≥medium) {self.p_medium:.2f} vs {self.medium_at:.3f}, P(large) {self.p_large:.2f} vs "
+                f"{self.large_at:.3f} at failure price λ={self.failure_price:.0f}{probe}; learnt: {why}")
+
+
+def _hash_unit(key: str) -> float:
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") / 2**64
+
+
+class OnlineRouter:
+    """Per-tenant online tier models. Not thread-safe; one per process, fed by one follower."""
+
+    def __init__(self, config: LearnerConfig | None = None, *, frozen: bool = False) -> None:
+        self.config = config or LearnerConfig()
+        self.frozen = frozen
+        self._tenants: dict[str, _TenantState] = {}
+        self._dim = len(COLUMN_NAMES)
+
+    # ------------------------------------------------------------------------------------------- state
+    def _state(self, tenant: str) -> _TenantState:
+        state = self._tenants.get(tenant)
+        if state is None:
+            cov = np.eye(self._dim) * self.config.prior_variance
+            state = self._tenants[tenant] = _TenantState(
+                deque(maxlen=self.config.window), _Head(np.zeros(self._dim), cov.copy()),
+                _Head(np.zeros(self._dim), cov.copy()), log_lambda=math.log(self.config.lambda_start))
+        return state
+
+    def observations(self, tenant: str) -> int:
+        state = self._tenants.get(tenant)
+        return len(state.observations) if state else 0
+
+    def observe(self, obs: Observation) -> None:
+        """Learn from one verdict (ignored when frozen). Every greedy verdict steers λ (a large-tier one as a
+        success: under-routing cannot fail it); only verdicts below large teach the models."""
+        if self.frozen:
+            return
+        cfg = self.config
+        state = self._state(obs.tenant)
+        failed = obs.failed and obs.served_rank < 2
+        if not obs.probe:
+            if failed:
+                state.failures += 1
+                state.log_lambda += cfg.lambda_step
+            else:
+                state.successes += 1
+                state.log_lambda -= cfg.lambda_step * cfg.target_failure / (1 - cfg.target_failure)
+            state.log_lambda = min(math.log(cfg.lambda_max), max(math.log(cfg.lambda_min), state.log_lambda))
+        if obs.served_rank >= 2:
+            return
+        state.observations.append(obs)
+        state.per_kind[obs.kind] += 1
+        state.since_fit += 1
+        if state.since_fit >= cfg.refit_every:
+            self.refit(obs.tenant)
+
+    def refit(self, tenant: str) -> None:
+        state = self._state(tenant)
+        state.since_fit = 0
+        obs = list(state.observations)
+        # P(≥ medium): served small → failed says yes, resolved says no; served medium and failed says yes.
+        med = [(o.row, float(o.failed), o.prior_medium) for o in obs if o.served_rank == 0 or o.failed]
+        # P(large): served medium → failed yes / resolved no; served small and resolved says no.
+        lar = [(o.row, float(o.failed), o.prior_large) for o in obs if o.served_rank == 1 or not o.failed]
+        for name, rows in (("medium", med), ("large", lar)):
+            if not rows:
+                continue
+            x = np.array([r[0] for r in rows], dtype=np.float64)
+            y = np.array([r[1] for r in rows], dtype=np.float64)
+            offset = np.array([r[2] for r in rows], dtype=np.float64)
+            setattr(state, name, _fit_head(x, y, offset, self.config.prior_variance))
+
+    # ------------------------------------------------------------------------------------------- decision
+    def thresholds(self, tenant: str) -> tuple[float, float, float]:
+        """(medium_at, large_at, λ): serve small below medium_at, medium below large_at."""
+        state = self._tenants.get(tenant)
+        lam = math.exp(state.log_lambda) if state else self.config.lambda_start
+        cost = self.config.tier_cost
+        return (cost[1] - cost[0]) / lam, (cost[2] - cost[1]) / lam, lam
+
+    def decide(self, features: Features, tenant: str, request_id: str, *, prior_medium: float = 0.0,
+               prior_large: float = 0.0) -> OnlineDecision:
+        cfg = self.config
+        kind = task_kind(features)
+        x = design_row(features, kind)
+        state = self._tenants.get(tenant)
+        medium_at, large_at, lam = self.thresholds(tenant)
+        if state is None:
+            p_medium, p_large = _sigmoid(prior_medium), _sigmoid(prior_large)
+            seen = kind_seen = 0
+            drivers: tuple[tuple[str, float], ...] = ()
+        else:
+            p_medium = _sigmoid(state.medium.logit(x) + prior_medium)
+            p_large = _sigmoid(state.large.logit(x) + prior_large)
+            seen, kind_seen = len(state.observations), state.per_kind.get(kind, 0)
+            head = state.large if p_medium >= medium_at else state.medium
+            contributions = sorted(((n, float(w * v)) for n, w, v in zip(COLUMN_NAMES, head.mean, x, strict=True)
+                                    if v), key=lambda pair: -abs(pair[1]))
+            drivers = tuple((n, round(c, 2)) for n, c in contributions[:4] if abs(c) >= 0.05)
+        p_large = min(p_large, p_medium)  # ordinal: needing large implies needing at least medium
+        greedy = 2 if p_large >= large_at else 1 if p_medium >= medium_at else 0
+        tier, probe = greedy, False
+        if not self.frozen and greedy > 0:
+            rate = max(cfg.explore_min, cfg.explore_rate * 0.5 ** (kind_seen / cfg.explore_halflife))
+            risk = p_large if greedy == 2 else p_medium  # P(needs more than the probed tier)
+            if risk <= cfg.probe_ceiling and _hash_unit(f"probe:{request_id}") < rate:
+                tier, probe = greedy - 1, True
+        return OnlineDecision(TIERS[tier], TIERS[greedy], probe, kind, round(p_medium, 4), round(p_large, 4),
+                              round(medium_at, 4), round(large_at, 4), round(lam, 2), seen, kind_seen,
+                              self.frozen, drivers)
+
+
+# ------------------------------------------------------------------------------------------- verdicts
+def observations_of(tenant: str, record: RouteRecord, verdict: Verdict | None) -> list[Observation]:
+    """What one routed request teaches: a cascade whose cheaper answer failed verification says the cheaper tier
+    failed; ``verdict`` (None: none yet) is about the tier that answered."""
+    row = (1.0, *record.features, *(1.0 if record.kind == k else 0.0 for k in TASK_KINDS))
+    out: list[Observation] = []
+    if len(row) != len(COLUMN_NAMES):
+        return out  # routed on another feature set (an older version): nothing to learn
+    if record.cascade_failed_tier in TIERS:
+        out.append(Observation(tenant, record.kind, row, TIERS.index(record.cascade_failed_tier), True, True,
+                               record.prior_medium, record.prior_large))
+    if verdict is not None and record.tier in TIERS:
+        out.append(Observation(tenant, record.kind, row, TIERS.index(record.tier), verdict == "failed",
+                               record.probe, record.prior_medium, record.prior_large))
+    return out
+
+
+def evaluators_verdict(evaluation: Evaluation | None) -> Verdict | None:
+    """The online evaluators' verdict on an answer: failed when one that applies failed, resolved when at least
+    one applied and all passed, None when none applied (or the request was not sampled)."""
+    if evaluation is None:
+        return None
+    checks = [evaluation.grounded, evaluation.structured_valid,
+              None if evaluation.refusal is None else not evaluation.refusal]
+    applied = [c for c in checks if c is not None]
+    if not applied:
+        return None
+    return "resolved" if all(applied) else "failed"
+
+
+@dataclass
+class OutcomeJoin:
+    """Joins responses (their route records and evaluators' verdicts) with task outcomes, into observations.
+
+    A response whose task is known waits for the task's outcome (``tollway outcome TASK resolved|failed``), which
+    then judges every request of the task; a response without a task is judged by the evaluators alone. At most
+    ``max_waiting`` tasks wait (the oldest are dropped: their outcome, if it comes, teaches nothing)."""
+
+    max_waiting: int = 100_000
+    waiting: dict[tuple[str, str], list[RouteRecord]] = field(default_factory=dict)
+
+    def on_response(self, response: Response) -> list[Observation]:
+        record = response.route
+        if record is None or response.replay:
+            return []
+        verdict = evaluators_verdict(response.evaluation)
+        if response.status is not Status.OK:
+            verdict = None  # a denial, a failure of the backend, a deadline: not a verdict on the tier
+        if verdict != "failed" and response.task_id:
+            self.waiting.setdefault((response.tenant, response.task_id), []).append(record)
+            while len(self.waiting) > self.max_waiting:
+                self.waiting.pop(next(iter(self.waiting)))
+            return observations_of(response.tenant, record, None)  # the task's outcome will judge the answer
+        return observations_of(response.tenant, record, verdict)
+
+    def on_outcome(self, tenant: str, task_id: str, outcome: Verdict) -> list[Observation]:
+        records = self.waiting.pop((tenant, task_id), [])
+        out: list[Observation] = []
+        for record in records:
+            out += observations_of(tenant, record.model_copy(update={"cascade_failed_tier": None}), outcome)
+        return out
+
+
+__all__ = ["COLUMN_NAMES", "DEFAULT_TIER_COST", "TASK_KINDS", "LearnerConfig", "Observation", "OnlineDecision",
+           "OnlineRouter", "OutcomeJoin", "design_row", "evaluators_verdict", "observations_of", "task_kind"]

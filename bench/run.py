@@ -149,9 +149,11 @@ async def measure(system: System, opts: Options, *, latency: bool) -> dict[str, 
 
 async def _open_loop(system: System, collector: Collector, loader: Loader, opts: Options, rate: float,
                      run: str, tenant: str, first_prompt: int) -> dict[str, Any]:
+    cpu_before = cpu_seconds(system.pids())
     scheduled = await loader.open_loop(system.ingress, run, rate, opts.rate_seconds, tenant=tenant,
                                        first_prompt=first_prompt)
     missing = await collector.wait_for(system.output, scheduled, 60, check=system.check)
+    cpu_s = cpu_seconds(system.pids()) - cpu_before  # the systems' CPU over the round (idle polling included)
     arrived = collector.arrivals[system.output].at_ns
     end_to_end, overhead, response_ms, model_ms = [], [], [], []
     responses = collector.arrivals[system.responses] if system.responses else None
@@ -168,7 +170,8 @@ async def _open_loop(system: System, collector: Collector, loader: Loader, opts:
         end_to_end.append(e2e)
         overhead.append(e2e - service)
     result: dict[str, Any] = {"rate_per_s": rate, "sent": len(scheduled), "missing": missing,
-                              "overhead": percentiles(overhead), "end_to_end": percentiles(end_to_end)}
+                              "overhead": percentiles(overhead), "end_to_end": percentiles(end_to_end),
+                              "cpu_ms_per_request": round(1000 * cpu_s / max(1, len(end_to_end)), 3)}
     if response_ms:
         result["to_response"] = percentiles(response_ms)
         result["model_service"] = percentiles(model_ms)
@@ -315,6 +318,11 @@ def rows(results: dict[str, Any]) -> list[Row]:
                 out.append(Row(f"{label} overhead p99 @ {rate} req/s ({where})", over["p99_ms"], "ms",
                                baseline=base["p99_ms"], baseline_name="relay p99",
                                target="≤ 1.5× relay" if gate else "", max_ratio=1.5 if gate else None))
+                if lat.get("cpu_ms_per_request") is not None:
+                    relay_cpu = relay.get("latency", {}).get(rate, {}).get("cpu_ms_per_request")
+                    out.append(Row(f"{label} CPU per request @ {rate} req/s ({where})", lat["cpu_ms_per_request"],
+                                   "ms", baseline=relay_cpu, baseline_name="relay",
+                                   target="≤ 2.5 ms" if gate else "", max_value=2.5 if gate else None))
     micro = scenarios.get("2b_cpu_per_record")
     if micro and micro.get("total", {}).get("relay"):
         base = micro["total"]["relay"]

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from pydantic import BaseModel
 
 from schemas.envelope import Envelope, Usage
 from schemas.errors import ConfigError
@@ -63,18 +64,28 @@ class DecisionKeys:
         return hmac.compare_digest(hmac.new(key, message, hashlib.sha256).hexdigest(), signature)
 
 
+def _fields_of(value: object) -> dict[str, Any]:
+    """orjson's hook: a nested model is its fields — the document ``model_dump(mode="json")`` gives, without building
+    it (every governed stage digests the request and the decision of every record; tests/workers/test_decisions.py
+    checks the bytes against the model_dump path)."""
+    if isinstance(value, BaseModel):
+        return value.__dict__
+    raise TypeError(f"cannot sign {type(value).__name__}")
+
+
 def request_digest(env: Envelope) -> str:
     """What the decision governs: the request as policy left it (redacted), its tier and principal."""
-    request = env.request.model_dump(mode="json", exclude={"reply_to"})
+    request = {k: v for k, v in env.request.__dict__.items() if k != "reply_to"}
     payload = orjson.dumps([env.tenant, env.tier.value, env.principal.key_id if env.principal else None, request],
-                           option=orjson.OPT_SORT_KEYS)
+                           default=_fields_of, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(payload).hexdigest()
 
 
 def _decision_message(env: Envelope) -> bytes:
     assert env.policy is not None
-    decision = env.policy.model_dump(mode="json", exclude=set(_SIGNED_ELSEWHERE))
-    return orjson.dumps(["decision", env.request_id, env.tenant, decision], option=orjson.OPT_SORT_KEYS)
+    decision = {k: v for k, v in env.policy.__dict__.items() if k not in _SIGNED_ELSEWHERE}
+    return orjson.dumps(["decision", env.request_id, env.tenant, decision], default=_fields_of,
+                        option=orjson.OPT_SORT_KEYS)
 
 
 def sign_decision(env: Envelope, keys: DecisionKeys) -> None:

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from schemas.envelope import Envelope, PostprocessResult, Status
+from schemas.envelope import Envelope, Passage, PostprocessResult, Status
 from workers import evaluators, structured_output
 from workers.context import StageContext
 from workers.detectors.redaction import BasicRedactor, Redactor
@@ -104,4 +104,19 @@ async def process(batch: list[Envelope], ctx: PostprocessContext) -> list[Envelo
         except Exception:
             log.exception("post-process hook %s failed; the responses go out regardless",
                           getattr(hook, "__name__", hook))
+    for env in batch:
+        _slim(env)
     return batch
+
+
+def _slim(env: Envelope) -> None:
+    """What only the stages up to here read leaves the envelope: the audit stage records the passages' ids, not
+    their text, and nothing after the cache fill reads the session's turns. The audit hop then decodes a smaller
+    record (passages are most of a grounded request's bytes)."""
+    retrieval = env.retrieval
+    if retrieval is None or env.outcome is None:
+        return
+    if retrieval.passages and any(p.text for p in retrieval.passages):
+        retrieval.passages = [Passage(doc_id=p.doc_id, score=p.score, text="") for p in retrieval.passages]
+    if retrieval.session_turns:
+        retrieval.session_turns = []

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from schemas.envelope import CacheResult, Envelope, GenerationParams, Status
+from schemas.envelope import CacheResult, Envelope, GenerationParams, Message, Passage, RetrievalResult, Status
 from workers import postprocess, structured_output
 from workers.context import StageContext
 from workers.postprocess import PostprocessContext
@@ -144,3 +144,14 @@ async def test_invalid_structured_output_is_evaluated_too(make_envelope: MakeEnv
     assert env.outcome is not None and env.outcome.code == "structured_output_invalid"
     assert env.postprocess is not None and env.postprocess.evaluation is not None
     assert env.postprocess.evaluation.structured_valid is False
+
+
+async def test_passage_text_and_session_turns_leave_once_answered(make_envelope: MakeEnvelope) -> None:
+    env = answered(make_envelope, "Refunds take 5 days.")
+    env.retrieval = RetrievalResult(passages=[Passage(doc_id="d1", score=0.9, text="Refunds take 5 days.")],
+                                    confidence=0.9, session_turns=[Message(role="user", content="hi")])
+    out = await run(env, eval_sample_rate=1.0)
+    assert out.postprocess is not None and out.postprocess.evaluation is not None
+    assert out.postprocess.evaluation.grounded_share == 1.0  # evaluated on the text before it left
+    assert out.retrieval is not None and [(p.doc_id, p.text) for p in out.retrieval.passages] == [("d1", "")]
+    assert out.retrieval.session_turns == []

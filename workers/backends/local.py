@@ -15,6 +15,7 @@ That is what makes micro-batching pay, as it does on a real GPU server; ``latenc
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import math
 import re
@@ -53,6 +54,7 @@ _CATEGORIES: dict[str, tuple[str, ...]] = {
 }
 
 
+@functools.lru_cache(maxsize=65_536)  # a handful of suffix checks per word of every prompt and passage, every request
 def _stem(word: str) -> str:
     for suffix in ("ing", "ies", "es", "ed", "s"):
         if word.endswith(suffix) and len(word) - len(suffix) >= 3:

@@ -24,6 +24,7 @@ _SPACES = re.compile(r"[ \t\r\f\v]+")
 # Three or more single letters with one separator between each: "i g n o r e", "i.g.n.o.r.e", "D-i-s-r-e-g-a-r-d".
 _SPREAD = re.compile(r"(?<![^\W\d_])(?:[^\W\d_][ .\-*_]){2,}[^\W\d_](?![^\W\d_])")
 _SPREAD_SEPARATORS = re.compile(r"[ .\-*_]")
+_DIGIT = re.compile(r"\d")
 _INNER_HYPHEN = re.compile(r"(?<=[^\W\d_])-(?=[^\W\d_])")
 _MIXED_TOKEN = re.compile(r"\b(?=\w*[^\W\d_])(?=\w*\d)\w+\b")
 _LEET = str.maketrans("013457", "oieast")
@@ -103,7 +104,7 @@ def readings(text: str, typos: TypoFolder) -> list[str]:
     normal = normalise(text)
     out = [normal]
     folded = _INNER_HYPHEN.sub("", normal) if "-" in normal else normal
-    if any(c.isdigit() for c in folded):
+    if _DIGIT.search(folded):  # a regex, not a Python loop per character
         folded = _MIXED_TOKEN.sub(lambda m: m.group().translate(_LEET), folded)
     if not folded.isascii():
         folded = _LETTERS.sub(lambda m: _latin_lookalikes(m.group()), folded)

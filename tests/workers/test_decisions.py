@@ -1,0 +1,44 @@
+"""The signed messages are built straight from the models (orjson over ``__dict__``): the bytes must stay those of the
+``model_dump(mode="json")`` path they replaced, or every envelope sealed by an older worker would stop verifying."""
+
+from __future__ import annotations
+
+import hashlib
+
+import orjson
+from hypothesis import HealthCheck, given, settings
+
+from schemas.envelope import Envelope, PolicyDecision
+from tests.schemas.test_properties import envelopes
+from workers.decisions import DecisionKeys, _decision_message, decision_problem, request_digest, sign_decision
+
+
+def _digest_reference(env: Envelope) -> str:
+    request = env.request.model_dump(mode="json", exclude={"reply_to"})
+    payload = orjson.dumps([env.tenant, env.tier.value, env.principal.key_id if env.principal else None, request],
+                           option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(payload).hexdigest()
+
+
+def _message_reference(env: Envelope) -> bytes:
+    assert env.policy is not None
+    decision = env.policy.model_dump(mode="json", exclude={"signature", "key_id"})
+    return orjson.dumps(["decision", env.request_id, env.tenant, decision], option=orjson.OPT_SORT_KEYS)
+
+
+KEYS = DecisionKeys.parse("k1:0123456789abcdef0123")
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(envelopes())
+def test_signed_bytes_are_the_model_dump_documents(env: Envelope) -> None:
+    env.request.params.response_format = {"type": "json_schema", "z": [1, 2.5, {"b": None, "a": True}]}
+    env.policy = PolicyDecision(policy_version="v3", allowed_models=["m2", "m1"], pii_found={"phone": 1, "email": 2},
+                                injection_score=0.125, semantic_threshold=0.9, decisions=["allow"],
+                                reserved_micros=1500, reservation_id="r1")
+    env.route = ["cache", "model", "postprocess", "audit"]
+    sign_decision(env, KEYS)
+    assert request_digest(env) == _digest_reference(env)
+    assert _decision_message(env) == _message_reference(env)
+    env.route.pop(0)  # the cache stage pops itself off before it checks
+    assert decision_problem(env, KEYS, "cache") is None

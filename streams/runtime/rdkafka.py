@@ -18,17 +18,17 @@ dependency (``pip install -e '.[librdkafka]'``).
 from __future__ import annotations
 
 import asyncio
+import importlib
 import threading
 from typing import Any
 
 from schemas.errors import ConfigError, ServiceUnavailable
 from streams.settings import Settings
 
-Producer: Any
 try:  # optional: only TOLLWAY_KAFKA_CLIENT=librdkafka needs it
-    from confluent_kafka import KafkaError, KafkaException, Producer
+    confluent_kafka: Any = importlib.import_module("confluent_kafka")
 except ImportError:  # pragma: no cover - exercised only without the extra
-    Producer = None
+    confluent_kafka = None
 
 
 def rdkafka_config(settings: Settings, role: str) -> dict[str, Any]:
@@ -49,7 +49,7 @@ class RdKafkaProducer:
     """An idempotent librdkafka producer whose deliveries resolve asyncio futures."""
 
     def __init__(self, settings: Settings, *, role: str, client_id: str, linger_ms: int | None = None) -> None:
-        if Producer is None:
+        if confluent_kafka is None:
             raise ConfigError("TOLLWAY_KAFKA_CLIENT=librdkafka needs confluent-kafka: pip install -e '.[librdkafka]'")
         self.settings = settings
         self.conf = {**rdkafka_config(settings, role), "client.id": client_id, "enable.idempotence": True,
@@ -64,11 +64,11 @@ class RdKafkaProducer:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self.producer = Producer(self.conf)
+        self.producer = confluent_kafka.Producer(self.conf)
         # Fail at start, as aiokafka's start does, when the broker cannot be reached or refuses the credentials.
         try:
             await asyncio.to_thread(self.producer.list_topics, None, 15.0)
-        except KafkaException as exc:
+        except confluent_kafka.KafkaException as exc:
             raise ServiceUnavailable(f"Kafka is not reachable at {self.settings.bootstrap_servers}: {exc}") from exc
         self._thread = threading.Thread(target=self._poll_forever, name="rdkafka-producer-poll", daemon=True)
         self._thread.start()
@@ -111,7 +111,7 @@ def _resolve_all(reports: list[tuple[asyncio.Future[None], Any]]) -> None:
         if err is None:
             future.set_result(None)
         else:
-            future.set_exception(KafkaException(err))
+            future.set_exception(confluent_kafka.KafkaException(err))
 
 
 class RdKafkaPublisher:
@@ -133,4 +133,4 @@ class RdKafkaPublisher:
         await asyncio.gather(*deliveries)
 
 
-__all__ = ["KafkaError", "RdKafkaProducer", "RdKafkaPublisher", "rdkafka_config"]
+__all__ = ["RdKafkaProducer", "RdKafkaPublisher", "rdkafka_config"]

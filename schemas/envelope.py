@@ -6,6 +6,7 @@ milliseconds (``*_ms``) as their names say; money is integer micro-dollars (``*_
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -363,3 +364,28 @@ class Envelope(_Model):
 
     def remaining_budget_ms(self, now_ns: int) -> float:
         return (self.deadline_at_ns - now_ns) / 1e6
+
+
+_OMITTED_WHEN: dict[type[BaseModel], tuple[tuple[str, Callable[[Any], bool]], ...]] = {}
+
+
+def json_fields(value: object) -> dict[str, Any]:
+    """orjson's ``default`` hook for our models: a model is its fields, minus those its ``exclude_if`` leaves out —
+    the document ``model_dump(mode="json")`` gives, without building it (our models have no extra fields, aliases or
+    custom serialisers; tests/streams/runtime/test_codec_fast_path.py and tests/workers/test_decisions.py check the
+    bytes against pydantic-core's)."""
+    if not isinstance(value, BaseModel):
+        raise TypeError(f"cannot write {type(value).__name__} as JSON")
+    cls = type(value)
+    rules = _OMITTED_WHEN.get(cls)
+    if rules is None:
+        rules = tuple((name, field.exclude_if) for name, field in cls.model_fields.items()
+                      if field.exclude_if is not None)
+        _OMITTED_WHEN[cls] = rules
+    if not rules:
+        return value.__dict__
+    fields = dict(value.__dict__)
+    for name, omitted in rules:
+        if omitted(fields[name]):
+            del fields[name]
+    return fields

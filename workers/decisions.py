@@ -25,9 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from pydantic import BaseModel
 
-from schemas.envelope import Envelope, Usage
+from schemas.envelope import Envelope, Usage, json_fields
 from schemas.errors import ConfigError
 
 DEV_DECISION_KEYS = "dev:tollway-dev-decision-key-change-me"
@@ -64,27 +63,18 @@ class DecisionKeys:
         return hmac.compare_digest(hmac.new(key, message, hashlib.sha256).hexdigest(), signature)
 
 
-def _fields_of(value: object) -> dict[str, Any]:
-    """orjson's hook: a nested model is its fields — the document ``model_dump(mode="json")`` gives, without building
-    it (every governed stage digests the request and the decision of every record; tests/workers/test_decisions.py
-    checks the bytes against the model_dump path)."""
-    if isinstance(value, BaseModel):
-        return value.__dict__
-    raise TypeError(f"cannot sign {type(value).__name__}")
-
-
 def request_digest(env: Envelope) -> str:
     """What the decision governs: the request as policy left it (redacted), its tier and principal."""
-    request = {k: v for k, v in env.request.__dict__.items() if k != "reply_to"}
+    request = {k: v for k, v in json_fields(env.request).items() if k != "reply_to"}
     payload = orjson.dumps([env.tenant, env.tier.value, env.principal.key_id if env.principal else None, request],
-                           default=_fields_of, option=orjson.OPT_SORT_KEYS)
+                           default=json_fields, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(payload).hexdigest()
 
 
 def _decision_message(env: Envelope) -> bytes:
     assert env.policy is not None
     decision = {k: v for k, v in env.policy.__dict__.items() if k not in _SIGNED_ELSEWHERE}
-    return orjson.dumps(["decision", env.request_id, env.tenant, decision], default=_fields_of,
+    return orjson.dumps(["decision", env.request_id, env.tenant, decision], default=json_fields,
                         option=orjson.OPT_SORT_KEYS)
 
 

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from schemas.envelope import SCHEMA_VERSION, Envelope
+from schemas.envelope import SCHEMA_VERSION, Envelope, json_fields
 from schemas.errors import BadEvent, UnknownSchemaVersion
 
 M = TypeVar("M", bound=BaseModel)
@@ -31,17 +31,10 @@ _FAST_PREFIX = b'{"schema_version":%d,' % SCHEMA_VERSION
 def encode(event: BaseModel) -> bytes:
     # The same document orjson.dumps(event.model_dump(mode="json")) gives, written straight from the model.
     try:
-        return orjson.dumps(event, default=_fields_of)
+        return orjson.dumps(event, default=json_fields)
     except orjson.JSONEncodeError:
         return event.__pydantic_serializer__.to_json(event)
 
-
-def _fields_of(value: object) -> dict[str, Any]:
-    """orjson's hook for what it does not know: a model is its fields (our models have no extra fields, aliases or
-    custom serialisers; tests/streams/runtime/test_codec_fast_path.py checks the bytes against pydantic-core's)."""
-    if isinstance(value, BaseModel):
-        return value.__dict__
-    raise TypeError(f"cannot encode {type(value).__name__}")
 
 
 def parse_json(raw: bytes | None) -> dict[str, Any]:

@@ -5,7 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # The services' ports (infra/services.sh) and the clients' addresses (streams/settings.py) always agree.
-export TOLLWAY_BOOTSTRAP_SERVERS ?= 127.0.0.1:$(or $(TOLLWAY_KAFKA_PORT),9092)
+# TOLLWAY_KAFKA_BROKERS=3: node i listens on the Kafka port + 10(i-1); clients get the whole list.
+KAFKA_PORT := $(or $(TOLLWAY_KAFKA_PORT),9092)
+export TOLLWAY_BOOTSTRAP_SERVERS ?= $(shell for i in $$(seq 0 $$(( $(or $(TOLLWAY_KAFKA_BROKERS),1) - 1 ))); do \
+  printf '127.0.0.1:%d,' $$(( $(KAFKA_PORT) + 10 * i )); done | sed 's/,$$//')
 export TOLLWAY_REDIS_URL ?= redis://127.0.0.1:$(or $(TOLLWAY_REDIS_PORT),6379)/0
 
 .PHONY: help venv up down status demo test test-unit test-integration lint typecheck bench chaos schemas clean

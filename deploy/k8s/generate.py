@@ -50,7 +50,8 @@ def _name(topic: str) -> str:
 
 
 def topics() -> list[dict[str, Any]]:
-    settings = Settings.model_construct(topic_prefix=PREFIX, partitions=PARTITIONS, replication_factor=3)
+    settings = Settings.model_construct(topic_prefix=PREFIX, partitions=PARTITIONS, replication_factor=3,
+                                       min_insync_replicas=MIN_INSYNC)
     out = []
     for topic in Topology(PREFIX).all_topics(settings):
         labels = {"strimzi.io/cluster": CLUSTER, **PART_OF}

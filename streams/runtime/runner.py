@@ -115,6 +115,7 @@ class ConsumerLoop:
     async def open_consumer(self, *, role: str, group: str) -> None:
         self.consumer = new_consumer(self.settings, *self.topics, role=role, group_id=group,
                                      client_id=f"{self.settings.worker_id}-{self.name}",
+                                     group_instance_id=self.settings.group_instance_id(self.name),
                                      **consumer_options(self.settings))
         await self.consumer.start()
 
@@ -422,7 +423,7 @@ def consumer_options(settings: Settings) -> dict[str, object]:
         "fetch_max_wait_ms": settings.batch_wait_ms,
         # Heartbeats share the event loop with the batches; on a starved machine a big batch can hold the loop for
         # seconds, and aiokafka's 10 s default then evicts a healthy member mid-batch (Kafka's own default is 45 s).
-        "session_timeout_ms": 30_000,
+        "session_timeout_ms": settings.session_timeout_ms,
     }
 
 

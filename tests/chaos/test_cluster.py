@@ -33,7 +33,8 @@ from tests.chaos.harness import (
 )
 from tests.chaos.test_chaos import at, check, run
 
-pytestmark = pytest.mark.chaos
+# A broker restart alone takes 5–90 s on a busy 2-core machine; the rolling restart does three.
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
 
 RATE = 40.0
 # Longer than both session timeouts: the controller fences a silent broker after broker.session.timeout.ms (9 s), a

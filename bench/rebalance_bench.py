@@ -91,7 +91,7 @@ async def run_mode(mode: str, opts: Options, log: Any) -> dict[str, Any]:
            "TOLLWAY_SESSION_TIMEOUT_MS": str(opts.session_timeout_ms), "PYTHONPATH": str(REPO_ROOT)}
     env.pop("TOLLWAY_INSTANCE_ID", None)
     worker = [sys.executable, "-m", "streams.cli", "worker"]
-    others = Proc(f"{prefix}-others", [*worker, *(s.name for s in STAGES if s.name != opts.stage)], env)
+    others = Proc(f"{prefix}-others", [*worker, *(s for s in STAGES if s != opts.stage)], env)
 
     def member(i: int) -> Proc:
         identity = {"TOLLWAY_INSTANCE_ID": f"{prefix}-{opts.stage}-{i}"} if mode == "static" else {}
@@ -171,7 +171,7 @@ async def main_async(opts: Options) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> Options:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--stage", default="policy", choices=[s.name for s in STAGES])
+    p.add_argument("--stage", default="policy", choices=list(STAGES))
     p.add_argument("--rate", type=float, default=30.0)
     p.add_argument("--modes", default="dynamic,static")
     p.add_argument("--latency-scale", type=float, default=0.2)

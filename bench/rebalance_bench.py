@@ -149,13 +149,13 @@ async def run_mode(mode: str, opts: Options, log: Any) -> dict[str, Any]:
     for (name, lo), (_next, hi) in itertools.pairwise(bounds):
         lat = [(arrived[rid] - at) / 1e6 for rid, at in scheduled.items() if lo <= at < hi and rid in arrived]
         phases[name] = percentiles(lat)
-    base = phases["baseline"].get("p99", 0.0) or 1.0
+    base = phases["baseline"].get("p99_ms", 0.0) or 1.0
     for figures in phases.values():
-        if "p99" in figures:
-            figures["p99_vs_baseline"] = round(figures["p99"] / base, 2)
+        if "p99_ms" in figures:
+            figures["p99_vs_baseline"] = round(figures["p99_ms"] / base, 2)
     result = {"mode": mode, "missing": missing, "phases": phases}
-    log(f"{mode:8s} " + "  ".join(f"{name}: p50 {f.get('p50', 0):.0f} p99 {f.get('p99', 0):.0f} max "
-                                  f"{f.get('max', 0):.0f} ms ({f.get('p99_vs_baseline', 0)}×)"
+    log(f"{mode:8s} " + "  ".join(f"{name}: p50 {f.get('p50_ms', 0):.0f} p99 {f.get('p99_ms', 0):.0f} max "
+                                  f"{f.get('max_ms', 0):.0f} ms ({f.get('p99_vs_baseline', 0)}×)"
                                   for name, f in phases.items()) + (f"  MISSING {missing}" if missing else ""))
     return result
 

@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     # session_timeout_ms gets its partitions back without a rebalance (a stopped static member does not leave its
     # group; its partitions wait for its return or the session timeout). Unset (default): dynamic membership.
     instance_id: str | None = Field(default=None, min_length=1, max_length=200)
+    # A static member stopped on purpose (SIGTERM) still leaves its groups, so a scale-down moves its partitions at
+    # once; static membership then saves the rebalances of crashes (kill -9, OOM, a failed liveness probe), whose
+    # restarted process takes its partitions back. False: a stop leaves nothing either, so a rolling restart moves no
+    # partition, but a removed member's partitions wait out session_timeout_ms (bench/rebalance_bench.py measures both).
+    leave_group_on_stop: bool = True
     # How long the group coordinator waits for a silent member before moving its partitions. aiokafka's 10 s default
     # evicted healthy members on a starved machine (a big batch holds the loop); Kafka's own default is 45 s.
     session_timeout_ms: int = Field(default=30_000, ge=1000)

@@ -124,6 +124,8 @@ class ConsumerLoop:
 
     async def close(self) -> None:
         if self.consumer is not None:
+            if self.settings.leave_group_on_stop:
+                leave_even_if_static(self.consumer)
             await self.consumer.stop()
 
     async def run(self) -> None:
@@ -410,6 +412,19 @@ def _clear_runner_fields(env: Envelope) -> None:
     env.postprocess = None
     env.tools = None
     env.answer = None
+
+
+def leave_even_if_static(consumer: AIOKafkaConsumer) -> None:
+    """Make ``consumer.stop()`` send its LeaveGroup although it is a static member.
+
+    aiokafka never sends one for a consumer with a ``group_instance_id`` (and has no LeaveGroup v3, which names the
+    instance); Kafka takes the v0–v2 LeaveGroup by member id from a static member too (checked against 4.4: the group
+    is empty right after). A private attribute, hence the guard: without it the member just stays until its session
+    times out, as aiokafka intends.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is not None and hasattr(coordinator, "_group_instance_id"):
+        coordinator._group_instance_id = None
 
 
 def consumer_options(settings: Settings) -> dict[str, object]:

@@ -1,25 +1,29 @@
 """Rebalances under load: end-to-end p99 while one stage scales 3→4→3 and while its three workers restart one by one,
 with dynamic group membership and with static membership (``TOLLWAY_INSTANCE_ID`` → ``group_instance_id``).
 
-    python -m bench.rebalance_bench [--stage policy] [--rate 30] [--modes dynamic,static] [--latency-scale 0.2]
+    python -m bench.rebalance_bench [--stage policy] [--rate 8] [--modes dynamic,static,static-stay]
+                                    [--latency-scale 0.2]
                                     [--session-timeout-ms 30000] [--json]
 
 Method (one run per membership mode, the same timeline, each phase's figure next to the baseline of the same run):
 
-* the pipeline as worker processes: every stage but ``--stage`` in one ``tollway worker``, ``--stage`` in three
-  (static mode: each with its own ``TOLLWAY_INSTANCE_ID``, as a StatefulSet pod has its own name);
+* the pipeline as worker processes: every stage but ``--stage`` in one ``tollway worker``, ``--stage`` in three.
+  Modes: ``dynamic`` (no identity); ``static``: each with its own ``TOLLWAY_INSTANCE_ID``, as a StatefulSet pod has
+  its own name, and a stopped member still leaves (``TOLLWAY_LEAVE_GROUP_ON_STOP``, the default); ``static-stay``:
+  the same with ``TOLLWAY_LEAVE_GROUP_ON_STOP=false`` (a stop leaves nothing either);
 * warm-up until every group has joined (one request through), then open-loop load at ``--rate`` req/s (distinct
   prompts: no cache hits) for the whole timeline; latency = the request's response arrival − its scheduled send;
 * timeline (seconds from the load's start): ``baseline`` 0–12; ``scale up`` 12: a fourth worker starts; ``scale
   down`` 32: it gets SIGTERM (as KEDA/Kubernetes stops a pod); ``rolling`` 70 (after a static member's 30 s session
   timeout): each of the three is stopped (SIGTERM), started again with the same identity, and the next one 8 s
-  later (a pod's restart plus readiness);
-  ``after`` once the last is back, until the load ends 12 s later;
+  later (a pod's restart plus readiness); ``crash`` 8 s after the last: one member is killed -9 and started again
+  at once (OOM, failed liveness probe); ``after`` 40 s later (past the session timeout), until the load ends 12 s on;
 * per phase: p50 / p99 / max of the requests *sent* in it, and p99 ÷ the baseline's p99.
 
 aiokafka has eager assignors only: every membership change pauses the whole group until it has re-joined. A static
-member that stops does not leave the group: its partitions wait until it returns (restart: no rebalance at all) or
-until the session timeout (scale down: its share of the traffic waits that long, then one rebalance).
+member that does not leave (killed, or ``static-stay``) keeps its partitions: they wait until it returns (no
+rebalance at all) or until the session timeout (scale down: its share of the traffic waits that long, then one
+rebalance). A dynamic member that is killed costs the session timeout and then two rebalances.
 
 The last line of stdout is the JSON result (bench/__init__.py); ``--json`` prints only that line.
 """
@@ -47,14 +51,14 @@ from streams.runtime.topics import ensure_topics, topology
 from streams.settings import REPO_ROOT, Settings, load_settings
 
 LOG_DIR = REPO_ROOT / ".state" / "bench" / "rebalance"
-BASELINE_S, SCALE_UP_S, ROLLING_S, RESTART_GAP_S, TAIL_S = 12.0, 32.0, 70.0, 8.0, 12.0
+BASELINE_S, SCALE_UP_S, ROLLING_S, RESTART_GAP_S, CRASH_S, TAIL_S = 12.0, 32.0, 70.0, 8.0, 40.0, 12.0
 
 
 @dataclass
 class Options:
     stage: str = "policy"
-    rate: float = 30.0
-    modes: tuple[str, ...] = ("dynamic", "static")
+    rate: float = 8.0
+    modes: tuple[str, ...] = ("dynamic", "static", "static-stay")
     latency_scale: float = 0.2
     session_timeout_ms: int = 30_000
     json_only: bool = False
@@ -70,6 +74,11 @@ class Proc:
         with (LOG_DIR / f"{self.name}.log").open("ab") as log:
             self.proc = subprocess.Popen(self.argv, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
+
+    def kill9(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
 
     def stop(self, timeout_s: float = 30) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -90,11 +99,13 @@ async def run_mode(mode: str, opts: Options, log: Any) -> dict[str, Any]:
            "TOLLWAY_MODEL_LATENCY_SCALE": str(opts.latency_scale),
            "TOLLWAY_SESSION_TIMEOUT_MS": str(opts.session_timeout_ms), "PYTHONPATH": str(REPO_ROOT)}
     env.pop("TOLLWAY_INSTANCE_ID", None)
+    if mode == "static-stay":
+        env["TOLLWAY_LEAVE_GROUP_ON_STOP"] = "false"
     worker = [sys.executable, "-m", "streams.cli", "worker"]
     others = Proc(f"{prefix}-others", [*worker, *(s for s in STAGES if s != opts.stage)], env)
 
     def member(i: int) -> Proc:
-        identity = {"TOLLWAY_INSTANCE_ID": f"{prefix}-{opts.stage}-{i}"} if mode == "static" else {}
+        identity = {"TOLLWAY_INSTANCE_ID": f"{prefix}-{opts.stage}-{i}"} if mode.startswith("static") else {}
         return Proc(f"{prefix}-{opts.stage}-{i}", [*worker, opts.stage], {**env, **identity})
 
     members = [member(i) for i in range(4)]
@@ -130,9 +141,13 @@ async def run_mode(mode: str, opts: Options, log: Any) -> dict[str, Any]:
                 await asyncio.to_thread(m.stop)
                 m.start()
                 await asyncio.sleep(RESTART_GAP_S)  # the next pod's turn (restart + readiness), not a synchronisation
+            events.append(("crash", time.time_ns()))
+            await asyncio.to_thread(members[0].kill9)
+            members[0].start()
+            await asyncio.sleep(CRASH_S)
             events.append(("after", time.time_ns()))
 
-        duration_s = ROLLING_S + 3 * RESTART_GAP_S + TAIL_S + 10
+        duration_s = ROLLING_S + 3 * RESTART_GAP_S + CRASH_S + TAIL_S + 10
         start_ns = time.time_ns() + 20_000_000
         scheduler = asyncio.create_task(timeline(start_ns))
         scheduled = await loader.open_loop(topo.ingress(), prefix, opts.rate, duration_s, first_prompt=0)
@@ -172,8 +187,8 @@ async def main_async(opts: Options) -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> Options:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--stage", default="policy", choices=list(STAGES))
-    p.add_argument("--rate", type=float, default=30.0)
-    p.add_argument("--modes", default="dynamic,static")
+    p.add_argument("--rate", type=float, default=8.0)
+    p.add_argument("--modes", default="dynamic,static,static-stay")
     p.add_argument("--latency-scale", type=float, default=0.2)
     p.add_argument("--session-timeout-ms", type=int, default=30_000)
     p.add_argument("--json", action="store_true")

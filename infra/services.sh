@@ -25,6 +25,7 @@
 #   TOLLWAY_TOPIC_PREFIX   the prefix `up` grants ACLs for       (default: tollway)
 #   TOLLWAY_PYTHON         a Python with aiokafka, for `acl`     (default: <repo>/.venv/bin/python, else python3)
 #   TOLLWAY_REDIS_PORT     redis port on 127.0.0.1               (default: 6379)
+#   TOLLWAY_KAFKA_START_TIMEOUT_S  how long a node may take to start (default: 120)
 #
 # With TOLLWAY_KAFKA_AUTH=scram, the first `up` generates a random password for each principal below into
 # $TOLLWAY_STATE_DIR/credentials/kafka.json (mode 600, {"principal": "password"}) and writes them into the KRaft
@@ -39,6 +40,7 @@ KAFKA_VERSION="${TOLLWAY_KAFKA_VERSION:-4.4.0}"
 kafka_port="${TOLLWAY_KAFKA_PORT:-9092}"
 controller_port="${TOLLWAY_KAFKA_CONTROLLER_PORT:-$((kafka_port + 1))}"
 redis_port="${TOLLWAY_REDIS_PORT:-6379}"
+start_timeout="${TOLLWAY_KAFKA_START_TIMEOUT_S:-120}"
 brokers="${TOLLWAY_KAFKA_BROKERS:-1}"
 if [ "$brokers" = 1 ]; then kafka_state="$state/kafka"; else kafka_state="$state/kafka-cluster"; fi
 kafka_libs="$state/kafka-libs/$KAFKA_VERSION"
@@ -281,14 +283,14 @@ launch_node() {  # launch_node I: start node I in the background (its log's "sta
 await_node() {  # await_node I: until node I serves clients (a cluster's first start needs a quorum: all launch first)
   local dir port
   dir=$(node_dir "$1") port=$(node_port "$1")
-  for _ in $(seq 1 240); do
+  for _ in $(seq 1 $((start_timeout * 2))); do
     if port_open "$port" && grep -q "Kafka Server started\|started (kafka.server" "$dir/logs/server.log" 2>/dev/null; then
       return 0
     fi
     pid_alive "$dir/kafka.pid" || { tail -30 "$dir/logs/stdout.log" "$dir/logs/server.log" >&2 2>/dev/null; die "kafka node $1 exited during start"; }
     sleep 0.5
   done
-  die "kafka node $1 did not answer on 127.0.0.1:$port within 120 s (log: $dir/logs/server.log)"
+  die "kafka node $1 did not answer on 127.0.0.1:$port within $start_timeout s (log: $dir/logs/server.log)"
 }
 
 start_kafka() {  # every node that is not up

@@ -505,11 +505,11 @@ CLUSTER_BROKERS = 3
 CLUSTER_STATE = CHAOS_STATE / "kafka-cluster"
 
 
-def cluster_services(*args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
+def cluster_services(*args: str, timeout_s: float = 480) -> subprocess.CompletedProcess[str]:
     """``infra/services.sh <args>`` for the chaos run's 3-broker cluster (and its own Redis)."""
     env = {**os.environ, "TOLLWAY_STATE_DIR": str(CHAOS_STATE), "TOLLWAY_KAFKA_PORT": str(CLUSTER_PORT),
            "TOLLWAY_KAFKA_CONTROLLER_PORT": str(CLUSTER_CONTROLLER_PORT), "TOLLWAY_KAFKA_BROKERS": str(CLUSTER_BROKERS),
-           "TOLLWAY_REDIS_PORT": str(CHAOS_REDIS_PORT)}
+           "TOLLWAY_REDIS_PORT": str(CHAOS_REDIS_PORT), "TOLLWAY_KAFKA_START_TIMEOUT_S": "400"}
     return subprocess.run([str(REPO_ROOT / "infra" / "services.sh"), *args], env=env, capture_output=True,
                           text=True, timeout=timeout_s, check=False)
 

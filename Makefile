@@ -59,7 +59,8 @@ test: $(STAMP) up
 bench: $(STAMP) up  # BENCH_ARGS="--requests 20000 --layouts 1" etc.; see python -m bench.run --help
 	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m bench.run $(BENCH_ARGS)
 
-# Fault scenarios (tests/chaos): own broker/Redis on 29092/26379 for the scenarios that kill them. The table prints
+# Fault scenarios (tests/chaos): own broker/Redis on 29092/26379 for the scenarios that kill them, and a 3-broker
+# cluster on 29094/29104/29114 (controllers one above; TOLLWAY_CHAOS_CLUSTER_PORT) for the broker faults. The table prints
 # at the end (also after a failure) and is kept in .state/chaos/table.txt.
 chaos: $(STAMP) up
 	@rm -f .state/chaos/table.txt; $(BIN)/pytest -q -m chaos -s -p no:logging; rc=$$?; \

@@ -129,15 +129,18 @@ async def scenario(name: str, pipeline: Pipeline, fault_at_s: float, act: Callab
 
 async def test_kill_9_one_broker(cluster: None, tmp_path: Path, chaos_results: list[Figures]) -> None:
     pipeline = pipeline_for("cluster-kill", tmp_path)
-    victim = next(n for n in range(1, CLUSTER_BROKERS + 1) if n != active_controller())  # a broker, not the controller
+    killed: list[int] = []
 
     async def act(p: Pipeline, load: Load) -> None:
+        victim = next(n for n in range(1, CLUSTER_BROKERS + 1) if n != active_controller())  # not the controller
+        killed.append(victim)
         os.kill(broker_pid(victim), signal.SIGKILL)
         await at(load, 15.0)
         await asyncio.to_thread(heal)
 
-    figures = await scenario(f"3 brokers: kill -9 broker {victim}, restart at 15 s", pipeline, 5.0, act,
+    figures = await scenario("3 brokers: kill -9 a broker, restart at 15 s", pipeline, 5.0, act,
                              Load(run="ckill", count=int(30 * RATE), rate_per_s=RATE), chaos_results)
+    figures.notes.append(f"killed broker {killed[0]} (not the active controller)")
     check(figures)
 
 
@@ -186,9 +189,11 @@ async def test_rolling_restart_of_all_brokers(cluster: None, tmp_path: Path, cha
 async def test_broker_paused_past_session_timeout(cluster: None, tmp_path: Path,
                                                   chaos_results: list[Figures]) -> None:
     pipeline = pipeline_for("cluster-pause", tmp_path)
-    victim = next(n for n in range(1, CLUSTER_BROKERS + 1) if n != active_controller())
+    paused: list[int] = []
 
     async def act(p: Pipeline, load: Load) -> None:
+        victim = next(n for n in range(1, CLUSTER_BROKERS + 1) if n != active_controller())
+        paused.append(victim)
         pid = broker_pid(victim)
         os.kill(pid, signal.SIGSTOP)
         try:
@@ -196,6 +201,7 @@ async def test_broker_paused_past_session_timeout(cluster: None, tmp_path: Path,
         finally:
             os.kill(pid, signal.SIGCONT)
 
-    figures = await scenario(f"3 brokers: SIGSTOP broker {victim} {PAUSE_S:.0f} s", pipeline, 5.0, act,
+    figures = await scenario(f"3 brokers: SIGSTOP a broker {PAUSE_S:.0f} s", pipeline, 5.0, act,
                              Load(run="cpause", count=int(50 * RATE), rate_per_s=RATE), chaos_results)
+    figures.notes.append(f"paused broker {paused[0]} (not the active controller)")
     check(figures)

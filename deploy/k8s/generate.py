@@ -105,8 +105,8 @@ def _container(stage: str) -> dict[str, Any]:
                 {"name": "TOLLWAY_KAFKA_PASSWORD",
                  "valueFrom": {"secretKeyRef": {"name": f"stage-{stage}", "key": "password"}}},
                 {"name": "TOLLWAY_WORKER_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                # Static group membership: a StatefulSet pod keeps its name across restarts and rolling updates, so
-                # its consumers rejoin as the same members and the group does not rebalance (docs/KUBERNETES.md).
+                # Static group membership: a StatefulSet pod keeps its name across restarts, so after a crash its
+                # consumers rejoin as the same members and the group does not rebalance (docs/KUBERNETES.md).
                 {"name": "TOLLWAY_INSTANCE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                 {"name": "TOLLWAY_PRINCIPAL_SECRET",
                  "valueFrom": {"secretKeyRef": {"name": "tollway-secrets", "key": "principal-secret"}}},
@@ -137,7 +137,8 @@ def _workload(stage: str) -> list[dict[str, Any]]:
     meta = {"name": f"stage-{stage}", "labels": labels}
     selector = {"matchLabels": {"tollway.io/stage": stage}}
     # Every stage is a StatefulSet: stable pod names are the consumers' static member ids (TOLLWAY_INSTANCE_ID), so a
-    # rolling update (one pod at a time, same name) moves no partition. Only audit keeps a volume per pod.
+    # crashed pod's restart moves no partition (a SIGTERM still leaves: TOLLWAY_LEAVE_GROUP_ON_STOP). Only audit keeps
+    # a volume per pod.
     spec: dict[str, Any] = {"serviceName": f"stage-{stage}", "replicas": MIN_REPLICAS, "selector": selector,
                             "podManagementPolicy": "Parallel", "template": pod,
                             "updateStrategy": {"type": "RollingUpdate"}}

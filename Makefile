@@ -5,7 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # The services' ports (infra/services.sh) and the clients' addresses (streams/settings.py) always agree.
-export TOLLWAY_BOOTSTRAP_SERVERS ?= 127.0.0.1:$(or $(TOLLWAY_KAFKA_PORT),9092)
+# TOLLWAY_KAFKA_BROKERS=3: node i listens on the Kafka port + 10(i-1); clients get the whole list.
+KAFKA_PORT := $(or $(TOLLWAY_KAFKA_PORT),9092)
+export TOLLWAY_BOOTSTRAP_SERVERS ?= $(shell for i in $$(seq 0 $$(( $(or $(TOLLWAY_KAFKA_BROKERS),1) - 1 ))); do \
+  printf '127.0.0.1:%d,' $$(( $(KAFKA_PORT) + 10 * i )); done | sed 's/,$$//')
 export TOLLWAY_REDIS_URL ?= redis://127.0.0.1:$(or $(TOLLWAY_REDIS_PORT),6379)/0
 
 .PHONY: help venv litellm-venv librdkafka up down status demo test test-unit test-integration lint typecheck bench chaos schemas clean
@@ -65,7 +68,8 @@ test: $(STAMP) up
 bench: $(STAMP) up  # BENCH_ARGS="--requests 20000 --layouts 1" etc.; see python -m bench.run --help
 	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m bench.run $(BENCH_ARGS)
 
-# Fault scenarios (tests/chaos): own broker/Redis on 29092/26379 for the scenarios that kill them. The table prints
+# Fault scenarios (tests/chaos): own broker/Redis on 29092/26379 for the scenarios that kill them, and a 3-broker
+# cluster on 29094/29104/29114 (controllers one above; TOLLWAY_CHAOS_CLUSTER_PORT) for the broker faults. The table prints
 # at the end (also after a failure) and is kept in .state/chaos/table.txt.
 chaos: $(STAMP) up
 	@rm -f .state/chaos/table.txt; $(BIN)/pytest -q -m chaos -s -p no:logging; rc=$$?; \

@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     # The ports infra/services.sh starts Kafka and Redis on; the addresses above derive from them unless set.
     kafka_port: int = Field(default=9092, ge=1, le=65535)
+    # The brokers infra/services.sh runs (TOLLWAY_KAFKA_BROKERS): node i on kafka_port + 10(i-1); the derived address
+    # lists them all, so a client reaches the cluster while any one of them is down.
+    kafka_brokers: int = Field(default=1, ge=1, le=5)
     redis_port: int = Field(default=6379, ge=1, le=65535)
     # Broker authentication (SASL/SCRAM). Unset username: a plaintext broker. infra/services.sh writes the
     # credentials of each principal to $TOLLWAY_STATE_DIR/credentials/kafka.json; `tollway` reads its own from there
@@ -44,7 +47,23 @@ class Settings(BaseSettings):
     # Every topic and consumer group name starts with this, so tests and several deployments can share a broker.
     topic_prefix: str = "tollway"
     partitions: int = Field(default=4, ge=1)
+    # Unset: min(3, kafka_brokers) replicas, and a write needs a majority of them in sync (RF 3 → 2): with producers
+    # at acks=all an acknowledged record survives the loss of any one broker, and one broker down stops no writes.
     replication_factor: int = Field(default=1, ge=1)
+    min_insync_replicas: int = Field(default=1, ge=1)
+    # Static group membership (KIP-345): a stable, unique name per worker process (in Kubernetes the pod name of a
+    # StatefulSet). Set, each stage consumer joins as group_instance_id "<instance_id>-<stage>": a restart within
+    # session_timeout_ms gets its partitions back without a rebalance (a stopped static member does not leave its
+    # group; its partitions wait for its return or the session timeout). Unset (default): dynamic membership.
+    instance_id: str | None = Field(default=None, min_length=1, max_length=200)
+    # A static member stopped on purpose (SIGTERM) still leaves its groups, so a scale-down moves its partitions at
+    # once; static membership then saves the rebalances of crashes (kill -9, OOM, a failed liveness probe), whose
+    # restarted process takes its partitions back. False: a stop leaves nothing either, so a rolling restart moves no
+    # partition, but a removed member's partitions wait out session_timeout_ms (bench/rebalance_bench.py measures both).
+    leave_group_on_stop: bool = True
+    # How long the group coordinator waits for a silent member before moving its partitions. aiokafka's 10 s default
+    # evicted healthy members on a starved machine (a big batch holds the loop); Kafka's own default is 45 s.
+    session_timeout_ms: int = Field(default=30_000, ge=1000)
     # Batching: a stage consumes up to batch_max_records per poll. batch_wait_ms is how long a fetch waits at the
     # broker when none of the partitions it asks for has a record (the broker answers as soon as one arrives): it
     # bounds an idle consumer's wake-ups, and — aiokafka keeping one fetch in flight per broker — how long a record
@@ -163,11 +182,28 @@ class Settings(BaseSettings):
     @classmethod
     def _addresses_from_ports(cls, data: object) -> object:
         if isinstance(data, dict):
-            if not data.get("bootstrap_servers") and data.get("kafka_port"):
-                data["bootstrap_servers"] = f"127.0.0.1:{data['kafka_port']}"
+            brokers = _int(data.get("kafka_brokers"), 1)
+            if not data.get("bootstrap_servers") and (data.get("kafka_port") or brokers > 1):
+                port = _int(data.get("kafka_port"), 9092)
+                data["bootstrap_servers"] = ",".join(f"127.0.0.1:{port + 10 * i}" for i in range(brokers))
+            if not data.get("replication_factor"):
+                data["replication_factor"] = min(3, brokers)
+            if not data.get("min_insync_replicas"):
+                data["min_insync_replicas"] = (_int(data["replication_factor"], 1) + 1) // 2
             if not data.get("redis_url") and data.get("redis_port"):
                 data["redis_url"] = f"redis://127.0.0.1:{data['redis_port']}/0"
         return data
+
+    @model_validator(mode="after")
+    def _insync_within_replicas(self) -> Settings:
+        if self.min_insync_replicas > self.replication_factor:
+            raise ValueError(f"min_insync_replicas {self.min_insync_replicas} exceeds replication_factor "
+                             f"{self.replication_factor}: no write could ever succeed")
+        return self
+
+    def group_instance_id(self, member: str) -> str | None:
+        """The static member name of this process's consumer ``member`` in its group, or None (dynamic)."""
+        return None if self.instance_id is None else f"{self.instance_id}-{member}"
 
     @property
     def kafka_credentials_path(self) -> Path:
@@ -181,6 +217,14 @@ class Settings(BaseSettings):
             return budgets[str(getattr(tier, "value", tier))]
         except KeyError:
             raise ConfigError(f"unknown tier {tier!r}; expected interactive, standard or batch") from None
+
+
+def _int(value: object, default: int) -> int:
+    """A raw (environment: string) integer before validation; a bad one is left for the field to report."""
+    try:
+        return int(value) if value not in (None, "") else default  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return default
 
 
 def load_settings(**overrides: object) -> Settings:

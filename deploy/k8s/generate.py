@@ -50,7 +50,8 @@ def _name(topic: str) -> str:
 
 
 def topics() -> list[dict[str, Any]]:
-    settings = Settings.model_construct(topic_prefix=PREFIX, partitions=PARTITIONS, replication_factor=3)
+    settings = Settings.model_construct(topic_prefix=PREFIX, partitions=PARTITIONS, replication_factor=3,
+                                       min_insync_replicas=MIN_INSYNC)
     out = []
     for topic in Topology(PREFIX).all_topics(settings):
         labels = {"strimzi.io/cluster": CLUSTER, **PART_OF}
@@ -104,6 +105,9 @@ def _container(stage: str) -> dict[str, Any]:
                 {"name": "TOLLWAY_KAFKA_PASSWORD",
                  "valueFrom": {"secretKeyRef": {"name": f"stage-{stage}", "key": "password"}}},
                 {"name": "TOLLWAY_WORKER_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                # Static group membership: a StatefulSet pod keeps its name across restarts, so after a crash its
+                # consumers rejoin as the same members and the group does not rebalance (docs/KUBERNETES.md).
+                {"name": "TOLLWAY_INSTANCE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                 {"name": "TOLLWAY_PRINCIPAL_SECRET",
                  "valueFrom": {"secretKeyRef": {"name": "tollway-secrets", "key": "principal-secret"}}},
                 {"name": "TOLLWAY_AUDIT_SECRET",
@@ -132,23 +136,21 @@ def _workload(stage: str) -> list[dict[str, Any]]:
                                                    "labelSelector": {"matchLabels": {"tollway.io/stage": stage}}}]}}
     meta = {"name": f"stage-{stage}", "labels": labels}
     selector = {"matchLabels": {"tollway.io/stage": stage}}
+    # Every stage is a StatefulSet: stable pod names are the consumers' static member ids (TOLLWAY_INSTANCE_ID), so a
+    # crashed pod's restart moves no partition (a SIGTERM still leaves: TOLLWAY_LEAVE_GROUP_ON_STOP). Only audit keeps
+    # a volume per pod.
+    spec: dict[str, Any] = {"serviceName": f"stage-{stage}", "replicas": MIN_REPLICAS, "selector": selector,
+                            "podManagementPolicy": "Parallel", "template": pod,
+                            "updateStrategy": {"type": "RollingUpdate"}}
     if stage in STATEFUL:
-        workload: dict[str, Any] = {
-            "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": meta,
-            "spec": {"serviceName": f"stage-{stage}", "replicas": MIN_REPLICAS, "selector": selector,
-                     "podManagementPolicy": "Parallel", "template": pod,
-                     "volumeClaimTemplates": [{"metadata": {"name": "state"}, "spec": {
-                         "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "20Gi"}}}}]}}
-        service = [{"apiVersion": "v1", "kind": "Service", "metadata": meta,
-                    "spec": {"clusterIP": "None", "selector": {"tollway.io/stage": stage},
-                             "ports": [{"name": "metrics", "port": 9400}]}}]
+        spec["volumeClaimTemplates"] = [{"metadata": {"name": "state"}, "spec": {
+            "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "20Gi"}}}}]
     else:
         pod["spec"]["volumes"] = [{"name": "state", "emptyDir": {}}]
-        workload = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
-                    "spec": {"replicas": MIN_REPLICAS, "selector": selector, "template": pod,
-                             "strategy": {"type": "RollingUpdate",
-                                          "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}}}
-        service = []
+    workload: dict[str, Any] = {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": meta, "spec": spec}
+    service = [{"apiVersion": "v1", "kind": "Service", "metadata": meta,
+                "spec": {"clusterIP": "None", "selector": {"tollway.io/stage": stage},
+                         "ports": [{"name": "metrics", "port": 9400}]}}]
     pdb = {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": meta,
            "spec": {"maxUnavailable": 1, "selector": selector}}
     return [workload, *service, pdb, _scaled_object(stage, workload["kind"])]

@@ -3,7 +3,10 @@
 // Run by infra/services.sh as a single-file source program on the broker's own classpath (the 4.x Maven artifacts
 // have no kafka-configs: org.apache.kafka.tools lives in kafka-tools, which the broker does not need):
 //
-//   java -cp "<kafka-libs>/*" infra/kafka/ScramAdmin.java <bootstrap> upsert|list [SASL_PLAINTEXT|PLAINTEXT] < secrets
+//   java -cp "<kafka-libs>/*" infra/kafka/ScramAdmin.java <bootstrap> upsert|list|quorum [SASL_PLAINTEXT|PLAINTEXT] < secrets
+//
+// quorum prints the KRaft quorum (DescribeMetadataQuorum): "leader <node id>" (the active controller), then one
+// "voter <id> <log end offset>" line per voter; the chaos suite kills the leader it names.
 //
 // PLAINTEXT is for the one start of a state that was formatted without authentication (TOLLWAY_KAFKA_AUTH=none).
 //
@@ -20,6 +23,7 @@ import java.util.concurrent.TimeUnit;
 
 import org.apache.kafka.clients.admin.Admin;
 import org.apache.kafka.clients.admin.AdminClientConfig;
+import org.apache.kafka.clients.admin.QuorumInfo;
 import org.apache.kafka.clients.admin.ScramCredentialInfo;
 import org.apache.kafka.clients.admin.ScramMechanism;
 import org.apache.kafka.clients.admin.UserScramCredentialAlteration;
@@ -30,8 +34,8 @@ public class ScramAdmin {
     static final int ITERATIONS = 4096;  // Kafka's minimum for SCRAM-SHA-512; the password is random anyway
 
     public static void main(String[] args) throws Exception {
-        if (args.length < 2 || args.length > 3 || !(args[1].equals("upsert") || args[1].equals("list"))) {
-            System.err.println("usage: ScramAdmin <bootstrap> upsert|list [SASL_PLAINTEXT|PLAINTEXT]  (secrets on stdin)");
+        if (args.length < 2 || args.length > 3 || !(args[1].equals("upsert") || args[1].equals("list") || args[1].equals("quorum"))) {
+            System.err.println("usage: ScramAdmin <bootstrap> upsert|list|quorum [SASL_PLAINTEXT|PLAINTEXT]  (secrets on stdin)");
             System.exit(2);
         }
         BufferedReader in = new BufferedReader(new InputStreamReader(System.in, StandardCharsets.UTF_8));
@@ -52,6 +56,13 @@ public class ScramAdmin {
         props.put(AdminClientConfig.REQUEST_TIMEOUT_MS_CONFIG, "15000");
         props.put(AdminClientConfig.DEFAULT_API_TIMEOUT_MS_CONFIG, "30000");
         try (Admin admin = Admin.create(props)) {
+            if (args[1].equals("quorum")) {
+                QuorumInfo quorum = admin.describeMetadataQuorum().quorumInfo().get(30, TimeUnit.SECONDS);
+                System.out.println("leader " + quorum.leaderId());
+                for (QuorumInfo.ReplicaState voter : quorum.voters())
+                    System.out.println("voter " + voter.replicaId() + " " + voter.logEndOffset());
+                return;
+            }
             if (args[1].equals("list")) {
                 Map<String, UserScramCredentialsDescription> all = admin.describeUserScramCredentials().all().get(30, TimeUnit.SECONDS);
                 all.keySet().stream().sorted().forEach(System.out::println);

@@ -84,7 +84,10 @@ class Topology:
     def all_topics(self, settings: Settings) -> list[NewTopic]:
         partitions, rf = settings.partitions, settings.replication_factor
         max_bytes = str(settings.max_message_bytes * 2)
-        work = {"cleanup.policy": "delete", "retention.ms": str(7 * 24 * 3600 * 1000), "max.message.bytes": max_bytes}
+        # Every topic: a write (acks=all) is acknowledged once this many replicas have it.
+        isr = {"min.insync.replicas": str(settings.min_insync_replicas)}
+        work = {"cleanup.policy": "delete", "retention.ms": str(7 * 24 * 3600 * 1000), "max.message.bytes": max_bytes,
+                **isr}
         topics = [
             NewTopic(name, partitions, rf, topic_configs=dict(work))
             for stage in ("ingress", *STAGES)
@@ -96,18 +99,19 @@ class Topology:
                      topic_configs={**work, "retention.ms": str(30 * 24 * 3600 * 1000)}),
             # Audit records are evidence: kept until an operator decides otherwise.
             NewTopic(self.audit_log, partitions, rf, topic_configs={"cleanup.policy": "delete", "retention.ms": "-1",
-                                                                    "max.message.bytes": max_bytes}),
+                                                                    "max.message.bytes": max_bytes, **isr}),
             # One key per (chain, tree size, first leaf): compaction only drops a checkpoint published twice, so the
             # topic keeps every checkpoint, outside the disk an attacker would rewrite.
             NewTopic(self.audit_checkpoints, 1, rf, topic_configs={"cleanup.policy": "compact", "retention.ms": "-1",
-                                                                   "max.message.bytes": max_bytes}),
-            NewTopic(self.policy, 1, rf, topic_configs={"cleanup.policy": "compact"}),
+                                                                   "max.message.bytes": max_bytes, **isr}),
+            NewTopic(self.policy, 1, rf, topic_configs={"cleanup.policy": "compact", **isr}),
             NewTopic(self.index, partitions, rf, topic_configs={"cleanup.policy": "compact",
-                                                                "max.message.bytes": max_bytes}),
+                                                                "max.message.bytes": max_bytes, **isr}),
             # Outcomes: co-partitioned with responses (same count) for the ledger's Faust app; kept like audit.
-            NewTopic(self.outcomes, partitions, rf, topic_configs={"cleanup.policy": "delete", "retention.ms": "-1"}),
+            NewTopic(self.outcomes, partitions, rf, topic_configs={"cleanup.policy": "delete", "retention.ms": "-1",
+                                                                   **isr}),
             # Held tool calls and their decisions (workers/tools/approvals.py): each approval's last word is kept.
-            NewTopic(self.tool_approvals, 1, rf, topic_configs={"cleanup.policy": "compact"}),
+            NewTopic(self.tool_approvals, 1, rf, topic_configs={"cleanup.policy": "compact", **isr}),
         ]
         return topics
 

@@ -15,6 +15,8 @@ an audit record (bounded), then reads every output topic from the beginning and 
                  or the running Faust ledger worker where the scenario kills it) and its cost vs Σ audited cost
     dead letters records on ``<prefix>.deadletter``
     lost         accepted requests without a terminal response or without an audit record
+    stall        (cluster scenarios) after the fault, the longest time no response came out while requests were in
+                 flight — the time until traffic flowed again — and the p99 / max end-to-end latency of the run
 
 Nothing here sleeps to synchronise: waits poll a condition with a deadline.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
@@ -106,6 +109,8 @@ class Env:
     partitions: int = 4
     model_latency_scale: float = 0.2
     extra: dict[str, str] = field(default_factory=dict)
+    # Brokers behind `bootstrap`: the topics get replication_factor min(3, n) and a majority min ISR.
+    kafka_brokers: int = 1
     # The broker's principals' passwords (infra/services.sh writes them next to the broker's state).
     credentials: Path = field(default_factory=lambda: Settings().kafka_credentials_path)
 
@@ -120,11 +125,12 @@ class Pipeline:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.settings = Settings(topic_prefix=self.prefix, bootstrap_servers=where.bootstrap,
                                  redis_url=where.redis_url, partitions=where.partitions, state_dir=run_dir / "state",
-                                 kafka_credentials_file=where.credentials)
+                                 kafka_credentials_file=where.credentials, kafka_brokers=where.kafka_brokers)
         self.env = {**os.environ, "TOLLWAY_TOPIC_PREFIX": self.prefix, "TOLLWAY_BOOTSTRAP_SERVERS": where.bootstrap,
                     "TOLLWAY_REDIS_URL": where.redis_url, "TOLLWAY_PARTITIONS": str(where.partitions),
                     "TOLLWAY_STATE_DIR": str(run_dir / "state"), "TOLLWAY_LOG_LEVEL": "WARNING",
                     "TOLLWAY_KAFKA_CREDENTIALS_FILE": str(where.credentials),
+                    "TOLLWAY_KAFKA_BROKERS": str(where.kafka_brokers),
                     "TOLLWAY_MODEL_LATENCY_SCALE": str(where.model_latency_scale), **where.extra}
         self.workers: list[Worker] = []
         self._n = Counter[str]()
@@ -251,6 +257,9 @@ class Figures:
     statuses: dict[str, int] = field(default_factory=dict)
     deadletter_path_ok: bool | None = None  # a garbage record after the fault was dead-lettered and audited
     seconds: float = 0.0
+    stall_s: float | None = None  # after the fault: the longest time without a response (cluster scenarios)
+    p99_ms: float | None = None
+    max_ms: float | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -351,6 +360,24 @@ async def count(settings: Settings, scenario: str, load: Load, *, ledger: Callab
     return figures
 
 
+async def measure_flow(settings: Settings, load: Load, figures: Figures, fault_at_ns: int) -> None:
+    """The stall after the fault (the longest gap between consecutive responses from the fault to the last response)
+    and the run's end-to-end latency (response ``completed_at_ns`` − request ``created_at_ns``, wall clock)."""
+    accepted = set(load.accepted)
+    done: dict[str, Response] = {}
+    for _p, _o, value in await read_topic(settings, topology(settings).responses):
+        response = decode_as(value, Response)
+        if response.request_id in accepted and response.request_id not in done:
+            done[response.request_id] = response
+    if not done:
+        return
+    latencies = sorted((r.completed_at_ns - r.created_at_ns) / 1e6 for r in done.values())
+    figures.p99_ms = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+    figures.max_ms = latencies[-1]
+    completions = sorted([fault_at_ns, *(r.completed_at_ns for r in done.values() if r.completed_at_ns > fault_at_ns)])
+    figures.stall_s = max((b - a for a, b in itertools.pairwise(completions)), default=0) / 1e9
+
+
 def chain_request_ids(settings: Settings) -> list[str]:
     """Every request id in the on-disk audit chains of this prefix (all chains, every segment)."""
     root = settings.state_dir / "audit" / settings.topic_prefix
@@ -425,7 +452,7 @@ async def warm_up(settings: Settings, pipeline: Pipeline, timeout_s: float = 90)
 
 # ------------------------------------------------------------------------------------------------ table
 COLUMNS = ("scenario", "accepted", "terminal", "dup resp (ident/replay)", "audited chain/topic", "x2 (rep)",
-           "ledger n", "ledger µ$ vs Σ audit µ$", "dead", "lost", "DL path after", "s")
+           "ledger n", "ledger µ$ vs Σ audit µ$", "dead", "lost", "DL path after", "stall s", "p99/max ms", "s")
 
 
 def row(f: Figures) -> list[str]:
@@ -435,7 +462,9 @@ def row(f: Figures) -> list[str]:
             f"{f.duplicate_responses} ({f.duplicates_identical}/{f.duplicates_marked_replay})",
             f"{f.chained}/{f.audited}", f"{f.audit_doubles + f.chain_doubles} ({f.audit_mirror_repeats})",
             str(f.ledger_requests), money, str(f.deadletters), str(f.lost),
-            {True: "ok", False: "BROKEN", None: "-"}[f.deadletter_path_ok], f"{f.seconds:.0f}"]
+            {True: "ok", False: "BROKEN", None: "-"}[f.deadletter_path_ok],
+            "-" if f.stall_s is None else f"{f.stall_s:.1f}",
+            "-" if f.p99_ms is None or f.max_ms is None else f"{f.p99_ms:.0f}/{f.max_ms:.0f}", f"{f.seconds:.0f}"]
 
 
 def table(results: Sequence[Figures]) -> str:
@@ -467,6 +496,34 @@ def services(command: str, timeout_s: float = 240) -> subprocess.CompletedProces
            "TOLLWAY_REDIS_PORT": str(CHAOS_REDIS_PORT)}
     return subprocess.run([str(REPO_ROOT / "infra" / "services.sh"), command], env=env, capture_output=True,
                           text=True, timeout=timeout_s, check=False)
+
+
+# The chaos run's 3-broker cluster (tests/chaos/test_cluster.py): node i on CLUSTER_PORT + 10(i-1), its controller
+# on CLUSTER_CONTROLLER_PORT + 10(i-1); by default two above the single chaos broker (29094/29104/29114 and
+# 29095/29105/29115 with the default 29092), so both can run and neither's ports collide.
+CLUSTER_PORT = int(os.environ.get("TOLLWAY_CHAOS_CLUSTER_PORT", str(CHAOS_KAFKA_PORT + 2)))
+CLUSTER_CONTROLLER_PORT = CLUSTER_PORT + 1
+CLUSTER_BROKERS = 3
+CLUSTER_STATE = CHAOS_STATE / "kafka-cluster"
+
+
+def cluster_services(*args: str, timeout_s: float = 480) -> subprocess.CompletedProcess[str]:
+    """``infra/services.sh <args>`` for the chaos run's 3-broker cluster (and its own Redis)."""
+    env = {**os.environ, "TOLLWAY_STATE_DIR": str(CHAOS_STATE), "TOLLWAY_KAFKA_PORT": str(CLUSTER_PORT),
+           "TOLLWAY_KAFKA_CONTROLLER_PORT": str(CLUSTER_CONTROLLER_PORT), "TOLLWAY_KAFKA_BROKERS": str(CLUSTER_BROKERS),
+           "TOLLWAY_REDIS_PORT": str(CHAOS_REDIS_PORT), "TOLLWAY_KAFKA_START_TIMEOUT_S": "400"}
+    return subprocess.run([str(REPO_ROOT / "infra" / "services.sh"), *args], env=env, capture_output=True,
+                          text=True, timeout=timeout_s, check=False)
+
+
+def cluster_env(**overrides: Any) -> Env:
+    bootstrap = ",".join(f"127.0.0.1:{CLUSTER_PORT + 10 * i}" for i in range(CLUSTER_BROKERS))
+    return Env(bootstrap=bootstrap, redis_url=f"redis://127.0.0.1:{CHAOS_REDIS_PORT}/0",
+               credentials=CHAOS_STATE / "credentials" / "kafka.json", kafka_brokers=CLUSTER_BROKERS, **overrides)
+
+
+def broker_pid(node: int) -> int:
+    return int((CLUSTER_STATE / f"node-{node}" / "kafka.pid").read_text().strip())
 
 
 def own_env(**overrides: Any) -> Env:

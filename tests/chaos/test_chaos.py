@@ -68,7 +68,8 @@ async def at(load: Load, seconds: float) -> None:
 
 async def run(name: str, pipeline: Pipeline, fault: Fault, results: list[Figures], *, count_n: int = COUNT,
               rate: float = RATE, load: Load | None = None,
-              ledger: Callable[[], Awaitable[tuple[int, int]]] | None = None, warm: bool = True) -> Figures:
+              ledger: Callable[[], Awaitable[tuple[int, int]]] | None = None, warm: bool = True,
+              settle_s: float = SETTLE_S) -> Figures:
     started = time.monotonic()
     supervisor = asyncio.create_task(pipeline.supervisor()) if pipeline.supervise else None
     try:
@@ -80,11 +81,11 @@ async def run(name: str, pipeline: Pipeline, fault: Fault, results: list[Figures
         sender = asyncio.create_task(send_load(pipeline.settings, load))
         await fault(pipeline, load)
         await sender
-        settled = await wait_settled(pipeline.settings, load, pipeline, SETTLE_S)
+        settled = await wait_settled(pipeline.settings, load, pipeline, settle_s)
         figures = await count(pipeline.settings, name, load, ledger=ledger)
         figures.deadletter_path_ok = await deadletter_path_works(pipeline.settings)
         if not settled:
-            figures.notes.append(f"not settled within {SETTLE_S:.0f} s")
+            figures.notes.append(f"not settled within {settle_s:.0f} s")
         figures.notes.extend(pipeline.exits)
     finally:
         if supervisor is not None:

@@ -106,6 +106,9 @@ def test_every_stage_of_the_registry_has_workload_probes_pdb_and_scaledobject(ta
         env = _env(container)
         assert env["TOLLWAY_KAFKA_USERNAME"] == acls.stage_principal([stage.name])
         assert env["TOLLWAY_KAFKA_PASSWORD"]["secretKeyRef"]["name"] == acls.stage_principal([stage.name])
+        # static membership: a stable pod name (StatefulSet) is the consumers' group_instance_id
+        assert workload["kind"] == "StatefulSet", stage.name
+        assert env["TOLLWAY_INSTANCE_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}, stage.name
 
         pdbs = [p for p in of_kind(target, "PodDisruptionBudget")
                 if p["spec"]["selector"]["matchLabels"].items() <= labels.items()]

@@ -158,3 +158,36 @@ async def test_a_batch_whose_partitions_moved_commits_what_it_still_owns(setting
     finally:
         await consumer.stop()
 
+
+
+async def _members(settings: Settings, group: str) -> list[str]:
+    from streams.runtime.connections import new_admin, start
+
+    admin = new_admin(settings)
+    await start(admin, settings, "describe group")
+    try:
+        (described,) = await admin.describe_consumer_groups([group])
+        return [m[0] for g in described.groups for m in g[5]]
+    finally:
+        await admin.close()
+
+
+@pytest.mark.parametrize("leave", [True, False])
+async def test_a_static_member_leaves_on_stop_only_when_asked(settings: Settings, leave: bool) -> None:
+    """``TOLLWAY_LEAVE_GROUP_ON_STOP``: aiokafka sends no LeaveGroup for a static member; ``leave_even_if_static``
+    makes it send one (the group is empty at once), without it the member stays until its session times out."""
+    from streams.runtime.runner import leave_even_if_static
+
+    await ensure_topics(settings)
+    group = f"{settings.topic_prefix}.static"
+    consumer = new_consumer(settings, topology(settings).stage(STAGE), role="admin", group_id=group,
+                            group_instance_id="pod-0", session_timeout_ms=30_000)
+    await consumer.start()
+    try:
+        await until(lambda: bool(consumer.assignment()), [], "the static member's assignment")
+        assert len(await _members(settings, group)) == 1
+    finally:
+        if leave:
+            leave_even_if_static(consumer)
+        await consumer.stop()
+    assert len(await _members(settings, group)) == (0 if leave else 1)

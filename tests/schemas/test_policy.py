@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.errors import ConfigError
@@ -63,7 +63,7 @@ fields = st.sampled_from(["version", "models", "tenants", "default_tenant", "emb
 
 
 @given(st.dictionaries(fields, json_values, max_size=5))
-@settings(max_examples=60)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_arbitrary_documents_either_parse_or_raise_config_error(data: dict[str, Any]) -> None:
     try:
         doc = parse_policy(data)
@@ -84,7 +84,7 @@ def test_arbitrary_yaml_text_never_escapes_as_another_error(text: str) -> None:
                                                            "budgets": st.fixed_dictionaries(
                                                                {}, optional={"daily_micros": st.integers(0, 10**12)})}),
                        max_size=4))
-@settings(max_examples=25)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_valid_documents_round_trip_through_yaml(tenants: dict[str, Any]) -> None:
     doc = parse_policy({"version": "v", "tenants": tenants})
     assert load_policy_yaml(yaml.safe_dump(doc.model_dump(mode="json"))) == doc

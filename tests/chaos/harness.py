@@ -52,9 +52,12 @@ from streams.runtime.topics import ensure_topics, topology
 from streams.settings import REPO_ROOT, Settings
 from workers.ledger.aggregator import Aggregator
 
-# The stack `make up` started (TOLLWAY_BOOTSTRAP_SERVERS / TOLLWAY_REDIS_URL name another one, as in Settings).
-SHARED_KAFKA = os.environ.get("TOLLWAY_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
-SHARED_REDIS = os.environ.get("TOLLWAY_REDIS_URL", "redis://127.0.0.1:6379/0")
+# The stack `make up` started: the same rule as Settings (TOLLWAY_BOOTSTRAP_SERVERS / TOLLWAY_REDIS_URL win, otherwise
+# the addresses follow TOLLWAY_KAFKA_PORT / TOLLWAY_REDIS_PORT), so `pytest -m chaos` outside make finds the same stack.
+SHARED_KAFKA = (os.environ.get("TOLLWAY_BOOTSTRAP_SERVERS")
+                or f"127.0.0.1:{os.environ.get('TOLLWAY_KAFKA_PORT', '9092')}")
+SHARED_REDIS = (os.environ.get("TOLLWAY_REDIS_URL")
+                or f"redis://127.0.0.1:{os.environ.get('TOLLWAY_REDIS_PORT', '6379')}/0")
 
 
 class Worker:

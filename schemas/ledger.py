@@ -13,6 +13,7 @@ from schemas.envelope import SCHEMA_VERSION
 
 LedgerWindow = Literal["hour", "day"]
 TaskOutcome = Literal["resolved", "failed"]
+TOOL_PREFIX = "tool:"  # the model label of a tool's ledger row: each tool call of an agent loop is booked apart
 
 
 class _Model(BaseModel):
@@ -34,7 +35,8 @@ class OutcomeEvent(_Model):
 
 
 class LedgerRow(_Model):
-    """One cell of the cost ledger: a tenant × model × tumbling window."""
+    """One cell of the cost ledger: a tenant × model × tumbling window; ``model`` is ``tool:<name>`` for the calls of
+    one tool by agent loops (so a step's model turns and tool calls are costed apart)."""
 
     tenant: str
     model: str
@@ -59,6 +61,8 @@ class LedgerRow(_Model):
     refusals: int = 0
     slo_evaluated: int = 0
     slo_passed: int = 0
+    # a ``tool:<name>`` row: that tool's calls (requests 0; its cost is taken out of the calling model's row)
+    tool_calls: int = 0
 
     @property
     def cost_per_1k_requests_micros(self) -> int:

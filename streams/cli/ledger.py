@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from schemas.errors import ConfigError, ServiceUnavailable
-from schemas.ledger import LedgerRow, LedgerSnapshot, OutcomeEvent, OutcomeRow, RepriceRow
+from schemas.ledger import TOOL_PREFIX, LedgerRow, LedgerSnapshot, OutcomeEvent, OutcomeRow, RepriceRow
 from streams.cli.common import EXIT_UNAVAILABLE, EXIT_USAGE, parse_time_ns, run_async
 from streams.settings import Settings, get_settings
 
@@ -76,13 +76,13 @@ def _rate(passed: int, judged: int) -> str:
 def ledger_table(rows: list[LedgerRow], title: str) -> Table:
     table = Table(title=title)
     for col in ("tenant", "model", "window start (UTC)", "requests", "tokens in", "cached in", "tokens out",
-                "cost µ$", "µ$ / 1k req", "cache hits", "saved µ$", "denied", "failed", "deadline"):
+                "cost µ$", "µ$ / 1k req", "cache hits", "saved µ$", "denied", "failed", "deadline", "tool calls"):
         table.add_column(col, justify="left" if col in ("tenant", "model", "window start (UTC)") else "right")
     for r in rows:
         table.add_row(r.tenant, r.model, _when(r.window_start_ms), str(r.requests), str(r.input_tokens),
                       str(r.cached_input_tokens), str(r.output_tokens), str(r.cost_micros),
                       str(r.cost_per_1k_requests_micros), str(r.cache_hits), str(r.saved_micros), str(r.denials),
-                      str(r.failures), str(r.deadline_misses))
+                      str(r.failures), str(r.deadline_misses), str(r.tool_calls))
     return table
 
 
@@ -93,6 +93,8 @@ def quality_table(rows: list[LedgerRow], title: str) -> Table:
                 "no refusal", "SLO met"):
         table.add_column(col, justify="left" if col in ("tenant", "model", "window start (UTC)") else "right")
     for r in rows:
+        if r.model.startswith(TOOL_PREFIX):
+            continue  # a tool's row: calls and cost, nothing an evaluator judged
         table.add_row(r.tenant, r.model, _when(r.window_start_ms), str(r.requests),
                       str(r.cost_per_1k_requests_micros), _rate(r.grounded_passed, r.grounded_evaluated),
                       _rate(r.structured_passed, r.structured_evaluated),

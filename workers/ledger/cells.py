@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import orjson
 
 from schemas.envelope import Evaluation, Status
-from schemas.ledger import LedgerWindow
+from schemas.ledger import TOOL_PREFIX, LedgerWindow
 from schemas.response import Response
 from workers.evaluators import slo_met
 
 WINDOW_MS: dict[str, int] = {"hour": 3_600_000, "day": 86_400_000}
+WINDOWS: tuple[LedgerWindow, ...] = ("hour", "day")
 NO_MODEL = "-"  # the model label of requests that never reached a model (denied, cache hits, failures)
 
 
@@ -40,6 +41,8 @@ class Counters:
     refusals: int = 0
     slo_evaluated: int = 0
     slo_passed: int = 0
+    # Agent loops: tool calls booked in a ``tool:<name>`` cell (requests 0, cost the call's price); appended last.
+    tool_calls: int = 0
 
     def __add__(self, other: Counters) -> Counters:
         return Counters(*map(operator.add, _values(self), _values(other)))
@@ -49,6 +52,7 @@ class Counters:
 
     @classmethod
     def from_list(cls, values: Iterable[int]) -> Counters:
+        """A table value's counters; a shorter list (written before later counters existed) reads them as zeros."""
         return cls(*values)
 
 
@@ -106,6 +110,39 @@ def cells_of(response: Response) -> tuple[Cell, Cell]:
     model = response.model or NO_MODEL
     return (Cell(response.tenant, model, "hour", window_start_ms(at_ns, "hour")),
             Cell(response.tenant, model, "day", window_start_ms(at_ns, "day")))
+
+
+def tool_cost_micros(response: Response) -> int:
+    """The part of ``response.cost_micros`` that paid for its tool calls (a denied call costs 0)."""
+    return sum(step.cost_micros for step in response.steps if step.kind == "tool")
+
+
+def cell_deltas(response: Response) -> list[tuple[Cell, Counters]]:
+    """What one response adds to each of its cells: the response's counters minus its tool calls' cost to its
+    model's cells, and each tool's calls (count and cost, requests 0) to its ``tool:<name>`` cells. The costs sum to
+    ``response.cost_micros`` and ``requests`` to 1; one delta per cell (two calls of a tool in one response are summed,
+    since a cell's watermark admits one write per record)."""
+    counters = counters_of(response)
+    tools: dict[str, Counters] = {}
+    for step in response.steps:
+        if step.kind == "tool":
+            label = TOOL_PREFIX + step.name
+            tools[label] = tools.get(label, Counters()) + Counters(cost_micros=step.cost_micros, tool_calls=1)
+    if tools:
+        counters = replace(counters, cost_micros=counters.cost_micros - tool_cost_micros(response))
+    at_ns = event_time_ns(response)
+    out: list[tuple[Cell, Counters]] = []
+    for window in WINDOWS:
+        start = window_start_ms(at_ns, window)
+        out.append((Cell(response.tenant, response.model or NO_MODEL, window, start), counters))
+        out += [(Cell(response.tenant, label, window, start), delta) for label, delta in sorted(tools.items())]
+    return out
+
+
+def task_counters_of(response: Response) -> Counters:
+    """What one response adds to its task: all its counters and cost, and how many tool calls it made."""
+    calls = sum(1 for step in response.steps if step.kind == "tool")
+    return replace(counters_of(response), tool_calls=calls) if calls else counters_of(response)
 
 
 # ---------------------------------------------------------------------------------------------- table keys

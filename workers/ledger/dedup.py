@@ -29,7 +29,15 @@ from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 from schemas.response import Response
-from workers.ledger.cells import cell_key, cells_of, counters_of, event_time_ns, outcome_key, task_key, window_start_ms
+from workers.ledger.cells import (
+    cell_deltas,
+    cell_key,
+    event_time_ns,
+    outcome_key,
+    task_counters_of,
+    task_key,
+    window_start_ms,
+)
 
 # Table values are plain JSON lists (orjson on the changelog): [watermark_offset, *Counters] and so on.
 Table = MutableMapping[str, Any]
@@ -58,12 +66,12 @@ def apply_response(response: Response, *, partition: int, offset: int, seen: Tab
     prior = seen.get(response.request_id)
     if prior is not None and (prior[0], prior[1]) != (partition, offset):
         return False
-    delta = counters_of(response).as_list()
-    for cell in cells_of(response):
-        _add_with_watermark(cells, cell_key(cell, partition), offset, delta)
+    for cell, counters in cell_deltas(response):
+        _add_with_watermark(cells, cell_key(cell, partition), offset, counters.as_list())
     task = task_id if task_id is not None else response.task_id
     if task:
-        _add_with_watermark(tasks, task_key(response.tenant, task, partition), offset, delta)
+        _add_with_watermark(tasks, task_key(response.tenant, task, partition), offset,
+                            task_counters_of(response).as_list())
     if prior is None:
         seen[response.request_id] = [partition, offset, window_start_ms(event_time_ns(response), "day")]
     return True

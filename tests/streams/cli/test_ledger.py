@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import orjson
 import pytest
 from typer.testing import CliRunner
 
@@ -79,3 +82,22 @@ def test_status_and_reconcile_say_the_same(monkeypatch: pytest.MonkeyPatch) -> N
         assert result.exit_code == EXIT_UNAVAILABLE, result.output
         (line,) = lines(result.output)
         assert url in line and "tollway ledger worker" in line
+
+
+def test_tool_rows_print_in_every_format(capsys: pytest.CaptureFixture[str]) -> None:
+    from schemas.ledger import LedgerRow, LedgerSnapshot
+    from streams.cli.ledger import _print_snapshot, ledger_table, quality_table
+
+    rows = [LedgerRow(tenant="acme", model="small", window="day", window_start_ms=0, requests=1, cost_micros=60),
+            LedgerRow(tenant="acme", model="tool:search", window="day", window_start_ms=0, cost_micros=30,
+                      tool_calls=1)]
+    snapshot = LedgerSnapshot(rows=rows)
+    _print_snapshot(snapshot, window="day", as_json=True, as_csv=False)
+    document = orjson.loads(capsys.readouterr().out)
+    assert [(r["model"], r["cost_micros"], r["tool_calls"]) for r in document["rows"]] == [
+        ("small", 60, 0), ("tool:search", 30, 1)]
+    _print_snapshot(snapshot, window="day", as_json=False, as_csv=True)
+    parsed = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(r["model"], r["tool_calls"]) for r in parsed] == [("small", "0"), ("tool:search", "1")]
+    assert ledger_table(rows, "t").columns[-1].header == "tool calls" and ledger_table(rows, "t").row_count == 2
+    assert quality_table(rows, "q").row_count == 1  # a tool's row has nothing an evaluator judged

@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from schemas.envelope import Status, Usage
-from schemas.response import Response
+from schemas.response import Response, StepSummary
 from workers.ledger.aggregator import Aggregator
 
 HOUR_NS = 3_600 * 10**9
@@ -16,11 +16,20 @@ T0 = 1_700_000_000 * 10**9  # 2023-11-14T22:13:20Z
 
 def response(rid: str, *, tenant: str = "acme", model: str | None = "small", cost: int = 100,
              status: Status = Status.OK, at_ns: int = T0, task_id: str | None = None,
-             usage: Usage | None = None, saved: int = 0, cache: str | None = None) -> Response:
+             usage: Usage | None = None, saved: int = 0, cache: str | None = None,
+             steps: list[StepSummary] | None = None) -> Response:
     return Response(request_id=rid, tenant=tenant, status=status, model=model, cost_micros=cost,
                     usage=usage or Usage(input_tokens=10, cached_input_tokens=2, output_tokens=5),
                     created_at_ns=at_ns, completed_at_ns=at_ns + 1, task_id=task_id, saved_micros=saved,
-                    cache=cache)
+                    cache=cache, steps=steps or [])
+
+
+def agent_steps(model: str, cost: int, tools: list[tuple[str, int, str]]) -> list[StepSummary]:
+    """One model turn and the tool calls ``(name, cost, status)`` it asked for; ``cost`` is the response's whole
+    cost (the model turn gets what the tools did not)."""
+    turn = StepSummary(kind="model", step=1, name=model, cost_micros=cost - sum(c for _n, c, _s in tools))
+    return [turn, *(StepSummary(kind="tool", step=1, name=name, status=status, cost_micros=price, call_id=f"c{i}")
+                    for i, (name, price, status) in enumerate(tools))]
 
 
 request_ids = st.sampled_from([f"r{i}" for i in range(12)])
@@ -33,9 +42,13 @@ records_strategy = st.lists(
 
 def partitioned(raw: list[tuple[Any, ...]]) -> list[tuple[int, Response]]:
     """Drawn ``records_strategy`` rows as (partition, response). Responses are keyed by request_id, so a replay
-    lands in the same partition."""
+    lands in the same partition. A cost divisible by 3 makes an agent step (two calls of one tool and a denied call),
+    so the crash tests cover a record that writes several cells."""
+    def steps(model: str, cost: int) -> list[StepSummary]:
+        tools = [("search", cost // 3, "ok"), ("search", cost // 3, "ok"), ("shell", 0, "denied")]
+        return agent_steps(model, cost, tools) if cost % 3 == 0 else []
     return [(int(rid[1:]) % 2, response(rid, tenant=tenant, model=model, cost=cost, task_id=task,
-                                        at_ns=T0 + hours * HOUR_NS))
+                                        at_ns=T0 + hours * HOUR_NS, steps=steps(model, cost)))
             for rid, tenant, model, cost, task, hours in raw]
 
 

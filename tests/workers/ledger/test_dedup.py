@@ -11,12 +11,13 @@ from schemas.response import Response
 from tests.workers.ledger.factories import (
     HOUR_NS,
     T0,
+    agent_steps,
     assert_counted_as_without_a_crash,
     partitioned,
     records_strategy,
     response,
 )
-from workers.ledger.aggregator import Aggregator
+from workers.ledger.aggregator import Aggregator, ledger_rows_from, outcome_rows_from
 from workers.ledger.cells import window_start_ms
 from workers.ledger.dedup import apply_response, expired_seen
 
@@ -97,3 +98,17 @@ def test_first_record_of_a_request_decides_even_when_unreadable() -> None:
     assert agg.add_unreadable("r1", partition=0, offset=0)
     assert not agg.add(response("r1"), partition=0, offset=1)  # a later, readable record of r1 is a duplicate
     assert agg.rows() == []
+
+
+def test_a_redelivered_agent_step_books_its_tool_calls_once() -> None:
+    steps = agent_steps("small", 90, [("search", 30, "ok"), ("shell", 0, "denied")])
+    seen: dict[str, Any] = {}
+    cells: dict[str, Any] = {}
+    tasks: dict[str, Any] = {}
+    for _ in range(2):  # the same record redelivered
+        assert apply_response(response("r1", cost=90, steps=steps, task_id="t1"), partition=0, offset=5,
+                              seen=seen, cells=cells, tasks=tasks)
+    rows = {row.model: row for row in ledger_rows_from(cells)}
+    assert {m: (r.requests, r.cost_micros, r.tool_calls) for m, r in rows.items()} == {
+        "small": (1, 60, 0), "tool:search": (0, 30, 1), "tool:shell": (0, 0, 1)}
+    assert [(r.requests, r.cost_micros) for r in outcome_rows_from(tasks, {})] == [(1, 90)]

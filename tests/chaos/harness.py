@@ -259,6 +259,7 @@ class Figures:
     lost: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
     deadletter_path_ok: bool | None = None  # a garbage record after the fault was dead-lettered and audited
+    deadletter_timeout_s: float = 45.0  # ... within this long
     seconds: float = 0.0
     stall_s: float | None = None  # after the fault: the longest time without a response (cluster scenarios)
     p99_ms: float | None = None
@@ -269,7 +270,8 @@ class Figures:
     def violations(self) -> list[str]:
         out = []
         if self.deadletter_path_ok is False:
-            out.append("after the fault a garbage record was not dead-lettered and audited within 45 s")
+            out.append(f"after the fault a garbage record was not dead-lettered and audited within "
+                       f"{self.deadletter_timeout_s:.0f} s")
         if self.lost:
             out.append(f"{self.lost} accepted requests lost (no terminal response or no audit record)")
         if self.audit_doubles or self.chain_doubles:

@@ -69,7 +69,7 @@ async def at(load: Load, seconds: float) -> None:
 async def run(name: str, pipeline: Pipeline, fault: Fault, results: list[Figures], *, count_n: int = COUNT,
               rate: float = RATE, load: Load | None = None,
               ledger: Callable[[], Awaitable[tuple[int, int]]] | None = None, warm: bool = True,
-              settle_s: float = SETTLE_S) -> Figures:
+              settle_s: float = SETTLE_S, deadletter_timeout_s: float = 45.0) -> Figures:
     started = time.monotonic()
     supervisor = asyncio.create_task(pipeline.supervisor()) if pipeline.supervise else None
     try:
@@ -83,7 +83,8 @@ async def run(name: str, pipeline: Pipeline, fault: Fault, results: list[Figures
         await sender
         settled = await wait_settled(pipeline.settings, load, pipeline, settle_s)
         figures = await count(pipeline.settings, name, load, ledger=ledger)
-        figures.deadletter_path_ok = await deadletter_path_works(pipeline.settings)
+        figures.deadletter_timeout_s = deadletter_timeout_s
+        figures.deadletter_path_ok = await deadletter_path_works(pipeline.settings, deadletter_timeout_s)
         if not settled:
             figures.notes.append(f"not settled within {settle_s:.0f} s")
         figures.notes.extend(pipeline.exits)

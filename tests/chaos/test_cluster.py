@@ -114,7 +114,7 @@ def pipeline_for(name: str, tmp_path: Path) -> Pipeline:
 
 async def scenario(name: str, pipeline: Pipeline, fault_at_s: float, act: Callable[[Pipeline, Load], Awaitable[None]],
                    load: Load,
-                   results: list[Figures]) -> Figures:
+                   results: list[Figures], *, deadletter_timeout_s: float = 45.0) -> Figures:
     fault_at: list[int] = []
 
     async def fault(p: Pipeline, load: Load) -> None:
@@ -122,7 +122,8 @@ async def scenario(name: str, pipeline: Pipeline, fault_at_s: float, act: Callab
         fault_at.append(time.time_ns())
         await act(p, load)
 
-    figures = await run(name, pipeline, fault, results, load=load, settle_s=SETTLE_S)
+    figures = await run(name, pipeline, fault, results, load=load, settle_s=SETTLE_S,
+                        deadletter_timeout_s=deadletter_timeout_s)
     await measure_flow(pipeline.settings, load, figures, fault_at[0])
     return figures
 
@@ -201,7 +202,11 @@ async def test_broker_paused_past_session_timeout(cluster: None, tmp_path: Path,
         finally:
             os.kill(pid, signal.SIGCONT)
 
+    # A paused broker keeps its connections open: a client's request to it waits its whole request timeout (30–40 s)
+    # before the client re-reads metadata, so the documented recovery is minutes (stall 30–200 s measured, see
+    # docs/CAPACITY.md). The garbage-record probe after the fault gets that long, not the 45 s of the other scenarios.
     figures = await scenario(f"3 brokers: SIGSTOP a broker {PAUSE_S:.0f} s", pipeline, 5.0, act,
-                             Load(run="cpause", count=int(50 * RATE), rate_per_s=RATE), chaos_results)
+                             Load(run="cpause", count=int(50 * RATE), rate_per_s=RATE), chaos_results,
+                             deadletter_timeout_s=180.0)
     figures.notes.append(f"paused broker {paused[0]} (not the active controller)")
     check(figures)

@@ -239,8 +239,10 @@ class ModelResult(_Model):
     latency_ms: float = 0.0
     # An agent loop's model turns, one cost each (their sum is cost_micros): the cost per step of a task.
     step_cost_micros: list[int] = Field(default_factory=list, exclude_if=_unset)
-    learn: RouteRecord | None = None  # set when the auto tier decided (the learning router's input)
-    cascade_cost_micros: int = 0  # of cost_micros, what the cascade's escalated cheaper call cost
+    # set when the auto tier decided (the learning router's input)
+    learn: RouteRecord | None = Field(default=None, exclude_if=_unset)
+    # of cost_micros, what the cascade's escalated cheaper call cost
+    cascade_cost_micros: int = Field(default=0, exclude_if=lambda v: v == 0)
 
 
 ToolCallStatus = Literal["ok", "denied", "error"]

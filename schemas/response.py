@@ -79,7 +79,8 @@ class Response(BaseModel):
     task_id: str | None = None  # the task (agent run, ticket) the request belongs to: the ledger's cost per outcome
     deadline_at_ns: int = 0  # the request's deadline: the ledger's "SLO met" is completed_at_ns <= deadline_at_ns
     evaluation: Evaluation | None = None  # online evaluators' verdicts, when the request was sampled
-    route: RouteRecord | None = None  # the auto tier's features and choice: what the learning router learns from
+    # the auto tier's features and choice: what the learning router learns from
+    route: RouteRecord | None = Field(default=None, exclude_if=lambda v: v is None)
     stage: str = ""  # the stage that ended the request
     # The deciding stage's signature over what the ledger counts (workers/decisions.py): the ledger counts only
     # responses whose signature verifies.

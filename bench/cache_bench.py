@@ -175,8 +175,8 @@ def latency(work: Workload, size: int, probe_rows: list[int], batch: int = 32) -
             for text, candidates in zip(chunk, found, strict=True):
                 for c in candidates:
                     cached = work.prompts[int(c.key[1:])]
-                    if near_miss(text, cached) is None and VERIFIER.score(text, cached, c.similarity) >= \
-                            VERIFIER.threshold:
+                    if near_miss(text, cached, VERIFIER.word_cosines) is None and \
+                            VERIFIER.score(text, cached, c.similarity) >= VERIFIER.threshold:
                         served += 1
                         break
             return served

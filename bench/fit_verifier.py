@@ -48,7 +48,7 @@ def pair_table(embedder: StaticEmbedder, verifier: PairVerifier, pairs: list[tup
         left, right = embedder.embed_sync([query, cached])
         features.append(verifier.features(query, cached, float(left @ right)))
         labels.append(label)
-        passed.append(near_miss(query, cached) is None)
+        passed.append(near_miss(query, cached, verifier.word_cosines) is None)
     return np.asarray(features), np.asarray(labels, dtype=np.float64), np.asarray(passed)
 
 

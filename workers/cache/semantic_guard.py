@@ -33,8 +33,12 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+
+import numpy as np
+import numpy.typing as npt
 
 from workers.cache.guard_lexicon import (
     ANTONYMS,
@@ -51,13 +55,20 @@ from workers.cache.guard_lexicon import (
 )
 from workers.embedding import STOPWORDS, normalise_text, stem, tokens
 
-__all__ = ["Facts", "entities", "facts", "near_miss", "numbers", "units"]
+__all__ = ["WORD_MATCH", "Facts", "WordCosines", "entities", "facts", "near_miss", "numbers", "units"]
+
+# Cosines of unit word vectors, rows = left words, columns = right words (``PairVerifier.word_cosines``).
+WordCosines = Callable[[Sequence[str], Sequence[str]], npt.NDArray[np.float32]]
 
 # The share of content words two prompts must have in common before a differing word counts as the edit that
 # made one from the other (tuned on the tune split: 0.5 keeps most paraphrases, which share far less).
 MINIMAL_EDIT_OVERLAP = 0.35
 # A difference of at most this many content words between prompts that share any is an edit, not a rewording.
 SMALL_EDIT_WORDS = 2
+# Two differing words whose static word vectors are at least this close are one word said two ways ("folder" /
+# "directory", "max" / "limit"), not the edit that changes the question: the ``content`` rule no longer counts them.
+# Tuned on the tune split (with the verifier refit behind it); co-hyponyms ("const" / "var") mostly stay below it.
+WORD_MATCH = 0.45
 
 _ENTITY_RE = re.compile(
     r"\"[^\"]+\"|'[^']+'|`[^`]+`"                      # quoted strings and code
@@ -88,6 +99,7 @@ class Facts:
     compares: str               # "than": a comparative; "weighs": alternatives ("vs", "or", "between"); "" none
     focus: str | None           # what is asked for: the word after "what"/"which"/"how many"/"how much"
     pivots: tuple[tuple[int, str], ...]  # (position in ``words`` coordinates, pivot word)
+    surface: tuple[tuple[str, str], ...] = ()  # (content word, the token it was read from), first occurrence
 
 
 def _canonical_number(raw: str) -> str:
@@ -159,6 +171,7 @@ def facts(text: str) -> Facts:
     negations = 0
     times: set[str] = set()
     compares = ""
+    surface: dict[str, str] = {}
     index = 0
     after_number = False
     while index < len(raw):
@@ -200,11 +213,12 @@ def facts(text: str) -> Facts:
             times.add(word)
         if token not in FILLERS and word not in FILLERS and token not in "$€£%":
             words.append(SYNONYM_OF.get(word, word))
+            surface.setdefault(words[-1], token)
         index += 1
     codes = frozenset(t for t in raw if _is_code(t))
     return Facts(words=tuple(words), numbers=tuple(found_numbers), units=tuple(found_units), negations=negations,
                  times=frozenset(times), codes=codes, names=frozenset(entities(text)), compares=compares,
-                 focus=_focus(raw), pivots=tuple(pivots))
+                 focus=_focus(raw), pivots=tuple(pivots), surface=tuple(surface.items()))
 
 
 def _focus(raw: list[str]) -> str | None:
@@ -303,8 +317,12 @@ def _opposites(only_left: set[str], only_right: set[str]) -> bool:
     return any(ANTONYMS.get(w, set()) & right for w in left)
 
 
-def near_miss(query: str, candidate: str) -> str | None:
-    """The reason ``candidate``'s answer must not be served for ``query``, or ``None`` if it may be."""
+def near_miss(query: str, candidate: str, cosines: WordCosines | None = None,
+              word_match: float = WORD_MATCH) -> str | None:
+    """The reason ``candidate``'s answer must not be served for ``query``, or ``None`` if it may be.
+
+    With ``cosines`` (word vectors of the embedder), the ``content`` rule pairs differing words whose vectors are
+    at least ``word_match`` close and counts them as the same word; without it, only typos pair up."""
     left, right = facts(query), facts(candidate)
     if left.negations != right.negations:
         return "negation"
@@ -325,13 +343,22 @@ def near_miss(query: str, candidate: str) -> str | None:
         return "time"
     if left.codes != right.codes or _names_swapped(left, query, right, candidate):
         return "entity"
-    if left.focus and right.focus and left.focus != right.focus:
+    if left.focus and right.focus and left.focus != right.focus and not (
+            cosines is not None and _similar_words(left, [left.focus], right, [right.focus], cosines, word_match)[0]):
         return "content"
     shared = len(left_set | right_set) - len(only_left) - len(only_right)
     differing = len(only_left) + len(only_right)
     if differing and shared and (differing <= SMALL_EDIT_WORDS or (
             shared >= 2 and shared >= MINIMAL_EDIT_OVERLAP * (shared + differing))):
-        return "content"
+        # A minimal edit. It is a rewording only if every differing word has a close counterpart on the other
+        # side (a synonym, another form of the word); one word left without one is the edit that changes the
+        # question ("quail" egg, "sick" / "vacation" days where their vectors are apart).
+        if cosines is None or not only_left or not only_right:
+            return "content"
+        rest_left, rest_right = _similar_words(left, sorted(only_left), right, sorted(only_right), cosines,
+                                               word_match, drop=True)
+        if rest_left or rest_right:
+            return "content"
     return None
 
 
@@ -340,6 +367,26 @@ def _unmatched(only_left: set[str], only_right: set[str]) -> tuple[set[str], set
     matched_left = {a for a in only_left if any(_one_typo_apart(a, b) for b in only_right)}
     matched_right = {b for b in only_right if any(_one_typo_apart(a, b) for a in only_left)}
     return only_left - matched_left, only_right - matched_right
+
+
+def _similar_words(left: Facts, left_words: list[str], right: Facts, right_words: list[str],
+                   cosines: WordCosines, word_match: float, drop: bool = False) -> tuple[set[str], set[str]]:
+    """Without ``drop``: the words of each side that have a counterpart at least ``word_match`` close on the other
+    side. With it: the words that have none. Numbers never pair up (the number rule owns them)."""
+    left_surface, right_surface = dict(left.surface), dict(right.surface)
+    matrix = cosines([left_surface.get(w, w) for w in left_words], [right_surface.get(w, w) for w in right_words])
+    close = matrix >= word_match
+    for i, word in enumerate(left_words):
+        if word[0].isdigit():
+            close[i, :] = False
+    for j, word in enumerate(right_words):
+        if word[0].isdigit():
+            close[:, j] = False
+    matched_left = {w for i, w in enumerate(left_words) if close[i].any()}
+    matched_right = {w for j, w in enumerate(right_words) if close[:, j].any()}
+    if drop:
+        return set(left_words) - matched_left, set(right_words) - matched_right
+    return matched_left, matched_right
 
 
 def _one_typo_apart(a: str, b: str) -> bool:

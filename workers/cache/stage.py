@@ -147,7 +147,8 @@ async def _lookup(lookups: list[tuple[Envelope, str]], ctx: CacheContext) -> Non
         assert env.cache is not None
         if entry is None or env.cache.outcome == "hit" or _own(entry, env):  # expired since, served, or its own
             continue
-        reason = near_miss(env.request.prompt, entry.prompt)
+        cosines = None if ctx.verifier is None else ctx.verifier.word_cosines  # synonyms for the content rule
+        reason = near_miss(env.request.prompt, entry.prompt, cosines)
         score = None
         if reason is None and ctx.verifier is not None:
             score = ctx.verifier.score(env.request.prompt, entry.prompt, similarity)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
@@ -94,6 +95,13 @@ class PairVerifier:
                 self._cache.popitem(last=False)
         rows = [self._cache[w] for w in words]
         return np.stack([r[0] for r in rows]), np.asarray([r[1] for r in rows], dtype=np.float32)
+
+    def word_cosines(self, left: Sequence[str], right: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Cosines of the words' static vectors (rows ``left``, columns ``right``): the near-miss guard's test of
+        whether two differing words are one word said two ways (``semantic_guard.near_miss(..., cosines=...)``)."""
+        if not left or not right:
+            return np.zeros((len(left), len(right)), dtype=np.float32)
+        return self._vectors(list(left))[0] @ self._vectors(list(right))[0].T
 
     def features(self, query: str, candidate: str, similarity: float) -> npt.NDArray[np.float64]:
         left, right = content_words(query), content_words(candidate)

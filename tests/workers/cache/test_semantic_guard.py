@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
 import pytest
 
-from workers.cache.semantic_guard import entities, facts, near_miss, numbers, units
+from workers.cache.semantic_guard import WordCosines, entities, facts, near_miss, numbers, units
 
 
 @pytest.mark.parametrize(("query", "candidate", "reason"), [
@@ -89,3 +93,31 @@ def test_spelled_numbers_and_units_in_order() -> None:
     assert numbers("the snake one is faster") == []  # "one" alone is a pronoun, not a number
     assert facts("Convert 10 km to miles").units == ("km", "mi")
     assert facts("5km in 3h").units == ("km", "h")
+
+
+def _cosines(close: set[frozenset[str]]) -> WordCosines:
+    """Word cosines without a model: 1 for the named pairs (and a word with itself), 0 otherwise."""
+    def cosines(left: Sequence[str], right: Sequence[str]) -> npt.NDArray[np.float32]:
+        return np.asarray([[1.0 if a == b or frozenset((a, b)) in close else 0.0 for b in right] for a in left],
+                          dtype=np.float32).reshape(len(left), len(right))
+    return cosines
+
+
+def test_a_minimal_edit_whose_differing_words_are_synonyms_passes() -> None:
+    query, candidate = "Where is the biggest folder on my disk?", "Where is the biggest directory on my disk?"
+    assert near_miss(query, candidate) == "content"  # no word vectors: a differing word is an edit
+    synonyms = _cosines({frozenset(("folder", "directory"))})
+    assert near_miss(query, candidate, synonyms) is None
+    assert near_miss(candidate, query, synonyms) is None
+    # a word left without a close counterpart is still the edit that changes the question
+    assert near_miss("Where is the biggest folder on my external disk?", candidate, synonyms) == "content"
+    assert near_miss(query, candidate, synonyms, word_match=1.5) == "content"
+
+
+def test_word_vectors_never_excuse_the_structural_vetoes() -> None:
+    same: WordCosines = lambda left, right: np.ones((len(left), len(right)), dtype=np.float32)  # noqa: E731
+    assert near_miss("Is Java faster than Python?", "Is Python faster than Java?", same) == "roles"
+    assert near_miss("Convert 10 km to miles", "Convert 12 km to miles", same) == "number"
+    assert near_miss("Is it legal to record a call with consent?",
+                     "Is it legal to record a call without consent?", same) == "negation"
+    assert near_miss("Is the stock market open tomorrow?", "Is the stock market open?", same) == "time"

@@ -9,6 +9,7 @@ import pytest
 
 from schemas.envelope import Envelope, ModelResult, PolicyDecision
 from workers.cache import stage as cache
+from workers.cache.semantic_guard import near_miss
 from workers.cache.stage import CacheContext
 from workers.cache.store import MemoryCacheStore, SemanticMirror
 from workers.cache.verifier import FEATURES, PairVerifier, VerifierWeights, embedder_family, load_verifier
@@ -91,3 +92,12 @@ async def test_a_verifier_refusal_is_reason_verifier(make_envelope: MakeEnv, sta
     assert env.cache is not None and env.cache.outcome == "miss"
     assert env.cache.refused_reason == "verifier" and env.cache.verifier_score is not None
     assert (await _lookup(make_envelope, static, None, REWORDED)).cache.outcome == "hit"  # type: ignore[union-attr]
+
+
+def test_the_guard_reads_synonyms_from_the_static_word_vectors(verifier: PairVerifier) -> None:
+    query, candidate = "Where is the biggest folder on my disk?", "Where is the biggest directory on my disk?"
+    assert near_miss(query, candidate) == "content"
+    assert near_miss(query, candidate, verifier.word_cosines) is None  # folder / directory: one word, two ways
+    assert near_miss("How many sick days do I get per year?", "How many vacation days do I get per year?",
+                     verifier.word_cosines) == "content"
+    assert verifier.word_cosines([], ["x"]).shape == (0, 1)

@@ -40,7 +40,7 @@ def test_json_line_has_the_rows_bench_run_reads() -> None:
 async def test_a_hit_on_another_meaning_is_counted_wrong(monkeypatch: pytest.MonkeyPatch) -> None:
     asks = generate(300, seed=5)
     guarded = (await run(asks, "tollway", batch=16)).figures()
-    monkeypatch.setattr("workers.cache.stage.near_miss", lambda _query, _candidate: None)  # no guard at all
+    monkeypatch.setattr("workers.cache.stage.near_miss", lambda *_args: None)  # no guard at all
     unguarded = (await run(asks, "tollway", batch=16)).figures()
 
     assert guarded["wrong_hits"] == 0

@@ -20,7 +20,9 @@ names the reason:
 ``entity``       a code or model name differs ("X200" / "X300", "K2"), or each side names a thing the other does
                  not ("Linux" / "Windows")
 ``content``      a minimal edit: the prompts share most of their content words and differ in a few that are not
-                 fillers or listed synonyms ("sick days" / "vacation days", "reset" / "delete")
+                 fillers or listed synonyms ("sick days" / "vacation days", "reset" / "delete"); given word
+                 vectors (``cosines``), an edit whose every differing word has a close counterpart ("folder" /
+                 "directory") is a rewording and passes
 
 What passes: rewordings that change *most* words (a paraphrase rarely keeps the sentence and swaps one noun; a near
 miss usually does), fillers, greetings, reordering without a relation between the moved words, typos in ordinary

@@ -30,6 +30,7 @@ from streams.runtime.topics import Topology
 from streams.settings import Settings
 from streams.stages import registry
 from streams.testing import as_records
+from workers import embedding
 from workers.context import StageContext, SystemClock
 
 Sent = tuple[str, bytes, bytes | None]
@@ -79,7 +80,12 @@ async def runner_hop_ns(stage: str, inputs: list[ConsumerRecord[bytes, bytes]], 
     """Minimum CPU ns for one batch through the stage runner, and what it produced (for the next stage)."""
     topo = Topology(settings.topic_prefix)
     best, sent = 1 << 62, []
+    # Embeddings memoised by earlier hops are this process's (a one-process worker has them too); this hop's own
+    # are forgotten before each repetition, or every repetition after the first would find them.
+    memos = {name: dict(memo.rows) for name, memo in embedding._MEMOS.items()}
     for _ in range(repeat):
+        for name, memo in embedding._MEMOS.items():
+            memo.rows = dict(memos.get(name, {}))
         producer = FakeProducer()
         publisher = KafkaPublisher(producer)
         base = StageContext(stage=stage, worker_id=settings.worker_id, clock=SystemClock(), publisher=publisher,

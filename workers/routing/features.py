@@ -21,7 +21,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from workers.routing.prefilter import prefiltered
+from workers.prefilter import prefiltered
 from workers.routing.tokens import count_tokens
 
 _I = re.IGNORECASE

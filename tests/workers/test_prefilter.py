@@ -8,19 +8,23 @@ from pathlib import Path
 import orjson
 import pytest
 
+from workers.detectors import pii
+from workers.prefilter import Prefiltered, prefiltered, required_literals
 from workers.routing import features
-from workers.routing.prefilter import Prefiltered, prefiltered, required_literals
 
-DATA = Path(__file__).resolve().parents[3] / "bench" / "data"
+DATA = Path(__file__).resolve().parents[2] / "bench" / "data"
 
-PATTERNS = {name: value for name, value in vars(features).items() if isinstance(value, Prefiltered)}
+PATTERNS = {f"{module.__name__}.{name}": value for module in (features, pii) for name, value in vars(module).items()
+            if isinstance(value, Prefiltered)}
 
 ADVERSARIAL = [
     "", " ", "and", "AND", "Sand", "a-b", "2+2=4", "x^2", "50 %", "∑ of π", "O(n log n)", "foo()", "a => b",
     "PLAN the ROADMAP", "Kelvin: \u212a", "\u212api", "ſolve this", "ſolve it", "İs it", "ıs it", "what's up",
     "What's the capital of Peru?", "Write 1,200 words", "```code```", "'a quoted span of text'", "A) first\nB) second",
     "three vendors", "tl;dr", "TLDR please", "c++ bug", "in-depth review", "in depth", "end-to-end",
-    "thread-safe queue", "how does a B-tree work", "fix grammar", "fix the grammar",
+    "thread-safe queue", "how does a B-tree work", "fix grammar", "fix the grammar", "password: hunter22x",
+    "API_KEY=abcdef123456", "sk-proj-abcdefghijklmnopqrstuvwxyz", "AKIAABCDEFGHIJKLMNOP", "Passwd = 's3cr3t-v4lue'",
+    "token: short", "AUTH-TOKEN:verylongtokenvalue",
 ]
 
 
@@ -41,7 +45,7 @@ def _texts() -> list[str]:
 
 
 def test_every_feature_pattern_is_prefiltered_with_literals() -> None:
-    assert len(PATTERNS) >= 15
+    assert len(PATTERNS) >= 17
     assert all(p.literals for p in PATTERNS.values())
 
 

@@ -10,8 +10,8 @@ is impossible unless one of them occurs in the text.
 when it cannot say). :class:`Prefiltered` checks them with ``str.__contains__`` — on the lowercased text when the
 pattern ignores case — and runs the pattern only when one is present. The check is exact on ASCII texts (which chars
 of ASCII a pattern's literal matches is asked of ``re`` itself, so the Kelvin sign matching ``k`` is honoured); any
-other text always runs the pattern. ``tests/workers/routing/test_prefilter.py`` checks every feature pattern against
-its prefiltered twin over the evaluation prompts and adversarial strings.
+other text always runs the pattern. ``tests/workers/test_prefilter.py`` checks every prefiltered pattern (the router's
+features, the PII detector's secrets) against the pattern itself over the evaluation sets and adversarial strings.
 """
 
 from __future__ import annotations

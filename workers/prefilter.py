@@ -23,16 +23,19 @@ from collections.abc import Iterator
 from functools import cache
 from typing import Any
 
-# One-entry memo of the last text lowercased: the ~25 patterns of one prompt share one ``lower()``.
-_last_text: str | None = None
-_last_lowered: str = ""
+# One-entry memo of the last text lowercased: the ~25 patterns of one prompt share one ``lower()``. One tuple, read
+# once, so a thread that replaced it in between can never pair a text with another text's lowercase.
+_last: tuple[str | None, str] = (None, "")
 
 
 def _lowered(text: str) -> str:
-    global _last_text, _last_lowered
-    if text is not _last_text:
-        _last_text, _last_lowered = text, text.lower()
-    return _last_lowered
+    global _last
+    last = _last
+    if last[0] is text:
+        return last[1]
+    lowered = text.lower()
+    _last = (text, lowered)
+    return lowered
 
 
 @cache

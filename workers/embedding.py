@@ -18,6 +18,7 @@ import math
 import re
 import unicodedata
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Protocol
@@ -60,6 +61,47 @@ class Embedder(Protocol):
     def dim(self) -> int: ...
 
     async def embed(self, texts: list[str]) -> Vectors: ...
+
+
+class TextVectors:
+    """A bounded memo of one deterministic embedder's vectors by text, shared by every instance in the process.
+
+    A request's prompt is embedded by retrieval, by the cache stage's lookup and again by post-process's cache fill;
+    in one process (``tollway worker all`` or a co-located chain) the second and third are this lookup. Only for
+    embedders whose vector is a pure function of the text (the hashing and the static embedders), so a hit returns
+    exactly what embedding again would. Oldest first out once full.
+    """
+
+    def __init__(self, max_entries: int = 8192) -> None:
+        self.max_entries = max_entries
+        self.rows: dict[str, Vectors] = {}
+
+    def embed(self, texts: list[str], dim: int, compute: Callable[[list[str]], Vectors]) -> Vectors:
+        rows = self.rows
+        missing = list(dict.fromkeys(text for text in texts if text not in rows))
+        fresh: dict[str, Vectors] = {}
+        if missing:
+            for text, computed in zip(missing, compute(missing), strict=True):
+                row = fresh[text] = computed.copy()
+                row.flags.writeable = False
+                if len(rows) >= self.max_entries:
+                    del rows[next(iter(rows))]
+                rows[text] = row
+        out = np.empty((len(texts), dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            out[i] = fresh[text] if text in fresh else rows[text]
+        return out
+
+
+_MEMOS: dict[str, TextVectors] = {}
+
+
+def text_vectors(name: str) -> TextVectors:
+    """The process's memo for the embedder called ``name`` (its name says its model, weights and dimension)."""
+    memo = _MEMOS.get(name)
+    if memo is None:
+        memo = _MEMOS[name] = TextVectors()
+    return memo
 
 
 def normalise_text(text: str) -> str:
@@ -167,6 +209,9 @@ class HashingEmbedder:
     name: str = field(default="hashing-v1")
 
     def embed_sync(self, texts: list[str]) -> Vectors:
+        return text_vectors(f"{self.name}-d{self.dim}").embed(texts, self.dim, self._embed)
+
+    def _embed(self, texts: list[str]) -> Vectors:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for row, text in enumerate(texts):
             vector = _unnormalised(text, self.dim)

@@ -37,6 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from schemas.errors import ConfigError
+from workers.embedding import text_vectors
 
 __all__ = ["EmbedderUnavailableError", "StaticEmbedder"]
 
@@ -132,6 +133,9 @@ class StaticEmbedder:
         """Embed ``texts``; returns float32 array (len(texts), dim), unit-norm rows (zero rows for empty text)."""
         if isinstance(texts, str):
             raise TypeError("embed() takes a list of strings, not a single string")
+        return text_vectors(self.name).embed(texts, self.dim, self._embed)
+
+    def _embed(self, texts: list[str]) -> npt.NDArray[np.float32]:
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out

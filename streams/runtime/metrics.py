@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -29,6 +30,28 @@ CONSUMER_LAG = Gauge("tollway_consumer_lag_records", "Records behind the partiti
                      ["stage", "lane"])
 LANE_PAUSED = Gauge("tollway_batch_lane_paused", "1 while a stage holds its batch lane back for interactive traffic",
                     ["stage"])
+
+
+def observe_many(histogram: Histogram, values: list[float]) -> None:
+    """``histogram.observe(v)`` for each of ``values``, with one increment per bucket instead of one per value (a
+    batch's queue times: hundreds per batch under load). Through prometheus_client's bucket values when they are
+    where it has always kept them, else one ``observe`` at a time."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for value in values:
+            histogram.observe(value)
+        return
+    if not values:
+        return
+    counts = [0] * len(bounds)
+    for value in values:
+        counts[bisect_left(bounds, value)] += 1  # the first bound ≥ value, as observe() counts it (+Inf last)
+    for bucket, count in zip(buckets, counts, strict=True):
+        if count:
+            bucket.inc(count)
+    total.inc(sum(values))
 
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]

@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -104,6 +105,7 @@ class BatchOutcome:
     forwarded: int = 0
     responses: int = 0
     deadlettered: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)  # responses by status: counted once per batch
 
 
 class ConsumerLoop:
@@ -187,6 +189,10 @@ class StageRunner(ConsumerLoop, Generic[C]):
         self.budgets = Budgets.from_totals(settings.budget_interactive_ms, settings.budget_standard_ms,
                                            settings.budget_batch_ms)
         self.tracing = tracing.tracer_for(settings)  # OpenTelemetry hop spans; None (and free) when off
+        # The stage's metric children, looked up once (a label lookup is a lock, a tuple and a dict probe).
+        self._events = metrics.STAGE_EVENTS.labels(self.stage)
+        self._service_seconds = metrics.STAGE_SERVICE_SECONDS.labels(self.stage)
+        self._queue_seconds = metrics.STAGE_QUEUE_SECONDS.labels(self.stage)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -289,11 +295,11 @@ class StageRunner(ConsumerLoop, Generic[C]):
         if trace is not None:
             trace.close(live)  # also the hops of the envelopes a sink stage keeps (not forwarded)
         await self.publisher.flush()
-        metrics.STAGE_EVENTS.labels(self.stage).inc(result.consumed)
-        metrics.STAGE_SERVICE_SECONDS.labels(self.stage).observe((finished_ns - started_ns) / 1e9)
-        queue_seconds = metrics.STAGE_QUEUE_SECONDS.labels(self.stage)  # one label lookup per batch, not per event
-        for env in live:
-            queue_seconds.observe(hops[env.request_id].queue_ms / 1e3)
+        self._events.inc(result.consumed)
+        self._service_seconds.observe((finished_ns - started_ns) / 1e9)
+        metrics.observe_many(self._queue_seconds, [hops[env.request_id].queue_ms / 1e3 for env in live])
+        for status, count in result.outcomes.items():
+            metrics.OUTCOMES.labels(self.stage, status).inc(count)
         return result
 
     async def _process(self, live: list[Envelope], result: BatchOutcome) -> list[Envelope]:
@@ -347,7 +353,7 @@ class StageRunner(ConsumerLoop, Generic[C]):
             answers.add(env.request_id, response, topics)
             env.responded = True
             result.responses += 1
-            metrics.OUTCOMES.labels(self.stage, env.outcome.status if env.outcome else "").inc()
+            result.outcomes[env.outcome.status if env.outcome else ""] += 1
         if env.route:
             topic = self.topology.stage(env.route[0], env.tier)
             if self._hand_over is None or not self._hand_over(topic, env, key):

@@ -123,3 +123,25 @@ def test_static_is_the_default_embedder_and_is_local() -> None:
 
     assert Settings().embedder == "static"
     assert route_for(None, Settings(embedder="static")) == list(DEFAULT_ROUTE)  # prompts never leave the worker
+
+
+def test_memoised_vectors_equal_fresh_ones_and_stay_bounded() -> None:
+    from workers.embedding import TextVectors
+
+    embedder = HashingEmbedder(dim=64)
+    texts = ["how do I rotate the API key", "", "how do I rotate the API key", "another prompt"]
+    memo = TextVectors(max_entries=2)
+    calls: list[list[str]] = []
+
+    def compute(batch: list[str]) -> np.ndarray:
+        calls.append(batch)
+        return embedder._embed(batch)
+
+    first = memo.embed(texts, 64, compute)
+    assert np.array_equal(first, embedder._embed(texts))
+    assert calls == [["how do I rotate the API key", "", "another prompt"]]  # each text once
+    assert len(memo.rows) == 2
+    again = memo.embed(["another prompt"], 64, compute)
+    assert np.array_equal(again[0], first[3]) and len(calls) == 1
+    again[0][:] = 0  # the caller's copy: the memo is untouched
+    assert np.array_equal(memo.embed(["another prompt"], 64, compute)[0], first[3])

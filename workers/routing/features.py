@@ -21,61 +21,63 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from workers.prefilter import prefiltered
 from workers.routing.tokens import count_tokens
 
 _I = re.IGNORECASE
-_TRANSFORM = re.compile(
+_TRANSFORM = prefiltered(
     r"\b(summari[sz]\w*|summary|gist|tl;?dr|translat\w*|classif\w*|categor\w*|extract\w*|pull out|rewrite|"
     r"rephrase|paraphrase|proofread|fix (the )?grammar|shorten|make (this|it) (shorter|sound|more|less)|"
     r"turn (this|it) into|sentiment|tone|label)\b", _I)
-_REFERENCE = re.compile(
+_REFERENCE = prefiltered(
     r"\b(this|these|below|above|following|the text|the passage|the document|the report|the email|"
     r"the transcript|the article|in it|from it)\b", _I)
-_LOOKUP = re.compile(
+_LOOKUP = prefiltered(
     r"\b(what(?:'s| is| are| was)|who (is|was|wrote|invented)|when (is|was|did|does)|where (is|do|can)|"
     r"how (many|much|long|far|old)|which is|capital of|define|definition|meaning of|symbol for|shortcut|"
     r"is (a|an|it|there)|do i need|does (the|it))\b", _I)
-_GREETING = re.compile(r"^\W*(hi|hello|hey|thanks|thank you|good (morning|afternoon|evening)|bye)\b", _I)
-_REASONING = re.compile(
+_GREETING = prefiltered(r"^\W*(hi|hello|hey|thanks|thank you|good (morning|afternoon|evening)|bye)\b", _I)
+_REASONING = prefiltered(
     r"\b(why|explain\w*|compare|comparison|contrast|differen\w+|vs\.?|versus|trade-?offs?|pros and cons|"
     r"should (i|we)|which (one|is better)|justify|critique|assess|evaluate|implications?|recommend\w*|"
     r"when (would|should) (i|we|you) use|how does .{3,40} work)\b", _I)
-_PLAN = re.compile(
+_PLAN = prefiltered(
     r"\b(plan|planning|roadmap|migrat\w+|schedule|programme|program|syllabus|timeline|milestones?|rollback|"
     r"contingenc\w+|risks?|budget|phases?|phased|dependenc\w+|sprints?|critical path|zero downtime|"
     r"compliance|itinerary|owners?|kpis?)\b", _I)
-_DESIGN = re.compile(
+_DESIGN = prefiltered(
     r"\b(design|architect\w*|system|service|server|pipeline|platform|scal\w+|distributed|concurren\w+|"
     r"thread[- ]safe\w*|thread safety|race conditions?|deadlock\w*|lock-free|exactly-once|consisten\w+|"
     r"fault[- ]toleran\w+|refactor\w*|data structure|complexity|end-to-end|production|eviction|"
     r"undo|redo|reconnect\w*|matchmaking|replication|sharding|failover|idempoten\w+|backpressure|"
     r"multi-\w+|modules?|components?)\b|\bO\([^)]*\)", _I)
-_PROOF = re.compile(
+_PROOF = prefiltered(
     r"\b(prove|proof|derive|derivation|closed form|recurrence|theorem|lemma|np-complete|undecidab\w+|"
     r"reduction|integer solutions|irrational|induction|optimi[sz]\w+|eigen\w*|integrals?|elliptic|pde|"
     r"asymptotic\w*|bounds?|np-hard|if and only if|for every|for all|show that|generali[sz]e|combinatori\w*|"
     r"lagrang\w*|convergen\w+|invariant)\b", _I)
-_MATH = re.compile(
+_MATH = prefiltered(
     r"\b(solve|equations?|probabilit\w+|calculate|compute|variance|matrix|expected value|compound\w*|"
     r"percent\w*|interest)\b|\d+(\.\d+)?\s*[-+*/^×÷=]\s*\(?\d|\d\s*%|[∑∫√π]|\w\^\d", _I)
-_CODE = re.compile(
+_CODE = prefiltered(
     r"```|\b(def|regex|sql|query|python|javascript|js|typescript|rust|golang|java|c\+\+|kotlin|bash|"
     r"dockerfile|yaml|function|class|script|unit tests?|pytest|tests|compile\w*|stack ?trace|traceback|"
     r"exception|bug|debug\w*|implement\w*|algorithm|api|endpoint|kubernetes|docker)\b|=>|\w+\(\)", _I)
-_STRUCTURED = re.compile(
+_STRUCTURED = prefiltered(
     r"\b(tables?|json|csv|markdown|sections?|headings?|template|bullet\w*|format|schema|columns?|"
     r"appendix|checklist)\b", _I)
-_LONG_OUTPUT = re.compile(
+_LONG_OUTPUT = prefiltered(
     r"\b(complete|full|comprehensive|detailed|in[- ]depth|thorough|end-to-end|whole)\b|"
     r"\b\d[\d,]{2,}\s*(\+\s*)?words\b", _I)
-_WORDS_ASKED = re.compile(r"\b(\d[\d,]*)\s*(\+\s*)?words\b", _I)
-_SOURCES = re.compile(
+_WORDS_ASKED = prefiltered(r"\b(\d[\d,]*)\s*(\+\s*)?words\b", _I)
+_SOURCES = prefiltered(
     r"\b(three|four|five|several|multiple|\d+)\s+(vendors?|proposals?|studies|reports?|contracts?|leases?|"
     r"options|designs|candidates|papers|sources|offers|quotes)\b|^\s*[A-E]\)\s|\bconflicting\b", _I | re.MULTILINE)
-_WRITING = re.compile(r"\b(write|draft|compose|prepare|create|produce)\b", _I)
+_WRITING = prefiltered(r"\b(write|draft|compose|prepare|create|produce)\b", _I)
 _ITEM = re.compile(r"^\s*(\d+[.)]|[-*•]|[A-Za-z][.)])\s+", re.MULTILINE)
-_QUOTED = re.compile(r"'[^'\n]{12,}'|\"[^\"\n]{12,}\"|“[^”]{12,}”|```.*?```", re.DOTALL)
-_ASKS = re.compile(r"\b(read|answer|tell|list|give|turn|explain|what|which|how|check|review|find)\b", _I)
+_QUOTED = prefiltered(r"'[^'\n]{12,}'|\"[^\"\n]{12,}\"|“[^”]{12,}”|```.*?```", re.DOTALL)
+_ASKS = prefiltered(r"\b(read|answer|tell|list|give|turn|explain|what|which|how|check|review|find)\b", _I)
+_AND = prefiltered(r"\band\b", _I)
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)?")
 
@@ -159,7 +161,7 @@ def extract(prompt: str, *, prior_turns: int = 0, retrieval_confidence: float = 
     asked = [int(m.group(1).replace(",", "")) for m in _WORDS_ASKED.finditer(instruction)
              if m.group(1).replace(",", "").isdigit()]
     long_output = 1.0 if _LONG_OUTPUT.search(instruction) or any(n >= 800 for n in asked) else 0.0
-    constraints = (instruction.count(",") + instruction.count(";") + len(re.findall(r"\band\b", instruction, _I))
+    constraints = (instruction.count(",") + instruction.count(";") + len(_AND.findall(instruction))
                    + len(_ITEM.findall(prompt if not material else instruction)))
     values = {
         "instruction_tokens_log": _log(count_tokens(instruction)),

@@ -23,3 +23,25 @@ def test_healthz_answers_ok_and_metrics_stay_on_metrics() -> None:
 
 def test_disabled_metrics_serve_nothing() -> None:
     assert serve_metrics(None) is None
+
+
+def test_observe_many_counts_like_observe_one_at_a_time() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from streams.runtime.metrics import _LATENCY_BUCKETS, observe_many
+
+    registry = CollectorRegistry()
+    one = Histogram("one_seconds", "one at a time", buckets=_LATENCY_BUCKETS, registry=registry)
+    many = Histogram("many_seconds", "in one call", buckets=_LATENCY_BUCKETS, registry=registry)
+    values = [0.0, 0.0005, 0.00051, 0.001, 0.3, 2.5, 99.0, 0.01, 0.0099, 1e-9]
+    for value in values:
+        one.observe(value)
+    observe_many(many, values)
+    observe_many(many, [])
+
+    def samples(name: str) -> list[tuple[str, dict[str, str], float]]:
+        return [(s.name.removeprefix(name), s.labels, s.value) for metric in registry.collect()
+                if metric.name == name for s in metric.samples if not s.name.endswith("_created")]
+
+    assert len(samples("one_seconds")) == len(_LATENCY_BUCKETS) + 3  # the buckets, +Inf, count and sum
+    assert samples("one_seconds") == samples("many_seconds")

@@ -118,3 +118,33 @@ async def test_a_request_answered_again_gets_its_first_response_byte_for_byte(pi
     records = await read_until(pipeline, topology(pipeline).responses, lambda rs: len(rs) >= 2)
     raw = [r.value for r in records if decode_as(r.value, Response).request_id == env.request_id]
     assert len(raw) == 2 and raw[1] == marked(raw[0]), "the second pass (served from the cache) is not re-sent"
+
+
+@pytest.mark.parametrize("args", [
+    ("SET", "k", b"v", "EX", 60),
+    (b"XADD", "log", "MAXLEN", "~", 1000, "*", "k", "kéy", "x", 1_700_000_000_000, "v", b"\x00\xff" * 600),
+    ("CONFIG GET", "maxmemory"),
+    (b"CLIENT SETNAME", b"me"),
+    ("ZADD", "z", 0.1, "a", 1e300, "b", -2.5, "c"),
+    ("SET", "k", 10**30),
+    ("SET", "k", memoryview(b"view")),
+    ("SET", "k", bytearray(b"array")),
+])
+def test_hiredis_packing_writes_the_bytes_redis_py_writes(args: tuple[object, ...]) -> None:
+    from redis.asyncio.connection import Connection
+
+    from streams.runtime.connections import HiredisPackConnection
+
+    def joined(chunks: list[bytes]) -> bytes:
+        return b"".join(bytes(chunk) for chunk in chunks)
+
+    assert joined(HiredisPackConnection().pack_command(*args)) == joined(Connection().pack_command(*args))
+
+
+def test_hiredis_packing_refuses_what_redis_py_refuses() -> None:
+    from redis.exceptions import DataError
+
+    from streams.runtime.connections import HiredisPackConnection
+
+    with pytest.raises(DataError):
+        HiredisPackConnection().pack_command("SET", "k", True)

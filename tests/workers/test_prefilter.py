@@ -1,0 +1,83 @@
+"""The prefiltered feature patterns find exactly what the patterns themselves find."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import orjson
+import pytest
+
+from workers.detectors import pii
+from workers.prefilter import Prefiltered, prefiltered, required_literals
+from workers.routing import features
+
+DATA = Path(__file__).resolve().parents[2] / "bench" / "data"
+
+PATTERNS = {f"{module.__name__}.{name}": value for module in (features, pii) for name, value in vars(module).items()
+            if isinstance(value, Prefiltered)}
+
+ADVERSARIAL = [
+    "", " ", "and", "AND", "Sand", "a-b", "2+2=4", "x^2", "50 %", "∑ of π", "O(n log n)", "foo()", "a => b",
+    "PLAN the ROADMAP", "Kelvin: \u212a", "\u212api", "ſolve this", "ſolve it", "İs it", "ıs it", "what's up",
+    "What's the capital of Peru?", "Write 1,200 words", "```code```", "'a quoted span of text'", "A) first\nB) second",
+    "three vendors", "tl;dr", "TLDR please", "c++ bug", "in-depth review", "in depth", "end-to-end",
+    "thread-safe queue", "how does a B-tree work", "fix grammar", "fix the grammar", "password: hunter22x",
+    "API_KEY=abcdef123456", "sk-proj-abcdefghijklmnopqrstuvwxyz", "AKIAABCDEFGHIJKLMNOP", "Passwd = 's3cr3t-v4lue'",
+    "token: short", "AUTH-TOKEN:verylongtokenvalue",
+]
+
+
+def _texts() -> list[str]:
+    texts = list(ADVERSARIAL)
+    for path in sorted(DATA.glob("*.jsonl")):
+        for line in path.read_bytes().splitlines():
+            stack = [orjson.loads(line)]
+            while stack:
+                value = stack.pop()
+                if isinstance(value, str):
+                    texts.append(value)
+                elif isinstance(value, dict):
+                    stack.extend(value.values())
+                elif isinstance(value, list):
+                    stack.extend(value)
+    return texts
+
+
+def test_every_feature_pattern_is_prefiltered_with_literals() -> None:
+    assert len(PATTERNS) >= 17
+    assert all(p.literals for p in PATTERNS.values())
+
+
+def test_prefiltered_patterns_find_exactly_what_the_patterns_find() -> None:
+    texts = _texts()
+    assert len(texts) > 1000
+    for name, pattern in PATTERNS.items():
+        for text in texts:
+            assert pattern.findall(text) == pattern.pattern.findall(text), (name, text[:80])
+            assert [m.span() for m in pattern.finditer(text)] == \
+                [m.span() for m in pattern.pattern.finditer(text)], (name, text[:80])
+            found, expected = pattern.search(text), pattern.pattern.search(text)
+            assert (found and found.span()) == (expected and expected.span()), (name, text[:80])
+
+
+@pytest.mark.parametrize(("pattern", "flags", "expected"), [
+    (r"\b(plan|planning|roadmap)\b", re.I, {"plan", "planning", "roadmap"}),
+    (r"\w+\(\)", 0, {"()"}),
+    (r"[∑π]", 0, set()),  # nothing ASCII matches
+    (r"k", re.I, {"k"}),
+    (r"\u212a", re.I, {"k"}),  # the Kelvin sign matches k and K when case is ignored
+    (r"\d+", 0, None),
+    (r"a|\d", 0, None),
+    (r"in[- ]depth", re.I, {"depth"}),
+])
+def test_required_literals(pattern: str, flags: int, expected: set[str] | None) -> None:
+    found = required_literals(re.compile(pattern, flags))
+    assert (None if found is None else set(found)) == expected
+
+
+def test_non_ascii_text_always_runs_the_pattern() -> None:
+    kelvin = prefiltered(r"\bkpi\b", re.I)
+    assert kelvin.findall("\u212apI") == ["\u212apI"]
+    assert kelvin.findall("KPI") == ["KPI"]
+    assert kelvin.findall("no such thing") == []

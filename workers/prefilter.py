@@ -1,0 +1,158 @@
+"""Regexes that skip texts they cannot match: the same results as the pattern, at a fraction of its cost.
+
+The router's features (``workers/routing/features.py``) run ~25 case-insensitive word-list patterns over every prompt.
+Python's ``re`` tries every alternative of such a pattern at every position of the text, so a pattern that finds
+nothing — most of them, for most prompts — costs as much as one that finds something: ~0.5 ms of the model stage's
+CPU per request (``python -m bench.micro``, py-spy). Most alternatives start with plain words, though, and a match
+is impossible unless one of them occurs in the text.
+
+:func:`required_literals` reads the parsed pattern and returns strings one of which every match must contain (or None
+when it cannot say). :class:`Prefiltered` checks them with ``str.__contains__`` — on the lowercased text when the
+pattern ignores case — and runs the pattern only when one is present. The check is exact on ASCII texts (which chars
+of ASCII a pattern's literal matches is asked of ``re`` itself, so the Kelvin sign matching ``k`` is honoured); any
+other text always runs the pattern. ``tests/workers/test_prefilter.py`` checks every prefiltered pattern (the router's
+features, the PII detector's secrets) against the pattern itself over the evaluation sets and adversarial strings.
+"""
+
+from __future__ import annotations
+
+import re
+import re._constants as sre_c  # type: ignore[import-not-found]  # the parser's opcodes (CPython 3.11+)
+import re._parser as sre_parse  # type: ignore[import-not-found]
+from collections.abc import Iterator
+from functools import cache
+from typing import Any
+
+# One-entry memo of the last text lowercased: the ~25 patterns of one prompt share one ``lower()``. One tuple, read
+# once, so a thread that replaced it in between can never pair a text with another text's lowercase.
+_last: tuple[str | None, str] = (None, "")
+
+
+def _lowered(text: str) -> str:
+    global _last
+    last = _last
+    if last[0] is text:
+        return last[1]
+    lowered = text.lower()
+    _last = (text, lowered)
+    return lowered
+
+
+@cache
+def _ascii_twin(code: int, flags: int) -> str | None:
+    """The one (lowercased) ASCII character that the pattern literal ``code`` matches, "" when it matches none, and
+    None when it matches several different ones (never for letters: their cases lower to the same character)."""
+    literal = re.compile(re.escape(chr(code)), flags & re.IGNORECASE)
+    twins = {chr(a).lower() if flags & re.IGNORECASE else chr(a) for a in range(128) if literal.fullmatch(chr(a))}
+    if len(twins) > 1:
+        return None
+    return twins.pop() if twins else ""
+
+
+Requirement = frozenset[str] | None  # one of these must occur; frozenset() = cannot match ASCII text; None = unknown
+
+
+def _sequence(items: Any, flags: int) -> Requirement:
+    """A sequence matches only if every item does, so any item's requirement holds for it: the most selective one
+    is kept (the one whose shortest string is longest: "depth" rather than "in" for ``in[- ]depth``)."""
+    items = list(items)
+    found: list[frozenset[str]] = []
+    i = 0
+    while i < len(items):
+        op, av = items[i]
+        if op is sre_c.LITERAL:
+            run = []
+            while i < len(items) and items[i][0] is sre_c.LITERAL:
+                twin = _ascii_twin(items[i][1], flags)
+                if twin is None:
+                    break
+                if twin == "":
+                    return frozenset()  # a character no ASCII text has
+                run.append(twin)
+                i += 1
+            if run:
+                found.append(frozenset({"".join(run)}))
+            else:
+                i += 1
+            continue
+        required = _item(op, av, flags)
+        if required is not None:
+            if not required:
+                return required
+            found.append(required)
+        i += 1
+    return max(found, key=lambda strings: (min(map(len, strings)), -len(strings))) if found else None
+
+
+def _item(op: Any, av: Any, flags: int) -> Requirement:
+    if op is sre_c.SUBPATTERN:
+        _group, add_flags, del_flags, sub = av
+        return None if add_flags or del_flags else _sequence(sub, flags)
+    if op is sre_c.BRANCH:
+        union: set[str] = set()
+        for alternative in av[1]:
+            found = _sequence(alternative, flags)
+            if found is None:
+                return None
+            union |= found
+        return frozenset(union)
+    if op in (sre_c.MAX_REPEAT, sre_c.MIN_REPEAT, sre_c.POSSESSIVE_REPEAT):
+        low, _high, sub = av
+        return _sequence(sub, flags) if low >= 1 else None
+    if op is sre_c.IN:
+        chars: set[str] = set()
+        for member_op, member in av:
+            if member_op is sre_c.LITERAL:
+                codes: range | tuple[int, ...] = (member,)
+            elif member_op is sre_c.RANGE and member[1] - member[0] <= 64:
+                codes = range(member[0], member[1] + 1)
+            else:
+                return None  # a category (\d, \w), a negation or a wide range: anything goes
+            for code in codes:
+                twin = _ascii_twin(code, flags)
+                if twin is None:
+                    return None
+                if twin:
+                    chars.add(twin)
+        return frozenset(chars)
+    return None  # anchors, look-arounds, back references, dots: no requirement from this item
+
+
+def required_literals(pattern: re.Pattern[str]) -> Requirement:
+    """Strings one of which every match of ``pattern`` contains (lowercased when it ignores case), read on ASCII
+    text; None when the pattern gives no such guarantee (then nothing is skipped)."""
+    if pattern.flags & (re.VERBOSE | re.ASCII) or not isinstance(pattern.pattern, str):
+        return None
+    return _sequence(sre_parse.parse(pattern.pattern, pattern.flags), pattern.flags)
+
+
+class Prefiltered:
+    """``pattern``'s ``findall``/``search``/``finditer``, skipped on ASCII texts that contain none of its literals."""
+
+    __slots__ = ("ignorecase", "literals", "pattern")
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        self.pattern = pattern
+        required = required_literals(pattern)
+        # Shortest first: they are the likeliest to occur, and ``any`` stops at the first that does.
+        self.literals = tuple(sorted(required, key=len)) if required is not None else None
+        self.ignorecase = bool(pattern.flags & re.IGNORECASE)
+
+    def impossible(self, text: str) -> bool:
+        if self.literals is None or not text.isascii():
+            return False
+        haystack = _lowered(text) if self.ignorecase else text
+        return not any(map(haystack.__contains__, self.literals))
+
+    def findall(self, text: str) -> list[Any]:
+        return [] if self.impossible(text) else self.pattern.findall(text)
+
+    def search(self, text: str) -> re.Match[str] | None:
+        return None if self.impossible(text) else self.pattern.search(text)
+
+    def finditer(self, text: str) -> Iterator[re.Match[str]]:
+        return iter(()) if self.impossible(text) else self.pattern.finditer(text)
+
+
+def prefiltered(pattern: str, flags: int = 0) -> Prefiltered:
+    return Prefiltered(re.compile(pattern, flags))

@@ -30,6 +30,8 @@ DATA = Path(__file__).parent / "data"
 TUNING_FILE = DATA / "injection_tuning.jsonl"
 HELD_OUT_FILE = DATA / "injection_heldout.jsonl"
 OUTSIDER_FILE = DATA / "injection_outsider.jsonl"
+OUTSIDER_TUNE2_FILE = DATA / "injection_outsider_tune2.jsonl"
+OUTSIDER_TEST2_FILE = DATA / "injection_outsider_test2.jsonl"
 DEFAULT_THRESHOLD = 0.6  # the policy document's default
 
 
@@ -57,8 +59,9 @@ def load_outsider(split: str, path: Path = OUTSIDER_FILE) -> list[Sample]:
     samples = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         row = json.loads(line)
-        if row.get("label") not in ("attack", "benign") or row.get("split") not in ("tune", "test"):
-            raise ValueError(f"{path}:{number}: label must be attack|benign and split tune|test, got {row!r:.200}")
+        if row.get("label") not in ("attack", "benign") or row.get("split") not in ("tune", "test", "test2"):
+            raise ValueError(f"{path}:{number}: label must be attack|benign and split tune|test|test2, got "
+                             f"{row!r:.200}")
         if row["split"] == split:
             samples.append(Sample(row["text"], row["label"] == "attack", row["family"], f"outsider_{split}",
                                   row["style"]))
@@ -73,6 +76,8 @@ HELD_OUT_ATTACKS = [s.text for s in HELD_OUT if s.is_attack]
 HELD_OUT_BENIGN = [s.text for s in HELD_OUT if not s.is_attack]
 OUTSIDER_TUNE = load_outsider("tune")
 OUTSIDER_TEST = load_outsider("test")
+OUTSIDER_TUNE2 = load_outsider("tune", OUTSIDER_TUNE2_FILE)
+OUTSIDER_TEST2 = load_outsider("test2", OUTSIDER_TEST2_FILE)
 
 
 def rates(threshold: float, attacks: list[str] = ATTACKS,

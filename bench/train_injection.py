@@ -102,7 +102,8 @@ def main() -> int:
     MODEL_PATH.write_text(json.dumps({
         "about": "hashed n-gram logistic regression for workers/detectors/injection.py; trained by "
                  "bench/train_injection.py on bench/data/injection_tuning.jsonl, the tune split of "
-                 "injection_outsider.jsonl and injection_outsider_tune2.jsonl only; probability 0.6 at the cut of out-of-fold FPR "
+                 "injection_outsider.jsonl and injection_outsider_tune2.jsonl only; probability 0.6 at the cut of "
+                 "out-of-fold FPR "
                  f"{MAX_TUNING_FPR} (CV TPR {tpr:.3f} FPR {fpr:.3f})",
         "dims": DIMS, "bias": round(bias, 5), "weights": [round(float(w), 5) for w in weights],
     }, separators=(",", ":")) + "\n", encoding="utf-8")

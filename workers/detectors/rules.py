@@ -8,7 +8,8 @@ The file has four sections:
 - ``rules``: each with a ``name``, a ``layer`` (``literal`` or ``family``), a ``weight`` in (0, 1], a ``pattern``,
   optional lower-case ``triggers``, an optional ``context`` pattern that must match within ``context_chars`` of the
   hit, an optional ``unless`` pattern that cancels a hit when it matches within ``unless_chars`` of it (a how-to
-  question: "how do I make my colleague an admin?"), and ``always_from_length``. A pattern may be written as a list of strings, which are joined.
+  question: "how do I make my colleague an admin?"), and ``always_from_length``. A pattern may be written as a list
+  of strings, which are joined.
 - ``discussion``: the pattern of text that talks *about* injection, and the damping applied to it.
 - ``typo_vocabulary``: words the rules look for that are worth reading through a typing slip (``Igonre``).
 

@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from workers.detectors.readings import TypoFolder, normalise, readings
-from workers.detectors.rules import Rule, load_rules
+from workers.detectors.rules import Rule, TriggerIndex, load_rules
 
 __all__ = ["RULES", "InjectionResult", "NgramModel", "Rule", "features", "normalise", "score"]
 
@@ -61,6 +61,7 @@ class InjectionResult:
 _BOOK = load_rules()  # once per process; a bad rule file fails the import with a ConfigError naming the rule
 RULES: tuple[Rule, ...] = _BOOK.rules
 _TYPOS = TypoFolder(_BOOK.typo_vocabulary)
+_INDEX = TriggerIndex(RULES)
 # A quoted span: straight or curly quotes, or backticks, not an apostrophe inside a word ("don't", "band's").
 _QUOTED = re.compile(r"(?<!\w)(?:'[^'\n]{2,400}?'|\"[^\"\n]{2,400}?\"|“[^”\n]{2,400}?”|‘[^’\n]{2,400}?’|"
                      r"`[^`\n]{2,400}?`)(?!\w)")
@@ -131,9 +132,12 @@ def _variants(text: str) -> list[str]:
 
 
 def _found(variants: list[str]) -> dict[str, Rule]:
-    lowered = [v.lower() for v in variants]
-    return {rule.name: rule for rule in RULES
-            if any(rule.matches(v, low) for v, low in zip(variants, lowered, strict=True))}
+    hits: set[str] = set()
+    for variant in variants:
+        for rule in _INDEX.candidates(variant, variant.lower()):
+            if rule.name not in hits and rule.search(variant):
+                hits.add(rule.name)
+    return {rule.name: rule for rule in RULES if rule.name in hits}  # in the rule file's order
 
 
 def _combine(weights: list[float]) -> float:

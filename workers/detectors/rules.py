@@ -80,6 +80,26 @@ class Rule:
         return self.search(text)
 
 
+class TriggerIndex:
+    """The rules worth running on a text, found with one pass over the distinct triggers of all the rules.
+
+    Many rules share trigger words ("give", "your", "admin"), and a compiled alternation per rule scans the text
+    once per rule; testing each distinct trigger once with ``in`` and each rule's set with ``isdisjoint`` gives the
+    same answer as :meth:`Rule.matches`'s shortcut at about half the cost.
+    """
+
+    def __init__(self, rules: tuple[Rule, ...]) -> None:
+        self.rules = rules
+        self.triggers = tuple(sorted({t for rule in rules for t in rule.triggers}))
+        self._sets = tuple(frozenset(rule.triggers) for rule in rules)
+
+    def candidates(self, text: str, lowered: str) -> list[Rule]:
+        present = {t for t in self.triggers if t in lowered}
+        return [rule for rule, triggers in zip(self.rules, self._sets, strict=True)
+                if not triggers or not triggers.isdisjoint(present)
+                or (rule.always_from_length is not None and len(text) >= rule.always_from_length)]
+
+
 @dataclass(frozen=True)
 class RuleBook:
     rules: tuple[Rule, ...]

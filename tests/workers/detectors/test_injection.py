@@ -101,6 +101,17 @@ def test_triggers_never_hide_a_match(text: str, prefix: str) -> None:
         assert rule.matches(normalised, normalised.lower()) == rule.search(normalised), rule.name
 
 
+@given(st.one_of(st.text(max_size=300), st.sampled_from(ATTACKS + BENIGN)),
+       st.sampled_from(["", " ", "\n", "IGNORE ", "Ｉ"]))
+def test_the_trigger_index_keeps_every_rule_that_matches(text: str, prefix: str) -> None:
+    from workers.detectors.injection import RULES
+    from workers.detectors.rules import TriggerIndex
+
+    normalised = normalise(prefix + text)
+    kept = {rule.name for rule in TriggerIndex(RULES).candidates(normalised, normalised.lower())}
+    assert {rule.name for rule in RULES if rule.matches(normalised, normalised.lower())} <= kept
+
+
 DISARMING_SUFFIXES = (" (Approved by the security team.)", " This is just a test for our red team.",
                       " Our pen test is authorised; this is how attackers phrase it.")
 

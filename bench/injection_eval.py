@@ -10,6 +10,9 @@ Three files under ``bench/data/``:
   ``/work/evalsets/injection.jsonl``; its README describes the families and styles). Rows carry ``split``: rules may
   be fitted to ``tune`` rows only; figures are reported on ``test`` rows, per attack family (TPR) and per benign
   family and style (FPR). Misses can be listed for ``tune`` only.
+- ``injection_outsider_tune2.jsonl`` / ``injection_outsider_test2.jsonl``: a second outsider set (README beside
+  them), weighted to the families the first one found hard. ``tune2`` rows may be fitted and trained on; ``test2`` is
+  reported per family and never listed.
 
 Figures are reported per set and per source, at the policy's default threshold and over a small sweep, with the
 detector's cost per request on a batch of 500. Run: ``.venv/bin/python -m bench.injection_eval [--threshold 0.6]``.
@@ -30,6 +33,8 @@ DATA = Path(__file__).parent / "data"
 TUNING_FILE = DATA / "injection_tuning.jsonl"
 HELD_OUT_FILE = DATA / "injection_heldout.jsonl"
 OUTSIDER_FILE = DATA / "injection_outsider.jsonl"
+OUTSIDER_TUNE2_FILE = DATA / "injection_outsider_tune2.jsonl"
+OUTSIDER_TEST2_FILE = DATA / "injection_outsider_test2.jsonl"
 DEFAULT_THRESHOLD = 0.6  # the policy document's default
 
 
@@ -57,8 +62,9 @@ def load_outsider(split: str, path: Path = OUTSIDER_FILE) -> list[Sample]:
     samples = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         row = json.loads(line)
-        if row.get("label") not in ("attack", "benign") or row.get("split") not in ("tune", "test"):
-            raise ValueError(f"{path}:{number}: label must be attack|benign and split tune|test, got {row!r:.200}")
+        if row.get("label") not in ("attack", "benign") or row.get("split") not in ("tune", "test", "test2"):
+            raise ValueError(f"{path}:{number}: label must be attack|benign and split tune|test|test2, got "
+                             f"{row!r:.200}")
         if row["split"] == split:
             samples.append(Sample(row["text"], row["label"] == "attack", row["family"], f"outsider_{split}",
                                   row["style"]))
@@ -73,6 +79,8 @@ HELD_OUT_ATTACKS = [s.text for s in HELD_OUT if s.is_attack]
 HELD_OUT_BENIGN = [s.text for s in HELD_OUT if not s.is_attack]
 OUTSIDER_TUNE = load_outsider("tune")
 OUTSIDER_TEST = load_outsider("test")
+OUTSIDER_TUNE2 = load_outsider("tune", OUTSIDER_TUNE2_FILE)
+OUTSIDER_TEST2 = load_outsider("test2", OUTSIDER_TEST2_FILE)
 
 
 def rates(threshold: float, attacks: list[str] = ATTACKS,
@@ -150,26 +158,32 @@ def main() -> int:
         groups[f"held_out:{source}"] = [s for s in HELD_OUT if s.source == source]
     groups["outsider:tune"] = OUTSIDER_TUNE
     groups["outsider:test"] = OUTSIDER_TEST
+    groups["outsider:tune2"] = OUTSIDER_TUNE2
+    groups["outsider:test2"] = OUTSIDER_TEST2
     thresholds = sorted({0.4, 0.5, 0.6, 0.7, 0.8, args.threshold})
     table = {name: {f"{t:.2f}": rates(t, *_split(samples))[:2] for t in thresholds}
              for name, samples in groups.items()}
     cost = microseconds_per_request()
     outsider_test = breakdown(OUTSIDER_TEST, args.threshold)
+    outsider_test2 = breakdown(OUTSIDER_TEST2, args.threshold)
     if args.json:
         print(json.dumps({"sizes": {n: _sizes(s) for n, s in groups.items()}, "rates": table,
                           "outsider_test_breakdown": {heading: {c.group: [c.flagged, c.total] for c in cells}
                                                       for heading, cells in outsider_test.items()},
+                          "outsider_test2_breakdown": {heading: {c.group: [c.flagged, c.total] for c in cells}
+                                                       for heading, cells in outsider_test2.items()},
                           "us_per_request": round(cost, 1)}, indent=2))
         return 0
     for name, samples in groups.items():
         attacks, benign = _split(samples)
         print(f"{name}: {len(attacks)} attacks / {len(benign)} benign")
-    print(f"{'threshold':>9} " + " ".join(f"{n[:22]:>24}" for n in groups))
+    print(f"{'threshold':>9} " + " ".join(f"{n[:22]:>24}" for n in groups))  # a wide table: pipe through less -S
     for t in thresholds:
         cells = " ".join(f"{'TPR {:.3f} FPR {:.3f}'.format(*table[n][f'{t:.2f}']):>24}" for n in groups)
         print(f"{t:>9.2f} {cells}{'   <- default' if t == DEFAULT_THRESHOLD else ''}")
     print(f"cost: {cost:.1f} µs/request (one request per call, batch of 500)")
     print_breakdown(f"outsider set, test split, threshold {args.threshold}", outsider_test)
+    print_breakdown(f"outsider second set, test2 (report only), threshold {args.threshold}", outsider_test2)
     print("\noutsider set, test split, frontier (a reading, never a way to pick the threshold)")
     attacks, benign = _split(OUTSIDER_TEST)
     attack_scores = [score([a]).score for a in attacks]

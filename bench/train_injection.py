@@ -1,5 +1,6 @@
-"""Train the injection detector's hashed n-gram model on tuning rows only (the project's tuning set and the ``tune``
-split of the outsider set); write workers/detectors/injection_model.json.
+"""Train the injection detector's hashed n-gram model on tuning rows only (the project's tuning set, the ``tune``
+split of the outsider set and the outsider's second tune file ``injection_outsider_tune2.jsonl``); write
+workers/detectors/injection_model.json.
 
 Regularised logistic regression (classes balanced, L2) over the hashed word 1-2-grams and character 3-5-grams of
 ``workers.detectors.injection.features``, each row scaled to unit length — deterministic, numpy only. With ~800 rows
@@ -10,7 +11,7 @@ The cut is chosen by 5-fold cross-validation *within the tuning rows*, folds by 
 and its typo / lowercase / formal variants stay in one fold): the out-of-fold logit above which at most
 ``MAX_TUNING_FPR`` of the benign rows fall. The bias is then shifted so that this logit reads as probability 0.6,
 the policy's default threshold; the detector's score is the larger of the rule score and that probability.
-The held-out file and the outsider ``test`` split are never read here.
+The held-out file, the outsider ``test`` split and ``injection_outsider_test2.jsonl`` are never read here.
 Run: ``.venv/bin/python -m bench.train_injection``.
 """
 
@@ -23,14 +24,14 @@ import zlib
 
 import numpy as np
 
-from bench.injection_eval import DEFAULT_THRESHOLD, OUTSIDER_FILE, TUNING
+from bench.injection_eval import DEFAULT_THRESHOLD, OUTSIDER_FILE, OUTSIDER_TUNE2_FILE, TUNING
 from workers.detectors.injection import MODEL_PATH, features, normalise
 
 DIMS = 1 << 14
 L2 = 1e-3
 IRLS_STEPS = 10
 FOLDS = 5
-MAX_TUNING_FPR = 0.015
+MAX_TUNING_FPR = 0.01
 
 
 def tuning_rows() -> tuple[list[str], np.ndarray, list[str]]:
@@ -44,6 +45,13 @@ def tuning_rows() -> tuple[list[str], np.ndarray, list[str]]:
             texts.append(row["text"])
             labels.append(1.0 if row["label"] == "attack" else 0.0)
             groups.append(row["group"])
+    for line in OUTSIDER_TUNE2_FILE.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if row["split"] != "tune":
+            raise ValueError(f"{OUTSIDER_TUNE2_FILE}: a row of split {row['split']!r} in the tune file")
+        texts.append(row["text"])
+        labels.append(1.0 if row["label"] == "attack" else 0.0)
+        groups.append(f"tune2-{row['group']}")
     return texts, np.array(labels), groups
 
 
@@ -93,8 +101,9 @@ def main() -> int:
     bias = float(alpha.sum()) - cut + math.log(DEFAULT_THRESHOLD / (1 - DEFAULT_THRESHOLD))
     MODEL_PATH.write_text(json.dumps({
         "about": "hashed n-gram logistic regression for workers/detectors/injection.py; trained by "
-                 "bench/train_injection.py on bench/data/injection_tuning.jsonl and the tune split of "
-                 "injection_outsider.jsonl only; probability 0.6 at the cut of out-of-fold FPR "
+                 "bench/train_injection.py on bench/data/injection_tuning.jsonl, the tune split of "
+                 "injection_outsider.jsonl and injection_outsider_tune2.jsonl only; probability 0.6 at the cut of "
+                 "out-of-fold FPR "
                  f"{MAX_TUNING_FPR} (CV TPR {tpr:.3f} FPR {fpr:.3f})",
         "dims": DIMS, "bias": round(bias, 5), "weights": [round(float(w), 5) for w in weights],
     }, separators=(",", ":")) + "\n", encoding="utf-8")

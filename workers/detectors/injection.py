@@ -11,13 +11,22 @@ Three layers, cheapest first, each listed by name on the decision:
    near another kind rather than a phrase (an override verb near an instruction object that belongs to the model,
    a persona cue near "no rules / no filters", a disclosure verb near the model's own setup, text that addresses
    the model and tells it to act, an exfiltration verb with a secret and a destination, and the same families in
-   French, German, Spanish, Italian and Dutch).
+   French, German, Spanish, Italian, Dutch, Portuguese, Russian, Polish, Turkish, Chinese, Japanese, Korean and a
+   few more). The v4 rules look at *whose* data or rights a request touches: a privilege for me ("make my account
+   a superuser"), someone else's personal data (another customer's, a named person's, "it's not my order"), tools
+   told to do damage (a destructive verb on everything, a risky tool by name, SQL or a shell that destroys, the
+   cloud metadata endpoint), invented history (an agreement, an approval or an assistant turn that never
+   happened) and personas whose rules "don't exist". A rule may be cancelled by an ``unless`` pattern near its hit:
+   a how-to question, work on code or pasted text, the user's own earlier instructions about a topic, a
+   conversation reported for review. One pass over the distinct trigger words of all rules (``TriggerIndex``)
+   picks the rules worth running on a text.
 3. **A hashed n-gram scorer** (``workers/detectors/injection_model.json``, trained by ``bench/train_injection.py``
-   on tuning rows only: the project's tuning set and the outsider set's ``tune`` split): regularised logistic
-   regression over word 1-2-grams and character 3-5-grams hashed into 16k dimensions. Its bias is calibrated so
-   that probability 0.6 (the default threshold) is the cut where 5-fold group cross-validation on the tuning rows
-   flags 1.5 % of the benign rows; above one half it is listed as ``ngram_model``. It is not consulted for texts of
-   fewer than six words (the tuning rows hold almost no short benign text to learn from).
+   on tuning rows only: the project's tuning set, the outsider set's ``tune`` split and the outsider's second tune
+   file ``injection_outsider_tune2.jsonl``): regularised logistic regression over word 1-2-grams and character
+   3-5-grams hashed into 16k dimensions. Its bias is calibrated so that probability 0.6 (the default threshold) is
+   the cut where 5-fold group cross-validation on the tuning rows flags 1 % of the benign rows; above one half it
+   is listed as ``ngram_model``. It is not consulted for texts of fewer than six words (the tuning rows hold almost
+   no short benign text to learn from).
 
 The rules combine as ``1 - Π(1 - weight)`` over the signals found, so one strong signal crosses the default 0.6
 threshold alone and two weak ones need each other. Text that *discusses* prompt injection (a question about
@@ -26,11 +35,14 @@ jailbreaks, a red-team brief) has the mention and quoted-only part of that halve
 the larger of the rule score and the model's probability, so nothing the model or the damping does can lower a
 score below what the attack signals alone give.
 
-Measured by ``bench/injection_eval.py`` (tuning set, held-out set, outsider tune and test splits). At 0.6 on the
-outsider test split: TPR 0.728, FPR 0.029 (rules and the old capped model: 0.549 / 0.020); on the project's
-held-out set 0.976 / 0.060 (was 0.858 / 0.044). Weak families remain privilege escalation, cross-user
-exfiltration and tool-command abuse: requests that are only wrong because of *whose* data or rights they touch,
-which words alone do not show.
+Measured by ``bench/injection_eval.py`` at 0.6 (tuning set, held-out set, outsider tune / test, tune2 / test2).
+Outsider test split: TPR 0.751, FPR 0.039 (before v4 and tune2: 0.728 / 0.029). Second outsider set, test2 (its
+writer never read the detector): 0.537 / 0.034. Project held-out set: 0.953 / 0.066 (was 0.976 / 0.060). Issue 16's
+target (TPR >= 0.85 at FPR <= 0.03 on test) is *not* met. The rules fitted on tune rows reach 0.86 on tune2 and
+generalise poorly to new wordings; the weakest families on both test sets are still cross-user exfiltration,
+privilege escalation, invented multi-turn context, hypothetical-then-act and tool-command abuse: requests that are
+only wrong because of *whose* data or rights they touch, which words alone do not show. Those belong to
+authorisation (tool governance, the caller's own objects), not to a text classifier.
 """
 
 from __future__ import annotations
@@ -47,7 +59,7 @@ from pathlib import Path
 import numpy as np
 
 from workers.detectors.readings import TypoFolder, normalise, readings
-from workers.detectors.rules import Rule, load_rules
+from workers.detectors.rules import Rule, TriggerIndex, load_rules
 
 __all__ = ["RULES", "InjectionResult", "NgramModel", "Rule", "features", "normalise", "score"]
 
@@ -61,6 +73,7 @@ class InjectionResult:
 _BOOK = load_rules()  # once per process; a bad rule file fails the import with a ConfigError naming the rule
 RULES: tuple[Rule, ...] = _BOOK.rules
 _TYPOS = TypoFolder(_BOOK.typo_vocabulary)
+_INDEX = TriggerIndex(RULES)
 # A quoted span: straight or curly quotes, or backticks, not an apostrophe inside a word ("don't", "band's").
 _QUOTED = re.compile(r"(?<!\w)(?:'[^'\n]{2,400}?'|\"[^\"\n]{2,400}?\"|“[^”\n]{2,400}?”|‘[^’\n]{2,400}?’|"
                      r"`[^`\n]{2,400}?`)(?!\w)")
@@ -131,9 +144,12 @@ def _variants(text: str) -> list[str]:
 
 
 def _found(variants: list[str]) -> dict[str, Rule]:
-    lowered = [v.lower() for v in variants]
-    return {rule.name: rule for rule in RULES
-            if any(rule.matches(v, low) for v, low in zip(variants, lowered, strict=True))}
+    hits: set[str] = set()
+    for variant in variants:
+        for rule in _INDEX.candidates(variant, variant.lower()):
+            if rule.name not in hits and rule.search(variant):
+                hits.add(rule.name)
+    return {rule.name: rule for rule in RULES if rule.name in hits}  # in the rule file's order
 
 
 def _combine(weights: list[float]) -> float:

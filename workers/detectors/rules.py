@@ -7,7 +7,9 @@ The file has four sections:
 - ``lists``: lists of trigger words shared by several rules through YAML anchors; not read otherwise.
 - ``rules``: each with a ``name``, a ``layer`` (``literal`` or ``family``), a ``weight`` in (0, 1], a ``pattern``,
   optional lower-case ``triggers``, an optional ``context`` pattern that must match within ``context_chars`` of the
-  hit, and ``always_from_length``. A pattern may be written as a list of strings, which are joined.
+  hit, an optional ``unless`` pattern that cancels a hit when it matches within ``unless_chars`` of it (a how-to
+  question: "how do I make my colleague an admin?"), and ``always_from_length``. A pattern may be written as a list
+  of strings, which are joined.
 - ``discussion``: the pattern of text that talks *about* injection, and the damping applied to it.
 - ``typo_vocabulary``: words the rules look for that are worth reading through a typing slip (``Igonre``).
 
@@ -49,6 +51,9 @@ class Rule:
     context: re.Pattern[str] | None = None
     context_chars: int = 40
     mention: bool = False  # names an attack rather than commands one: damped in a discussion
+    # A hit is cancelled when ``unless`` matches within ``unless_chars`` of it (before or after).
+    unless: re.Pattern[str] | None = None
+    unless_chars: int = 60
 
     def __post_init__(self) -> None:
         trigger = re.compile("|".join(map(re.escape, self.triggers))) if self.triggers else None
@@ -57,6 +62,9 @@ class Rule:
     def search(self, text: str) -> bool:
         """The rule's verdict without the trigger shortcut."""
         for match in self.pattern.finditer(text):
+            if self.unless is not None and self.unless.search(
+                    text[max(0, match.start() - self.unless_chars):match.end() + self.unless_chars]) is not None:
+                continue
             if self.context is None:
                 return True
             window = text[max(0, match.start() - self.context_chars):match.end() + self.context_chars]
@@ -70,6 +78,26 @@ class Rule:
                 self.always_from_length is None or len(text) < self.always_from_length):
             return False
         return self.search(text)
+
+
+class TriggerIndex:
+    """The rules worth running on a text, found with one pass over the distinct triggers of all the rules.
+
+    Many rules share trigger words ("give", "your", "admin"), and a compiled alternation per rule scans the text
+    once per rule; testing each distinct trigger once with ``in`` and each rule's set with ``isdisjoint`` gives the
+    same answer as :meth:`Rule.matches`'s shortcut at about half the cost.
+    """
+
+    def __init__(self, rules: tuple[Rule, ...]) -> None:
+        self.rules = rules
+        self.triggers = tuple(sorted({t for rule in rules for t in rule.triggers}))
+        self._sets = tuple(frozenset(rule.triggers) for rule in rules)
+
+    def candidates(self, text: str, lowered: str) -> list[Rule]:
+        present = {t for t in self.triggers if t in lowered}
+        return [rule for rule, triggers in zip(self.rules, self._sets, strict=True)
+                if not triggers or not triggers.isdisjoint(present)
+                or (rule.always_from_length is not None and len(text) >= rule.always_from_length)]
 
 
 @dataclass(frozen=True)
@@ -97,6 +125,8 @@ class _RuleSpec(_Strict):
     always_from_length: int | None = Field(default=None, ge=1)
     context: Pattern | None = None
     context_chars: int = Field(default=40, ge=0)
+    unless: Pattern | None = None
+    unless_chars: int = Field(default=60, ge=0)
 
 
 class _DiscussionSpec(_Strict):
@@ -157,9 +187,11 @@ def parse_rules(raw: object, source: str = "<rules>") -> RuleBook:
             raise ConfigError(f"{where}: triggers are matched on lower-cased text and must be non-empty lower case: "
                               f"{bad}")
         context = None if rule.context is None else _compile(_expand(rule.context, fragments, where), where)
+        unless = None if rule.unless is None else _compile(_expand(rule.unless, fragments, where), where)
         rules.append(Rule(rule.name, rule.weight, _compile(_expand(rule.pattern, fragments, where), where),
                           triggers=tuple(rule.triggers), always_from_length=rule.always_from_length,
-                          context=context, context_chars=rule.context_chars, mention=rule.kind == "mention"))
+                          context=context, context_chars=rule.context_chars, mention=rule.kind == "mention",
+                          unless=unless, unless_chars=rule.unless_chars))
     where = f"{source}: discussion"
     bad_words = [w for w in spec.typo_vocabulary if not w.isalpha() or w != w.lower()]
     if bad_words:

@@ -55,6 +55,7 @@ class ModelContext(StageContext):
     # cascade (None: off; else the learnt P(needs the tier) below which the tier below is tried first).
     online: OnlineRouter | None = None
     cascade_below: float | None = None
+    cascade_verify_served: bool = False  # verify (and escalate) answers served below large without a cascade too
     eval_grounded_min: float = 0.8
 
 
@@ -94,7 +95,8 @@ async def process(batch: list[Envelope], ctx: ModelContext) -> list[Envelope]:
         decision = route(env, mctx.catalog, now_ns,
                          breaker_allows=lambda backend, at: mctx.breakers(backend).allows(at),
                          load=lambda name: mctx.gates.in_flight(name) + planned[name],
-                         online=mctx.online, cascade_below=mctx.cascade_below)
+                         online=mctx.online, cascade_below=mctx.cascade_below,
+                         verify_served=mctx.cascade_verify_served)
         # A later turn of an agent loop: the turns before it stay accounted for (the model's usage and cost add up).
         prior = env.model if env.tools is not None and env.tools.calls and env.model is not None else None
         env.model = ModelResult(quality_tier=decision.tier, routing=list(decision.reasons),

@@ -12,7 +12,7 @@ from workers.backends.base import ModelCall, ModelReply
 from workers.model import ModelContext, process
 from workers.routing import cascade
 from workers.routing.catalog import load_catalog
-from workers.routing.online import DEFAULT_TIER_COST, OnlineRouter
+from workers.routing.online import DEFAULT_TIER_COST, LearnerConfig, OnlineRouter
 
 MakeEnvelope = Callable[..., Envelope]
 
@@ -110,3 +110,26 @@ async def test_no_escalation_when_the_budget_cannot_cover_it(make_envelope: Make
     # max-us needs ~150 + 45×prefill + 22×160 ms ≈ 3.7 s: the cascade itself never starts (the router found no
     # large model within budget and degraded), or it cannot escalate; either way one call is made.
     assert len(backend.calls) == 1 and out.model is not None and out.model.cascade_cost_micros == 0
+
+
+def test_plan_verifies_served_tiers_below_large_when_asked() -> None:
+    assert cascade.plan("medium", 0.9, 0.3, DEFAULT_TIER_COST, uncertain_below=0.5) is None  # sure: served outright
+    step = cascade.plan("medium", 0.9, 0.3, DEFAULT_TIER_COST, uncertain_below=0.5, verify_served=True)
+    assert step is not None and (step.first_tier, step.then_tier) == ("medium", "large")
+    step = cascade.plan("small", 0.1, 0.0, DEFAULT_TIER_COST, verify_served=True)
+    assert step is not None and (step.first_tier, step.then_tier) == ("small", "medium")
+    assert cascade.plan("large", 0.9, 0.9, DEFAULT_TIER_COST, uncertain_below=0.5, verify_served=True) is None
+
+
+async def test_a_served_tier_that_fails_verification_escalates_one_tier_up(make_envelope: MakeEnvelope) -> None:
+    # A cold learner with λ = 1: P = ½ sends the request to medium; with the cascade threshold below ½ it is not
+    # cascaded down, but its answer is verified; a refusal escalates it to large and both calls are paid.
+    backend = TierBackend(refuse={"core-us"})
+    context = ModelContext(stage="model", catalog=load_catalog(), backends={"local": backend},  # type: ignore[dict-item]
+                           online=OnlineRouter(LearnerConfig(lambda_start=1.0, threshold_cap=1.0), frozen=True),
+                           cascade_below=0.1, cascade_verify_served=True)
+    (env,) = await process([make_envelope("Plan a phased migration with rollback, risks and owners.")], context)
+    assert backend.calls == ["core-us", "max-us"] and env.model is not None and env.model.model == "max-us"
+    assert env.model.cascade_cost_micros > 0 and env.model.cost_micros > env.model.cascade_cost_micros
+    assert env.model.learn is not None and env.model.learn.cascade_failed_tier == "medium"
+    assert any("verified medium" in r for r in env.model.routing)

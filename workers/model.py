@@ -75,6 +75,7 @@ class _Pending:
     escalate_to: list[ModelSpec] = field(default_factory=list)  # a cascade's next tier, until it is verified
     cascade_cost_micros: int = 0
     cascade_failed_tier: str | None = None
+    cascade_model: str | None = None
 
     @property
     def model(self) -> ModelSpec:
@@ -236,6 +237,7 @@ def _escalate(item: _Pending, reply: ModelReply, ctx: ModelContext) -> bool:
     item.prior_cost_micros += first_cost
     item.cascade_cost_micros += first_cost
     item.cascade_failed_tier = spec.quality_tier
+    item.cascade_model = spec.name
     item.candidates = list(escalate_to)
     item.reasons.append(f"cascade: {spec.name}'s answer {verdict.explain()} ({first_cost} µ$ paid); escalated "
                         f"to {target.name}")
@@ -256,7 +258,7 @@ def _settle(item: _Pending, reply: ModelReply, ctx: ModelContext) -> None:
                             routing=item.reasons, attempts=item.attempts, usage=item.prior_usage + reply.usage,
                             cost_micros=item.prior_cost_micros + turn_cost, step_cost_micros=steps,
                             latency_ms=round((ctx.clock.now_ns() - item.started_ns) / 1e6, 3), learn=learn,
-                            cascade_cost_micros=item.cascade_cost_micros)
+                            cascade_cost_micros=item.cascade_cost_micros, cascade_model=item.cascade_model)
     if reply.tool_calls:
         tools.ask(env, reply.tool_calls, stage=NAME)
 

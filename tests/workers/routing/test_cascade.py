@@ -132,4 +132,5 @@ async def test_a_served_tier_that_fails_verification_escalates_one_tier_up(make_
     assert backend.calls == ["core-us", "max-us"] and env.model is not None and env.model.model == "max-us"
     assert env.model.cascade_cost_micros > 0 and env.model.cost_micros > env.model.cascade_cost_micros
     assert env.model.learn is not None and env.model.learn.cascade_failed_tier == "medium"
+    assert env.model.cascade_model == "core-us"
     assert any("verified medium" in r for r in env.model.routing)

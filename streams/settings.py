@@ -137,6 +137,8 @@ class Settings(BaseSettings):
     # With the cascade on: also verify an answer served below large without a cascade, escalating it one tier up
     # when an evaluator fails it (the router's own under-routing caught like a cascade's cheaper answer).
     router_cascade_verify_served: bool = False
+    # … and draw a second sample of the answer being verified (both billed); the two must agree (self-consistency).
+    router_cascade_self_consistency: bool = False
     # Retrieval and cache (issues 3, 19). The embedder is "static" (WordLlama static embeddings shipped in the
     # wordllama wheel, offline; dim 64/128/256), "hashing" (lexical, deterministic, fast tests) or "openai" (any
     # OpenAI-compatible /v1/embeddings endpoint at embedding_url). See docs/SEMANTIC_CACHE.md.

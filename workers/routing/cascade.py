@@ -87,6 +87,8 @@ class Verification:
 
 def consistency(first: str, second: str) -> float:
     """Jaccard overlap of the two answers' content words (1.0 when both have none)."""
+    if " ".join(first.lower().split()) == " ".join(second.lower().split()):
+        return 1.0  # the same text once normalised
     a, b = evaluators.content_words(first), evaluators.content_words(second)
     if not a and not b:
         return 1.0

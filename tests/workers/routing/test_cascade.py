@@ -134,3 +134,38 @@ async def test_a_served_tier_that_fails_verification_escalates_one_tier_up(make_
     assert env.model.learn is not None and env.model.learn.cascade_failed_tier == "medium"
     assert env.model.cascade_model == "core-us"
     assert any("verified medium" in r for r in env.model.routing)
+
+
+class TwoSampleBackend(TierBackend):
+    """Answers; on ``unsure`` models the second sample says something else entirely."""
+
+    def __init__(self, unsure: set[str]) -> None:
+        super().__init__(refuse=set())
+        self.unsure, self.samples = unsure, []  # type: ignore[var-annotated]
+
+    async def complete(self, requests: list[ModelCall]) -> list[ModelReply]:
+        replies = await super().complete(requests)
+        self.samples += [(r.model, r.samples) for r in requests]
+        return [ModelReply(reply.request_id, reply.text, reply.usage + Usage(output_tokens=40), alternatives=[
+                    "Bananas are yellow fruit grown in tropical climates." if r.model in self.unsure else reply.text])
+                if r.samples == 2 else reply for r, reply in zip(requests, replies, strict=True)]
+
+
+async def test_self_consistency_samples_the_cheaper_answer_twice_and_escalates_when_they_disagree(
+        make_envelope: MakeEnvelope) -> None:
+    backend = TwoSampleBackend(unsure={"core-us"})
+    (env,) = await process([make_envelope("Plan a phased migration with rollback, risks and owners.")],
+                           cold_context(backend, cascade_self_consistency=True))  # type: ignore[arg-type]
+    assert backend.samples == [("core-us", 2), ("max-us", 1)]  # only the answer being verified is sampled twice
+    assert env.model is not None and env.model.model == "max-us" and env.model.cascade_model == "core-us"
+    assert env.model.cascade_cost_micros > 0 and any("self-consistency" in r and "both billed" in r
+                                                     for r in env.model.routing)
+    assert any("failed inconsistent" in r for r in env.model.routing)
+
+
+async def test_agreeing_samples_pass_and_both_are_billed(make_envelope: MakeEnvelope) -> None:
+    backend = TwoSampleBackend(unsure=set())
+    (env,) = await process([make_envelope("Plan a phased migration with rollback, risks and owners.")],
+                           cold_context(backend, cascade_self_consistency=True))  # type: ignore[arg-type]
+    assert backend.samples == [("core-us", 2)] and env.model is not None and env.model.model == "core-us"
+    assert env.model.usage.output_tokens == 80  # both samples' output

@@ -11,7 +11,7 @@ catalog model for the request's tokens), quality (served at a tier ≥ the label
 500 / 1,000 / 2,000 requests (cumulative, exploration included) and over each last 500; and the greedy learnt
 router, frozen at that point, over the whole split (every prompt once, no probes).
 
-    python -m bench.routing_learning [--split test] [--requests 2000] [--seeds 5] [--json]
+    python -m bench.routing_learning [--split test] [--requests 2000] [--seeds 5] [--transfer-to test] [--json]
 
 Tune the learner's settings with ``--split tune``; report ``--split test``.
 """
@@ -47,7 +47,7 @@ def _figures(served: list[int], labels: list[int], cost: list[list[float]]) -> d
 
 
 def simulate(split: str = "test", requests: int = 2000, seed: int = 0, config: LearnerConfig | None = None,
-             missed: float = 0.0, false_failures: float = 0.0) -> dict[str, Any]:
+             missed: float = 0.0, false_failures: float = 0.0, transfer_to: str | None = None) -> dict[str, Any]:
     catalog = load_catalog()
     rows = cal.read_labels(OUTSIDER, catalog, split=split)
     features = [extract_messages(r.messages) for r in rows]
@@ -90,6 +90,15 @@ def simulate(split: str = "test", requests: int = 2000, seed: int = 0, config: L
                 "greedy_on_split": _figures(greedy, labels, costs),
                 "failure_price": learner.thresholds("sim")[2], "probes": probes}
     report["oracle"] = _figures(labels, labels, costs)
+    if transfer_to:  # the learnt state, frozen, serving another split's prompts (each once, no probes)
+        other = cal.read_labels(OUTSIDER, catalog, split=transfer_to)
+        frozen = OnlineRouter(learner.config, frozen=True)
+        frozen._tenants = learner._tenants
+        served_other = [("small", "medium", "large").index(frozen.decide(extract_messages(r.messages), "sim",
+                                                                         f"transfer-{j}").tier)
+                        for j, r in enumerate(other)]
+        report["transfer"] = {"split": transfer_to, **_figures(served_other, [r.tier_rank for r in other],
+                                                               cal.tier_costs(other, catalog).tolist())}
     return report
 
 
@@ -101,6 +110,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             out[n][view] = {k: round(float(np.mean([r["windows"][n][view][k] for r in runs])), 4)
                             for k in ("saving", "quality", "under_routed", "over_routed")}
             out[n][view]["worst_quality"] = round(min(r["windows"][n][view]["quality"] for r in runs), 4)
+            out[n][view]["worst_saving"] = round(min(r["windows"][n][view]["saving"] for r in runs), 4)
+            out[n][view]["worst_under"] = round(max(r["windows"][n][view]["under_routed"] for r in runs), 4)
     return out
 
 
@@ -111,6 +122,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--missed", type=float, default=0.0, help="share of failures reported resolved")
     parser.add_argument("--false-failures", type=float, default=0.0, help="share of successes reported failed")
+    parser.add_argument("--transfer-to", help="after learning on --split, serve this split's prompts frozen")
     parser.add_argument("--set", action="append", default=[], help="learner setting NAME=VALUE (tuning)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -118,10 +130,12 @@ def main() -> None:
     for item in args.set:
         name, _, value = item.partition("=")
         config = replace(config, **{name: type(getattr(config, name))(value)})
-    runs = [simulate(args.split, args.requests, seed, config, args.missed, args.false_failures)
+    runs = [simulate(args.split, args.requests, seed, config, args.missed, args.false_failures, args.transfer_to)
             for seed in range(args.seeds)]
     result = {"split": args.split, "seeds": args.seeds, "requests": args.requests, "missed": args.missed,
               "false_failures": args.false_failures, "oracle": runs[0]["oracle"], "mean": summarise(runs)}
+    if args.transfer_to:
+        result["transfer"] = {k: [r["transfer"][k] for r in runs] for k in ("saving", "quality", "under_routed")}
     if args.json:
         print(orjson.dumps(result, option=orjson.OPT_NON_STR_KEYS).decode())
         return
@@ -130,8 +144,14 @@ def main() -> None:
     for n, views in result["mean"].items():
         for view, f in views.items():
             print(f"  first {n:>5} {view:>16}: saving {100 * f['saving']:5.1f} %  quality {100 * f['quality']:5.1f} %"
-                  f" (worst seed {100 * f['worst_quality']:5.1f} %)  under {100 * f['under_routed']:4.1f} %  "
+                  f" (worst seed {100 * f['worst_saving']:5.1f} / {100 * f['worst_quality']:5.1f} / "
+                  f"{100 * f['worst_under']:4.1f} %)  under {100 * f['under_routed']:4.1f} %  "
                   f"over {100 * f['over_routed']:4.1f} %")
+    if args.transfer_to:
+        t = result["transfer"]
+        print(f"  learnt on {args.split}, frozen on {args.transfer_to}: saving "
+              f"{' '.join(f'{100 * v:.1f}' for v in t['saving'])} %  quality "
+              f"{' '.join(f'{100 * v:.1f}' for v in t['quality'])} %  (per seed)")
 
 
 if __name__ == "__main__":

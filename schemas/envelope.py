@@ -243,6 +243,7 @@ class ModelResult(_Model):
     learn: RouteRecord | None = Field(default=None, exclude_if=_unset)
     # of cost_micros, what the cascade's escalated cheaper call cost
     cascade_cost_micros: int = Field(default=0, exclude_if=lambda v: v == 0)
+    cascade_model: str | None = Field(default=None, exclude_if=_unset)  # … and the model that made it
 
 
 ToolCallStatus = Literal["ok", "denied", "error"]

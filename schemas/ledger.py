@@ -14,6 +14,7 @@ from schemas.envelope import SCHEMA_VERSION
 LedgerWindow = Literal["hour", "day"]
 TaskOutcome = Literal["resolved", "failed"]
 TOOL_PREFIX = "tool:"  # the model label of a tool's ledger row: each tool call of an agent loop is booked apart
+CASCADE_PREFIX = "cascade:"  # the label of a cascade's escalated cheaper call's row (``cascade:<model>``)
 
 
 class _Model(BaseModel):
@@ -63,6 +64,9 @@ class LedgerRow(_Model):
     slo_passed: int = 0
     # a ``tool:<name>`` row: that tool's calls (requests 0; its cost is taken out of the calling model's row)
     tool_calls: int = 0
+    # a ``cascade:<model>`` row: that model's answers that failed verification and were escalated (requests 0; their
+    # cost is taken out of the answering model's row)
+    cascade_calls: int = 0
 
     @property
     def cost_per_1k_requests_micros(self) -> int:

@@ -90,6 +90,10 @@ class Response(BaseModel):
     # messages (OpenAI's finish_reason "tool_calls"); empty otherwise.
     requested_tool_calls: list[ToolCall] = Field(default_factory=list, exclude_if=_empty)
     steps: list[StepSummary] = Field(default_factory=list, exclude_if=_empty)  # an agent loop's turns and calls
+    # A verified cascade whose cheaper answer failed: that call's model and cost (part of cost_micros), booked on
+    # the ledger's ``cascade:<model>`` row.
+    cascade_model: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    cascade_cost_micros: int = Field(default=0, exclude_if=lambda v: v == 0)
 
     @property
     def finish_reason(self) -> str:
@@ -133,6 +137,8 @@ class Response(BaseModel):
             else [],
             steps=agent_steps(env),
             route=env.model.learn if env.model else None,
+            cascade_model=env.model.cascade_model if env.model else None,
+            cascade_cost_micros=env.model.cascade_cost_micros if env.model else 0,
         )
 
 

@@ -134,6 +134,11 @@ class Settings(BaseSettings):
     # is served one tier lower first and escalated when the evaluators fail the answer.
     router_learning: Literal["off", "learn", "frozen"] = "off"
     router_cascade_below: float | None = Field(default=None, ge=0.0, le=1.0)
+    # With the cascade on: also verify an answer served below large without a cascade, escalating it one tier up
+    # when an evaluator fails it (the router's own under-routing caught like a cascade's cheaper answer).
+    router_cascade_verify_served: bool = False
+    # … and draw a second sample of the answer being verified (both billed); the two must agree (self-consistency).
+    router_cascade_self_consistency: bool = False
     # Retrieval and cache (issues 3, 19). The embedder is "static" (WordLlama static embeddings shipped in the
     # wordllama wheel, offline; dim 64/128/256), "hashing" (lexical, deterministic, fast tests) or "openai" (any
     # OpenAI-compatible /v1/embeddings endpoint at embedding_url). See docs/SEMANTIC_CACHE.md.

@@ -14,10 +14,12 @@ exact cost in integer micro-dollars (:meth:`workers.routing.catalog.ModelSpec.co
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from schemas.envelope import Envelope, ModelResult, Status, Usage
 from schemas.errors import BackendError, RateLimitedByBackend
@@ -55,6 +57,8 @@ class ModelContext(StageContext):
     # cascade (None: off; else the learnt P(needs the tier) below which the tier below is tried first).
     online: OnlineRouter | None = None
     cascade_below: float | None = None
+    cascade_verify_served: bool = False  # verify (and escalate) answers served below large without a cascade too
+    cascade_self_consistency: bool = False  # the answer being verified is sampled twice; the samples must agree
     eval_grounded_min: float = 0.8
 
 
@@ -74,6 +78,7 @@ class _Pending:
     escalate_to: list[ModelSpec] = field(default_factory=list)  # a cascade's next tier, until it is verified
     cascade_cost_micros: int = 0
     cascade_failed_tier: str | None = None
+    cascade_model: str | None = None
 
     @property
     def model(self) -> ModelSpec:
@@ -94,7 +99,8 @@ async def process(batch: list[Envelope], ctx: ModelContext) -> list[Envelope]:
         decision = route(env, mctx.catalog, now_ns,
                          breaker_allows=lambda backend, at: mctx.breakers(backend).allows(at),
                          load=lambda name: mctx.gates.in_flight(name) + planned[name],
-                         online=mctx.online, cascade_below=mctx.cascade_below)
+                         online=mctx.online, cascade_below=mctx.cascade_below,
+                         verify_served=mctx.cascade_verify_served)
         # A later turn of an agent loop: the turns before it stay accounted for (the model's usage and cost add up).
         prior = env.model if env.tools is not None and env.tools.calls and env.model is not None else None
         env.model = ModelResult(quality_tier=decision.tier, routing=list(decision.reasons),
@@ -155,10 +161,10 @@ async def _call(chunk: list[_Pending], ctx: ModelContext) -> list[ModelReply]:
         requests = [ModelCall(request_id=item.env.request_id, model=spec.served_as, messages=item.env.request.messages,
                               passages=item.env.retrieval.passages if item.env.retrieval else [],
                               max_tokens=item.env.request.params.max_tokens,
-                              temperature=item.env.request.params.temperature, timeout_s=timeout_ms / 1000,
+                              temperature=_temperature(item, ctx), timeout_s=timeout_ms / 1000,
                               latency=spec.latency,
                               history=item.env.retrieval.session_turns if item.env.retrieval else [],
-                              **tools.offer(item.env)) for item in chunk]
+                              **tools.offer(item.env), **_sampling(item, ctx)) for item in chunk]
         for item in chunk:
             item.attempts += 1
         breaker.before_call(now_ns)
@@ -190,6 +196,20 @@ async def _call(chunk: list[_Pending], ctx: ModelContext) -> list[ModelReply]:
         await gate.release(len(chunk))
 
 
+def _sampling(item: _Pending, ctx: ModelContext) -> dict[str, Any]:
+    """A cascade's answer awaiting verification with self-consistency on: two samples (a seed from the request id,
+    temperature at least 0.7 so the samples can disagree); anything else: one, as asked."""
+    if not (ctx.cascade_self_consistency and item.escalate_to):
+        return {}
+    seed = int.from_bytes(hashlib.blake2b(item.env.request_id.encode(), digest_size=4).digest(), "big")
+    return {"samples": 2, "seed": seed}
+
+
+def _temperature(item: _Pending, ctx: ModelContext) -> float:
+    asked = item.env.request.params.temperature
+    return max(asked, 0.7) if ctx.cascade_self_consistency and item.escalate_to else asked
+
+
 def attempt_timeout_ms(item: _Pending, now_ns: int, ctx: ModelContext) -> float:
     """How long this attempt may take: what is left of the request's budget, minus what the stages after the model
     need (their shares, :mod:`workers.budgets`), minus — when a fallback is possible and the current model still
@@ -216,7 +236,12 @@ def _escalate(item: _Pending, reply: ModelReply, ctx: ModelContext) -> bool:
     escalate_to, item.escalate_to = item.escalate_to, []
     if reply.tool_calls:
         return False  # an agent loop's turn: its tools run, the loop is not judged mid-way
-    verdict = cascade.verify(env, reply.text, grounded_min=ctx.eval_grounded_min)
+    second = reply.alternatives[0] if reply.alternatives else None
+    verdict = cascade.verify(env, reply.text, grounded_min=ctx.eval_grounded_min, second_answer=second)
+    if second is not None:
+        item.reasons.append(f"cascade: self-consistency of {spec.name}'s 2 samples (both billed): agreement "
+                            f"{cascade.consistency(reply.text, second):.2f} (≥ {cascade.DEFAULT_CONSISTENCY_MIN} "
+                            "needed)")
     if verdict.passed:
         item.reasons.append(f"cascade: {spec.name}'s answer {verdict.explain()}; not escalated")
         return False
@@ -234,6 +259,7 @@ def _escalate(item: _Pending, reply: ModelReply, ctx: ModelContext) -> bool:
     item.prior_cost_micros += first_cost
     item.cascade_cost_micros += first_cost
     item.cascade_failed_tier = spec.quality_tier
+    item.cascade_model = spec.name
     item.candidates = list(escalate_to)
     item.reasons.append(f"cascade: {spec.name}'s answer {verdict.explain()} ({first_cost} µ$ paid); escalated "
                         f"to {target.name}")
@@ -254,7 +280,7 @@ def _settle(item: _Pending, reply: ModelReply, ctx: ModelContext) -> None:
                             routing=item.reasons, attempts=item.attempts, usage=item.prior_usage + reply.usage,
                             cost_micros=item.prior_cost_micros + turn_cost, step_cost_micros=steps,
                             latency_ms=round((ctx.clock.now_ns() - item.started_ns) / 1e6, 3), learn=learn,
-                            cascade_cost_micros=item.cascade_cost_micros)
+                            cascade_cost_micros=item.cascade_cost_micros, cascade_model=item.cascade_model)
     if reply.tool_calls:
         tools.ask(env, reply.tool_calls, stage=NAME)
 

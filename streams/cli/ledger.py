@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from schemas.errors import ConfigError, ServiceUnavailable
-from schemas.ledger import TOOL_PREFIX, LedgerRow, LedgerSnapshot, OutcomeEvent, OutcomeRow, RepriceRow
+from schemas.ledger import CASCADE_PREFIX, TOOL_PREFIX, LedgerRow, LedgerSnapshot, OutcomeEvent, OutcomeRow, RepriceRow
 from streams.cli.common import EXIT_UNAVAILABLE, EXIT_USAGE, parse_time_ns, run_async
 from streams.settings import Settings, get_settings
 
@@ -93,8 +93,8 @@ def quality_table(rows: list[LedgerRow], title: str) -> Table:
                 "no refusal", "SLO met"):
         table.add_column(col, justify="left" if col in ("tenant", "model", "window start (UTC)") else "right")
     for r in rows:
-        if r.model.startswith(TOOL_PREFIX):
-            continue  # a tool's row: calls and cost, nothing an evaluator judged
+        if r.model.startswith((TOOL_PREFIX, CASCADE_PREFIX)):
+            continue  # a tool's or a cascade's cheaper calls' row: calls and cost, nothing an evaluator judged
         table.add_row(r.tenant, r.model, _when(r.window_start_ms), str(r.requests),
                       str(r.cost_per_1k_requests_micros), _rate(r.grounded_passed, r.grounded_evaluated),
                       _rate(r.structured_passed, r.structured_evaluated),

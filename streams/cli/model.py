@@ -85,7 +85,8 @@ def explain_route(
         console.print(f"[red]cannot rebuild the learning router:[/] {exc}")
         raise typer.Exit(EXIT_UNAVAILABLE) from exc
     below = cascade_below if cascade_below is not None else get_settings().router_cascade_below
-    decision = route(env, _catalog(), time.time_ns(), online=online, cascade_below=below)
+    decision = route(env, _catalog(), time.time_ns(), online=online, cascade_below=below,
+                     verify_served=get_settings().router_cascade_verify_served)
     chosen = decision.chosen
     auto = decision.auto or auto_tier(env, online=online)
     learned = auto.learned

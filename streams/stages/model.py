@@ -43,4 +43,7 @@ async def open_context(settings: Settings, base: StageContext) -> AsyncIterator[
                 settings, OnlineRouter(frozen=settings.router_learning == "frozen"),
                 role=stage_principal(["model"])))
         yield derive(ModelContext, base, catalog=catalog, backends=backends, online=online,
-                     cascade_below=settings.router_cascade_below, eval_grounded_min=settings.eval_grounded_min)
+                     cascade_below=settings.router_cascade_below,
+                     cascade_verify_served=settings.router_cascade_verify_served,
+                     cascade_self_consistency=settings.router_cascade_self_consistency,
+                     eval_grounded_min=settings.eval_grounded_min)

@@ -31,6 +31,10 @@ class ModelCall:
     # The offered tools' definitions for a backend that needs them (OpenAI's ``tools``): the caller's own, or the
     # registered tool's name alone (its arguments are checked against the registry by the tools stage).
     tool_definitions: list[FunctionTool] = field(default_factory=list)
+    # Self-consistency (a verified cascade's check): how many samples to draw, and the seed of the first; the reply's
+    # ``alternatives`` hold the samples after the first, and its usage covers them all (every sample is billed).
+    samples: int = 1
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class ModelReply:
     finish_reason: str = "stop"  # "tool_calls" when the model asks for tools instead of answering
     error: BackendError | None = None
     tool_calls: list[ToolCall] = field(default_factory=list)
+    alternatives: list[str] = field(default_factory=list)  # the further samples when ``samples`` > 1
 
     @property
     def ok(self) -> bool:

@@ -22,6 +22,7 @@ import re
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Final
 
 import orjson
 
@@ -149,6 +150,26 @@ def answer(prompt: str, passages: list[Passage]) -> str:
     return " ".join(parts)
 
 
+_OPENERS: Final = ("", "In short: ", "To answer that: ", "Briefly: ", "Here is what I found: ")
+
+
+def sample(text: str, seed: int, temperature: float = 0.0) -> str:
+    """Another sample of the local model's answer ``text``: the same content, its sentences (or bullets) in a
+    seed-dependent order under a seed-dependent opener; above temperature 0.5 a long answer also loses its last
+    sentence. Seed 0 at temperature 0 is ``text`` itself, so a different seed gives a different sample."""
+    if seed == 0 and temperature <= 0:
+        return text
+    bullets = "\n" in text
+    parts = [p for p in (text.split("\n") if bullets else re.split(r"(?<=[.!?])\s+", text)) if p]
+    if len(parts) > 1:
+        shift = seed % len(parts)
+        parts = parts[shift:] + parts[:shift]
+        if temperature > 0.5 and len(parts) > 2:
+            parts = parts[:-1]
+    opener = _OPENERS[seed % len(_OPENERS)] or _OPENERS[1]
+    return opener + ("\n" if bullets else " ").join(parts)
+
+
 def _cited(sentence: str, doc_id: str | None) -> str:
     if not doc_id:
         return sentence
@@ -205,8 +226,12 @@ class LocalBackend:
                 cached = count_tokens(context)
         usage = Usage(input_tokens=count_message_tokens(chat), cached_input_tokens=cached,
                       output_tokens=count_tokens(truncated))
+        alternatives = [truncate_to_tokens(sample(text, call.seed + k, call.temperature), call.max_tokens)
+                        for k in range(1, call.samples)]
+        if alternatives:
+            usage = usage + Usage(output_tokens=sum(count_tokens(a) for a in alternatives))
         return ModelReply(request_id=call.request_id, text=truncated, usage=usage,
-                          finish_reason="length" if truncated != text else "stop")
+                          finish_reason="length" if truncated != text else "stop", alternatives=alternatives)
 
     def _tool_turn(self, call: ModelCall, prompt: str) -> ModelReply | None:
         """Agent loops (:mod:`workers.backends.local_tools`): answer from tool results, or ask for tools."""

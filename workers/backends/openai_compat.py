@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -71,7 +72,14 @@ class OpenAICompatBackend:
 
     async def _one(self, call: ModelCall) -> ModelReply:
         try:
-            return ModelReply(call.request_id, **await self._post(call))
+            reply = await self._post(call)
+            # Self-consistency: ``n`` asked for the further samples; a server that ignores ``n`` gets one more call
+            # per missing sample (a different seed), each billed.
+            for k in range(len(reply["alternatives"]) + 1, call.samples):
+                extra = await self._post(replace(call, samples=1, seed=call.seed + k))
+                reply["alternatives"].append(extra["text"])
+                reply["usage"] = reply["usage"] + extra["usage"]
+            return ModelReply(call.request_id, **reply)
         except BackendError as exc:
             return ModelReply(call.request_id, error=exc)
 
@@ -81,6 +89,10 @@ class OpenAICompatBackend:
             messages.insert(0, {"role": "system", "content": context_prompt(call.passages)})
         body: dict[str, Any] = {"model": call.model, "messages": messages, "max_tokens": call.max_tokens,
                                 "temperature": call.temperature}
+        if call.samples > 1:
+            body["n"] = call.samples
+        if call.samples > 1 or call.seed:
+            body["seed"] = call.seed
         if call.tools:
             body["tools"] = [{"type": "function", "function": {"name": t.name, "description": t.description,
                                                                "parameters": t.parameters}}
@@ -153,6 +165,7 @@ def _parse_completion(name: str, content: bytes) -> dict[str, Any]:
         details = usage.get("prompt_tokens_details") or {}
         return {
             "text": str(text),
+            "alternatives": [str(c["message"]["content"] or "") for c in data["choices"][1:]],
             "tool_calls": _tool_calls(choice["message"]),
             "finish_reason": str(choice.get("finish_reason") or "stop"),
             "usage": Usage(input_tokens=int(usage.get("prompt_tokens", 0)),

@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields, replace
 import orjson
 
 from schemas.envelope import Evaluation, Status
-from schemas.ledger import TOOL_PREFIX, LedgerWindow
+from schemas.ledger import CASCADE_PREFIX, TOOL_PREFIX, LedgerWindow
 from schemas.response import Response
 from workers.evaluators import slo_met
 
@@ -43,6 +43,8 @@ class Counters:
     slo_passed: int = 0
     # Agent loops: tool calls booked in a ``tool:<name>`` cell (requests 0, cost the call's price); appended last.
     tool_calls: int = 0
+    # Verified cascades: a cheaper answer that failed verification, booked in a ``cascade:<model>`` cell.
+    cascade_calls: int = 0
 
     def __add__(self, other: Counters) -> Counters:
         return Counters(*map(operator.add, _values(self), _values(other)))
@@ -118,8 +120,9 @@ def tool_cost_micros(response: Response) -> int:
 
 
 def cell_deltas(response: Response) -> list[tuple[Cell, Counters]]:
-    """What one response adds to each of its cells: the response's counters minus its tool calls' cost to its
-    model's cells, and each tool's calls (count and cost, requests 0) to its ``tool:<name>`` cells. The costs sum to
+    """What one response adds to each of its cells: the response's counters minus its tool calls' cost (and a
+    cascade's escalated cheaper call's) to its model's cells, each tool's calls (count and cost, requests 0) to its
+    ``tool:<name>`` cells and the cheaper call to its ``cascade:<model>`` cells. The costs sum to
     ``response.cost_micros`` and ``requests`` to 1; one delta per cell (two calls of a tool in one response are summed,
     since a cell's watermark admits one write per record)."""
     counters = counters_of(response)
@@ -128,8 +131,12 @@ def cell_deltas(response: Response) -> list[tuple[Cell, Counters]]:
         if step.kind == "tool":
             label = TOOL_PREFIX + step.name
             tools[label] = tools.get(label, Counters()) + Counters(cost_micros=step.cost_micros, tool_calls=1)
+    if response.cascade_model is not None and response.cascade_cost_micros:
+        tools[CASCADE_PREFIX + response.cascade_model] = Counters(cost_micros=response.cascade_cost_micros,
+                                                                  cascade_calls=1)
     if tools:
-        counters = replace(counters, cost_micros=counters.cost_micros - tool_cost_micros(response))
+        taken = sum(delta.cost_micros for delta in tools.values())
+        counters = replace(counters, cost_micros=counters.cost_micros - taken)
     at_ns = event_time_ns(response)
     out: list[tuple[Cell, Counters]] = []
     for window in WINDOWS:

@@ -3,8 +3,9 @@ verification — only when the remaining latency budget still covers the escalat
 
 When (:func:`plan`): the auto tier chose ``t`` > small and the router's own probability that the request needs
 ``t`` is below ``uncertain_below`` (the calibrated or online P(≥ medium) for medium, P(large) for large), and the
-expected cost of the cascade beats serving ``t`` outright: c(t−1) + P(needs t) × c(t) < c(t). A tier fixed by the
-request or the tenant's policy is never cascaded.
+expected cost of the cascade beats serving ``t`` outright: c(t−1) + P(needs t) × c(t) < c(t). With
+``verify_served`` a request served below large without a cascade is verified too, and escalated to t+1 when an
+evaluator fails its answer. A tier fixed by the request or the tenant's policy is never cascaded.
 
 Verification (:func:`verify`) uses the online evaluators on the cheaper answer, before anyone sees it:
 
@@ -44,11 +45,25 @@ class CascadePlan:
 
 
 def plan(tier: str, p_medium: float, p_large: float, tier_cost: Sequence[float], *,
-         uncertain_below: float = DEFAULT_UNCERTAIN_BELOW) -> CascadePlan | None:
-    """Whether to cascade a request the auto tier sent to ``tier`` (None: serve ``tier`` outright)."""
+         uncertain_below: float = DEFAULT_UNCERTAIN_BELOW, verify_served: bool = False) -> CascadePlan | None:
+    """Whether to cascade a request the auto tier sent to ``tier`` (None: serve ``tier`` outright).
+
+    ``verify_served``: a request that is not cascaded down but served below large is still verified, and escalated
+    one tier up when an evaluator fails its answer (``first_tier == tier``): the router's own under-routing is
+    caught the way a cascade's cheaper answer is."""
     rank = QUALITY_TIERS.index(tier)
-    if rank == 0:
-        return None
+    step = _down(rank, p_medium, p_large, tier_cost, uncertain_below) if rank > 0 else None
+    if step is not None or not verify_served or rank == 2:
+        return step
+    p_more = p_medium if rank == 0 else p_large
+    up = QUALITY_TIERS[rank + 1]
+    return CascadePlan(tier, up, round(p_more, 4), f"verified {tier}: escalated to {up} when an evaluator fails its "
+                                                   f"answer (P(needs {up}) {p_more:.2f})")
+
+
+def _down(rank: int, p_medium: float, p_large: float, tier_cost: Sequence[float],
+          uncertain_below: float) -> CascadePlan | None:
+    tier = QUALITY_TIERS[rank]
     p_needs = p_large if rank == 2 else p_medium
     if p_needs >= uncertain_below:
         return None
@@ -72,6 +87,8 @@ class Verification:
 
 def consistency(first: str, second: str) -> float:
     """Jaccard overlap of the two answers' content words (1.0 when both have none)."""
+    if " ".join(first.lower().split()) == " ".join(second.lower().split()):
+        return 1.0  # the same text once normalised
     a, b = evaluators.content_words(first), evaluators.content_words(second)
     if not a and not b:
         return 1.0

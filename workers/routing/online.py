@@ -95,12 +95,16 @@ class LearnerConfig:
     explore_min: float = 0.01  # … and after many
     explore_halflife: int = 40  # observations of a kind that halve its probe rate
     probe_ceiling: float = 0.7  # no probe where P(needs more than the probed tier) is above this
-    target_failure: float = 0.02  # the failure rate λ steers to
-    lambda_start: float = 20.0
+    target_failure: float = 0.02  # the failure rate λ steers to, above the large tier's own (see target_failure)
+    base_failure_prior: float = 50.0  # pseudo-verdicts (all resolved) shrinking the large tier's failure rate
+    lambda_start: float = 5.0
     lambda_step: float = 0.3  # log-λ step per observed failure (a success moves it target/(1−target) as far back)
-    lambda_min: float = 1.0
+    lambda_min: float = 0.5
     lambda_max: float = 1000.0
-    refit_every: int = 10
+    # Never serve a tier the model thinks likely (P > 0.7) to fail, however low λ falls (below λ ≈ 0.84 the
+    # large tier's threshold would pass 1: the router would stop serving large until failures pushed λ back up).
+    threshold_cap: float = 0.7
+    refit_every: int = 5
     window: int = 5000  # observations kept per tenant (oldest dropped)
     tier_cost: tuple[float, float, float] = DEFAULT_TIER_COST
 
@@ -164,6 +168,8 @@ class _TenantState:
     log_lambda: float = 0.0
     failures: int = 0
     successes: int = 0
+    large_served: int = 0  # greedy verdicts on the large tier, and how many of them failed
+    large_failed: int = 0
 
 
 @dataclass(frozen=True)
@@ -227,12 +233,16 @@ class OnlineRouter:
         state = self._state(obs.tenant)
         failed = obs.failed and obs.served_rank < 2
         if not obs.probe:
+            if obs.served_rank >= 2:
+                state.large_served += 1
+                state.large_failed += obs.failed
+            target = self.target_failure(obs.tenant)
             if failed:
                 state.failures += 1
                 state.log_lambda += cfg.lambda_step
             else:
                 state.successes += 1
-                state.log_lambda -= cfg.lambda_step * cfg.target_failure / (1 - cfg.target_failure)
+                state.log_lambda -= cfg.lambda_step * target / (1 - target)
             state.log_lambda = min(math.log(cfg.lambda_max), max(math.log(cfg.lambda_min), state.log_lambda))
         if obs.served_rank >= 2:
             return
@@ -241,6 +251,19 @@ class OnlineRouter:
         state.since_fit += 1
         if state.since_fit >= cfg.refit_every:
             self.refit(obs.tenant)
+
+    def target_failure(self, tenant: str) -> float:
+        """The failure rate λ steers to: ``target_failure`` on top of the failures no routing can avoid — the share
+        of the large tier's answers that fail (a noisy outcome signal, tasks beyond any model), shrunk towards 0 by
+        ``base_failure_prior`` pseudo-observations and scaled by the share of verdicts served below large."""
+        cfg = self.config
+        state = self._tenants.get(tenant)
+        if state is None:
+            return cfg.target_failure
+        base = state.large_failed / (state.large_served + cfg.base_failure_prior)
+        verdicts = state.failures + state.successes
+        below = 1.0 - state.large_served / verdicts if verdicts else 1.0
+        return min(0.5, cfg.target_failure + base * max(0.0, below))
 
     def refit(self, tenant: str) -> None:
         state = self._state(tenant)
@@ -263,8 +286,8 @@ class OnlineRouter:
         """(medium_at, large_at, λ): serve small below medium_at, medium below large_at."""
         state = self._tenants.get(tenant)
         lam = math.exp(state.log_lambda) if state else self.config.lambda_start
-        cost = self.config.tier_cost
-        return (cost[1] - cost[0]) / lam, (cost[2] - cost[1]) / lam, lam
+        cost, cap = self.config.tier_cost, self.config.threshold_cap
+        return min(cap, (cost[1] - cost[0]) / lam), min(cap, (cost[2] - cost[1]) / lam), lam
 
     def decide(self, features: Features, tenant: str, request_id: str, *, prior_medium: float = 0.0,
                prior_large: float = 0.0) -> OnlineDecision:

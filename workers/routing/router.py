@@ -170,11 +170,13 @@ def _ms(value: float) -> str:
 def route(env: Envelope, catalog: ModelCatalog, now_ns: int, *,
           breaker_allows: Callable[[str, int], bool] | None = None,
           load: Callable[[str], int] | None = None, online: OnlineRouter | None = None,
-          cascade_below: float | None = None) -> RouteDecision:
+          cascade_below: float | None = None, verify_served: bool = False) -> RouteDecision:
     """Choose the model for ``env``. ``breaker_allows(backend, now_ns)`` and ``load(model) -> requests in flight
     or planned`` come from the stage; without them every backend is healthy and idle. ``online``: the learning
     router decides the auto tier. ``cascade_below``: an auto tier whose learnt P(needs it) is below this is served
-    one tier lower first, with the tier's models as ``escalate_to`` (:mod:`workers.routing.cascade`)."""
+    one tier lower first, with the tier's models as ``escalate_to`` (:mod:`workers.routing.cascade`);
+    ``verify_served``: an auto tier below large that is not cascaded is verified, the next tier's models its
+    ``escalate_to``."""
     tier, source, tier_reason, auto = _required_tier(env, online)
     decision = _route_tier(env, catalog, now_ns, tier, source, tier_reason, breaker_allows, load)
     decision = replace(decision, auto=auto)
@@ -183,9 +185,18 @@ def route(env: Envelope, catalog: ModelCatalog, now_ns: int, *,
             or (auto is not None and auto.online is not None and auto.online.probe)
             or (env.request.model and env.request.model != "auto")):
         return decision
-    step = cascade.plan(tier, *probabilities, DEFAULT_TIER_COST, uncertain_below=cascade_below)
+    step = cascade.plan(tier, *probabilities, DEFAULT_TIER_COST, uncertain_below=cascade_below,
+                        verify_served=verify_served)
     if step is None:
         return decision
+    if step.first_tier == tier:  # verified where it is served: the next tier up is the escalation
+        up = _route_tier(env, catalog, now_ns, step.then_tier, source, tier_reason, breaker_allows, load)
+        escalate = tuple(m for m in up.candidates if m.tier_rank > decision.chosen.tier_rank)
+        if not escalate:
+            return decision
+        return replace(decision, escalate_to=escalate, cascade=step,
+                       reasons=(*decision.reasons, f"cascade: {step.reason}; escalated to "
+                                f"{', '.join(m.name for m in escalate)} when the budget left covers it"))
     cheap = _route_tier(env, catalog, now_ns, step.first_tier, source, f"{tier_reason}; {step.reason}",
                         breaker_allows, load)
     if cheap.chosen is None or cheap.chosen.tier_rank >= decision.chosen.tier_rank:

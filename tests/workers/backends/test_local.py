@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from schemas.envelope import Message, Passage
 from workers.backends.base import ModelCall
-from workers.backends.local import LocalBackend, answer
+from workers.backends.local import LocalBackend, answer, sample
 from workers.routing.catalog import LatencyProfile
 
 PASSAGES = [
@@ -61,3 +61,16 @@ async def test_latency_emulation_sleeps_one_batch_time_per_call() -> None:
     longest = max(r.usage.output_tokens for r in replies)
     assert slept == [(10 + longest) * 0.5 / 1000]
     assert backend.calls == 1
+
+
+async def test_a_second_sample_differs_with_the_seed_and_is_billed() -> None:
+    backend = LocalBackend(latency_scale=0)
+    messages = [Message(role="user", content="When is rent due and what is the late fee?")]
+    passages = [Passage(doc_id="lease", text="Rent is due on the first day of the month. A late fee of 50 dollars "
+                                             "applies after the fifth day. Tenants pay by bank transfer.", score=0.9)]
+    (one,) = await backend.complete([ModelCall(request_id="r", model="m", messages=messages, passages=passages)])
+    (two,) = await backend.complete([ModelCall(request_id="r", model="m", messages=messages, passages=passages,
+                                               samples=2, seed=3, temperature=0.7)])
+    assert two.text == one.text and len(two.alternatives) == 1 and two.alternatives[0] != one.text
+    assert two.usage.output_tokens > one.usage.output_tokens
+    assert sample(one.text, 0) == one.text and sample(one.text, 1) != sample(one.text, 2)

@@ -123,3 +123,15 @@ async def test_tools_go_out_in_openai_shape_and_tool_calls_come_back(openai_serv
         ("tool", "call_fake")]
     assert sent[1]["tool_calls"][0]["function"] == {"name": "f", "arguments": "{}"} and sent[1]["content"] is None
     assert "tools" not in openai_server.received[1]
+
+
+async def test_two_samples_ask_for_n_and_fill_in_with_a_second_call(openai_server: FakeOpenAI,
+                                                                   backend: OpenAICompatBackend) -> None:
+    (one,) = await backend.complete([call(prompt="what is a lease?")])
+    (two,) = await backend.complete([call(prompt="what is a lease?", samples=2, seed=7)])
+    first, *extra = openai_server.received[1:]
+    assert first["n"] == 2 and first["seed"] == 7 and "n" not in openai_server.received[0]
+    # the fake server ignores n: the backend made one more call (another seed) and billed both
+    assert len(extra) == 1 and extra[0]["seed"] == 8 and "n" not in extra[0]
+    assert two.alternatives == ["fake answer to: what is a lease?"]
+    assert two.usage.output_tokens == 2 * one.usage.output_tokens and one.alternatives == []

@@ -57,3 +57,17 @@ def test_tool_calls_are_booked_apart_from_the_model_turns() -> None:
         assert sum(c.cost_micros for c in mine) == 100 and sum(c.requests for c in mine) == 1
     assert task_counters_of(response("a", cost=100, steps=steps)).tool_calls == 3
     assert cell_deltas(response("b")) == [(cell, counters_of(response("b"))) for cell in cells_of(response("b"))]
+
+
+def test_a_cascades_cheaper_call_is_booked_on_its_own_row() -> None:
+    escalated = response("a", model="max-us", cost=1000).model_copy(
+        update={"cascade_model": "core-us", "cascade_cost_micros": 120})
+    deltas = cell_deltas(escalated)
+    day = {cell.model: counters for cell, counters in deltas if cell.window == "day"}
+    assert set(day) == {"max-us", "cascade:core-us"}
+    assert day["max-us"].cost_micros == 880 and day["max-us"].requests == 1
+    assert day["cascade:core-us"] == Counters(cost_micros=120, cascade_calls=1)
+    for window in ("hour", "day"):  # the ledger still sums to what the audit records: cost_micros, one request
+        mine = [c for cell, c in deltas if cell.window == window]
+        assert sum(c.cost_micros for c in mine) == 1000 and sum(c.requests for c in mine) == 1
+    assert task_counters_of(escalated).cost_micros == 1000

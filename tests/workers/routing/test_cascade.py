@@ -12,7 +12,7 @@ from workers.backends.base import ModelCall, ModelReply
 from workers.model import ModelContext, process
 from workers.routing import cascade
 from workers.routing.catalog import load_catalog
-from workers.routing.online import DEFAULT_TIER_COST, OnlineRouter
+from workers.routing.online import DEFAULT_TIER_COST, LearnerConfig, OnlineRouter
 
 MakeEnvelope = Callable[..., Envelope]
 
@@ -110,3 +110,62 @@ async def test_no_escalation_when_the_budget_cannot_cover_it(make_envelope: Make
     # max-us needs ~150 + 45×prefill + 22×160 ms ≈ 3.7 s: the cascade itself never starts (the router found no
     # large model within budget and degraded), or it cannot escalate; either way one call is made.
     assert len(backend.calls) == 1 and out.model is not None and out.model.cascade_cost_micros == 0
+
+
+def test_plan_verifies_served_tiers_below_large_when_asked() -> None:
+    assert cascade.plan("medium", 0.9, 0.3, DEFAULT_TIER_COST, uncertain_below=0.5) is None  # sure: served outright
+    step = cascade.plan("medium", 0.9, 0.3, DEFAULT_TIER_COST, uncertain_below=0.5, verify_served=True)
+    assert step is not None and (step.first_tier, step.then_tier) == ("medium", "large")
+    step = cascade.plan("small", 0.1, 0.0, DEFAULT_TIER_COST, verify_served=True)
+    assert step is not None and (step.first_tier, step.then_tier) == ("small", "medium")
+    assert cascade.plan("large", 0.9, 0.9, DEFAULT_TIER_COST, uncertain_below=0.5, verify_served=True) is None
+
+
+async def test_a_served_tier_that_fails_verification_escalates_one_tier_up(make_envelope: MakeEnvelope) -> None:
+    # A cold learner with λ = 1: P = ½ sends the request to medium; with the cascade threshold below ½ it is not
+    # cascaded down, but its answer is verified; a refusal escalates it to large and both calls are paid.
+    backend = TierBackend(refuse={"core-us"})
+    context = ModelContext(stage="model", catalog=load_catalog(), backends={"local": backend},  # type: ignore[dict-item]
+                           online=OnlineRouter(LearnerConfig(lambda_start=1.0, threshold_cap=1.0), frozen=True),
+                           cascade_below=0.1, cascade_verify_served=True)
+    (env,) = await process([make_envelope("Plan a phased migration with rollback, risks and owners.")], context)
+    assert backend.calls == ["core-us", "max-us"] and env.model is not None and env.model.model == "max-us"
+    assert env.model.cascade_cost_micros > 0 and env.model.cost_micros > env.model.cascade_cost_micros
+    assert env.model.learn is not None and env.model.learn.cascade_failed_tier == "medium"
+    assert env.model.cascade_model == "core-us"
+    assert any("verified medium" in r for r in env.model.routing)
+
+
+class TwoSampleBackend(TierBackend):
+    """Answers; on ``unsure`` models the second sample says something else entirely."""
+
+    def __init__(self, unsure: set[str]) -> None:
+        super().__init__(refuse=set())
+        self.unsure, self.samples = unsure, []  # type: ignore[var-annotated]
+
+    async def complete(self, requests: list[ModelCall]) -> list[ModelReply]:
+        replies = await super().complete(requests)
+        self.samples += [(r.model, r.samples) for r in requests]
+        return [ModelReply(reply.request_id, reply.text, reply.usage + Usage(output_tokens=40), alternatives=[
+                    "Bananas are yellow fruit grown in tropical climates." if r.model in self.unsure else reply.text])
+                if r.samples == 2 else reply for r, reply in zip(requests, replies, strict=True)]
+
+
+async def test_self_consistency_samples_the_cheaper_answer_twice_and_escalates_when_they_disagree(
+        make_envelope: MakeEnvelope) -> None:
+    backend = TwoSampleBackend(unsure={"core-us"})
+    (env,) = await process([make_envelope("Plan a phased migration with rollback, risks and owners.")],
+                           cold_context(backend, cascade_self_consistency=True))  # type: ignore[arg-type]
+    assert backend.samples == [("core-us", 2), ("max-us", 1)]  # only the answer being verified is sampled twice
+    assert env.model is not None and env.model.model == "max-us" and env.model.cascade_model == "core-us"
+    assert env.model.cascade_cost_micros > 0 and any("self-consistency" in r and "both billed" in r
+                                                     for r in env.model.routing)
+    assert any("failed inconsistent" in r for r in env.model.routing)
+
+
+async def test_agreeing_samples_pass_and_both_are_billed(make_envelope: MakeEnvelope) -> None:
+    backend = TwoSampleBackend(unsure=set())
+    (env,) = await process([make_envelope("Plan a phased migration with rollback, risks and owners.")],
+                           cold_context(backend, cascade_self_consistency=True))  # type: ignore[arg-type]
+    assert backend.samples == [("core-us", 2)] and env.model is not None and env.model.model == "core-us"
+    assert env.model.usage.output_tokens == 80  # both samples' output

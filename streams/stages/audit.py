@@ -38,7 +38,7 @@ from workers.audit.record import record_from_deadletter
 from workers.audit.sink import AuditLog, FileAuditSink
 from workers.audit.stage import AuditContext, Settler, record_batch
 from workers.context import StageContext, derive
-from workers.detectors.redaction import BasicRedactor, ChainedRedactor, PiiRedactor
+from workers.detectors.redaction import BasicRedactor, ChainedRedactor, MemoRedactor, PiiRedactor
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ async def _open_audit_context(settings: Settings, base: StageContext, limits: Se
                              republish_window_ns=max(60 * 1_000_000_000, 6 * interval_ns))
         claims = RedisClaimStore(redis, namespace=settings.topic_prefix, ttl_s=settings.audit_claim_ttl_days * 86_400)
         ctx = derive(AuditContext, base, audit_log=audit_log, claims=claims, owner=sink.owner,
-                           redactor=ChainedRedactor(PiiRedactor(), BasicRedactor()),
+                           redactor=MemoRedactor(ChainedRedactor(PiiRedactor(), BasicRedactor())),
                            content_mode=settings.audit_content,
                            audit_topic=topology(settings).audit_log, settler=limits)
         log.info("audit chain %s at %s (%d records)", sink.chain_id, sink.dir, audit_log.size)

@@ -44,7 +44,8 @@ def record_from_envelope(env: Envelope, *, redactor: Redactor, content_mode: Con
         principal_key_id=env.principal.key_id if env.principal else (policy.principal_key_id if policy else None),
         status=outcome.status if outcome else Status.FAILED,
         code=outcome.code if outcome else "no_outcome",
-        message=redactor.redact(outcome.message)[0] if outcome else "reached audit without a terminal outcome",
+        message=(redactor.redact(outcome.message)[0] if outcome.message else "") if outcome
+        else "reached audit without a terminal outcome",
         outcome_stage=outcome.stage if outcome else "",
         tier=str(env.tier),
         created_at_ns=env.created_at_ns,

@@ -84,22 +84,22 @@ class _Snapshots:
             if record.key is not None:
                 latest[record.key.decode(errors="replace")] = record.value
         raw_manifest = latest.pop(MANIFEST_KEY, None)
+        tenants: dict[str, TenantSnapshot] = {}
+        for tenant, raw in latest.items():
+            if raw is None:
+                continue
+            try:
+                snap = decode_tenant(raw, self.router.config)
+            except SnapshotError as exc:
+                log.warning("routing snapshot of tenant %r ignored: %s", tenant, exc)
+                continue
+            tenants[snap.tenant] = snap
+            self.round_id = max(self.round_id, snap.round_id)  # the next round is newer than any stored
         if raw_manifest is None:
             return None, {}, {}
         try:
             manifest = decode_manifest(raw_manifest)
-            self.round_id = manifest.round_id
-            tenants: dict[str, TenantSnapshot] = {}
-            for tenant, raw in latest.items():
-                if raw is None:
-                    continue
-                try:
-                    snap = decode_tenant(raw, self.router.config)
-                except SnapshotError as exc:
-                    log.warning("routing snapshot of tenant %r ignored: %s", tenant, exc)
-                    continue
-                tenants[snap.tenant] = snap
-                self.round_id = max(self.round_id, snap.round_id)
+            self.round_id = max(self.round_id, manifest.round_id)
             floors = restore(self.router, self.join, manifest, tenants)
         except SnapshotError as exc:
             log.warning("routing snapshots ignored, rebuilding from the topics' beginning: %s", exc)

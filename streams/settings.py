@@ -133,6 +133,13 @@ class Settings(BaseSettings):
     # probes). The verified cascade: off when unset, else an auto tier whose learnt P(needs it) is below this value
     # is served one tier lower first and escalated when the evaluators fail the answer.
     router_learning: Literal["off", "learn", "frozen"] = "off"
+    # The learner's state snapshot (<prefix>.routing.snapshots, docs/ROUTING.md): a learning follower writes one
+    # round of per-tenant snapshots every this many observations (0: never) or, when anything changed, every this
+    # many seconds; a start loads the latest round and replays only the topics' tail past it. A snapshot record may
+    # be up to router_snapshot_max_bytes (the topic's max.message.bytes).
+    router_snapshot_every: int = Field(default=1000, ge=0)
+    router_snapshot_interval_s: float = Field(default=300.0, gt=0)
+    router_snapshot_max_bytes: int = Field(default=16 * 1024 * 1024, ge=1024 * 1024)
     router_cascade_below: float | None = Field(default=None, ge=0.0, le=1.0)
     # With the cascade on: also verify an answer served below large without a cascade, escalating it one tier up
     # when an evaluator fails it (the router's own under-routing caught like a cascade's cheaper answer).

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from abc import ABC, abstractmethod
-from typing import Literal
+from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
@@ -43,6 +43,8 @@ class TopicFollower(ABC):
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self.partitions: list[TopicPartition] = []
+        self.consumer_options: dict[str, Any] = {}  # passed to new_consumer (e.g. a larger fetch size)
+        self.start_offsets: dict[int, int] = {}  # partition → where to start instead (past a snapshot)
 
     @abstractmethod
     async def apply(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
@@ -55,10 +57,11 @@ class TopicFollower(ABC):
         return True
 
     async def start(self, *, since_ms: int | None = None, timeout_s: float = 30.0) -> None:
-        """Seek (``since_ms``: the first record at or after that time), catch up if asked, then tail."""
+        """Seek (``since_ms``: the first record at or after that time; ``start_offsets``: partition → offset, e.g.
+        past what a snapshot covers), catch up if asked, then tail."""
         reset = "earliest" if self.start_at == "beginning" else "latest"
         consumer = new_consumer(self.settings, role=self.role, auto_offset_reset=reset,
-                                fetch_max_wait_ms=self.fetch_max_wait_ms)
+                                fetch_max_wait_ms=self.fetch_max_wait_ms, **self.consumer_options)
         await start(consumer, self.settings, f"follower of {self.topic}")
         self._consumer = consumer
         try:
@@ -73,6 +76,9 @@ class TopicFollower(ABC):
                 for tp, at in found.items():
                     if at is not None:
                         consumer.seek(tp, at.offset)
+            for tp in self.partitions:
+                if self.start_offsets.get(tp.partition):
+                    consumer.seek(tp, self.start_offsets[tp.partition])
             for tp in self.partitions:  # resolve positions now: nothing published after start() is missed
                 await consumer.position(tp)
             if self.catch_up:

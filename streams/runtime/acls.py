@@ -114,6 +114,9 @@ def rules(p: str = "{p}") -> list[Rule]:
     # The learning router (TOLLWAY_ROUTER_LEARNING): model workers rebuild it from responses and task outcomes.
     allow("stage-model", [f"{p}.responses", f"{p}.outcomes"], READ)
     allow(ALL_STAGES, [f"{p}.responses", f"{p}.outcomes"], READ)
+    # … and snapshot its state (only the process that runs the follower: the model stage, alone or in a chain).
+    allow("stage-model", [f"{p}.routing.snapshots"], READ, WRITE)
+    allow(ALL_STAGES, [f"{p}.routing.snapshots"], READ, WRITE)
 
     for audit in ("stage-audit", ALL_STAGES):
         allow(audit, [f"{p}.audit.log", f"{p}.audit.checkpoints"], READ, WRITE)

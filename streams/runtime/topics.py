@@ -10,6 +10,7 @@
     tollway.index.chunks             compacted: retrieval chunks per tenant
     tollway.outcomes                 task outcomes (resolved/failed) keyed by task_id: the ledger's cost per outcome
     tollway.tools.approvals          compacted: held tool calls and `tollway approve|deny` decisions, by approval id
+    tollway.routing.snapshots        compacted: the learning router's state per tenant, with the offsets it covers
 """
 
 from __future__ import annotations
@@ -78,6 +79,10 @@ class Topology:
     def tool_approvals(self) -> str:
         return f"{self.prefix}.tools.approvals"
 
+    @property
+    def routing_snapshots(self) -> str:
+        return f"{self.prefix}.routing.snapshots"
+
     def group(self, stage: str) -> str:
         return f"{self.prefix}.{stage}"
 
@@ -112,6 +117,10 @@ class Topology:
                                                                    **isr}),
             # Held tool calls and their decisions (workers/tools/approvals.py): each approval's last word is kept.
             NewTopic(self.tool_approvals, 1, rf, topic_configs={"cleanup.policy": "compact", **isr}),
+            # The learning router's snapshots (streams/followers/routing.py): the last round per tenant is kept.
+            NewTopic(self.routing_snapshots, 1, rf, topic_configs={
+                "cleanup.policy": "compact", "retention.ms": "-1",
+                "max.message.bytes": str(settings.router_snapshot_max_bytes), **isr}),
         ]
         return topics
 

@@ -202,12 +202,13 @@ async def describe(admin: Any, resource: int = 1, name: str | None = None, patte
             for principal, host, op, perm in acls}
 
 
-async def grant_prefix(admin: Any, prefix: str, *, wait_s: float = 10.0) -> int:
+async def grant_prefix(admin: Any, prefix: str, *, wait_s: float = 30.0) -> int:
     """Create every ACL of ``prefix`` (idempotent: existing ones stay) in one request; returns how many bindings.
 
     ``admin`` is a started AIOKafkaAdminClient authenticated as the super user. CreateAcls goes through the KRaft
     controller; the broker enforces an ACL once it has applied that metadata record, which can be a few ms after the
-    response (measured: 5-25 ms): with ``wait_s`` the call returns only when the broker has them. The controller
+    response (measured: 5-25 ms; over 10 s once on a freshly started broker at load 13, so the default waits 30 s):
+    with ``wait_s`` the call returns only when the broker has them. The controller
     writes one CreateAcls as one atomic batch, so the ACLs of one topic name stand for all (and the check costs the
     same however many prefixes the broker has ACLs for).
     """
@@ -222,7 +223,8 @@ async def grant_prefix(admin: Any, prefix: str, *, wait_s: float = 10.0) -> int:
         deadline = time.monotonic() + wait_s
         while not sample <= await describe(admin, TOPIC, probe, LITERAL):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"the broker did not apply the ACLs of prefix {prefix!r} within {wait_s} s")
+                raise TimeoutError(f"the broker did not apply the ACLs of prefix {prefix!r} within {wait_s} s "
+                                   "(a broker still starting or starved of CPU; the grant is idempotent: start again)")
             await asyncio.sleep(0.02)
     return len(wanted)
 

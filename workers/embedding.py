@@ -78,18 +78,22 @@ class TextVectors:
 
     def embed(self, texts: list[str], dim: int, compute: Callable[[list[str]], Vectors]) -> Vectors:
         rows = self.rows
-        missing = list(dict.fromkeys(text for text in texts if text not in rows))
-        fresh: dict[str, Vectors] = {}
+        out = np.empty((len(texts), dim), dtype=np.float32)
+        missing: dict[str, list[int]] = {}  # each text computed once, at every position it stands
+        for i, text in enumerate(texts):
+            row = rows.get(text)
+            if row is None:
+                missing.setdefault(text, []).append(i)
+            else:
+                out[i] = row  # copied out before this batch's inserts can evict it
         if missing:
-            for text, computed in zip(missing, compute(missing), strict=True):
-                row = fresh[text] = computed.copy()
+            for (text, positions), computed in zip(missing.items(), compute(list(missing)), strict=True):
+                out[positions] = computed
+                row = computed.copy()
                 row.flags.writeable = False
                 if len(rows) >= self.max_entries:
                     del rows[next(iter(rows))]
                 rows[text] = row
-        out = np.empty((len(texts), dim), dtype=np.float32)
-        for i, text in enumerate(texts):
-            out[i] = fresh[text] if text in fresh else rows[text]
         return out
 
 

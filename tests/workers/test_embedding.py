@@ -145,3 +145,16 @@ def test_memoised_vectors_equal_fresh_ones_and_stay_bounded() -> None:
     assert np.array_equal(again[0], first[3]) and len(calls) == 1
     again[0][:] = 0  # the caller's copy: the memo is untouched
     assert np.array_equal(memo.embed(["another prompt"], 64, compute)[0], first[3])
+
+
+def test_a_memo_hit_survives_the_same_batch_evicting_it() -> None:
+    """A full memo, a batch with the oldest entry (a repeated FAQ prompt) and a new text: inserting the new one evicts
+    the old one, which must still be served to this batch (a KeyError before)."""
+    from workers.embedding import TextVectors
+
+    embedder = HashingEmbedder(dim=64)
+    memo = TextVectors(max_entries=2)
+    memo.embed(["oldest faq", "second"], 64, embedder._embed)
+    out = memo.embed(["oldest faq", "brand new", "oldest faq"], 64, embedder._embed)
+    assert np.array_equal(out, embedder._embed(["oldest faq", "brand new", "oldest faq"]))
+    assert list(memo.rows) == ["second", "brand new"]

@@ -147,9 +147,13 @@ class _Snapshot(TopicFollower):
 
 
 async def read_to_end(settings: Settings, topic: str, *, role: str = "producer",
-                      timeout_s: float = 60.0) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every record of ``topic`` from its start to its end offsets as of now (CLI reports, reconciliation)."""
+                      timeout_s: float = 60.0,
+                      consumer_options: dict[str, Any] | None = None) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of ``topic`` from its start to its end offsets as of now (CLI reports, reconciliation, the
+    routing snapshots); ``consumer_options`` reach the consumer (e.g. a fetch size for large records)."""
     snapshot = _Snapshot(settings, topic, role)
+    if consumer_options:
+        snapshot.consumer_options = consumer_options
     await snapshot.start(timeout_s=timeout_s)
     await snapshot.stop()
     return snapshot.records

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from schemas.ledger import OutcomeEvent
 from schemas.response import Response
-from streams.followers.base import TopicFollower
+from streams.followers.base import TopicFollower, read_to_end
 from streams.runtime.connections import new_producer, start
 from streams.runtime.topics import topology
 from streams.settings import Settings
@@ -75,12 +75,10 @@ class _Snapshots:
 
     async def load(self) -> tuple[int | None, Offsets, dict[str, Offsets]]:
         """Restore the latest round: (its id, the offsets to replay from, each tenant's own offsets)."""
-        reader = _Collect(self.settings, self.topic, self.role)
-        reader.consumer_options = {"max_partition_fetch_bytes": self.settings.router_snapshot_max_bytes * 2}
-        await reader.start(timeout_s=120)
-        await reader.stop()
+        records = await read_to_end(self.settings, self.topic, role=self.role, timeout_s=120, consumer_options={
+            "max_partition_fetch_bytes": self.settings.router_snapshot_max_bytes * 2})
         latest: dict[str, bytes | None] = {}
-        for record in reader.records:
+        for record in records:
             if record.key is not None:
                 latest[record.key.decode(errors="replace")] = record.value
         raw_manifest = latest.pop(MANIFEST_KEY, None)
@@ -144,15 +142,6 @@ class _Snapshots:
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
-
-
-class _Collect(TopicFollower):
-    def __init__(self, settings: Settings, topic: str, role: str) -> None:
-        super().__init__(settings, topic, role=role, start_at="beginning", catch_up=True)
-        self.records: list[ConsumerRecord[bytes, bytes]] = []
-
-    async def apply(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
-        self.records.extend(records)
 
 
 class _Feed(TopicFollower):

@@ -39,7 +39,7 @@ import orjson
 
 from schemas.envelope import Status
 from streams.clients.sdk import TollwayClient
-from streams.runtime.connections import kafka_security
+from streams.runtime.topics import delete_prefix_topics
 from streams.settings import REPO_ROOT, Settings
 
 PATHS = ("direct", "http")
@@ -297,19 +297,6 @@ async def measure(args: argparse.Namespace, settings: Settings, url: str,
                           f"{percentile(latencies, 0.5):6.2f} ms  p99 {percentile(latencies, 0.99):7.2f} ms  "
                           f"cpu s {used}", file=sys.stderr, flush=True)
     return phases
-
-
-async def delete_prefix_topics(settings: Settings) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **kafka_security(settings, "admin"))
-    try:
-        await asyncio.wait_for(admin.start(), 10)
-        doomed = [t for t in await admin.list_topics() if t.startswith(f"{settings.topic_prefix}.")]
-        if doomed:
-            await admin.delete_topics(doomed)
-    finally:
-        await admin.close()
 
 
 if __name__ == "__main__":

@@ -27,10 +27,11 @@ from aiokafka import AIOKafkaProducer
 from schemas.envelope import RouteRecord, Status
 from schemas.ledger import OutcomeEvent
 from schemas.response import Response
-from streams.followers.routing import RebuildStats, _Collect, follow_outcomes
+from streams.followers.base import read_to_end
+from streams.followers.routing import RebuildStats, follow_outcomes
 from streams.runtime.codec import encode
 from streams.runtime.connections import kafka_security
-from streams.runtime.topics import ensure_topics, topology
+from streams.runtime.topics import delete_prefix_topics, ensure_topics, topology
 from streams.settings import Settings
 from streams.testing import seal_response
 from workers.routing.features import extract
@@ -86,7 +87,6 @@ async def _start(settings: Settings, probe: list[tuple[str, str]], *, tail: int 
 
 
 async def run(observations: int, tenants: int, tail: int) -> dict[str, Any]:
-    from tests.conftest import delete_topics_with_prefix
 
     # One partition: the live follower and a replay then see the tail in the same order, so "the same decisions"
     # is a fair check (across partitions the interleaving of a batch is the broker's, and λ and the refit points
@@ -104,13 +104,11 @@ async def run(observations: int, tenants: int, tail: int) -> dict[str, Any]:
                                        tail=tail, tenants=tenants, at=observations)
         restored, after = await _start(base.model_copy(update={"router_snapshot_every": 10**9}), probe)
         rebuilt, _ = await _start(off, probe)
-        reader = _Collect(base, topology(base).routing_snapshots, "admin")
-        reader.consumer_options = {"max_partition_fetch_bytes": base.router_snapshot_max_bytes * 2}
-        await reader.start(timeout_s=60)
-        await reader.stop()
-        sizes = [len(r.value or b"") for r in reader.records]
+        records = await read_to_end(base, topology(base).routing_snapshots, role="admin", timeout_s=60,
+                                    consumer_options={"max_partition_fetch_bytes": base.router_snapshot_max_bytes * 2})
+        sizes = [len(r.value or b"") for r in records]
     finally:
-        await delete_topics_with_prefix(base)
+        await delete_prefix_topics(base)
 
     def row(stats: RebuildStats) -> dict[str, Any]:
         return {"records_read": stats.records_read, "observations": stats.observations,

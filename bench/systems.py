@@ -22,12 +22,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiokafka.admin import AIOKafkaAdminClient
-
 from bench.relay import HOPS, ensure_relay_topics, relay_topics
 from schemas.envelope import DEFAULT_ROUTE as STAGES  # the hops every request crosses (tools only on demand)
-from streams.runtime.connections import kafka_security
-from streams.runtime.topics import ensure_topics, topology
+from streams.runtime.topics import delete_prefix_topics, ensure_topics, topology
 from streams.settings import REPO_ROOT, Settings
 
 LOG_DIR = REPO_ROOT / ".state" / "bench"
@@ -172,18 +169,8 @@ class System:
 
     async def delete_topics(self) -> None:
         """Bench topics are throwaway; leave the shared broker as we found it."""
-        prefix = self.settings.topic_prefix
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.bootstrap_servers,
-                                    **kafka_security(self.settings, "admin"),
-                                    request_timeout_ms=10_000)
-        await admin.start()
-        try:
-            names = [t for t in await admin.list_topics() if t.startswith(f"{prefix}.")]
-            if names:
-                with contextlib.suppress(Exception):
-                    await admin.delete_topics(names)
-        finally:
-            await admin.close()
+        with contextlib.suppress(Exception):
+            await delete_prefix_topics(self.settings)
 
 
 def cpu_seconds(pids: list[int]) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -12,7 +13,6 @@ from hypothesis import settings as hypothesis_settings
 
 from schemas.envelope import Envelope, Tier
 from streams.clients.envelopes import new_envelope
-from streams.runtime.connections import kafka_security
 from streams.settings import Settings
 
 # The machines are shared and noisy: hypothesis judges properties, never speed.
@@ -44,19 +44,10 @@ async def settings(tmp_path: Path) -> AsyncIterator[Settings]:
 
 
 async def delete_topics_with_prefix(settings: Settings) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
+    from streams.runtime.topics import delete_prefix_topics
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **kafka_security(settings, "admin"))
-    try:
-        await asyncio.wait_for(admin.start(), 10)
-        doomed = [t for t in await admin.list_topics() if t.startswith(f"{settings.topic_prefix}.")
-                  or t.startswith(f"{settings.topic_prefix}-")]
-        if doomed:
-            await admin.delete_topics(doomed)
-    except Exception:  # cleanup is best effort: a broker a test took down must not fail the next test
-        pass
-    finally:
-        await admin.close()
+    with contextlib.suppress(Exception):  # best effort: a broker a test took down must not fail the next test
+        await delete_prefix_topics(settings)
 
 
 @pytest.fixture

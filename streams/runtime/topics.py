@@ -129,6 +129,23 @@ def topology(settings: Settings) -> Topology:
     return Topology(settings.topic_prefix)
 
 
+async def delete_prefix_topics(settings: Settings) -> list[str]:
+    """Delete every topic of ``settings.topic_prefix`` (``<prefix>.…`` and the Faust ledger's ``<prefix>-…``): the
+    throwaway prefixes of tests and benchmarks, so a shared broker is left as it was found. Returns the names."""
+    from streams.runtime.connections import new_admin, start
+
+    admin = new_admin(settings)
+    await start(admin, settings, "topic admin")
+    try:
+        prefix = settings.topic_prefix
+        doomed = [t for t in await admin.list_topics() if t.startswith((f"{prefix}.", f"{prefix}-"))]
+        if doomed:
+            await admin.delete_topics(doomed)
+        return doomed
+    finally:
+        await admin.close()
+
+
 async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[str]:
     """Create every tollway topic that does not exist yet; returns the names created.
 

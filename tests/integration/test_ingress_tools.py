@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 import yaml
 from openai import AsyncOpenAI
 
@@ -23,7 +22,7 @@ from streams.settings import Settings
 from tests.conftest import delete_topics_with_prefix
 from tests.workers.tools.documents import tools_policy
 from workers.keys import create_key
-from workers.tools.builtins import RedisTicketStore, seed_demo_tickets
+from workers.tools.builtins import RedisTicketStore
 
 pytestmark = pytest.mark.integration
 
@@ -49,17 +48,6 @@ async def settings(tmp_path: Path, key: tuple[str, Any]) -> AsyncIterator[Settin
     yield isolated
     await delete_topics_with_prefix(isolated)
 
-
-@pytest.fixture
-async def tickets(settings: Settings) -> AsyncIterator[RedisTicketStore]:
-    client = aioredis.Redis.from_url(settings.redis_url)
-    store = RedisTicketStore(client, prefix=settings.topic_prefix)
-    await seed_demo_tickets(store, "acme")
-    yield store
-    keys = [k async for k in client.scan_iter(match=f"{settings.topic_prefix}:*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 import yaml
 
 from schemas.envelope import PolicyDecision, Status, ToolCall, ToolsResult
@@ -27,7 +26,7 @@ from streams.testing import decide
 from tests.conftest import delete_topics_with_prefix
 from tests.kafka_helpers import produce_raw, read_until
 from tests.workers.tools.documents import tools_policy
-from workers.tools.builtins import RedisTicketStore, seed_demo_tickets
+from workers.tools.builtins import RedisTicketStore
 
 pytestmark = pytest.mark.integration
 
@@ -42,17 +41,6 @@ async def settings(tmp_path: Path) -> AsyncIterator[Settings]:
     yield isolated
     await delete_topics_with_prefix(isolated)
 
-
-@pytest.fixture
-async def tickets(settings: Settings) -> AsyncIterator[RedisTicketStore]:
-    client = aioredis.Redis.from_url(settings.redis_url)
-    store = RedisTicketStore(client, prefix=settings.topic_prefix)
-    await seed_demo_tickets(store, "acme")
-    yield store
-    keys = [k async for k in client.scan_iter(match=f"{settings.topic_prefix}:*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
 
 
 async def test_a_two_tool_task_with_one_denied_call_through_kafka(tickets: RedisTicketStore,

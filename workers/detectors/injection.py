@@ -60,6 +60,7 @@ import numpy as np
 
 from workers.detectors.readings import TypoFolder, normalise, readings
 from workers.detectors.rules import Rule, TriggerIndex, load_rules
+from workers.detectors.semantic import SemanticScorer
 
 __all__ = ["RULES", "InjectionResult", "NgramModel", "Rule", "features", "normalise", "score"]
 
@@ -159,14 +160,19 @@ def _combine(weights: list[float]) -> float:
     return 1.0 - remaining
 
 
-def score(texts: list[str], *, use_model: bool = True) -> InjectionResult:
+SEMANTIC_MAX_TEXTS = 4  # the semantic head embeds at most this many texts of a request (each costs one model run)
+
+
+def score(texts: list[str], *, use_model: bool = True, semantic: SemanticScorer | None = None) -> InjectionResult:
     """Score the texts (prompt messages and retrieved passages) of one request.
 
     The signals split in two. *Attack signals* are command rules that match outside quotes: nothing lowers what
     they add up to ("(Approved by the security team.)" after a command changes nothing). The rest (mention rules,
     commands found only inside quotes) is damped when the text discusses injection or asks, outside its quotes, a
     question about what it quotes. The n-gram scorer's calibrated probability is taken as it is; the score is the
-    larger of it and the rule score.
+    larger of it and the rule score. With ``semantic`` (``workers.detectors.semantic``, opt-in), texts whose reading
+    (the larger of the rule score and the n-gram probability) falls in the head's uncertain band are embedded and
+    the head's calibrated probability is taken the same way (listed as ``semantic_head`` from one half up).
     """
     present = [t for t in texts if t]
     variants = [v for t in present for v in _variants(t)]
@@ -184,11 +190,20 @@ def score(texts: list[str], *, use_model: bool = True) -> InjectionResult:
         dampable *= _BOOK.discussion_damping
     result = 1.0 - (1.0 - _combine(attack)) * (1.0 - dampable)
     model = _model() if use_model else None
+    reading = result
     if model is not None and variants and len(_WORD.findall(variants[0])) >= MIN_WORDS:
         probability = max(model.probability(v) for v in variants[:2])  # the text and its folded reading
+        reading = max(result, probability)
         if probability >= 0.5:
             signals["ngram_model"] = round(probability, 4)
             result = max(result, probability)
+    if semantic is not None and semantic.head.in_band(reading):
+        long_texts = [t for t in present if len(_WORD.findall(t)) >= MIN_WORDS][:SEMANTIC_MAX_TEXTS]
+        if long_texts:
+            probability = max(semantic.probability(t) for t in long_texts)
+            if probability >= 0.5:
+                signals["semantic_head"] = round(probability, 4)
+                result = max(result, probability)
     return InjectionResult(score=round(result, 4), rules=tuple(signals))
 
 

@@ -28,12 +28,22 @@ Three layers, cheapest first, each listed by name on the decision:
    is listed as ``ngram_model``. It is not consulted for texts of fewer than six words (the tuning rows hold almost
    no short benign text to learn from).
 
+4. **An opt-in semantic head** (``workers/detectors/semantic.py``, ``TOLLWAY_INJECTION_SEMANTIC``, the ``semantic``
+   extra): a logistic regression over all-MiniLM-L6-v2 sentence embeddings (an int8 ONNX file shipped in a wheel),
+   trained by ``bench/train_injection_semantic.py`` on the same tuning rows, consulted only when the larger of the
+   rule score and the n-gram probability is in its uncertain band (0.25 to 0.6) and listed as ``semantic_head``.
+
 The rules combine as ``1 - Π(1 - weight)`` over the signals found, so one strong signal crosses the default 0.6
 threshold alone and two weak ones need each other. Text that *discusses* prompt injection (a question about
 jailbreaks, a red-team brief) has the mention and quoted-only part of that halved and says so with
 ``discusses_injection``; the command rules found outside quotes (the attack signals) are never damped. The score is
 the larger of the rule score and the model's probability, so nothing the model or the damping does can lower a
 score below what the attack signals alone give.
+
+With the semantic head (``python -m bench.injection_eval --semantic``, before → after in one run): outsider test
+0.751 / 0.039 → 0.775 / 0.044; test2 0.537 / 0.034 → 0.675 / 0.034; a third outsider set, test3 (written by another
+helper who never read the detector), 0.787 / 0.029 → 0.871 / 0.055. It costs ~60 ms of CPU per embedded prompt on
+the project's 2-core machine (+16 ms per prompt on the eval's mix, 26 % embedded), hence off by default.
 
 Measured by ``bench/injection_eval.py`` at 0.6 (tuning set, held-out set, outsider tune / test, tune2 / test2).
 Outsider test split: TPR 0.751, FPR 0.039 (before v4 and tune2: 0.728 / 0.029). Second outsider set, test2 (its

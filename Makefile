@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "Python 3.11 is required ($(PY) not found)"; exit 1; }
 	@[ -x $(BIN)/python ] || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,semantic]'  # semantic: the injection detector's opt-in head, so tests and evals run it
 	@touch $(STAMP)
 
 venv: $(STAMP)

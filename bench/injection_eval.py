@@ -16,6 +16,9 @@ Three files under ``bench/data/``:
 
 Figures are reported per set and per source, at the policy's default threshold and over a small sweep, with the
 detector's cost per request on a batch of 500. Run: ``.venv/bin/python -m bench.injection_eval [--threshold 0.6]``.
+``--semantic`` instead compares the detector without and with its opt-in semantic head (the ``semantic`` extra) in
+one process: TPR / FPR per set including ``injection_outsider_test3.jsonl`` (a third outsider set, report only),
+TPR per attack family of test2 / test3, the share of prompts embedded and the CPU per prompt.
 """
 
 from __future__ import annotations
@@ -27,7 +30,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
+
 from workers.detectors.injection import score
+from workers.detectors.semantic import SemanticScorer, SentenceEncoder, open_semantic
 
 DATA = Path(__file__).parent / "data"
 TUNING_FILE = DATA / "injection_tuning.jsonl"
@@ -35,6 +42,7 @@ HELD_OUT_FILE = DATA / "injection_heldout.jsonl"
 OUTSIDER_FILE = DATA / "injection_outsider.jsonl"
 OUTSIDER_TUNE2_FILE = DATA / "injection_outsider_tune2.jsonl"
 OUTSIDER_TEST2_FILE = DATA / "injection_outsider_test2.jsonl"
+OUTSIDER_TEST3_FILE = DATA / "injection_outsider_test3.jsonl"  # a third outsider set, report only (may be absent)
 DEFAULT_THRESHOLD = 0.6  # the policy document's default
 
 
@@ -62,8 +70,8 @@ def load_outsider(split: str, path: Path = OUTSIDER_FILE) -> list[Sample]:
     samples = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         row = json.loads(line)
-        if row.get("label") not in ("attack", "benign") or row.get("split") not in ("tune", "test", "test2"):
-            raise ValueError(f"{path}:{number}: label must be attack|benign and split tune|test|test2, got "
+        if row.get("label") not in ("attack", "benign") or row.get("split") not in ("tune", "test", "test2", "test3"):
+            raise ValueError(f"{path}:{number}: label must be attack|benign and split tune|test|test2|test3, got "
                              f"{row!r:.200}")
         if row["split"] == split:
             samples.append(Sample(row["text"], row["label"] == "attack", row["family"], f"outsider_{split}",
@@ -151,7 +159,12 @@ def main() -> int:
     parser.add_argument("--show-outsider-tune", action="store_true",
                         help="list the outsider tune split's misses and false alarms (the test split is never listed)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--semantic", action="store_true",
+                        help="only compare the detector without and with its semantic head (the `semantic` extra) on "
+                             "the tune and test sets, per family, plus the head's share of prompts and added CPU")
     args = parser.parse_args()
+    if args.semantic:
+        return semantic_comparison(args.threshold)
 
     groups: dict[str, list[Sample]] = {"tuning": TUNING, "held_out": HELD_OUT}
     for source in sorted({s.source for s in HELD_OUT}):
@@ -215,6 +228,89 @@ def main() -> int:
             result = score([text])
             print(f"flagged {result.score:.2f} {result.rules} {text!r}")
     return 0
+
+
+def _flags(samples: list[Sample], threshold: float, semantic: SemanticScorer | None) -> list[bool]:
+    return [score([s.text], semantic=semantic).score >= threshold for s in samples]
+
+
+def _cpu_ms(texts: list[str], semantic: SemanticScorer | None) -> float:
+    """CPU milliseconds per prompt, one prompt per call, median of 3 passes (same process for both readings)."""
+    passes = []
+    for _ in range(3):
+        start = time.process_time()
+        for text in texts:
+            score([text], semantic=semantic)
+        passes.append((time.process_time() - start) / len(texts) * 1e3)
+    return sorted(passes)[1]
+
+
+def semantic_comparison(threshold: float) -> int:
+    """Before (rules + n-grams) → after (with the semantic head), same process: TPR / FPR per set, TPR per attack
+    family of the outsider test sets, and what the head costs (share of prompts embedded, CPU per prompt)."""
+    semantic = open_semantic(True)
+    if semantic is None:
+        print("the semantic head cannot run here (see the warning above): pip install -e '.[semantic]'")
+        return 2
+    sets = {"project tuning": TUNING, "outsider tune": OUTSIDER_TUNE, "outsider tune2": OUTSIDER_TUNE2,
+            "project held-out": HELD_OUT, "outsider test": OUTSIDER_TEST, "outsider test2": OUTSIDER_TEST2}
+    if OUTSIDER_TEST3_FILE.exists():
+        sets["outsider test3"] = load_outsider("test3", OUTSIDER_TEST3_FILE)
+    print(f"threshold {threshold}; before = rules + n-grams, after = with the semantic head (band "
+          f"{semantic.head.band_low:.2f}-{semantic.head.band_high:.2f})")
+    for name, samples in sets.items():
+        before, after = _flags(samples, threshold, None), _flags(samples, threshold, semantic)
+        attacks = [i for i, s in enumerate(samples) if s.is_attack]
+        benign = [i for i, s in enumerate(samples) if not s.is_attack]
+
+        def rate(flags: list[bool], rows: list[int]) -> float:
+            return sum(flags[i] for i in rows) / max(1, len(rows))
+
+        print(f"{name:18} ({len(attacks)}/{len(benign)}): TPR {rate(before, attacks):.3f} -> {rate(after, attacks):.3f}"
+              f"   FPR {rate(before, benign):.3f} -> {rate(after, benign):.3f}")
+        if name in ("outsider test2", "outsider test3"):
+            for family in sorted({samples[i].category for i in attacks}):
+                rows = [i for i in attacks if samples[i].category == family]
+                print(f"    {family:32} {sum(before[i] for i in rows):>3}/{len(rows):<3} -> "
+                      f"{sum(after[i] for i in rows):>3}/{len(rows)}")
+    mixes = {"cost batch (the eval's mix)": _cost_batch(),
+             "benign tune rows": [s.text for s in TUNING + OUTSIDER_TUNE + OUTSIDER_TUNE2 if not s.is_attack],
+             "bench/samples.jsonl prompts": _sample_prompts()}
+    for name, texts in mixes.items():
+        counting = _CountingEncoder(semantic.encoder)
+        counted = SemanticScorer(semantic.head, counting)
+        embedded = 0
+        for text in texts:
+            before_calls = counting.calls
+            score([text], semantic=counted)
+            embedded += counting.calls > before_calls
+        base, with_head = _cpu_ms(texts, None), _cpu_ms(texts, semantic)
+        print(f"{name:30} {len(texts):>4} prompts: embedded {embedded / len(texts):.1%}; CPU per prompt "
+              f"{base:.3f} -> {with_head:.3f} ms (+{with_head - base:.3f} ms mean)")
+    return 0
+
+
+class _CountingEncoder:
+    """An encoder that counts its calls (which prompts paid for an embedding)."""
+
+    def __init__(self, inner: SentenceEncoder) -> None:
+        self._inner = inner
+        self.name = inner.name
+        self.calls = 0
+
+    def encode(self, text: str) -> npt.NDArray[np.float32]:
+        self.calls += 1
+        return self._inner.encode(text)
+
+
+def _cost_batch(batch_size: int = 500) -> list[str]:
+    texts = [s.text for s in HELD_OUT + TUNING + OUTSIDER_TUNE]
+    return [texts[i % len(texts)] for i in range(batch_size)]
+
+
+def _sample_prompts() -> list[str]:
+    rows = [json.loads(line) for line in (Path(__file__).parent / "samples.jsonl").read_text().splitlines() if line]
+    return [m["content"] for row in rows for m in row["messages"] if m["role"] == "user"]
 
 
 def _sizes(samples: list[Sample]) -> dict[str, int]:

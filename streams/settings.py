@@ -146,6 +146,11 @@ class Settings(BaseSettings):
     router_cascade_verify_served: bool = False
     # … and draw a second sample of the answer being verified (both billed); the two must agree (self-consistency).
     router_cascade_self_consistency: bool = False
+    # The injection detector's semantic head (issue 16; workers/detectors/semantic.py): a logistic regression over
+    # all-MiniLM-L6-v2 embeddings, run only when the rules and n-grams are unsure. Opt-in: it needs the `semantic`
+    # extra (onnxruntime + the packaged int8 model) and costs ~10-60 ms of CPU per embedded prompt (README); without
+    # the extra the policy stage logs a warning and runs rules + n-grams.
+    injection_semantic: bool = False
     # Retrieval and cache (issues 3, 19). The embedder is "static" (WordLlama static embeddings shipped in the
     # wordllama wheel, offline; dim 64/128/256), "hashing" (lexical, deterministic, fast tests) or "openai" (any
     # OpenAI-compatible /v1/embeddings endpoint at embedding_url). See docs/SEMANTIC_CACHE.md.

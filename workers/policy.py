@@ -25,6 +25,7 @@ from schemas.policy import ModelSpec, PiiAction, PolicyDocument, TenantPolicy
 from workers.context import StageContext
 from workers.detectors import injection
 from workers.detectors.pii import Redactor
+from workers.detectors.semantic import SemanticScorer
 from workers.keys import verify_principal
 from workers.limits import AdmissionRequest, Limits, MemoryLimits, Scope, Verdict, build_admission
 from workers.routing.router import prompt_tokens
@@ -54,6 +55,8 @@ class PolicyContext(StageContext):
     policy: PolicySource = field(default_factory=StaticPolicy)
     limits: Limits = field(default_factory=MemoryLimits)
     principal_secret: SecretStr = DEV_PRINCIPAL_SECRET
+    # The injection detector's optional semantic head (TOLLWAY_INJECTION_SEMANTIC; None: rules + n-grams only).
+    injection_semantic: SemanticScorer | None = None
 
 
 class EmbedderSettings(Protocol):
@@ -168,7 +171,7 @@ def decide(env: Envelope, doc: PolicyDocument, ctx: PolicyContext, now_ns: int) 
     if env.retrieval is not None:
         texts += [p.text for p in env.retrieval.passages]
     if tenant.injection.action != "allow":
-        found = injection.score(texts)
+        found = injection.score(texts, semantic=ctx.injection_semantic)
         decision.injection_score = found.score
         decision.injection_rules = list(found.rules)
         if found.score >= tenant.injection.threshold:

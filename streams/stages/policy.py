@@ -13,6 +13,7 @@ from streams.followers.policy import open_policy_store
 from streams.runtime.connections import redis_client
 from streams.settings import Settings
 from workers.context import StageContext, derive
+from workers.detectors.semantic import open_semantic
 from workers.limits import RedisLimits
 from workers.policy import DEV_PRINCIPAL_SECRET, PolicyContext
 
@@ -44,4 +45,5 @@ async def open_context(settings: Settings, base: StageContext) -> AsyncIterator[
     if settings.principal_secret.get_secret_value() == DEV_PRINCIPAL_SECRET.get_secret_value():
         log.warning("TOLLWAY_PRINCIPAL_SECRET is the development default: anyone who knows it can sign principals")
     async with open_policy_store(settings, role="stage-policy") as store, open_limits(settings) as limits:
-        yield derive(PolicyContext, base, policy=store, limits=limits, principal_secret=settings.principal_secret)
+        yield derive(PolicyContext, base, policy=store, limits=limits, principal_secret=settings.principal_secret,
+                     injection_semantic=open_semantic(settings.injection_semantic))

@@ -28,12 +28,22 @@ Three layers, cheapest first, each listed by name on the decision:
    is listed as ``ngram_model``. It is not consulted for texts of fewer than six words (the tuning rows hold almost
    no short benign text to learn from).
 
+4. **An opt-in semantic head** (``workers/detectors/semantic.py``, ``TOLLWAY_INJECTION_SEMANTIC``, the ``semantic``
+   extra): a logistic regression over all-MiniLM-L6-v2 sentence embeddings (an int8 ONNX file shipped in a wheel),
+   trained by ``bench/train_injection_semantic.py`` on the same tuning rows, consulted only when the larger of the
+   rule score and the n-gram probability is in its uncertain band (0.25 to 0.6) and listed as ``semantic_head``.
+
 The rules combine as ``1 - Π(1 - weight)`` over the signals found, so one strong signal crosses the default 0.6
 threshold alone and two weak ones need each other. Text that *discusses* prompt injection (a question about
 jailbreaks, a red-team brief) has the mention and quoted-only part of that halved and says so with
 ``discusses_injection``; the command rules found outside quotes (the attack signals) are never damped. The score is
 the larger of the rule score and the model's probability, so nothing the model or the damping does can lower a
 score below what the attack signals alone give.
+
+With the semantic head (``python -m bench.injection_eval --semantic``, before → after in one run): outsider test
+0.751 / 0.039 → 0.775 / 0.044; test2 0.537 / 0.034 → 0.675 / 0.034; a third outsider set, test3 (written by another
+helper who never read the detector), 0.787 / 0.029 → 0.871 / 0.055. It costs ~60 ms of CPU per embedded prompt on
+the project's 2-core machine (+16 ms per prompt on the eval's mix, 26 % embedded), hence off by default.
 
 Measured by ``bench/injection_eval.py`` at 0.6 (tuning set, held-out set, outsider tune / test, tune2 / test2).
 Outsider test split: TPR 0.751, FPR 0.039 (before v4 and tune2: 0.728 / 0.029). Second outsider set, test2 (its
@@ -60,6 +70,7 @@ import numpy as np
 
 from workers.detectors.readings import TypoFolder, normalise, readings
 from workers.detectors.rules import Rule, TriggerIndex, load_rules
+from workers.detectors.semantic import SemanticScorer
 
 __all__ = ["RULES", "InjectionResult", "NgramModel", "Rule", "features", "normalise", "score"]
 
@@ -159,14 +170,19 @@ def _combine(weights: list[float]) -> float:
     return 1.0 - remaining
 
 
-def score(texts: list[str], *, use_model: bool = True) -> InjectionResult:
+SEMANTIC_MAX_TEXTS = 4  # the semantic head embeds at most this many texts of a request (each costs one model run)
+
+
+def score(texts: list[str], *, use_model: bool = True, semantic: SemanticScorer | None = None) -> InjectionResult:
     """Score the texts (prompt messages and retrieved passages) of one request.
 
     The signals split in two. *Attack signals* are command rules that match outside quotes: nothing lowers what
     they add up to ("(Approved by the security team.)" after a command changes nothing). The rest (mention rules,
     commands found only inside quotes) is damped when the text discusses injection or asks, outside its quotes, a
     question about what it quotes. The n-gram scorer's calibrated probability is taken as it is; the score is the
-    larger of it and the rule score.
+    larger of it and the rule score. With ``semantic`` (``workers.detectors.semantic``, opt-in), texts whose reading
+    (the larger of the rule score and the n-gram probability) falls in the head's uncertain band are embedded and
+    the head's calibrated probability is taken the same way (listed as ``semantic_head`` from one half up).
     """
     present = [t for t in texts if t]
     variants = [v for t in present for v in _variants(t)]
@@ -184,11 +200,20 @@ def score(texts: list[str], *, use_model: bool = True) -> InjectionResult:
         dampable *= _BOOK.discussion_damping
     result = 1.0 - (1.0 - _combine(attack)) * (1.0 - dampable)
     model = _model() if use_model else None
+    reading = result
     if model is not None and variants and len(_WORD.findall(variants[0])) >= MIN_WORDS:
         probability = max(model.probability(v) for v in variants[:2])  # the text and its folded reading
+        reading = max(result, probability)
         if probability >= 0.5:
             signals["ngram_model"] = round(probability, 4)
             result = max(result, probability)
+    if semantic is not None and semantic.head.in_band(reading):
+        long_texts = [t for t in present if len(_WORD.findall(t)) >= MIN_WORDS][:SEMANTIC_MAX_TEXTS]
+        if long_texts:
+            probability = max(semantic.probability(t) for t in long_texts)
+            if probability >= 0.5:
+                signals["semantic_head"] = round(probability, 4)
+                result = max(result, probability)
     return InjectionResult(score=round(result, 4), rules=tuple(signals))
 
 

@@ -25,13 +25,20 @@ from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# How long a follower's fetch waits at the broker when its topic has nothing new. The broker answers as soon as a
+# record arrives (fetch_min_bytes=1) and a follower takes every record of every partition it is handed, so no record
+# ever waits for this: it only sets how often an idle follower asks again. A worker runs four or five followers
+# (policy, index, routing, approvals) that are idle nearly all the time; at 100 ms (50 ms for approvals) they were ~50
+# fetches a second, most of an idle `worker all+`'s CPU and a large part of the broker's (issue 18, session 6).
+FOLLOWER_FETCH_WAIT_MS = 500
+
 StartAt = Literal["beginning", "end"]
 
 
 class TopicFollower(ABC):
     def __init__(self, settings: Settings, topic: str, *, role: str = "producer", start_at: StartAt = "beginning",
                  catch_up: bool = True, poll_ms: int = 500, max_records: int = 2000,
-                 fetch_max_wait_ms: int = 100) -> None:
+                 fetch_max_wait_ms: int = FOLLOWER_FETCH_WAIT_MS) -> None:
         self.settings = settings
         self.role = role  # the principal it reads as (streams/runtime/acls.py)
         self.topic = topic

@@ -11,7 +11,8 @@ chain, e.g. ``tollway worker retrieval+policy+cache`` or the whole interactive r
 * what a member produces to another member's topic stays in memory and is worked in the same cycle (repeatedly,
   so a route that visits a member twice, like policy → retrieval, still completes); everything else (responses,
   audit records, dead letters, stages outside the chain) is produced to Kafka;
-* the cycle's Kafka output is acknowledged before the polled offsets are committed, so delivery stays
+* each member's Kafka output is sent as the member finishes (a response does not wait for the audit behind it),
+  and the cycle's output is acknowledged before the polled offsets are committed, so delivery stays
   at-least-once: a crash redelivers the polled records and the chain works them again from the first member.
 
 The trade-off: the hops inside a chain are not durable (a crash repeats the chain's work, not one stage's) and its
@@ -25,7 +26,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -51,6 +52,9 @@ class ChainPublisher:
         self.kafka = kafka
         self.member_topics = member_topics
         self.local: dict[str, list[tuple[bytes | None, bytes | Envelope]]] = defaultdict(list)
+        # Ships what is pending without awaiting acknowledgements (KafkaPublisher.send); other publishers send
+        # everything at the chain's flush.
+        self._send: Callable[[], Awaitable[None]] | None = getattr(kafka, "send", None)
 
     def hand_over(self, topic: str, env: Envelope, key: bytes) -> bool:
         """A request for a member is handed over as the object itself: no encode here, no decode there (the
@@ -67,7 +71,10 @@ class ChainPublisher:
             self.kafka.publish(topic, value, key=key)
 
     async def flush(self) -> None:
-        """A member's end of batch: nothing to do, the chain flushes Kafka once per cycle."""
+        """A member's end of batch: its Kafka output (responses above all) is sent now, not after the members that
+        follow it in the cycle; the chain awaits every acknowledgement once per cycle, before it commits."""
+        if self._send is not None:
+            await self._send()
 
     def take(self) -> dict[str, list[tuple[bytes | None, bytes | Envelope]]]:
         local, self.local = self.local, defaultdict(list)

@@ -38,17 +38,29 @@ class KafkaPublisher:
 
     producer: AIOKafkaProducer
     pending: list[tuple[str, bytes, bytes | None]] = field(default_factory=list)
+    # Sent by ``send`` and not yet awaited: ``flush`` awaits them with the rest.
+    sent: list[asyncio.Future[object]] = field(default_factory=list)
 
     def publish(self, topic: str, value: bytes, *, key: bytes | None = None) -> None:
         self.pending.append((topic, value, key))
 
     async def flush(self) -> None:
+        await self.send()
+        # An unacknowledged batch never commits: every delivery is awaited before the runner commits offsets.
+        deliveries, self.sent = self.sent, []
+        if deliveries:
+            await asyncio.gather(*deliveries)
+
+    async def send(self) -> None:
+        """Ship what is pending now without waiting for its acknowledgements (``flush`` waits for them). A
+        co-located chain sends each member's output as the member finishes, so a response leaves before the
+        members after it (the audit's fsync) have run (streams/runtime/chain.py)."""
         if not self.pending:
             return
         pending, self.pending = self.pending, []
         partitions: dict[str, list[int]] = {}
         builders: dict[tuple[str, int], BatchBuilder] = {}
-        deliveries: list[asyncio.Future[object]] = []
+        deliveries = self.sent
         for topic, value, key in pending:
             ids = partitions.get(topic)
             if ids is None:
@@ -63,8 +75,6 @@ class KafkaPublisher:
                 builder.append(key=key, value=value, timestamp=None)  # a batch always takes its first record
         for (topic, partition), builder in builders.items():
             deliveries.append(await self.producer.send_batch(builder, topic, partition=partition))
-        # An unacknowledged batch never commits: every delivery is awaited before the runner commits offsets.
-        await asyncio.gather(*deliveries)
 
     async def _partitions(self, topic: str) -> list[int]:
         known = self.producer.client.cluster.partitions_for_topic(topic)

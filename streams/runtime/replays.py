@@ -73,21 +73,17 @@ class RedisReplayMemory:
         if not responses:
             return {}
         try:
-            # SET NX then GET, per request, in one MULTI: atomic, so concurrent claims agree on the first response.
-            async with self.client.pipeline(transaction=True) as pipe:
+            # SET NX GET (Redis ≥ 7.0), one command per request: atomic on its own, so concurrent claims agree on
+            # the first response — nil when this claim stored it, else what an earlier one stored. (It was SET NX
+            # then GET inside a MULTI: three times the commands for the same answer.)
+            async with self.client.pipeline(transaction=False) as pipe:
                 for rid, value in responses.items():
-                    pipe.set(self.key(rid), value, nx=True, ex=self.ttl_s)
-                    pipe.get(self.key(rid))
+                    pipe.set(self.key(rid), value, nx=True, ex=self.ttl_s, get=True)
                 results = await pipe.execute()
         except Exception as exc:  # redis-py raises many types; a response must never wait on this
             log.warning("replay memory unavailable, %d response(s) go out unmarked: %s", len(responses), exc)
             return {}
-        earlier: dict[str, bytes] = {}
-        for i, rid in enumerate(responses):
-            stored, value = results[2 * i], results[2 * i + 1]
-            if not stored and value is not None:
-                earlier[rid] = value
-        return earlier
+        return {rid: value for rid, value in zip(responses, results, strict=True) if value is not None}
 
 
 def as_replay(response: bytes) -> bytes | None:

@@ -73,7 +73,7 @@ class KafkaApprovals(TopicFollower):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings, topology(settings).tool_approvals, role="stage-tools", start_at="beginning",
-                         catch_up=True, fetch_max_wait_ms=50)
+                         catch_up=True)
         self.book = MemoryApprovals()
         self._producer: AIOKafkaProducer | None = None
 

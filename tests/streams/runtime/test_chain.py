@@ -90,3 +90,37 @@ def test_worker_arguments_name_chains_with_plus() -> None:
         ["retrieval", "policy", "cache"], "model", ["postprocess", "audit"]]
     # every stage, the tools stage included (visited only when a model asks for tools)
     assert [s.name for s in resolve_units(["all+"])[0]] == list(STAGES)  # type: ignore[union-attr]
+
+
+class SendingTopics(MemoryTopics):
+    """A publisher that can ship early (as KafkaPublisher.send does): what each ``send`` shipped, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sends: list[list[str]] = []
+
+    async def send(self) -> None:
+        self.sends.append([topic for topic, _value, _key in self.pending])
+        await self.flush()
+        self.flushes -= 1  # a send is not an acknowledged flush
+
+
+async def test_a_response_is_sent_before_the_audit_behind_it_runs() -> None:
+    kafka = SendingTopics()
+    stages = list(registry.STAGES)
+    shared = ChainPublisher(kafka, member_topics(stages, TOPICS))
+    replays = MemoryReplayMemory()
+    members = []
+    for stage in stages:
+        base = StageContext(stage=stage.name, clock=SystemClock(), publisher=shared, topic_prefix="t")
+        members.append(StageRunner(stage=stage, ctx=stage.memory_context(base), settings=SETTINGS, topology=TOPICS,
+                                   publisher=shared, clock=SystemClock(), replays=replays))
+    chain = ChainRunner(members, shared, kafka, SETTINGS, TOPICS)
+    envs = [new_envelope(f"question {i}?", tenant="acme", settings=SETTINGS) for i in range(3)]
+    await chain.handle(ingress(envs))
+    shipped = [topics for topics in kafka.sends if topics]
+    # the responses leave with the member that ended the requests, the audit records with the audit, later
+    assert set(shipped[0]) == {TOPICS.responses}
+    assert TOPICS.audit_log in shipped[-1]
+    assert len(kafka.values(TOPICS.responses)) == 3 and len(kafka.values(TOPICS.audit_log)) == 3
+    assert kafka.flushes == 1  # still one acknowledged flush per cycle, before the commit

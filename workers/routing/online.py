@@ -103,7 +103,7 @@ class LearnerConfig:
     probe_optimism: float = 0.25  # the optimistic P: the logit this many posterior standard deviations lower
     # Frozen, the P the tiers are chosen on is the logit this many posterior standard deviations higher: a frozen
     # learner meets requests unlike those it learnt from (wide posterior) and no failure will correct it.
-    frozen_caution: float = 1.0
+    frozen_caution: float = 1.5
     target_failure: float = 0.02  # the failure rate λ steers to, above the large tier's own (see target_failure)
     base_failure_prior: float = 50.0  # pseudo-verdicts (all resolved) shrinking the large tier's failure rate
     lambda_start: float = 5.0

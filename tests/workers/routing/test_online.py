@@ -113,7 +113,7 @@ def test_probes_decay_with_the_verdicts_on_the_cheaper_tier() -> None:
 
 
 def test_a_frozen_learner_serves_up_where_it_is_unsure() -> None:
-    router = OnlineRouter(LearnerConfig(refit_every=5, lambda_start=2.0, lambda_step=0.0))
+    router = OnlineRouter(LearnerConfig(refit_every=5, lambda_start=0.5, lambda_step=0.0))  # λ at its floor
     for _ in range(60):
         router.observe(observation(EASY, 0, False))
         router.observe(observation(HARD, 1, True))
@@ -122,7 +122,8 @@ def test_a_frozen_learner_serves_up_where_it_is_unsure() -> None:
     careful = OnlineRouter(router.config, frozen=True)
     bold._tenants = careful._tenants = router._tenants
     b, c = bold.decide(unseen, "t", "u"), careful.decide(unseen, "t", "u")
-    assert c.p_medium > b.p_medium and c.p_large >= b.p_large and c.caution == 1.0
+    assert c.p_medium > b.p_medium and c.p_large >= b.p_large and c.caution == 1.5
+    assert (b.tier, c.tier) == ("medium", "large")  # the unfamiliar request is served up
     assert "frozen, unsure is served up" in c.explain() and "unsure" not in b.explain()
     assert careful.decide(extract(EASY), "t", "e").tier == "small"  # what it knows well stays cheap
     assert careful.decide(extract(HARD), "t", "h").tier == "large"

@@ -98,7 +98,8 @@ def explain_route(
                        "large_at": auto.online.large_at, "failure_price": auto.online.failure_price,
                        "observations": auto.online.observations, "kind_observations": auto.online.kind_observations,
                        "probe": auto.online.probe, "frozen": auto.online.frozen,
-                       "drivers": dict(auto.online.drivers)},
+                       "probe_optimistic_p": auto.online.optimistic, "verdicts_on_tier_below": auto.online.tried,
+                       "frozen_caution_sd": auto.online.caution, "drivers": dict(auto.online.drivers)},
                    "cascade": None if step is None else {
                        "first_tier": step.first_tier, "then_tier": step.then_tier, "p_needs_then": step.p_needs_then,
                        "escalate_to": [m.name for m in decision.escalate_to]},

@@ -22,10 +22,15 @@ rises after every observed failure and falls slowly after every success, so the 
 
 Exploration is bounded and deterministic: a request is a **probe** (served one tier below the greedy choice) when
 a hash of its id falls under the probe rate of its tenant × task kind, which starts at ``explore_rate`` and decays
-with the observations that kind has (never below ``explore_min``); a probe is never sent where the model is already
-sure it fails. A redelivered request gets the same decision. ``frozen`` stops learning and probing (the setting
-``TOLLWAY_ROUTER_LEARNING=frozen``); the state is the observations, so it is rebuilt by replaying the responses and
-outcomes topics (:mod:`streams.followers.routing`).
+with the verdicts that kind has *on the cheaper tier* (never below ``explore_min``); a probe is sent only while the
+optimistic P(needs the greedy tier) — ``probe_optimism`` posterior standard deviations below the mean — is under
+``probe_ceiling``. (Before: the rate decayed with all of the kind's verdicts and the ceiling read the mean, so a cold
+start's early failures elsewhere could lift every kind's P(≥ medium) above the ceiling before any of it was served
+small, and 4 of 5 tune seeds never served small again: ~34 % of requests over-routed.) A redelivered request gets
+the same decision. ``frozen`` stops learning and probing (the setting ``TOLLWAY_ROUTER_LEARNING=frozen``) and
+chooses on the logits ``frozen_caution`` posterior standard deviations up: a frozen learner meets requests unlike
+those it learnt from and no failure will correct it. The state is the observations, so it is rebuilt by replaying
+the responses and outcomes topics (:mod:`streams.followers.routing`).
 """
 
 from __future__ import annotations
@@ -91,10 +96,14 @@ COLUMN_NAMES: Final = ("bias", *FEATURE_NAMES, *(f"kind={k}" for k in TASK_KINDS
 @dataclass(frozen=True)
 class LearnerConfig:
     prior_variance: float = 4.0  # of each weight around its prior mean
-    explore_rate: float = 0.3  # probe share of a tenant × task kind with no observations
+    explore_rate: float = 0.2  # probe share of a tenant × task kind with no verdicts on the tier below
     explore_min: float = 0.01  # … and after many
-    explore_halflife: int = 40  # observations of a kind that halve its probe rate
-    probe_ceiling: float = 0.7  # no probe where P(needs more than the probed tier) is above this
+    explore_halflife: int = 40  # verdicts of a kind on the tier below that halve its probe rate
+    probe_ceiling: float = 0.7  # no probe where even the optimistic P(needs more than the probed tier) is above this
+    probe_optimism: float = 0.25  # the optimistic P: the logit this many posterior standard deviations lower
+    # Frozen, the P the tiers are chosen on is the logit this many posterior standard deviations higher: a frozen
+    # learner meets requests unlike those it learnt from (wide posterior) and no failure will correct it.
+    frozen_caution: float = 1.5
     target_failure: float = 0.02  # the failure rate λ steers to, above the large tier's own (see target_failure)
     base_failure_prior: float = 50.0  # pseudo-verdicts (all resolved) shrinking the large tier's failure rate
     lambda_start: float = 5.0
@@ -165,6 +174,9 @@ class _TenantState:
     large: _Head
     since_fit: int = 0
     per_kind: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    # Verdicts per "kind/tier" served below large: how much is known about serving that kind on that tier (a
+    # medium answer's verdict says nothing about small, so the small probes of a kind decay with its small verdicts).
+    tried: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     log_lambda: float = 0.0
     failures: int = 0
     successes: int = 0
@@ -187,14 +199,22 @@ class OnlineDecision:
     kind_observations: int
     frozen: bool
     drivers: tuple[tuple[str, float], ...]
+    caution: float = 0.0  # frozen: the P above are this many posterior standard deviations up
+    optimistic: float | None = None  # learning, greedy above small: the optimistic P(needs the greedy tier)
+    tried: int = 0  # … and the verdicts this kind has on the tier below the greedy one
 
     def explain(self) -> str:
         state = "frozen" if self.frozen else "learning"
-        probe = f"; probe one tier below {self.greedy_tier}" if self.probe else ""
+        unsure = f" (+{self.caution:g} sd: frozen, unsure is served up)" if self.caution else ""
+        probe = ""
+        if self.optimistic is not None:
+            below = TIERS[TIERS.index(self.greedy_tier) - 1]
+            probe = (f"; {'probe' if self.probe else 'no probe'} one tier below {self.greedy_tier} (optimistic P "
+                     f"{self.optimistic:.2f}, {self.tried} verdicts of kind {self.kind} on {below})")
         why = ", ".join(f"{name} {value:+.2f}" for name, value in self.drivers) or "prior only"
         return (f"online ({state}, {self.observations} outcomes, {self.kind_observations} of kind {self.kind}): "
                 f"P(≥medium) {self.p_medium:.2f} vs {self.medium_at:.3f}, P(large) {self.p_large:.2f} vs "
-                f"{self.large_at:.3f} at failure price λ={self.failure_price:.0f}{probe}; learnt: {why}")
+                f"{self.large_at:.3f}{unsure} at failure price λ={self.failure_price:.2g}{probe}; learnt: {why}")
 
 
 def _hash_unit(key: str) -> float:
@@ -248,6 +268,7 @@ class OnlineRouter:
             return
         state.observations.append(obs)
         state.per_kind[obs.kind] += 1
+        state.tried[f"{obs.kind}/{TIERS[obs.served_rank]}"] += 1
         state.since_fit += 1
         if state.since_fit >= cfg.refit_every:
             self.refit(obs.tenant)
@@ -298,11 +319,16 @@ class OnlineRouter:
         medium_at, large_at, lam = self.thresholds(tenant)
         if state is None:
             p_medium, p_large = _sigmoid(prior_medium), _sigmoid(prior_large)
+            logit_medium, logit_large, std_medium, std_large = prior_medium, prior_large, 0.0, 0.0
             seen = kind_seen = 0
+            caution = 0.0
             drivers: tuple[tuple[str, float], ...] = ()
         else:
-            p_medium = _sigmoid(state.medium.logit(x) + prior_medium)
-            p_large = _sigmoid(state.large.logit(x) + prior_large)
+            logit_medium, logit_large = state.medium.logit(x) + prior_medium, state.large.logit(x) + prior_large
+            std_medium, std_large = state.medium.std(x), state.large.std(x)
+            caution = cfg.frozen_caution if self.frozen else 0.0
+            p_medium = _sigmoid(logit_medium + caution * std_medium)
+            p_large = _sigmoid(logit_large + caution * std_large)
             seen, kind_seen = len(state.observations), state.per_kind.get(kind, 0)
             head = state.large if p_medium >= medium_at else state.medium
             contributions = sorted(((n, float(w * v)) for n, w, v in zip(COLUMN_NAMES, head.mean, x, strict=True)
@@ -310,15 +336,23 @@ class OnlineRouter:
             drivers = tuple((n, round(c, 2)) for n, c in contributions[:4] if abs(c) >= 0.05)
         p_large = min(p_large, p_medium)  # ordinal: needing large implies needing at least medium
         greedy = 2 if p_large >= large_at else 1 if p_medium >= medium_at else 0
-        tier, probe = greedy, False
+        tier, probe, optimistic, tried = greedy, False, None, 0
         if not self.frozen and greedy > 0:
-            rate = max(cfg.explore_min, cfg.explore_rate * 0.5 ** (kind_seen / cfg.explore_halflife))
-            risk = p_large if greedy == 2 else p_medium  # P(needs more than the probed tier)
-            if risk <= cfg.probe_ceiling and _hash_unit(f"probe:{request_id}") < rate:
+            # A probe serves one tier below the greedy choice. Its rate decays with the verdicts this kind already
+            # has on that cheaper tier (not with all its verdicts: served medium says nothing about small), and
+            # it is allowed while the optimistic P(needs more) — the logit ``probe_optimism`` posterior standard
+            # deviations lower — is under the ceiling: a model that has never seen the kind served cheaper is
+            # unsure, however high its mean, and a cold start's guess must not lock a kind out of the cheap tier.
+            tried = state.tried.get(f"{kind}/{TIERS[greedy - 1]}", 0) if state is not None else 0
+            rate = max(cfg.explore_min, cfg.explore_rate * 0.5 ** (tried / cfg.explore_halflife))
+            logit, std = (logit_large, std_large) if greedy == 2 else (logit_medium, std_medium)
+            optimistic = _sigmoid(logit - cfg.probe_optimism * std)  # P(needs more than the probed tier)
+            if optimistic <= cfg.probe_ceiling and _hash_unit(f"probe:{request_id}") < rate:
                 tier, probe = greedy - 1, True
         return OnlineDecision(TIERS[tier], TIERS[greedy], probe, kind, round(p_medium, 4), round(p_large, 4),
                               round(medium_at, 4), round(large_at, 4), round(lam, 2), seen, kind_seen,
-                              self.frozen, drivers)
+                              self.frozen, drivers, caution=caution,
+                              optimistic=None if optimistic is None else round(optimistic, 4), tried=tried)
 
 
 # ------------------------------------------------------------------------------------------- verdicts

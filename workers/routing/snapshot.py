@@ -37,7 +37,7 @@ from workers.routing.online import (
     _TenantState,
 )
 
-VERSION: Final = 1
+VERSION: Final = 2  # 2: the per kind × tier verdict counts (the probes' decay)
 MANIFEST_KEY: Final = "\x00manifest"  # no tenant is named so (control character)
 Offsets = dict[str, dict[int, int]]  # topic role ("responses", "outcomes") → partition → next offset
 
@@ -121,7 +121,8 @@ def encode_tenant(router: OnlineRouter, join: OutcomeJoin, tenant: str, *, round
             "kinds": [o.kind for o in obs],
             "meta": [[o.served_rank, int(o.failed), int(o.probe), o.prior_medium, o.prior_large] for o in obs],
             "medium": _head_out(state.medium), "large": _head_out(state.large),
-            "since_fit": state.since_fit, "per_kind": dict(state.per_kind), "log_lambda": state.log_lambda,
+            "since_fit": state.since_fit, "per_kind": dict(state.per_kind),
+            "tried": dict(state.tried), "log_lambda": state.log_lambda,
             "failures": state.failures, "successes": state.successes,
             "large_served": state.large_served, "large_failed": state.large_failed,
         }
@@ -182,8 +183,9 @@ def decode_tenant(raw: bytes, config: LearnerConfig) -> TenantSnapshot:
                 observations.append(Observation(tenant, str(kind), tuple(float(v) for v in row), int(rank),
                                                 bool(failed), bool(probe), float(pm), float(pl)))
             per_kind: defaultdict[str, int] = defaultdict(int, {str(k): int(v) for k, v in s["per_kind"].items()})
+            tried: defaultdict[str, int] = defaultdict(int, {str(k): int(v) for k, v in s["tried"].items()})
             state = _TenantState(observations, _head_in(s["medium"]), _head_in(s["large"]), int(s["since_fit"]),
-                                 per_kind, float(s["log_lambda"]), int(s["failures"]), int(s["successes"]),
+                                 per_kind, tried, float(s["log_lambda"]), int(s["failures"]), int(s["successes"]),
                                  int(s["large_served"]), int(s["large_failed"]))
         return TenantSnapshot(tenant, int(doc["round"]), _offsets_in(doc["offsets"]), state, waiting)
     except SnapshotError:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from schemas.envelope import Evaluation, RouteRecord, Status
@@ -75,6 +77,56 @@ def test_probes_are_bounded_deterministic_and_off_when_frozen() -> None:
     assert not any(router.decide(extract(EASY), "t", f"req-{i}").probe for i in range(200))
     router.observe(observation(EASY, 0, False))
     assert router.observations("t") == 0  # frozen: nothing learnt
+
+
+def locked_out(config: LearnerConfig) -> OnlineRouter:
+    """The cold-start trap of 4 of 5 tune seeds before: the medium head has seen only failures of hard requests
+    served medium, so P(≥ medium) is high for everything, and the lookups were only ever served medium."""
+    router = OnlineRouter(config)
+    for _ in range(10):
+        router.observe(observation(HARD, 1, True))
+    for _ in range(200):
+        router.observe(observation(EASY, 1, False))
+    return router
+
+
+def test_a_kind_never_served_cheaper_is_still_probed_there() -> None:
+    router = locked_out(LearnerConfig(lambda_step=0.0))
+    decisions = [router.decide(extract(EASY), "t", f"req-{i}") for i in range(1000)]
+    assert all(d.greedy_tier == "medium" and d.p_medium > 0.7 for d in decisions)  # the mean says: no probe
+    probes = [d for d in decisions if d.probe]
+    # …but it has no verdict on small for lookups (200 on medium do not decay the small probes) and is unsure
+    assert 0.1 < len(probes) / len(decisions) < 0.3 and all(d.tier == "small" for d in probes)
+    assert all(d.tried == 0 and d.optimistic is not None and d.optimistic <= 0.7 for d in decisions)
+    assert "optimistic P" in probes[0].explain() and "0 verdicts of kind lookup on small" in probes[0].explain()
+    old = locked_out(LearnerConfig(lambda_step=0.0, probe_optimism=0.0))  # the mean alone: locked out for good
+    assert not any(old.decide(extract(EASY), "t", f"req-{i}").probe for i in range(1000))
+
+
+def test_probes_decay_with_the_verdicts_on_the_cheaper_tier() -> None:
+    router = locked_out(LearnerConfig(lambda_step=0.0, explore_halflife=10))
+    for _ in range(30):
+        router.observe(observation(EASY, 0, False, probe=True))  # small resolved the lookups
+    decision = router.decide(extract(EASY), "t", "x")
+    assert decision.greedy_tier == "small" or decision.tried == 30
+    assert router._tenants["t"].tried == {"lookup/small": 30, "lookup/medium": 200, "proof/medium": 10}
+
+
+def test_a_frozen_learner_serves_up_where_it_is_unsure() -> None:
+    router = OnlineRouter(LearnerConfig(refit_every=5, lambda_start=0.5, lambda_step=0.0))  # λ at its floor
+    for _ in range(60):
+        router.observe(observation(EASY, 0, False))
+        router.observe(observation(HARD, 1, True))
+    unseen = extract("Write a short cover letter for a junior data analyst role mentioning SQL and Excel.")
+    bold = OnlineRouter(replace(router.config, frozen_caution=0.0), frozen=True)
+    careful = OnlineRouter(router.config, frozen=True)
+    bold._tenants = careful._tenants = router._tenants
+    b, c = bold.decide(unseen, "t", "u"), careful.decide(unseen, "t", "u")
+    assert c.p_medium > b.p_medium and c.p_large >= b.p_large and c.caution == 1.5
+    assert (b.tier, c.tier) == ("medium", "large")  # the unfamiliar request is served up
+    assert "frozen, unsure is served up" in c.explain() and "unsure" not in b.explain()
+    assert careful.decide(extract(EASY), "t", "e").tier == "small"  # what it knows well stays cheap
+    assert careful.decide(extract(HARD), "t", "h").tier == "large"
 
 
 def test_large_tier_verdicts_teach_no_model() -> None:

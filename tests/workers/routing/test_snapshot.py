@@ -64,6 +64,7 @@ def test_a_restored_router_decides_as_the_original_and_keeps_learning_the_same()
     router, join = learnt()
     again, join2, floors = round_trip(router, join)
     assert decisions(again) == decisions(router)
+    assert all(again._tenants[t].tried == state.tried and state.tried for t, state in router._tenants.items())
     assert floors == {"acme": OFFSETS, "globex": OFFSETS}
     assert join2.waiting == join.waiting
     more = learnt(seed=8, n=23)[0]  # the same further observations (mid-refit cadence) on both

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -76,6 +77,7 @@ def submit(
         raise typer.Exit(EXIT_USAGE)
     try:
         definitions = as_function_tools([*(tool or []), *_read_json_list(tools_file)])
+        _check_tool_choice([d.name for d in definitions], tool_choice)
         check_conversation(conversation)
     except (ValueError, ValidationError) as exc:
         console.print(f"[red]bad tool definitions or tool messages:[/] {exc}")
@@ -101,6 +103,20 @@ def submit(
         print_response(response)
     if response.status not in (Status.OK, Status.CACHE_HIT):
         raise typer.Exit(EXIT_FAILED)
+
+
+def _check_tool_choice(names: list[str], choice: str) -> None:
+    """What the HTTP ingress answers with a 400: a tool defined twice, and a ``tool_choice`` that is neither auto,
+    none, required nor one of the offered tools (without --tool/--tools any name: the tenant's tools are offered)."""
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ValueError(f"the tool {twice[0]!r} is defined twice")
+    if choice in ("auto", "none", "required"):
+        return
+    if names and choice not in names:
+        raise ValueError(f"--tool-choice {choice!r} is not one of the request's tools ({', '.join(names)})")
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", choice):
+        raise ValueError(f"--tool-choice must be auto, none, required or a tool's name, not {choice!r}")
 
 
 def _read_json_list(path: Path | None) -> list[Any]:

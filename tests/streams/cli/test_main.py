@@ -53,3 +53,13 @@ def test_models_catalog_is_read_from_tollway_models(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setenv("TOLLWAY_MODELS", "/etc/tollway/models.yaml")
     assert str(Settings().models_file) == "/etc/tollway/models.yaml"
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--tool", "calculator", "--tool-choice", "lookup_order"], "not one of the request's tools"),
+    (["--tool-choice", "maybe so"], "--tool-choice must be"),
+    (["--tool", "calculator", "--tool", "calculator"], "defined twice"),
+])
+def test_a_bad_tool_choice_or_a_tool_named_twice_is_a_usage_error(args: list[str], says: str) -> None:
+    result = CliRunner().invoke(app, ["submit", "hi", *args])
+    assert result.exit_code == 2 and says in result.output, result.output

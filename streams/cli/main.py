@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import orjson
 import typer
 from pydantic import ValidationError
+from rich.markup import escape
 
 from schemas.envelope import Message, Status, Tier
 from schemas.response import Response
@@ -221,7 +222,20 @@ _register_areas()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    app(args=list(argv) if argv is not None else None)
+    """The ``tollway`` entry point. A bad ``TOLLWAY_*`` value or a service that is down, met before a command's
+    coroutine runs (most commands read the settings first), is the one line `run_async` prints, not a traceback."""
+    from schemas.errors import ConfigError, ServiceUnavailable
+    from streams.cli.common import EXIT_UNAVAILABLE, err_console
+
+    try:
+        app(args=list(argv) if argv is not None else None)
+    except ConfigError as exc:
+        err_console.print(f"[red]configuration error:[/] {escape(str(exc))}", soft_wrap=True)
+        sys.exit(EXIT_USAGE)
+    except ServiceUnavailable as exc:
+        err_console.print(f"[red]service unavailable:[/] {escape(str(exc))}  (start the stack with `make up`)",
+                          soft_wrap=True)
+        sys.exit(EXIT_UNAVAILABLE)
 
 
 if __name__ == "__main__":

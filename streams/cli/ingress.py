@@ -49,7 +49,8 @@ def serve(
 
 def backfill(
     input_file: Annotated[Path, typer.Argument(help="JSONL requests: {prompt|messages, id?, tenant?, model?, ...} "
-                                               "or OpenAI batch lines {custom_id, body}")],
+                                               "or OpenAI batch lines {custom_id, body}", exists=True,
+                                               dir_okay=False, readable=True)],
     out: Annotated[Path, typer.Option(help="JSONL results (appended; rerun to resume)")] = Path("results.jsonl"),
     rate: Annotated[str, typer.Option(help="publish rate, e.g. 200/s or 6000/m")] = "200/s",
     tier: Annotated[Tier, typer.Option(help="SLO tier (batch travels on the batch lane)")] = Tier.BATCH,

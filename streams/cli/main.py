@@ -176,13 +176,19 @@ def report(
                                                         "responses topic")] = None,
 ) -> None:
     """Render the per-stage latency waterfall (PNG) and percentile table (HTML) of a run's responses."""
+    from schemas.errors import BadEvent
     from streams.cli.report import read_responses, write_report
     from streams.runtime.codec import decode_as
     from streams.runtime.topics import topology
 
     settings = get_settings()
     if responses_file is not None:
-        responses = [decode_as(line, Response) for line in responses_file.read_bytes().splitlines() if line.strip()]
+        try:
+            responses = [decode_as(line, Response) for line in responses_file.read_bytes().splitlines()
+                         if line.strip()]
+        except (OSError, BadEvent) as exc:
+            console.print(f"[red]cannot read responses from {responses_file}:[/] {exc}")
+            raise typer.Exit(EXIT_USAGE) from exc
     else:
         responses = run_async(read_responses(settings, topology(settings).responses))
     if not responses:

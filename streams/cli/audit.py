@@ -54,6 +54,7 @@ def verify(
     from streams.cli.audit_topics import read_audit_topics
     from streams.cli.common import run_async
     from streams.stages.audit import signer_from_settings
+    from workers.audit.sink import chain_dirs
     from workers.audit.verify import TailLimits, VerifyReport, verify_dir, verify_topic
     from workers.audit.witness import collect_witness
 
@@ -69,6 +70,10 @@ def verify(
     check_files = directory is not None or not topic
     if check_files and not root.is_dir():
         console.print(f"[red]no audit log at {root}[/]")
+        raise typer.Exit(2)
+    if directory is not None and not chain_dirs(root):  # a wrong level (e.g. <state>/audit) "verified" 0 records
+        console.print(f"[red]no audit chain under {root}[/]: --dir is a chains directory, "
+                      "<state_dir>/audit/<topic prefix>, holding chain-*/")
         raise typer.Exit(2)
     signer = signer_from_settings(settings, verify_only=True)
     started = time.perf_counter()

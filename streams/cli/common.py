@@ -102,8 +102,10 @@ def agent_table(response: Response, *, width: int = 32) -> Table:
         rows: list[tuple[str, str, str, str]] = []
         if hop.stage == "model" and models:
             turn = models.pop(0)
-            rows.append((str(turn.step), f"model {turn.name}", "asked for tools" if turn.step in tool_steps
-                         else "answered", str(turn.cost_micros)))
+            # The last turn of a client-executed answer asked for the caller's tools: no tools hop follows it.
+            asked = turn.step in tool_steps or (not models and bool(response.requested_tool_calls))
+            rows.append((str(turn.step), f"model {turn.name}", "asked for tools" if asked else "answered",
+                         str(turn.cost_micros)))
         elif hop.stage == "tools" and tool_steps:
             step = tool_steps.pop(0)
             rows += [(str(c.step), f"tool {c.name}", c.status + (f" ({c.code})" if c.code else ""),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import orjson
 import typer
@@ -12,6 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from streams.cli.common import run_async
+
+if TYPE_CHECKING:
+    from schemas.index import IndexChunkEvent
 
 console = Console()
 T = TypeVar("T")
@@ -31,6 +34,28 @@ def _files(paths: list[Path]) -> list[Path]:
     return found
 
 
+def _chunks(files: list[Path], *, tenant: str, labels: list[str], region: str | None) -> list[IndexChunkEvent]:
+    """Every file's chunks, read before anything is published: a file that is not UTF-8 text, or two files with the
+    same name (a document's id is its file name, so the second would silently replace the first), is a usage error."""
+    from streams.followers.index import chunk_file
+
+    seen: dict[str, Path] = {}
+    for path in files:
+        if path.name in seen:
+            console.print(f"[red]two documents named {path.name}:[/] {seen[path.name]} and {path} (a document's id "
+                          "is its file name: rename one)")
+            raise typer.Exit(2)
+        seen[path.name] = path
+    chunks: list[IndexChunkEvent] = []
+    for path in files:
+        try:
+            chunks += chunk_file(path, tenant=tenant, labels=labels, region=region)
+        except (OSError, UnicodeDecodeError) as exc:
+            console.print(f"[red]cannot index {path}:[/] not readable UTF-8 text ({exc})")
+            raise typer.Exit(2) from exc
+    return chunks
+
+
 @index_app.command("add")
 def add(
     paths: Annotated[list[Path], typer.Argument(help="markdown/text files or directories")],
@@ -41,16 +66,16 @@ def add(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Chunk the files and publish the chunks (replacing earlier versions of the same documents)."""
-    from streams.followers.index import chunk_file, publish, read_index
+    from streams.followers.index import publish, read_index
     from streams.runtime.topics import ensure_topics
     from streams.settings import get_settings
 
     settings = get_settings()
     files = _files(paths)
+    chunks = _chunks(files, tenant=tenant, labels=label or [], region=region)
 
     async def go() -> tuple[int, int]:
         await ensure_topics(settings)
-        chunks = [c for f in files for c in chunk_file(f, tenant=tenant, labels=label or [], region=region)]
         docs = {c.doc_id for c in chunks}
         new_ids = {c.chunk_id for c in chunks}
         existing = await read_index(settings)

@@ -18,12 +18,12 @@ log = logging.getLogger(__name__)
 
 def serve(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to listen on (0: any free port)")] = 8080,
+    port: Annotated[int, typer.Option(help="port to listen on (0: any free port)", min=0, max=65535)] = 8080,
     reply_topic: Annotated[str | None, typer.Option(help="read replies from this per-instance topic instead of "
                                                     "the shared responses topic")] = None,
 ) -> None:
     """OpenAI-compatible HTTP ingress: POST /v1/chat/completions, GET /v1/models, /healthz, /metrics."""
-    from streams.cli.common import console, run_async, setup_logging
+    from streams.cli.common import EXIT_USAGE, console, err_console, run_async, setup_logging
     from streams.ingress.server import serving
     from streams.settings import get_settings
 
@@ -40,12 +40,17 @@ def serve(
             console.print(f"tollway ingress on http://{host}:{bound}/v1 (Kafka {settings.bootstrap_servers})")
             await stop.wait()
 
-    run_async(go(), event_loop=settings.ingress_event_loop)
+    try:
+        run_async(go(), event_loop=settings.ingress_event_loop)
+    except OSError as exc:  # the address is in use or not this host's (Kafka and Redis errors arrive converted)
+        err_console.print(f"[red]cannot listen on {host}:{port}:[/] {exc.strerror or exc}", soft_wrap=True)
+        raise typer.Exit(EXIT_USAGE) from exc
 
 
 def backfill(
     input_file: Annotated[Path, typer.Argument(help="JSONL requests: {prompt|messages, id?, tenant?, model?, ...} "
-                                               "or OpenAI batch lines {custom_id, body}")],
+                                               "or OpenAI batch lines {custom_id, body}", exists=True,
+                                               dir_okay=False, readable=True)],
     out: Annotated[Path, typer.Option(help="JSONL results (appended; rerun to resume)")] = Path("results.jsonl"),
     rate: Annotated[str, typer.Option(help="publish rate, e.g. 200/s or 6000/m")] = "200/s",
     tier: Annotated[Tier, typer.Option(help="SLO tier (batch travels on the batch lane)")] = Tier.BATCH,

@@ -265,8 +265,10 @@ def register(app: typer.Typer) -> None:
         """Recompute costs from the retained usage with a new price table; print old vs new per tenant."""
         settings = get_settings()
         try:
-            rows, path = reprice_to_version(settings, prices, since=parse_time_ns(since),
-                                            until=parse_time_ns(until), out=out)
+            since_ns, until_ns = parse_time_ns(since), parse_time_ns(until)
+            if since_ns is not None and until_ns is not None and since_ns >= until_ns:
+                raise ConfigError(f"--since {since} is not before --until {until}: the window is empty")
+            rows, path = reprice_to_version(settings, prices, since=since_ns, until=until_ns, out=out)
         except ConfigError as exc:
             console.print(f"[red]configuration error:[/] {exc}")
             raise typer.Exit(EXIT_USAGE) from exc

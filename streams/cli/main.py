@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Annotated, Any
 import orjson
 import typer
 from pydantic import ValidationError
+from rich.markup import escape
 
 from schemas.envelope import Message, Status, Tier
 from schemas.response import Response
@@ -76,6 +78,7 @@ def submit(
         raise typer.Exit(EXIT_USAGE)
     try:
         definitions = as_function_tools([*(tool or []), *_read_json_list(tools_file)])
+        _check_tool_choice([d.name for d in definitions], tool_choice)
         check_conversation(conversation)
     except (ValueError, ValidationError) as exc:
         console.print(f"[red]bad tool definitions or tool messages:[/] {exc}")
@@ -101,6 +104,20 @@ def submit(
         print_response(response)
     if response.status not in (Status.OK, Status.CACHE_HIT):
         raise typer.Exit(EXIT_FAILED)
+
+
+def _check_tool_choice(names: list[str], choice: str) -> None:
+    """What the HTTP ingress answers with a 400: a tool defined twice, and a ``tool_choice`` that is neither auto,
+    none, required nor one of the offered tools (without --tool/--tools any name: the tenant's tools are offered)."""
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ValueError(f"the tool {twice[0]!r} is defined twice")
+    if choice in ("auto", "none", "required"):
+        return
+    if names and choice not in names:
+        raise ValueError(f"--tool-choice {choice!r} is not one of the request's tools ({', '.join(names)})")
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", choice):
+        raise ValueError(f"--tool-choice must be auto, none, required or a tool's name, not {choice!r}")
 
 
 def _read_json_list(path: Path | None) -> list[Any]:
@@ -159,13 +176,19 @@ def report(
                                                         "responses topic")] = None,
 ) -> None:
     """Render the per-stage latency waterfall (PNG) and percentile table (HTML) of a run's responses."""
+    from schemas.errors import BadEvent
     from streams.cli.report import read_responses, write_report
     from streams.runtime.codec import decode_as
     from streams.runtime.topics import topology
 
     settings = get_settings()
     if responses_file is not None:
-        responses = [decode_as(line, Response) for line in responses_file.read_bytes().splitlines() if line.strip()]
+        try:
+            responses = [decode_as(line, Response) for line in responses_file.read_bytes().splitlines()
+                         if line.strip()]
+        except (OSError, BadEvent) as exc:
+            console.print(f"[red]cannot read responses from {responses_file}:[/] {exc}")
+            raise typer.Exit(EXIT_USAGE) from exc
     else:
         responses = run_async(read_responses(settings, topology(settings).responses))
     if not responses:
@@ -205,7 +228,20 @@ _register_areas()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    app(args=list(argv) if argv is not None else None)
+    """The ``tollway`` entry point. A bad ``TOLLWAY_*`` value or a service that is down, met before a command's
+    coroutine runs (most commands read the settings first), is the one line `run_async` prints, not a traceback."""
+    from schemas.errors import ConfigError, ServiceUnavailable
+    from streams.cli.common import EXIT_UNAVAILABLE, err_console
+
+    try:
+        app(args=list(argv) if argv is not None else None)
+    except ConfigError as exc:
+        err_console.print(f"[red]configuration error:[/] {escape(str(exc))}", soft_wrap=True)
+        sys.exit(EXIT_USAGE)
+    except ServiceUnavailable as exc:
+        err_console.print(f"[red]service unavailable:[/] {escape(str(exc))}  (start the stack with `make up`)",
+                          soft_wrap=True)
+        sys.exit(EXIT_UNAVAILABLE)
 
 
 if __name__ == "__main__":

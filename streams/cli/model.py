@@ -13,11 +13,11 @@ from rich.table import Table
 
 from schemas.envelope import PolicyDecision
 from schemas.errors import ConfigError, TollwayError
-from streams.cli.common import EXIT_UNAVAILABLE
+from streams.cli.common import EXIT_UNAVAILABLE, EXIT_USAGE
 from streams.clients.envelopes import new_envelope
 from streams.settings import get_settings
 from workers.routing.auto import auto_tier
-from workers.routing.catalog import ModelCatalog, load_catalog
+from workers.routing.catalog import QUALITY_TIERS, ModelCatalog, load_catalog
 from workers.routing.online import OnlineRouter
 from workers.routing.router import route
 
@@ -65,7 +65,7 @@ async def _rebuilt_learner() -> OnlineRouter:
 def explain_route(
     prompt: Annotated[str, typer.Argument(help="the user prompt")],
     tier: Annotated[str | None, typer.Option(help="quality tier (small|medium|large); default: auto")] = None,
-    budget_ms: Annotated[int, typer.Option(help="latency budget left")] = 10_000,
+    budget_ms: Annotated[int, typer.Option(help="latency budget left", min=0)] = 10_000,
     region: Annotated[list[str] | None, typer.Option(help="allowed region (repeatable)")] = None,
     tenant: Annotated[str, typer.Option(help="the tenant whose learnt router decides")] = "cli",
     learnt: Annotated[bool, typer.Option("--learnt", help="rebuild the learning router from the responses and "
@@ -76,6 +76,10 @@ def explain_route(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Which model the router would choose for PROMPT, and why (no model is called)."""
+    if tier is not None and tier not in (*QUALITY_TIERS, "auto"):
+        console.print(f"[red]--tier is a quality tier: {', '.join(QUALITY_TIERS)} or auto, not {tier!r}[/] (the SLO "
+                      "tiers interactive/standard/batch are `tollway submit --tier`)")
+        raise typer.Exit(EXIT_USAGE)
     env = new_envelope(prompt, tenant=tenant, budget_ms=budget_ms, quality_tier=tier)
     if region:
         env.policy = PolicyDecision(allowed_regions=region)

@@ -74,3 +74,10 @@ def test_topic_verify_without_kafka_exits_3(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("TOLLWAY_BOOTSTRAP_SERVERS", "127.0.0.1:1")
     write_log(tmp_path)
     assert CliRunner().invoke(app, ["audit", "verify", "--topic"]).exit_code == 3
+
+
+def test_a_dir_holding_no_chain_is_a_usage_error_not_verified(tmp_path: Path) -> None:
+    write_log(tmp_path / "audit" / "tollway")
+    result = CliRunner().invoke(app, ["audit", "verify", "--dir", str(tmp_path / "audit")])  # one level too high
+    assert result.exit_code == 2 and "no audit chain" in result.output, result.output
+    assert verify("--dir", str(tmp_path / "audit" / "tollway"))[0] == 0

@@ -101,3 +101,14 @@ def test_tool_rows_print_in_every_format(capsys: pytest.CaptureFixture[str]) -> 
     assert [(r["model"], r["tool_calls"]) for r in parsed] == [("small", "0"), ("tool:search", "1")]
     assert ledger_table(rows, "t").columns[-1].header == "tool calls" and ledger_table(rows, "t").row_count == 2
     assert quality_table(rows, "q").row_count == 1  # a tool's row has nothing an evaluator judged
+
+
+def test_reprice_over_an_empty_window_is_a_usage_error(tmp_path: object) -> None:
+    from pathlib import Path
+
+    prices = Path(str(tmp_path)) / "prices.yaml"
+    prices.write_text("nano-us: {input: 1, output: 1}\n")
+    result = CliRunner().invoke(app, ["ledger", "reprice", "--prices", str(prices), "--since", "2026-12-04",
+                                      "--until", "2026-12-03", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "not before" in result.output, result.output
+    assert not list(Path(str(tmp_path)).glob("*.json"))

@@ -53,3 +53,30 @@ def test_models_catalog_is_read_from_tollway_models(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setenv("TOLLWAY_MODELS", "/etc/tollway/models.yaml")
     assert str(Settings().models_file) == "/etc/tollway/models.yaml"
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--tool", "calculator", "--tool-choice", "lookup_order"], "not one of the request's tools"),
+    (["--tool-choice", "maybe so"], "--tool-choice must be"),
+    (["--tool", "calculator", "--tool", "calculator"], "defined twice"),
+])
+def test_a_bad_tool_choice_or_a_tool_named_twice_is_a_usage_error(args: list[str], says: str) -> None:
+    result = CliRunner().invoke(app, ["submit", "hi", *args])
+    assert result.exit_code == 2 and says in result.output, result.output
+
+
+@pytest.mark.parametrize("argv", [["submit", "hi"], ["cache", "spaces"], ["ledger"], ["index", "ls"]])
+def test_a_bad_setting_is_one_line_and_exit_2(argv: list[str], monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from streams.cli.main import main
+    from streams.settings import get_settings
+
+    monkeypatch.setenv("TOLLWAY_PARTITIONS", "abc")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+    finally:
+        get_settings.cache_clear()
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "TOLLWAY_PARTITIONS" in err and "Traceback" not in err, err

@@ -37,3 +37,10 @@ def test_route_explains_features_score_and_operating_point() -> None:
     auto = orjson.loads(result.output)["auto"]
     assert auto["features"]["material_over_long"] == 1.0 and auto["auto_tier"] != "small"
     assert auto["decided_by"] == "calibrated" and auto["operating_point"]["large_at"] > 0
+
+
+def test_an_slo_tier_or_a_negative_budget_is_a_usage_error() -> None:
+    result = CliRunner().invoke(app(), ["models", "route", "hello", "--tier", "interactive"])
+    assert result.exit_code == 2 and "quality tier" in result.output, result.output
+    assert CliRunner().invoke(app(), ["models", "route", "hello", "--budget-ms", "-5"]).exit_code == 2
+    assert CliRunner().invoke(app(), ["models", "route", "hello", "--tier", "large", "--json"]).exit_code == 0

@@ -23,3 +23,15 @@ def test_write_report_renders_png_and_html(tmp_path: Path) -> None:
     png, page = write_report([response(i) for i in range(20)], tmp_path)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "per-stage latency waterfall" in page.read_text()
+
+
+def test_a_bad_or_missing_responses_file_is_a_usage_error(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from streams.cli.main import app
+
+    junk = tmp_path / "junk.jsonl"
+    junk.write_text("junk\n")
+    for path in (junk, tmp_path / "missing.jsonl"):
+        result = CliRunner().invoke(app, ["report", "--responses", str(path), "--out", str(tmp_path)])
+        assert result.exit_code == 2 and "cannot read responses" in result.output, result.output

@@ -113,10 +113,10 @@ def reembed_cmd(
                                        "tenants": [r.__dict__ for r in results]}).decode() + "\n")
         return
     table = Table(title=f"re-embedded {source} → {target_space}")
-    for col in ("tenant", "read", "expired", "written"):
+    for col in ("tenant", "read", "expired", "already there", "written"):
         table.add_column(col)
     for r in results:
-        table.add_row(r.tenant, str(r.read), str(r.expired), str(r.written))
+        table.add_row(r.tenant, str(r.read), str(r.expired), str(r.present), str(r.written))
     console.print(table)
     if not results:
         console.print(f"[yellow]no semantic log in space {source}[/] (see `tollway cache spaces`)")

@@ -83,6 +83,17 @@ def submit(
     except (ValueError, ValidationError) as exc:
         console.print(f"[red]bad tool definitions or tool messages:[/] {exc}")
         raise typer.Exit(EXIT_USAGE) from exc
+    # What the HTTP ingress answers with a 400 unknown_tool: tollway cannot run a tool the tenant has not registered
+    # (--tool names one; --tools-mode server forces it). Without the check the request went out offering nothing.
+    server_named = [*(tool or []), *([d.name for d in definitions] if tools_mode == "server" else [])]
+    if server_named:
+        registered = run_async(_registered_tools(tenant))
+        unknown = [name for name in dict.fromkeys(server_named) if registered is not None and name not in registered]
+        if unknown:
+            console.print(f"[red]{', '.join(map(repr, unknown))} is not a registered tool of tenant {tenant!r}[/] "
+                          f"(registered: {', '.join(registered or []) or 'none'}); tollway cannot run it — send its "
+                          "definition with --tools to run it yourself (client-executed)", highlight=False)
+            raise typer.Exit(EXIT_USAGE)
 
     async def go() -> Response:
         async with TollwayClient(settings, tenant=tenant, tier=tier) as client:
@@ -104,6 +115,26 @@ def submit(
         print_response(response)
     if response.status not in (Status.OK, Status.CACHE_HIT):
         raise typer.Exit(EXIT_FAILED)
+
+
+async def _registered_tools(tenant: str) -> list[str] | None:
+    """The tools tollway may run for ``tenant`` under the policy in force (None: no policy, nothing to check)."""
+    from schemas.policy import PolicyDocument
+    from streams.followers.policy import PolicyStore, load_policy_file
+    from workers.tools.governance import offered_tools
+
+    settings = get_settings()
+    doc: PolicyDocument | None
+    if settings.policy_file is not None:
+        doc = load_policy_file(settings.policy_file)
+    else:
+        store = PolicyStore(settings)
+        await store.start()
+        await store.stop()
+        doc = store.current()
+    if doc is None:
+        return None
+    return offered_tools(doc, doc.tenant(tenant))
 
 
 def _check_tool_choice(names: list[str], choice: str) -> None:

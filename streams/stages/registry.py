@@ -64,6 +64,8 @@ def resolve_units(names: list[str] | tuple[str, ...]) -> list[Stage[Any] | list[
         return list(STAGES)
     if list(names) == ["all+"]:
         return [list(STAGES)]
+    if any(name in ("all", "all+") for name in names):
+        raise ConfigError(f"'all' and 'all+' stand alone (every stage already): got {' '.join(names)}")
     units: list[Stage[Any] | list[Stage[Any]]] = []
     seen: set[str] = set()
     for name in names:

@@ -80,3 +80,28 @@ def test_a_bad_setting_is_one_line_and_exit_2(argv: list[str], monkeypatch: pyte
         get_settings.cache_clear()
     err = capsys.readouterr().err
     assert exited.value.code == 2 and "TOLLWAY_PARTITIONS" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("args", [["--tool", "nosuch"], ["--tool", "calculator", "--tool", "nosuch"],
+                                  ["--tools", "CLIENT_TOOL", "--tools-mode", "server"]])
+def test_a_tool_the_tenant_has_not_registered_cannot_be_run_by_tollway(args: list[str], tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the HTTP ingress answers 400 unknown_tool; the request used to go out offering nothing (exit 0)."""
+    import yaml
+
+    from streams.settings import get_settings
+    from tests.workers.tools.documents import tools_policy
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump(tools_policy().model_dump(mode="json")))
+    client_tool = tmp_path / "tools.json"
+    client_tool.write_text('[{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]')
+    monkeypatch.setenv("TOLLWAY_POLICY_FILE", str(policy))
+    get_settings.cache_clear()
+    try:
+        argv = [str(client_tool) if a == "CLIENT_TOOL" else a for a in args]
+        result = CliRunner().invoke(app, ["submit", "hi", "--tenant", "acme", *argv])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 2, result.output
+    assert "is not a registered tool of tenant 'acme'" in result.output and "calculator" in result.output

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from aiokafka import TopicPartition
 
 from schemas.envelope import DEFAULT_ROUTE, STAGES, Envelope, Status
+from schemas.errors import ConfigError
 from schemas.response import Response
 from streams.clients.envelopes import new_envelope
 from streams.runtime.chain import ChainPublisher, ChainRunner, member_topics
@@ -90,6 +92,12 @@ def test_worker_arguments_name_chains_with_plus() -> None:
         ["retrieval", "policy", "cache"], "model", ["postprocess", "audit"]]
     # every stage, the tools stage included (visited only when a model asks for tools)
     assert [s.name for s in resolve_units(["all+"])[0]] == list(STAGES)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("names", [["all+", "policy"], ["all", "model"], ["policy", "all+"]])
+def test_all_and_all_plus_stand_alone(names: list[str]) -> None:
+    with pytest.raises(ConfigError, match="stand alone"):
+        resolve_units(names)
 
 
 class SendingTopics(MemoryTopics):

@@ -36,6 +36,19 @@ async def test_reembed_copies_live_records_with_the_new_model() -> None:
     np.testing.assert_allclose(record.vector, model.embed_sync(["How do I reset my password?"])[0])
 
 
+async def test_reembedding_again_appends_nothing_twice() -> None:
+    now = 1_000_000
+    old, new = MemoryCacheStore(now_ms=lambda: now), MemoryCacheStore(now_ms=lambda: now)
+    stale = np.zeros(8, dtype=np.float32)
+    await old.append_log("acme", [LogRecord(f"k{i}", "s", f"question {i}?", now + 10_000, stale) for i in range(4)]
+                         + [LogRecord("k0", "s", "question 0?", now + 10_000, stale)])  # a key logged twice
+    model = HashingEmbedder(dim=64)
+    first = await reembed(old, new, model, "acme", now_ms=now)
+    again = await reembed(old, new, model, "acme", now_ms=now)  # a second run, or a rerun after a crash
+    assert (first.written, first.present, again.written, again.present) == (4, 1, 0, 5)
+    assert sorted(r.key for r in new.logs["acme"]) == ["k0", "k1", "k2", "k3"]
+
+
 async def test_after_reembedding_a_rewording_hits_again() -> None:
     """The cache of the old model is unusable by the new one (other dimension) until it is re-embedded."""
     old_model, new_model = HashingEmbedder(dim=64), HashingEmbedder(dim=128)

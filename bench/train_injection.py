@@ -80,16 +80,22 @@ def fit_dual(kernel: np.ndarray, y: np.ndarray) -> np.ndarray:
     return alpha
 
 
+def out_of_fold_logits(kernel: np.ndarray, y: np.ndarray, fold: np.ndarray) -> np.ndarray:
+    """Each row's logit from a model fitted without its fold (the trainer's CV, and the semantic head's input)."""
+    logits = np.zeros(len(y))
+    for k in range(FOLDS):
+        train, held = fold != k, fold == k
+        alpha = fit_dual(kernel[np.ix_(train, train)], y[train])
+        logits[held] = (kernel[np.ix_(held, train)] + 1.0) @ alpha
+    return logits
+
+
 def main() -> int:
     texts, y, groups = tuning_rows()
     x = design(texts)
     kernel = x @ x.T
     fold = np.array([zlib.crc32(g.encode()) % FOLDS for g in groups])
-    out_of_fold = np.zeros(len(y))
-    for k in range(FOLDS):
-        train, held = fold != k, fold == k
-        alpha = fit_dual(kernel[np.ix_(train, train)], y[train])
-        out_of_fold[held] = (kernel[np.ix_(held, train)] + 1.0) @ alpha
+    out_of_fold = out_of_fold_logits(kernel, y, fold)
     benign = np.sort(out_of_fold[y == 0])[::-1]
     cut = float(benign[int(MAX_TUNING_FPR * len(benign))]) + 1e-6
     tpr = float((out_of_fold[y == 1] >= cut).mean())

@@ -31,7 +31,7 @@ import zlib
 import numpy as np
 
 from bench.injection_eval import DEFAULT_THRESHOLD
-from bench.train_injection import FOLDS, MAX_TUNING_FPR, design, fit_dual, tuning_rows
+from bench.train_injection import FOLDS, MAX_TUNING_FPR, design, out_of_fold_logits, tuning_rows
 from workers.detectors.injection import _WORD, MIN_WORDS, score
 from workers.detectors.semantic import ENCODER_NAME, HEAD_PATH, MiniLMEncoder
 
@@ -60,12 +60,7 @@ def fit_head(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def ngram_out_of_fold(texts: list[str], y: np.ndarray, fold: np.ndarray) -> np.ndarray:
     """The n-gram model's calibrated probability of each row from a model that did not see its fold."""
     x = design(texts)
-    kernel = x @ x.T
-    logits = np.zeros(len(y))
-    for k in range(FOLDS):
-        train, held = fold != k, fold == k
-        alpha = fit_dual(kernel[np.ix_(train, train)], y[train])
-        logits[held] = (kernel[np.ix_(held, train)] + 1.0) @ alpha
+    logits = out_of_fold_logits(x @ x.T, y, fold)
     benign = np.sort(logits[y == 0])[::-1]
     cut = float(benign[int(MAX_TUNING_FPR * len(benign))]) + 1e-6
     shift = math.log(DEFAULT_THRESHOLD / (1 - DEFAULT_THRESHOLD)) - cut

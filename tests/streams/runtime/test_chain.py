@@ -27,8 +27,8 @@ SETTINGS = load_settings(topic_prefix="t")
 TOPICS = Topology("t")
 
 
-def chain_of(stages: list[Stage[Any]]) -> tuple[ChainRunner, MemoryTopics]:
-    kafka = MemoryTopics()
+def chain_of(stages: list[Stage[Any]], kafka: MemoryTopics | None = None) -> tuple[ChainRunner, MemoryTopics]:
+    kafka = kafka or MemoryTopics()
     shared = ChainPublisher(kafka, member_topics(stages, TOPICS))
     replays = MemoryReplayMemory()
     members = []
@@ -115,15 +115,7 @@ class SendingTopics(MemoryTopics):
 
 async def test_a_response_is_sent_before_the_audit_behind_it_runs() -> None:
     kafka = SendingTopics()
-    stages = list(registry.STAGES)
-    shared = ChainPublisher(kafka, member_topics(stages, TOPICS))
-    replays = MemoryReplayMemory()
-    members = []
-    for stage in stages:
-        base = StageContext(stage=stage.name, clock=SystemClock(), publisher=shared, topic_prefix="t")
-        members.append(StageRunner(stage=stage, ctx=stage.memory_context(base), settings=SETTINGS, topology=TOPICS,
-                                   publisher=shared, clock=SystemClock(), replays=replays))
-    chain = ChainRunner(members, shared, kafka, SETTINGS, TOPICS)
+    chain, _ = chain_of(list(registry.STAGES), kafka)
     envs = [new_envelope(f"question {i}?", tenant="acme", settings=SETTINGS) for i in range(3)]
     await chain.handle(ingress(envs))
     shipped = [topics for topics in kafka.sends if topics]

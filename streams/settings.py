@@ -75,10 +75,6 @@ class Settings(BaseSettings):
     lane_batch_quota: int = Field(default=16, ge=1)
     lane_batch_share: float = Field(default=0.1, gt=0, le=1)
     lane_pause_lag: int = Field(default=100, ge=1)
-    # A chain of the whole route (`worker all+`) owns every stage topic but the ingress: nothing else writes to its
-    # members' topics, yet every fetch listed their partitions (64 at 4 partitions). They are paused and swept every
-    # chain_quiet_sweep_s (records found there are worked, and fetched until quiet again); 0 fetches them always.
-    chain_quiet_sweep_s: float = Field(default=10.0, ge=0)
     # 0: the runner already batches (one produce per partition per batch, sent at once); a linger only delays each
     # hop (issue: ~2.5–3 ms per hop at low rates; bench scenario 3 measures both with --set producer_linger_ms=2).
     producer_linger_ms: int = Field(default=0, ge=0)

@@ -31,7 +31,6 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from schemas.envelope import STAGES as ROUTE_STAGES
 from schemas.envelope import Envelope
 from streams.runtime.acls import ALL_STAGES
 from streams.runtime.codec import encode
@@ -108,10 +107,6 @@ class ChainRunner(ConsumerLoop):
             for topic in member.topics:
                 self.owner.setdefault(topic, member)
         self.topics = list(self.owner)
-        if {m.stage for m in self.members} >= set(ROUTE_STAGES):
-            # Only the members write to their own topics (in memory): the runner is the one writer of stage topics
-            # and no stage runs outside this chain. Fetched in sweeps only (lanes.QuietPartitions).
-            self.quiet_topics = frozenset(self.topics) - frozenset(topology.stage_lanes("ingress"))
         self.consumer: AIOKafkaConsumer | None = None
         self._stopping = asyncio.Event()
         self.stage = self.name  # for the process's task names and logs

@@ -158,43 +158,6 @@ class LanePoller:
         metrics.LANE_PAUSED.labels(self.stage).set(1 if self._paused else 0)
 
 
-@dataclass
-class QuietPartitions:
-    """Partitions a consumer owns that normally carry nothing: those of the topics a whole-route chain writes to
-    itself, in memory (``streams/runtime/chain.py``). aiokafka has no incremental fetch sessions, so every fetch
-    request and response lists every unpaused partition — at 4 partitions, 64 for ``worker all+`` where the 8 of the
-    ingress carry the traffic (13 % of the worker's CPU at 25 req/s, and as much again at the broker).
-
-    They stay paused (no fetches) except during a sweep: every ``sweep_s`` they are resumed for ``window_s``, long
-    enough for one fetch that includes them (aiokafka keeps one fetch in flight per broker, and an idle one waits at
-    the broker up to the fetch wait). The first sweep is at start, so what an earlier layout left there is worked at
-    once; records found in a sweep keep them fetched until a whole ``sweep_s`` has passed without any."""
-
-    topics: frozenset[str]
-    sweep_s: float
-    window_s: float
-    clock: Callable[[], float] = time.monotonic
-    _awake_until: float = -1e18
-    _next_sweep: float = -1e18
-
-    def before_poll(self, consumer: AIOKafkaConsumer) -> None:
-        if not self.topics or self.sweep_s <= 0:
-            return
-        now = self.clock()
-        if now >= self._next_sweep:
-            self._awake_until = max(self._awake_until, now + self.window_s)
-            self._next_sweep = now + self.sweep_s
-        quiet = [tp for tp in consumer.assignment() if tp.topic in self.topics]  # owned now (rebalances)
-        if now < self._awake_until:
-            consumer.resume(*quiet)
-        else:
-            consumer.pause(*quiet)  # every poll: a partition a rebalance hands over starts unpaused (idempotent)
-
-    def after_poll(self, batches: Batches) -> None:
-        if any(tp.topic in self.topics for tp in batches):
-            self._awake_until = max(self._awake_until, self.clock() + self.sweep_s)
-
-
 def owned_offsets(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
     """The offsets of partitions the consumer still owns (a rebalance may have moved the others since the poll)."""
     owned = consumer.assignment()

@@ -28,7 +28,7 @@ from schemas.response import DeadLetter, Response
 from streams.runtime import metrics, tracing
 from streams.runtime.codec import decode, encode
 from streams.runtime.connections import new_consumer
-from streams.runtime.lanes import LanePoller, QuietPartitions, owned_offsets
+from streams.runtime.lanes import LanePoller, owned_offsets
 from streams.runtime.replays import Answers, NoReplayMemory, ReplayMemory
 from streams.runtime.stage import C, Stage
 from streams.runtime.topics import Topology
@@ -117,8 +117,6 @@ class ConsumerLoop:
     settings: Settings
     consumer: AIOKafkaConsumer | None
     _stopping: asyncio.Event
-    # Topics only this loop writes to itself (a whole-route chain's members): paused between sweeps (lanes.py).
-    quiet_topics: frozenset[str] = frozenset()
 
     async def handle(self, batches: Records) -> object:
         raise NotImplementedError
@@ -144,14 +142,10 @@ class ConsumerLoop:
         poller = LanePoller(self.name, frozenset(t for t in self.topics if t.endswith(".batch")),
                             max_records=self.settings.batch_max_records, batch_quota=self.settings.lane_batch_quota,
                             batch_share=self.settings.lane_batch_share, pause_lag=self.settings.lane_pause_lag)
-        quiet = QuietPartitions(self.quiet_topics, sweep_s=self.settings.chain_quiet_sweep_s,
-                                window_s=2 * self.settings.batch_wait_ms / 1000 + 0.2)
         committer = OffsetCommitter(self.consumer, self.name)
         try:
             while not self._stopping.is_set():
-                quiet.before_poll(self.consumer)
                 batches = await poller.poll(self.consumer)
-                quiet.after_poll(batches)
                 if not batches:
                     continue
                 await self.handle(batches)  # returns once everything the batch produced is acknowledged

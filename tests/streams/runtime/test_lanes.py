@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import pytest
 from aiokafka import TopicPartition
 
-from streams.runtime.lanes import LanePoller, ProcessLanes, QuietPartitions
+from streams.runtime.lanes import LanePoller, ProcessLanes
 
 FAST = TopicPartition("t.model", 0)
 SLOW = TopicPartition("t.model.batch", 0)
@@ -247,54 +247,3 @@ async def test_a_paused_batch_lane_survives_a_rebalance_and_stays_paused(clock: 
     while consumer.queued[FAST]:  # the interactive lag drains: resumes what it owns, nothing it lost
         await lanes.poll(consumer)
     assert not consumer.paused
-
-
-# QuietPartitions: the topics a whole-route chain writes to itself are fetched in sweeps only.
-QUIET = TopicPartition("t.policy", 0)
-
-
-def quiet_consumer(clock: Clock) -> FakeConsumer:
-    return FakeConsumer(clock, queued={FAST: [], QUIET: []}, ends={FAST: 0, QUIET: 0})
-
-
-def test_quiet_partitions_are_swept_at_start_then_paused_between_sweeps(clock: Clock) -> None:
-    consumer = quiet_consumer(clock)
-    quiet = QuietPartitions(frozenset({QUIET.topic}), sweep_s=10, window_s=1.2, clock=clock)
-    quiet.before_poll(consumer)  # the first sweep is at start: what an earlier layout left there is worked
-    assert QUIET not in consumer.paused
-    clock.now += 1.3
-    quiet.before_poll(consumer)
-    assert consumer.paused == {QUIET}  # the ingress (FAST) is never paused
-    clock.now += 8.8
-    quiet.before_poll(consumer)
-    assert QUIET not in consumer.paused  # the next sweep
-    clock.now += 1.3
-    quiet.before_poll(consumer)
-    assert consumer.paused == {QUIET}
-
-
-async def test_records_found_in_a_sweep_keep_the_partitions_fetched_until_a_sweep_passes_without(
-        clock: Clock) -> None:
-    consumer = quiet_consumer(clock)
-    quiet = QuietPartitions(frozenset({QUIET.topic}), sweep_s=10, window_s=1.2, clock=clock)
-    consumer.add(QUIET, 3)
-    quiet.before_poll(consumer)
-    quiet.after_poll(await consumer.getmany(timeout_ms=0))  # type: ignore[arg-type]
-    clock.now += 9.9
-    quiet.before_poll(consumer)
-    assert QUIET not in consumer.paused
-    clock.now += 0.2  # 10.1 s after the records: quiet again (the sweep that started then is over by 1.2 s)
-    quiet.before_poll(consumer)
-    clock.now += 1.3
-    quiet.before_poll(consumer)
-    assert consumer.paused == {QUIET}
-
-
-def test_no_quiet_topics_or_a_zero_sweep_pause_nothing(clock: Clock) -> None:
-    for quiet in (QuietPartitions(frozenset(), sweep_s=10, window_s=1.2, clock=clock),
-                  QuietPartitions(frozenset({QUIET.topic}), sweep_s=0, window_s=1.2, clock=clock)):
-        consumer = quiet_consumer(clock)
-        for _ in range(3):
-            quiet.before_poll(consumer)
-            clock.now += 5
-        assert not consumer.paused

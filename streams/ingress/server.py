@@ -96,10 +96,32 @@ async def serving(settings: Settings, *, host: str = "127.0.0.1", port: int = 80
             log.warning("ingress dev mode: while no policy is in force, requests need no API key")
         yield ingress, bound
     finally:
-        for task in connecting:
+        await _stop_connecting(connecting)
+        async with contextlib.AsyncExitStack() as closing:  # each one closed even if another fails to
+            closing.push_async_callback(redis_client.aclose)
+            closing.push_async_callback(policy.stop)
+            closing.push_async_callback(gateway.close)
+            closing.push_async_callback(runner.cleanup)
+
+
+async def _stop_connecting(tasks: list[asyncio.Task[None]], timeout_s: float = 10.0) -> None:
+    """Cancel the reconnect loops and wait for them to end, cancelling again whatever survived a cancel.
+
+    A cancel can be lost in a client library (Python 3.11's ``wait_for`` returns a start's own failure when the
+    cancel and the failure coincide); a loop that retries on that failure would otherwise keep a failed start-up
+    (the port taken while Kafka is down) alive forever.
+    """
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
             task.cancel()
-        await asyncio.gather(*connecting, return_exceptions=True)
-        await runner.cleanup()
-        await gateway.close()
-        await policy.stop()
-        await redis_client.aclose()
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            log.error("ingress start-up tasks still running after %.0f s: %s", timeout_s,
+                      ", ".join(task.get_name() for task in pending))
+            return
+        _, pending = await asyncio.wait(pending, timeout=min(0.5, remaining))
+    for task in tasks:  # retrieve the outcomes (a failed start-up is logged where it happened)
+        if not task.cancelled():
+            task.exception()

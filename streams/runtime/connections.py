@@ -118,6 +118,11 @@ async def start(client: _Startable, settings: Settings, what: str = "Kafka clien
     try:
         await asyncio.wait_for(client.start(), START_TIMEOUT_S)
     except Exception as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # Python 3.11's wait_for returns the start's own failure when a cancel arrives as the start fails
+            # (a refused connection fails at once): converted, the caller's reconnect loop would never end.
+            raise asyncio.CancelledError from exc
         raise ServiceUnavailable(f"{what}: Kafka is not reachable at {settings.bootstrap_servers}: "
                                  f"{exc or type(exc).__name__}") from exc
 

@@ -1,10 +1,12 @@
 """`tollway policy apply|show|check` and `tollway keys create` (registered by streams/cli/main.py).
 
-Exit codes: 0 ok, 2 the document is invalid (each error names the path of the offending field), 3 Kafka is down.
+Exit codes: 0 ok (applying the document in force again publishes nothing), 2 the document is invalid (each error
+names the path of the offending field) or changes the version in force without a new ``version``, 3 Kafka is down.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,7 +20,7 @@ from rich.table import Table
 from schemas.errors import ConfigError
 from schemas.policy import PolicyDocument, TenantPolicy, parse_policy
 from streams.cli.common import run_async
-from streams.followers.policy import PolicyStore, load_policy_file, publish_policy
+from streams.followers.policy import PolicyStore, apply_policy, load_policy_file
 from streams.settings import get_settings
 from workers.keys import create_key
 from workers.policy import route_for
@@ -31,6 +33,15 @@ keys_app = typer.Typer(help="API keys: only salted hashes are stored; the raw ke
                        no_args_is_help=True)
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
+
+
+def next_version(version: str) -> str:
+    """The version after ``version``: its trailing number plus one (``2026-11-29.1`` → ``2026-11-29.2``, ``v9`` →
+    ``v10``), else ``.2`` appended."""
+    match = re.search(r"\d+$", version)
+    if match is None:
+        return f"{version}.2"
+    return version[:match.start()] + str(int(match.group()) + 1)
 
 
 def _load_or_exit(path: Path) -> PolicyDocument:
@@ -56,9 +67,13 @@ def apply(
     """Validate FILE and publish it to the compacted policy topic; every worker reloads it without restart."""
     doc = _load_or_exit(file)
     settings = get_settings()
-    offset = run_async(publish_policy(settings, doc))
+    offset, published = run_async(apply_policy(settings, doc))  # a changed document under its version: exit 2
     if as_json:
-        sys.stdout.write(orjson.dumps({"version": doc.version, "offset": offset}).decode() + "\n")
+        sys.stdout.write(orjson.dumps({"version": doc.version, "offset": offset, "published": published}).decode()
+                         + "\n")
+    elif not published:
+        console.print(f"policy [b]{doc.version}[/] is already in force (offset {offset}), identical: nothing "
+                      "published")
     else:
         console.print(f"published policy [b]{doc.version}[/] ({len(doc.tenants)} tenant(s)) at offset {offset}; "
                       f"route: {' → '.join(route_for(doc, settings))}")
@@ -123,6 +138,7 @@ def keys_create(
 ) -> None:
     """Create an API key: prints the raw key ONCE, and the record (id + salted hash) the policy stores."""
     doc: dict[str, Any] | None = None
+    bumped = ""
     if add_to is not None:
         _load_or_exit(add_to)
         doc = yaml.safe_load(add_to.read_text())
@@ -135,6 +151,9 @@ def keys_create(
     if doc is not None and add_to is not None:
         tenant_doc = doc["tenants"][tenant]
         tenant_doc["keys"] = [*(tenant_doc.get("keys") or []), record_data]
+        # A changed document needs its own version (`policy apply` refuses a change under the version in force).
+        new_version = next_version(str(doc["version"]))
+        bumped, doc["version"] = f"version {doc['version']} → {new_version}", new_version
         try:
             parse_policy(doc)
         except ConfigError as exc:
@@ -147,8 +166,8 @@ def keys_create(
     console.print(f"[b]{raw_key}[/]", highlight=False)
     console.print("[yellow]This is the only time the key is shown; tollway stores only its salted hash.[/]")
     if add_to is not None:
-        console.print(f"added key {record.key_id} to tenant {tenant} in {add_to} (comments in the file are not kept); "
-                      f"publish it with `tollway policy apply {add_to}`")
+        console.print(f"added key {record.key_id} to tenant {tenant} in {add_to}, {bumped} (comments in the file "
+                      f"are not kept); publish it with `tollway policy apply {add_to}`")
     else:
         console.print(f"add this record under tenants.{tenant}.keys in the policy document, then apply it:")
         console.print(yaml.safe_dump([record_data], sort_keys=False), highlight=False)

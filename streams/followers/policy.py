@@ -63,6 +63,26 @@ async def publish_policy(settings: Settings, doc: PolicyDocument) -> int:
         await producer.stop()
 
 
+async def apply_policy(settings: Settings, doc: PolicyDocument) -> tuple[int, bool]:
+    """Publish ``doc`` unless it is already in force; returns its offset and whether it was published now.
+
+    A version names one document: the decisions and audit records carry only the version, so a different document
+    under the version in force is refused (:class:`ConfigError`; bump ``version``), and the identical document is
+    not published again. (Two operators applying at the same instant can still race; the policy store logs it.)
+    """
+    store = PolicyStore(settings)
+    await store.start()
+    await store.stop()
+    current = store.current()
+    if current is not None and current.version == doc.version:
+        if current != doc:
+            raise ConfigError(f"policy version {doc.version!r} is already in force with a different document: "
+                              f"bump `version` to publish a change")
+        assert store.offset is not None
+        return store.offset, False
+    return await publish_policy(settings, doc), True
+
+
 class PolicyStore(TopicFollower):
     """Follows the policy topic; ``current()`` is the document in force (None until one is published)."""
 
@@ -72,6 +92,7 @@ class PolicyStore(TopicFollower):
         self._changed = asyncio.Condition()
         self.reloads = 0
         self.rejected = 0
+        self.offset: int | None = None  # where the document in force was read (None: initial or none)
 
     def current(self) -> PolicyDocument | None:
         return self._doc
@@ -101,9 +122,15 @@ class PolicyStore(TopicFollower):
             log.error("ignoring an invalid policy on %s@%d (the policy in force stays %s): %s", self.topic, offset,
                       self.version, exc)
             return
-        if self._doc is None or doc.version != self._doc.version or doc != self._doc:
+        if self._doc is not None and doc.version == self._doc.version and doc != self._doc:
+            # Taken anyway, so every worker agrees on the latest record (compaction keeps only it for new ones).
+            log.error("policy %s republished with a different document under the same version (%s@%d): decisions "
+                      "recorded as %s before and after it differ; bump `version` with every change", doc.version,
+                      self.topic, offset, doc.version)
+        elif self._doc is None or doc.version != self._doc.version:
             log.info("policy %s in force (was %s)", doc.version, self.version or "none")
         self._doc = doc
+        self.offset = offset
         self.reloads += 1
         with contextlib.suppress(RuntimeError):
             asyncio.get_running_loop().create_task(self._notify())

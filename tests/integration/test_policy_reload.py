@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import orjson
+import pytest
+import yaml
+from typer.testing import CliRunner, Result
 
 from schemas.envelope import Principal, Status
 from schemas.policy import PolicyDocument, parse_policy
+from streams.cli.main import app
 from streams.clients.envelopes import new_envelope
 from streams.clients.sdk import TollwayClient
 from streams.followers.policy import publish_policy
 from streams.runtime.topics import topology
-from streams.settings import Settings
+from streams.settings import Settings, get_settings
 from tests.kafka_helpers import read_until
 from workers.keys import sign_principal
 
@@ -78,3 +83,38 @@ async def test_forged_principal_is_unauthenticated(pipeline: Settings) -> None:
             await asyncio.sleep(0)
     assert response.status is Status.DENIED and response.code == "unauthenticated"
     assert "signature" in response.message
+
+
+async def test_apply_refuses_a_changed_document_under_the_version_in_force(
+        settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tollway policy apply`: a version names one document (decisions record only the version)."""
+    def write(name: str, doc: PolicyDocument) -> str:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(doc.model_dump(mode="json"), sort_keys=False))
+        return str(path)
+
+    v1, v1_changed, v2 = write("v1.yaml", policy("v1", ["us"])), write("v1b.yaml", policy("v1", ["eu"])), \
+        write("v2.yaml", policy("v2", ["eu"]))
+    monkeypatch.setenv("TOLLWAY_TOPIC_PREFIX", settings.topic_prefix)
+    monkeypatch.setenv("TOLLWAY_STATE_DIR", str(settings.state_dir))
+    monkeypatch.setenv("TOLLWAY_KAFKA_CREDENTIALS_FILE", str(settings.kafka_credentials_path))
+    get_settings.cache_clear()
+    try:
+        def apply(path: str) -> Result:  # in a thread: the CLI runs its own event loop
+            return CliRunner().invoke(app, ["policy", "apply", path, "--json"])
+
+        first = await asyncio.to_thread(apply, v1)
+        assert first.exit_code == 0 and orjson.loads(first.stdout)["published"] is True, first.output
+        again = await asyncio.to_thread(apply, v1)  # the identical document: a no-op, same offset
+        assert again.exit_code == 0, again.output
+        assert orjson.loads(again.stdout) == {**orjson.loads(first.stdout), "published": False}
+        changed = await asyncio.to_thread(apply, v1_changed)
+        assert changed.exit_code == 2
+        assert "policy version 'v1' is already in force with a different document: bump `version`" in changed.stderr
+        bumped = await asyncio.to_thread(apply, v2)
+        assert bumped.exit_code == 0, bumped.output
+        assert orjson.loads(bumped.stdout)["offset"] == orjson.loads(first.stdout)["offset"] + 1
+    finally:
+        get_settings.cache_clear()
+    records = await read_until(settings, topology(settings).policy, lambda got: len(got) >= 2, timeout_s=10)
+    assert [orjson.loads(r.value)["version"] for r in records] == ["v1", "v2"]

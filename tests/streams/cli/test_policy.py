@@ -9,6 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from streams.cli.main import app
+from streams.cli.policy import next_version
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "infra" / "policy.example.yaml"
 runner = CliRunner()
@@ -37,6 +38,14 @@ def test_keys_create_adds_the_record_and_prints_the_key_once(tmp_path: Path) -> 
     out = orjson.loads(result.stdout)
     stored = yaml.safe_load(policy.read_text())["tenants"]["globex"]["keys"]
     assert [k["key_id"] for k in stored] == [out["record"]["key_id"]]
+    # a changed document gets the next version, so `policy apply` publishes it (the same version would be refused)
+    assert yaml.safe_load(policy.read_text())["version"] == "example-2026-11-29.2"
     assert out["key"] not in policy.read_text()
     unknown = runner.invoke(app, ["keys", "create", "--tenant", "nobody", "--add-to", str(policy)])
     assert unknown.exit_code == 2
+
+
+def test_next_version_increments_the_trailing_number() -> None:
+    assert next_version("2026-11-29.1") == "2026-11-29.2"
+    assert next_version("v9") == "v10"
+    assert next_version("stable") == "stable.2"

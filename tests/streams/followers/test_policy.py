@@ -55,3 +55,16 @@ async def test_no_policy_published(settings: Settings) -> None:
 def test_policy_key_is_constant() -> None:
     # one key on a compacted topic: compaction keeps exactly the latest document
     assert POLICY_KEY == b"policy"
+
+
+def test_a_changed_document_under_the_same_version_is_logged_as_an_error(caplog: pytest.LogCaptureFixture) -> None:
+    store = PolicyStore(Settings())
+    first = parse_policy({"version": "v1", "tenants": {"acme": {"regions": ["us"]}}})
+    changed = parse_policy({"version": "v1", "tenants": {"acme": {"regions": ["eu"]}}})
+    store._apply(encode_policy(first), 0)
+    store._apply(encode_policy(first), 1)  # the same document again: no error
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    store._apply(encode_policy(changed), 2)
+    # Still taken, so every worker agrees on the latest record (a new one only ever reads that one after compaction).
+    assert store.current() == changed and store.offset == 2
+    assert "republished with a different document under the same version" in caplog.text

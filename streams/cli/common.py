@@ -54,6 +54,14 @@ def run_async(coro: Coroutine[Any, Any, T], *, event_loop: str = "asyncio") -> T
         raise typer.Exit(EXIT_USAGE) from exc
 
 
+def exclusive(given: dict[str, bool]) -> None:
+    """Refuse options that exclude each other (``{"--json": as_json, "--csv": as_csv}``) when more than one is
+    given: a usage error (exit 2) naming them, instead of one silently winning (typer has no exclusive groups)."""
+    named = [option for option, on in given.items() if on]
+    if len(named) > 1:
+        raise typer.BadParameter(f"{' and '.join(named)} are mutually exclusive: give one of them")
+
+
 def parse_time_ns(text: str | None) -> int | None:
     """ISO 8601 (naive means UTC) or epoch seconds → epoch nanoseconds."""
     if text is None:

@@ -33,7 +33,7 @@ from rich.table import Table
 
 from schemas.errors import ConfigError, ServiceUnavailable
 from schemas.ledger import CASCADE_PREFIX, TOOL_PREFIX, LedgerRow, LedgerSnapshot, OutcomeEvent, OutcomeRow, RepriceRow
-from streams.cli.common import EXIT_UNAVAILABLE, EXIT_USAGE, parse_time_ns, run_async
+from streams.cli.common import EXIT_UNAVAILABLE, EXIT_USAGE, exclusive, parse_time_ns, run_async
 from streams.settings import Settings, get_settings
 
 console = Console()
@@ -153,6 +153,8 @@ def register(app: typer.Typer) -> None:
         """Print the cost ledger (the default when no subcommand is given)."""
         if ctx.invoked_subcommand is not None:
             return
+        exclusive({"--json": as_json, "--csv": as_csv})
+        exclusive({"--url": url is not None, "--source topic": source is Source.TOPIC})  # --url names the worker
         from streams.ledger.aggregate import ledger_snapshot
         from streams.ledger.client import fetch_snapshot, ledger_url
 

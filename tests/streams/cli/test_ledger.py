@@ -112,3 +112,14 @@ def test_reprice_over_an_empty_window_is_a_usage_error(tmp_path: object) -> None
                                       "--until", "2026-12-03", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "not before" in result.output, result.output
     assert not list(Path(str(tmp_path)).glob("*.json"))
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["--json", "--csv"], "--json and --csv are mutually exclusive"),
+    (["--source", "topic", "--url", "http://127.0.0.1:1/"], "--url and --source topic are mutually exclusive"),
+])
+def test_options_that_exclude_each_other_are_a_usage_error(args: list[str], named: str) -> None:
+    # `--json --csv` printed JSON: one option silently won. Refused before anything is read (no ledger runs here).
+    result = CliRunner().invoke(app, ["ledger", *args], env={"COLUMNS": "200"})
+    assert result.exit_code == 2
+    assert named in result.output

@@ -8,7 +8,8 @@
     tollway ledger reconcile              ledger vs an independent read of the responses topic and vs the audit
                                           log's costs; exit 1 unless both differences are zero
     tollway ledger reprice --prices F     old vs new cost per tenant from retained usage; writes a new version
-    tollway outcome TASK_ID resolved|failed --tenant T
+    tollway outcome TASK_ID resolved|failed --tenant T [--source worker|topic] [--unseen]
+                                          a task's verdict; refused (2) for a task id no request carried
 
 ``ledger`` reads the running worker's table over HTTP by default (``--source topic`` aggregates the responses topic
 instead, with no worker). Exit codes: 0 ok, 1 reconciliation found a difference, 2 usage, 3 a service is down.
@@ -33,7 +34,7 @@ from rich.table import Table
 
 from schemas.errors import ConfigError, ServiceUnavailable
 from schemas.ledger import CASCADE_PREFIX, TOOL_PREFIX, LedgerRow, LedgerSnapshot, OutcomeEvent, OutcomeRow, RepriceRow
-from streams.cli.common import EXIT_UNAVAILABLE, EXIT_USAGE, exclusive, parse_time_ns, run_async
+from streams.cli.common import EXIT_UNAVAILABLE, EXIT_USAGE, err_console, exclusive, parse_time_ns, run_async
 from streams.settings import Settings, get_settings
 
 console = Console()
@@ -292,11 +293,44 @@ def register(app: typer.Typer) -> None:
         task_id: Annotated[str, typer.Argument(help="the task the requests carried as task_id")],
         verdict: Annotated[Verdict, typer.Argument(help="resolved or failed")],
         tenant: Annotated[str, typer.Option(help="tenant id")] = "acme",
+        source: Annotated[Source, typer.Option(help="where to check that a request carried the task: worker (the "
+                                                    "ledger's tables over HTTP) or topic (read the responses topic "
+                                                    "here)")] = Source.WORKER,
+        url: Annotated[str | None, typer.Option(help="ledger worker URL (default from TOLLWAY_LEDGER_*)")] = None,
+        unseen: Annotated[bool, typer.Option("--unseen", help="publish without the check (a task whose requests "
+                                             "are not answered yet)")] = False,
     ) -> None:
-        """Publish a task's outcome, so the ledger can answer cost per resolved task."""
+        """Publish a task's outcome, so the ledger can answer cost per resolved task.
+
+        Refused (exit 2) when no request ever carried TASK_ID for the tenant: a mistyped id or tenant would be a
+        verdict on nothing, counted nowhere."""
+        exclusive({"--url": url is not None, "--source topic": source is Source.TOPIC})
+        exclusive({"--unseen": unseen, "--source topic": source is Source.TOPIC})
+        settings = get_settings()
+        requests = None if unseen else run_async(_task_requests(settings, tenant=tenant, task_id=task_id,
+                                                                source=source, url=url))
+        if requests == 0:
+            where = "the responses topic" if source is Source.TOPIC else "the ledger"
+            err_console.print(f"[red]task {task_id!r} of tenant {tenant!r} is unknown:[/] no request carried it "
+                              f"({where} counted none); check the id and --tenant, or publish anyway with --unseen",
+                              soft_wrap=True, highlight=False)
+            raise typer.Exit(EXIT_USAGE)
         event = OutcomeEvent(tenant=tenant, task_id=task_id, outcome=verdict.value, at_ns=time.time_ns())
-        run_async(publish_outcome(get_settings(), event))
-        console.print(f"task {task_id} ({tenant}): {verdict.value}")
+        run_async(publish_outcome(settings, event))
+        counted = "" if requests is None else f" ({requests} request(s))"
+        console.print(f"task {task_id} ({tenant}): {verdict.value}{counted}")
+
+
+async def _task_requests(settings: Settings, *, tenant: str, task_id: str, source: Source, url: str | None) -> int:
+    """How many answered requests carried ``task_id`` for ``tenant``: the ledger worker's count, or a read of the
+    responses topic (every record: slow on a long one, and needs no worker)."""
+    if source is Source.TOPIC:
+        return sum(1 for _p, _o, response in await read_responses(settings)
+                   if response.tenant == tenant and response.task_id == task_id)
+    from streams.ledger.client import fetch_task, ledger_url
+
+    task = await fetch_task(url or ledger_url(settings), tenant=tenant, task_id=task_id)
+    return int(task["requests"])
 
 
 async def publish_outcome(settings: Settings, event: OutcomeEvent) -> None:

@@ -19,7 +19,8 @@ Checkpoint writes happen inside ``stream.events()`` iteration, so Faust sends th
 event being processed — the partition every key written carries.
 
 The web server answers ``GET /ledger/?tenant=acme&window=day`` with a :class:`~schemas.ledger.LedgerSnapshot` of the
-live tables and ``GET /ledger/status/`` with recovery times and table sizes, once the tables are recovered and
+live tables, ``GET /ledger/task/?tenant=acme&task_id=T`` with one task's requests, cost and outcome, and
+``GET /ledger/status/`` with recovery times and table sizes, once the tables are recovered and
 caught up. One ledger worker holds every partition; with several, each answers for the partitions it owns (not
 supported by the CLI yet).
 
@@ -187,6 +188,15 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> LedgerApp:
             return web.json({"error": "the ledger is still recovering"}, status=503)
         snapshot = ledger.snapshot(tenant=tenant, window=None if window == "all" else window)
         return web.bytes(orjson.dumps(snapshot.model_dump(mode="json")), content_type="application/json")
+
+    @app.page("/ledger/task/")
+    async def task_view(web: Any, request: Any) -> Any:
+        tenant, task_id = request.query.get("tenant"), request.query.get("task_id")
+        if not tenant or not task_id:
+            return web.json({"error": "tenant and task_id are required"}, status=400)
+        if not state.recovered.is_set():
+            return web.json({"error": "the ledger is still recovering"}, status=503)
+        return web.json(ledger.task(tenant=tenant, task_id=task_id))
 
     @app.page("/ledger/status/")
     async def status_view(web: Any, request: Any) -> Any:

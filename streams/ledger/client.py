@@ -1,4 +1,4 @@
-"""Asking a running ledger worker over HTTP (``GET /ledger/``, ``GET /ledger/status/``).
+"""Asking a running ledger worker over HTTP (``GET /ledger/``, ``/ledger/task/``, ``/ledger/status/``).
 
 When no worker answers, :class:`LedgerUnreachable` says so in one line: the URL tried and how to start one.
 """
@@ -74,3 +74,15 @@ async def fetch_status(url: str, *, timeout_s: float = 10.0) -> dict[str, Any]:
         raise LedgerUnreachable(f"{url.rstrip('/')} answered /ledger/status/ with something other than JSON, so it "
                                 f"is not a tollway ledger worker: {START_ONE}") from exc
     return status
+
+
+async def fetch_task(url: str, *, tenant: str, task_id: str, timeout_s: float = 10.0) -> dict[str, Any]:
+    """One task's counted requests, cost and outcome from a running ledger worker (``GET {url}/ledger/task/``)."""
+    reply = await _get(url, "/ledger/task/", {"tenant": tenant, "task_id": task_id}, timeout_s)
+    try:
+        task: dict[str, Any] = orjson.loads(reply.content)
+        int(task["requests"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise LedgerUnreachable(f"{url.rstrip('/')} answered /ledger/task/ with something other than a task, so it "
+                                f"is not a tollway ledger worker (or one older than this CLI): {START_ONE}") from exc
+    return task

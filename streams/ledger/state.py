@@ -23,7 +23,7 @@ from streams.runtime.codec import decode_as
 from streams.runtime.topics import topology
 from streams.settings import Settings
 from workers.decisions import DecisionKeys, response_verifies
-from workers.ledger.aggregator import ledger_rows_from, outcome_rows_from
+from workers.ledger.aggregator import ledger_rows_from, outcome_rows_from, task_totals
 from workers.ledger.cells import WINDOW_MS, window_start_ms
 from workers.ledger.checkpoints import LiveTable, load_checkpoint
 from workers.ledger.dedup import apply_response, claim_unreadable, expired_seen
@@ -81,6 +81,11 @@ class LedgerApp:
         return LedgerSnapshot(rows=ledger_rows_from(self.state.cells, tenant=tenant, window=window),
                               outcomes=outcome_rows_from(self.state.tasks, self.outcomes, tenant=tenant),
                               positions=self.positions())
+
+    def task(self, *, tenant: str, task_id: str) -> dict[str, Any]:
+        """One task's counted requests, cost and outcome (``GET /ledger/task/``)."""
+        return {**task_totals(self.state.tasks, self.outcomes, tenant=tenant, task_id=task_id),
+                "positions": self.positions()}
 
     def apply(self, partition: int, offset: int, key: bytes | None, value: bytes | None, *,
               live: bool = True) -> Response | None:

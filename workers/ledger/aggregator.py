@@ -31,6 +31,21 @@ def ledger_rows_from(cells: Mapping[str, Any], *, tenant: str | None = None,
     ]
 
 
+def task_totals(tasks: Mapping[str, Any], outcomes: Mapping[str, Any], *, tenant: str,
+                task_id: str) -> dict[str, Any]:
+    """One task's requests and cost over every partition, and its outcome (``None`` until one is published): what
+    `tollway outcome` asks before publishing a verdict (``requests`` 0: no counted response carried the task id).
+    A scan of the tasks table — an operator's question, not the hot path."""
+    total = Counters()
+    for key, value in list(tasks.items()):
+        task_tenant, key_task_id, _partition = orjson.loads(key)
+        if task_tenant == tenant and key_task_id == task_id:
+            total += Counters.from_list(value[1:])
+    verdict = outcomes.get(outcome_key(tenant, task_id))
+    return {"tenant": tenant, "task_id": task_id, "requests": total.requests, "cost_micros": total.cost_micros,
+            "outcome": verdict[0] if verdict is not None else None}
+
+
 def _round_div(numerator: int, denominator: int) -> int:
     """Integer division rounded half up (for non-negative values)."""
     return (2 * numerator + denominator) // (2 * denominator)

@@ -123,3 +123,61 @@ def test_options_that_exclude_each_other_are_a_usage_error(args: list[str], name
     result = CliRunner().invoke(app, ["ledger", *args], env={"COLUMNS": "200"})
     assert result.exit_code == 2
     assert named in result.output
+
+
+@pytest.fixture
+def ledger_counting() -> Iterator[tuple[str, list[str]]]:
+    """A stand-in ledger worker that counted 2 requests of task `t1` (tenant acme) and none of anything else; the
+    paths it was asked are recorded."""
+    asked: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            known = "task_id=t1" in self.path and "tenant=acme" in self.path
+            body = orjson.dumps({"tenant": "acme", "task_id": "?", "requests": 2 if known else 0,
+                                 "cost_micros": 0, "outcome": None, "positions": {}})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", asked
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_outcome_for_a_task_no_request_carried_is_refused(ledger_counting: tuple[str, list[str]]) -> None:
+    url, asked = ledger_counting
+    result = CliRunner().invoke(app, ["outcome", "t-typo", "resolved", "--tenant", "acme", "--url", url])
+    assert result.exit_code == 2, result.output
+    (line,) = lines(result.output)
+    assert line == ("task 't-typo' of tenant 'acme' is unknown: no request carried it (the ledger counted none); "
+                    "check the id and --tenant, or publish anyway with --unseen")
+    assert asked == ["/ledger/task/?tenant=acme&task_id=t-typo"]
+    # another tenant's task is unknown to this one too
+    other = CliRunner().invoke(app, ["outcome", "t1", "failed", "--tenant", "globex", "--url", url])
+    assert other.exit_code == 2 and "task 't1' of tenant 'globex' is unknown" in other.output
+
+
+def test_an_outcome_needs_the_ledger_or_the_topic_to_check_the_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    port = closed_port()
+    monkeypatch.setenv("TOLLWAY_LEDGER_PORT", str(port))
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["outcome", "t1", "resolved"])
+        both = CliRunner().invoke(app, ["outcome", "t1", "resolved", "--unseen", "--source", "topic"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == EXIT_UNAVAILABLE, result.output
+    (line,) = lines(result.output)
+    assert f"no ledger worker at http://127.0.0.1:{port}" in line and "--source topic" in line
+    assert both.exit_code == 2 and "--unseen and --source topic are mutually exclusive" in both.output

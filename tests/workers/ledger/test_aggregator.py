@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from schemas.envelope import Evaluation
 from tests.workers.ledger.factories import HOUR_NS, T0, response
-from workers.ledger.aggregator import Aggregator, totals_by_tenant
+from workers.ledger.aggregator import Aggregator, task_totals, totals_by_tenant
 from workers.ledger.cells import outcome_key
 from workers.ledger.dedup import apply_outcome
 
@@ -61,3 +61,17 @@ def test_evaluations_are_aggregated_beside_cost() -> None:
     assert (row.refusal_evaluated, row.refusals) == (3, 1)
     assert (row.slo_evaluated, row.slo_passed) == (4, 3)
     assert row.pass_rates() == {"grounded": 0.5, "structured_output": 1.0, "no_refusal": 0.6667, "slo_met": 0.75}
+
+
+def test_one_task_totals_over_partitions_and_its_outcome() -> None:
+    agg = Aggregator.empty()
+    agg.add(response("a0", task_id="t1", cost=100), partition=0)
+    agg.add(response("a1", task_id="t1", cost=30), partition=1)
+    agg.add(response("b0", task_id="t1", tenant="globex", cost=5))
+    apply_outcome(agg.outcomes, tenant="acme", task_id="t1", outcome="resolved", at_ns=2)
+    assert task_totals(agg.tasks, agg.outcomes, tenant="acme", task_id="t1") == {
+        "tenant": "acme", "task_id": "t1", "requests": 2, "cost_micros": 130, "outcome": "resolved"}
+    # what `tollway outcome` refuses: an id no request carried (or another tenant's)
+    assert task_totals(agg.tasks, agg.outcomes, tenant="acme", task_id="t2")["requests"] == 0
+    assert task_totals(agg.tasks, agg.outcomes, tenant="initech", task_id="t1") == {
+        "tenant": "initech", "task_id": "t1", "requests": 0, "cost_micros": 0, "outcome": None}

@@ -19,7 +19,8 @@ import asyncio
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.protocol.offset import OffsetRequest
 
 from schemas.envelope import STAGES, Tier
 from schemas.errors import ServiceUnavailable
@@ -163,29 +164,57 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[
         missing = [t for t in wanted if t.name not in existing]
         if missing and kafka_security(settings, acls.ADMIN):
             await acls.grant_prefix(admin, settings.topic_prefix)
-        if missing:
-            try:
-                response = await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                return []  # another worker created them first
+        if not missing:
+            return []
+        created = [t.name for t in missing]
+        try:
+            response = await admin.create_topics(missing)
+        except TopicAlreadyExistsError:
+            created = []  # another worker created them first (maybe a moment ago: still wait for their leaders)
+        else:
             failed = [(name, code, msg) for name, code, msg in getattr(response, "topic_errors", [])
                       if code not in (0, TopicAlreadyExistsError.errno)]
             if failed:
                 raise ServiceUnavailable(f"Kafka refused to create topics: {failed}")
-            await _wait_for_leaders(admin, [t.name for t in missing], timeout_s)
-        return [t.name for t in missing]
+        await _wait_for_leaders(admin, [t.name for t in missing], timeout_s)
+        return created
     finally:
         await admin.close()
 
 
 async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float) -> None:
-    """New topics are usable once every partition has a leader; workers that start earlier see errors."""
+    """Return once every partition of the new topics ``names`` answers at its leader.
+
+    The metadata names a leader before that broker serves the partition: producers and consumers starting in
+    between get NotLeaderForPartition (retried, but logged as errors for a second or so). A ListOffsets request to
+    each leader — what a consumer sends first — answers without an error only once it does.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while loop.time() < deadline:
         described = await admin.describe_topics(names)
         if all(t["error_code"] == 0 and t["partitions"] and all(p["leader"] >= 0 for p in t["partitions"])
                for t in described):
-            return
-        await asyncio.sleep(0.1)
+            by_leader: dict[int, dict[str, list[tuple[int, int]]]] = {}
+            for topic in described:
+                for partition in topic["partitions"]:
+                    by_leader.setdefault(partition["leader"], {}).setdefault(topic["topic"], []).append(
+                        (partition["partition"], LATEST))
+            if all([await _serves(admin, leader, topics) for leader, topics in by_leader.items()]):
+                return
+        await asyncio.sleep(0.05)
     raise ServiceUnavailable(f"topics {names} have no leader after {timeout_s:.0f} s")
+
+
+LATEST = -1  # ListOffsets: the end offset
+
+
+async def _serves(admin: AIOKafkaAdminClient, leader: int, topics: dict[str, list[tuple[int, int]]]) -> bool:
+    """Whether ``leader`` answers ListOffsets for every partition of ``topics`` without an error."""
+    request = OffsetRequest(-1, 0, list(topics.items()))
+    try:
+        # aiokafka's admin has no public ListOffsets; its own helper sends to one node once that node is ready.
+        response = await admin._send_request_to_node(leader, request)
+    except KafkaError:
+        return False
+    return all(error_code == 0 for _topic, partitions in response.topics for _p, error_code, *_ in partitions)

@@ -8,14 +8,17 @@ import time
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner, Result
 
 from schemas.envelope import Status, Usage
 from schemas.ledger import LedgerSnapshot, OutcomeEvent
 from schemas.response import Response
 from streams.cli.ledger import publish_outcome, reprice_to_version
+from streams.cli.main import app as cli
 from streams.ledger.app import fetch_snapshot, ledger_rows, run_ledger
+from streams.ledger.client import fetch_task
 from streams.runtime.topics import ensure_topics
-from streams.settings import Settings
+from streams.settings import Settings, get_settings
 from streams.testing import seal_response
 from tests.integration.test_ledger_kill import produce
 
@@ -44,7 +47,8 @@ def data_set() -> list[Response]:
             r("a1", "acme", "a", 100)]  # a replayed response: counted once
 
 
-async def test_cost_per_resolved_task_and_reprice(settings: Settings, tmp_path: Path) -> None:
+async def test_cost_per_resolved_task_and_reprice(settings: Settings, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     await ensure_topics(settings)
     await produce(settings, data_set())
     for tenant, task, verdict in [("acme", "a", "resolved"), ("acme", "b", "failed"), ("globex", "a", "resolved")]:
@@ -75,6 +79,28 @@ async def test_cost_per_resolved_task_and_reprice(settings: Settings, tmp_path: 
         assert outcomes["acme", "failed"].cost_micros == 50
         assert outcomes["acme", "open"].tasks == 1
         assert outcomes["globex", "resolved"].cost_per_task_micros == 20
+
+        # `tollway outcome` refuses a task id no request carried: asked of this worker, or of the topic.
+        url = f"http://127.0.0.1:{port}"
+        assert await fetch_task(url, tenant="acme", task_id="a") == {
+            "tenant": "acme", "task_id": "a", "requests": 3, "cost_micros": 300, "outcome": "resolved",
+            "positions": {str(p): o for p, o in snapshot.positions.items()}}
+        monkeypatch.setenv("TOLLWAY_TOPIC_PREFIX", settings.topic_prefix)
+        monkeypatch.setenv("TOLLWAY_KAFKA_CREDENTIALS_FILE", str(settings.kafka_credentials_path))
+        get_settings.cache_clear()
+        try:
+            def outcome(*args: str) -> Result:  # in a thread: the CLI runs its own event loop
+                return CliRunner().invoke(cli, ["outcome", *args], env={"COLUMNS": "200"})
+
+            known = await asyncio.to_thread(outcome, "c", "resolved", "--tenant", "acme", "--url", url)
+            assert known.exit_code == 0 and "task c (acme): resolved (1 request(s))" in known.output, known.output
+            for source in (["--url", url], ["--source", "topic"]):
+                unknown = await asyncio.to_thread(outcome, "c", "resolved", "--tenant", "globex", *source)
+                assert unknown.exit_code == 2 and "task 'c' of tenant 'globex' is unknown" in unknown.output
+            counted = await asyncio.to_thread(outcome, "a", "failed", "--tenant", "globex", "--source", "topic")
+            assert counted.exit_code == 0 and "(2 request(s))" in counted.output, counted.output
+        finally:
+            get_settings.cache_clear()
 
         # The worker-less API aggregates the topic with the same logic and agrees with the Faust table.
         assert await ledger_rows(settings) == snapshot.rows

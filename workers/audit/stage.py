@@ -105,7 +105,7 @@ async def record_batch(records: list[AuditRecord], ctx: AuditContext, publisher:
                 result.duplicates.append(key)
             else:
                 to_append.append((key, encode_record(unique[key])))
-        ctx.audit_log.append(to_append, now_ns=ctx.clock.now_ns())
+        await ctx.audit_log.append_async(to_append, now_ns=ctx.clock.now_ns())
         for key, record_bytes in to_append:
             publisher.publish(ctx.topic, record_bytes, key=_kafka_key(unique[key]))
             result.appended.append(key)

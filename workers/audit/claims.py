@@ -97,7 +97,7 @@ class RedisClaimStore:
         if not keys:
             await self.confirm(list(confirm), owner)
             return []
-        args = [owner, now_ms, self.stale_claim_ms, self.ttl_s]
+        args: list[str | int] = [owner, now_ms, self.stale_claim_ms, self.ttl_s]
         try:
             raw = await self._confirm_and_claim(confirm, keys, owner, args) if confirm else None
             if raw is None:

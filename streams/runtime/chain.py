@@ -18,7 +18,9 @@ chain, e.g. ``tollway worker retrieval+policy+cache`` or the whole interactive r
   works the next cycle's other members while the previous tail finishes (one tail at a time, in order: an audit
   batch still starts only once the previous cycle's output — its audit records included — is acknowledged, which
   is what its claim confirmations rely on, and offsets are committed in order, each after its own cycle's tail).
-  A request that arrives while the audit fsyncs and the acknowledgements come back no longer waits for them.
+  A request that arrives while the audit fsyncs and the acknowledgements come back no longer waits for them; under
+  load the cycles get smaller, though, and each pays its fixed costs (``TOLLWAY_CHAIN_OVERLAP_TAIL=false``: one
+  cycle at a time).
 
 The trade-off: the hops inside a chain are not durable (a crash repeats the chain's work, not one stage's) and its
 members scale together, not alone. Do not run a stage both in a chain and on its own: both groups would read its
@@ -177,6 +179,8 @@ class ChainRunner(ConsumerLoop):
                     await tail  # one tail at a time: audit batches and commits stay in cycle order
                 offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()}
                 tail = asyncio.create_task(self._tail(sink_work, offsets, committer), name=f"tail-{self.name}")
+                if not self.settings.chain_overlap_tail:
+                    await tail
             if tail is not None:
                 await tail
         finally:

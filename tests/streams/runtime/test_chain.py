@@ -207,3 +207,27 @@ async def test_the_next_cycle_is_worked_while_the_previous_audit_and_acknowledge
     audits = [i for i, line in enumerate(log) if line == f"sent {TOPICS.audit_log}"]
     assert len(audits) == 2 and log.index("acked") < audits[1]
     assert len(kafka.values(TOPICS.responses)) == 2 and len(kafka.values(TOPICS.audit_log)) == 2
+
+
+async def test_without_the_overlap_a_cycle_waits_for_its_tail() -> None:
+    log: list[str] = []
+    kafka = GatedTopics(log)
+    chain, _ = chain_of(list(registry.STAGES), kafka)
+    chain.settings = SETTINGS.model_copy(update={"chain_overlap_tail": False})
+    first, second = (new_envelope(f"question {i}?", tenant="acme", settings=SETTINGS) for i in range(2))
+    topic = TOPICS.ingress()
+    tp = TopicPartition(topic, 0)
+    batches = [{tp: as_records(topic, [(first.request_id.encode(), encode(first))])},
+               {tp: as_records(topic, [(second.request_id.encode(), encode(second))], first_offset=1)}]
+    chain.consumer = ScriptedConsumer(batches, log)  # type: ignore[assignment]
+    task = asyncio.create_task(chain.run())
+    await until(lambda: "awaiting acks" in log, "the first cycle's tail")
+    for _ in range(100):  # loop turns, not time: the chain would poll again within a few if it did not wait
+        await asyncio.sleep(0)
+    assert log.count(f"sent {TOPICS.responses}") == 1  # the second request waits for the first cycle's tail
+    kafka.gate.set()
+    await until(lambda: sum(line.startswith("commit") for line in log) == 2, "both commits")
+    chain.stop()
+    await task
+    second_response = [i for i, line in enumerate(log) if line == f"sent {TOPICS.responses}"][1]
+    assert log.index("commit [1]") < second_response

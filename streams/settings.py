@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     lane_batch_quota: int = Field(default=16, ge=1)
     lane_batch_share: float = Field(default=0.1, gt=0, le=1)
     lane_pause_lag: int = Field(default=100, ge=1)
+    # A co-located chain works its next cycle while the previous cycle's tail (the audit member, the acknowledgements,
+    # the commit) finishes (streams/runtime/chain.py): lower latency at ordinary rates, but under load smaller cycles
+    # and so more CPU per request (each cycle pays its fixed costs). False: one cycle at a time, tail included.
+    chain_overlap_tail: bool = True
     # 0: the runner already batches (one produce per partition per batch, sent at once); a linger only delays each
     # hop (issue: ~2.5–3 ms per hop at low rates; bench scenario 3 measures both with --set producer_linger_ms=2).
     producer_linger_ms: int = Field(default=0, ge=0)

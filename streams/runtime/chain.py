@@ -13,7 +13,14 @@ chain, e.g. ``tollway worker retrieval+policy+cache`` or the whole interactive r
   audit records, dead letters, stages outside the chain) is produced to Kafka;
 * each member's Kafka output is sent as the member finishes (a response does not wait for the audit behind it),
   and the cycle's output is acknowledged before the polled offsets are committed, so delivery stays
-  at-least-once: a crash redelivers the polled records and the chain works them again from the first member.
+  at-least-once: a crash redelivers the polled records and the chain works them again from the first member;
+* the sink member (audit) and the wait for the cycle's acknowledgements are the cycle's *tail*: ``run`` polls and
+  works the next cycle's other members while the previous tail finishes (one tail at a time, in order: an audit
+  batch still starts only once the previous cycle's output — its audit records included — is acknowledged, which
+  is what its claim confirmations rely on, and offsets are committed in order, each after its own cycle's tail).
+  A request that arrives while the audit fsyncs and the acknowledgements come back no longer waits for them; under
+  load the cycles get smaller, though, and each pays its fixed costs (``TOLLWAY_CHAIN_OVERLAP_TAIL=false``: one
+  cycle at a time).
 
 The trade-off: the hops inside a chain are not durable (a crash repeats the chain's work, not one stage's) and its
 members scale together, not alone. Do not run a stage both in a chain and on its own: both groups would read its
@@ -34,7 +41,8 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from schemas.envelope import Envelope
 from streams.runtime.acls import ALL_STAGES
 from streams.runtime.codec import encode
-from streams.runtime.runner import BatchPublisher, ConsumerLoop, Records, StageRunner
+from streams.runtime.lanes import LanePoller
+from streams.runtime.runner import BatchPublisher, ConsumerLoop, OffsetCommitter, Records, StageRunner
 from streams.runtime.stage import Stage
 from streams.runtime.topics import Topology
 from streams.settings import Settings
@@ -116,26 +124,81 @@ class ChainRunner(ConsumerLoop):
 
     async def handle(self, batches: Records) -> None:
         """Work one polled batch through the chain; returns once its Kafka output is acknowledged."""
+        await self.finish(await self.work(batches))
+
+    async def work(self, batches: Records) -> dict[StageRunner[Any], Records]:
+        """The cycle up to its tail: every member but the sink (its responses are sent as each member ends);
+        returns the sink's work."""
         pending: dict[StageRunner[Any], Records] = defaultdict(dict)
         for tp, records in batches.items():
             pending[self.owner[tp.topic]][tp] = records
         for _ in range(_MAX_ROUNDS):
             for member in self.members:  # route order: one cycle usually crosses the whole chain once
+                if member.spec.sink:
+                    continue
                 work = pending.pop(member, None)
                 if work:
                     await member.handle(work)
                     self._collect(pending)
-            if not pending:
+            if all(member.spec.sink for member in pending):
                 break
         else:
             log.error("chain %s: requests still circulating after %d rounds; producing them to Kafka", self.name,
                       _MAX_ROUNDS)
-            for records in (r for work in pending.values() for r in work.values()):
-                for record in records:
-                    value = record.value
-                    self.kafka.publish(record.topic, encode(value) if isinstance(value, Envelope) else value,
-                                       key=record.key)
+            self._to_kafka({m: w for m, w in pending.items() if not m.spec.sink})
+            pending = {m: w for m, w in pending.items() if m.spec.sink}
+        return pending
+
+    async def finish(self, sink_work: dict[StageRunner[Any], Records]) -> None:
+        """The cycle's tail: the sink member's work, then every acknowledgement of the cycle's output."""
+        for member, work in sink_work.items():
+            await member.handle(work)
+            stray: dict[StageRunner[Any], Records] = defaultdict(dict)
+            self._collect(stray)
+            if stray:  # a sink forwards nothing; if it ever does, Kafka takes it rather than the next cycle
+                log.error("chain %s: the sink %s handed requests to members; producing them to Kafka", self.name,
+                          member.stage)
+                self._to_kafka(stray)
         await self.kafka.flush()
+
+    async def run(self) -> None:
+        """Poll → work → (the previous cycle's tail finished) → this cycle's tail in the background → poll."""
+        assert self.consumer is not None, "start() first"
+        poller = LanePoller(self.name, frozenset(t for t in self.topics if t.endswith(".batch")),
+                            max_records=self.settings.batch_max_records, batch_quota=self.settings.lane_batch_quota,
+                            batch_share=self.settings.lane_batch_share, pause_lag=self.settings.lane_pause_lag)
+        committer = OffsetCommitter(self.consumer, self.name)
+        tail: asyncio.Task[None] | None = None
+        try:
+            while not self._stopping.is_set():
+                batches = await poller.poll(self.consumer)
+                if not batches:
+                    continue
+                sink_work = await self.work(batches)
+                if tail is not None:
+                    await tail  # one tail at a time: audit batches and commits stay in cycle order
+                offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()}
+                tail = asyncio.create_task(self._tail(sink_work, offsets, committer), name=f"tail-{self.name}")
+                if not self.settings.chain_overlap_tail:
+                    await tail
+            if tail is not None:
+                await tail
+        finally:
+            if tail is not None and not tail.done():
+                await asyncio.wait([tail])
+            await committer.wait()
+
+    async def _tail(self, sink_work: dict[StageRunner[Any], Records], offsets: dict[TopicPartition, int],
+                    committer: OffsetCommitter) -> None:
+        await self.finish(sink_work)  # returns once everything the cycle produced is acknowledged
+        await committer.commit(offsets)
+
+    def _to_kafka(self, pending: dict[StageRunner[Any], Records]) -> None:
+        for records in (r for work in pending.values() for r in work.values()):
+            for record in records:
+                value = record.value
+                self.kafka.publish(record.topic, encode(value) if isinstance(value, Envelope) else value,
+                                   key=record.key)
 
     def _collect(self, pending: dict[StageRunner[Any], Records]) -> None:
         now_ms = time.time_ns() // 1_000_000

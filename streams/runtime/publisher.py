@@ -40,6 +40,9 @@ class KafkaPublisher:
     pending: list[tuple[str, bytes, bytes | None]] = field(default_factory=list)
     # Sent by ``send`` and not yet awaited: ``flush`` awaits them with the rest.
     sent: list[asyncio.Future[object]] = field(default_factory=list)
+    # One ``send`` at a time: a co-located chain's tail (the audit) flushes while the next cycle's members send, and a
+    # flush must not take the acknowledgements to await before a send in progress has added its own.
+    _sending: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def publish(self, topic: str, value: bytes, *, key: bytes | None = None) -> None:
         self.pending.append((topic, value, key))
@@ -55,6 +58,12 @@ class KafkaPublisher:
         """Ship what is pending now without waiting for its acknowledgements (``flush`` waits for them). A
         co-located chain sends each member's output as the member finishes, so a response leaves before the
         members after it (the audit's fsync) have run (streams/runtime/chain.py)."""
+        if not self.pending and not self._sending.locked():
+            return
+        async with self._sending:
+            await self._send()
+
+    async def _send(self) -> None:
         if not self.pending:
             return
         pending, self.pending = self.pending, []

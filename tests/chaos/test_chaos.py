@@ -127,6 +127,23 @@ async def test_kill_9_stage_worker_mid_batch(stage: str, tmp_path: Path, chaos_r
     check(await run(f"kill -9 {stage} (x2)", pipeline, fault, chaos_results))
 
 
+async def test_kill_9_colocated_worker_mid_cycle(tmp_path: Path, chaos_results: list[Figures]) -> None:
+    """The whole route as one chain (``worker all+``), killed twice: a cycle's front may be answered while the
+    previous cycle's tail (audit, acknowledgements, commit) is still running, and a kill anywhere in that overlap
+    must still leave every request answered and audited exactly once."""
+    pipeline = Pipeline("kill-colocated", Env(), tmp_path)
+    victim = pipeline.worker(["all+"])
+
+    async def fault(p: Pipeline, load: Load) -> None:
+        for kill_at in (1.5, 3.5):
+            await at(load, kill_at)
+            victim.kill9()
+            await at(load, kill_at + 0.5)
+            victim.start()
+
+    check(await run("kill -9 all+ (x2)", pipeline, fault, chaos_results))
+
+
 # ---------------------------------------------------------------------------------------------- rebalance
 async def test_add_and_remove_workers_under_load(tmp_path: Path, chaos_results: list[Figures]) -> None:
     pipeline = Pipeline("rebalance", Env(), tmp_path)

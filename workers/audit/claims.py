@@ -8,11 +8,12 @@ A pending claim of another chain older than ``stale_claim_ms`` is taken over: it
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from schemas.errors import BackendError
 
@@ -20,7 +21,11 @@ ClaimResult = Literal["new", "ours", "skip"]
 
 
 class ClaimStore(Protocol):
-    async def claim(self, keys: list[str], owner: str, *, now_ms: int) -> list[ClaimResult]: ...
+    async def claim(self, keys: list[str], owner: str, *, now_ms: int,
+                    confirm: Sequence[str] = ()) -> list[ClaimResult]:
+        """Claim ``keys``; ``confirm`` (keys whose records are stored and mirrored) is confirmed first, in the same
+        round trip."""
+        ...
 
     async def confirm(self, keys: list[str], owner: str) -> None: ...
 
@@ -30,7 +35,9 @@ class MemoryClaimStore:
     stale_claim_ms: int = 30_000
     claims: dict[str, tuple[str, str, int]] = field(default_factory=dict)  # key -> (state, owner, ms)
 
-    async def claim(self, keys: list[str], owner: str, *, now_ms: int) -> list[ClaimResult]:
+    async def claim(self, keys: list[str], owner: str, *, now_ms: int,
+                    confirm: Sequence[str] = ()) -> list[ClaimResult]:
+        await self.confirm(list(confirm), owner)
         results: list[ClaimResult] = []
         for key in keys:
             current = self.claims.get(key)
@@ -85,12 +92,16 @@ class RedisClaimStore:
     def _key(self, dedup_key: str) -> str:
         return f"{self.namespace}:audit:claim:{dedup_key}"
 
-    async def claim(self, keys: list[str], owner: str, *, now_ms: int) -> list[ClaimResult]:
+    async def claim(self, keys: list[str], owner: str, *, now_ms: int,
+                    confirm: Sequence[str] = ()) -> list[ClaimResult]:
         if not keys:
+            await self.confirm(list(confirm), owner)
             return []
+        args: list[str | int] = [owner, now_ms, self.stale_claim_ms, self.ttl_s]
         try:
-            raw = await self._script(keys=[self._key(k) for k in keys],
-                                     args=[owner, now_ms, self.stale_claim_ms, self.ttl_s])
+            raw = await self._confirm_and_claim(confirm, keys, owner, args) if confirm else None
+            if raw is None:
+                raw = await self._script(keys=[self._key(k) for k in keys], args=args)
         except RedisError as exc:
             raise BackendError(f"audit claim store (Redis) failed: {exc}") from exc
         results: list[ClaimResult] = []
@@ -98,6 +109,21 @@ class RedisClaimStore:
             text = answer.decode() if isinstance(answer, bytes) else str(answer)
             results.append("new" if text == "new" else "ours" if text == "ours" else "skip")
         return results
+
+    async def _confirm_and_claim(self, confirm: Sequence[str], keys: list[str], owner: str,
+                                 args: list[str | int]) -> list[bytes] | None:
+        """The previous batch's confirmations in front of this batch's claim, in one round trip (a pipeline's own
+        script handling would add a SCRIPT EXISTS round trip). None when Redis does not know the script (a restart,
+        SCRIPT FLUSH): the confirmations are applied, the caller claims through the script object, which loads it."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in confirm:
+                pipe.set(self._key(key), f"d|{owner}", ex=self.ttl_s)
+            pipe.evalsha(self._script.sha, len(keys), *[self._key(k) for k in keys], *args)
+            try:
+                answers = await pipe.execute()
+            except NoScriptError:
+                return None
+        return list(answers[-1])
 
     async def confirm(self, keys: list[str], owner: str) -> None:
         if not keys:

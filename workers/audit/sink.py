@@ -14,6 +14,7 @@ store's job (see ``workers/audit/stage.py``).
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import logging
 import os
@@ -50,6 +51,10 @@ class AuditSink(Protocol):
         """Append lines (each ending with a newline) durably: when this returns they survive a crash."""
         ...
 
+    async def write_async(self, lines: list[bytes]) -> None:
+        """``write``, with any wait for the disk off the event loop (returns once the lines survive a crash)."""
+        ...
+
     def write_checkpoint(self, checkpoint: bytes) -> None: ...
 
     def existing_checkpoints(self) -> list[bytes]:
@@ -77,6 +82,9 @@ class MemoryAuditSink:
     def write(self, lines: list[bytes]) -> None:
         self.lines.extend(lines)
 
+    async def write_async(self, lines: list[bytes]) -> None:
+        self.write(lines)
+
     def write_checkpoint(self, checkpoint: bytes) -> None:
         self.checkpoints.append(checkpoint)
 
@@ -100,7 +108,9 @@ def segments(chain_dir: Path) -> list[Path]:
 
 
 class FileAuditSink:
-    """Segment files on disk; ``write`` appends, flushes and fsyncs before returning."""
+    """Segment files on disk; ``write`` appends, flushes and fsyncs before returning; ``write_async`` fsyncs in a
+    worker thread, so the event loop (a co-located chain's next requests) runs while the disk syncs (on the shared
+    bench machine under load, 200 appends: fsync p50 0.1 ms, p99 15 ms, max 65 ms)."""
 
     def __init__(self, chain_dir: Path, *, segment_records: int = 100_000, fsync: bool = True) -> None:
         self.dir = chain_dir
@@ -156,6 +166,19 @@ class FileAuditSink:
                 yield line
 
     def write(self, lines: list[bytes]) -> None:
+        self._write(lines)
+        if lines and self._segment is not None:
+            self._sync(self._segment)
+
+    async def write_async(self, lines: list[bytes]) -> None:
+        self._write(lines)
+        if lines and self._segment is not None:
+            self._segment.flush()
+            if self.fsync:  # the only writer is the caller, who waits: the file stays as it is meanwhile
+                await asyncio.to_thread(os.fsync, self._segment.fileno())
+
+    def _write(self, lines: list[bytes]) -> None:
+        """Append the lines (a full segment is synced before the next is opened); the caller syncs the last."""
         pending = list(lines)
         while pending:
             if self._segment is None or self._segment_count >= self.segment_records:
@@ -166,7 +189,8 @@ class FileAuditSink:
             self._segment.write(b"".join(chunk))
             self._segment_count += len(chunk)
             self._count += len(chunk)
-            self._sync(self._segment)
+            if pending:
+                self._sync(self._segment)
 
     def _open_segment(self) -> None:
         if self._segment is not None:
@@ -301,12 +325,26 @@ class AuditLog:
         """Chain and durably store (dedup key, record bytes) pairs; checkpoint when one is due."""
         if not records:
             return
+        self.sink.write(self._chain(records))
+        self._stored(records, now_ns=now_ns)
+
+    async def append_async(self, records: list[tuple[str, bytes]], *, now_ns: int) -> None:
+        """``append`` with the sink's wait for the disk off the event loop (``AuditSink.write_async``): returns
+        once the records are durable, and only then may a checkpoint cover them."""
+        if not records:
+            return
+        await self.sink.write_async(self._chain(records))
+        self._stored(records, now_ns=now_ns)
+
+    def _chain(self, records: list[tuple[str, bytes]]) -> list[bytes]:
         lines = []
         for _, record in records:
             lines.append(self.state.append(record))
             if self.witness is not None:
                 self._unsigned.append(self.state.last_leaf)
-        self.sink.write(lines)
+        return lines
+
+    def _stored(self, records: list[tuple[str, bytes]], *, now_ns: int) -> None:
         for key, record in records:
             self.keys[key] = record
         self.maybe_checkpoint(now_ns=now_ns)

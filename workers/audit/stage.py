@@ -10,8 +10,9 @@ One record per request, across redeliveries, restarts and several audit processe
 
 A key claimed by this chain but not confirmed means we crashed after claiming: if the chain has the record it is
 re-mirrored to the audit topic (its acknowledgement was never seen), otherwise it is appended now. Claims are
-confirmed at the start of the next batch: the runner awaits every acknowledgement of a batch before handing over the
-next one, so by then the mirror copy is safe on the broker.
+confirmed at the start of the next batch, in the round trip of its own claims: the runner (and a co-located chain,
+whose audit batches wait for the previous cycle's tail) awaits every acknowledgement of a batch before handing over
+the next one, so by then the mirror copy is safe on the broker.
 """
 
 from __future__ import annotations
@@ -77,20 +78,20 @@ async def record_batch(records: list[AuditRecord], ctx: AuditContext, publisher:
     keys from its previous call (acknowledged by now) and receives this call's."""
     result = RecordOutcome()
     async with ctx.lock:
-        if unconfirmed:
-            await _until_reachable(lambda: ctx.claims.confirm(list(unconfirmed), ctx.owner), "confirm")
-            unconfirmed.clear()
         unique: dict[str, AuditRecord] = {}
         for record in records:
             if record.dedup_key in unique:
                 result.duplicates.append(record.dedup_key)
             else:
                 unique[record.dedup_key] = record
+        keys = list(unique)
+        confirm = list(unconfirmed)  # the previous call's keys: confirmed in the claim's round trip
+        claims = await _until_reachable(
+            lambda: ctx.claims.claim(keys, ctx.owner, now_ms=ctx.clock.now_ns() // 1_000_000, confirm=confirm),
+            "claim")
+        unconfirmed.clear()
         if not unique:
             return result
-        keys = list(unique)
-        claims = await _until_reachable(
-            lambda: ctx.claims.claim(keys, ctx.owner, now_ms=ctx.clock.now_ns() // 1_000_000), "claim")
         to_append: list[tuple[str, bytes]] = []
         for key, claim in zip(keys, claims, strict=True):
             stored = ctx.audit_log.keys.get(key)
@@ -105,7 +106,7 @@ async def record_batch(records: list[AuditRecord], ctx: AuditContext, publisher:
                 result.duplicates.append(key)
             else:
                 to_append.append((key, encode_record(unique[key])))
-        ctx.audit_log.append(to_append, now_ns=ctx.clock.now_ns())
+        await ctx.audit_log.append_async(to_append, now_ns=ctx.clock.now_ns())
         for key, record_bytes in to_append:
             publisher.publish(ctx.topic, record_bytes, key=_kafka_key(unique[key]))
             result.appended.append(key)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -124,3 +127,107 @@ async def test_a_response_is_sent_before_the_audit_behind_it_runs() -> None:
     assert TOPICS.audit_log in shipped[-1]
     assert len(kafka.values(TOPICS.responses)) == 3 and len(kafka.values(TOPICS.audit_log)) == 3
     assert kafka.flushes == 1  # still one acknowledged flush per cycle, before the commit
+
+
+class GatedTopics(MemoryTopics):
+    """Acknowledgements held until the test opens the gate; what was sent, flushed and committed, in order."""
+
+    def __init__(self, log: list[str]) -> None:
+        super().__init__()
+        self.log = log
+        self.gate = asyncio.Event()
+
+    async def send(self) -> None:
+        self.log.extend(f"sent {topic}" for topic, _value, _key in self.pending)
+        await MemoryTopics.flush(self)  # on the topics at once; acknowledged at the gate
+        self.flushes -= 1
+
+    async def flush(self) -> None:
+        await self.send()
+        self.log.append("awaiting acks")
+        await self.gate.wait()
+        self.log.append("acked")
+        self.flushes += 1
+
+
+class ScriptedConsumer:
+    """Just what the chain's loop uses: hands out the given batches one poll at a time, then nothing."""
+
+    def __init__(self, batches: list[dict[TopicPartition, Any]], log: list[str]) -> None:
+        self.batches = batches
+        self.log = log
+        self.tps = {tp for batch in batches for tp in batch}
+
+    def assignment(self) -> set[TopicPartition]:
+        return self.tps
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return 0
+
+    async def getmany(self, *tps: TopicPartition, timeout_ms: int = 0,
+                      max_records: int | None = None) -> dict[TopicPartition, Any]:
+        if self.batches:
+            return self.batches.pop(0)
+        await asyncio.sleep(0.001)
+        return {}
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.log.append(f"commit {sorted(offsets.values())}")
+
+
+async def until(condition: Callable[[], bool], what: str, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.001)
+
+
+async def test_the_next_cycle_is_worked_while_the_previous_audit_and_acknowledgements_finish() -> None:
+    log: list[str] = []
+    kafka = GatedTopics(log)
+    chain, _ = chain_of(list(registry.STAGES), kafka)
+    first, second = (new_envelope(f"question {i}?", tenant="acme", settings=SETTINGS) for i in range(2))
+    topic = TOPICS.ingress()
+    tp = TopicPartition(topic, 0)
+    batches = [{tp: as_records(topic, [(first.request_id.encode(), encode(first))])},
+               {tp: as_records(topic, [(second.request_id.encode(), encode(second))], first_offset=1)}]
+    chain.consumer = ScriptedConsumer(batches, log)  # type: ignore[assignment]
+    task = asyncio.create_task(chain.run())
+    # the second request is answered while the first cycle still waits for its acknowledgements ...
+    await until(lambda: log.count(f"sent {TOPICS.responses}") == 2, "the second response")
+    assert log.count("awaiting acks") == 1 and not any(line.startswith("commit") for line in log)
+    # ... but its audit waits for them: the first cycle's audit record must be acknowledged before its claim is
+    # confirmed by the next audit batch, and offsets are committed in order, each after its own cycle's acks
+    assert log.count(f"sent {TOPICS.audit_log}") == 1
+    kafka.gate.set()
+    await until(lambda: sum(line.startswith("commit") for line in log) == 2, "both commits")
+    chain.stop()
+    await task
+    assert [line for line in log if line.startswith("commit")] == ["commit [1]", "commit [2]"]
+    audits = [i for i, line in enumerate(log) if line == f"sent {TOPICS.audit_log}"]
+    assert len(audits) == 2 and log.index("acked") < audits[1]
+    assert len(kafka.values(TOPICS.responses)) == 2 and len(kafka.values(TOPICS.audit_log)) == 2
+
+
+async def test_without_the_overlap_a_cycle_waits_for_its_tail() -> None:
+    log: list[str] = []
+    kafka = GatedTopics(log)
+    chain, _ = chain_of(list(registry.STAGES), kafka)
+    chain.settings = SETTINGS.model_copy(update={"chain_overlap_tail": False})
+    first, second = (new_envelope(f"question {i}?", tenant="acme", settings=SETTINGS) for i in range(2))
+    topic = TOPICS.ingress()
+    tp = TopicPartition(topic, 0)
+    batches = [{tp: as_records(topic, [(first.request_id.encode(), encode(first))])},
+               {tp: as_records(topic, [(second.request_id.encode(), encode(second))], first_offset=1)}]
+    chain.consumer = ScriptedConsumer(batches, log)  # type: ignore[assignment]
+    task = asyncio.create_task(chain.run())
+    await until(lambda: "awaiting acks" in log, "the first cycle's tail")
+    for _ in range(100):  # loop turns, not time: the chain would poll again within a few if it did not wait
+        await asyncio.sleep(0)
+    assert log.count(f"sent {TOPICS.responses}") == 1  # the second request waits for the first cycle's tail
+    kafka.gate.set()
+    await until(lambda: sum(line.startswith("commit") for line in log) == 2, "both commits")
+    chain.stop()
+    await task
+    second_response = [i for i, line in enumerate(log) if line == f"sent {TOPICS.responses}"][1]
+    assert log.index("commit [1]") < second_response

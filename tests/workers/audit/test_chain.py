@@ -208,3 +208,16 @@ def test_two_processes_lease_two_chains(tmp_path: Path) -> None:
     assert first.chain_id != second.chain_id
     first.close()
     second.close()
+
+
+async def test_append_async_stores_durably_and_checkpoints_like_append(tmp_path: Path) -> None:
+    sink = FileAuditSink.lease(tmp_path)
+    audit_log = AuditLog(sink, HmacSigner(b"k"), checkpoint_every=3)
+    await audit_log.append_async([(f"req-{i}", record(i)) for i in range(2)], now_ns=1)
+    await audit_log.append_async([("req-2", record(2))], now_ns=2)  # the third record: a checkpoint is due
+    await audit_log.append_async([], now_ns=3)
+    assert audit_log.size == 3 and "req-2" in audit_log
+    sink.close()
+    again = AuditLog(FileAuditSink.lease(tmp_path), HmacSigner(b"k"), checkpoint_every=3)
+    assert again.size == 3 and again.keys == audit_log.keys
+    assert again._checkpointed_size == 3  # signed after the records it covers were on disk

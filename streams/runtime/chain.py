@@ -89,6 +89,21 @@ class ChainPublisher:
         return local
 
 
+class SinkPublisher:
+    """A chain's sink member (the audit) publishes through this: everything it writes goes to Kafka, even a record
+    for a member's topic (a request that reached the sink with route left over — only a forged one can), because
+    the sink runs in the cycle's tail while the next cycle's members hand requests over (``ChainRunner.run``)."""
+
+    def __init__(self, chain: ChainPublisher) -> None:
+        self.chain = chain
+
+    def publish(self, topic: str, value: bytes, *, key: bytes | None = None) -> None:
+        self.chain.kafka.publish(topic, value, key=key)
+
+    async def flush(self) -> None:
+        await self.chain.flush()
+
+
 def member_topics(stages: Sequence[Stage[Any]], topology: Topology) -> frozenset[str]:
     """Every topic the members of a chain read: their lanes, and the ingress when the entry stage is a member."""
     topics = frozenset(t for stage in stages for t in topology.stage_lanes(stage.name))
@@ -105,6 +120,10 @@ class ChainRunner(ConsumerLoop):
     def __init__(self, members: Sequence[StageRunner[Any]], publisher: ChainPublisher, kafka: BatchPublisher,
                  settings: Settings, topology: Topology) -> None:
         self.members = list(members)
+        for member in self.members:
+            if member.spec.sink:  # worked in the cycle's tail, beside the next cycle's members (``run``)
+                member.publisher = SinkPublisher(publisher)
+                member._hand_over = None
         self.publisher = publisher
         self.kafka = kafka
         self.settings = settings
@@ -152,13 +171,9 @@ class ChainRunner(ConsumerLoop):
     async def finish(self, sink_work: dict[StageRunner[Any], Records]) -> None:
         """The cycle's tail: the sink member's work, then every acknowledgement of the cycle's output."""
         for member, work in sink_work.items():
+            # The sink's output goes straight to Kafka (SinkPublisher), never into the shared hand-overs: while
+            # this tail runs, those are the next cycle's members'.
             await member.handle(work)
-            stray: dict[StageRunner[Any], Records] = defaultdict(dict)
-            self._collect(stray)
-            if stray:  # a sink forwards nothing; if it ever does, Kafka takes it rather than the next cycle
-                log.error("chain %s: the sink %s handed requests to members; producing them to Kafka", self.name,
-                          member.stage)
-                self._to_kafka(stray)
         await self.kafka.flush()
 
     async def run(self) -> None:

@@ -14,7 +14,7 @@ from schemas.envelope import DEFAULT_ROUTE, STAGES, Envelope, Status
 from schemas.errors import ConfigError
 from schemas.response import Response
 from streams.clients.envelopes import new_envelope
-from streams.runtime.chain import ChainPublisher, ChainRunner, member_topics
+from streams.runtime.chain import ChainPublisher, ChainRunner, SinkPublisher, member_topics
 from streams.runtime.codec import decode, decode_as, encode
 from streams.runtime.replays import MemoryReplayMemory
 from streams.runtime.runner import StageRunner
@@ -231,3 +231,18 @@ async def test_without_the_overlap_a_cycle_waits_for_its_tail() -> None:
     await task
     second_response = [i for i, line in enumerate(log) if line == f"sent {TOPICS.responses}"][1]
     assert log.index("commit [1]") < second_response
+
+
+async def test_the_sink_writes_to_kafka_and_never_takes_the_next_cycles_hand_overs() -> None:
+    """The audit runs in a cycle's tail beside the next cycle's members: what they hand each other stays theirs, and
+    whatever the sink writes (even for a member's topic) goes to Kafka."""
+    chain, kafka = chain_of(registry.resolve_units(["all+"])[0])  # type: ignore[arg-type]
+    sink = next(m for m in chain.members if m.spec.sink)
+    assert isinstance(sink.publisher, SinkPublisher) and sink._hand_over is None
+    member_topic = TOPICS.stage("model")
+    in_flight = new_envelope("hi", tenant="acme", settings=SETTINGS)
+    chain.publisher.hand_over(member_topic, in_flight, b"k")  # a member's hand-over of the next cycle
+    sink.publisher.publish(member_topic, b"forged", key=b"f")
+    assert len(chain.publisher.local[member_topic]) == 1  # still the member's
+    await kafka.flush()
+    assert kafka.records[member_topic] == [(b"f", b"forged")]

@@ -24,7 +24,7 @@ from aiokafka.errors import CommitFailedError
 
 from schemas.envelope import Envelope, Hop, Status
 from schemas.errors import BadEvent
-from schemas.response import DeadLetter, Response
+from schemas.response import DeadLetter, response_bytes
 from streams.runtime import metrics, tracing
 from streams.runtime.codec import decode, encode
 from streams.runtime.connections import new_consumer
@@ -341,7 +341,7 @@ class StageRunner(ConsumerLoop, Generic[C]):
         if env.terminal and env.outcome is not None and env.outcome.signature is None:
             sign_outcome(env, self.keys)  # this stage ended it: what it counts is sealed here
         if env.terminal and not env.responded:
-            response = encode(Response.from_envelope(env, completed_at_ns=now_ns))
+            response = response_bytes(env, completed_at_ns=now_ns)  # = encode(Response.from_envelope(…))
             topics = [self.topology.responses]
             if env.request.reply_to:
                 if env.request.reply_to.startswith(self.topology.replies_prefix):

@@ -26,11 +26,10 @@ from typing import Any
 
 import orjson
 
-from schemas.envelope import Envelope, Usage, json_fields
+from schemas.envelope import Envelope, Request, Usage, document_of, json_fields
 from schemas.errors import ConfigError
 
 DEV_DECISION_KEYS = "dev:tollway-dev-decision-key-change-me"
-_SIGNED_ELSEWHERE = frozenset({"signature", "key_id"})
 
 
 _BLOCK = 64  # SHA-256's block size
@@ -92,16 +91,22 @@ class DecisionKeys:
 
 
 def request_digest(env: Envelope) -> str:
-    """What the decision governs: the request as policy left it (redacted), its tier and principal."""
-    request = {k: v for k, v in json_fields(env.request).items() if k != "reply_to"}
-    payload = orjson.dumps([env.tenant, env.tier.value, env.principal.key_id if env.principal else None, request],
-                           default=json_fields, option=orjson.OPT_SORT_KEYS)
+    """What the decision governs: the request as policy left it (redacted), its tier and principal.
+
+    Computed at the seal and at every governed stage, so built with C-level copies rather than comprehensions: the
+    request's fields minus ``reply_to`` (then what ``json_fields`` would omit), the tier as orjson writes an enum
+    (its value) — the same payload as before (tests/workers/test_decisions.py checks it against model_dump's)."""
+    request = dict(env.request.__dict__)
+    del request["reply_to"]
+    payload = orjson.dumps([env.tenant, env.tier, env.principal.key_id if env.principal else None,
+                            document_of(Request, request)], default=json_fields, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(payload).hexdigest()
 
 
 def _decision_message(env: Envelope) -> bytes:
     assert env.policy is not None
-    decision = {k: v for k, v in env.policy.__dict__.items() if k not in _SIGNED_ELSEWHERE}
+    decision = dict(env.policy.__dict__)  # every field but the two signed elsewhere (the signature itself, its key)
+    del decision["signature"], decision["key_id"]
     return orjson.dumps(["decision", env.request_id, env.tenant, decision], default=json_fields,
                         option=orjson.OPT_SORT_KEYS)
 

@@ -152,6 +152,13 @@ class Hop(_Model):
     def service_ms(self) -> float:
         return max(0, self.finished_at_ns - self.started_at_ns) / 1e6
 
+    def rounded_ms(self) -> tuple[float, float]:
+        """``(queue_ms, service_ms)`` rounded to the microsecond, as responses and audit records carry them: the two
+        properties' arithmetic in one call (every hop of every response and audit record runs it)."""
+        started = self.started_at_ns
+        queued, served = started - self.produced_at_ns, self.finished_at_ns - started
+        return round((queued if queued > 0 else 0) / 1e6, 3), round((served if served > 0 else 0) / 1e6, 3)
+
 
 class Passage(_Model):
     doc_id: str

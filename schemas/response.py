@@ -122,6 +122,11 @@ def response_fields(env: Envelope, *, completed_at_ns: int) -> dict[str, Any]:
     outcome = env.outcome
     assert outcome is not None, "a response needs a terminal outcome"
     model, tools, cache = env.model, env.tools, env.cache
+    hops = []
+    for h in env.hops:
+        queue_ms, service_ms = h.rounded_ms()
+        hops.append({"stage": h.stage, "queue_ms": queue_ms, "service_ms": service_ms,
+                     "remaining_budget_ms": round(h.remaining_budget_ms, 1), "batch_size": h.batch_size})
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": "response",
@@ -139,11 +144,7 @@ def response_fields(env: Envelope, *, completed_at_ns: int) -> dict[str, Any]:
         "tool_calls": len(tools.calls) if tools else 0,
         "saved_micros": cache.saved_micros if cache else 0,
         "cache": cache.outcome if cache else None,
-        "hops": [
-            {"stage": h.stage, "queue_ms": round(h.queue_ms, 3), "service_ms": round(h.service_ms, 3),
-             "remaining_budget_ms": round(h.remaining_budget_ms, 1), "batch_size": h.batch_size}
-            for h in env.hops
-        ],
+        "hops": hops,
         "created_at_ns": env.created_at_ns,
         "completed_at_ns": completed_at_ns,
         "replay": False,

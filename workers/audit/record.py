@@ -63,6 +63,12 @@ def record_fields(env: Envelope, *, redactor: Redactor, content_mode: ContentMod
     policy, cache, model, post, tools = env.policy, env.cache, env.model, env.postprocess, env.tools
     prompt = env.request.prompt
     redacted = content_mode == "redacted"
+    hops = []
+    for h in env.hops:
+        queue_ms, service_ms = h.rounded_ms()
+        hops.append({"stage": h.stage, "worker_id": h.worker_id, "produced_at_ns": h.produced_at_ns,
+                     "started_at_ns": h.started_at_ns, "finished_at_ns": h.finished_at_ns, "queue_ms": queue_ms,
+                     "service_ms": service_ms, "status": h.status, "budget_violation": h.budget_violation})
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": "audit",
@@ -80,11 +86,7 @@ def record_fields(env: Envelope, *, redactor: Redactor, content_mode: ContentMod
         "created_at_ns": env.created_at_ns,
         "deadline_at_ns": env.deadline_at_ns,
         "audited_at_ns": now_ns,
-        "hops": [{"stage": h.stage, "worker_id": h.worker_id, "produced_at_ns": h.produced_at_ns,
-                  "started_at_ns": h.started_at_ns, "finished_at_ns": h.finished_at_ns,
-                  "queue_ms": round(h.queue_ms, 3), "service_ms": round(h.service_ms, 3), "status": h.status,
-                  "budget_violation": h.budget_violation}
-                 for h in env.hops],
+        "hops": hops,
         "policy_version": policy.policy_version if policy else None,
         "policy_decisions": list(policy.decisions) if policy else [],
         "pii_found": dict(policy.pii_found) if policy else {},

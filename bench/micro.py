@@ -6,6 +6,10 @@ A fake producer stands in for aiokafka (its own cost is the same for every syste
 (``time.process_time_ns``), the minimum over repetitions, so they hold on a busy shared machine where wall-clock
 figures do not.
 
+The "chain" section runs the whole interactive route as one co-located chain (``streams/runtime/chain.py``, what
+``tollway worker all+`` runs) over the same batch, pass-through and real stages, with an in-memory replay memory:
+CPU per request, the stable stand-in for bench.run's co-located CPU per request at saturation.
+
     python -m bench.micro [--batch 200] [--repeat 7] [--json]
 """
 
@@ -24,7 +28,9 @@ from bench.load import request
 from bench.passthrough import passthrough_stages
 from bench.relay import relay_record
 from schemas.envelope import DEFAULT_ROUTE as STAGES  # the hops every request crosses (tools only on demand)
+from streams.runtime.chain import ChainPublisher, ChainRunner, member_topics
 from streams.runtime.publisher import KafkaPublisher
+from streams.runtime.replays import MemoryReplayMemory
 from streams.runtime.runner import StageRunner
 from streams.runtime.topics import Topology
 from streams.runtime.worker_process import tune_gc
@@ -102,6 +108,34 @@ async def runner_hop_ns(stage: str, inputs: list[ConsumerRecord[bytes, bytes]], 
     return best, sent
 
 
+async def chain_ns(inputs: list[ConsumerRecord[bytes, bytes]], settings: Settings, *, real: bool,
+                   repeat: int, memos: dict[str, dict[str, Any]]) -> tuple[int, list[Sent]]:
+    """Minimum CPU ns for one batch through the whole route as one co-located chain, and what it produced."""
+    topo = Topology(settings.topic_prefix)
+    specs = [registry.stage(s) for s in STAGES] if real else passthrough_stages(list(STAGES))
+    best, sent = 1 << 62, []
+    for _ in range(repeat):
+        for name, memo in embedding._MEMOS.items():  # every request is new to the embedders, as at saturation
+            memo.rows = dict(memos.get(name, {}))
+        producer = FakeProducer()
+        kafka = KafkaPublisher(producer)
+        shared = ChainPublisher(kafka, member_topics(specs, topo))
+        replays = MemoryReplayMemory()
+        members = []
+        for spec in specs:
+            base = StageContext(stage=spec.name, worker_id=settings.worker_id, clock=SystemClock(), publisher=shared,
+                                topic_prefix=settings.topic_prefix)
+            members.append(StageRunner(stage=spec, ctx=spec.memory_context(base), settings=settings, topology=topo,
+                                       publisher=shared, clock=SystemClock(), replays=replays))
+        chain = ChainRunner(members, shared, kafka, settings, topo)
+        batches = {_tp(inputs[0].topic): inputs}
+        started = time.process_time_ns()
+        await chain.handle(batches)
+        best = min(best, time.process_time_ns() - started)
+        sent = producer.sent
+    return best, sent
+
+
 def _tp(topic: str) -> Any:
     from aiokafka import TopicPartition
 
@@ -122,6 +156,7 @@ async def measure(batch: int = 200, repeat: int = 7) -> dict[str, Any]:
     settings = Settings(topic_prefix="micro", worker_id="bench-micro")
     ingress = [(rid.encode(), value) for rid, value in (request("micro", i) for i in range(batch))]
     result: dict[str, Any] = {"batch": batch, "repeat": repeat, "unit": "µs CPU per record", "hops": []}
+    memos = {name: dict(memo.rows) for name, memo in embedding._MEMOS.items()}
 
     relay_inputs = records("micro.r0", ingress)
     totals = {"relay": 0.0, "runner": 0.0, "stages": 0.0}
@@ -154,6 +189,19 @@ async def measure(batch: int = 200, repeat: int = 7) -> dict[str, Any]:
     relay_total = totals["relay"] or 1.0
     result["ratio_to_relay"] = {mode: None if mode in incomplete else round(value / relay_total, 2)
                                 for mode, value in totals.items()}
+    result["chain"] = {}
+    for mode, real in (("runner", False), ("stages", True)):
+        try:
+            ns, sent = await chain_ns(records("micro.ingress", ingress), settings, real=real, repeat=repeat,
+                                      memos=memos)
+        except Exception as exc:
+            result.setdefault("errors", []).append(f"chain {mode}: {type(exc).__name__}: {exc}"[:300])
+            result["chain"][mode] = None
+            continue
+        responses = sum(1 for topic, _value, _key in sent if topic == f"{settings.topic_prefix}.responses")
+        if responses != batch:
+            result.setdefault("errors", []).append(f"chain {mode}: {responses} responses for {batch} requests")
+        result["chain"][mode] = round(ns / batch / 1000, 2)
     return result
 
 
@@ -176,6 +224,8 @@ def main() -> None:
                                                          for m in ("relay", "runner", "stages")))
     print(f"{'total':<14}" + "".join(f"{result['total'][m]!s:>10}" for m in ("relay", "runner", "stages")))
     print(f"{'× relay':<14}" + "".join(f"{result['ratio_to_relay'][m]!s:>10}" for m in ("relay", "runner", "stages")))
+    print(f"{'chain (all+)':<14}{'':>10}" + "".join(f"{result['chain'][m]!s:>10}" for m in ("runner", "stages"))
+          + "   (the whole route co-located, per request)")
     for error in result.get("errors", []):
         print(f"error: {error}")
 

@@ -152,6 +152,13 @@ class Hop(_Model):
     def service_ms(self) -> float:
         return max(0, self.finished_at_ns - self.started_at_ns) / 1e6
 
+    def rounded_ms(self) -> tuple[float, float]:
+        """``(queue_ms, service_ms)`` rounded to the microsecond, as responses and audit records carry them: the two
+        properties' arithmetic in one call (every hop of every response and audit record runs it)."""
+        started = self.started_at_ns
+        queued, served = started - self.produced_at_ns, self.finished_at_ns - started
+        return round((queued if queued > 0 else 0) / 1e6, 3), round((served if served > 0 else 0) / 1e6, 3)
+
 
 class Passage(_Model):
     doc_id: str
@@ -372,6 +379,15 @@ class Envelope(_Model):
 _OMITTED_WHEN: dict[type[BaseModel], tuple[tuple[str, Callable[[Any], bool]], ...]] = {}
 
 
+def _omitted_when(cls: type[BaseModel]) -> tuple[tuple[str, Callable[[Any], bool]], ...]:
+    rules = _OMITTED_WHEN.get(cls)
+    if rules is None:
+        rules = tuple((name, field.exclude_if) for name, field in cls.model_fields.items()
+                      if field.exclude_if is not None)
+        _OMITTED_WHEN[cls] = rules
+    return rules
+
+
 def json_fields(value: object) -> dict[str, Any]:
     """orjson's ``default`` hook for our models: a model is its fields, minus those its ``exclude_if`` leaves out —
     the document ``model_dump(mode="json")`` gives, without building it (our models have no extra fields, aliases or
@@ -379,16 +395,20 @@ def json_fields(value: object) -> dict[str, Any]:
     bytes against pydantic-core's)."""
     if not isinstance(value, BaseModel):
         raise TypeError(f"cannot write {type(value).__name__} as JSON")
-    cls = type(value)
-    rules = _OMITTED_WHEN.get(cls)
-    if rules is None:
-        rules = tuple((name, field.exclude_if) for name, field in cls.model_fields.items()
-                      if field.exclude_if is not None)
-        _OMITTED_WHEN[cls] = rules
+    rules = _omitted_when(type(value))
     if not rules:
         return value.__dict__
     fields = dict(value.__dict__)
     for name, omitted in rules:
+        if omitted(fields[name]):
+            del fields[name]
+    return fields
+
+
+def document_of(cls: type[BaseModel], fields: dict[str, Any]) -> dict[str, Any]:
+    """What ``json_fields`` gives for a ``cls`` holding ``fields`` (every field, in the model's order): the fields
+    its ``exclude_if`` leaves out are removed, in place."""
+    for name, omitted in _omitted_when(cls):
         if omitted(fields[name]):
             del fields[name]
     return fields

@@ -24,7 +24,7 @@ from aiokafka.errors import CommitFailedError
 
 from schemas.envelope import Envelope, Hop, Status
 from schemas.errors import BadEvent
-from schemas.response import DeadLetter, Response
+from schemas.response import DeadLetter, response_bytes
 from streams.runtime import metrics, tracing
 from streams.runtime.codec import decode, encode
 from streams.runtime.connections import new_consumer
@@ -207,6 +207,7 @@ class StageRunner(ConsumerLoop, Generic[C]):
         passing: list[Envelope] = []  # terminal or forwarded without work here
         unanswered: list[Envelope] = []  # reached the audit stage without an outcome: audited, then answered
         hops: dict[str, Hop] = {}
+        worker_id = self.settings.worker_id
         for records in batches.values():
             for record in records:
                 result.consumed += 1
@@ -221,8 +222,7 @@ class StageRunner(ConsumerLoop, Generic[C]):
                     env.responded = False  # only a terminal request can have been answered
                 # Validated, not model_construct(): pydantic-core builds it ~3× faster than model_construct's
                 # Python loop over the fields (bench/micro.py).
-                hop = Hop(stage=self.stage, worker_id=self.settings.worker_id,
-                          produced_at_ns=int(record.timestamp) * 1_000_000,
+                hop = Hop(stage=self.stage, worker_id=worker_id, produced_at_ns=int(record.timestamp) * 1_000_000,
                           received_at_ns=received_ns, started_at_ns=received_ns)
                 if env.route and env.route[0] == self.stage:
                     env.route.pop(0)
@@ -260,9 +260,14 @@ class StageRunner(ConsumerLoop, Generic[C]):
                     live.append(env)
 
         started_ns = self.clock.now_ns()
+        batch_size = len(live)
         for hop in hops.values():
-            hop.started_at_ns = started_ns
-            hop.batch_size = len(live)
+            # The stamps write the hop's fields as pydantic's own assignment does (validate_assignment is off: the
+            # value into __dict__, the name into the fields set), without its ~0.4–0.7 µs of dispatch per write.
+            stamps = hop.__dict__
+            stamps["started_at_ns"] = started_ns
+            stamps["batch_size"] = batch_size
+            hop.__pydantic_fields_set__.update(_STARTED)
         outputs = await self._process(live, result) if live else []
         if self.spec.decides:
             for env in outputs:
@@ -274,7 +279,8 @@ class StageRunner(ConsumerLoop, Generic[C]):
                     sign_tool_calls(env, self.keys)
         finished_ns = self.clock.now_ns()
         for stamp in hops.values():
-            stamp.finished_at_ns = finished_ns
+            stamp.__dict__["finished_at_ns"] = finished_ns
+            stamp.__pydantic_fields_set__.add("finished_at_ns")
         onward = (*outputs, *passing, *unanswered)
         answers = Answers(self.replays)  # a request answered before gets its first response again (replays.py)
         # tracing hook: one span per hop (made before forwarding: it rewrites env.trace), one per batch
@@ -284,7 +290,8 @@ class StageRunner(ConsumerLoop, Generic[C]):
                 await asyncio.sleep(0)
             stamp_or_none = hops.get(env.request_id)
             if stamp_or_none is not None:
-                stamp_or_none.remaining_budget_ms = round(env.remaining_budget_ms(finished_ns), 3)
+                stamp_or_none.__dict__["remaining_budget_ms"] = round(env.remaining_budget_ms(finished_ns), 3)
+                stamp_or_none.__pydantic_fields_set__.add("remaining_budget_ms")
                 if self.budgets.for_tier(env.tier).violated_by(stamp_or_none):
                     stamp_or_none.budget_violation = True
                     metrics.BUDGET_VIOLATIONS.labels(env.tier.value, self.stage).inc()
@@ -341,7 +348,7 @@ class StageRunner(ConsumerLoop, Generic[C]):
         if env.terminal and env.outcome is not None and env.outcome.signature is None:
             sign_outcome(env, self.keys)  # this stage ended it: what it counts is sealed here
         if env.terminal and not env.responded:
-            response = encode(Response.from_envelope(env, completed_at_ns=now_ns))
+            response = response_bytes(env, completed_at_ns=now_ns)  # = encode(Response.from_envelope(…))
             topics = [self.topology.responses]
             if env.request.reply_to:
                 if env.request.reply_to.startswith(self.topology.replies_prefix):
@@ -431,6 +438,7 @@ def _clear_runner_fields(env: Envelope) -> None:
             setattr(env, name, None)
 
 
+_STARTED = frozenset({"started_at_ns", "batch_size"})
 _RUNNER_SECTIONS = ("outcome", "retrieval", "policy", "cache", "model", "postprocess", "tools", "answer")
 
 

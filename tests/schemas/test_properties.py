@@ -165,3 +165,12 @@ def test_lone_surrogates_are_refused_like_orjson(escape: bytes) -> None:
     with pytest.raises(BadEvent) as info:
         decode(raw)
     assert info.value.reason == "invalid_json"
+
+
+@given(st.integers(-10**15, 10**19), st.integers(-10**15, 10**19), st.integers(-10**15, 10**19))
+def test_a_hops_rounded_times_are_its_rounded_properties(produced: int, started: int, finished: int) -> None:
+    hop = Hop(stage="s", worker_id="w", produced_at_ns=produced, received_at_ns=0, started_at_ns=started,
+              finished_at_ns=finished)
+    expected = (round(hop.queue_ms, 3), round(hop.service_ms, 3))
+    assert hop.rounded_ms() == expected
+    assert [str(x) for x in hop.rounded_ms()] == [str(x) for x in expected]  # -0.0 stays -0.0

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 
 from schemas.envelope import Envelope, PolicyDecision
@@ -42,3 +44,18 @@ def test_signed_bytes_are_the_model_dump_documents(env: Envelope) -> None:
     assert _decision_message(env) == _message_reference(env)
     env.route.pop(0)  # the cache stage pops itself off before it checks
     assert decision_problem(env, KEYS, "cache") is None
+
+
+@pytest.mark.parametrize("secret_len", [16, 63, 64, 65, 200])
+def test_the_precomputed_hmac_is_hmac_sha256(secret_len: int) -> None:
+    secret = "".join(chr(ord("a") + i % 26) for i in range(secret_len))
+    keys = DecisionKeys.parse(f"k1:{secret},k2:another-secret-of-enough-length")
+    for message in (b"", b"x", b"decision" * 300):
+        kid, signature = keys.sign(message)
+        assert kid == "k1"
+        assert signature == hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+        assert keys.verify(message, "k1", signature)
+        assert not keys.verify(message + b".", "k1", signature)
+        assert not keys.verify(message, "k2", signature)
+        assert keys.verify(message, "k2", hmac.new(b"another-secret-of-enough-length", message,
+                                                   hashlib.sha256).hexdigest())

@@ -28,7 +28,7 @@ from schemas.envelope import Envelope
 from schemas.errors import BackendError
 from workers.audit.chain import HmacSigner
 from workers.audit.claims import ClaimStore, MemoryClaimStore
-from workers.audit.record import encode_record, record_from_envelope
+from workers.audit.record import EncodedRecord, encoded, encoded_from_envelope
 from workers.audit.sink import AuditLog, MemoryAuditSink
 from workers.context import Publisher, StageContext
 from workers.detectors.redaction import BasicRedactor, Redactor
@@ -72,18 +72,18 @@ class RecordOutcome:
     duplicates: list[str] = field(default_factory=list)
 
 
-async def record_batch(records: list[AuditRecord], ctx: AuditContext, publisher: Publisher,
+async def record_batch(records: Sequence[AuditRecord | EncodedRecord], ctx: AuditContext, publisher: Publisher,
                        unconfirmed: list[str]) -> RecordOutcome:
     """Chain, store and mirror each record whose dedup key has no record yet. ``unconfirmed`` holds this caller's
     keys from its previous call (acknowledged by now) and receives this call's."""
     result = RecordOutcome()
     async with ctx.lock:
-        unique: dict[str, AuditRecord] = {}
+        unique: dict[str, EncodedRecord] = {}
         for record in records:
             if record.dedup_key in unique:
                 result.duplicates.append(record.dedup_key)
             else:
-                unique[record.dedup_key] = record
+                unique[record.dedup_key] = encoded(record) if isinstance(record, AuditRecord) else record
         keys = list(unique)
         confirm = list(unconfirmed)  # the previous call's keys: confirmed in the claim's round trip
         claims = await _until_reachable(
@@ -97,7 +97,7 @@ async def record_batch(records: list[AuditRecord], ctx: AuditContext, publisher:
             stored = ctx.audit_log.keys.get(key)
             if stored is not None:
                 if claim == "ours":  # stored before a crash, mirror acknowledgement unknown: mirror again
-                    publisher.publish(ctx.topic, stored, key=_kafka_key(unique[key]))
+                    publisher.publish(ctx.topic, stored, key=unique[key].kafka_key)
                     result.republished.append(key)
                     unconfirmed.append(key)
                 else:
@@ -105,10 +105,10 @@ async def record_batch(records: list[AuditRecord], ctx: AuditContext, publisher:
             elif claim == "skip":
                 result.duplicates.append(key)
             else:
-                to_append.append((key, encode_record(unique[key])))
+                to_append.append((key, unique[key].data))
         await ctx.audit_log.append_async(to_append, now_ns=ctx.clock.now_ns())
         for key, record_bytes in to_append:
-            publisher.publish(ctx.topic, record_bytes, key=_kafka_key(unique[key]))
+            publisher.publish(ctx.topic, record_bytes, key=unique[key].kafka_key)
             result.appended.append(key)
             unconfirmed.append(key)
     return result
@@ -127,14 +127,10 @@ async def _until_reachable(call: Callable[[], Awaitable[T]], what: str) -> T:
             delay_s = min(delay_s * 2, 2.0)
 
 
-def _kafka_key(record: AuditRecord) -> bytes:
-    return (record.request_id or record.dedup_key).encode()
-
-
 async def process(batch: list[Envelope], ctx: AuditContext) -> list[Envelope]:
     now_ns = ctx.clock.now_ns()
-    records = [record_from_envelope(env, redactor=ctx.redactor, content_mode=ctx.content_mode,
-                                    auditor=ctx.worker_id, now_ns=now_ns) for env in batch]
+    records = [encoded_from_envelope(env, redactor=ctx.redactor, content_mode=ctx.content_mode,
+                                     auditor=ctx.worker_id, now_ns=now_ns) for env in batch]
     await record_batch(records, ctx, ctx.publisher, ctx.unconfirmed)
     await _settle_budgets(batch, ctx)
     return []  # the last stage: nothing is forwarded

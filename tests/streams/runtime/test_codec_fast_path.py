@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import orjson
 import pytest
@@ -10,16 +11,22 @@ import pytest
 from schemas.envelope import (
     CacheResult,
     Envelope,
+    Evaluation,
     Hop,
     Message,
     ModelResult,
     PolicyDecision,
+    PostprocessResult,
     Principal,
+    RouteRecord,
     Status,
+    ToolCall,
+    ToolCallRecord,
+    ToolsResult,
     Usage,
 )
 from schemas.errors import BadEvent, UnknownSchemaVersion
-from schemas.response import DeadLetter, Response
+from schemas.response import DeadLetter, HopSummary, Response, response_bytes, response_fields
 from streams.runtime.codec import decode, decode_as, encode
 
 
@@ -85,3 +92,30 @@ def test_fast_path_refusals_keep_their_reasons(make_envelope: Callable[..., Enve
 def test_other_events_decode_on_the_fast_path(make_envelope: Callable[..., Envelope]) -> None:
     response = Response.from_envelope(_full(make_envelope), completed_at_ns=99)
     assert decode_as(encode(response), Response) == response
+
+
+def _agent(make_envelope: Callable[..., Envelope], *, mode: Literal["server", "client"]) -> Envelope:
+    env = _full(make_envelope)
+    assert env.model is not None
+    env.model.step_cost_micros = [20, 22]
+    env.model.learn = RouteRecord(kind="qa", features=[0.5, 1.0], tier="small", probe=True)
+    env.model.cascade_model, env.model.cascade_cost_micros = "small", 5
+    env.postprocess = PostprocessResult(evaluation=Evaluation(grounded_share=0.5, grounded=False, refusal=False))
+    env.tools = ToolsResult(offered=["calculator"], mode=mode, steps=1, cost_micros=9,
+                            pending=[ToolCall(id="c2", name="calculator", arguments={"x": [1, 2.5]})],
+                            calls=[ToolCallRecord(call_id="c1", name="calculator", step=1, status="ok", cost_micros=9,
+                                                  latency_ms=0.5)])
+    return env
+
+
+def test_the_runners_response_bytes_are_the_validated_responses(make_envelope: Callable[..., Envelope]) -> None:
+    bare = make_envelope("hello")
+    bare.finish(Status.DENIED, code="no", message="why", stage="policy", retry_after_s=2.5)
+    shapes = [bare, _full(make_envelope), _agent(make_envelope, mode="server"), _agent(make_envelope, mode="client")]
+    for env in shapes:
+        fields = response_fields(env, completed_at_ns=99)
+        assert list(fields) == list(Response.model_fields)
+        assert list(fields["hops"][0] if fields["hops"] else HopSummary.model_fields) == list(HopSummary.model_fields)
+        response = Response.from_envelope(env, completed_at_ns=99)
+        assert response_bytes(env, completed_at_ns=99) == encode(response)
+        assert Response.model_validate_json(response_bytes(env, completed_at_ns=99)) == response

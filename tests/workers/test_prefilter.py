@@ -66,11 +66,22 @@ def test_word_family_counts_and_tests_exactly_what_the_patterns_find() -> None:
     assert len(families) >= 17
     assert all(p.twin is not None for p in families.values())
     texts = _texts()
-    texts += [text.upper() for text in texts[:3000]] + [text.swapcase() for text in texts[:3000]]
+    texts += [text.upper() for text in texts[:800]] + [text.swapcase() for text in texts[:800]]
     for name, pattern in families.items():
         for text in texts:
             assert pattern.count(text) == len(pattern.pattern.findall(text)), (name, text[:80])
             assert pattern.found(text) == (pattern.pattern.search(text) is not None), (name, text[:80])
+
+
+def test_one_scan_finds_every_family_literal_in_a_short_text() -> None:
+    from workers import prefilter
+
+    literals = {literal for p in PATTERNS.values() if isinstance(p, WordFamily) for literal in p.literals or ()}
+    texts = [t.lower() for t in _texts() if t.isascii() and len(t) < prefilter.SCAN_BELOW_CHARS]
+    assert len(texts) > 1000
+    for text in texts:
+        present = prefilter._present(text)
+        assert present == {literal for literal in literals if literal in text}, text[:80]
 
 
 @pytest.mark.parametrize(("pattern", "flags", "text"), [

@@ -79,6 +79,10 @@ _QUOTED = prefiltered(r"'[^'\n]{12,}'|\"[^\"\n]{12,}\"|“[^”]{12,}”|```.*?`
 _ASKS = word_family(r"\b(read|answer|tell|list|give|turn|explain|what|which|how|check|review|find)\b", _I)
 _AND = word_family(r"\band\b", _I)
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
+_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+_LIST_LINE = re.compile(r"^\s*(?:\d+[.)]|[-*•]).*$", re.MULTILINE)
+_AFTER_COLON = re.compile(r":([^:\n]{10,})")
+_ITEM_SEPARATOR = re.compile(r",|;|\band\b|\bplus\b")
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)?")
 
 SHORT_MATERIAL_WORDS = 60  # the labelling rules' "short input" bound
@@ -98,7 +102,9 @@ def split_prompt(prompt: str) -> Split:
     material. One paragraph: quoted spans, code fences and list lines are the material. Material the instruction
     does not refer to (a story told before a lookup) is dropped: the answer does not depend on it."""
     text = prompt.strip()
-    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+    # One line cannot hold a paragraph break: skip the split (the same result, [text], or none for an empty text).
+    paragraphs = [p.strip() for p in _PARAGRAPH_BREAK.split(text) if p.strip()] if "\n" in text else \
+        ([text] if text else [])
     if len(paragraphs) > 1:
         first, last = paragraphs[0], paragraphs[-1]
         if len(_WORD.findall(first)) <= len(_WORD.findall(last)):
@@ -106,8 +112,7 @@ def split_prompt(prompt: str) -> Split:
         else:
             instruction, material = last, "\n\n".join(paragraphs[:-1])
     else:
-        pieces = _QUOTED.findall(text) + [m.group(0) for m in re.finditer(r"^\s*(?:\d+[.)]|[-*•]).*$", text,
-                                                                              re.MULTILINE)]
+        pieces = _QUOTED.findall(text) + [m.group(0) for m in _LIST_LINE.finditer(text)]
         material = "\n".join(pieces)
         instruction = text
         for piece in pieces:
@@ -204,8 +209,8 @@ def list_items(prompt: str) -> int:
     """The longest enumeration asked for or given: items after a colon (split on commas, semicolons, "and"),
     or bulleted / numbered lines."""
     longest = len(_ITEM.findall(prompt))
-    for match in re.finditer(r":([^:\n]{10,})", prompt):
-        items = [x for x in re.split(r",|;|\band\b|\bplus\b", match.group(1)) if x.strip()]
+    for match in _AFTER_COLON.finditer(prompt):
+        items = [x for x in _ITEM_SEPARATOR.split(match.group(1)) if x.strip()]
         longest = max(longest, len(items))
     return longest
 

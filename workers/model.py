@@ -93,11 +93,21 @@ async def process(batch: list[Envelope], ctx: ModelContext) -> list[Envelope]:
     now_ns = mctx.clock.now_ns()
     planned: dict[str, int] = defaultdict(int)
     pending: list[_Pending] = []
+    # Routing the batch changes no breaker and reads them all at ``now_ns``: each backend's answer is read once.
+    allows: dict[str, bool] = {}
+
+    def breaker_allows(backend: str, at: int) -> bool:
+        allowed = allows.get(backend) if at == now_ns else None
+        if allowed is None:
+            allowed = mctx.breakers(backend).allows(at)
+            if at == now_ns:
+                allows[backend] = allowed
+        return allowed
+
     for env in batch:
         if env.cache is not None and env.cache.outcome == "hit" and env.answer is not None:
             continue  # answered from the cache: no model call, no cost
-        decision = route(env, mctx.catalog, now_ns,
-                         breaker_allows=lambda backend, at: mctx.breakers(backend).allows(at),
+        decision = route(env, mctx.catalog, now_ns, breaker_allows=breaker_allows,
                          load=lambda name: mctx.gates.in_flight(name) + planned[name],
                          online=mctx.online, cascade_below=mctx.cascade_below,
                          verify_served=mctx.cascade_verify_served)

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from workers.detectors import pii
-from workers.prefilter import Prefiltered, prefiltered, required_literals
+from workers.prefilter import Prefiltered, WordFamily, lowercase_twin, prefiltered, required_literals, word_family
 from workers.routing import features
 
 DATA = Path(__file__).resolve().parents[2] / "bench" / "data"
@@ -59,6 +59,49 @@ def test_prefiltered_patterns_find_exactly_what_the_patterns_find() -> None:
                 [m.span() for m in pattern.pattern.finditer(text)], (name, text[:80])
             found, expected = pattern.search(text), pattern.pattern.search(text)
             assert (found and found.span()) == (expected and expected.span()), (name, text[:80])
+
+
+def test_word_family_counts_and_tests_exactly_what_the_patterns_find() -> None:
+    families = {name: p for name, p in PATTERNS.items() if isinstance(p, WordFamily)}
+    assert len(families) >= 17
+    assert all(p.twin is not None for p in families.values())
+    texts = _texts()
+    texts += [text.upper() for text in texts[:800]] + [text.swapcase() for text in texts[:800]]
+    for name, pattern in families.items():
+        for text in texts:
+            assert pattern.count(text) == len(pattern.pattern.findall(text)), (name, text[:80])
+            assert pattern.found(text) == (pattern.pattern.search(text) is not None), (name, text[:80])
+
+
+def test_one_scan_finds_every_family_literal_in_a_short_text() -> None:
+    from workers import prefilter
+
+    literals = {literal for p in PATTERNS.values() if isinstance(p, WordFamily) for literal in p.literals or ()}
+    texts = [t.lower() for t in _texts() if t.isascii() and len(t) < prefilter.SCAN_BELOW_CHARS]
+    assert len(texts) > 1000
+    for text in texts:
+        present = prefilter._present(text)
+        assert present == {literal for literal in literals if literal in text}, text[:80]
+
+
+@pytest.mark.parametrize(("pattern", "flags", "text"), [
+    (r"[A-E]\)\s", re.I, "b) one"), (r"[^'\n]{3}", re.I, "A'Bc"), (r"\bk\w+", re.I, "KPI kpi Kpi"),
+    (r"\u212a", re.I, "k K"), (r"ſ", re.I, "s S"), (r"[^A-Z]+", re.I, "ab1CD 2"),
+])
+def test_lowercase_twin_matches_the_same_spans(pattern: str, flags: int, text: str) -> None:
+    compiled = re.compile(pattern, flags)
+    twin = lowercase_twin(compiled)
+    assert twin is not None
+    assert [m.span() for m in twin.finditer(text.lower())] == [m.span() for m in compiled.finditer(text)]
+
+
+def test_lowercase_twin_declines_what_it_cannot_read() -> None:
+    assert lowercase_twin(re.compile("abc")) is None  # case-sensitive already
+    assert lowercase_twin(re.compile(r"a(?-i:b)c", re.I)) is None  # scoped flags
+    assert lowercase_twin(re.compile(r"(a)\1", re.I)) is None  # a back reference
+    family = word_family(r"\b(plan|kpis?)\b", re.I)
+    assert family.count("Plan the KPIs, then the plan") == 3
+    assert family.count("Kpi") == 1  # not ASCII: the pattern itself
 
 
 @pytest.mark.parametrize(("pattern", "flags", "expected"), [

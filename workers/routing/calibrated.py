@@ -18,6 +18,7 @@ import hashlib
 import math
 import time
 from dataclasses import dataclass
+from operator import mul, sub, truediv
 from pathlib import Path
 from typing import Final
 
@@ -44,8 +45,15 @@ class Logistic(_Strict):
     bias: float
 
     def probability(self, z: tuple[float, ...]) -> float:
-        s = self.bias + sum(w * x for w, x in zip(self.weights, z, strict=True))
-        return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, s))))
+        return _sigmoid(self.bias + sum(self.terms(z)))
+
+    def terms(self, z: tuple[float, ...]) -> list[float]:
+        """Each feature's contribution, weight × z (``z`` as long as ``weights``: the fit's validator sees to it)."""
+        return list(map(mul, self.weights, z))
+
+
+def _sigmoid(s: float) -> float:
+    return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, s))))
 
 
 class OperatingPoint(_Strict):
@@ -178,14 +186,19 @@ def decide(features: Features, tenant: str, params: RouterParams) -> LearnedDeci
     fit_name, fit = found
     if fit.features != features.names:
         return None  # fitted on another feature set: the heuristic decides until calibrate is re-run
-    z = tuple((x - m) / s for x, m, s in zip(features.values, fit.mean, fit.scale, strict=True))
-    p_medium, p_large = fit.at_least_medium.probability(z), fit.large.probability(z)
+    # Plain floats through map() rather than numpy: 32 features, and the same operations in the same order as
+    # (x − mean) / scale and bias + Σ w·z, so every probability is bit-identical to the formula.
+    z = tuple(map(truediv, map(sub, features.values, fit.mean), fit.scale))
+    medium_terms, large_terms = fit.at_least_medium.terms(z), fit.large.terms(z)
+    p_medium = _sigmoid(fit.at_least_medium.bias + sum(medium_terms))
+    p_large = _sigmoid(fit.large.bias + sum(large_terms))
     op = fit.operating_point
     tier = "large" if p_large >= op.large_at else "medium" if p_medium >= op.medium_at else "small"
-    deciding = fit.large if tier == "large" or p_medium >= op.medium_at else fit.at_least_medium
-    contributions = sorted(((name, w * x) for name, w, x in zip(fit.features, deciding.weights, z, strict=True)),
-                           key=lambda pair: -abs(pair[1]))
-    drivers = tuple((name, round(value, 2)) for name, value in contributions[:4] if abs(value) >= 0.05)
+    deciding = large_terms if tier == "large" or p_medium >= op.medium_at else medium_terms
+    # The four largest contributions by magnitude, ties in feature order (a stable sort, descending).
+    magnitudes = list(map(abs, deciding))
+    top = sorted(range(len(deciding)), key=magnitudes.__getitem__, reverse=True)[:4]
+    drivers = tuple((fit.features[i], round(deciding[i], 2)) for i in top if magnitudes[i] >= 0.05)
     return LearnedDecision(tier, round(p_medium, 3), round(p_large, 3), fit_name, params.version, op, drivers)
 
 

@@ -21,64 +21,68 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from workers.prefilter import prefiltered
+from workers.prefilter import prefiltered, word_family
 from workers.routing.tokens import count_tokens
 
 _I = re.IGNORECASE
-_TRANSFORM = prefiltered(
+_TRANSFORM = word_family(
     r"\b(summari[sz]\w*|summary|gist|tl;?dr|translat\w*|classif\w*|categor\w*|extract\w*|pull out|rewrite|"
     r"rephrase|paraphrase|proofread|fix (the )?grammar|shorten|make (this|it) (shorter|sound|more|less)|"
     r"turn (this|it) into|sentiment|tone|label)\b", _I)
-_REFERENCE = prefiltered(
+_REFERENCE = word_family(
     r"\b(this|these|below|above|following|the text|the passage|the document|the report|the email|"
     r"the transcript|the article|in it|from it)\b", _I)
-_LOOKUP = prefiltered(
+_LOOKUP = word_family(
     r"\b(what(?:'s| is| are| was)|who (is|was|wrote|invented)|when (is|was|did|does)|where (is|do|can)|"
     r"how (many|much|long|far|old)|which is|capital of|define|definition|meaning of|symbol for|shortcut|"
     r"is (a|an|it|there)|do i need|does (the|it))\b", _I)
-_GREETING = prefiltered(r"^\W*(hi|hello|hey|thanks|thank you|good (morning|afternoon|evening)|bye)\b", _I)
-_REASONING = prefiltered(
+_GREETING = word_family(r"^\W*(hi|hello|hey|thanks|thank you|good (morning|afternoon|evening)|bye)\b", _I)
+_REASONING = word_family(
     r"\b(why|explain\w*|compare|comparison|contrast|differen\w+|vs\.?|versus|trade-?offs?|pros and cons|"
     r"should (i|we)|which (one|is better)|justify|critique|assess|evaluate|implications?|recommend\w*|"
     r"when (would|should) (i|we|you) use|how does .{3,40} work)\b", _I)
-_PLAN = prefiltered(
+_PLAN = word_family(
     r"\b(plan|planning|roadmap|migrat\w+|schedule|programme|program|syllabus|timeline|milestones?|rollback|"
     r"contingenc\w+|risks?|budget|phases?|phased|dependenc\w+|sprints?|critical path|zero downtime|"
     r"compliance|itinerary|owners?|kpis?)\b", _I)
-_DESIGN = prefiltered(
+_DESIGN = word_family(
     r"\b(design|architect\w*|system|service|server|pipeline|platform|scal\w+|distributed|concurren\w+|"
     r"thread[- ]safe\w*|thread safety|race conditions?|deadlock\w*|lock-free|exactly-once|consisten\w+|"
     r"fault[- ]toleran\w+|refactor\w*|data structure|complexity|end-to-end|production|eviction|"
     r"undo|redo|reconnect\w*|matchmaking|replication|sharding|failover|idempoten\w+|backpressure|"
     r"multi-\w+|modules?|components?)\b|\bO\([^)]*\)", _I)
-_PROOF = prefiltered(
+_PROOF = word_family(
     r"\b(prove|proof|derive|derivation|closed form|recurrence|theorem|lemma|np-complete|undecidab\w+|"
     r"reduction|integer solutions|irrational|induction|optimi[sz]\w+|eigen\w*|integrals?|elliptic|pde|"
     r"asymptotic\w*|bounds?|np-hard|if and only if|for every|for all|show that|generali[sz]e|combinatori\w*|"
     r"lagrang\w*|convergen\w+|invariant)\b", _I)
-_MATH = prefiltered(
+_MATH = word_family(
     r"\b(solve|equations?|probabilit\w+|calculate|compute|variance|matrix|expected value|compound\w*|"
     r"percent\w*|interest)\b|\d+(\.\d+)?\s*[-+*/^×÷=]\s*\(?\d|\d\s*%|[∑∫√π]|\w\^\d", _I)
-_CODE = prefiltered(
+_CODE = word_family(
     r"```|\b(def|regex|sql|query|python|javascript|js|typescript|rust|golang|java|c\+\+|kotlin|bash|"
     r"dockerfile|yaml|function|class|script|unit tests?|pytest|tests|compile\w*|stack ?trace|traceback|"
     r"exception|bug|debug\w*|implement\w*|algorithm|api|endpoint|kubernetes|docker)\b|=>|\w+\(\)", _I)
-_STRUCTURED = prefiltered(
+_STRUCTURED = word_family(
     r"\b(tables?|json|csv|markdown|sections?|headings?|template|bullet\w*|format|schema|columns?|"
     r"appendix|checklist)\b", _I)
-_LONG_OUTPUT = prefiltered(
+_LONG_OUTPUT = word_family(
     r"\b(complete|full|comprehensive|detailed|in[- ]depth|thorough|end-to-end|whole)\b|"
     r"\b\d[\d,]{2,}\s*(\+\s*)?words\b", _I)
-_WORDS_ASKED = prefiltered(r"\b(\d[\d,]*)\s*(\+\s*)?words\b", _I)
-_SOURCES = prefiltered(
+_WORDS_ASKED = word_family(r"\b(\d[\d,]*)\s*(\+\s*)?words\b", _I)
+_SOURCES = word_family(
     r"\b(three|four|five|several|multiple|\d+)\s+(vendors?|proposals?|studies|reports?|contracts?|leases?|"
     r"options|designs|candidates|papers|sources|offers|quotes)\b|^\s*[A-E]\)\s|\bconflicting\b", _I | re.MULTILINE)
-_WRITING = prefiltered(r"\b(write|draft|compose|prepare|create|produce)\b", _I)
+_WRITING = word_family(r"\b(write|draft|compose|prepare|create|produce)\b", _I)
 _ITEM = re.compile(r"^\s*(\d+[.)]|[-*•]|[A-Za-z][.)])\s+", re.MULTILINE)
 _QUOTED = prefiltered(r"'[^'\n]{12,}'|\"[^\"\n]{12,}\"|“[^”]{12,}”|```.*?```", re.DOTALL)
-_ASKS = prefiltered(r"\b(read|answer|tell|list|give|turn|explain|what|which|how|check|review|find)\b", _I)
-_AND = prefiltered(r"\band\b", _I)
+_ASKS = word_family(r"\b(read|answer|tell|list|give|turn|explain|what|which|how|check|review|find)\b", _I)
+_AND = word_family(r"\band\b", _I)
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
+_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+_LIST_LINE = re.compile(r"^\s*(?:\d+[.)]|[-*•]).*$", re.MULTILINE)
+_AFTER_COLON = re.compile(r":([^:\n]{10,})")
+_ITEM_SEPARATOR = re.compile(r",|;|\band\b|\bplus\b")
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)?")
 
 SHORT_MATERIAL_WORDS = 60  # the labelling rules' "short input" bound
@@ -98,7 +102,9 @@ def split_prompt(prompt: str) -> Split:
     material. One paragraph: quoted spans, code fences and list lines are the material. Material the instruction
     does not refer to (a story told before a lookup) is dropped: the answer does not depend on it."""
     text = prompt.strip()
-    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+    # One line cannot hold a paragraph break: skip the split (the same result, [text], or none for an empty text).
+    paragraphs = [p.strip() for p in _PARAGRAPH_BREAK.split(text) if p.strip()] if "\n" in text else \
+        ([text] if text else [])
     if len(paragraphs) > 1:
         first, last = paragraphs[0], paragraphs[-1]
         if len(_WORD.findall(first)) <= len(_WORD.findall(last)):
@@ -106,8 +112,7 @@ def split_prompt(prompt: str) -> Split:
         else:
             instruction, material = last, "\n\n".join(paragraphs[:-1])
     else:
-        pieces = _QUOTED.findall(text) + [m.group(0) for m in re.finditer(r"^\s*(?:\d+[.)]|[-*•]).*$", text,
-                                                                              re.MULTILINE)]
+        pieces = _QUOTED.findall(text) + [m.group(0) for m in _LIST_LINE.finditer(text)]
         material = "\n".join(pieces)
         instruction = text
         for piece in pieces:
@@ -115,10 +120,10 @@ def split_prompt(prompt: str) -> Split:
         if ":" in instruction and not pieces:
             head, _, tail = instruction.partition(":")
             if len(_WORD.findall(tail)) > 2 * max(1, len(_WORD.findall(head))) and len(_WORD.findall(tail)) > 40 \
-                    and (_TRANSFORM.search(head) or _ASKS.search(head)):
+                    and (_TRANSFORM.found(head) or _ASKS.found(head)):
                 instruction, material = head, tail
-    if material and not (_REFERENCE.search(instruction) or instruction.rstrip().endswith(":")
-                         or _TRANSFORM.search(instruction) or "```" in material):
+    if material and not (_REFERENCE.found(instruction) or instruction.rstrip().endswith(":")
+                         or _TRANSFORM.found(instruction) or "```" in material):
         return Split(instruction=text, material="")  # nothing is operated on: every word is the request's own
     return Split(instruction=instruction, material=material)
 
@@ -157,11 +162,11 @@ def extract(prompt: str, *, prior_turns: int = 0, retrieval_confidence: float = 
     instruction, material = parts.instruction, parts.material
     instruction_words = len(_WORD.findall(instruction))
     material_words = len(_WORD.findall(material))
-    transform = 1.0 if _TRANSFORM.search(instruction) else 0.0
+    transform = 1.0 if _TRANSFORM.found(instruction) else 0.0
     asked = [int(m.group(1).replace(",", "")) for m in _WORDS_ASKED.finditer(instruction)
              if m.group(1).replace(",", "").isdigit()]
-    long_output = 1.0 if _LONG_OUTPUT.search(instruction) or any(n >= 800 for n in asked) else 0.0
-    constraints = (instruction.count(",") + instruction.count(";") + len(_AND.findall(instruction))
+    long_output = 1.0 if _LONG_OUTPUT.found(instruction) or any(n >= 800 for n in asked) else 0.0
+    constraints = (instruction.count(",") + instruction.count(";") + _AND.count(instruction)
                    + len(_ITEM.findall(prompt if not material else instruction)))
     values = {
         "instruction_tokens_log": _log(count_tokens(instruction)),
@@ -170,19 +175,19 @@ def extract(prompt: str, *, prior_turns: int = 0, retrieval_confidence: float = 
         "material_over_long": 1.0 if material_words >= LONG_MATERIAL_WORDS else 0.0,
         "transform": transform,
         "transform_long_material": transform * (1.0 if material_words > SHORT_MATERIAL_WORDS else 0.0),
-        "lookup": 1.0 if _LOOKUP.search(instruction) else 0.0,
-        "greeting": 1.0 if _GREETING.search(prompt) and instruction_words <= 8 else 0.0,
-        "writing": 1.0 if _WRITING.search(instruction) else 0.0,
-        "reasoning": float(min(3, len(_REASONING.findall(instruction)))),
-        "plan": float(min(5, len(_PLAN.findall(instruction)))),
-        "design": float(min(5, len(_DESIGN.findall(instruction)))),
-        "proof": float(min(3, len(_PROOF.findall(instruction)))),
-        "math": float(min(3, len(_MATH.findall(instruction)))),
-        "code": float(min(5, len(_CODE.findall(prompt)))),
+        "lookup": 1.0 if _LOOKUP.found(instruction) else 0.0,
+        "greeting": 1.0 if _GREETING.found(prompt) and instruction_words <= 8 else 0.0,
+        "writing": 1.0 if _WRITING.found(instruction) else 0.0,
+        "reasoning": float(min(3, _REASONING.count(instruction))),
+        "plan": float(min(5, _PLAN.count(instruction))),
+        "design": float(min(5, _DESIGN.count(instruction))),
+        "proof": float(min(3, _PROOF.count(instruction))),
+        "math": float(min(3, _MATH.count(instruction))),
+        "code": float(min(5, _CODE.count(prompt))),
         "code_block": 1.0 if "```" in prompt else 0.0,
-        "structured_output": float(min(3, len(_STRUCTURED.findall(instruction)))),
+        "structured_output": float(min(3, _STRUCTURED.count(instruction))),
         "long_output": long_output,
-        "sources": 1.0 if _SOURCES.search(prompt) else 0.0,
+        "sources": 1.0 if _SOURCES.found(prompt) else 0.0,
         "constraints_log": _log(constraints),
         "questions": float(min(4, instruction.count("?"))),
         "numbers_log": _log(len(_NUMBER.findall(instruction))),
@@ -204,8 +209,8 @@ def list_items(prompt: str) -> int:
     """The longest enumeration asked for or given: items after a colon (split on commas, semicolons, "and"),
     or bulleted / numbered lines."""
     longest = len(_ITEM.findall(prompt))
-    for match in re.finditer(r":([^:\n]{10,})", prompt):
-        items = [x for x in re.split(r",|;|\band\b|\bplus\b", match.group(1)) if x.strip()]
+    for match in _AFTER_COLON.finditer(prompt):
+        items = [x for x in _ITEM_SEPARATOR.split(match.group(1)) if x.strip()]
         longest = max(longest, len(items))
     return longest
 

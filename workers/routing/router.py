@@ -178,8 +178,9 @@ def route(env: Envelope, catalog: ModelCatalog, now_ns: int, *,
     ``verify_served``: an auto tier below large that is not cascaded is verified, the next tier's models its
     ``escalate_to``."""
     tier, source, tier_reason, auto = _required_tier(env, online)
-    decision = _route_tier(env, catalog, now_ns, tier, source, tier_reason, breaker_allows, load)
-    decision = replace(decision, auto=auto)
+    input_tokens = prompt_tokens(env)  # once per request, whichever tiers are tried
+    decision = _route_tier(env, catalog, now_ns, tier, source, tier_reason, breaker_allows, load, input_tokens,
+                           auto)
     probabilities = auto.probabilities if auto is not None else None
     if (cascade_below is None or probabilities is None or tier is None or decision.chosen is None
             or (auto is not None and auto.online is not None and auto.online.probe)
@@ -190,7 +191,8 @@ def route(env: Envelope, catalog: ModelCatalog, now_ns: int, *,
     if step is None:
         return decision
     if step.first_tier == tier:  # verified where it is served: the next tier up is the escalation
-        up = _route_tier(env, catalog, now_ns, step.then_tier, source, tier_reason, breaker_allows, load)
+        up = _route_tier(env, catalog, now_ns, step.then_tier, source, tier_reason, breaker_allows, load,
+                         input_tokens)
         escalate = tuple(m for m in up.candidates if m.tier_rank > decision.chosen.tier_rank)
         if not escalate:
             return decision
@@ -198,7 +200,7 @@ def route(env: Envelope, catalog: ModelCatalog, now_ns: int, *,
                        reasons=(*decision.reasons, f"cascade: {step.reason}; escalated to "
                                 f"{', '.join(m.name for m in escalate)} when the budget left covers it"))
     cheap = _route_tier(env, catalog, now_ns, step.first_tier, source, f"{tier_reason}; {step.reason}",
-                        breaker_allows, load)
+                        breaker_allows, load, input_tokens)
     if cheap.chosen is None or cheap.chosen.tier_rank >= decision.chosen.tier_rank:
         return decision  # nothing cheaper fits (budget, policy): serve the tier outright
     escalate = tuple(m for m in decision.candidates if m.tier_rank > cheap.chosen.tier_rank)
@@ -211,12 +213,12 @@ def route(env: Envelope, catalog: ModelCatalog, now_ns: int, *,
 
 def _route_tier(env: Envelope, catalog: ModelCatalog, now_ns: int, tier: str | None, source: str, tier_reason: str,
                 breaker_allows: Callable[[str, int], bool] | None,
-                load: Callable[[str], int] | None) -> RouteDecision:
+                load: Callable[[str], int] | None, input_tokens: int,
+                auto: AutoTier | None = None) -> RouteDecision:
     reasons = [tier_reason]
     if tier is not None and tier not in QUALITY_TIERS:
         return RouteDecision((), tier, source, (*reasons, f"unknown tier {tier!r}"), 0, 0, "no_eligible_model",
-                             f"quality tier {tier!r} is not one of {', '.join(QUALITY_TIERS)}")
-    input_tokens = prompt_tokens(env)
+                             f"quality tier {tier!r} is not one of {', '.join(QUALITY_TIERS)}", auto)
     max_tokens = env.request.params.max_tokens
     output_tokens = min(max_tokens, catalog.expected_output_tokens)
     remaining_ms = env.remaining_budget_ms(now_ns)
@@ -226,12 +228,13 @@ def _route_tier(env: Envelope, catalog: ModelCatalog, now_ns: int, tier: str | N
         if env.request.model not in catalog:
             return RouteDecision((), tier, source, (*reasons, f"unknown model {env.request.model!r}"), input_tokens,
                                  output_tokens, "no_eligible_model",
-                                 f"model {env.request.model!r} is not in the catalog")
+                                 f"model {env.request.model!r} is not in the catalog", auto)
         models = [catalog.get(env.request.model)]
         reasons.append(f"model {env.request.model} requested")
         tier = None  # an explicitly named model is served at its own tier
     rank = QUALITY_TIERS.index(tier) if tier else 0
     fits: list[ModelSpec] = []
+    fit_ms: dict[str, float] = {}
     below_tier: list[ModelSpec] = []
     too_slow: list[tuple[ModelSpec, float]] = []
     for model in models:
@@ -256,6 +259,7 @@ def _route_tier(env: Envelope, catalog: ModelCatalog, now_ns: int, tier: str | N
             below_tier.append(model)
             continue
         fits.append(model)
+        fit_ms[name] = expected_ms
     for model, expected_ms in too_slow:
         if model.tier_rank >= rank:
             reasons.append(f"{model.name}: expected {_ms(expected_ms)} > {_ms(remaining_ms)} left")
@@ -270,26 +274,37 @@ def _route_tier(env: Envelope, catalog: ModelCatalog, now_ns: int, tier: str | N
             fastest, fastest_ms = min(too_slow, key=lambda pair: pair[1])
             return RouteDecision((), tier, source, tuple(reasons), input_tokens, output_tokens, "deadline_exceeded",
                                  f"{_ms(max(0.0, remaining_ms))} of budget left cannot cover any eligible model: the "
-                                 f"fastest, {fastest.name}, needs ~{_ms(fastest_ms)}")
+                                 f"fastest, {fastest.name}, needs ~{_ms(fastest_ms)}", auto)
         return RouteDecision((), tier, source, tuple(reasons), input_tokens, output_tokens, "no_eligible_model",
                              "no model in the catalog satisfies the policy, tier and context window: "
-                             + "; ".join(reasons[1:]))
+                             + "; ".join(reasons[1:]), auto)
 
-    def key(model: ModelSpec) -> tuple[bool, int, float, str]:
-        busy = load is not None and load(model.name) >= model.capacity
+    # One sort key per model, each part computed once: at capacity (``load`` is read once per model), expected
+    # cost, expected time, name.
+    keys: dict[str, tuple[bool, int, float, str]] = {}
+    for model in fits:
+        name = model.name
+        busy = load is not None and load(name) >= model.capacity
         cost = model.prices.input_micros_per_mtok * input_tokens + model.prices.output_micros_per_mtok * output_tokens
-        return busy, cost, model.latency.expected_ms(input_tokens, output_tokens), model.name
-
-    ordered = sorted(fits, key=key)
+        kept_ms = fit_ms.get(name)  # None for a degraded fit (below the tier): its time was not kept
+        model_ms = model.latency.expected_ms(input_tokens, output_tokens) if kept_ms is None else kept_ms
+        keys[name] = (busy, cost, model_ms, name)
+    ordered = sorted(fits, key=lambda model: keys[model.name])
     chosen = ordered[0]
     for model in ordered:
-        if load is not None and load(model.name) >= model.capacity:
+        if keys[model.name][0]:
             reasons.append(f"{model.name}: at capacity ({model.capacity} in flight)")
-    decision = RouteDecision(tuple(ordered), tier, source, (), input_tokens, output_tokens)
     reasons.append(f"chose {chosen.name} ({chosen.region}, {chosen.quality_tier}): cheapest eligible, "
-                   f"~{decision.expected_cost_micros(chosen)} µ$ / ~{_ms(decision.expected_ms(chosen))}; "
+                   f"~{_cost_micros(chosen, input_tokens, output_tokens)} µ$ / ~{_ms(keys[chosen.name][2])}; "
                    f"fallbacks: {', '.join(m.name for m in ordered[1:]) or 'none'}")
-    return RouteDecision(tuple(ordered), tier, source, tuple(reasons), input_tokens, output_tokens)
+    return RouteDecision(tuple(ordered), tier, source, tuple(reasons), input_tokens, output_tokens, auto=auto)
+
+
+def _cost_micros(model: ModelSpec, input_tokens: int, output_tokens: int) -> int:
+    """``model.cost_micros(Usage(input_tokens, output_tokens))`` without the Usage: no cached tokens, so the
+    uncached input is all of it (the same integers, rounded half up once)."""
+    numerator = input_tokens * model.prices.input_micros_per_mtok + output_tokens * model.prices.output_micros_per_mtok
+    return (numerator + 500_000) // 1_000_000
 
 
 @dataclass(frozen=True)

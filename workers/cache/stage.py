@@ -1,7 +1,8 @@
 """Cache stage: exact and semantic answer cache; a hit skips the model.
 
-Lookup (``process``, between policy and model) for a whole batch: one ``MGET`` for the exact keys; for the misses,
-one embedding call, one log refresh per tenant and one batched vector search per (tenant, scope); the candidates at
+Lookup (``process``, between policy and model) for a whole batch: one Redis round trip for the exact keys (``MGET``)
+and the semantic log records added since the mirror's cursors (an ``XRANGE`` page per tenant); for the misses, one
+embedding call and one batched vector search per (tenant, scope); the candidates at
 or above the threshold are read from the store in one ``MGET`` (the mirror holds no prompts) and, best first, go
 through the near-miss guard on the entry's prompt and then, when the context has one, the pair verifier
 (``workers.cache.verifier``, fit for the static embedder): the first that passes both is served. A refusal records
@@ -120,7 +121,10 @@ async def process(batch: list[Envelope], ctx: CacheContext) -> list[Envelope]:
 
 
 async def _lookup(lookups: list[tuple[Envelope, str, str]], ctx: CacheContext) -> None:
-    entries = await ctx.store.get([(env.tenant, key) for env, key, _ in lookups])
+    # The exact keys and the semantic log records added since the mirror's cursors, in one read: a miss needs both.
+    cursors = {env.tenant: ctx.mirror.cursor(env.tenant) for env, _, _ in lookups}
+    entries, pages = await ctx.store.get_and_read_logs([(env.tenant, key) for env, key, _ in lookups], cursors)
+    more = {tenant for tenant, page in pages.items() if ctx.mirror.apply_page(tenant, page)}
     misses: list[tuple[Envelope, str, str]] = []
     for (env, key, scope), entry in zip(lookups, entries, strict=True):
         if entry is not None and not _own(entry, env):
@@ -137,7 +141,8 @@ async def _lookup(lookups: list[tuple[Envelope, str, str]], ctx: CacheContext) -
     for position, (env, _, _) in enumerate(misses):
         by_tenant.setdefault(env.tenant, []).append(position)
     for tenant, positions in by_tenant.items():
-        await ctx.mirror.refresh(ctx.store, tenant)
+        if tenant in more:  # a full page: the rest of a long log (a new process catching up)
+            await ctx.mirror.refresh(ctx.store, tenant)
         candidates = ctx.mirror.search(
             tenant, [misses[p][2] for p in positions], vectors[positions], k=ctx.candidates,
             threshold=min(_threshold(misses[p][0], ctx) for p in positions), now_ms=now_ms)

@@ -167,26 +167,32 @@ def _phones(text: str, region: str, leniency: int = phonenumbers.Leniency.VALID)
 
 def _secrets(text: str) -> Iterator[Finding]:
     if _any_secret_possible(text):
-        for m in _ANY_SECRET.finditer(text):
+        for m in _ANY_SECRET.pattern.finditer(text):
             yield Finding("secret", m.start(), m.end(), m.group())
     if ":" in text or "=" in text:  # the assignment needs one of them
         for m in _ASSIGNED_SECRET.finditer(text):
             yield Finding("secret", m.start(1), m.end(1), m.group(1))
 
 
-def _any_secret_possible(text: str) -> bool:
-    """False only where none of the secret patterns can match: the prefilter's literals, with "gh" (which English
+def _secret_literals() -> tuple[str, ...]:
+    """One of these is in every match of the secret patterns: the prefilter's literals, with "gh" (which English
     words carry) narrowed to a GitHub token's prefixes. The patterns are case-sensitive, so ``in`` is exact on any
-    text."""
-    if _ANY_SECRET.impossible(text):
-        return False
+    text, ASCII or not."""
     literals = _ANY_SECRET.literals
-    assert literals is not None  # the prefilter knows every secret pattern's literals (tests/workers/test_pii.py)
-    return any(literal in text for literal in literals if literal != "gh") or any(
-        hint in text for hint in _GITHUB_TOKEN_HINTS)
+    assert literals is not None and not _ANY_SECRET.ignorecase  # the prefilter reads every secret pattern
+    return tuple(literal for literal in literals if literal != "gh") + _GITHUB_TOKEN_HINTS
+
+
+_SECRET_LITERALS = _secret_literals()
+
+
+def _any_secret_possible(text: str) -> bool:
+    return any(map(text.__contains__, _SECRET_LITERALS))
 
 
 def _resolve(candidates: list[Finding], taken: list[Finding]) -> list[Finding]:
+    if not candidates:
+        return taken
     candidates.sort(key=lambda f: (PRIORITY[f.entity], f.start - f.end))
     for finding in candidates:
         if all(finding.end <= t.start or finding.start >= t.end for t in taken):
@@ -252,8 +258,10 @@ class Redactor:
             self._placeholders[key] = f"<{entity.upper()}_{self._numbers[entity]}>"
         return self._placeholders[key]
 
-    def redact(self, text: str) -> str:
-        findings = detect(text, phone_region=self.phone_region)
+    def redact(self, text: str, findings: list[Finding] | None = None) -> str:
+        """``text`` with its findings replaced; ``findings``: ``detect(text)`` when the caller already has it."""
+        if findings is None:
+            findings = detect(text, phone_region=self.phone_region)
         if not findings:
             return text
         out: list[str] = []

@@ -78,8 +78,11 @@ class PiiRedactor:
     def redact(self, text: str) -> tuple[str, dict[str, int]]:
         from workers.detectors import pii
 
+        findings = pii.detect(text, phone_region=self.phone_region)
+        if not findings:  # most answers: no redactor to build
+            return text, {}
         redactor = pii.Redactor(phone_region=self.phone_region)
-        return redactor.redact(text), dict(redactor.counts)
+        return redactor.redact(text, findings), dict(redactor.counts)
 
 
 class MemoRedactor:

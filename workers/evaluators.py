@@ -45,7 +45,8 @@ _REFUSAL = re.compile(
     r")")
 _REFUSAL_WINDOW = 300  # characters: a refusal opens the answer; later text may legitimately quote one
 # Every refusal _REFUSAL matches has one of these (the regex runs only where one is: most answers have none).
-_REFUSAL_WORDS = ("not", "sorry", "afraid", "unable", "decline", "refuse", "as an ai")
+_REFUSAL_WORDS = ("sorry", "afraid", "i can not", "i will not", "unable", "i am not able", "decline",
+                  "i do not have enough", "refuse", "as an ai", "is not something i can")
 
 
 def sampled(request_id: str, rate: float) -> bool:

@@ -127,6 +127,11 @@ def test_slo_met_is_answered_by_the_deadline() -> None:
                                  "I am not able to assist", "that is not something I can", "I'm sorry, but",
                                  "I must decline", "As an AI", "I do not have enough information to answer",
                                  "I refuse", "I am afraid but", "I am unable to comply"]), max_size=16))
+@example(["I can't help"]).via("each refusal on its own")
+@example(["I won't", "help"]).via("each refusal on its own")
+@example(["that is not something I can"]).via("each refusal on its own")
+@example(["I am not able to assist"]).via("each refusal on its own")
+@example(["I do not have enough information to answer"]).via("each refusal on its own")
 @example(["I'm sorry, but"]).via("each refusal on its own")
 @example(["I am afraid but"]).via("each refusal on its own")
 @example(["As an AI"]).via("each refusal on its own")

@@ -44,6 +44,9 @@ _REFUSAL = re.compile(
     r"|(?:this|that) is not something i can\b"
     r")")
 _REFUSAL_WINDOW = 300  # characters: a refusal opens the answer; later text may legitimately quote one
+# Every refusal _REFUSAL matches has one of these (the regex runs only where one is: most answers have none).
+_REFUSAL_WORDS = ("sorry", "afraid", "i can not", "i will not", "unable", "i am not able", "decline",
+                  "i do not have enough", "refuse", "as an ai", "is not something i can")
 
 
 def sampled(request_id: str, rate: float) -> bool:
@@ -91,7 +94,8 @@ def grounded_share(answer: str, passages: Sequence[Passage]) -> float | None:
 
 
 def is_refusal(answer: str) -> bool:
-    return _REFUSAL.search(normalise_text(answer[:_REFUSAL_WINDOW])) is not None
+    opening = normalise_text(answer[:_REFUSAL_WINDOW])
+    return any(word in opening for word in _REFUSAL_WORDS) and _REFUSAL.search(opening) is not None
 
 
 def evaluate(env: Envelope, *, grounded_min: float) -> Evaluation:

@@ -3,7 +3,7 @@
 Key ``{ns}:mem:{tenant}:{session_id}`` is a list of JSON messages, trimmed to the newest ``max_messages`` and
 expiring ``ttl_s`` after the last turn. The tenant is part of the key: two tenants' equal session ids never meet.
 The retrieval stage reads (``recent_turns_many``, one pipeline per batch); the post-process stage writes
-(``append_turns``).
+(``append_turns``: one MULTI/EXEC per batch).
 """
 
 from __future__ import annotations
@@ -29,6 +29,10 @@ class ConversationMemory(Protocol):
         ...
 
     async def append_turn(self, tenant: str, session_id: str, messages: Sequence[Message]) -> None: ...
+
+    async def append_turns_many(self, turns: Sequence[tuple[str, str, Sequence[Message]]]) -> None:
+        """Append each ``(tenant, session_id, messages)`` in order: a batch's turns in one go."""
+        ...
 
 
 class RedisMemory:
@@ -57,12 +61,19 @@ class RedisMemory:
         return [[Message.model_validate(orjson.loads(raw)) for raw in row] for row in rows]
 
     async def append_turn(self, tenant: str, session_id: str, messages: Sequence[Message]) -> None:
-        key = self.key(tenant, session_id)
+        await self.append_turns_many([(tenant, session_id, messages)])
+
+    async def append_turns_many(self, turns: Sequence[tuple[str, str, Sequence[Message]]]) -> None:
+        """One round trip for the batch: one MULTI/EXEC, so each session's push, trim and expiry stay atomic."""
+        if not turns:
+            return
         try:
             async with self.client.pipeline(transaction=True) as pipe:
-                pipe.rpush(key, *(orjson.dumps(m.model_dump(mode="json")) for m in messages))
-                pipe.ltrim(key, -self.max_messages, -1)
-                pipe.expire(key, self.ttl_s)
+                for tenant, session_id, messages in turns:
+                    key = self.key(tenant, session_id)
+                    pipe.rpush(key, *(orjson.dumps(m.model_dump(mode="json")) for m in messages))
+                    pipe.ltrim(key, -self.max_messages, -1)
+                    pipe.expire(key, self.ttl_s)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             raise BackendError(f"redis memory write failed: {exc}") from exc
@@ -78,6 +89,10 @@ class MemoryConversationMemory:
 
     async def append_turn(self, tenant: str, session_id: str, messages: Sequence[Message]) -> None:
         self.sessions.setdefault((tenant, session_id), []).extend(messages)
+
+    async def append_turns_many(self, turns: Sequence[tuple[str, str, Sequence[Message]]]) -> None:
+        for tenant, session_id, messages in turns:
+            await self.append_turn(tenant, session_id, messages)
 
 
 def tool_messages(env: Envelope) -> list[Message]:
@@ -102,21 +117,25 @@ async def append_turns(batch: list[Envelope], store: ConversationMemory) -> int:
     """Record the user prompt, its tool use (:func:`tool_messages`) and the answer of each answered request that has
     a session; returns how many. A later turn's model sees them (``ModelCall.history``), tool results included.
 
-    Call it after the answer is final (post-process). Cache hits count: the user saw that answer. A store error is
-    logged and swallowed: losing a turn of memory must not fail the request.
+    Call it after the answer is final (post-process). Cache hits count: the user saw that answer. The batch's turns
+    go to the store in one call (one Redis round trip, not one per session). A store error is logged and swallowed:
+    losing a turn of memory must not fail the request.
     """
-    written = 0
+    turns: list[tuple[str, str, list[Message]]] = []
     for env in batch:
         session = env.request.session_id
         if not session or env.answer is None:
             continue
         if env.outcome is not None and env.outcome.status not in (Status.OK, Status.CACHE_HIT):
             continue
-        turn = [Message(role="user", content=env.request.prompt), *tool_messages(env),
-                Message(role="assistant", content=env.answer)]
-        try:
-            await store.append_turn(env.tenant, session, turn)
-            written += 1
-        except BackendError as exc:
-            log.warning("could not record a turn of session %s for %s: %s", session, env.tenant, exc)
-    return written
+        turns.append((env.tenant, session, [Message(role="user", content=env.request.prompt), *tool_messages(env),
+                                            Message(role="assistant", content=env.answer)]))
+    if not turns:
+        return 0
+    try:
+        await store.append_turns_many(turns)
+    except BackendError as exc:
+        log.warning("could not record %d turn(s) of sessions %s: %s", len(turns),
+                    sorted({f"{tenant}/{session}" for tenant, session, _ in turns})[:5], exc)
+        return 0
+    return len(turns)

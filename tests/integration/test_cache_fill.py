@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from schemas.envelope import Status
+from schemas.envelope import Message, Status
 from streams.clients.envelopes import new_envelope
 from streams.clients.sdk import TollwayClient
 from streams.settings import Settings
@@ -45,3 +45,22 @@ async def test_session_memory_carries_turns(pipeline: Settings) -> None:
     contents = [t.content for t in turns]
     assert "My order number is 4411." in contents and "What did I just tell you?" in contents
     assert first.answer in contents, "the assistant's answer is remembered too"
+
+
+async def test_a_batch_of_turns_is_one_transaction_and_keeps_each_session_apart(settings: Settings) -> None:
+    client = redis_client(settings)
+    try:
+        memory = RedisMemory(client, namespace=settings.topic_prefix, ttl_s=60, max_turns=2)
+        ask = [Message(role="user", content=f"question {i}") for i in range(4)]
+        await memory.append_turns_many([("acme", "s-1", ask[:2]), ("globex", "s-1", ask[2:3]),
+                                        ("acme", "s-1", ask[2:]), ("acme", "s-2", ask[:1])])
+        acme, globex, other = await memory.recent_turns_many([("acme", "s-1"), ("globex", "s-1"), ("acme", "s-2")])
+        # in order, trimmed to the newest 2 turns (4 messages), per tenant and session, with the TTL set
+        assert [m.content for m in acme] == ["question 0", "question 1", "question 2", "question 3"]
+        assert [m.content for m in globex] == ["question 2"] and [m.content for m in other] == ["question 0"]
+        await memory.append_turns_many([("acme", "s-1", ask[:1])])
+        (acme,) = await memory.recent_turns_many([("acme", "s-1")])
+        assert [m.content for m in acme] == ["question 1", "question 2", "question 3", "question 0"]
+        assert 0 < await client.ttl(memory.key("acme", "s-1")) <= 60
+    finally:
+        await client.aclose()

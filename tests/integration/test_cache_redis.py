@@ -61,6 +61,27 @@ async def test_entries_written_by_one_process_are_found_by_another(settings: Set
         await client.aclose()
 
 
+async def test_a_reader_catches_up_on_a_log_of_several_pages_and_tenants(settings: Settings,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # One round trip reads the exact keys and a page of each tenant's log; a full page is followed by the rest.
+    monkeypatch.setattr("workers.cache.store._READ_COUNT", 2)
+    client = redis_client(settings)
+    try:
+        writer, reader = _ctx(settings, client), _ctx(settings, client)
+        questions = ["How do I rotate my API key?", "What is the refund window?", "Where do I download invoices?",
+                     "How do I add a teammate?", "Which regions host my data?"]
+        for i, question in enumerate(questions):
+            await _fill(writer, settings, question, "acme", f"answer {i}", 100)
+        await _fill(writer, settings, "Which regions host my data?", "globex", "globex answer", 100)
+        out = await cache.process([new_envelope("Please, which regions host my data?", tenant=t, settings=settings)
+                                   for t in ("acme", "globex")], reader)
+        assert [(e.cache.outcome, e.cache.kind) for e in out if e.cache] == [("hit", "semantic")] * 2
+        assert [e.answer for e in out] == ["answer 4", "globex answer"]
+        assert (reader.mirror.size("acme"), reader.mirror.size("globex")) == (5, 1)
+    finally:
+        await client.aclose()
+
+
 async def test_redis_down_is_a_miss_quickly(settings: Settings) -> None:
     down = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
     client = redis_client(down)

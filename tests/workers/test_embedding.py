@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import unicodedata
 
 import httpx
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from schemas.errors import BackendError, ConfigError, RateLimitedByBackend
+from workers import embedding
 from workers.cache.store import vector_space
 from workers.embedding import HashingEmbedder, OpenAICompatibleEmbedder, normalise_text, stem
 from workers.static_embedding import StaticEmbedder
@@ -158,3 +162,13 @@ def test_a_memo_hit_survives_the_same_batch_evicting_it() -> None:
     out = memo.embed(["oldest faq", "brand new", "oldest faq"], 64, embedder._embed)
     assert np.array_equal(out, embedder._embed(["oldest faq", "brand new", "oldest faq"]))
     assert list(memo.rows) == ["second", "brand new"]
+
+
+@given(st.lists(st.sampled_from(["'", "’", "n't", "ca", "not", " ", "cannot", "wo", "sha", "CAN'T", "ﬁ", "s", "d",
+                                 "re", "ll", "\u212a", "x", "\n"]), max_size=14))
+def test_normalise_text_skips_only_substitutions_that_could_not_match(parts: list[str]) -> None:
+    text = "".join(parts)
+    folded = unicodedata.normalize("NFKC", text).casefold().replace("’", "'").replace("‘", "'")
+    folded = embedding._CONTRACTION_RE.sub(lambda m: embedding._CONTRACTIONS[m.group(1)], folded)
+    folded = embedding._IRREGULAR_RE.sub(lambda m: embedding._IRREGULAR[m.group(1)], folded)
+    assert normalise_text(text) == " ".join(folded.split())

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from schemas.envelope import (
     Envelope,
@@ -17,6 +19,7 @@ from schemas.envelope import (
 )
 from schemas.response import Response
 from workers import evaluators
+from workers.embedding import normalise_text
 
 MakeEnvelope = Callable[..., Envelope]
 REFUNDS = Passage(doc_id="refunds", score=0.8,
@@ -115,3 +118,27 @@ def test_slo_met_is_answered_by_the_deadline() -> None:
     assert evaluators.slo_met(_response(Status.OK, completed=11, deadline=10)) is False
     assert evaluators.slo_met(_response(Status.DEADLINE_EXCEEDED, completed=5, deadline=10)) is False
     assert evaluators.slo_met(_response(Status.OK, completed=5, deadline=0)) is None  # written before deadlines
+
+
+@given(st.lists(st.sampled_from(["i", "I'm", "am", "sorry", "afraid", ",", "but", "can't", "cannot", "will", "won't",
+                                 "unable", "to", "help", "must", "decline", "refuse", "as", "an", "ai", "AI",
+                                 "language model", "this", "that", "is", "not", "something", "do", "have", "enough",
+                                 "information", "answer", "Sure", "here", "'s", "the", "I can't help",
+                                 "I am not able to assist", "that is not something I can", "I'm sorry, but",
+                                 "I must decline", "As an AI", "I do not have enough information to answer",
+                                 "I refuse", "I am afraid but", "I am unable to comply"]), max_size=16))
+@example(["I can't help"]).via("each refusal on its own")
+@example(["I won't", "help"]).via("each refusal on its own")
+@example(["that is not something I can"]).via("each refusal on its own")
+@example(["I am not able to assist"]).via("each refusal on its own")
+@example(["I do not have enough information to answer"]).via("each refusal on its own")
+@example(["I'm sorry, but"]).via("each refusal on its own")
+@example(["I am afraid but"]).via("each refusal on its own")
+@example(["As an AI"]).via("each refusal on its own")
+@example(["I must decline"]).via("each refusal on its own")
+@example(["I refuse"]).via("each refusal on its own")
+@example(["I am unable to comply"]).via("each refusal on its own")
+def test_the_refusal_words_gate_only_skips_texts_the_pattern_cannot_match(words: list[str]) -> None:
+    answer = " ".join(words)
+    opening = normalise_text(answer[:evaluators._REFUSAL_WINDOW])
+    assert evaluators.is_refusal(answer) == (evaluators._REFUSAL.search(opening) is not None)

@@ -1,7 +1,8 @@
 """Cache stage: exact and semantic answer cache; a hit skips the model.
 
-Lookup (``process``, between policy and model) for a whole batch: one ``MGET`` for the exact keys; for the misses,
-one embedding call, one log refresh per tenant and one batched vector search per (tenant, scope); the candidates at
+Lookup (``process``, between policy and model) for a whole batch: one Redis round trip for the exact keys (``MGET``)
+and the semantic log records added since the mirror's cursors (an ``XRANGE`` page per tenant); for the misses, one
+embedding call and one batched vector search per (tenant, scope); the candidates at
 or above the threshold are read from the store in one ``MGET`` (the mirror holds no prompts) and, best first, go
 through the near-miss guard on the entry's prompt and then, when the context has one, the pair verifier
 (``workers.cache.verifier``, fit for the static embedder): the first that passes both is served. A refusal records
@@ -77,8 +78,14 @@ def scope_of(env: Envelope) -> str:
 
 
 def exact_key(env: Envelope) -> str:
-    material = orjson.dumps([env.tenant, scope_of(env), normalise_prompt(env.request.prompt)])
-    return hashlib.sha256(material).hexdigest()
+    return cache_keys(env)[1]
+
+
+def cache_keys(env: Envelope) -> tuple[str, str]:
+    """``(scope_of(env), exact_key(env))``: the scope is part of the key, so both cost one scope."""
+    scope = scope_of(env)
+    material = orjson.dumps([env.tenant, scope, normalise_prompt(env.request.prompt)])
+    return scope, hashlib.sha256(material).hexdigest()
 
 
 def _uses_tools(env: Envelope) -> bool:
@@ -92,10 +99,11 @@ def _may_read(env: Envelope) -> bool:
 
 
 async def process(batch: list[Envelope], ctx: CacheContext) -> list[Envelope]:
-    lookups: list[tuple[Envelope, str]] = []
+    lookups: list[tuple[Envelope, str, str]] = []  # (request, exact key, scope)
     for env in batch:
         if _may_read(env):
-            lookups.append((env, exact_key(env)))
+            scope, key = cache_keys(env)
+            lookups.append((env, key, scope))
         else:
             env.cache = CacheResult(outcome="bypass")
             metrics.LOOKUPS.labels("bypass", "").inc()
@@ -106,33 +114,37 @@ async def process(batch: list[Envelope], ctx: CacheContext) -> list[Envelope]:
     except BackendError as exc:
         metrics.ERRORS.labels("lookup").inc()
         log.warning("cache lookup failed for %d request(s), treating as misses: %s", len(lookups), exc)
-        for env, key in lookups:
+        for env, key, _ in lookups:
             env.cache = CacheResult(outcome="error", key=key)
             metrics.LOOKUPS.labels("error", "").inc()
     return batch
 
 
-async def _lookup(lookups: list[tuple[Envelope, str]], ctx: CacheContext) -> None:
-    entries = await ctx.store.get([(env.tenant, key) for env, key in lookups])
-    misses: list[tuple[Envelope, str]] = []
-    for (env, key), entry in zip(lookups, entries, strict=True):
+async def _lookup(lookups: list[tuple[Envelope, str, str]], ctx: CacheContext) -> None:
+    # The exact keys and the semantic log records added since the mirror's cursors, in one read: a miss needs both.
+    cursors = {env.tenant: ctx.mirror.cursor(env.tenant) for env, _, _ in lookups}
+    entries, pages = await ctx.store.get_and_read_logs([(env.tenant, key) for env, key, _ in lookups], cursors)
+    more = {tenant for tenant, page in pages.items() if ctx.mirror.apply_page(tenant, page)}
+    misses: list[tuple[Envelope, str, str]] = []
+    for (env, key, scope), entry in zip(lookups, entries, strict=True):
         if entry is not None and not _own(entry, env):
             _serve(env, entry, key=key, kind="exact", similarity=1.0)
         else:
             env.cache = CacheResult(outcome="miss", key=key)
-            misses.append((env, key))
+            misses.append((env, key, scope))
     if not misses:
         return
-    vectors = await ctx.embedder.embed([env.request.prompt for env, _ in misses])
+    vectors = await ctx.embedder.embed([env.request.prompt for env, _, _ in misses])
     now_ms = ctx.clock.now_ns() // 1_000_000
     wanted: list[tuple[int, str, float]] = []  # (position in misses, entry key, similarity), best first per miss
     by_tenant: dict[str, list[int]] = {}
-    for position, (env, _) in enumerate(misses):
+    for position, (env, _, _) in enumerate(misses):
         by_tenant.setdefault(env.tenant, []).append(position)
     for tenant, positions in by_tenant.items():
-        await ctx.mirror.refresh(ctx.store, tenant)
+        if tenant in more:  # a full page: the rest of a long log (a new process catching up)
+            await ctx.mirror.refresh(ctx.store, tenant)
         candidates = ctx.mirror.search(
-            tenant, [scope_of(misses[p][0]) for p in positions], vectors[positions], k=ctx.candidates,
+            tenant, [misses[p][2] for p in positions], vectors[positions], k=ctx.candidates,
             threshold=min(_threshold(misses[p][0], ctx) for p in positions), now_ms=now_ms)
         for position, found in zip(positions, candidates, strict=True):
             threshold = _threshold(misses[position][0], ctx)
@@ -143,7 +155,7 @@ async def _lookup(lookups: list[tuple[Envelope, str]], ctx: CacheContext) -> Non
     # keys (prompts of 100k entries would cost a worker tens of MB). Candidates are few: <= ctx.candidates a miss.
     entries = await ctx.store.get([(misses[p][0].tenant, key) for p, key, _ in wanted])
     for (position, _, similarity), entry in zip(wanted, entries, strict=True):
-        env, key = misses[position]
+        env, key, _ = misses[position]
         assert env.cache is not None
         if entry is None or env.cache.outcome == "hit" or _own(entry, env):  # expired since, served, or its own
             continue
@@ -161,7 +173,7 @@ async def _lookup(lookups: list[tuple[Envelope, str]], ctx: CacheContext) -> Non
             env.cache.refused_reason = reason
             env.cache.verifier_score = None if score is None else round(score, 4)
             metrics.NEAR_MISSES.labels(reason).inc()
-    for env, _ in misses:
+    for env, _, _ in misses:
         if env.cache is not None and env.cache.outcome == "miss":
             metrics.LOOKUPS.labels("miss", "").inc()
 
@@ -222,8 +234,8 @@ async def fill(batch: list[Envelope], ctx: CacheContext) -> None:
             entry = CacheEntry(answer=env.answer, cost_micros=env.model.cost_micros, model=env.model.model,
                                prompt=env.request.prompt, created_at_ms=now_ms, expires_at_ms=now_ms + ttl * 1000,
                                request_id=env.request_id)
-            writes.append(CacheWrite(tenant=env.tenant, key=exact_key(env), scope=scope_of(env), entry=entry,
-                                     vector=vector))
+            scope, key = cache_keys(env)
+            writes.append(CacheWrite(tenant=env.tenant, key=key, scope=scope, entry=entry, vector=vector))
         await ctx.store.put(writes, ttl_s=ttls)
         metrics.FILLS.inc(len(writes))
     except BackendError as exc:

@@ -18,9 +18,9 @@ prompt, after which the same key is read. The tenant is in every key and the key
 :class:`SemanticMirror`: per tenant a cursor into the tenant's log stream and, per scope, a numpy
 :class:`~workers.vectors.matrix.VectorMatrix` of the vectors seen so far, with each row's key and expiry (prompts
 and answers stay in Redis: at 100k entries they would cost every worker tens of MB). Before a batch is looked up,
-the mirror reads only the log records added since its cursor (one ``XRANGE`` per tenant in the batch, none if
-nothing is new beyond a cheap round trip), so an entry written by any process is searchable by every other one on
-its next batch.
+the mirror reads only the log records added since its cursor (one ``XRANGE`` per tenant in the batch, pipelined with
+the batch's ``MGET`` of exact keys: :meth:`CacheStore.get_and_read_logs`), so an entry written by any process is
+searchable by every other one on its next batch.
 A new process replays the stream from the start (bounded by ``MAXLEN``). Expiry is enforced twice: the mirror skips
 rows whose expiry passed, and a candidate is only served after its entry is read from Redis, which forgets it at TTL.
 
@@ -34,7 +34,7 @@ from __future__ import annotations
 import re
 import time
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol, cast
 
@@ -117,6 +117,13 @@ class CacheStore(Protocol):
     async def read_log(self, tenant: str, after: str, *, limit: int | None = None) -> tuple[list[LogRecord], str]:
         """Semantic records of ``tenant`` added after cursor ``after`` (``"0"`` = from the start), at most ``limit``
         of them (``None``: all), and the new cursor."""
+        ...
+
+    async def get_and_read_logs(self, tenant_keys: Sequence[tuple[str, str]], after: Mapping[str, str]
+                                ) -> tuple[list[CacheEntry | None], dict[str, tuple[list[LogRecord], str]]]:
+        """``get(tenant_keys)`` and, per tenant of ``after``, one page of ``read_log(tenant, after[tenant])`` (what
+        :meth:`SemanticMirror.refresh` reads at a time): what a lookup needs before it can search, together (one Redis
+        round trip instead of 1 + one per tenant)."""
         ...
 
 
@@ -208,20 +215,51 @@ class RedisCacheStore:
         cursor = after
         try:
             while True:
-                start = "-" if cursor == "0" else f"({cursor}"
                 count = _READ_COUNT if limit is None else min(_READ_COUNT, limit - len(records))
                 batch: list[tuple[bytes, dict[bytes, bytes]]] = cast(
                     "list[tuple[bytes, dict[bytes, bytes]]]",
-                    await self.client.xrange(self.log_key(tenant), min=start, max="+", count=count) or [])
-                for record_id, fields in batch:
-                    cursor = record_id.decode()
-                    records.append(LogRecord(key=fields[b"k"].decode(), scope=fields[b"s"].decode(),
-                                             prompt=fields[b"p"].decode(), expires_at_ms=int(fields[b"x"]),
-                                             vector=np.frombuffer(fields[b"v"], dtype=np.float32)))
+                    await self.client.xrange(self.log_key(tenant), min=_after(cursor), max="+", count=count) or [])
+                cursor = _log_records(batch, cursor, records)
                 if len(batch) < count or (limit is not None and len(records) >= limit):
                     return records, cursor
         except (RedisError, OSError) as exc:
             raise BackendError(f"redis cache log read failed: {exc}") from exc
+
+    async def get_and_read_logs(self, tenant_keys: Sequence[tuple[str, str]], after: Mapping[str, str]
+                                ) -> tuple[list[CacheEntry | None], dict[str, tuple[list[LogRecord], str]]]:
+        """One pipeline: the ``MGET`` of the entries and one ``XRANGE`` page per tenant."""
+        tenants = list(after)
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                if tenant_keys:
+                    pipe.mget([self.entry_key(t, k) for t, k in tenant_keys])
+                for tenant in tenants:
+                    pipe.xrange(self.log_key(tenant), min=_after(after[tenant]), max="+", count=_READ_COUNT)
+                replies = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise BackendError(f"redis cache read failed: {exc}") from exc
+        raws = replies.pop(0) if tenant_keys else []
+        entries = [CacheEntry.from_json(raw) if raw is not None else None for raw in raws]
+        pages: dict[str, tuple[list[LogRecord], str]] = {}
+        for tenant, reply in zip(tenants, replies, strict=True):
+            records: list[LogRecord] = []
+            cursor = _log_records(cast("list[tuple[bytes, dict[bytes, bytes]]]", reply or []), after[tenant], records)
+            pages[tenant] = records, cursor
+        return entries, pages
+
+
+def _after(cursor: str) -> str:
+    """The XRANGE start just after ``cursor`` (``"0"``: the whole stream)."""
+    return "-" if cursor == "0" else f"({cursor}"
+
+
+def _log_records(batch: list[tuple[bytes, dict[bytes, bytes]]], cursor: str, into: list[LogRecord]) -> str:
+    """Append the stream page's records to ``into``; returns the cursor after them."""
+    for record_id, values in batch:
+        cursor = record_id.decode()
+        into.append(LogRecord(key=values[b"k"].decode(), scope=values[b"s"].decode(), prompt=values[b"p"].decode(),
+                              expires_at_ms=int(values[b"x"]), vector=np.frombuffer(values[b"v"], dtype=np.float32)))
+    return cursor
 
 
 @dataclass
@@ -269,6 +307,12 @@ class MemoryCacheStore:
         start = int(after)
         page = log[start:] if limit is None else log[start:start + limit]
         return page, str(start + len(page))
+
+    async def get_and_read_logs(self, tenant_keys: Sequence[tuple[str, str]], after: Mapping[str, str]
+                                ) -> tuple[list[CacheEntry | None], dict[str, tuple[list[LogRecord], str]]]:
+        entries = await self.get(tenant_keys)
+        return entries, {tenant: await self.read_log(tenant, cursor, limit=_READ_COUNT)
+                         for tenant, cursor in after.items()}
 
 
 @dataclass
@@ -322,20 +366,31 @@ class SemanticMirror:
         mirror = self._tenants.get(tenant)
         return sum(s.matrix.live_count for s in mirror.scopes.values()) if mirror else 0
 
+    def cursor(self, tenant: str) -> str:
+        """Where the tenant's next read of the log starts (``"0"``: it has read nothing yet)."""
+        mirror = self._tenants.get(tenant)
+        return mirror.cursor if mirror is not None else "0"
+
     async def refresh(self, store: CacheStore, tenant: str) -> int:
         """Pull the tenant's records added since the last refresh; returns how many arrived.
 
         A page at a time: a new process replaying a long log never holds more than one page of records (each
         carries its vector as bytes) next to the mirror it is building.
         """
-        mirror = self._tenants.setdefault(tenant, _TenantMirror())
         arrived = 0
         while True:
-            records, mirror.cursor = await store.read_log(tenant, mirror.cursor, limit=_READ_COUNT)
-            self.add(tenant, records)
+            records, cursor = await store.read_log(tenant, self.cursor(tenant), limit=_READ_COUNT)
             arrived += len(records)
-            if len(records) < _READ_COUNT:
+            if not self.apply_page(tenant, (records, cursor)):
                 return arrived
+
+    def apply_page(self, tenant: str, page: tuple[list[LogRecord], str]) -> bool:
+        """Add one page read from the tenant's cursor (``read_log``, ``get_and_read_logs``) and move the cursor past
+        it; True when the page was full (more records may be waiting: :meth:`refresh` reads them)."""
+        records, cursor = page
+        self.add(tenant, records)
+        self._tenants[tenant].cursor = cursor
+        return len(records) >= _READ_COUNT
 
     def add(self, tenant: str, records: Sequence[LogRecord]) -> None:
         mirror = self._tenants.setdefault(tenant, _TenantMirror())

@@ -227,3 +227,25 @@ async def test_a_redelivered_request_is_not_served_its_own_answer(make_envelope:
 def test_entries_written_by_a_newer_version_still_read() -> None:
     raw = b'{"answer":"a","cost_micros":1,"model":"m","prompt":"p","created_at_ms":1,"expires_at_ms":2,"new":true}'
     assert CacheEntry.from_json(raw).answer == "a"
+
+
+async def test_a_new_process_reads_a_log_longer_than_one_page(make_envelope: MakeEnv, store: MemoryCacheStore,
+                                                              clock: FakeClock,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # The lookup reads one page of the log with the exact keys; a full page means more is waiting, read before the
+    # search (a process catching up on a long log).
+    monkeypatch.setattr("workers.cache.store._READ_COUNT", 2)
+    writer, reader = _ctx(store, clock), _ctx(store, clock)
+    questions = ["How do I rotate my API key?", "What is the refund window?", "Where do I download invoices?",
+                 "How do I add a teammate?", "Which regions host my data?"]
+    for i, question in enumerate(questions):
+        env = _at_cache(make_envelope(question))
+        await cache.process([env], writer)
+        await _answer_and_fill(env, writer, f"answer {i}")
+    (hit,) = await cache.process([_at_cache(make_envelope("Please, which regions host my data?"))], reader)
+    assert hit.cache is not None and (hit.cache.outcome, hit.cache.kind) == ("hit", "semantic")
+    assert hit.answer == "answer 4" and reader.mirror.size("acme") == 5
+    # an all-exact batch still moves the mirror on (its page is applied), without reading further
+    await _answer_and_fill(_at_cache(make_envelope("How do I reset MFA?")), writer, "answer 5")
+    (exact,) = await cache.process([_at_cache(make_envelope("What is the refund window?"))], reader)
+    assert exact.cache is not None and exact.cache.kind == "exact" and reader.mirror.size("acme") == 6

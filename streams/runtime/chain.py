@@ -41,7 +41,6 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from schemas.envelope import Envelope
 from streams.runtime.acls import ALL_STAGES
 from streams.runtime.codec import encode
-from streams.runtime.lanes import LanePoller
 from streams.runtime.runner import BatchPublisher, ConsumerLoop, OffsetCommitter, Records, StageRunner
 from streams.runtime.stage import Stage
 from streams.runtime.topics import Topology
@@ -179,9 +178,7 @@ class ChainRunner(ConsumerLoop):
     async def run(self) -> None:
         """Poll → work → (the previous cycle's tail finished) → this cycle's tail in the background → poll."""
         assert self.consumer is not None, "start() first"
-        poller = LanePoller(self.name, frozenset(t for t in self.topics if t.endswith(".batch")),
-                            max_records=self.settings.batch_max_records, batch_quota=self.settings.lane_batch_quota,
-                            batch_share=self.settings.lane_batch_share, pause_lag=self.settings.lane_pause_lag)
+        poller = self.lane_poller()
         committer = OffsetCommitter(self.consumer, self.name)
         tail: asyncio.Task[None] | None = None
         try:

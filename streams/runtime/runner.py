@@ -137,11 +137,15 @@ class ConsumerLoop:
                 leave_even_if_static(self.consumer)
             await self.consumer.stop()
 
+    def lane_poller(self) -> LanePoller:
+        """Polls this loop's topics, the batch lanes within their quota (streams/runtime/lanes.py)."""
+        return LanePoller(self.name, frozenset(t for t in self.topics if t.endswith(".batch")),
+                          max_records=self.settings.batch_max_records, batch_quota=self.settings.lane_batch_quota,
+                          batch_share=self.settings.lane_batch_share, pause_lag=self.settings.lane_pause_lag)
+
     async def run(self) -> None:
         assert self.consumer is not None, "start() first"
-        poller = LanePoller(self.name, frozenset(t for t in self.topics if t.endswith(".batch")),
-                            max_records=self.settings.batch_max_records, batch_quota=self.settings.lane_batch_quota,
-                            batch_share=self.settings.lane_batch_share, pause_lag=self.settings.lane_pause_lag)
+        poller = self.lane_poller()
         committer = OffsetCommitter(self.consumer, self.name)
         try:
             while not self._stopping.is_set():

@@ -36,6 +36,7 @@ from tests.chaos.harness import (
     Figures,
     Load,
     Pipeline,
+    Worker,
     count,
     deadletter_path_works,
     own_env,
@@ -109,22 +110,26 @@ def check(figures: Figures) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- kill -9
-@pytest.mark.parametrize("stage", STAGES)
-async def test_kill_9_stage_worker_mid_batch(stage: str, tmp_path: Path, chaos_results: list[Figures]) -> None:
-    pipeline = Pipeline(f"kill-{stage}", Env(), tmp_path)
-    pipeline.worker([s for s in STAGES if s != stage])
-    victim = pipeline.worker([stage])
+def kill_twice(victim: Worker) -> Callable[[Pipeline, Load], Awaitable[None]]:
+    """kill -9 at two points of the load, restarted half a second later: a kill between a batch's produce and its
+    commit is what makes a redelivery (and so a duplicate response), and where a kill lands is luck."""
 
     async def fault(p: Pipeline, load: Load) -> None:
-        # Twice, at different points of the load: a kill between a batch's produce and its commit is what makes
-        # a redelivery (and so a duplicate response), and where a kill lands is luck.
         for kill_at in (1.5, 3.5):
             await at(load, kill_at)
             victim.kill9()
             await at(load, kill_at + 0.5)
             victim.start()
 
-    check(await run(f"kill -9 {stage} (x2)", pipeline, fault, chaos_results))
+    return fault
+
+
+@pytest.mark.parametrize("stage", STAGES)
+async def test_kill_9_stage_worker_mid_batch(stage: str, tmp_path: Path, chaos_results: list[Figures]) -> None:
+    pipeline = Pipeline(f"kill-{stage}", Env(), tmp_path)
+    pipeline.worker([s for s in STAGES if s != stage])
+    victim = pipeline.worker([stage])
+    check(await run(f"kill -9 {stage} (x2)", pipeline, kill_twice(victim), chaos_results))
 
 
 async def test_kill_9_colocated_worker_mid_cycle(tmp_path: Path, chaos_results: list[Figures]) -> None:
@@ -133,15 +138,7 @@ async def test_kill_9_colocated_worker_mid_cycle(tmp_path: Path, chaos_results: 
     must still leave every request answered and audited exactly once."""
     pipeline = Pipeline("kill-colocated", Env(), tmp_path)
     victim = pipeline.worker(["all+"])
-
-    async def fault(p: Pipeline, load: Load) -> None:
-        for kill_at in (1.5, 3.5):
-            await at(load, kill_at)
-            victim.kill9()
-            await at(load, kill_at + 0.5)
-            victim.start()
-
-    check(await run("kill -9 all+ (x2)", pipeline, fault, chaos_results))
+    check(await run("kill -9 all+ (x2)", pipeline, kill_twice(victim), chaos_results))
 
 
 # ---------------------------------------------------------------------------------------------- rebalance

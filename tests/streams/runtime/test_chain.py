@@ -182,17 +182,23 @@ async def until(condition: Callable[[], bool], what: str, timeout_s: float = 10)
         await asyncio.sleep(0.001)
 
 
-async def test_the_next_cycle_is_worked_while_the_previous_audit_and_acknowledgements_finish() -> None:
+def two_cycles(*, overlap: bool) -> tuple[list[str], GatedTopics, ChainRunner, asyncio.Task[None]]:
+    """The whole route as a chain running two polled batches of one request each, acknowledgements held by a gate."""
     log: list[str] = []
     kafka = GatedTopics(log)
     chain, _ = chain_of(list(registry.STAGES), kafka)
+    chain.settings = SETTINGS.model_copy(update={"chain_overlap_tail": overlap})
     first, second = (new_envelope(f"question {i}?", tenant="acme", settings=SETTINGS) for i in range(2))
     topic = TOPICS.ingress()
     tp = TopicPartition(topic, 0)
     batches = [{tp: as_records(topic, [(first.request_id.encode(), encode(first))])},
                {tp: as_records(topic, [(second.request_id.encode(), encode(second))], first_offset=1)}]
-    chain.consumer = ScriptedConsumer(batches, log)  # type: ignore[assignment]
-    task = asyncio.create_task(chain.run())
+    chain.consumer = ScriptedConsumer(batches, log)
+    return log, kafka, chain, asyncio.create_task(chain.run())
+
+
+async def test_the_next_cycle_is_worked_while_the_previous_audit_and_acknowledgements_finish() -> None:
+    log, kafka, chain, task = two_cycles(overlap=True)
     # the second request is answered while the first cycle still waits for its acknowledgements ...
     await until(lambda: log.count(f"sent {TOPICS.responses}") == 2, "the second response")
     assert log.count("awaiting acks") == 1 and not any(line.startswith("commit") for line in log)
@@ -210,17 +216,7 @@ async def test_the_next_cycle_is_worked_while_the_previous_audit_and_acknowledge
 
 
 async def test_without_the_overlap_a_cycle_waits_for_its_tail() -> None:
-    log: list[str] = []
-    kafka = GatedTopics(log)
-    chain, _ = chain_of(list(registry.STAGES), kafka)
-    chain.settings = SETTINGS.model_copy(update={"chain_overlap_tail": False})
-    first, second = (new_envelope(f"question {i}?", tenant="acme", settings=SETTINGS) for i in range(2))
-    topic = TOPICS.ingress()
-    tp = TopicPartition(topic, 0)
-    batches = [{tp: as_records(topic, [(first.request_id.encode(), encode(first))])},
-               {tp: as_records(topic, [(second.request_id.encode(), encode(second))], first_offset=1)}]
-    chain.consumer = ScriptedConsumer(batches, log)  # type: ignore[assignment]
-    task = asyncio.create_task(chain.run())
+    log, kafka, chain, task = two_cycles(overlap=False)
     await until(lambda: "awaiting acks" in log, "the first cycle's tail")
     for _ in range(100):  # loop turns, not time: the chain would poll again within a few if it did not wait
         await asyncio.sleep(0)

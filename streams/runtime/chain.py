@@ -121,8 +121,7 @@ class ChainRunner(ConsumerLoop):
         self.members = list(members)
         for member in self.members:
             if member.spec.sink:  # worked in the cycle's tail, beside the next cycle's members (``run``)
-                member.publisher = SinkPublisher(publisher)
-                member._hand_over = None
+                member.use_publisher(SinkPublisher(publisher))
         self.publisher = publisher
         self.kafka = kafka
         self.settings = settings

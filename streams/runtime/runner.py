@@ -180,9 +180,7 @@ class StageRunner(ConsumerLoop, Generic[C]):
         self.ctx = ctx
         self.settings = settings
         self.topology = topology
-        self.publisher = publisher
-        # A co-located chain's publisher takes envelopes for its members as objects (streams/runtime/chain.py).
-        self._hand_over: Callable[[str, Envelope, bytes], bool] | None = getattr(publisher, "hand_over", None)
+        self.use_publisher(publisher)
         self.clock = clock
         self.replays: ReplayMemory = replays or NoReplayMemory()
         self.topics: list[str] = list(topology.stage_lanes(stage.name))
@@ -201,6 +199,12 @@ class StageRunner(ConsumerLoop, Generic[C]):
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         await self.open_consumer(role=f"stage-{self.stage}", group=self.topology.group(self.stage))
+
+    def use_publisher(self, publisher: BatchPublisher) -> None:
+        """Where this stage's output goes. A co-located chain's publisher takes envelopes for its members as objects
+        (``hand_over``, streams/runtime/chain.py); a chain's sink is given one without."""
+        self.publisher = publisher
+        self._hand_over: Callable[[str, Envelope, bytes], bool] | None = getattr(publisher, "hand_over", None)
 
     # ------------------------------------------------------------------ one batch
     async def handle(self, batches: Records) -> BatchOutcome:

@@ -173,9 +173,8 @@ class FileAuditSink:
     async def write_async(self, lines: list[bytes]) -> None:
         self._write(lines)
         if lines and self._segment is not None:
-            self._segment.flush()
-            if self.fsync:  # the only writer is the caller, who waits: the file stays as it is meanwhile
-                await asyncio.to_thread(os.fsync, self._segment.fileno())
+            # the only writer is the caller, who waits: the file stays as it is meanwhile
+            await asyncio.to_thread(self._sync, self._segment)
 
     def _write(self, lines: list[bytes]) -> None:
         """Append the lines (a full segment is synced before the next is opened); the caller syncs the last."""

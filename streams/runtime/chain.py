@@ -103,6 +103,49 @@ class SinkPublisher:
         await self.chain.flush()
 
 
+class PacedCommitter:
+    """A chain's commits, at most one per ``interval_s``: what a cycle's tail hands in once its output is acknowledged
+    is committed at once if the last commit is that old, else kept (a later cycle's offsets replace an earlier one's)
+    until a later tail finds the interval over, the chain polls nothing (``idle``) or stops (``wait``).
+
+    At 25–50 req/s a cycle holds a request or two, and each paid a commit: a round trip, ~0.35 ms of the worker's
+    CPU and ~0.6–1 ms of the broker's (an append to the group's offsets log). Delivery stays at-least-once and
+    offsets are committed in order, each only after its own cycle's acknowledgements; a crash redelivers at most the
+    interval's worth more (the audit and the claims deduplicate, as for any redelivery).
+    """
+
+    def __init__(self, committer: OffsetCommitter, interval_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.committer = committer
+        self.interval_s = interval_s
+        self.clock = clock
+        self._pending: dict[TopicPartition, int] = {}
+        self._last = -float("inf")
+        self._lock = asyncio.Lock()  # the tail and the idle loop both commit: one takes and sends at a time, in order
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self._pending.update(offsets)  # tails finish in cycle order, so these offsets are the newest
+        if self.clock() - self._last >= self.interval_s:
+            await self._send()
+
+    async def idle(self) -> None:
+        """Nothing was polled: commit what is kept now rather than leave it to the next cycle."""
+        if self._pending:
+            await self._send()
+
+    async def wait(self) -> None:
+        await self._send()
+        await self.committer.wait()
+
+    async def _send(self) -> None:
+        async with self._lock:
+            if not self._pending:
+                return
+            offsets, self._pending = self._pending, {}
+            self._last = self.clock()
+            await self.committer.commit(offsets)
+
+
 def member_topics(stages: Sequence[Stage[Any]], topology: Topology) -> frozenset[str]:
     """Every topic the members of a chain read: their lanes, and the ingress when the entry stage is a member."""
     topics = frozenset(t for stage in stages for t in topology.stage_lanes(stage.name))
@@ -178,12 +221,15 @@ class ChainRunner(ConsumerLoop):
         """Poll → work → (the previous cycle's tail finished) → this cycle's tail in the background → poll."""
         assert self.consumer is not None, "start() first"
         poller = self.lane_poller()
-        committer = OffsetCommitter(self.consumer, self.name)
+        committer = PacedCommitter(OffsetCommitter(self.consumer, self.name),
+                                   self.settings.chain_commit_interval_ms / 1000)
         tail: asyncio.Task[None] | None = None
         try:
             while not self._stopping.is_set():
                 batches = await poller.poll(self.consumer)
                 if not batches:
+                    if tail is None or tail.done():  # a tail still running commits its own offsets
+                        await committer.idle()
                     continue
                 sink_work = await self.work(batches)
                 if tail is not None:
@@ -200,7 +246,7 @@ class ChainRunner(ConsumerLoop):
             await committer.wait()
 
     async def _tail(self, sink_work: dict[StageRunner[Any], Records], offsets: dict[TopicPartition, int],
-                    committer: OffsetCommitter) -> None:
+                    committer: PacedCommitter) -> None:
         await self.finish(sink_work)  # returns once everything the cycle produced is acknowledged
         await committer.commit(offsets)
 

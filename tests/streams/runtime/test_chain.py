@@ -14,10 +14,10 @@ from schemas.envelope import DEFAULT_ROUTE, STAGES, Envelope, Status
 from schemas.errors import ConfigError
 from schemas.response import Response
 from streams.clients.envelopes import new_envelope
-from streams.runtime.chain import ChainPublisher, ChainRunner, SinkPublisher, member_topics
+from streams.runtime.chain import ChainPublisher, ChainRunner, PacedCommitter, SinkPublisher, member_topics
 from streams.runtime.codec import decode, decode_as, encode
 from streams.runtime.replays import MemoryReplayMemory
-from streams.runtime.runner import StageRunner
+from streams.runtime.runner import OffsetCommitter, StageRunner
 from streams.runtime.stage import Stage
 from streams.runtime.topics import Topology
 from streams.settings import load_settings
@@ -227,6 +227,32 @@ async def test_without_the_overlap_a_cycle_waits_for_its_tail() -> None:
     await task
     second_response = [i for i, line in enumerate(log) if line == f"sent {TOPICS.responses}"][1]
     assert log.index("commit [1]") < second_response
+
+
+async def test_commits_are_paced_in_order_and_none_is_lost() -> None:
+    """At most one commit per interval; what a tail hands in meanwhile is kept (the newest offsets win) and goes out
+    when a later tail finds the interval over, when the chain polls nothing, or when it stops."""
+    log: list[str] = []
+    tp, other = TopicPartition("t.ingress", 0), TopicPartition("t.ingress", 1)
+    consumer = ScriptedConsumer([{tp: [], other: []}], log)
+    now = [100.0]
+    paced = PacedCommitter(OffsetCommitter(consumer, "chain"), 0.25,  # type: ignore[arg-type]
+                           clock=lambda: now[0])
+    await paced.commit({tp: 1})  # the first commit goes at once
+    await paced.commit({tp: 2})
+    await paced.commit({tp: 3, other: 7})  # kept: within the interval
+    await paced.committer.wait()
+    assert log == ["commit [1]"]
+    now[0] += 0.25
+    await paced.commit({tp: 4})  # the interval is over: everything kept, with this cycle's offsets
+    await paced.committer.wait()
+    assert log == ["commit [1]", "commit [4, 7]"]
+    await paced.commit({other: 8})
+    await paced.idle()  # nothing polled: no reason to wait
+    await paced.idle()  # nothing kept: no commit
+    await paced.commit({tp: 5})
+    await paced.wait()  # stopping: what is kept is committed
+    assert log == ["commit [1]", "commit [4, 7]", "commit [8]", "commit [5]"]
 
 
 async def test_the_sink_writes_to_kafka_and_never_takes_the_next_cycles_hand_overs() -> None:

@@ -69,16 +69,43 @@ def timeline(records: list[ConsumerRecord[bytes, bytes]]) -> dict[str, list[floa
     return series
 
 
+def slowest(records: list[ConsumerRecord[bytes, bytes]], share: float) -> dict[str, float]:
+    """Mean of each hop's queue and service time over the slowest ``share`` of responses (created → response record)
+    and over the rest: which wait grows for the slow ones."""
+    rows = []
+    for record in records:
+        if record.value is None:
+            continue
+        response = decode_as(record.value, Response)
+        row = {f"{hop.stage} {part}": value for hop in response.hops
+               for part, value in (("queue", hop.queue_ms), ("service", hop.service_ms))}
+        row["completed → response record"] = (record.timestamp * 1_000_000 - response.completed_at_ns) / 1e6
+        row["created → response record"] = (record.timestamp * 1_000_000 - response.created_at_ns) / 1e6
+        rows.append(row)
+    rows.sort(key=lambda row: row["created → response record"])
+    cut = max(1, round(len(rows) * share))
+    slow, rest = rows[-cut:], rows[:-cut]
+    names = dict.fromkeys(name for row in rows for name in row)
+    return {name: (statistics.fmean(r.get(name, 0.0) for r in slow), statistics.fmean(r.get(name, 0.0) for r in rest))
+            for name in names}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prefix", required=True)
     parser.add_argument("--last", type=int, default=200)
+    parser.add_argument("--slowest", type=float, default=0.02, help="share of responses shown apart (0: none)")
     args = parser.parse_args()
-    series = timeline(asyncio.run(newest_responses(args.prefix, args.last)))
+    records = asyncio.run(newest_responses(args.prefix, args.last))
+    series = timeline(records)
     for name, values in series.items():
         ordered = sorted(values)
         print(f"{name:30s} p50 {statistics.median(ordered):8.2f} ms  p90 {ordered[int(len(ordered) * 0.9)]:8.2f} ms"
               f"  (n={len(ordered)})")
+    if args.slowest:
+        print(f"mean ms, slowest {args.slowest:.0%} vs the rest:")
+        for name, (slow, rest) in slowest(records, args.slowest).items():
+            print(f"  {name:30s} {slow:8.2f}  {rest:8.2f}")
 
 
 if __name__ == "__main__":

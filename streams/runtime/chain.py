@@ -20,7 +20,10 @@ chain, e.g. ``tollway worker retrieval+policy+cache`` or the whole interactive r
   is what its claim confirmations rely on, and offsets are committed in order, each after its own cycle's tail).
   A request that arrives while the audit fsyncs and the acknowledgements come back no longer waits for them; under
   load the cycles get smaller, though, and each pays its fixed costs (``TOLLWAY_CHAIN_OVERLAP_TAIL=false``: one
-  cycle at a time).
+  cycle at a time);
+* offsets are committed at most once per ``TOLLWAY_CHAIN_COMMIT_INTERVAL_MS`` (:class:`PacedCommitter`): each only
+  after its own cycle's acknowledgements and in order, kept meanwhile, and committed at once when the chain goes
+  idle or stops.
 
 The trade-off: the hops inside a chain are not durable (a crash repeats the chain's work, not one stage's) and its
 members scale together, not alone. Do not run a stage both in a chain and on its own: both groups would read its

@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     # ~0.6–1 ms of the broker's (the group coordinator's append). A crash redelivers at most this much more (the audit
     # and the claims deduplicate). 0: commit after every cycle.
     chain_commit_interval_ms: int = Field(default=250, ge=0)
+    # A chain with the entry stage fetches its members' other topics (fed only from outside it) only while they carry
+    # records, probing the quiet ones every second (streams/runtime/lanes.py QuietPartitions): a fetch naming all 64
+    # partitions of ``all+`` cost the worker and the broker ~2–3× one naming the ingress's. False: fetch them all.
+    chain_park_quiet_partitions: bool = True
     # 0: the runner already batches (one produce per partition per batch, sent at once); a linger only delays each
     # hop (issue: ~2.5–3 ms per hop at low rates; bench scenario 3 measures both with --set producer_linger_ms=2).
     producer_linger_ms: int = Field(default=0, ge=0)

@@ -44,6 +44,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from schemas.envelope import Envelope
 from streams.runtime.acls import ALL_STAGES
 from streams.runtime.codec import encode
+from streams.runtime.lanes import QuietPartitions
 from streams.runtime.runner import BatchPublisher, ConsumerLoop, OffsetCommitter, Records, StageRunner
 from streams.runtime.stage import Stage
 from streams.runtime.topics import Topology
@@ -224,6 +225,8 @@ class ChainRunner(ConsumerLoop):
         """Poll → work → (the previous cycle's tail finished) → this cycle's tail in the background → poll."""
         assert self.consumer is not None, "start() first"
         poller = self.lane_poller()
+        if self.settings.chain_park_quiet_partitions and any(member.spec.entry for member in self.members):
+            poller.quiet = QuietPartitions(steady_topics=frozenset(self.topology.stage_lanes("ingress")))
         committer = PacedCommitter(OffsetCommitter(self.consumer, self.name),
                                    self.settings.chain_commit_interval_ms / 1000)
         tail: asyncio.Task[None] | None = None

@@ -174,6 +174,15 @@ class ScriptedConsumer:
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         self.log.append(f"commit {sorted(offsets.values())}")
 
+    def paused(self) -> set[TopicPartition]:
+        return set()
+
+    def last_poll_timestamp(self, tp: TopicPartition) -> int | None:
+        return None
+
+    async def position(self, tp: TopicPartition) -> int:
+        return 0
+
 
 async def until(condition: Callable[[], bool], what: str, timeout_s: float = 10) -> None:
     deadline = time.monotonic() + timeout_s

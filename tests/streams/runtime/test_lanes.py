@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import pytest
 from aiokafka import TopicPartition
 
-from streams.runtime.lanes import LanePoller, ProcessLanes
+from streams.runtime.lanes import LanePoller, ProcessLanes, QuietPartitions
 
 FAST = TopicPartition("t.model", 0)
 SLOW = TopicPartition("t.model.batch", 0)
@@ -247,3 +248,93 @@ async def test_a_paused_batch_lane_survives_a_rebalance_and_stays_paused(clock: 
     while consumer.queued[FAST]:  # the interactive lag drains: resumes what it owns, nothing it lost
         await lanes.poll(consumer)
     assert not consumer.paused
+
+
+ENTRY = TopicPartition("t.ingress", 0)
+INNER = TopicPartition("t.model", 0)
+
+
+@dataclass
+class FetchingConsumer:
+    """A consumer whose paused partitions are left out of fetches: what QuietPartitions reads (positions, high
+    watermarks, when each partition was last fetched) and pause/resume."""
+
+    queued: dict[TopicPartition, list[Record]] = field(default_factory=lambda: {ENTRY: [], INNER: []})
+    ends: dict[TopicPartition, int] = field(default_factory=lambda: {ENTRY: 0, INNER: 0})
+    positions: dict[TopicPartition, int] = field(default_factory=lambda: {ENTRY: 0, INNER: 0})
+    fetched_ms: dict[TopicPartition, int] = field(default_factory=dict)
+    held: set[TopicPartition] = field(default_factory=set)
+
+    def add(self, tp: TopicPartition, count: int) -> None:
+        for _ in range(count):
+            self.queued[tp].append(Record(tp.topic, self.ends[tp]))
+            self.ends[tp] += 1
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.queued)
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return self.ends[tp] if tp in self.fetched_ms else None
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self.positions[tp]
+
+    def last_poll_timestamp(self, tp: TopicPartition) -> int | None:
+        return self.fetched_ms.get(tp)
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self.held)
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self.held.update(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self.held.difference_update(tps)
+
+    async def getmany(self, *tps: TopicPartition, timeout_ms: int = 0,
+                      max_records: int | None = None) -> dict[TopicPartition, list[Record]]:
+        out: dict[TopicPartition, list[Record]] = {}
+        for tp in tps or self.queued:
+            if tp in self.held:
+                continue
+            self.fetched_ms[tp] = int(time.time() * 1000) + 1
+            if self.queued[tp]:
+                out[tp], self.queued[tp] = self.queued[tp], []
+                self.positions[tp] = self.ends[tp]
+        return out
+
+
+async def test_a_chain_leaves_quiet_partitions_out_of_its_fetches_and_probes_them(clock: Clock) -> None:
+    consumer = FetchingConsumer()
+    lanes = LanePoller("chain", frozenset(), max_records=500, clock=clock, shared=ProcessLanes(),
+                       quiet=QuietPartitions(frozenset({ENTRY.topic}), quiet_s=2.0, probe_s=1.0, clock=clock))
+    consumer.add(ENTRY, 1)
+    assert await lanes.poll(consumer) == {ENTRY: [Record(ENTRY.topic, 0)]}
+    assert consumer.paused() == set()  # new partitions are fetched a while first
+    clock.now += 2.5
+    await lanes.poll(consumer)
+    assert consumer.paused() == {INNER}  # quiet, nothing to read: out of the fetches; the entry never is
+    consumer.add(INNER, 2)
+    consumer.add(ENTRY, 1)
+    assert await lanes.poll(consumer) == {ENTRY: [Record(ENTRY.topic, 1)]}  # not fetched while parked ...
+    clock.now += 1.0
+    await lanes.poll(consumer)  # ... until the probe is due: resumed
+    assert consumer.paused() == set()
+    assert await lanes.poll(consumer) == {INNER: [Record(INNER.topic, 0), Record(INNER.topic, 1)]}
+    assert consumer.paused() == set()  # it delivered: it stays
+    clock.now += 2.5
+    await lanes.poll(consumer)
+    assert consumer.paused() == {INNER}
+    clock.now += 1.0
+    await lanes.poll(consumer)  # probed: a fetch for it comes back empty ...
+    await lanes.poll(consumer)
+    assert consumer.paused() == {INNER}  # ... and it is parked again
+
+
+async def test_a_parked_partition_with_records_left_is_never_held_back(clock: Clock) -> None:
+    consumer = FetchingConsumer()
+    quiet = QuietPartitions(frozenset({ENTRY.topic}), quiet_s=2.0, clock=clock)
+    await consumer.getmany()  # fetched once: high watermarks known
+    consumer.ends[INNER] = 5  # records beyond its position (say a fetch brought them but they were not taken)
+    clock.now += 2.5
+    assert await quiet.parked(consumer, {}) == set()

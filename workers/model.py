@@ -104,11 +104,13 @@ async def process(batch: list[Envelope], ctx: ModelContext) -> list[Envelope]:
                 allows[backend] = allowed
         return allowed
 
+    def load(name: str) -> int:
+        return mctx.gates.in_flight(name) + planned[name]
+
     for env in batch:
         if env.cache is not None and env.cache.outcome == "hit" and env.answer is not None:
             continue  # answered from the cache: no model call, no cost
-        decision = route(env, mctx.catalog, now_ns, breaker_allows=breaker_allows,
-                         load=lambda name: mctx.gates.in_flight(name) + planned[name],
+        decision = route(env, mctx.catalog, now_ns, breaker_allows=breaker_allows, load=load,
                          online=mctx.online, cascade_below=mctx.cascade_below,
                          verify_served=mctx.cascade_verify_served)
         # A later turn of an agent loop: the turns before it stay accounted for (the model's usage and cost add up).

@@ -286,6 +286,22 @@ def _present(lowered: str) -> frozenset[str]:
     return present
 
 
+class Scanned:
+    """One text as the family checks read it: the text, whether it is ASCII, its lowercase and — for a short ASCII
+    text — the family literals present in it (one scan for every family; None: each family checks its own
+    literals). :func:`workers.routing.features.extract` builds one per text and asks ~18 families of it, which
+    saves each check re-deriving all of this from the text (``*_in`` below return what ``count``/``found``/
+    ``finditer`` return for ``text``)."""
+
+    __slots__ = ("ascii", "lowered", "present", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.ascii = text.isascii()
+        self.lowered = _lowered(text)
+        self.present = _present(self.lowered) if self.ascii and len(text) < SCAN_BELOW_CHARS else None
+
+
 class WordFamily(Prefiltered):
     """A :class:`Prefiltered` pattern of the router's feature family: on short ASCII text its literals are checked
     against the one shared scan, and :meth:`count` and :meth:`found` run its lowercase twin on ASCII text;
@@ -322,6 +338,32 @@ class WordFamily(Prefiltered):
         if self.twin is not None and text.isascii():
             return self.twin.search(_lowered(text)) is not None
         return self.pattern.search(text) is not None
+
+    def _impossible_in(self, scan: Scanned) -> bool:
+        """``impossible(scan.text)``, from the shared scan when the text had one."""
+        if scan.present is not None and self.literals is not None and self.ignorecase:
+            return self.literal_set.isdisjoint(scan.present)
+        return self.impossible(scan.text)
+
+    def count_in(self, scan: Scanned) -> int:
+        """``count(scan.text)``."""
+        if self._impossible_in(scan):
+            return 0
+        if self.twin is not None and scan.ascii:
+            return len(self.twin.findall(scan.lowered))
+        return len(self.pattern.findall(scan.text))
+
+    def found_in(self, scan: Scanned) -> bool:
+        """``found(scan.text)``."""
+        if self._impossible_in(scan):
+            return False
+        if self.twin is not None and scan.ascii:
+            return self.twin.search(scan.lowered) is not None
+        return self.pattern.search(scan.text) is not None
+
+    def finditer_in(self, scan: Scanned) -> Iterator[re.Match[str]]:
+        """``finditer(scan.text)``."""
+        return iter(()) if self._impossible_in(scan) else self.pattern.finditer(scan.text)
 
 
 def word_family(pattern: str, flags: int = 0) -> WordFamily:

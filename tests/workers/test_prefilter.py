@@ -9,7 +9,15 @@ import orjson
 import pytest
 
 from workers.detectors import pii
-from workers.prefilter import Prefiltered, WordFamily, lowercase_twin, prefiltered, required_literals, word_family
+from workers.prefilter import (
+    Prefiltered,
+    Scanned,
+    WordFamily,
+    lowercase_twin,
+    prefiltered,
+    required_literals,
+    word_family,
+)
 from workers.routing import features
 
 DATA = Path(__file__).resolve().parents[2] / "bench" / "data"
@@ -71,6 +79,18 @@ def test_word_family_counts_and_tests_exactly_what_the_patterns_find() -> None:
         for text in texts:
             assert pattern.count(text) == len(pattern.pattern.findall(text)), (name, text[:80])
             assert pattern.found(text) == (pattern.pattern.search(text) is not None), (name, text[:80])
+
+
+def test_word_family_reads_a_scanned_text_as_the_text_itself() -> None:
+    families = [p for p in PATTERNS.values() if isinstance(p, WordFamily)]
+    texts = _texts()[::8]  # every eighth text: the short and long, ASCII and not, cased and not, of every set
+    texts += [text.upper() for text in texts[:400]]
+    for text in texts:
+        scan = Scanned(text)
+        for pattern in families:
+            assert pattern.count_in(scan) == pattern.count(text), (pattern.pattern.pattern[:40], text[:80])
+            assert pattern.found_in(scan) == pattern.found(text), (pattern.pattern.pattern[:40], text[:80])
+            assert [m.span() for m in pattern.finditer_in(scan)] == [m.span() for m in pattern.finditer(text)]
 
 
 def test_one_scan_finds_every_family_literal_in_a_short_text() -> None:

@@ -115,7 +115,6 @@ def answer(prompt: str, passages: list[Passage]) -> str:
     if _CLASSIFY.search(prompt):
         return _classify(prompt)
     sentences = _sentences(passages, prompt)
-    query = set(terms(prompt))
     if not sentences:
         if _SUMMARY.search(prompt):
             return (f"I couldn't find the material to summarise ({_topic(prompt)}) among this tenant's indexed "
@@ -123,6 +122,7 @@ def answer(prompt: str, passages: list[Passage]) -> str:
         question = prompt.strip() if len(prompt) <= 90 else prompt.strip()[:87].rstrip() + "…"
         return (f"I couldn't find a document that answers \"{question}\", so I can't give a grounded answer. If it "
                 "is documented, add the document to the index and ask again; otherwise a specialist should take it.")
+    query = set(terms(prompt))  # only a reply composed from sentences reads it
     document_frequency = Counter(t for s in sentences for t in set(terms(s.text)))
     n = len(sentences)
 

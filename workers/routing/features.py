@@ -21,7 +21,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from workers.prefilter import prefiltered, word_family
+from workers.prefilter import Scanned, prefiltered, word_family
 from workers.routing.tokens import count_tokens
 
 _I = re.IGNORECASE
@@ -160,77 +160,96 @@ def extract(prompt: str, *, prior_turns: int = 0, retrieval_confidence: float = 
     """The features of one request: ``prompt`` is the last user message, ``prior_turns`` the messages before it."""
     parts = split_prompt(prompt)
     instruction, material = parts.instruction, parts.material
+    # Each text is lowercased and scanned for the families' literals once, whichever families ask of it.
+    ins = Scanned(instruction)
+    whole = ins if prompt is instruction else Scanned(prompt)
     instruction_words = len(_WORD.findall(instruction))
     material_words = len(_WORD.findall(material))
-    transform = 1.0 if _TRANSFORM.found(instruction) else 0.0
-    asked = [int(m.group(1).replace(",", "")) for m in _WORDS_ASKED.finditer(instruction)
+    transform = 1.0 if _TRANSFORM.found_in(ins) else 0.0
+    asked = [int(m.group(1).replace(",", "")) for m in _WORDS_ASKED.finditer_in(ins)
              if m.group(1).replace(",", "").isdigit()]
-    long_output = 1.0 if _LONG_OUTPUT.found(instruction) or any(n >= 800 for n in asked) else 0.0
-    constraints = (instruction.count(",") + instruction.count(";") + _AND.count(instruction)
-                   + len(_ITEM.findall(prompt if not material else instruction)))
-    values = {
-        "instruction_tokens_log": _log(count_tokens(instruction)),
-        "material_tokens_log": _log(count_tokens(material)) if material else 0.0,
-        "material_over_short": 1.0 if material_words > SHORT_MATERIAL_WORDS else 0.0,
-        "material_over_long": 1.0 if material_words >= LONG_MATERIAL_WORDS else 0.0,
-        "transform": transform,
-        "transform_long_material": transform * (1.0 if material_words > SHORT_MATERIAL_WORDS else 0.0),
-        "lookup": 1.0 if _LOOKUP.found(instruction) else 0.0,
-        "greeting": 1.0 if _GREETING.found(prompt) and instruction_words <= 8 else 0.0,
-        "writing": 1.0 if _WRITING.found(instruction) else 0.0,
-        "reasoning": float(min(3, _REASONING.count(instruction))),
-        "plan": float(min(5, _PLAN.count(instruction))),
-        "design": float(min(5, _DESIGN.count(instruction))),
-        "proof": float(min(3, _PROOF.count(instruction))),
-        "math": float(min(3, _MATH.count(instruction))),
-        "code": float(min(5, _CODE.count(prompt))),
-        "code_block": 1.0 if "```" in prompt else 0.0,
-        "structured_output": float(min(3, _STRUCTURED.count(instruction))),
-        "long_output": long_output,
-        "sources": 1.0 if _SOURCES.found(prompt) else 0.0,
-        "constraints_log": _log(constraints),
-        "questions": float(min(4, instruction.count("?"))),
-        "numbers_log": _log(len(_NUMBER.findall(instruction))),
-        "conversation_depth_log": _log(prior_turns),
-        "retrieval_confident": 1.0 if has_passages and retrieval_confidence >= 0.75 else 0.0,
-    }
-    any_of = {name: min(1.0, values[name]) for name in ("code", "plan", "writing", "design", "reasoning")}
-    values["code_x_constraints"] = any_of["code"] * values["constraints_log"]
-    values["plan_x_constraints"] = any_of["plan"] * values["constraints_log"]
-    values["writing_x_constraints"] = any_of["writing"] * values["constraints_log"]
-    values["design_x_code"] = any_of["design"] * any_of["code"]
-    values["reasoning_x_sources"] = any_of["reasoning"] * values["sources"]
-    values["list_items_log"] = _log(list_items(prompt))
-    values["rule_large"], values["rule_at_least_medium"] = _rule_prior(values, material_words)
-    return Features(FEATURE_NAMES, tuple(values[name] for name in FEATURE_NAMES), instruction_words, material_words)
+    long_output = 1.0 if _LONG_OUTPUT.found_in(ins) or any(n >= 800 for n in asked) else 0.0
+    prompt_items = len(_ITEM.findall(prompt))
+    constraints = (instruction.count(",") + instruction.count(";") + _AND.count_in(ins)
+                   + (prompt_items if not material else len(_ITEM.findall(instruction))))
+    constraints_log = _log(constraints)
+    code = float(min(5, _CODE.count_in(whole)))
+    plan = float(min(5, _PLAN.count_in(ins)))
+    writing = 1.0 if _WRITING.found_in(ins) else 0.0
+    design = float(min(5, _DESIGN.count_in(ins)))
+    reasoning = float(min(3, _REASONING.count_in(ins)))
+    sources = 1.0 if _SOURCES.found_in(whole) else 0.0
+    values = (  # in FEATURE_NAMES order
+        _log(count_tokens(instruction)),  # instruction_tokens_log
+        _log(count_tokens(material)) if material else 0.0,  # material_tokens_log
+        1.0 if material_words > SHORT_MATERIAL_WORDS else 0.0,  # material_over_short
+        1.0 if material_words >= LONG_MATERIAL_WORDS else 0.0,  # material_over_long
+        transform,
+        transform * (1.0 if material_words > SHORT_MATERIAL_WORDS else 0.0),  # transform_long_material
+        1.0 if _LOOKUP.found_in(ins) else 0.0,  # lookup
+        1.0 if _GREETING.found_in(whole) and instruction_words <= 8 else 0.0,  # greeting
+        writing, reasoning, plan, design,
+        float(min(3, _PROOF.count_in(ins))),  # proof
+        float(min(3, _MATH.count_in(ins))),  # math
+        code,
+        1.0 if "```" in prompt else 0.0,  # code_block
+        float(min(3, _STRUCTURED.count_in(ins))),  # structured_output
+        long_output, sources, constraints_log,
+        float(min(4, instruction.count("?"))),  # questions
+        _log(len(_NUMBER.findall(instruction))),  # numbers_log
+        _log(prior_turns),  # conversation_depth_log
+        1.0 if has_passages and retrieval_confidence >= 0.75 else 0.0,  # retrieval_confident
+        # Demands under constraints: each demand counts once (min 1), times the constraints.
+        min(1.0, code) * constraints_log,  # code_x_constraints
+        min(1.0, plan) * constraints_log,  # plan_x_constraints
+        min(1.0, writing) * constraints_log,  # writing_x_constraints
+        min(1.0, design) * min(1.0, code),  # design_x_code
+        min(1.0, reasoning) * sources,  # reasoning_x_sources
+    )
+    list_items_log = _log(_list_items(prompt, prompt_items))
+    rule_large, rule_at_least_medium = _rule_prior(dict(zip(_BEFORE_PRIORS, values, strict=True)), list_items_log,
+                                                   material_words)
+    return Features(FEATURE_NAMES, (*values, rule_at_least_medium, rule_large, list_items_log), instruction_words,
+                    material_words)
 
 
 def list_items(prompt: str) -> int:
     """The longest enumeration asked for or given: items after a colon (split on commas, semicolons, "and"),
     or bulleted / numbered lines."""
-    longest = len(_ITEM.findall(prompt))
+    return _list_items(prompt, len(_ITEM.findall(prompt)))
+
+
+def _list_items(prompt: str, item_lines: int) -> int:
+    longest = item_lines  # the bulleted / numbered lines of ``prompt``
     for match in _AFTER_COLON.finditer(prompt):
         items = [x for x in _ITEM_SEPARATOR.split(match.group(1)) if x.strip()]
         longest = max(longest, len(items))
     return longest
 
 
-def _rule_prior(v: dict[str, float], material_words: int) -> tuple[float, float]:
+_BEFORE_PRIORS = FEATURE_NAMES[:-3]  # the features computed before the rule priors and the list items
+_FIVE_LOG = math.log1p(5)
+_FOUR_LOG = math.log1p(4)
+_THREE_LOG = math.log1p(3)
+_TWENTY_LOG = math.log1p(20)
+
+
+def _rule_prior(v: dict[str, float], list_items_log: float, material_words: int) -> tuple[float, float]:
     """(large, at least medium) by the labelling rules: large for a plan under several constraints, hard maths,
     complex code design, long structured output with many requirements, or weighing several sources; medium for a
     long input to read, code, a few reasoning steps, a word problem or moderate writing."""
-    items = math.expm1(v["list_items_log"])
-    many = v["constraints_log"] >= math.log1p(5) or items >= 5  # >= 5 listed requirements
-    several = v["constraints_log"] >= math.log1p(4) or items >= 4
+    items = math.expm1(list_items_log)
+    many = v["constraints_log"] >= _FIVE_LOG or items >= 5  # >= 5 listed requirements
+    several = v["constraints_log"] >= _FOUR_LOG or items >= 4
     large = (v["plan"] >= 2 and several) or (v["plan"] >= 1 and v["writing"] and many) or v["proof"] >= 1 \
         or (v["design"] >= 2 and v["code"] >= 1) or (v["design"] >= 3 and many) \
         or (v["design"] >= 1 and v["code"] >= 1 and many) \
         or (v["writing"] and (v["long_output"] or v["structured_output"] or items >= 6) and many) \
         or (v["sources"] and (v["reasoning"] or v["plan"]))
     medium = large or material_words > SHORT_MATERIAL_WORDS or v["code"] >= 1 or v["reasoning"] >= 1 \
-        or (v["transform"] and items >= 3) or v["numbers_log"] >= math.log1p(4) \
-        or (v["math"] >= 1 and v["numbers_log"] >= math.log1p(3)) \
-        or (v["writing"] and v["instruction_tokens_log"] >= math.log1p(20))
+        or (v["transform"] and items >= 3) or v["numbers_log"] >= _FOUR_LOG \
+        or (v["math"] >= 1 and v["numbers_log"] >= _THREE_LOG) \
+        or (v["writing"] and v["instruction_tokens_log"] >= _TWENTY_LOG)
     return float(large), float(medium)
 
 

@@ -237,15 +237,18 @@ def _route_tier(env: Envelope, catalog: ModelCatalog, now_ns: int, tier: str | N
     fit_ms: dict[str, float] = {}
     below_tier: list[ModelSpec] = []
     too_slow: list[tuple[ModelSpec, float]] = []
+    allowed_models = policy.allowed_models if policy else None
+    allowed_regions = policy.allowed_regions if policy else None
+    prompt_and_reply = input_tokens + max_tokens
     for model in models:
         name = model.name
-        if policy and policy.allowed_models and name not in policy.allowed_models:
+        if allowed_models and name not in allowed_models:
             reasons.append(f"{name}: not allowed by policy")
             continue
-        if policy and policy.allowed_regions and model.region not in policy.allowed_regions:
+        if allowed_regions and model.region not in allowed_regions:
             reasons.append(f"{name}: region {model.region} not allowed")
             continue
-        if input_tokens + max_tokens > model.context_window:
+        if prompt_and_reply > model.context_window:
             reasons.append(f"{name}: {input_tokens}+{max_tokens} tokens exceed its {model.context_window} window")
             continue
         if breaker_allows is not None and not breaker_allows(model.backend, now_ns):
@@ -255,7 +258,7 @@ def _route_tier(env: Envelope, catalog: ModelCatalog, now_ns: int, tier: str | N
         if expected_ms > remaining_ms:
             too_slow.append((model, expected_ms))
             continue
-        if model.tier_rank < rank:
+        if QUALITY_TIERS.index(model.quality_tier) < rank:  # ``model.tier_rank`` without the property call
             below_tier.append(model)
             continue
         fits.append(model)
@@ -280,22 +283,25 @@ def _route_tier(env: Envelope, catalog: ModelCatalog, now_ns: int, tier: str | N
                              + "; ".join(reasons[1:]), auto)
 
     # One sort key per model, each part computed once: at capacity (``load`` is read once per model), expected
-    # cost, expected time, name.
-    keys: dict[str, tuple[bool, int, float, str]] = {}
+    # cost, expected time, name — and the model after it: the names are distinct, so sorting these tuples orders
+    # the models as sorting them by key would, and never compares two models.
+    keyed: list[tuple[bool, int, float, str, ModelSpec]] = []
     for model in fits:
         name = model.name
         busy = load is not None and load(name) >= model.capacity
-        cost = model.prices.input_micros_per_mtok * input_tokens + model.prices.output_micros_per_mtok * output_tokens
+        prices = model.prices
+        cost = prices.input_micros_per_mtok * input_tokens + prices.output_micros_per_mtok * output_tokens
         kept_ms = fit_ms.get(name)  # None for a degraded fit (below the tier): its time was not kept
         model_ms = model.latency.expected_ms(input_tokens, output_tokens) if kept_ms is None else kept_ms
-        keys[name] = (busy, cost, model_ms, name)
-    ordered = sorted(fits, key=lambda model: keys[model.name])
+        keyed.append((busy, cost, model_ms, name, model))
+    keyed.sort()
+    ordered = [key[4] for key in keyed]
     chosen = ordered[0]
-    for model in ordered:
-        if keys[model.name][0]:
-            reasons.append(f"{model.name}: at capacity ({model.capacity} in flight)")
+    for key in keyed:
+        if key[0]:
+            reasons.append(f"{key[3]}: at capacity ({key[4].capacity} in flight)")
     reasons.append(f"chose {chosen.name} ({chosen.region}, {chosen.quality_tier}): cheapest eligible, "
-                   f"~{_cost_micros(chosen, input_tokens, output_tokens)} µ$ / ~{_ms(keys[chosen.name][2])}; "
+                   f"~{_cost_micros(chosen, input_tokens, output_tokens)} µ$ / ~{_ms(keyed[0][2])}; "
                    f"fallbacks: {', '.join(m.name for m in ordered[1:]) or 'none'}")
     return RouteDecision(tuple(ordered), tier, source, tuple(reasons), input_tokens, output_tokens, auto=auto)
 

@@ -23,8 +23,9 @@ def reserved_for_ms(total_ms: float, stages: Iterable[str], shares: Mapping[str,
     """What ``stages`` (those still ahead of a request) need of a ``total_ms`` budget: the sum of their shares.
 
     The model stage keeps this back from a call's timeout, so a slow model cannot eat the time post-process and
-    audit need to deliver the answer before the deadline."""
-    return total_ms * sum(shares.get(stage, 0.0) for stage in set(stages))
+    audit need to deliver the answer before the deadline. Summed in name order: a set's order follows the process's
+    hash seed, and float addition's last bits follow the order (two processes would time the same call out apart)."""
+    return total_ms * sum(shares.get(stage, 0.0) for stage in sorted(set(stages)))
 
 
 @dataclass(frozen=True)

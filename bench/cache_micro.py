@@ -44,8 +44,8 @@ from workers.cache import stage as cache
 from workers.cache.stage import CacheContext
 from workers.cache.store import CacheStore, MemoryCacheStore, RedisCacheStore, SemanticMirror, vector_space
 from workers.cache.verifier import load_verifier
-from workers.detectors.redaction import PiiRedactor
 from workers.context import FakeClock, StageContext, derive
+from workers.detectors.redaction import PiiRedactor
 from workers.embedding import Embedder
 from workers.postprocess import PostprocessContext
 
@@ -73,7 +73,8 @@ async def _answered(batch: list[Envelope], settings: Settings, clock: FakeClock)
 
 async def _preload(entries: int, batch: int, settings: Settings, clock: FakeClock, ctx: CacheContext) -> None:
     for start in range(0, entries, batch):
-        values = [request("pre", i, prompt_index=_PRELOAD_RUN + i)[1] for i in range(start, min(entries, start + batch))]
+        values = [request("pre", i, prompt_index=_PRELOAD_RUN + i)[1]
+                  for i in range(start, min(entries, start + batch))]
         envs = [decode_as(v, Envelope) for v in await _upstream(values, settings, clock)]
         await cache.fill(await _answered(envs, settings, clock), ctx)
 
@@ -151,7 +152,7 @@ async def run_once(args: argparse.Namespace, settings: Settings, embedder: Embed
             await client.aclose()
 
 
-async def measure(args: argparse.Namespace) -> dict[str, Any]:
+async def measure(args: argparse.Namespace) -> tuple[dict[str, Any], list[bytes]]:
     settings = load_settings()
     settings = Settings(**{**settings.model_dump(), "topic_prefix": "cmicro", "worker_id": "bench-cache-micro"})
     clock = FakeClock()
@@ -166,12 +167,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 memo.rows.clear()
             figures, dump = await run_once(args, settings, embedder, rep, inputs)
             best = {k: min(v, best.get(k, v)) for k, v in figures.items()}
-        if args.dump:
-            with open(args.dump, "wb") as out:
-                out.write(b"\n".join(dump) + b"\n")
     return {"store": args.store, "entries": args.entries, "requests": args.requests, "batch": args.batch,
             "repeat": args.repeat, "embedder": settings.embedder, "unit": "µs CPU per record",
-            **{k: round(v, 1) for k, v in best.items()}, "load": os.getloadavg()[0]}
+            **{k: round(v, 1) for k, v in best.items()}, "load": os.getloadavg()[0]}, dump
 
 
 def main() -> None:
@@ -185,7 +183,10 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     tune_gc()
-    result = asyncio.run(measure(args))
+    result, dump = asyncio.run(measure(args))
+    if args.dump:
+        with open(args.dump, "wb") as out:
+            out.write(b"\n".join(dump) + b"\n")
     if args.json:
         print(orjson.dumps(result).decode())
         return

@@ -4,8 +4,9 @@ does not show (its semantic index stays small, and its post-process has no fill 
 
 Each repetition: a fresh cache (its own Redis namespace, or a new in-memory store) is loaded with ``--entries``
 answers (one pipelined ``put`` per 500; not measured), then ``--requests`` distinct bench.load prompts go through, in
-batches of ``--batch``: retrieval + policy (not measured; retrieval's embedding of the prompt stands in for the
-process's embedding memo, as in a worker), the cache lookup (measured), the model (not measured) and post-process
+batches of ``--batch``: retrieval + policy (not measured; with no documents indexed, as in bench.run, retrieval
+embeds nothing, so the lookup embeds each prompt and the fill finds it in the process's memo), the cache lookup
+(measured), the model (not measured) and post-process
 with the cache fill as its ``after_finish`` hook (measured). The cache grows by each batch's fills, and the next
 batch's lookup reads them from the log, as in a worker. Stages run with the deployment's embedder and verifier
 (``TOLLWAY_EMBEDDER``, default static) on a fixed clock, so two runs store the same entries.
@@ -14,7 +15,7 @@ Figures are process CPU (``time.process_time_ns``) per record, the minimum over 
 client's work in this process (not the Redis server's).
 
     python -m bench.cache_micro [--store memory|redis] [--entries 8000] [--requests 4000] [--batch 200]
-                                [--repeat 3] [--dump out.jsonl] [--json]
+                                [--repeat 3] [--dump out.jsonl] [--profile out.prof] [--json]
 
 ``--dump`` writes, per request, its cache result and post-process outcome, then every stored entry and semantic log
 record in order: two trees give byte-identical dumps when they behave the same (the sameness check of a speed-up).
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import os
 import time
 from collections.abc import Sequence
@@ -91,7 +93,8 @@ async def _dump_store(store: CacheStore, tenant: str, keys: Sequence[str]) -> li
 
 
 async def run_once(args: argparse.Namespace, settings: Settings, embedder: Embedder, rep: int,
-                   inputs: list[list[bytes]]) -> tuple[dict[str, float], list[bytes]]:
+                   inputs: list[list[bytes]], profiler: cProfile.Profile | None = None
+                   ) -> tuple[dict[str, float], list[bytes]]:
     clock = FakeClock()
     prefix = f"cmicro{os.getpid()}r{rep}"
     client = redis_client(settings) if args.store == "redis" else None
@@ -124,15 +127,22 @@ async def run_once(args: argparse.Namespace, settings: Settings, embedder: Embed
         dump: list[bytes] = []
         for values in inputs:
             batch = [decode_as(v, Envelope) for v in values]
-            await embedder.embed([env.request.prompt for env in batch])  # retrieval's embedding (the memo)
+            if profiler is not None:
+                profiler.enable()
             started = time.process_time_ns()
             batch = await cache.process(batch, lookup_ctx)
             cache_ns += time.process_time_ns() - started
             to_model = [env for env in batch if "model" in env.route]
+            if profiler is not None:
+                profiler.disable()
             await _answered(to_model, settings, clock)
+            if profiler is not None:
+                profiler.enable()
             started = time.process_time_ns()
             batch = await post_spec.process(batch, post_ctx)
             post_ns += time.process_time_ns() - started
+            if profiler is not None:
+                profiler.disable()
             if args.dump:
                 dump.extend(orjson.dumps({"id": env.request_id, "cache": env.cache.model_dump(mode="json")
                                           if env.cache else None, "answer": env.answer,
@@ -165,7 +175,10 @@ async def measure(args: argparse.Namespace) -> tuple[dict[str, Any], list[bytes]
         for rep in range(args.repeat):
             for memo in embedding._MEMOS.values():  # every prompt new to the process, as at saturation
                 memo.rows.clear()
-            figures, dump = await run_once(args, settings, embedder, rep, inputs)
+            profiler = cProfile.Profile() if args.profile and rep == args.repeat - 1 else None
+            figures, dump = await run_once(args, settings, embedder, rep, inputs, profiler)
+            if profiler is not None:
+                profiler.dump_stats(args.profile)
             best = {k: min(v, best.get(k, v)) for k, v in figures.items()}
     return {"store": args.store, "entries": args.entries, "requests": args.requests, "batch": args.batch,
             "repeat": args.repeat, "embedder": settings.embedder, "unit": "µs CPU per record",
@@ -180,6 +193,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--dump", help="write results and stored entries here (sameness checks)")
+    parser.add_argument("--profile", help="cProfile the measured calls of the last repetition into this file")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     tune_gc()

@@ -15,7 +15,7 @@ Figures are process CPU (``time.process_time_ns``) per record, the minimum over 
 client's work in this process (not the Redis server's).
 
     python -m bench.cache_micro [--store memory|redis] [--entries 8000] [--requests 4000] [--batch 200]
-                                [--repeat 3] [--dump out.jsonl] [--profile out.prof] [--json]
+                                [--repeat 3] [--mix] [--dump out.jsonl] [--profile out.prof] [--json]
 
 ``--dump`` writes, per request, its cache result and post-process outcome, then every stored entry and semantic log
 record in order: two trees give byte-identical dumps when they behave the same (the sameness check of a speed-up).
@@ -33,8 +33,9 @@ from typing import Any
 
 import orjson
 
-from bench.load import request
+from bench.load import BENCH_BUDGET_MS, prompt, request
 from schemas.envelope import Envelope
+from streams.clients.envelopes import new_envelope
 from streams.runtime.codec import decode_as, encode
 from streams.runtime.connections import redis_client
 from streams.runtime.worker_process import tune_gc
@@ -79,6 +80,23 @@ async def _preload(entries: int, batch: int, settings: Settings, clock: FakeCloc
                   for i in range(start, min(entries, start + batch))]
         envs = [decode_as(v, Envelope) for v in await _upstream(values, settings, clock)]
         await cache.fill(await _answered(envs, settings, clock), ctx)
+
+
+def _measured(i: int, args: argparse.Namespace) -> bytes:
+    """Request ``i`` of the measured phase: a new prompt, or with ``--mix`` one in four of each kind: a preloaded
+    prompt again (an exact hit), reworded (semantic candidates), with another ticket word (near misses)."""
+    kind = i % 4 if args.mix else 0
+    if kind == 0 or args.entries == 0:
+        return request("sat", i, prompt_index=i)[1]
+    text = prompt(_PRELOAD_RUN + (i * 7919) % args.entries)
+    if kind == 2:
+        text = text.replace("How do I", "How can I").replace("Explain how to", "Tell me how to").lower()
+    elif kind == 3:
+        words = text.split()
+        words[-2] = words[-2][::-1]
+        text = " ".join(words)
+    env = new_envelope(text, tenant="acme", budget_ms=BENCH_BUDGET_MS, request_id=f"sat-{i}")
+    return encode(env)
 
 
 async def _dump_store(store: CacheStore, tenant: str, keys: Sequence[str]) -> list[bytes]:
@@ -166,7 +184,7 @@ async def measure(args: argparse.Namespace) -> tuple[dict[str, Any], list[bytes]
     settings = load_settings()
     settings = Settings(**{**settings.model_dump(), "topic_prefix": "cmicro", "worker_id": "bench-cache-micro"})
     clock = FakeClock()
-    values = [request("sat", i, prompt_index=i)[1] for i in range(args.requests)]
+    values = [_measured(i, args) for i in range(args.requests)]
     inputs = [await _upstream(values[start:start + args.batch], settings, clock)
               for start in range(0, len(values), args.batch)]
     best: dict[str, float] = {}
@@ -192,6 +210,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=4000, help="distinct prompts looked up (and filled)")
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--mix", action="store_true",
+                        help="some requests repeat or reword preloaded prompts (hits, near misses: sameness checks)")
     parser.add_argument("--dump", help="write results and stored entries here (sameness checks)")
     parser.add_argument("--profile", help="cProfile the measured calls of the last repetition into this file")
     parser.add_argument("--json", action="store_true")

@@ -420,8 +420,9 @@ class SemanticMirror:
             index = mirror.scopes.get(scope)
             if index is None:
                 continue
-            # Ask for a few extra: expired rows are only dropped here, lazily.
-            scores, rows = index.matrix.search(queries[positions], k + 4)
+            # Ask for a few extra: expired rows are only dropped here, lazily. Scores under the threshold are never
+            # used (the loop below stops at the first), so the matrix may skip a query that cannot reach it.
+            scores, rows = index.matrix.search(queries[positions], k + 4, floor=threshold)
             for position, row_scores, row_ids in zip(positions, scores.tolist(), rows.tolist(), strict=True):
                 for score, row in zip(row_scores, row_ids, strict=True):
                     if row < 0 or score < threshold:

@@ -12,7 +12,8 @@ batch's lookup reads them from the log, as in a worker. Stages run with the depl
 (``TOLLWAY_EMBEDDER``, default static) on a fixed clock, so two runs store the same entries.
 
 Figures are process CPU (``time.process_time_ns``) per record, the minimum over repetitions, and include the Redis
-client's work in this process (not the Redis server's).
+client's work in this process; the Redis server's own CPU over the same calls (``INFO cpu``, 10 ms resolution) is
+reported beside them.
 
     python -m bench.cache_micro [--store memory|redis] [--entries 8000] [--requests 4000] [--batch 200]
                                 [--repeat 3] [--mix] [--dump out.jsonl] [--profile out.prof] [--json]
@@ -32,6 +33,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
+from redis.asyncio import Redis
 
 from bench.load import BENCH_BUDGET_MS, prompt, request
 from schemas.envelope import Envelope
@@ -80,6 +82,14 @@ async def _preload(entries: int, batch: int, settings: Settings, clock: FakeCloc
                   for i in range(start, min(entries, start + batch))]
         envs = [decode_as(v, Envelope) for v in await _upstream(values, settings, clock)]
         await cache.fill(await _answered(envs, settings, clock), ctx)
+
+
+async def _redis_cpu_s(client: Redis | None) -> float:
+    """The Redis server's CPU seconds so far (0 without Redis)."""
+    if client is None:
+        return 0.0
+    info = await client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def _measured(i: int, args: argparse.Namespace) -> bytes:
@@ -142,9 +152,11 @@ async def run_once(args: argparse.Namespace, settings: Settings, embedder: Embed
         await _preload(args.entries, 500, settings, clock, fill_ctx)
         await lookup_ctx.mirror.refresh(store, "acme")  # a worker that has been running: its mirror is current
         cache_ns = post_ns = 0
+        redis_s = 0.0
         dump: list[bytes] = []
         for values in inputs:
             batch = [decode_as(v, Envelope) for v in values]
+            redis_s -= await _redis_cpu_s(client)
             if profiler is not None:
                 profiler.enable()
             started = time.process_time_ns()
@@ -161,6 +173,7 @@ async def run_once(args: argparse.Namespace, settings: Settings, embedder: Embed
             post_ns += time.process_time_ns() - started
             if profiler is not None:
                 profiler.disable()
+            redis_s += await _redis_cpu_s(client)
             if args.dump:
                 dump.extend(orjson.dumps({"id": env.request_id, "cache": env.cache.model_dump(mode="json")
                                           if env.cache else None, "answer": env.answer,
@@ -171,7 +184,10 @@ async def run_once(args: argparse.Namespace, settings: Settings, embedder: Embed
             ids = [cache.cache_keys(decode_as(v, Envelope))[1] for values in inputs for v in values]
             dump.extend(await _dump_store(store, "acme", ids))
         requests = sum(len(values) for values in inputs)
-        return {"cache": cache_ns / requests / 1000, "postprocess": post_ns / requests / 1000}, dump
+        figures = {"cache": cache_ns / requests / 1000, "postprocess": post_ns / requests / 1000}
+        if client is not None:
+            figures["redis_server"] = redis_s * 1e6 / requests
+        return figures, dump
     finally:
         if client is not None:
             keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
@@ -225,8 +241,9 @@ def main() -> None:
         print(orjson.dumps(result).decode())
         return
     print(f"{args.store}: {args.entries} entries, {args.requests} requests in batches of {args.batch}, "
-          f"{result['embedder']} embedder: cache {result['cache']} µs, postprocess+fill {result['postprocess']} µs "
-          f"CPU per record (min of {args.repeat}; load {result['load']:.2f})")
+          f"{result['embedder']} embedder: cache {result['cache']} µs, postprocess+fill {result['postprocess']} µs"
+          + (f", Redis server {result['redis_server']} µs" if "redis_server" in result else "")
+          + f" CPU per record (min of {args.repeat}; load {result['load']:.2f})")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from typing import Any, Protocol, cast
 import numpy as np
 import orjson
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from schemas.errors import BackendError
@@ -162,7 +163,7 @@ class RedisCacheStore:
         self.client = client
         self.namespace = namespace
         self.vectors = vectors  # the embedder's vector_space: whose log this store reads and writes
-        self._put = client.register_script(_PUT)
+        self._put: AsyncScript | None = None  # registered on the first write
 
     def entry_key(self, tenant: str, key: str) -> str:
         return f"{self.namespace}:cache:{tenant}:e:{key}"
@@ -224,6 +225,8 @@ class RedisCacheStore:
             args += [ttl, entry.to_json(), logs.setdefault(log_key, len(logs) + 1), write.key, write.scope,
                      entry.prompt, entry.expires_at_ms, _vector_bytes(write.vector)]
         keys = [self.entry_key(write.tenant, write.key) for write in writes]
+        if self._put is None:
+            self._put = self.client.register_script(_PUT)
         try:
             await self._put(keys=[*keys, *logs], args=args)
         except (RedisError, OSError) as exc:

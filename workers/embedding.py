@@ -42,7 +42,7 @@ _IRREGULAR = {"ca not": "can not", "wo not": "will not", "sha not": "shall not",
 # "\b(ca not|wo not|sha not|cannot)\b", written so that each match starts with a literal: a pattern that opens with
 # \b is tried at every position of the text (2x the CPU on a 300-character answer). After the first letter,
 # (?<!\w.) is the \b before it (that letter is a word character).
-_IRREGULAR_RE = re.compile(r"(?:c(?<!\w.)(?:a not|annot)|w(?<!\w.)o not|s(?<!\w.)ha not)\b")
+_IRREGULAR_RE = re.compile(r"(c(?<!\w.)(?:a not|annot)|w(?<!\w.)o not|s(?<!\w.)ha not)\b")
 _TOKEN_RE = re.compile(r"[a-z0-9]+(?:[.,][0-9]+)*|[%$€£]")
 # Words that carry little meaning get a small weight so "how do I" vs "how can I" barely moves the vector.
 _STOPWORD_TEXT = (
@@ -119,7 +119,7 @@ def normalise_text(text: str) -> str:
     if "'" in text:
         text = _CONTRACTION_RE.sub(lambda m: _CONTRACTIONS[m.group(1)], text)
     if "a not" in text or "o not" in text or "cannot" in text:
-        text = _IRREGULAR_RE.sub(lambda m: _IRREGULAR[m.group(0)], text)  # can't → ca not → can not
+        text = _IRREGULAR_RE.sub(lambda m: _IRREGULAR[m.group(1)], text)  # can't → ca not → can not
     return " ".join(text.split())
 
 

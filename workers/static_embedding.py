@@ -139,23 +139,53 @@ class StaticEmbedder:
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
-        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
-        table = self._table
-        for row, enc in enumerate(encodings):
-            ids = np.asarray(enc.ids, dtype=np.int64)
-            if ids.size == 0:
-                out[row] = self._empty
-                continue
-            np.clip(ids, 0, self._vocab - 1, out=ids)
-            if ids.size <= _CHUNK_TOKENS:
-                acc = table[ids].sum(axis=0, dtype=np.float32)
-            else:
-                acc = np.zeros(self.dim, dtype=np.float32)
-                for start in range(0, ids.size, _CHUNK_TOKENS):
-                    acc += table[ids[start : start + _CHUNK_TOKENS]].sum(axis=0, dtype=np.float32)
-            norm = float(np.linalg.norm(acc))
-            out[row] = acc / norm if norm > 1e-12 else self._empty
+        # encode_batch_fast: the same ids without the character offsets (half the tokenizer's CPU); older
+        # tokenizers have only encode_batch.
+        encode = getattr(self._tokenizer, "encode_batch_fast", self._tokenizer.encode_batch)
+        id_lists = [enc.ids for enc in encode(list(texts), add_special_tokens=False)]
+        lengths = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
+        if lengths.min() == 0 or lengths.max() > _CHUNK_TOKENS:  # empty or very long texts: one row at a time
+            for row, ids in enumerate(id_lists):
+                out[row] = self._row(np.asarray(ids, dtype=np.int64))
+            return out
+        # The batch a token position at a time, rows longest first: position p adds the p-th token's row to every
+        # text that long, so each text's tokens are summed in order from its first, as ``sum(axis=0)`` does a row
+        # at a time; each norm is the row's own dot product, as ``np.linalg.norm`` takes it. The same bits as a text
+        # at a time, without numpy's per-call overhead several times a text. A batch whose longest text has many
+        # more tokens than the batch has texts (one long text among short ones) goes a text at a time.
+        longest = int(lengths.max())
+        if longest > 4 * len(texts):
+            for row, ids in enumerate(id_lists):
+                out[row] = self._row(np.asarray(ids, dtype=np.int64))
+            return out
+        order = np.argsort(-lengths, kind="stable")
+        padded = np.zeros((len(texts), longest), dtype=np.int64)
+        for slot, row in enumerate(order.tolist()):
+            padded[slot, : lengths[row]] = id_lists[row]
+        np.clip(padded, 0, self._vocab - 1, out=padded)
+        active = np.searchsorted(-lengths[order], -np.arange(longest), side="left")  # texts longer than p
+        sums = self._table[padded[:, 0]]
+        for position in range(1, longest):
+            count = int(active[position])
+            sums[:count] += self._table[padded[:count, position]]
+        norms = np.sqrt(np.fromiter((row.dot(row) for row in sums), dtype=np.float32, count=len(sums)))
+        sorted_out = sums / norms[:, None]
+        sorted_out[~(norms > 1e-12)] = self._empty
+        out[order] = sorted_out
         return out
+
+    def _row(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        if ids.size == 0:
+            return self._empty
+        np.clip(ids, 0, self._vocab - 1, out=ids)
+        if ids.size <= _CHUNK_TOKENS:
+            acc = self._table[ids].sum(axis=0, dtype=np.float32)
+        else:
+            acc = np.zeros(self.dim, dtype=np.float32)
+            for start in range(0, ids.size, _CHUNK_TOKENS):
+                acc += self._table[ids[start : start + _CHUNK_TOKENS]].sum(axis=0, dtype=np.float32)
+        norm = float(np.linalg.norm(acc))
+        return acc / norm if norm > 1e-12 else self._empty
 
     def word_vectors(self, words: list[str]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         """Unit vectors of single words (mean of their tokens) and each word's rarity in [0, 1].

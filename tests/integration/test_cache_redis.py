@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import time
 
+import numpy as np
 import pytest
 from redis.asyncio import Redis
 
@@ -15,7 +16,7 @@ from streams.settings import Settings
 from streams.stages.cache import redis_client
 from workers.cache import stage as cache
 from workers.cache.stage import CacheContext
-from workers.cache.store import RedisCacheStore, SemanticMirror, vector_space
+from workers.cache.store import CacheEntry, CacheWrite, RedisCacheStore, SemanticMirror, vector_space
 from workers.embedding import Embedder, HashingEmbedder
 from workers.static_embedding import StaticEmbedder
 
@@ -57,6 +58,34 @@ async def test_entries_written_by_one_process_are_found_by_another(settings: Set
                                                       settings=settings)], reader)
         assert second.cache is not None and second.cache.outcome == "hit" and second.answer == "30 days."
         assert reader.mirror.size("acme") == 2
+    finally:
+        await client.aclose()
+
+
+async def test_a_batch_of_writes_sets_each_entrys_ttl_and_each_logs_longest(settings: Settings) -> None:
+    client = redis_client(settings)
+    try:
+        store = RedisCacheStore(client, namespace=settings.topic_prefix, vectors="t-d4")
+        vector = np.array([0.5, 0.5, 0.5, 0.5], dtype=np.float32)
+
+        def write(tenant: str, key: str, expires: int) -> CacheWrite:
+            entry = CacheEntry(answer=f"a {key}", cost_micros=1, model="m", prompt=f"p {key}", created_at_ms=1,
+                               expires_at_ms=expires, request_id=f"r {key}")
+            return CacheWrite(tenant=tenant, key=key, scope="s", entry=entry, vector=vector)
+
+        await client.script_flush()  # the script is loaded on first use (and again after a Redis restart)
+        await store.put([write("acme", "k1", 10), write("beta", "k2", 20), write("acme", "k3", 30)],
+                        ttl_s=[100, 300, 200])
+        assert [await client.ttl(store.entry_key(t, k)) for t, k in (("acme", "k1"), ("beta", "k2"),
+                                                                     ("acme", "k3"))] == [100, 300, 200]
+        assert await client.ttl(store.log_key("acme")) == await client.ttl(store.log_key("beta")) == 300
+        await store.put([write("acme", "k4", 40)], ttl_s=[50])  # a shorter TTL never shortens the log's
+        assert await client.ttl(store.log_key("acme")) == 300
+        records, _ = await store.read_log("acme", "0")
+        assert [(r.key, r.scope, r.prompt, r.expires_at_ms) for r in records] == [
+            ("k1", "s", "p k1", 10), ("k3", "s", "p k3", 30), ("k4", "s", "p k4", 40)]
+        assert all(r.vector.tolist() == vector.tolist() for r in records)
+        assert (await store.get([("acme", "k3")]))[0] == write("acme", "k3", 30).entry
     finally:
         await client.aclose()
 

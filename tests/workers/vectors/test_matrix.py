@@ -126,6 +126,25 @@ def test_a_big_batch_scans_everything_and_agrees_with_the_lists() -> None:
     np.testing.assert_allclose(scores_lists, scores_scan, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_a_floor_changes_nothing_at_or_above_it_and_skips_queries_that_cannot_reach_it(dtype: type) -> None:
+    rng = np.random.default_rng(9)
+    data = _clustered(rng, 2000)
+    matrix = VectorMatrix(64, dtype=dtype)
+    matrix.add(data)
+    near = l2_normalise(data[:40] + 0.02 * rng.standard_normal((40, 64)).astype(np.float32))
+    queries = np.concatenate([near, l2_normalise(rng.standard_normal((60, 64)).astype(np.float32))])
+    floor = 0.9
+    scores, rows = matrix.search(queries, 5)
+    floored_scores, floored_rows = matrix.search(queries, 5, floor=floor)
+    kept = scores >= floor
+    np.testing.assert_array_equal(floored_scores[kept], scores[kept])  # bit for bit, same rows, same order
+    np.testing.assert_array_equal(floored_rows[kept], rows[kept])
+    assert (floored_scores[~kept] < floor).all()
+    skipped = (floored_rows == -1).all(axis=1)
+    assert skipped[40:].all() and not skipped[:40].any()  # the random queries are nowhere near 0.9
+
+
 def test_rows_in_later_storage_chunks_are_found_and_scored_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(storage, "_CHUNK_BYTES", 16 << 10)  # 256 exact rows, 1024 codes, 4096 scales a chunk
     rng = np.random.default_rng(7)

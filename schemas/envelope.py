@@ -143,6 +143,23 @@ class Hop(_Model):
     remaining_budget_ms: float = 0.0
     budget_violation: bool = False
 
+    @classmethod
+    def arrived(cls, stage: str, worker_id: str, produced_at_ns: int, received_at_ns: int) -> Hop:
+        """The hop a runner stamps when a record arrives (started = received, every other field its default): the
+        instance ``Hop(stage=…, worker_id=…, produced_at_ns=…, received_at_ns=…, started_at_ns=…)`` builds — same
+        fields, same fields-set — written directly, without validating values that are already a str and ints (a
+        record's timestamp and the clock's). About half of what validating costs, at every hop of every request
+        (tests/schemas/test_envelope.py compares the two)."""
+        hop = _new(cls)
+        _set(hop, "__dict__", {"stage": stage, "worker_id": worker_id, "produced_at_ns": produced_at_ns,
+                               "received_at_ns": received_at_ns, "started_at_ns": received_at_ns,
+                               "finished_at_ns": 0, "batch_size": 1, "status": "ok", "remaining_budget_ms": 0.0,
+                               "budget_violation": False})
+        _set(hop, "__pydantic_fields_set__", set(_ARRIVED))
+        _set(hop, "__pydantic_extra__", None)
+        _set(hop, "__pydantic_private__", None)
+        return hop
+
     @property
     def queue_ms(self) -> float:
         """Time between the upstream produce and the start of work here: broker + consumer + batch wait."""
@@ -158,6 +175,11 @@ class Hop(_Model):
         started = self.started_at_ns
         queued, served = started - self.produced_at_ns, self.finished_at_ns - started
         return round((queued if queued > 0 else 0) / 1e6, 3), round((served if served > 0 else 0) / 1e6, 3)
+
+
+_new = object.__new__
+_set = object.__setattr__
+_ARRIVED = frozenset({"stage", "worker_id", "produced_at_ns", "received_at_ns", "started_at_ns"})
 
 
 class Passage(_Model):

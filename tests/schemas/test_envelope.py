@@ -54,3 +54,17 @@ def test_remaining_budget(make_envelope: Callable[..., Envelope]) -> None:
 def test_usage_adds() -> None:
     total = Usage(input_tokens=3, output_tokens=1) + Usage(input_tokens=2, cached_input_tokens=5)
     assert total == Usage(input_tokens=5, cached_input_tokens=5, output_tokens=1)
+
+
+@pytest.mark.parametrize(("stage", "worker_id", "produced", "received"),
+                         [("cache", "w-1", 1_700_000_000_000_000_000, 1_700_000_000_001_000_000), ("audit", "", 0, 5)])
+def test_an_arrived_hop_is_the_validated_hop(stage: str, worker_id: str, produced: int, received: int) -> None:
+    validated = Hop(stage=stage, worker_id=worker_id, produced_at_ns=produced, received_at_ns=received,
+                    started_at_ns=received)
+    direct = Hop.arrived(stage, worker_id, produced, received)
+    assert direct == validated
+    assert list(direct.__dict__.items()) == list(validated.__dict__.items())
+    assert direct.__pydantic_fields_set__ == validated.__pydantic_fields_set__
+    assert (direct.__pydantic_extra__, direct.__pydantic_private__) == (None, None) == (
+        validated.__pydantic_extra__, validated.__pydantic_private__)
+    assert direct.model_dump_json() == validated.model_dump_json()

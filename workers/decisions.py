@@ -181,14 +181,21 @@ def outcome_claims(*, request_id: str, tenant: str, status: str, code: str, stag
 
 
 def envelope_claims(env: Envelope) -> bytes:
-    assert env.outcome is not None
-    return outcome_claims(
-        request_id=env.request_id, tenant=env.tenant, status=str(env.outcome.status), code=env.outcome.code,
-        stage=env.outcome.stage, model=env.model.model if env.model else None,
-        usage=env.model.usage if env.model else Usage(),
+    """``outcome_claims`` of an envelope (signed where a stage ends a request, verified at every stage after it),
+    written out: the same list, without a keyword call and an empty ``Usage`` per envelope."""
+    outcome, model, tools = env.outcome, env.model, env.tools
+    assert outcome is not None
+    usage = model.usage if model is not None else _NO_USAGE
+    return orjson.dumps([
+        "outcome", env.request_id, env.tenant, str(outcome.status), outcome.code, outcome.stage,
+        model.model if model is not None else None, usage.input_tokens, usage.output_tokens,
+        usage.cached_input_tokens,
         # What the response says it cost (schemas/response.py): the model's turns plus the tool calls'.
-        cost_micros=(env.model.cost_micros if env.model else 0) + (env.tools.cost_micros if env.tools else 0),
-        saved_micros=env.cache.saved_micros if env.cache else 0, task_id=env.request.task_id)
+        (model.cost_micros if model is not None else 0) + (tools.cost_micros if tools is not None else 0),
+        env.cache.saved_micros if env.cache is not None else 0, env.request.task_id])
+
+
+_NO_USAGE = Usage()  # read only
 
 
 def sign_outcome(env: Envelope, keys: DecisionKeys) -> None:

@@ -1,3 +1,4 @@
+import random
 from collections.abc import Callable
 
 import pytest
@@ -68,3 +69,19 @@ def test_an_arrived_hop_is_the_validated_hop(stage: str, worker_id: str, produce
     assert (direct.__pydantic_extra__, direct.__pydantic_private__) == (None, None) == (
         validated.__pydantic_extra__, validated.__pydantic_private__)
     assert direct.model_dump_json() == validated.model_dump_json()
+
+
+def test_rounded_ms_is_round_to_the_microsecond() -> None:
+    """Hop.rounded_ms's integer rounding gives the floats round(ns / 1e6, 3) gives: ties, clock skew, huge values."""
+    rng = random.Random(18)
+    spans = [*range(0, 20_000), *(rng.randrange(0, 10**13) for _ in range(20_000)),
+             *(k * 1000 + 500 for k in range(5_000)), *((1 << 53) + d for d in range(-600, 600)), 10**18 + 500]
+    for span in spans:
+        for skew in (0, -span - 1):
+            hop = Hop(stage="s", worker_id="w", produced_at_ns=10**18, received_at_ns=10**18,
+                      started_at_ns=10**18 + span + skew, finished_at_ns=10**18 + 2 * span + skew)
+            started = hop.started_at_ns
+            queued, served = started - hop.produced_at_ns, hop.finished_at_ns - started
+            expected = round(max(0, queued) / 1e6, 3), round(max(0, served) / 1e6, 3)
+            assert hop.rounded_ms() == expected
+            assert [repr(v) for v in hop.rounded_ms()] == [repr(v) for v in expected]

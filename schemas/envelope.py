@@ -408,7 +408,7 @@ class Envelope(_Model):
         return (self.deadline_at_ns - now_ns) / 1e6
 
 
-_OMITTED_WHEN: dict[type[BaseModel], tuple[tuple[str, Callable[[Any], bool]], ...]] = {}
+_OMITTED_WHEN: dict[type, tuple[tuple[str, Callable[[Any], bool]], ...]] = {}
 
 
 def _omitted_when(cls: type[BaseModel]) -> tuple[tuple[str, Callable[[Any], bool]], ...]:
@@ -425,9 +425,11 @@ def json_fields(value: object) -> dict[str, Any]:
     the document ``model_dump(mode="json")`` gives, without building it (our models have no extra fields, aliases or
     custom serialisers; tests/streams/runtime/test_codec_fast_path.py and tests/workers/test_decisions.py check the
     bytes against pydantic-core's)."""
-    if not isinstance(value, BaseModel):
-        raise TypeError(f"cannot write {type(value).__name__} as JSON")
-    rules = _omitted_when(type(value))
+    rules = _OMITTED_WHEN.get(type(value))  # a model written before: its rules, without a call or a type check
+    if rules is None:
+        if not isinstance(value, BaseModel):
+            raise TypeError(f"cannot write {type(value).__name__} as JSON")
+        rules = _omitted_when(type(value))
     if not rules:
         return value.__dict__
     fields = dict(value.__dict__)

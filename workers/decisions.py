@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from pydantic import BaseModel
 
 from schemas.envelope import Envelope, Request, Usage, document_of, json_fields
 from schemas.errors import ConfigError
@@ -90,6 +91,13 @@ class DecisionKeys:
         return hmac.compare_digest(mac.hexdigest(message), signature)
 
 
+def _assign(model: BaseModel, **values: object) -> None:
+    """``model.name = value`` for each of ``values`` as pydantic does it for our models (validate_assignment off: the
+    value into ``__dict__``, the name into the fields set), without its dispatch per assignment."""
+    model.__dict__.update(values)
+    model.__pydantic_fields_set__.update(values)
+
+
 def request_digest(env: Envelope) -> str:
     """What the decision governs: the request as policy left it (redacted), its tier and principal.
 
@@ -113,10 +121,11 @@ def _decision_message(env: Envelope) -> bytes:
 
 def sign_decision(env: Envelope, keys: DecisionKeys) -> None:
     """Seal the policy stage's decision on ``env``: the route from here on and the governed request included."""
-    assert env.policy is not None, "only a decided request is signed"
-    env.policy.route = list(env.route)
-    env.policy.request_digest = request_digest(env)
-    env.policy.key_id, env.policy.signature = keys.sign(_decision_message(env))
+    decision = env.policy
+    assert decision is not None, "only a decided request is signed"
+    _assign(decision, route=list(env.route), request_digest=request_digest(env))
+    key_id, signature = keys.sign(_decision_message(env))
+    _assign(decision, key_id=key_id, signature=signature)
 
 
 def decision_problem(env: Envelope, keys: DecisionKeys, stage: str) -> str | None:
@@ -200,7 +209,8 @@ _NO_USAGE = Usage()  # read only
 
 def sign_outcome(env: Envelope, keys: DecisionKeys) -> None:
     assert env.outcome is not None
-    env.outcome.key_id, env.outcome.signature = keys.sign(envelope_claims(env))
+    key_id, signature = keys.sign(envelope_claims(env))
+    _assign(env.outcome, key_id=key_id, signature=signature)
 
 
 def outcome_verifies(env: Envelope, keys: DecisionKeys) -> bool:

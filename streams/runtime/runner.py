@@ -197,6 +197,7 @@ class StageRunner(ConsumerLoop, Generic[C]):
         self._queue_seconds = metrics.STAGE_QUEUE_SECONDS.labels(self.stage)
         # This stage's allocation of each tier's budget, looked up once (TierBudget.violated_by per hop, inlined).
         self._allocation_ms = {tier: budget.allocation_ms(self.stage) for tier, budget in self.budgets.tiers.items()}
+        self._violations: dict[Tier, Any] = {}  # BUDGET_VIOLATIONS' children by tier
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -306,8 +307,13 @@ class StageRunner(ConsumerLoop, Generic[C]):
                 stamp_or_none.__dict__["remaining_budget_ms"] = round(env.remaining_budget_ms(finished_ns), 3)
                 stamp_or_none.__pydantic_fields_set__.add("remaining_budget_ms")
                 if self._violates(env.tier, stamp_or_none):
-                    stamp_or_none.budget_violation = True
-                    metrics.BUDGET_VIOLATIONS.labels(env.tier.value, self.stage).inc()
+                    stamp_or_none.__dict__["budget_violation"] = True  # as the stamps above are written
+                    stamp_or_none.__pydantic_fields_set__.add("budget_violation")
+                    violations = self._violations.get(env.tier)
+                    if violations is None:  # looked up at the first violation (a series appears only then)
+                        violations = self._violations[env.tier] = metrics.BUDGET_VIOLATIONS.labels(env.tier.value,
+                                                                                                  self.stage)
+                    violations.inc()
                 if trace is not None:
                     trace.hop(env, stamp_or_none)
             self._forward(env, finished_ns, result, answers)

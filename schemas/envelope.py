@@ -186,6 +186,17 @@ class Hop(_Model):
         return (q_us + (q_rest > 500)) / 1000, (s_us + (s_rest > 500)) / 1000
 
 
+def ms_rounded(ns: int) -> float:
+    """``round(ns / 1e6, 3)`` for an integer ``ns`` (negative too: round() is symmetric), by Hop.rounded_ms's
+    integer rounding: the same float, -0.0 included (tests/schemas/test_envelope.py)."""
+    magnitude = -ns if ns < 0 else ns
+    whole_us, rest = divmod(magnitude, 1000)
+    if rest == 500 or magnitude >= _EXACT_NS:
+        return round(ns / 1e6, 3)
+    value = (whole_us + (rest > 500)) / 1000
+    return -value if ns < 0 else value
+
+
 _new = object.__new__
 _set = object.__setattr__
 _EXACT_NS = 1 << 53  # below this, ns / 1e6 is within a thousandth of a microsecond of its exact value

@@ -22,7 +22,7 @@ from typing import Any, Generic, Protocol
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError
 
-from schemas.envelope import Envelope, Hop, Status, Tier
+from schemas.envelope import Envelope, Hop, Status, Tier, ms_rounded
 from schemas.errors import BadEvent
 from schemas.response import DeadLetter, response_bytes
 from streams.runtime import metrics, tracing
@@ -304,7 +304,8 @@ class StageRunner(ConsumerLoop, Generic[C]):
                 await asyncio.sleep(0)
             stamp_or_none = hops.get(env.request_id)
             if stamp_or_none is not None:
-                stamp_or_none.__dict__["remaining_budget_ms"] = round(env.remaining_budget_ms(finished_ns), 3)
+                # = round(env.remaining_budget_ms(finished_ns), 3)
+                stamp_or_none.__dict__["remaining_budget_ms"] = ms_rounded(env.deadline_at_ns - finished_ns)
                 stamp_or_none.__pydantic_fields_set__.add("remaining_budget_ms")
                 if self._violates(env.tier, stamp_or_none):
                     stamp_or_none.__dict__["budget_violation"] = True  # as the stamps above are written

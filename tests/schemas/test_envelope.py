@@ -4,7 +4,7 @@ from collections.abc import Callable
 import pytest
 from pydantic import ValidationError
 
-from schemas.envelope import DEFAULT_ROUTE, Envelope, Hop, Status, Usage
+from schemas.envelope import DEFAULT_ROUTE, Envelope, Hop, Status, Usage, ms_rounded
 
 
 def test_default_route_is_the_six_stages(make_envelope: Callable[..., Envelope]) -> None:
@@ -85,3 +85,12 @@ def test_rounded_ms_is_round_to_the_microsecond() -> None:
             expected = round(max(0, queued) / 1e6, 3), round(max(0, served) / 1e6, 3)
             assert hop.rounded_ms() == expected
             assert [repr(v) for v in hop.rounded_ms()] == [repr(v) for v in expected]
+
+
+def test_ms_rounded_is_round_of_the_milliseconds() -> None:
+    rng = random.Random(19)
+    values = [*range(-20_000, 20_000), *(rng.randrange(-10**13, 10**13) for _ in range(40_000)),
+              *(k * 1000 + 500 for k in range(-5_000, 5_000)), *((1 << 53) + d for d in range(-600, 600)),
+              -(1 << 53) - 500, -(10**18) - 500]
+    for ns in values:
+        assert repr(ms_rounded(ns)) == repr(round(ns / 1e6, 3)), ns

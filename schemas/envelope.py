@@ -143,6 +143,23 @@ class Hop(_Model):
     remaining_budget_ms: float = 0.0
     budget_violation: bool = False
 
+    @classmethod
+    def arrived(cls, stage: str, worker_id: str, produced_at_ns: int, received_at_ns: int) -> Hop:
+        """The hop a runner stamps when a record arrives (started = received, every other field its default): the
+        instance ``Hop(stage=…, worker_id=…, produced_at_ns=…, received_at_ns=…, started_at_ns=…)`` builds — same
+        fields, same fields-set — written directly, without validating values that are already a str and ints (a
+        record's timestamp and the clock's). About half of what validating costs, at every hop of every request
+        (tests/schemas/test_envelope.py compares the two)."""
+        hop = _new(cls)
+        _set(hop, "__dict__", {"stage": stage, "worker_id": worker_id, "produced_at_ns": produced_at_ns,
+                               "received_at_ns": received_at_ns, "started_at_ns": received_at_ns,
+                               "finished_at_ns": 0, "batch_size": 1, "status": "ok", "remaining_budget_ms": 0.0,
+                               "budget_violation": False})
+        _set(hop, "__pydantic_fields_set__", set(_ARRIVED))
+        _set(hop, "__pydantic_extra__", None)
+        _set(hop, "__pydantic_private__", None)
+        return hop
+
     @property
     def queue_ms(self) -> float:
         """Time between the upstream produce and the start of work here: broker + consumer + batch wait."""
@@ -157,7 +174,33 @@ class Hop(_Model):
         properties' arithmetic in one call (every hop of every response and audit record runs it)."""
         started = self.started_at_ns
         queued, served = started - self.produced_at_ns, self.finished_at_ns - started
-        return round((queued if queued > 0 else 0) / 1e6, 3), round((served if served > 0 else 0) / 1e6, 3)
+        queued, served = (queued if queued > 0 else 0), (served if served > 0 else 0)
+        # round(ns / 1e6, 3) is the whole microseconds of ns rounded half to even — except where ns / 1e6 is a float
+        # whose binary value sits just off a tie (ns ending in 500) or ns is too large for that float to be within a
+        # thousandth of its true value (2**53): there the float is rounded as before. Integer arithmetic is about half
+        # of round()'s cost (decimal conversion both ways); the same floats (tests/schemas/test_envelope.py).
+        q_us, q_rest = divmod(queued, 1000)
+        s_us, s_rest = divmod(served, 1000)
+        if q_rest == 500 or s_rest == 500 or queued >= _EXACT_NS or served >= _EXACT_NS:
+            return round(queued / 1e6, 3), round(served / 1e6, 3)
+        return (q_us + (q_rest > 500)) / 1000, (s_us + (s_rest > 500)) / 1000
+
+
+def ms_rounded(ns: int) -> float:
+    """``round(ns / 1e6, 3)`` for an integer ``ns`` (negative too: round() is symmetric), by Hop.rounded_ms's
+    integer rounding: the same float, -0.0 included (tests/schemas/test_envelope.py)."""
+    magnitude = -ns if ns < 0 else ns
+    whole_us, rest = divmod(magnitude, 1000)
+    if rest == 500 or magnitude >= _EXACT_NS:
+        return round(ns / 1e6, 3)
+    value = (whole_us + (rest > 500)) / 1000
+    return -value if ns < 0 else value
+
+
+_new = object.__new__
+_set = object.__setattr__
+_EXACT_NS = 1 << 53  # below this, ns / 1e6 is within a thousandth of a microsecond of its exact value
+_ARRIVED = frozenset({"stage", "worker_id", "produced_at_ns", "received_at_ns", "started_at_ns"})
 
 
 class Passage(_Model):
@@ -376,7 +419,7 @@ class Envelope(_Model):
         return (self.deadline_at_ns - now_ns) / 1e6
 
 
-_OMITTED_WHEN: dict[type[BaseModel], tuple[tuple[str, Callable[[Any], bool]], ...]] = {}
+_OMITTED_WHEN: dict[type, tuple[tuple[str, Callable[[Any], bool]], ...]] = {}
 
 
 def _omitted_when(cls: type[BaseModel]) -> tuple[tuple[str, Callable[[Any], bool]], ...]:
@@ -393,9 +436,11 @@ def json_fields(value: object) -> dict[str, Any]:
     the document ``model_dump(mode="json")`` gives, without building it (our models have no extra fields, aliases or
     custom serialisers; tests/streams/runtime/test_codec_fast_path.py and tests/workers/test_decisions.py check the
     bytes against pydantic-core's)."""
-    if not isinstance(value, BaseModel):
-        raise TypeError(f"cannot write {type(value).__name__} as JSON")
-    rules = _omitted_when(type(value))
+    rules = _OMITTED_WHEN.get(type(value))  # a model written before: its rules, without a call or a type check
+    if rules is None:
+        if not isinstance(value, BaseModel):
+            raise TypeError(f"cannot write {type(value).__name__} as JSON")
+        rules = _omitted_when(type(value))
     if not rules:
         return value.__dict__
     fields = dict(value.__dict__)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from pydantic import BaseModel
 
 from schemas.envelope import Envelope, Request, Usage, document_of, json_fields
 from schemas.errors import ConfigError
@@ -90,6 +91,13 @@ class DecisionKeys:
         return hmac.compare_digest(mac.hexdigest(message), signature)
 
 
+def _assign(model: BaseModel, **values: object) -> None:
+    """``model.name = value`` for each of ``values`` as pydantic does it for our models (validate_assignment off: the
+    value into ``__dict__``, the name into the fields set), without its dispatch per assignment."""
+    model.__dict__.update(values)
+    model.__pydantic_fields_set__.update(values)
+
+
 def request_digest(env: Envelope) -> str:
     """What the decision governs: the request as policy left it (redacted), its tier and principal.
 
@@ -113,10 +121,11 @@ def _decision_message(env: Envelope) -> bytes:
 
 def sign_decision(env: Envelope, keys: DecisionKeys) -> None:
     """Seal the policy stage's decision on ``env``: the route from here on and the governed request included."""
-    assert env.policy is not None, "only a decided request is signed"
-    env.policy.route = list(env.route)
-    env.policy.request_digest = request_digest(env)
-    env.policy.key_id, env.policy.signature = keys.sign(_decision_message(env))
+    decision = env.policy
+    assert decision is not None, "only a decided request is signed"
+    _assign(decision, route=list(env.route), request_digest=request_digest(env))
+    key_id, signature = keys.sign(_decision_message(env))
+    _assign(decision, key_id=key_id, signature=signature)
 
 
 def decision_problem(env: Envelope, keys: DecisionKeys, stage: str) -> str | None:
@@ -181,19 +190,27 @@ def outcome_claims(*, request_id: str, tenant: str, status: str, code: str, stag
 
 
 def envelope_claims(env: Envelope) -> bytes:
-    assert env.outcome is not None
-    return outcome_claims(
-        request_id=env.request_id, tenant=env.tenant, status=str(env.outcome.status), code=env.outcome.code,
-        stage=env.outcome.stage, model=env.model.model if env.model else None,
-        usage=env.model.usage if env.model else Usage(),
+    """``outcome_claims`` of an envelope (signed where a stage ends a request, verified at every stage after it),
+    written out: the same list, without a keyword call and an empty ``Usage`` per envelope."""
+    outcome, model, tools = env.outcome, env.model, env.tools
+    assert outcome is not None
+    usage = model.usage if model is not None else _NO_USAGE
+    return orjson.dumps([
+        "outcome", env.request_id, env.tenant, str(outcome.status), outcome.code, outcome.stage,
+        model.model if model is not None else None, usage.input_tokens, usage.output_tokens,
+        usage.cached_input_tokens,
         # What the response says it cost (schemas/response.py): the model's turns plus the tool calls'.
-        cost_micros=(env.model.cost_micros if env.model else 0) + (env.tools.cost_micros if env.tools else 0),
-        saved_micros=env.cache.saved_micros if env.cache else 0, task_id=env.request.task_id)
+        (model.cost_micros if model is not None else 0) + (tools.cost_micros if tools is not None else 0),
+        env.cache.saved_micros if env.cache is not None else 0, env.request.task_id])
+
+
+_NO_USAGE = Usage()  # read only
 
 
 def sign_outcome(env: Envelope, keys: DecisionKeys) -> None:
     assert env.outcome is not None
-    env.outcome.key_id, env.outcome.signature = keys.sign(envelope_claims(env))
+    key_id, signature = keys.sign(envelope_claims(env))
+    _assign(env.outcome, key_id=key_id, signature=signature)
 
 
 def outcome_verifies(env: Envelope, keys: DecisionKeys) -> bool:

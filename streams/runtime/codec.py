@@ -51,7 +51,8 @@ def parse_json(raw: bytes | None) -> dict[str, Any]:
 
 
 def decode_as(raw: bytes | None, model: type[M]) -> M:
-    if raw is not None and raw.startswith(_FAST_PREFIX) and "schema_version" in model.model_fields:
+    # (__pydantic_fields__ is what the model_fields property returns, without the property's ~0.6 µs per record)
+    if raw is not None and raw.startswith(_FAST_PREFIX) and "schema_version" in model.__pydantic_fields__:
         try:
             return model.model_validate_json(raw)
         except ValidationError:

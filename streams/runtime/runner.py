@@ -22,7 +22,7 @@ from typing import Any, Generic, Protocol
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError
 
-from schemas.envelope import Envelope, Hop, Status
+from schemas.envelope import Envelope, Hop, Status, Tier, ms_rounded
 from schemas.errors import BadEvent
 from schemas.response import DeadLetter, response_bytes
 from streams.runtime import metrics, tracing
@@ -195,6 +195,9 @@ class StageRunner(ConsumerLoop, Generic[C]):
         self._events = metrics.STAGE_EVENTS.labels(self.stage)
         self._service_seconds = metrics.STAGE_SERVICE_SECONDS.labels(self.stage)
         self._queue_seconds = metrics.STAGE_QUEUE_SECONDS.labels(self.stage)
+        # This stage's allocation of each tier's budget, looked up once (TierBudget.violated_by per hop, inlined).
+        self._allocation_ms = {tier: budget.allocation_ms(self.stage) for tier, budget in self.budgets.tiers.items()}
+        self._violations: dict[Tier, Any] = {}  # BUDGET_VIOLATIONS' children by tier
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -209,7 +212,7 @@ class StageRunner(ConsumerLoop, Generic[C]):
     # ------------------------------------------------------------------ one batch
     async def handle(self, batches: Records) -> BatchOutcome:
         received_ns = self.clock.now_ns()
-        sink = self.spec.sink
+        sink, governed = self.spec.sink, self.spec.governed
         result = BatchOutcome()
         live: list[Envelope] = []
         passing: list[Envelope] = []  # terminal or forwarded without work here
@@ -221,17 +224,19 @@ class StageRunner(ConsumerLoop, Generic[C]):
                 result.consumed += 1
                 if result.consumed % _YIELD_EVERY == 0:
                     await asyncio.sleep(0)  # let heartbeats and the other stages of this process run
-                env = self._decode(record, result)
-                if env is None:
-                    continue
+                value = record.value
+                if isinstance(value, Envelope):  # handed over in memory by a co-located member (chain.py)
+                    env = value
+                else:
+                    decoded = self._decode(record, result)
+                    if decoded is None:
+                        continue
+                    env = decoded
                 if record.topic in self.ingress_topics:
                     _clear_runner_fields(env)
-                elif not env.terminal and env.responded:
+                elif env.outcome is None and env.responded:
                     env.responded = False  # only a terminal request can have been answered
-                # Validated, not model_construct(): pydantic-core builds it ~3× faster than model_construct's
-                # Python loop over the fields (bench/micro.py).
-                hop = Hop(stage=self.stage, worker_id=worker_id, produced_at_ns=int(record.timestamp) * 1_000_000,
-                          received_at_ns=received_ns, started_at_ns=received_ns)
+                hop = Hop.arrived(self.stage, worker_id, int(record.timestamp) * 1_000_000, received_ns)
                 if env.route and env.route[0] == self.stage:
                     env.route.pop(0)
                 elif env.route:
@@ -246,16 +251,17 @@ class StageRunner(ConsumerLoop, Generic[C]):
                     continue
                 env.hops.append(hop)
                 hops[env.request_id] = hop
-                if self._refused(env, result):
+                # (``_refused`` has nothing to check on a request neither terminal nor governed here)
+                if (governed or env.outcome is not None) and self._refused(env, result):
                     hop.status = "refused"
                     if sink:
                         unanswered.append(env)
-                if sink and not env.terminal:
+                if sink and env.outcome is None:
                     # Only a producer bypassing the route gets here: audit it as a failure, and answer it too.
                     env.finish(Status.FAILED, code="no_outcome", stage=self.stage,
                                message=f"the request reached the {self.stage} stage without an outcome")
                     unanswered.append(env)
-                if env.terminal and not sink:
+                if env.outcome is not None and not sink:
                     passing.append(env)
                 elif not sink and env.deadline_at_ns <= received_ns:
                     # Never work a request whose deadline passed on arrival; end it now, explained.
@@ -298,11 +304,17 @@ class StageRunner(ConsumerLoop, Generic[C]):
                 await asyncio.sleep(0)
             stamp_or_none = hops.get(env.request_id)
             if stamp_or_none is not None:
-                stamp_or_none.__dict__["remaining_budget_ms"] = round(env.remaining_budget_ms(finished_ns), 3)
+                # = round(env.remaining_budget_ms(finished_ns), 3)
+                stamp_or_none.__dict__["remaining_budget_ms"] = ms_rounded(env.deadline_at_ns - finished_ns)
                 stamp_or_none.__pydantic_fields_set__.add("remaining_budget_ms")
-                if self.budgets.for_tier(env.tier).violated_by(stamp_or_none):
-                    stamp_or_none.budget_violation = True
-                    metrics.BUDGET_VIOLATIONS.labels(env.tier.value, self.stage).inc()
+                if self._violates(env.tier, stamp_or_none):
+                    stamp_or_none.__dict__["budget_violation"] = True  # as the stamps above are written
+                    stamp_or_none.__pydantic_fields_set__.add("budget_violation")
+                    violations = self._violations.get(env.tier)
+                    if violations is None:  # looked up at the first violation (a series appears only then)
+                        violations = self._violations[env.tier] = metrics.BUDGET_VIOLATIONS.labels(env.tier.value,
+                                                                                                  self.stage)
+                    violations.inc()
                 if trace is not None:
                     trace.hop(env, stamp_or_none)
             self._forward(env, finished_ns, result, answers)
@@ -312,10 +324,21 @@ class StageRunner(ConsumerLoop, Generic[C]):
         await self.publisher.flush()
         self._events.inc(result.consumed)
         self._service_seconds.observe((finished_ns - started_ns) / 1e9)
-        metrics.observe_many(self._queue_seconds, [hops[env.request_id].queue_ms / 1e3 for env in live])
+        # Each live hop's queue_ms / 1e3 (every one started at started_ns), the property's arithmetic inlined.
+        queued = [started_ns - hops[env.request_id].produced_at_ns for env in live]
+        metrics.observe_many(self._queue_seconds, [(ns if ns > 0 else 0) / 1e6 / 1e3 for ns in queued])
         for status, count in result.outcomes.items():
             metrics.OUTCOMES.labels(self.stage, status).inc(count)
         return result
+
+    def _violates(self, tier: Tier, hop: Hop) -> bool:
+        """``self.budgets.for_tier(tier).violated_by(hop)``: the same float arithmetic, in the same order."""
+        allocation = self._allocation_ms[tier]
+        if not allocation > 0:
+            return False
+        started = hop.started_at_ns
+        queued, served = started - hop.produced_at_ns, hop.finished_at_ns - started
+        return (queued if queued > 0 else 0) / 1e6 + (served if served > 0 else 0) / 1e6 > allocation
 
     async def _process(self, live: list[Envelope], result: BatchOutcome) -> list[Envelope]:
         try:
@@ -336,8 +359,6 @@ class StageRunner(ConsumerLoop, Generic[C]):
 
     def _decode(self, record: ConsumerRecord[bytes, bytes], result: BatchOutcome) -> Envelope | None:
         value = record.value
-        if isinstance(value, Envelope):  # handed over in memory by a co-located member (streams/runtime/chain.py)
-            return value
         try:
             if value is not None and len(value) > self.settings.max_message_bytes:
                 raise BadEvent(f"record of {len(value)} bytes exceeds the {self.settings.max_message_bytes} limit",
@@ -349,13 +370,14 @@ class StageRunner(ConsumerLoop, Generic[C]):
 
     def _forward(self, env: Envelope, now_ns: int, result: BatchOutcome, answers: Answers) -> None:
         key = env.request_id.encode()
-        if not env.route and not self.spec.sink and not env.terminal:
+        if not env.route and not self.spec.sink and env.outcome is None:
             # A route that ends before the audit stage would lose the request silently; end it, explained.
             env.finish(Status.FAILED, code="route_ended", stage=self.stage,
                        message=f"the route ended at {self.stage} without reaching a terminal outcome")
-        if env.terminal and env.outcome is not None and env.outcome.signature is None:
+        outcome = env.outcome
+        if outcome is not None and outcome.signature is None:
             sign_outcome(env, self.keys)  # this stage ended it: what it counts is sealed here
-        if env.terminal and not env.responded:
+        if outcome is not None and not env.responded:
             response = response_bytes(env, completed_at_ns=now_ns)  # = encode(Response.from_envelope(…))
             topics = [self.topology.responses]
             if env.request.reply_to:
@@ -368,7 +390,7 @@ class StageRunner(ConsumerLoop, Generic[C]):
             answers.add(env.request_id, response, topics)
             env.responded = True
             result.responses += 1
-            result.outcomes[env.outcome.status if env.outcome else ""] += 1
+            result.outcomes[outcome.status] += 1
         if env.route:
             topic = self.topology.stage(env.route[0], env.tier)
             if self._hand_over is None or not self._hand_over(topic, env, key):

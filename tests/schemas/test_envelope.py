@@ -1,9 +1,10 @@
+import random
 from collections.abc import Callable
 
 import pytest
 from pydantic import ValidationError
 
-from schemas.envelope import DEFAULT_ROUTE, Envelope, Hop, Status, Usage
+from schemas.envelope import DEFAULT_ROUTE, Envelope, Hop, Status, Usage, ms_rounded
 
 
 def test_default_route_is_the_six_stages(make_envelope: Callable[..., Envelope]) -> None:
@@ -54,3 +55,42 @@ def test_remaining_budget(make_envelope: Callable[..., Envelope]) -> None:
 def test_usage_adds() -> None:
     total = Usage(input_tokens=3, output_tokens=1) + Usage(input_tokens=2, cached_input_tokens=5)
     assert total == Usage(input_tokens=5, cached_input_tokens=5, output_tokens=1)
+
+
+@pytest.mark.parametrize(("stage", "worker_id", "produced", "received"),
+                         [("cache", "w-1", 1_700_000_000_000_000_000, 1_700_000_000_001_000_000), ("audit", "", 0, 5)])
+def test_an_arrived_hop_is_the_validated_hop(stage: str, worker_id: str, produced: int, received: int) -> None:
+    validated = Hop(stage=stage, worker_id=worker_id, produced_at_ns=produced, received_at_ns=received,
+                    started_at_ns=received)
+    direct = Hop.arrived(stage, worker_id, produced, received)
+    assert direct == validated
+    assert list(direct.__dict__.items()) == list(validated.__dict__.items())
+    assert direct.__pydantic_fields_set__ == validated.__pydantic_fields_set__
+    assert (direct.__pydantic_extra__, direct.__pydantic_private__) == (None, None) == (
+        validated.__pydantic_extra__, validated.__pydantic_private__)
+    assert direct.model_dump_json() == validated.model_dump_json()
+
+
+def test_rounded_ms_is_round_to_the_microsecond() -> None:
+    """Hop.rounded_ms's integer rounding gives the floats round(ns / 1e6, 3) gives: ties, clock skew, huge values."""
+    rng = random.Random(18)
+    spans = [*range(0, 20_000), *(rng.randrange(0, 10**13) for _ in range(20_000)),
+             *(k * 1000 + 500 for k in range(5_000)), *((1 << 53) + d for d in range(-600, 600)), 10**18 + 500]
+    for span in spans:
+        for skew in (0, -span - 1):
+            hop = Hop(stage="s", worker_id="w", produced_at_ns=10**18, received_at_ns=10**18,
+                      started_at_ns=10**18 + span + skew, finished_at_ns=10**18 + 2 * span + skew)
+            started = hop.started_at_ns
+            queued, served = started - hop.produced_at_ns, hop.finished_at_ns - started
+            expected = round(max(0, queued) / 1e6, 3), round(max(0, served) / 1e6, 3)
+            assert hop.rounded_ms() == expected
+            assert [repr(v) for v in hop.rounded_ms()] == [repr(v) for v in expected]
+
+
+def test_ms_rounded_is_round_of_the_milliseconds() -> None:
+    rng = random.Random(19)
+    values = [*range(-20_000, 20_000), *(rng.randrange(-10**13, 10**13) for _ in range(40_000)),
+              *(k * 1000 + 500 for k in range(-5_000, 5_000)), *((1 << 53) + d for d in range(-600, 600)),
+              -(1 << 53) - 500, -(10**18) - 500]
+    for ns in values:
+        assert repr(ms_rounded(ns)) == repr(round(ns / 1e6, 3)), ns

@@ -10,9 +10,26 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from schemas.envelope import Envelope, PolicyDecision
+from schemas.envelope import (
+    CacheResult,
+    Envelope,
+    ModelResult,
+    Outcome,
+    PolicyDecision,
+    Status,
+    ToolsResult,
+    Usage,
+)
 from tests.schemas.test_properties import envelopes
-from workers.decisions import DecisionKeys, _decision_message, decision_problem, request_digest, sign_decision
+from workers.decisions import (
+    DecisionKeys,
+    _decision_message,
+    decision_problem,
+    envelope_claims,
+    outcome_claims,
+    request_digest,
+    sign_decision,
+)
 
 
 def _digest_reference(env: Envelope) -> str:
@@ -59,3 +76,20 @@ def test_the_precomputed_hmac_is_hmac_sha256(secret_len: int) -> None:
         assert not keys.verify(message, "k2", signature)
         assert keys.verify(message, "k2", hmac.new(b"another-secret-of-enough-length", message,
                                                    hashlib.sha256).hexdigest())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(envelopes())
+def test_envelope_claims_are_outcome_claims(env: Envelope) -> None:
+    """envelope_claims writes the list outcome_claims writes, with and without each section it reads."""
+    env.outcome = Outcome(status=Status.CACHE_HIT, code="c", stage="cache")
+    for model, tools, cache in ((None, None, None),
+                                (ModelResult(model="m", usage=Usage(input_tokens=3, cached_input_tokens=1,
+                                                                    output_tokens=2), cost_micros=7),
+                                 ToolsResult(cost_micros=5), CacheResult(saved_micros=11))):
+        env.model, env.tools, env.cache = model, tools, cache
+        assert envelope_claims(env) == outcome_claims(
+            request_id=env.request_id, tenant=env.tenant, status=str(env.outcome.status), code=env.outcome.code,
+            stage=env.outcome.stage, model=model.model if model else None, usage=model.usage if model else Usage(),
+            cost_micros=(model.cost_micros if model else 0) + (tools.cost_micros if tools else 0),
+            saved_micros=cache.saved_micros if cache else 0, task_id=env.request.task_id)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -81,10 +82,49 @@ def exact_key(env: Envelope) -> str:
 
 
 def cache_keys(env: Envelope) -> tuple[str, str]:
-    """``(scope_of(env), exact_key(env))``: the scope is part of the key, so both cost one scope."""
+    """``(scope_of(env), exact_key(env))``: the scope is part of the key, so both cost one scope.
+
+    Memoised by value: the lookup computes them and post-process's fill computes them again over the same request
+    (in one process for a co-located chain). The memo's key is every value the keys are made of (:func:`_key_inputs`),
+    compared by value, never an object's identity, so a changed request finds its own keys."""
+    inputs = _key_inputs(env)
+    if inputs is not None and (known := _KEYS.get(inputs)) is not None:
+        return known
     scope = scope_of(env)
     material = orjson.dumps([env.tenant, scope, normalise_prompt(env.request.prompt)])
-    return scope, hashlib.sha256(material).hexdigest()
+    keys = scope, hashlib.sha256(material).hexdigest()
+    if inputs is not None:
+        if len(_KEYS) >= _KEYS_MAX:
+            del _KEYS[next(iter(_KEYS))]  # oldest first out
+        _KEYS[inputs] = keys
+    return keys
+
+
+# The lookup and the fill of one request are a batch apart at most (a chain works both in one cycle, batches <= 500):
+# a few thousand entries of short texts. A request whose texts are long is not kept (the memo must stay small).
+_KEYS_MAX = 2048
+_KEYS_MAX_CHARS = 2000
+_KEYS: dict[tuple[object, ...], tuple[str, str]] = {}
+
+
+def _key_inputs(env: Envelope) -> tuple[object, ...] | None:
+    """What :func:`scope_of` and the exact key read, as one hashable value; None (not memoised) when the texts are
+    long or the generation params are not plain: a ``response_format`` (a dict), or a number of another type than
+    its field's (``0 == 0.0`` and ``True == 1``: the memo need not know how each is written). The sign of the
+    temperature is part of it (``-0.0 == 0.0``, but the scope writes ``-0.0``)."""
+    request = env.request
+    params = request.params
+    temperature = params.temperature
+    if params.response_format is not None or type(params.max_tokens) is not int or type(temperature) is not float:
+        return None
+    messages = tuple([(m.role, m.content) for m in request.messages])
+    retrieval = env.retrieval
+    turns = tuple([(m.role, m.content) for m in retrieval.session_turns]) if retrieval else None
+    if sum([len(content) for _, content in messages]) + (sum([len(c) for _, c in turns]) if turns else 0) \
+            > _KEYS_MAX_CHARS:
+        return None
+    return (env.tenant, model_class(env), params.max_tokens, temperature, math.copysign(1.0, temperature), messages,
+            tuple([p.doc_id for p in retrieval.passages]) if retrieval else None, turns)
 
 
 def _uses_tools(env: Envelope) -> bool:
@@ -99,13 +139,18 @@ def _may_read(env: Envelope) -> bool:
 
 async def process(batch: list[Envelope], ctx: CacheContext) -> list[Envelope]:
     lookups: list[tuple[Envelope, str, str]] = []  # (request, exact key, scope)
-    for env in batch:
-        if _may_read(env):
-            scope, key = cache_keys(env)
-            lookups.append((env, key, scope))
-        else:
-            env.cache = CacheResult(outcome="bypass")
-            metrics.LOOKUPS.labels("bypass", "").inc()
+    bypassed = 0
+    try:
+        for env in batch:
+            if _may_read(env):
+                scope, key = cache_keys(env)
+                lookups.append((env, key, scope))
+            else:
+                env.cache = CacheResult(outcome="bypass")
+                bypassed += 1
+    finally:
+        if bypassed:  # one count for the batch: the labelled child's lookup costs more than the add
+            metrics.LOOKUPS.labels("bypass", "").inc(bypassed)
     if not lookups:
         return batch
     try:
@@ -172,9 +217,9 @@ async def _lookup(lookups: list[tuple[Envelope, str, str]], ctx: CacheContext) -
             env.cache.refused_reason = reason
             env.cache.verifier_score = None if score is None else round(score, 4)
             metrics.NEAR_MISSES.labels(reason).inc()
-    for env, _, _ in misses:
-        if env.cache is not None and env.cache.outcome == "miss":
-            metrics.LOOKUPS.labels("miss", "").inc()
+    missed = sum(1 for env, _, _ in misses if env.cache is not None and env.cache.outcome == "miss")
+    if missed:
+        metrics.LOOKUPS.labels("miss", "").inc(missed)
 
 
 def _own(entry: CacheEntry, env: Envelope) -> bool:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 
+import orjson
 import pytest
 
 from schemas.envelope import (
     CacheControl,
     Envelope,
     GenerationParams,
+    Message,
     ModelResult,
     Passage,
     PolicyDecision,
@@ -249,3 +252,40 @@ async def test_a_new_process_reads_a_log_longer_than_one_page(make_envelope: Mak
     await _answer_and_fill(_at_cache(make_envelope("How do I reset MFA?")), writer, "answer 5")
     (exact,) = await cache.process([_at_cache(make_envelope("What is the refund window?"))], reader)
     assert exact.cache is not None and exact.cache.kind == "exact" and reader.mirror.size("acme") == 6
+
+
+def test_memoised_keys_follow_every_change_to_the_request(make_envelope: MakeEnv) -> None:
+    env = make_envelope(prompt="How do I rotate the key?")
+
+    def unmemoised() -> tuple[str, str]:
+        scope = cache.scope_of(env)
+        material = orjson.dumps([env.tenant, scope, cache.normalise_prompt(env.request.prompt)])
+        return scope, hashlib.sha256(material).hexdigest()
+
+    changes: list[Callable[[], object]] = [
+        lambda: setattr(env.request.params, "temperature", -0.0),
+        lambda: setattr(env.request.params, "temperature", 0),  # an int: its own memo entry, the same keys
+        lambda: setattr(env.request.params, "temperature", 0.0),
+        lambda: setattr(env.request.params, "max_tokens", True),
+        lambda: setattr(env.request.params, "max_tokens", 1),
+        lambda: setattr(env.request.params, "response_format", {"type": "json_object"}),
+        lambda: setattr(env.request.params, "response_format", None),
+        lambda: setattr(env.request, "model", "m-large"),
+        lambda: setattr(env, "tenant", "globex"),
+        lambda: env.request.messages.insert(0, Message(role="system", content="be brief")),
+        lambda: setattr(env.request.messages[0], "content", "be thorough"),
+        lambda: setattr(env.request.messages[-1], "content", "How do I rotate the key??"),
+        lambda: setattr(env, "retrieval", RetrievalResult(passages=[Passage(doc_id="d1", score=1.0, text="x")])),
+        lambda: env.retrieval.session_turns.append(Message(role="user", content="earlier")),  # type: ignore[union-attr]
+        lambda: setattr(env.request.messages[-1], "content", "long " * 500),  # too long to keep: computed each time
+    ]
+    seen = {cache.cache_keys(env)}
+    assert cache.cache_keys(env) == unmemoised()
+    for change in changes:
+        change()
+        assert cache.cache_keys(env) == unmemoised()
+        assert cache.cache_keys(env) == unmemoised()  # asked again: the memo's answer
+        seen.add(cache.cache_keys(env))
+    # Not new: temperature 0 and 0.0 (both written 0.0), max_tokens True then 1 (both 1), response_format None again,
+    # "??" (stripped like "?").
+    assert len(seen) == 11

@@ -34,14 +34,16 @@ _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 _CITATION = re.compile(r"\[[^\]\n]{1,80}\]")  # "[doc-7]": a citation is not a claim
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+")
 # Matched against normalise_text() output: lower case, contractions expanded ("can't" → "can not").
+# Each alternative starts with a literal and (?<!\w.) after it is the \b before it (that letter is a word character):
+# a pattern that opens with \b is tried at every position of the opening, this one only where an "i", "a" or "t" is.
 _REFUSAL = re.compile(
-    r"\b(?:"
-    r"i (?:am )?(?:sorry|afraid),? but\b"
-    r"|i (?:can not|will not|am unable to|am not able to|must decline to|have to decline to|do not have enough "
-    r"information to) (?:help|assist|answer|provide|comply|give|share|do|fulfil|fulfill|complete|respond)"
-    r"|i must decline|i have to decline|i refuse\b"
-    r"|as an ai(?: language model)?\b"
-    r"|(?:this|that) is not something i can\b"
+    r"(?:"
+    r"i(?<!\w.) (?:am )?(?:sorry|afraid),? but\b"
+    r"|i(?<!\w.) (?:can not|will not|am unable to|am not able to|must decline to|have to decline to|do not have "
+    r"enough information to) (?:help|assist|answer|provide|comply|give|share|do|fulfil|fulfill|complete|respond)"
+    r"|i(?<!\w.) must decline|i(?<!\w.) have to decline|i(?<!\w.) refuse\b"
+    r"|a(?<!\w.)s an ai(?: language model)?\b"
+    r"|t(?<!\w.)h(?:is|at) is not something i can\b"
     r")")
 _REFUSAL_WINDOW = 300  # characters: a refusal opens the answer; later text may legitimately quote one
 # Every refusal _REFUSAL matches has one of these (the regex runs only where one is: most answers have none).

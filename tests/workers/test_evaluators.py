@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import pytest
@@ -142,3 +143,30 @@ def test_the_refusal_words_gate_only_skips_texts_the_pattern_cannot_match(words:
     answer = " ".join(words)
     opening = normalise_text(answer[:evaluators._REFUSAL_WINDOW])
     assert evaluators.is_refusal(answer) == (evaluators._REFUSAL.search(opening) is not None)
+
+
+# The refusal pattern as it was written before each alternative started with its first letter: \b, then the words.
+_REFUSAL_WITH_LEADING_BOUNDARY = re.compile(
+    r"\b(?:"
+    r"i (?:am )?(?:sorry|afraid),? but\b"
+    r"|i (?:can not|will not|am unable to|am not able to|must decline to|have to decline to|do not have enough "
+    r"information to) (?:help|assist|answer|provide|comply|give|share|do|fulfil|fulfill|complete|respond)"
+    r"|i must decline|i have to decline|i refuse\b"
+    r"|as an ai(?: language model)?\b"
+    r"|(?:this|that) is not something i can\b"
+    r")")
+
+
+@given(st.lists(st.sampled_from(["i", "I'm", "am", "sorry", "afraid", ",", "but", "can't", "will", "unable", "to",
+                                 "help", "decline", "refuse", "as", "an", "ai", "this", "that", "is", "not",
+                                 "something", "x", "_", "1", "é", "-", "Ｉ", "I refuse", "As an AI", "this is not",
+                                 "something I can", "I must decline"]), max_size=12),
+       st.sampled_from([" ", "", "-", "\n", "  "]))
+@example(["xi", "refuse"], " ").via("a letter before the i")
+@example(["é", "I refuse"], "").via("a non-ASCII letter before the i")
+@example(["_", "As an AI"], "").via("an underscore before the a")
+@example(["1", "this is not", "something I can"], "").via("a digit before the t")
+@example(["-", "I must decline"], "").via("a hyphen before the i")
+def test_the_refusal_pattern_matches_where_its_leading_boundary_form_does(words: list[str], sep: str) -> None:
+    opening = normalise_text(sep.join(words))
+    assert (evaluators._REFUSAL.search(opening) is None) == (_REFUSAL_WITH_LEADING_BOUNDARY.search(opening) is None)

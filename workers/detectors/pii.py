@@ -40,12 +40,16 @@ class Finding:
 # Lower number wins an overlap: specific, checksummed patterns before the lenient phone matcher.
 PRIORITY = {"secret": 0, "email": 1, "iban": 2, "credit_card": 3, "us_ssn": 4, "ip_address": 5, "phone": 6}
 
-_EMAIL = re.compile(r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@(?:[A-Za-z0-9-]{1,63}\.){1,8}[A-Za-z]{2,24}"
+# Each pattern starts with the character class of its first character, and the lookbehind that guarded it follows it
+# (one character wider: that character): a pattern that opens with a lookbehind is tried at every position of the
+# text, one that opens with a class only where such a character is. The same matches
+# (tests/workers/detectors/test_pii.py).
+_EMAIL = re.compile(r"[A-Za-z0-9](?<![\w.%+-].)[A-Za-z0-9._%+-]{0,63}@(?:[A-Za-z0-9-]{1,63}\.){1,8}[A-Za-z]{2,24}"
                     r"(?![\w-])")
-_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d])")
-_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}")
-_SSN = re.compile(r"(?<![\d-])\d{3}([- ])\d{2}\1\d{4}(?![\d-])")
-_IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?!\.?\d)")
+_CARD = re.compile(r"\d(?<![\d-].)(?:[ -]?\d){12,18}(?![\d])")
+_IBAN = re.compile(r"[A-Z](?<![A-Za-z0-9].)[A-Z]\d{2}(?: ?[A-Z0-9]){11,30}")
+_SSN = re.compile(r"\d(?<![\d-].)\d{2}([- ])\d{2}\1\d{4}(?![\d-])")
+_IPV4 = re.compile(r"\d(?<![\d.].)\d{0,2}\.(?:\d{1,3}\.){2}\d{1,3}(?!\.?\d)")
 _IPV6 = re.compile(r"(?<![0-9A-Fa-f:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![0-9A-Fa-f:])")
 _SECRETS = [
     re.compile(r"\bAKIA[0-9A-Z]{16}\b"),  # AWS access key id

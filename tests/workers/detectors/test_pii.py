@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import string
 
 import phonenumbers
@@ -133,3 +134,29 @@ def test_the_gates_find_what_every_detector_over_every_text_finds(parts: list[st
     # prefix): the findings must be those of running them all.
     text = " ".join(parts)
     assert detect(text) == _detect_ungated(text)
+
+
+# The patterns as they were written before each started with its first character's class (a lookbehind first).
+_LOOKBEHIND_FIRST = {
+    "_EMAIL": r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@(?:[A-Za-z0-9-]{1,63}\.){1,8}[A-Za-z]{2,24}(?![\w-])",
+    "_CARD": r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d])",
+    "_IBAN": r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}",
+    "_SSN": r"(?<![\d-])\d{3}([- ])\d{2}\1\d{4}(?![\d-])",
+    "_IPV4": r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?!\.?\d)",
+}
+
+
+@given(st.lists(st.one_of(filler, _near_pii, card_numbers(), ibans(), st.text(max_size=20),
+                          st.sampled_from(["jane@example.com", "a.b@c.de", "536-22-1234", "536 22 1234", "10.1.2.3",
+                                           "1.2.3.4.5", "DE44 5001 0517 5407 3249 31", "é9", "_a@b.co", "x-1"])),
+                max_size=8),
+       st.sampled_from([" ", "", "-", ".", "\n", "é"]), st.integers(0, 12))
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+def test_the_patterns_match_as_their_lookbehind_first_forms(parts: list[str], sep: str, pos: int) -> None:
+    text = sep.join(parts)
+    for name, before in _LOOKBEHIND_FIRST.items():
+        pattern, old = getattr(pii, name), re.compile(before)
+        assert [(m.span(), m.groups()) for m in pattern.finditer(text)] == \
+            [(m.span(), m.groups()) for m in old.finditer(text)], name
+        new_at, old_at = pattern.search(text, pos), old.search(text, pos)  # _ibans searches from a position
+        assert (new_at and new_at.span()) == (old_at and old_at.span()), name

@@ -106,6 +106,19 @@ def request_digest(env: Envelope) -> str:
     (its value) — the same payload as before (tests/workers/test_decisions.py checks it against model_dump's)."""
     request = dict(env.request.__dict__)
     del request["reply_to"]
+    # The sections orjson would ask json_fields for, given as their documents here (a callback from C per model
+    # costs more than writing them): a message without tool turns (nearly all) is its role and content, the rest as
+    # json_fields writes them; params and cache have no field that json_fields leaves out, so they are their fields.
+    messages = []
+    for message in request["messages"]:
+        fields = message.__dict__
+        if fields["tool_calls"] is None and fields["tool_call_id"] is None:
+            messages.append({"role": fields["role"], "content": fields["content"]})
+        else:
+            messages.append(json_fields(message))
+    request["messages"] = messages
+    request["params"] = request["params"].__dict__
+    request["cache"] = request["cache"].__dict__
     payload = orjson.dumps([env.tenant, env.tier, env.principal.key_id if env.principal else None,
                             document_of(Request, request)], default=json_fields, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(payload).hexdigest()
@@ -144,7 +157,9 @@ def decision_problem(env: Envelope, keys: DecisionKeys, stage: str) -> str | Non
     if anchor not in route:
         return f"the {stage} stage is not on the route policy decided ({route})"
     start = route.index(anchor) + (0 if stage == "tools" else 1)
-    if _collapsed(env.route) != _collapsed(route[start:]):
+    rest = route[start:]
+    # (the same route, the common case, is the same route collapsed: no loop over either)
+    if env.route != rest and _collapsed(env.route) != _collapsed(rest):
         return f"the route {env.route} is not the one policy decided ({route})"
     if stage == "tools":
         return tool_calls_problem(env, keys)

@@ -52,6 +52,8 @@ from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
+_new = object.__new__
+
 # A route revisits a member at most a few times (policy → retrieval); more rounds than this means a loop.
 _MAX_ROUNDS = 16
 
@@ -269,7 +271,13 @@ class ChainRunner(ConsumerLoop):
             member = self.owner[topic]
             tp = TopicPartition(topic, -1)  # in memory: never committed
             records = pending[member].setdefault(tp, [])
-            records.extend(ConsumerRecord(topic=topic, partition=-1, offset=-1, timestamp=now_ms, timestamp_type=0,
-                                          key=key, value=value, checksum=None,
-                                          serialized_key_size=len(key or b""), serialized_value_size=0,
-                                          headers=[]) for key, value in values)
+            # ConsumerRecord(topic=topic, partition=-1, offset=-1, timestamp=now_ms, timestamp_type=0, key=key,
+            # value=value, checksum=None, serialized_key_size=len(key or b""), serialized_value_size=0, headers=[])
+            # with its fields written straight into a new instance (a plain dataclass: __init__ only sets them),
+            # without parsing eleven keywords per hand-over.
+            for key, value in values:
+                record: ConsumerRecord[bytes, bytes] = _new(ConsumerRecord)
+                record.__dict__ = {"topic": topic, "partition": -1, "offset": -1, "timestamp": now_ms,
+                                   "timestamp_type": 0, "key": key, "value": value, "checksum": None,
+                                   "serialized_key_size": len(key or b""), "serialized_value_size": 0, "headers": []}
+                records.append(record)

@@ -13,10 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from schemas.envelope import (
     CacheResult,
     Envelope,
+    FunctionTool,
+    Message,
     ModelResult,
     Outcome,
     PolicyDecision,
+    Request,
     Status,
+    ToolCall,
     ToolsResult,
     Usage,
 )
@@ -61,6 +65,23 @@ def test_signed_bytes_are_the_model_dump_documents(env: Envelope) -> None:
     assert _decision_message(env) == _message_reference(env)
     env.route.pop(0)  # the cache stage pops itself off before it checks
     assert decision_problem(env, KEYS, "cache") is None
+
+
+@pytest.mark.parametrize("turns", [
+    [Message(role="user", content="hi")],
+    [Message(role="user", content="add 2 and 3"),
+     Message(role="assistant", content="", tool_calls=[ToolCall(id="c1", name="add", arguments={"b": 3, "a": 2})]),
+     Message(role="tool", content="5", tool_call_id="c1"), Message(role="user", content="thanks")],
+    [Message(role="assistant", content="x", tool_calls=[]), Message(role="tool", content="y", tool_call_id="")],
+])
+def test_the_digest_of_tool_turns_and_tools_is_the_model_dump_documents(turns: list[Message]) -> None:
+    """Messages with tool turns (and the request's tools) take the generic path of request_digest."""
+    env = Envelope(request_id="r1", tenant="acme", created_at_ns=1, deadline_at_ns=2,
+                   request=Request(messages=turns, reply_to="t.replies.a", tool_choice="required", tools_mode="client",
+                                   tools=[FunctionTool(name="add", parameters={"type": "object", "z": 1, "a": [2]})]))
+    assert request_digest(env) == _digest_reference(env)
+    env.request.tools, env.request.tool_choice, env.request.tools_mode = [], "auto", "auto"
+    assert request_digest(env) == _digest_reference(env)
 
 
 @pytest.mark.parametrize("secret_len", [16, 63, 64, 65, 200])

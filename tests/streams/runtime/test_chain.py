@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from aiokafka import TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 
 from schemas.envelope import DEFAULT_ROUTE, STAGES, Envelope, Status
 from schemas.errors import ConfigError
@@ -87,6 +88,23 @@ async def test_bad_bytes_in_a_chain_are_dead_lettered_and_the_rest_goes_on() -> 
                                                                      (b"k", encode(good))])})
     assert len(kafka.values(TOPICS.deadletter)) == 1
     assert [decode_as(v, Response).request_id for v in kafka.values(TOPICS.responses)] == [good.request_id]
+
+
+def test_a_handed_over_record_is_the_consumer_record_aiokafka_builds() -> None:
+    """_collect writes a hand-over's ConsumerRecord fields directly: the same record as the dataclass's __init__."""
+    chain, _ = chain_of([registry.stage("retrieval"), registry.stage("policy")])
+    env = new_envelope("hi", tenant="acme", settings=SETTINGS)
+    topic = TOPICS.stage("policy", env.tier)
+    chain.publisher.hand_over(topic, env, b"k")
+    chain.publisher.publish(topic, b"bytes", key=None)
+    pending: dict[Any, Any] = defaultdict(dict)
+    chain._collect(pending)
+    (records,) = pending[chain.owner[topic]].values()
+    for record, (key, value) in zip(records, ((b"k", env), (None, b"bytes")), strict=True):
+        assert record == ConsumerRecord(topic=topic, partition=-1, offset=-1, timestamp=record.timestamp,
+                                        timestamp_type=0, key=key, value=value, checksum=None,
+                                        serialized_key_size=len(key or b""), serialized_value_size=0, headers=[])
+        assert vars(record) == vars(ConsumerRecord(**vars(record)))
 
 
 def test_worker_arguments_name_chains_with_plus() -> None:

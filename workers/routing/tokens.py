@@ -20,9 +20,6 @@ _PIECES = re.compile(r"[^\W\d_]+|\d{1,3}|[^\w\s]|_")
 PER_MESSAGE_TOKENS = 4
 REPLY_PRIMING_TOKENS = 3
 _LETTERS_PER_TOKEN = 6
-# The letter pieces longer than one token: a letter piece is a whole run of ``[^\W\d_]`` (the piece before it, if
-# any, is not one), so these are exactly the letter pieces of more than ``_LETTERS_PER_TOKEN`` characters.
-_LONG_LETTERS = re.compile(rf"[^\W\d_]{{{_LETTERS_PER_TOKEN + 1},}}")
 
 
 @lru_cache(maxsize=8192)
@@ -31,13 +28,12 @@ def count_tokens(text: str) -> int:
 
     Memoised: one prompt is counted by the router, the difficulty estimate and the backend's usage, and roles and
     system prompts repeat on every request."""
-    # One token per piece, and ⌈len / 6⌉ − 1 more for each long letter piece that starts with a letter (a run
-    # starting with, e.g., "½" costs one, as the per-piece rule has it): the per-piece sum without a Python loop
-    # over the pieces.
-    total = len(_PIECES.findall(text))
-    for run in _LONG_LETTERS.findall(text):
-        if run[0].isalpha():
-            total += -(-len(run) // _LETTERS_PER_TOKEN) - 1
+    total = 0
+    for piece in _PIECES.findall(text):
+        if len(piece) > _LETTERS_PER_TOKEN and piece[0].isalpha():
+            total += -(-len(piece) // _LETTERS_PER_TOKEN)
+        else:
+            total += 1
     return total
 
 

@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.envelope import Message
-from workers.routing.tokens import _PIECES, count_message_tokens, count_tokens, truncate_to_tokens
+from workers.routing.tokens import count_message_tokens, count_tokens, truncate_to_tokens
 
 
 def test_counts_like_a_bpe_tokenizer() -> None:
@@ -23,14 +23,3 @@ def test_truncation_never_exceeds_and_is_a_prefix(text: str, limit: int) -> None
     assert text.startswith(cut)
     if count_tokens(text) <= limit:
         assert cut == text
-
-
-def _per_piece(text: str) -> int:
-    """The count's definition, piece by piece: one token a piece, ⌈len / 6⌉ for a letter piece of more than six."""
-    return sum(-(-len(p) // 6) if len(p) > 6 and p[0].isalpha() else 1 for p in _PIECES.findall(text))
-
-
-@settings(deadline=None)
-@given(st.text(alphabet=st.sampled_from("aZé½²ⅫーK7 _-.,\n\t…\"'"), max_size=300) | st.text(max_size=300))
-def test_the_count_is_the_per_piece_sum(text: str) -> None:
-    assert count_tokens.__wrapped__(text) == _per_piece(text)

@@ -14,6 +14,7 @@ exact cost in integer micro-dollars (:meth:`workers.routing.catalog.ModelSpec.co
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 from collections import defaultdict
@@ -229,8 +230,8 @@ def attempt_timeout_ms(item: _Pending, now_ns: int, ctx: ModelContext) -> float:
     ``min_timeout_ms`` while the deadline allows, never past the deadline."""
     env, spec = item.env, item.model
     remaining_ms = env.remaining_budget_ms(now_ns)
-    ahead = env.route[env.route.index(NAME) + 1:] if NAME in env.route else env.route
-    usable_ms = remaining_ms - reserved_for_ms((env.deadline_at_ns - env.created_at_ns) / 1e6, ahead)
+    total_ms = (env.deadline_at_ns - env.created_at_ns) / 1e6
+    usable_ms = remaining_ms - _reserved_after_model_ms(total_ms, tuple(env.route))
     own_floor_ms = max(ctx.min_timeout_ms, ctx.timeout_factor * item.expected_ms(spec))
     for candidate in item.candidates[1:]:
         if ctx.breakers(candidate.backend).allows(now_ns):
@@ -239,6 +240,14 @@ def attempt_timeout_ms(item: _Pending, now_ns: int, ctx: ModelContext) -> float:
                 usable_ms -= keep_ms
             break
     return max(0.0, min(remaining_ms, max(usable_ms, ctx.min_timeout_ms)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _reserved_after_model_ms(total_ms: float, route: tuple[str, ...]) -> float:
+    """What the stages after the model on ``route`` need of a ``total_ms`` budget (:func:`reserved_for_ms`), once
+    per budget and route: requests of a tier share both."""
+    ahead = route[route.index(NAME) + 1:] if NAME in route else route
+    return reserved_for_ms(total_ms, ahead)
 
 
 def _escalate(item: _Pending, reply: ModelReply, ctx: ModelContext) -> bool:
@@ -259,8 +268,7 @@ def _escalate(item: _Pending, reply: ModelReply, ctx: ModelContext) -> bool:
         return False
     now_ns = ctx.clock.now_ns()
     target = escalate_to[0]
-    ahead = env.route[env.route.index(NAME) + 1:] if NAME in env.route else env.route
-    reserved_ms = reserved_for_ms((env.deadline_at_ns - env.created_at_ns) / 1e6, ahead)
+    reserved_ms = _reserved_after_model_ms((env.deadline_at_ns - env.created_at_ns) / 1e6, tuple(env.route))
     remaining_ms = env.remaining_budget_ms(now_ns)
     if not cascade.may_escalate(remaining_ms, reserved_ms, item.expected_ms(target)):
         item.reasons.append(f"cascade: {spec.name}'s answer {verdict.explain()}, but {remaining_ms:.0f} ms left "

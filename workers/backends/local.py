@@ -21,7 +21,7 @@ import math
 import re
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import orjson
@@ -74,20 +74,21 @@ class _Sentence:
     passage_rank: int
     position: int
     passage_score: float
+    terms: list[str] = field(compare=False)  # ``terms(text)`` once: the filter, frequencies and overlaps read it
 
 
 def _sentences(passages: list[Passage], prompt: str) -> list[_Sentence]:
     out: list[_Sentence] = []
     for rank, passage in enumerate(passages):
         for pos, text in enumerate(s.strip() for s in _SENTENCE.split(passage.text)):
-            if len(terms(text)) >= 2:
-                out.append(_Sentence(text, passage.doc_id, rank, pos, passage.score))
+            if len(found := terms(text)) >= 2:
+                out.append(_Sentence(text, passage.doc_id, rank, pos, passage.score, found))
     # Material pasted into the prompt ("Summarise the following: …") is a source too.
     _, colon, material = prompt.partition(":")
     if colon and len(material.split()) >= 12:
         for pos, text in enumerate(s.strip() for s in _SENTENCE.split(material)):
-            if len(terms(text)) >= 2:
-                out.append(_Sentence(text, None, len(passages), pos, 0.0))
+            if len(found := terms(text)) >= 2:
+                out.append(_Sentence(text, None, len(passages), pos, 0.0, found))
     return out
 
 
@@ -106,35 +107,52 @@ def _topic(prompt: str) -> str:
     return " ".join(words) or "that"
 
 
+# The reply to a question no source covers: ``_NO_SOURCE_HEAD + question + _NO_SOURCE_TAIL``. The head ends and the
+# tail starts with a quote, a token of its own that no token of the question runs into, so the reply's token count
+# is the sum of the three parts' counts (the head's and the tail's counted once, here).
+_NO_SOURCE_HEAD: Final = "I couldn't find a document that answers \""
+_NO_SOURCE_TAIL: Final = ("\", so I can't give a grounded answer. If it is documented, add the document to the index "
+                          "and ask again; otherwise a specialist should take it.")
+_NO_SOURCE_TOKENS: Final = count_tokens(_NO_SOURCE_HEAD) + count_tokens(_NO_SOURCE_TAIL)
+
+
 def answer(prompt: str, passages: list[Passage]) -> str:
     """The local model's reply to ``prompt`` given the retrieved ``passages`` (pure and deterministic)."""
+    return _answer(prompt, passages)[0]
+
+
+def _answer(prompt: str, passages: list[Passage]) -> tuple[str, int | None]:
+    """:func:`answer`, and the reply's token count when it was known without counting the reply (else None)."""
     if _GREETING.match(prompt):
-        return "Hello! Ask me a question and I'll answer from your organisation's documents."
+        return "Hello! Ask me a question and I'll answer from your organisation's documents.", None
     if _THANKS.match(prompt):
-        return "You're welcome. Anything else I can help with?"
+        return "You're welcome. Anything else I can help with?", None
     if _CLASSIFY.search(prompt):
-        return _classify(prompt)
+        return _classify(prompt), None
     sentences = _sentences(passages, prompt)
     if not sentences:
         if _SUMMARY.search(prompt):
             return (f"I couldn't find the material to summarise ({_topic(prompt)}) among this tenant's indexed "
-                    "documents. Paste the text after a colon, or index the document and ask again.")
+                    "documents. Paste the text after a colon, or index the document and ask again."), None
         question = prompt.strip() if len(prompt) <= 90 else prompt.strip()[:87].rstrip() + "…"
-        return (f"I couldn't find a document that answers \"{question}\", so I can't give a grounded answer. If it "
-                "is documented, add the document to the index and ask again; otherwise a specialist should take it.")
+        return _NO_SOURCE_HEAD + question + _NO_SOURCE_TAIL, _NO_SOURCE_TOKENS + count_tokens(question)
     query = set(terms(prompt))  # only a reply composed from sentences reads it
-    document_frequency = Counter(t for s in sentences for t in set(terms(s.text)))
+    term_sets = [set(s.terms) for s in sentences]
+    document_frequency = Counter(t for found in term_sets for t in found)
     n = len(sentences)
+    # Each sentence's overlap once (the same sets summed in the same order: the same floats as recomputing it).
+    overlaps = {id(s): sum(math.log(1 + n / document_frequency[t]) for t in query & found)
+                for s, found in zip(sentences, term_sets, strict=True)}
 
     def overlap(sentence: _Sentence) -> float:
-        return sum(math.log(1 + n / document_frequency[t]) for t in query & set(terms(sentence.text)))
+        return overlaps[id(sentence)]
 
     summary = bool(_SUMMARY.search(prompt))
     ranked = sorted(sentences, key=lambda s: (-(overlap(s) + 0.5 * s.passage_score), s.passage_rank, s.position))
     best = overlap(ranked[0])
     if best == 0 and not summary:
         closest = ranked[0].doc_id or "your text"
-        return f"The documents I found don't answer that directly. The closest is [{closest}]: {ranked[0].text}"
+        return f"The documents I found don't answer that directly. The closest is [{closest}]: {ranked[0].text}", None
     count_match = _COUNT.search(prompt)
     wanted = (_NUMBERS.get(count_match.group(1).lower()) or int(count_match.group(1))) if count_match else \
         (3 if summary else 2)
@@ -142,12 +160,12 @@ def answer(prompt: str, passages: list[Passage]) -> str:
     chosen = ranked[:wanted] if summary else [s for s in ranked if overlap(s) >= 0.5 * best][:wanted]
     chosen.sort(key=lambda s: (s.passage_rank, s.position))
     if summary:
-        return "\n".join(f"- {_cited(s.text, s.doc_id)}" for s in chosen)
+        return "\n".join(f"- {_cited(s.text, s.doc_id)}" for s in chosen), None
     parts = []
     for i, s in enumerate(chosen):
         last_of_doc = i + 1 == len(chosen) or chosen[i + 1].doc_id != s.doc_id
         parts.append(_cited(s.text, s.doc_id) if last_of_doc else s.text)
-    return " ".join(parts)
+    return " ".join(parts), None
 
 
 _OPENERS: Final = ("", "In short: ", "To answer that: ", "Briefly: ", "Here is what I found: ")
@@ -215,8 +233,12 @@ class LocalBackend:
             usage = Usage(input_tokens=count_message_tokens([*call.history, *call.messages]),
                           output_tokens=count_tokens(text))
             return ModelReply(request_id=call.request_id, text=text, usage=usage)
-        text = answer(prompt, call.passages)
-        truncated = truncate_to_tokens(text, call.max_tokens)
+        text, text_tokens = _answer(prompt, call.passages)
+        if text_tokens is not None and text_tokens <= call.max_tokens:
+            truncated, output_tokens = text, text_tokens  # what truncating and counting would find
+        else:
+            truncated = truncate_to_tokens(text, call.max_tokens)
+            output_tokens = count_tokens(truncated)
         chat: list[Message] = list(call.messages)
         cached = 0
         if call.passages:
@@ -225,7 +247,7 @@ class LocalBackend:
             if self._seen_prefix(context):
                 cached = count_tokens(context)
         usage = Usage(input_tokens=count_message_tokens(chat), cached_input_tokens=cached,
-                      output_tokens=count_tokens(truncated))
+                      output_tokens=output_tokens)
         alternatives = [truncate_to_tokens(sample(text, call.seed + k, call.temperature), call.max_tokens)
                         for k in range(1, call.samples)]
         if alternatives:

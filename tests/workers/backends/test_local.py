@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from schemas.envelope import Message, Passage
 from workers.backends.base import ModelCall
-from workers.backends.local import LocalBackend, answer, sample
+from workers.backends.local import LocalBackend, _answer, answer, sample
 from workers.routing.catalog import LatencyProfile
+from workers.routing.tokens import count_tokens
 
 PASSAGES = [
     Passage(doc_id="refunds.md", score=0.82, text="Annual plans can be refunded in full within 30 days of purchase. "
@@ -28,6 +29,16 @@ def test_no_source_gives_an_honest_generic_reply() -> None:
     assert answer("How do I rotate an API key?", []).startswith(
         'I couldn\'t find a document that answers "How do I rotate an API key?"')
     assert answer("Hello!", []).startswith("Hello!")
+
+
+def test_the_no_source_reply_is_counted_from_its_parts() -> None:
+    # Questions that end or start on letters, digits, punctuation, underscores, quotes, an ellipsis when cut.
+    questions = ["How do I rotate an API key?", "  padded question 12345  ", '"quoted" 9', "snake_case_name", "",
+                 "x" * 200, "Why? " * 30, "ünïcödé wörds ending in 7", "…", "a\"b", "数字 123 and ß"]
+    for question in questions:
+        text, tokens = _answer(question, [])
+        assert text.startswith("I couldn't find a document")
+        assert tokens == count_tokens(text)
     assert answer("Classify this ticket: the invoice total is wrong.", []).startswith("Category: billing")
     pasted = ("Summarise the following: The outage began at 09:10 UTC after a config push. Traffic tripled within "
               "minutes. Engineers rolled back the change at 09:40.")

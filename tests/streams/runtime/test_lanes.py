@@ -28,15 +28,11 @@ class Clock:
         return self.now
 
 
-@dataclass
-class FakeConsumer:
-    """Just what LanePoller uses: assignment, getmany (with a partition filter), highwater, pause and resume."""
+class QueuedRecords:
+    """What both fake consumers share: records queued per partition, each partition's end, the assignment."""
 
-    clock: Clock
-    queued: dict[TopicPartition, list[Record]] = field(default_factory=lambda: {FAST: [], SLOW: []})
-    ends: dict[TopicPartition, int] = field(default_factory=lambda: {FAST: 0, SLOW: 0})
-    paused: set[TopicPartition] = field(default_factory=set)
-    waits_ms: list[int] = field(default_factory=list)
+    queued: dict[TopicPartition, list[Record]]
+    ends: dict[TopicPartition, int]
 
     def add(self, tp: TopicPartition, count: int) -> None:
         for _ in range(count):
@@ -45,6 +41,17 @@ class FakeConsumer:
 
     def assignment(self) -> set[TopicPartition]:
         return set(self.queued)
+
+
+@dataclass
+class FakeConsumer(QueuedRecords):
+    """Just what LanePoller uses: assignment, getmany (with a partition filter), highwater, pause and resume."""
+
+    clock: Clock
+    queued: dict[TopicPartition, list[Record]] = field(default_factory=lambda: {FAST: [], SLOW: []})
+    ends: dict[TopicPartition, int] = field(default_factory=lambda: {FAST: 0, SLOW: 0})
+    paused: set[TopicPartition] = field(default_factory=set)
+    waits_ms: list[int] = field(default_factory=list)
 
     def highwater(self, tp: TopicPartition) -> int:
         return self.ends[tp]
@@ -255,7 +262,7 @@ INNER = TopicPartition("t.model", 0)
 
 
 @dataclass
-class FetchingConsumer:
+class FetchingConsumer(QueuedRecords):
     """A consumer whose paused partitions are left out of fetches: what QuietPartitions reads (positions, high
     watermarks, when each partition was last fetched) and pause/resume."""
 
@@ -264,14 +271,6 @@ class FetchingConsumer:
     positions: dict[TopicPartition, int] = field(default_factory=lambda: {ENTRY: 0, INNER: 0})
     fetched_ms: dict[TopicPartition, int] = field(default_factory=dict)
     held: set[TopicPartition] = field(default_factory=set)
-
-    def add(self, tp: TopicPartition, count: int) -> None:
-        for _ in range(count):
-            self.queued[tp].append(Record(tp.topic, self.ends[tp]))
-            self.ends[tp] += 1
-
-    def assignment(self) -> set[TopicPartition]:
-        return set(self.queued)
 
     def highwater(self, tp: TopicPartition) -> int | None:
         return self.ends[tp] if tp in self.fetched_ms else None

@@ -289,3 +289,9 @@ def test_memoised_keys_follow_every_change_to_the_request(make_envelope: MakeEnv
     # Not new: temperature 0 and 0.0 (both written 0.0), max_tokens True then 1 (both 1), response_format None again,
     # "??" (stripped like "?").
     assert len(seen) == 11
+
+
+def test_the_keys_memo_reads_every_generation_param() -> None:
+    # cache_keys' memo (_key_inputs) names max_tokens, temperature and response_format; a new field of
+    # GenerationParams must be added there too, or two requests differing only in it would share their keys.
+    assert set(GenerationParams.model_fields) == {"max_tokens", "temperature", "response_format"}

@@ -19,7 +19,9 @@ from schemas.envelope import DEFAULT_ROUTE, STAGES
 MICRO_US: dict[str, float] = {"retrieval": 39.12, "policy": 41.62, "cache": 72.62, "model": 340.17,
                               "postprocess": 186.59, "audit": 144.45,
                               "tools": 60.0}  # tools: estimated (one built-in call), not measured
-# README "Benchmarks", scenario 2: 3.68 ms of CPU per request across the six stages with the real broker and Redis.
+# `make bench` at ab63e69 (bench/results/make-bench-ab63e69.md), scenario 2: 3.68 ms of CPU per request across the six
+# stages with the real broker and Redis. Kept as the planning figure: later runs measured 1.8–2.4 ms (README
+# "Benchmarks"), so the plan errs on the side of more replicas.
 END_TO_END_CPU_US = 3680.0
 # The same scenario, one process per stage on 2 cores: 400 req/s (the model predicts it: see check_against_bench).
 MEASURED_PER_STAGE_LAYOUT_RPS = 400.0

@@ -20,7 +20,8 @@ Record = tuple[int, int, bytes | None, bytes | None, int]  # partition, offset, 
 
 
 async def iter_records(settings: Settings, topic: str, *, upto: dict[int, int] | None = None,
-                       partitions: list[int] | None = None, timeout_s: float = 60.0) -> AsyncIterator[list[Record]]:
+                       partitions: list[int] | None = None, timeout_s: float = 60.0,
+                       role: str = "ledger") -> AsyncIterator[list[Record]]:
     """Every record of ``topic`` (or of ``partitions``) from the beginning, a fetch at a time, in offset order per
     partition: up to the end offsets at call time, or up to ``upto[partition]`` inclusive (a partition missing
     there: none).
@@ -28,7 +29,7 @@ async def iter_records(settings: Settings, topic: str, *, upto: dict[int, int] |
     ``timeout_s`` bounds a wait without progress, not the whole read (a large topic takes as long as it takes).
     """
     # Large fetches: this reader is for whole-topic scans (reconcile, restart catch-up), not latency.
-    consumer = new_consumer(settings, role="ledger", auto_offset_reset="earliest",
+    consumer = new_consumer(settings, role=role, auto_offset_reset="earliest",
                             max_partition_fetch_bytes=16 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
     try:
         await asyncio.wait_for(consumer.start(), timeout_s)
@@ -75,19 +76,21 @@ async def iter_records(settings: Settings, topic: str, *, upto: dict[int, int] |
 
 
 async def read_records(settings: Settings, topic: str, *, upto: dict[int, int] | None = None,
-                       partitions: list[int] | None = None, timeout_s: float = 60.0) -> list[Record]:
-    """Every record of ``topic`` in one list (see :func:`iter_records`)."""
+                       partitions: list[int] | None = None, timeout_s: float = 60.0,
+                       role: str = "ledger") -> list[Record]:
+    """Every record of ``topic`` in one list (see :func:`iter_records`; ``role``: the principal that may read it)."""
     out: list[Record] = []
-    async for batch in iter_records(settings, topic, upto=upto, partitions=partitions, timeout_s=timeout_s):
+    async for batch in iter_records(settings, topic, upto=upto, partitions=partitions, timeout_s=timeout_s,
+                                    role=role):
         out.extend(batch)
     return out
 
 
 async def read_topic(settings: Settings, topic: str, *, upto: dict[int, int] | None = None,
-                     timeout_s: float = 60.0) -> list[tuple[int, int, bytes | None]]:
+                     timeout_s: float = 60.0, role: str = "ledger") -> list[tuple[int, int, bytes | None]]:
     """Every record of ``topic`` as ``(partition, offset, value)`` (see :func:`read_records`)."""
     return [(p, o, value) for p, o, _key, value, _ts in await read_records(settings, topic, upto=upto,
-                                                                           timeout_s=timeout_s)]
+                                                                           timeout_s=timeout_s, role=role)]
 
 
 def decoded_responses(records: list[tuple[int, int, bytes | None]]) -> list[tuple[int, int, Response]]:

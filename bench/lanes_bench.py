@@ -48,6 +48,7 @@ from streams.settings import Settings
 
 TARGET_RATIO = 1.2
 FLOOD_DELAY_S = 1.0
+SLOWEST_SHARE = 0.02  # the share of each phase's slowest interactive requests whose hops stage_profile shows
 
 
 @dataclass
@@ -87,26 +88,55 @@ class Phase:
                 "stages": self.stages, **({"backfill": self.backfill} if self.backfill else {})}
 
 
-def _hops(raw: bytes | None) -> list[dict[str, Any]]:
-    return (orjson.loads(raw).get("hops") or []) if raw else []
+def _hops(raw: bytes | None, arrived_ns: int | None = None) -> list[dict[str, Any]]:
+    """A record's hops; an audit record's also end with ``audit→log``: from its ``audited_at_ns`` to its arrival."""
+    if not raw:
+        return []
+    record = orjson.loads(raw)
+    hops: list[dict[str, Any]] = record.get("hops") or []
+    audited_ns = record.get("audited_at_ns")
+    if audited_ns and arrived_ns:
+        hops.append({"stage": "audit→log", "queue_ms": max(0, arrived_ns - audited_ns) / 1e6, "service_ms": 0.0})
+    return hops
 
 
-def stage_profile(collector: Collector, topic: str, ids: list[str]) -> dict[str, dict[str, float]]:
-    """Per stage, over the interactive requests: mean batch size, queue and service ms, and the p99 of both summed
-    (where a tail comes from: a stage whose p99 grows under the flood is the one letting batch work in the way)."""
+def stage_profile(collector: Collector, topic: str, ids: list[str], latencies_ms: dict[str, float] | None = None,
+                  sizes_topic: str | None = None) -> dict[str, dict[str, float]]:
+    """Per stage, over the interactive requests' audit records (every hop, the audit's own, and ``audit→log``: the
+    audit's write until the record arrived): mean batch size, queue and service ms, their p99s, the p99 of both
+    summed (where a tail comes from: a stage whose p99 grows under the flood is the one letting batch work in the
+    way), and — given each request's end-to-end latency — the stage's mean queue and service ms over the slowest 2 %
+    of the requests (``slow_queue_ms``, ``slow_service_ms``: which stage those requests waited in). Audit records
+    carry no batch sizes: ``sizes_topic`` (the responses) gives them."""
     per_stage: dict[str, list[tuple[float, float, float]]] = {}
-    values = collector.arrivals[topic].values
+    slow: dict[str, list[tuple[float, float]]] = {}
+    values, arrivals = collector.arrivals[topic].values, collector.arrivals[topic].at_ns
+    slowest: set[str] = set()
+    if latencies_ms:
+        ranked = sorted(latencies_ms, key=latencies_ms.__getitem__, reverse=True)
+        slowest = set(ranked[:max(1, round(len(ranked) * SLOWEST_SHARE))])
+    sized = collector.arrivals[sizes_topic].values if sizes_topic else {}
     for rid in ids:
-        for hop in _hops(values.get(rid)):
-            per_stage.setdefault(hop["stage"], []).append(
-                (float(hop.get("batch_size", 0)), float(hop.get("queue_ms", 0.0)), float(hop.get("service_ms", 0.0))))
+        sizes = {hop["stage"]: hop.get("batch_size", 0) for hop in _hops(sized.get(rid))}
+        for hop in _hops(values.get(rid), arrivals.get(rid)):
+            row = (float(sizes.get(hop["stage"], hop.get("batch_size", 0))), float(hop.get("queue_ms", 0.0)),
+                   float(hop.get("service_ms", 0.0)))
+            per_stage.setdefault(hop["stage"], []).append(row)
+            if rid in slowest:
+                slow.setdefault(hop["stage"], []).append(row[1:])
     out: dict[str, dict[str, float]] = {}
     for stage, rows in per_stage.items():
         arr = np.asarray(rows)
         out[stage] = {"mean_batch": round(float(arr[:, 0].mean()), 1),
                       "mean_queue_ms": round(float(arr[:, 1].mean()), 1),
                       "mean_service_ms": round(float(arr[:, 2].mean()), 1),
+                      "p99_queue_ms": round(float(np.percentile(arr[:, 1], 99)), 1),
+                      "p99_service_ms": round(float(np.percentile(arr[:, 2], 99)), 1),
                       "p99_hop_ms": round(float(np.percentile(arr[:, 1] + arr[:, 2], 99)), 1)}
+        if slow.get(stage):
+            worst = np.asarray(slow[stage])
+            out[stage]["slow_queue_ms"] = round(float(worst[:, 0].mean()), 1)
+            out[stage]["slow_service_ms"] = round(float(worst[:, 1].mean()), 1)
     return out
 
 
@@ -121,7 +151,7 @@ class LanesBench:
         self.topo = topology(self.settings)
         bootstrap = self.settings.bootstrap_servers
         self.collector = Collector(bootstrap, [self.system.output, self.topo.responses],
-                                   keep_values=[self.topo.responses])
+                                   keep_values=[self.topo.responses, self.system.output])
         self.interactive = Loader(bootstrap)
         self.backfill = Loader(bootstrap)  # its own producer: the flood never queues in front of interactive sends
         self.run_id = uuid.uuid4().hex[:6]
@@ -146,7 +176,10 @@ class LanesBench:
                     phases.append(phase)
                     self.log(f"  round {round_no} {name:5}: interactive {percentiles(phase.latencies_ms)} "
                              f"statuses {phase.statuses} cpu {phase.cpu_s:.1f} s / {phase.wall_s:.1f} s"
-                             + (f"\n    backfill {phase.backfill}" if phase.backfill else ""))
+                             + (f"\n    backfill {phase.backfill}" if phase.backfill else "")
+                             + "\n    slowest 2 %, queue/service ms by stage: "
+                             + ", ".join(f"{stage} {row.get('slow_queue_ms', 0):g}/{row.get('slow_service_ms', 0):g}"
+                                         for stage, row in phase.stages.items()))
         finally:
             await self.backfill.stop()
             await self.interactive.stop()
@@ -197,10 +230,11 @@ class LanesBench:
         wall_s = (ended_ns - started_ns) / 1e9
         # Responses may trail the audit records by a poll; the statuses are read once both are in.
         await self.collector.wait_for(self.topo.responses, ids, 30, check=self.system.check)
-        phase = Phase(name, round_no, [(arrived[rid] - at_ns) / 1e6 for rid, at_ns in scheduled.items()
-                                       if rid in arrived],
+        latencies = {rid: (arrived[rid] - at_ns) / 1e6 for rid, at_ns in scheduled.items() if rid in arrived}
+        phase = Phase(name, round_no, list(latencies.values()),
                       statuses(self.collector, self.topo.responses, ids), missing, wall_s, cpu_s,
-                      stage_profile(self.collector, self.topo.responses, ids))
+                      stage_profile(self.collector, self.system.output, ids, latencies,
+                                    self.topo.responses))
         if flood_ids:
             phase.backfill = await self._drain(flood_ids, flood_started_ns=flood_started_ns, last_ns=ended_ns)
         return phase

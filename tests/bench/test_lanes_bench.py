@@ -15,3 +15,33 @@ def test_the_figure_passes_within_the_target_ratio_only_when_every_request_was_o
 def test_rows_without_a_target_carry_no_verdict() -> None:
     row = _row("backfill", 5.0, "req/s", baseline=None)
     assert (row["ratio"], row["pass"]) == (None, None)
+
+
+def test_the_stage_profile_shows_where_the_slowest_requests_waited() -> None:
+    from types import SimpleNamespace
+    from typing import Any
+
+    import orjson
+
+    from bench.lanes_bench import stage_profile
+    from bench.load import Arrivals
+
+    def hop(stage: str, queue_ms: float, service_ms: float, **extra: Any) -> dict[str, Any]:
+        return {"stage": stage, "queue_ms": queue_ms, "service_ms": service_ms, **extra}
+
+    audit, responses = Arrivals(), Arrivals()
+    for i in range(100):
+        slow = i == 99
+        rid = f"r{i}"
+        audit.at_ns[rid] = 2_000_000_000
+        audit.values[rid] = orjson.dumps({"audited_at_ns": 1_990_000_000, "hops": [
+            hop("model", 1400.0 if slow else 300.0, 1000.0 if slow else 250.0), hop("audit", 5.0, 0.0)]})
+        responses.values[rid] = orjson.dumps({"hops": [hop("model", 0, 0, batch_size=12)]})
+    collector = SimpleNamespace(arrivals={"audit": audit, "responses": responses})
+    latencies = {f"r{i}": 2500.0 if i == 99 else 600.0 for i in range(100)}
+    profile = stage_profile(collector, "audit", list(latencies), latencies, "responses")  # type: ignore[arg-type]
+    model = profile["model"]
+    assert model["mean_batch"] == 12.0  # audit records carry no batch size: the responses' hops give it
+    assert (model["slow_queue_ms"], model["slow_service_ms"]) == (850.0, 625.0)  # the slowest 2 %: r99 and one more
+    assert profile["audit→log"]["mean_queue_ms"] == 10.0  # audited → arrived on the audit log
+    assert "slow_queue_ms" in profile["audit"]

@@ -21,6 +21,10 @@ chain, e.g. ``tollway worker retrieval+policy+cache`` or the whole interactive r
   own cycle's tail). The chain never waits for a tail before it polls again: a request that arrives while the audit
   fsyncs and the acknowledgements come back is worked and answered at once, and the tails of the cycles worked
   meanwhile are finished together, as one audit batch (``TOLLWAY_CHAIN_OVERLAP_TAIL=false``: one cycle at a time);
+* between members the chain takes the interactive records already fetched (``LanePoller.take_ready``): aiokafka
+  fetches nothing more from a broker while fetched records wait to be taken, so a request arriving during a cycle,
+  after the one fetched first, used to wait on the broker for the next poll and then a whole cycle behind it; now the
+  next fetch goes out at once and everything that arrived during a cycle is worked in the next one;
 * offsets are committed at most once per ``TOLLWAY_CHAIN_COMMIT_INTERVAL_MS`` (:class:`PacedCommitter`): each only
   after its own cycle's acknowledgements and in order, kept meanwhile, and committed at once when the chain goes
   idle or stops.
@@ -44,7 +48,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from schemas.envelope import Envelope
 from streams.runtime.acls import ALL_STAGES
 from streams.runtime.codec import encode
-from streams.runtime.lanes import QuietPartitions
+from streams.runtime.lanes import LanePoller, QuietPartitions
 from streams.runtime.runner import BatchPublisher, ConsumerLoop, OffsetCommitter, Records, StageRunner
 from streams.runtime.stage import Stage
 from streams.runtime.topics import Topology
@@ -260,6 +264,7 @@ class ChainRunner(ConsumerLoop):
                 self.owner.setdefault(topic, member)
         self.topics = list(self.owner)
         self.consumer: AIOKafkaConsumer | None = None
+        self._poller: LanePoller | None = None  # run()'s: takes the records fetched while a cycle is worked
         self._stopping = asyncio.Event()
         self.stage = self.name  # for the process's task names and logs
 
@@ -284,6 +289,8 @@ class ChainRunner(ConsumerLoop):
                 if work:
                     await member.handle(work)
                     self._collect(pending)
+                    if self._poller is not None and self.consumer is not None:
+                        await self._poller.take_ready(self.consumer)  # what arrived meanwhile: in the next cycle
             if all(member.spec.sink for member in pending):
                 break
         else:
@@ -304,7 +311,7 @@ class ChainRunner(ConsumerLoop):
     async def run(self) -> None:
         """Poll → work → queue the cycle's tail (:class:`TailQueue`, worked in the background, in order) → poll."""
         assert self.consumer is not None, "start() first"
-        poller = self.lane_poller()
+        poller = self._poller = self.lane_poller()
         if self.settings.chain_park_quiet_partitions and any(member.spec.entry for member in self.members):
             poller.quiet = QuietPartitions(steady_topics=frozenset(self.topology.stage_lanes("ingress")))
         committer = PacedCommitter(OffsetCommitter(self.consumer, self.name),

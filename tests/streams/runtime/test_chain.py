@@ -176,8 +176,15 @@ class GatedTopics(MemoryTopics):
         self.flushes += 1
 
 
+class _NothingFetchedAhead:
+    _records: dict[TopicPartition, Any] = {}  # noqa: RUF012 — aiokafka's buffer, as LanePoller.take_ready peeks at it
+
+
 class ScriptedConsumer:
-    """Just what the chain's loop uses: hands out the given batches one poll at a time, then nothing."""
+    """Just what the chain's loop uses: hands out the given batches one poll at a time, then nothing (each batch is
+    fetched by the poll that returns it: nothing waits in the fetcher between polls)."""
+
+    _fetcher = _NothingFetchedAhead()
 
     def __init__(self, batches: list[dict[TopicPartition, Any]], log: list[str]) -> None:
         self.batches = batches

@@ -302,6 +302,7 @@ async def test_a_tail_queue_bounds_the_tails_waiting_and_raises_what_a_tail_rais
 
     tails = TailQueue(finish, committer, name="tail", max_waiting=3)
     await tails.add({"sink": {tp: ["a"]}}, {tp: 1})  # type: ignore[dict-item]
+    await until(lambda: finished == [["a"]], "the first tail")
     await tails.add({"sink": {tp: ["b"]}}, {tp: 2})  # type: ignore[dict-item]
     await tails.add({"sink": {tp: ["c"]}}, {tp: 3})  # type: ignore[dict-item]
     assert not tails.idle and finished == [["a"]]

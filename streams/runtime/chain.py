@@ -15,16 +15,12 @@ chain, e.g. ``tollway worker retrieval+policy+cache`` or the whole interactive r
   and the cycle's output is acknowledged before the polled offsets are committed, so delivery stays
   at-least-once: a crash redelivers the polled records and the chain works them again from the first member;
 * the sink member (audit) and the wait for the cycle's acknowledgements are the cycle's *tail*: ``run`` polls and
-  works the next cycles' other members while a tail finishes (:class:`TailQueue`: one tail at a time, in order: an
-  audit batch still starts only once everything sent before it — the previous audit records included — is
-  acknowledged, which is what its claim confirmations rely on, and offsets are committed in order, each after its
-  own cycle's tail). The chain never waits for a tail before it polls again: a request that arrives while the audit
-  fsyncs and the acknowledgements come back is worked and answered at once, and the tails of the cycles worked
-  meanwhile are finished together, as one audit batch (``TOLLWAY_CHAIN_OVERLAP_TAIL=false``: one cycle at a time);
-* between members the chain takes the interactive records already fetched (``LanePoller.take_ready``): aiokafka
-  fetches nothing more from a broker while fetched records wait to be taken, so a request arriving during a cycle,
-  after the one fetched first, used to wait on the broker for the next poll and then a whole cycle behind it; now the
-  next fetch goes out at once and everything that arrived during a cycle is worked in the next one;
+  works the next cycle's other members while the previous tail finishes (one tail at a time, in order: an audit
+  batch still starts only once the previous cycle's output — its audit records included — is acknowledged, which
+  is what its claim confirmations rely on, and offsets are committed in order, each after its own cycle's tail).
+  A request that arrives while the audit fsyncs and the acknowledgements come back no longer waits for them; under
+  load the cycles get smaller, though, and each pays its fixed costs (``TOLLWAY_CHAIN_OVERLAP_TAIL=false``: one
+  cycle at a time);
 * offsets are committed at most once per ``TOLLWAY_CHAIN_COMMIT_INTERVAL_MS`` (:class:`PacedCommitter`): each only
   after its own cycle's acknowledgements and in order, kept meanwhile, and committed at once when the chain goes
   idle or stops.
@@ -40,7 +36,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -48,7 +44,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from schemas.envelope import Envelope
 from streams.runtime.acls import ALL_STAGES
 from streams.runtime.codec import encode
-from streams.runtime.lanes import LanePoller, QuietPartitions
+from streams.runtime.lanes import QuietPartitions
 from streams.runtime.runner import BatchPublisher, ConsumerLoop, OffsetCommitter, Records, StageRunner
 from streams.runtime.stage import Stage
 from streams.runtime.topics import Topology
@@ -156,84 +152,6 @@ class PacedCommitter:
             await self.committer.commit(offsets)
 
 
-# Worked cycles whose tails may wait behind a running one before the chain stops polling until they are finished: a
-# stalled tail (an fsync of tens of ms on a busy disk) must not let worked cycles pile up without bound.
-_MAX_WAITING_TAILS = 8
-
-SinkWork = dict[StageRunner[Any], Records]
-
-
-class TailQueue:
-    """A chain's cycle tails — the sink member's work, the wait for every acknowledgement of what was sent, the
-    commit — worked by one task, one at a time and in cycle order, while the chain polls and works the next cycles.
-
-    The tails of the cycles worked while one runs wait for it, and are then finished together as one tail: one audit
-    batch (one claim round trip, one fsync, one produce) and one wait for acknowledgements, their records in cycle
-    order, each partition's newest offset committed. So the chain never waits for a tail before it polls again
-    (a request arriving while the audit fsyncs is worked at once, not after it), and the tails that pile up behind a
-    slow one cost one tail's fixed costs, not one each. The order the audit and the commits rely on is unchanged: an
-    audit batch starts only once everything sent before it is acknowledged (its claim confirmations need that), and
-    offsets are committed in order, each after its own cycle's acknowledgements.
-    """
-
-    def __init__(self, finish: Callable[[SinkWork], Awaitable[None]], committer: PacedCommitter, *, name: str,
-                 max_waiting: int = _MAX_WAITING_TAILS) -> None:
-        self.finish = finish
-        self.committer = committer
-        self.name = name
-        self.max_waiting = max_waiting
-        self._waiting: list[tuple[SinkWork, dict[TopicPartition, int]]] = []
-        self._task: asyncio.Task[None] | None = None
-
-    @property
-    def idle(self) -> bool:
-        return self._task is None or self._task.done()
-
-    async def add(self, sink_work: SinkWork, offsets: dict[TopicPartition, int]) -> None:
-        """Queue a worked cycle's tail (the task starts if none runs); re-raises what a finished tail raised, and
-        waits for the queue to drain once ``max_waiting`` tails wait."""
-        if self._task is not None and self._task.done():
-            task, self._task = self._task, None
-            await task  # re-raises: a failed tail (Kafka refused a record) stops the chain, uncommitted
-        self._waiting.append((sink_work, offsets))
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=self.name)
-        elif len(self._waiting) >= self.max_waiting:
-            await self.drain()
-
-    async def drain(self) -> None:
-        """Return once every queued tail is finished (re-raises what one raised)."""
-        if self._task is not None:
-            task, self._task = self._task, None
-            await task
-
-    async def stop(self) -> None:
-        """Let a running tail finish (the chain is stopping, or failed: what it raised is not raised again here)."""
-        if self._task is not None and not self._task.done():
-            await asyncio.wait([self._task])
-
-    async def _run(self) -> None:
-        while self._waiting:
-            cycles, self._waiting = self._waiting, []
-            await self.finish(merged(work for work, _ in cycles))  # returns once everything sent is acknowledged
-            offsets: dict[TopicPartition, int] = {}
-            for _, cycle_offsets in cycles:
-                offsets.update(cycle_offsets)  # in cycle order: each partition's newest offset wins
-            await self.committer.commit(offsets)
-
-
-def merged(works: Iterable[SinkWork]) -> SinkWork:
-    """The sink work of several cycles as one: each member's records per partition, in cycle order (new lists: the
-    cycles' own are left alone)."""
-    out: SinkWork = {}
-    for work in works:
-        for member, batches in work.items():
-            into = out.setdefault(member, {})
-            for tp, records in batches.items():
-                into.setdefault(tp, []).extend(records)
-    return out
-
-
 def member_topics(stages: Sequence[Stage[Any]], topology: Topology) -> frozenset[str]:
     """Every topic the members of a chain read: their lanes, and the ingress when the entry stage is a member."""
     topics = frozenset(t for stage in stages for t in topology.stage_lanes(stage.name))
@@ -264,7 +182,6 @@ class ChainRunner(ConsumerLoop):
                 self.owner.setdefault(topic, member)
         self.topics = list(self.owner)
         self.consumer: AIOKafkaConsumer | None = None
-        self._poller: LanePoller | None = None  # run()'s: takes the records fetched while a cycle is worked
         self._stopping = asyncio.Event()
         self.stage = self.name  # for the process's task names and logs
 
@@ -289,8 +206,6 @@ class ChainRunner(ConsumerLoop):
                 if work:
                     await member.handle(work)
                     self._collect(pending)
-                    if self._poller is not None and self.consumer is not None:
-                        await self._poller.take_ready(self.consumer)  # what arrived meanwhile: in the next cycle
             if all(member.spec.sink for member in pending):
                 break
         else:
@@ -309,29 +224,39 @@ class ChainRunner(ConsumerLoop):
         await self.kafka.flush()
 
     async def run(self) -> None:
-        """Poll → work → queue the cycle's tail (:class:`TailQueue`, worked in the background, in order) → poll."""
+        """Poll → work → (the previous cycle's tail finished) → this cycle's tail in the background → poll."""
         assert self.consumer is not None, "start() first"
-        poller = self._poller = self.lane_poller()
+        poller = self.lane_poller()
         if self.settings.chain_park_quiet_partitions and any(member.spec.entry for member in self.members):
             poller.quiet = QuietPartitions(steady_topics=frozenset(self.topology.stage_lanes("ingress")))
         committer = PacedCommitter(OffsetCommitter(self.consumer, self.name),
                                    self.settings.chain_commit_interval_ms / 1000)
-        tails = TailQueue(self.finish, committer, name=f"tail-{self.name}")
+        tail: asyncio.Task[None] | None = None
         try:
             while not self._stopping.is_set():
                 batches = await poller.poll(self.consumer)
                 if not batches:
-                    if tails.idle:  # a tail still running commits its own offsets
+                    if tail is None or tail.done():  # a tail still running commits its own offsets
                         await committer.idle()
                     continue
                 sink_work = await self.work(batches)
-                await tails.add(sink_work, {tp: records[-1].offset + 1 for tp, records in batches.items()})
+                if tail is not None:
+                    await tail  # one tail at a time: audit batches and commits stay in cycle order
+                offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()}
+                tail = asyncio.create_task(self._tail(sink_work, offsets, committer), name=f"tail-{self.name}")
                 if not self.settings.chain_overlap_tail:
-                    await tails.drain()
-            await tails.drain()
+                    await tail
+            if tail is not None:
+                await tail
         finally:
-            await tails.stop()
+            if tail is not None and not tail.done():
+                await asyncio.wait([tail])
             await committer.wait()
+
+    async def _tail(self, sink_work: dict[StageRunner[Any], Records], offsets: dict[TopicPartition, int],
+                    committer: PacedCommitter) -> None:
+        await self.finish(sink_work)  # returns once everything the cycle produced is acknowledged
+        await committer.commit(offsets)
 
     def _to_kafka(self, pending: dict[StageRunner[Any], Records]) -> None:
         for records in (r for work in pending.values() for r in work.values()):

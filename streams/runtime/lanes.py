@@ -156,7 +156,6 @@ class LanePoller:
     _paused: bool = False
     _slice_started: float | None = None  # when the last batch slice was handed to the runner
     _batch_due: float = -1e18  # no batch slice before this while interactive traffic is hot
-    _early: Batches = field(default_factory=dict)  # interactive records taken ahead (take_ready), for the next poll
 
     def __post_init__(self) -> None:
         if not 0 < self.batch_share <= 1:
@@ -196,58 +195,34 @@ class LanePoller:
     async def poll(self, consumer: AIOKafkaConsumer) -> Batches:
         now = self.clock()
         self._charge_slice(now)
-        early, self._early = self._early, {}  # taken during the last cycle (take_ready): no waiting for more
-        wait_ms = 0 if early else self.wait_ms
         interactive, batch = self._split(consumer)
         batches: Batches
         if not batch or not interactive:
-            batches = _joined(early, await consumer.getmany(timeout_ms=wait_ms, max_records=self.max_records))
+            batches = await consumer.getmany(timeout_ms=self.wait_ms, max_records=self.max_records)
             await self._park_quiet(consumer, batches)
             return batches
         if not self._hot() and not self._paused:
-            batches = await consumer.getmany(timeout_ms=wait_ms, max_records=self.max_records)
+            batches = await consumer.getmany(timeout_ms=self.wait_ms, max_records=self.max_records)
         elif self._paused:
-            batches = await consumer.getmany(*interactive, timeout_ms=wait_ms, max_records=self.max_records)
+            batches = await consumer.getmany(*interactive, timeout_ms=self.wait_ms, max_records=self.max_records)
         elif now >= self._batch_due:
             batches = await consumer.getmany(*interactive, timeout_ms=0, max_records=self.max_records)
             extra = await consumer.getmany(*batch, timeout_ms=0, max_records=self.batch_quota)
             if extra:
                 batches.update(extra)
                 self._start_slice()
-            elif not batches and not early:  # both lanes empty: wait for whichever comes first, as an idle stage does
+            elif not batches:  # both lanes empty: wait for whichever comes first, as an idle stage does
                 batches = await consumer.getmany(timeout_ms=self.wait_ms, max_records=self.batch_quota)
                 if any(tp.topic in self.batch_topics for tp in batches):
                     self._start_slice()
         else:
             # The batch lane is resting: wait for interactive records until a slice is due (then poll again).
             rest_ms = min(float(self.wait_ms), (self._batch_due - now) * 1000)
-            batches = await consumer.getmany(*interactive, timeout_ms=0 if early else max(1, round(rest_ms)),
+            batches = await consumer.getmany(*interactive, timeout_ms=max(1, round(rest_ms)),
                                              max_records=self.max_records)
-        batches = _joined(early, batches)
         self._observe(consumer, batches)
         await self._park_quiet(consumer, batches)
         return batches
-
-    async def take_ready(self, consumer: AIOKafkaConsumer) -> None:
-        """Take the interactive records already fetched, for the next ``poll`` (a chain calls this between its
-        members, while it works a cycle).
-
-        aiokafka sends a broker no new fetch while records it fetched from it wait to be taken (its prefetch
-        backoff, 100 ms, is not a consumer option): a request that arrived while a cycle was being worked, after
-        the one fetched first, stayed on the broker until the next poll took that one — and then waited a whole
-        cycle behind it. Taken as soon as they are fetched, the next fetch goes out at once, and whatever arrives
-        during a cycle is in the next one. Nothing else changes: the next poll hands these out first (in offset
-        order), without waiting, and what the chain commits is still what it polled and worked.
-        """
-        records = getattr(getattr(consumer, "_fetcher", None), "_records", None)
-        if records is not None and not records:
-            return  # nothing fetched and waiting (aiokafka's own buffer; without it, always ask)
-        room = self.max_records - sum(len(taken) for taken in self._early.values())
-        interactive = [tp for tp in consumer.assignment() if tp.topic not in self.batch_topics]
-        if room <= 0 or not interactive:
-            return
-        for tp, taken in (await consumer.getmany(*interactive, timeout_ms=0, max_records=room)).items():
-            self._early.setdefault(tp, []).extend(taken)
 
     async def _park_quiet(self, consumer: AIOKafkaConsumer, batches: Batches) -> None:
         """Pause what is quiet (``quiet``) beside what the lanes pause, and resume the rest."""
@@ -282,15 +257,6 @@ class LanePoller:
         if self._paused:
             consumer.pause(*batch)  # every poll: a partition a rebalance hands over starts unpaused (idempotent)
         metrics.LANE_PAUSED.labels(self.stage).set(1 if self._paused else 0)
-
-
-def _joined(early: Batches, batches: Batches) -> Batches:
-    """Records taken ahead, then a poll's: per partition in offset order."""
-    if not early:
-        return batches
-    for tp, records in batches.items():
-        early.setdefault(tp, []).extend(records)
-    return early
 
 
 def owned_offsets(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:

@@ -11,19 +11,11 @@ from typing import Any
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 
-from schemas.audit import AuditRecord
 from schemas.envelope import DEFAULT_ROUTE, STAGES, Envelope, Status
 from schemas.errors import ConfigError
 from schemas.response import Response
 from streams.clients.envelopes import new_envelope
-from streams.runtime.chain import (
-    ChainPublisher,
-    ChainRunner,
-    PacedCommitter,
-    SinkPublisher,
-    TailQueue,
-    member_topics,
-)
+from streams.runtime.chain import ChainPublisher, ChainRunner, PacedCommitter, SinkPublisher, member_topics
 from streams.runtime.codec import decode, decode_as, encode
 from streams.runtime.replays import MemoryReplayMemory
 from streams.runtime.runner import OffsetCommitter, StageRunner
@@ -176,15 +168,8 @@ class GatedTopics(MemoryTopics):
         self.flushes += 1
 
 
-class _NothingFetchedAhead:
-    _records: dict[TopicPartition, Any] = {}  # noqa: RUF012 — aiokafka's buffer, as LanePoller.take_ready peeks at it
-
-
 class ScriptedConsumer:
-    """Just what the chain's loop uses: hands out the given batches one poll at a time, then nothing (each batch is
-    fetched by the poll that returns it: nothing waits in the fetcher between polls)."""
-
-    _fetcher = _NothingFetchedAhead()
+    """Just what the chain's loop uses: hands out the given batches one poll at a time, then nothing."""
 
     def __init__(self, batches: list[dict[TopicPartition, Any]], log: list[str]) -> None:
         self.batches = batches
@@ -224,18 +209,17 @@ async def until(condition: Callable[[], bool], what: str, timeout_s: float = 10)
         await asyncio.sleep(0.001)
 
 
-def two_cycles(*, overlap: bool, cycles: int = 2) -> tuple[list[str], GatedTopics, ChainRunner, asyncio.Task[None]]:
-    """The whole route as a chain running two (``cycles``) polled batches of one request each, acknowledgements held
-    by a gate."""
+def two_cycles(*, overlap: bool) -> tuple[list[str], GatedTopics, ChainRunner, asyncio.Task[None]]:
+    """The whole route as a chain running two polled batches of one request each, acknowledgements held by a gate."""
     log: list[str] = []
     kafka = GatedTopics(log)
     chain, _ = chain_of(list(registry.STAGES), kafka)
     chain.settings = SETTINGS.model_copy(update={"chain_overlap_tail": overlap})
-    envs = [new_envelope(f"question {i}?", tenant="acme", settings=SETTINGS) for i in range(cycles)]
+    first, second = (new_envelope(f"question {i}?", tenant="acme", settings=SETTINGS) for i in range(2))
     topic = TOPICS.ingress()
     tp = TopicPartition(topic, 0)
-    batches = [{tp: as_records(topic, [(env.request_id.encode(), encode(env))], first_offset=i)}
-               for i, env in enumerate(envs)]
+    batches = [{tp: as_records(topic, [(first.request_id.encode(), encode(first))])},
+               {tp: as_records(topic, [(second.request_id.encode(), encode(second))], first_offset=1)}]
     chain.consumer = ScriptedConsumer(batches, log)
     return log, kafka, chain, asyncio.create_task(chain.run())
 
@@ -256,69 +240,6 @@ async def test_the_next_cycle_is_worked_while_the_previous_audit_and_acknowledge
     audits = [i for i, line in enumerate(log) if line == f"sent {TOPICS.audit_log}"]
     assert len(audits) == 2 and log.index("acked") < audits[1]
     assert len(kafka.values(TOPICS.responses)) == 2 and len(kafka.values(TOPICS.audit_log)) == 2
-
-
-async def test_the_tails_of_cycles_worked_behind_a_slow_one_are_finished_together_in_order() -> None:
-    log, kafka, chain, task = two_cycles(overlap=True, cycles=4)
-    sink = next(m for m in chain.members if m.spec.sink)
-    audit_batches: list[int] = []
-    handle = sink.handle
-
-    async def counted(work: Any) -> Any:
-        audit_batches.append(sum(len(records) for records in work.values()))
-        return await handle(work)
-
-    sink.handle = counted  # type: ignore[method-assign]
-    # the first cycle's tail waits for its acknowledgements; the chain does not wait for it: three more are answered
-    await until(lambda: log.count(f"sent {TOPICS.responses}") == 4, "every response")
-    assert audit_batches == [1] and log.count("awaiting acks") == 1
-    kafka.gate.set()
-    await until(lambda: any(line == "commit [4]" for line in log), "the last offset committed")
-    chain.stop()
-    await task
-    # the three tails that waited: one audit batch, after the first one's acknowledgements; commits in order
-    assert audit_batches == [1, 3]
-    audits = [i for i, line in enumerate(log) if line == f"sent {TOPICS.audit_log}"]
-    assert len(audits) == 4 and log.index("acked") < audits[1]
-    commits = [line for line in log if line.startswith("commit")]
-    assert commits[0] == "commit [1]" and commits[-1] == "commit [4]" and commits == sorted(commits)
-    audited = [decode_as(v, AuditRecord).request_id for v in kafka.values(TOPICS.audit_log)]
-    answered = [decode_as(v, Response).request_id for v in kafka.values(TOPICS.responses)]
-    assert audited == answered and len(set(audited)) == 4  # each once, in cycle order
-
-
-async def test_a_tail_queue_bounds_the_tails_waiting_and_raises_what_a_tail_raised() -> None:
-    log: list[str] = []
-    tp = TopicPartition("t.ingress", 0)
-    committer = PacedCommitter(OffsetCommitter(ScriptedConsumer([{tp: []}], log), "chain"), 0)  # type: ignore[arg-type]
-    gate = asyncio.Event()
-    finished: list[list[str]] = []
-
-    async def finish(work: Any) -> None:
-        finished.append([record for batches in work.values() for records in batches.values() for record in records])
-        await gate.wait()
-        if "boom" in finished[-1]:
-            raise RuntimeError("the broker refused a record")
-
-    tails = TailQueue(finish, committer, name="tail", max_waiting=3)
-    await tails.add({"sink": {tp: ["a"]}}, {tp: 1})  # type: ignore[dict-item]
-    await until(lambda: finished == [["a"]], "the first tail")
-    await tails.add({"sink": {tp: ["b"]}}, {tp: 2})  # type: ignore[dict-item]
-    await tails.add({"sink": {tp: ["c"]}}, {tp: 3})  # type: ignore[dict-item]
-    assert not tails.idle and finished == [["a"]]
-    adding = asyncio.create_task(tails.add({"sink": {tp: ["d"]}}, {tp: 4}))  # type: ignore[dict-item]
-    for _ in range(100):
-        await asyncio.sleep(0)
-    assert not adding.done()  # three wait: the fourth waits for them
-    gate.set()
-    await adding
-    await committer.wait()
-    assert finished == [["a"], ["b", "c", "d"]] and log == ["commit [1]", "commit [4]"]
-    await tails.add({"sink": {tp: ["boom"]}}, {tp: 5})  # type: ignore[dict-item]
-    await until(lambda: tails.idle, "the failing tail")
-    with pytest.raises(RuntimeError, match="refused"):
-        await tails.add({"sink": {tp: ["e"]}}, {tp: 6})  # type: ignore[dict-item]
-    assert log == ["commit [1]", "commit [4]"]  # nothing after the failed tail is committed
 
 
 async def test_without_the_overlap_a_cycle_waits_for_its_tail() -> None:

@@ -337,29 +337,3 @@ async def test_a_parked_partition_with_records_left_is_never_held_back(clock: Cl
     consumer.ends[INNER] = 5  # records beyond its position (say a fetch brought them but they were not taken)
     clock.now += 2.5
     assert await quiet.parked(consumer, {}) == set()
-
-
-async def test_records_taken_during_a_cycle_come_first_in_the_next_poll_without_waiting(
-        clock: Clock, consumer: FakeConsumer) -> None:
-    lanes = poller(clock)
-    consumer.add(FAST, 1)
-    assert counts(await lanes.poll(consumer)) == (1, 0)
-    consumer.add(FAST, 2)  # fetched while the cycle is worked ...
-    consumer.add(SLOW, 5)
-    await lanes.take_ready(consumer)  # ... and taken (interactive only), so the next fetch goes out at once
-    assert len(consumer.queued[FAST]) == 0 and len(consumer.queued[SLOW]) == 5
-    consumer.add(FAST, 1)
-    waits = len(consumer.waits_ms)
-    batches = await lanes.poll(consumer)
-    assert [r.offset for r in batches[FAST]] == [1, 2, 3]  # in offset order, the ones taken ahead first
-    assert all(wait == 0 for wait in consumer.waits_ms[waits:])  # records in hand: the poll never waits
-    await lanes.take_ready(consumer)
-    assert lanes._early == {}  # nothing fetched meanwhile: nothing taken
-
-
-async def test_records_taken_ahead_are_bounded_by_the_batch_size(clock: Clock, consumer: FakeConsumer) -> None:
-    lanes = poller(clock, max_records=3)
-    consumer.add(FAST, 5)
-    await lanes.take_ready(consumer)
-    await lanes.take_ready(consumer)
-    assert sum(map(len, lanes._early.values())) == 3 and len(consumer.queued[FAST]) == 2

@@ -487,7 +487,10 @@ def main(args: argparse.Namespace) -> None:
         phases = asyncio.run(measure(args, running))
     finally:
         stop_systems(running)
-        asyncio.run(delete_prefix_topics(settings))
+        if args.keep_topics:  # e.g. for `python -m bench.response_hops --prefix P --slowest 0.02`
+            print(f"topics kept: prefix {prefix}", file=sys.stderr)
+        else:
+            asyncio.run(delete_prefix_topics(settings))
     for phase in phases:
         print(orjson.dumps(phase.row()).decode())
     summary = summarise(phases)
@@ -522,5 +525,7 @@ if __name__ == "__main__":
     parser.add_argument("--max-connections", type=int, default=2000)
     parser.add_argument("--ready-timeout-s", type=float, default=420.0)
     parser.add_argument("--keep-logs", action="store_true")
+    parser.add_argument("--keep-topics", action="store_true",
+                        help="leave the run's topics (bench.response_hops reads where the last responses waited)")
     parser.add_argument("--json", action="store_true", help="accepted for bench/run.py; the last line is JSON anyway")
     main(parser.parse_args())

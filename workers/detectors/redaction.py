@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from functools import cache
 from typing import Protocol
 
-import phonenumbers
+from phonenumbers import PhoneMetadata
 from stdnum import luhn
+
+from workers.detectors import pii
 
 
 class Redactor(Protocol):
@@ -28,9 +31,30 @@ class IdentityRedactor:
 
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
-_CARD = re.compile(r"\b\d(?:[ -]?\d){12,18}\b")
-_SSN = re.compile(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b")
+# Card and SSN start with their first digit, and the \b that led them follows it as a lookbehind one character wider
+# (a digit is a word character, so "\b before it" is "no word character before it"); the SSN's excluded area
+# numbers are looked behind once the three digits are read. A pattern that opens with \b or a lookahead is tried at
+# every position of the text, one that opens with a class only where such a character is. The same matches as the
+# \b-first forms (tests/workers/detectors/test_redaction.py).
+_CARD = re.compile(r"\d(?<!\w.)(?:[ -]?\d){12,18}\b")
+_SSN = re.compile(r"\d(?<!\w.)\d{2}(?<!000|666|9\d\d)-(?!00)\d{2}-(?!0000)\d{4}\b")
 _DIGIT = re.compile(r"\d")
+# The fewest digits of a phone number written with its country code ("+43 1112": Austria, Germany and Iran have
+# numbers of 4 digits): tests/workers/detectors/test_redaction.py checks it against every region's metadata.
+INTERNATIONAL_PHONE_MIN_DIGITS = 6
+
+
+@cache
+def phone_min_digits(region: str) -> int:
+    """Fewest digits in a text where ``PhoneNumberMatcher(text, region)`` can find a number: a valid number's
+    national part has one of its region's possible lengths (libphonenumber checks them first), and it is written
+    whole — after its country code, or, in ``region``'s own numbering, alone. Fewer digits: nothing to find."""
+    metadata = PhoneMetadata.metadata_for_region(region.upper())
+    general = metadata.general_desc if metadata is not None else None
+    if general is None:  # no numbering of its own: only numbers written with their country code
+        return INTERNATIONAL_PHONE_MIN_DIGITS
+    lengths = [n for n in general.possible_length if n > 0]
+    return min(*lengths, INTERNATIONAL_PHONE_MIN_DIGITS) if lengths else 1
 
 
 class BasicRedactor:
@@ -51,8 +75,9 @@ class BasicRedactor:
 
             return pattern.sub(replace, text)
 
-        # Each pattern runs only where a match could be: an e-mail has an "@", a card 13 digits, an SSN 9 (one count
-        # of the digits instead of two scans that mostly find nothing; the same replacements).
+        # Each pattern runs only where a match could be: an e-mail has an "@", a card 13 digits, an SSN 9, a phone
+        # number phone_min_digits (one count of the digits instead of scans that mostly find nothing; the same
+        # replacements). A replaced card or SSN takes its digits with it: the phone matcher needs enough of the rest.
         if "@" in text:
             text = sub("email", _EMAIL, text)
         digits = len(_DIGIT.findall(text))
@@ -60,9 +85,9 @@ class BasicRedactor:
             text = sub("card", _CARD, text)
         if digits >= 9:
             text = sub("ssn", _SSN, text)
-        if digits and _DIGIT.search(text):  # phonenumbers only where a digit is still (a regex, not a Python loop)
-            spans = [(m.start, m.end) for m in phonenumbers.PhoneNumberMatcher(text, self.phone_region)]
-            for start, end in reversed(spans):
+        phone_digits = phone_min_digits(self.phone_region)
+        if digits >= phone_digits and (not counts or len(_DIGIT.findall(text)) >= phone_digits):
+            for start, end in reversed(pii.phone_spans(text, self.phone_region)):
                 counts["phone"] += 1
                 text = f"{text[:start]}[PHONE]{text[end:]}"
         return text, dict(counts)

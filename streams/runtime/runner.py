@@ -63,6 +63,7 @@ class BatchPublisher(Protocol):
 
     async def flush(self) -> None: ...
 
+
 class SendOnFlush:
     """A lone stage's publisher while its loop overlaps the tail: the batch's end (``flush`` in ``handle``) ships
     the batch's records without waiting; the tail (:meth:`StageRunner.acknowledge`) awaits their acknowledgements
@@ -214,15 +215,12 @@ class ConsumerLoop:
     commit_interval_s = 0.0  # commit at most this often (PacedCommitter)
     tail_first = False  # the next batch's work waits for the previous tail (only the poll overlaps it)
 
-    async def work(self, batches: Records) -> None:
-        """A polled batch up to its tail: by default all of it (``handle`` returns once it is acknowledged)."""
-        await self.handle(batches)
-
     async def acknowledge(self) -> None:
-        """The batch's tail before its commit: returns once everything the batch produced is acknowledged."""
+        """The batch's tail before its commit: returns once everything the batch produced is acknowledged (by
+        default ``handle`` already waited for that)."""
 
     async def run(self) -> None:
-        """Poll → work → (the previous batch's tail finished) → this batch's tail in the background → poll. A tail
+        """Poll → handle → (the previous batch's tail finished) → this batch's tail in the background → poll. A tail
         awaits the batch's acknowledgements, then hands its offsets to the paced committer: one tail at a time, in
         batch order, so every commit follows its own batch's acknowledgements and commits never overtake each other.
         """
@@ -243,11 +241,11 @@ class ConsumerLoop:
                 if tail is not None and self.tail_first:
                     await tail
                     tail = None
-                await self.work(batches)
+                await self.handle(batches)
                 if tail is not None:
                     await tail  # one tail at a time: acknowledgements awaited and commits made in batch order
                 offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()}
-                tail = asyncio.create_task(self._tail(offsets, committer), name=f"tail-{self.name}")
+                tail = asyncio.create_task(self._batch_tail(offsets, committer), name=f"tail-{self.name}")
                 if not self.overlap_tail:
                     await tail
                     tail = None
@@ -258,7 +256,7 @@ class ConsumerLoop:
                 await asyncio.wait([tail])
             await committer.wait()
 
-    async def _tail(self, offsets: dict[TopicPartition, int], committer: PacedCommitter) -> None:
+    async def _batch_tail(self, offsets: dict[TopicPartition, int], committer: PacedCommitter) -> None:
         await self.acknowledge()  # everything the batch produced is acknowledged before its offsets are committed
         await committer.commit(offsets)
 

@@ -154,7 +154,7 @@ async def test_one_batch_at_a_time_commits_after_every_batch_when_asked(overlap:
 
 
 async def test_a_batch_never_acknowledged_is_never_committed() -> None:
-    log, kafka, runner, task = loop_of(RETRIEVAL, 2)
+    log, kafka, _runner, task = loop_of(RETRIEVAL, 2)
     kafka.fail = True
     await until(lambda: "awaiting acks" in log, "the first batch's tail")
     kafka.gate.set()

@@ -88,6 +88,14 @@ class Settings(BaseSettings):
     # records, probing the quiet ones every second (streams/runtime/lanes.py QuietPartitions): a fetch naming all 64
     # partitions of ``all+`` cost the worker and the broker ~2–3× one naming the ingress's. False: fetch them all.
     chain_park_quiet_partitions: bool = True
+    # A lone stage (``tollway worker <stage>``, one consumer group per stage) polls and works its next batch while the
+    # previous batch's acknowledgements and commit finish (one at a time, in order; the audit stage waits for them
+    # before its next batch), and commits its acknowledged offsets at most once per stage_commit_interval_ms (and
+    # when it goes idle or stops), as a chain does: at 10–100 req/s a stage's batch holds a request or two, and six
+    # stage processes each paid a commit and an acknowledgement wait per batch. False / 0: one batch at a time, a
+    # commit after every batch. A crash redelivers at most the interval's worth more (the audit and claims dedupe).
+    stage_overlap_tail: bool = True
+    stage_commit_interval_ms: int = Field(default=250, ge=0)
     # 0: the runner already batches (one produce per partition per batch, sent at once); a linger only delays each
     # hop (issue: ~2.5–3 ms per hop at low rates; bench scenario 3 measures both with --set producer_linger_ms=2).
     producer_linger_ms: int = Field(default=0, ge=0)

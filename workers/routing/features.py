@@ -208,7 +208,7 @@ def extract(prompt: str, *, prior_turns: int = 0, retrieval_confidence: float = 
         min(1.0, reasoning) * sources,  # reasoning_x_sources
     )
     list_items_log = _log(_list_items(prompt, prompt_items))
-    rule_large, rule_at_least_medium = _rule_prior(*_PRIOR_VALUES(values), list_items_log, material_words)
+    rule_large, rule_at_least_medium = _rule_prior(_PRIOR_VALUES(values), list_items_log, material_words)
     return Features(FEATURE_NAMES, (*values, rule_at_least_medium, rule_large, list_items_log), instruction_words,
                     material_words)
 
@@ -238,13 +238,13 @@ _THREE_LOG = math.log1p(3)
 _TWENTY_LOG = math.log1p(20)
 
 
-def _rule_prior(constraints_log: float, plan: float, writing: float, proof: float, design: float, code: float,
-                long_output: float, structured_output: float, sources: float, reasoning: float, transform: float,
-                numbers_log: float, maths: float, instruction_tokens_log: float, list_items_log: float,
-                material_words: int) -> tuple[float, float]:
+def _rule_prior(prior_values: tuple[float, ...], list_items_log: float, material_words: int) -> tuple[float, float]:
     """(large, at least medium) by the labelling rules: large for a plan under several constraints, hard maths,
     complex code design, long structured output with many requirements, or weighing several sources; medium for a
-    long input to read, code, a few reasoning steps, a word problem or moderate writing."""
+    long input to read, code, a few reasoning steps, a word problem or moderate writing. ``prior_values``: the
+    features named in ``_PRIOR_FEATURES``, in that order."""
+    (constraints_log, plan, writing, proof, design, code, long_output, structured_output, sources, reasoning,
+     transform, numbers_log, maths, instruction_tokens_log) = prior_values
     items = math.expm1(list_items_log)
     many = constraints_log >= _FIVE_LOG or items >= 5  # >= 5 listed requirements
     several = constraints_log >= _FOUR_LOG or items >= 4

@@ -230,8 +230,7 @@ def attempt_timeout_ms(item: _Pending, now_ns: int, ctx: ModelContext) -> float:
     ``min_timeout_ms`` while the deadline allows, never past the deadline."""
     env, spec = item.env, item.model
     remaining_ms = env.remaining_budget_ms(now_ns)
-    total_ms = (env.deadline_at_ns - env.created_at_ns) / 1e6
-    usable_ms = remaining_ms - _reserved_after_model_ms(total_ms, tuple(env.route))
+    usable_ms = remaining_ms - _reserved_ms(env)
     own_floor_ms = max(ctx.min_timeout_ms, ctx.timeout_factor * item.expected_ms(spec))
     for candidate in item.candidates[1:]:
         if ctx.breakers(candidate.backend).allows(now_ns):
@@ -240,6 +239,11 @@ def attempt_timeout_ms(item: _Pending, now_ns: int, ctx: ModelContext) -> float:
                 usable_ms -= keep_ms
             break
     return max(0.0, min(remaining_ms, max(usable_ms, ctx.min_timeout_ms)))
+
+
+def _reserved_ms(env: Envelope) -> float:
+    """What the stages after the model on ``env``'s route need of its whole budget (created → deadline)."""
+    return _reserved_after_model_ms((env.deadline_at_ns - env.created_at_ns) / 1e6, tuple(env.route))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -268,7 +272,7 @@ def _escalate(item: _Pending, reply: ModelReply, ctx: ModelContext) -> bool:
         return False
     now_ns = ctx.clock.now_ns()
     target = escalate_to[0]
-    reserved_ms = _reserved_after_model_ms((env.deadline_at_ns - env.created_at_ns) / 1e6, tuple(env.route))
+    reserved_ms = _reserved_ms(env)
     remaining_ms = env.remaining_budget_ms(now_ns)
     if not cascade.may_escalate(remaining_ms, reserved_ms, item.expected_ms(target)):
         item.reasons.append(f"cascade: {spec.name}'s answer {verdict.explain()}, but {remaining_ms:.0f} ms left "

@@ -8,6 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from workers.backends import local
 from workers.detectors import pii
 from workers.prefilter import (
     Prefiltered,
@@ -22,8 +23,8 @@ from workers.routing import features
 
 DATA = Path(__file__).resolve().parents[2] / "bench" / "data"
 
-PATTERNS = {f"{module.__name__}.{name}": value for module in (features, pii) for name, value in vars(module).items()
-            if isinstance(value, Prefiltered)}
+PATTERNS = {f"{module.__name__}.{name}": value for module in (features, pii, local)
+            for name, value in vars(module).items() if isinstance(value, Prefiltered)}
 
 ADVERSARIAL = [
     "", " ", "and", "AND", "Sand", "a-b", "2+2=4", "x^2", "50 %", "∑ of π", "O(n log n)", "foo()", "a => b",

@@ -29,6 +29,7 @@ import orjson
 from schemas.envelope import Message, Passage, Usage
 from workers.backends import local_tools
 from workers.backends.base import ModelCall, ModelReply, context_prompt
+from workers.prefilter import prefiltered
 from workers.routing.tokens import count_message_tokens, count_tokens, truncate_to_tokens
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -42,8 +43,10 @@ _STOP_WORDS = (
 _STOP = frozenset(_STOP_WORDS.split(" "))
 _GREETING = re.compile(r"^\s*(hi|hello|hey|good (morning|afternoon|evening))\b[\s!.,]*\w{0,12}[\s!.]*$", re.I)
 _THANKS = re.compile(r"^\s*(thanks|thank you|cheers)\b", re.I)
-_CLASSIFY = re.compile(r"\b(classify|categori[sz]e|triage|tag the|route this)\b", re.I)
-_SUMMARY = re.compile(r"\b(summari[sz]e|summary|tl;?dr|overview|bullet)", re.I)
+# Searched in every prompt and rarely found: prefiltered (:mod:`workers.prefilter`), a prompt that contains none of
+# a pattern's literals is not searched (a ``\b``-first pattern is tried at every position) — the same matches.
+_CLASSIFY = prefiltered(r"\b(classify|categori[sz]e|triage|tag the|route this)\b", re.I)
+_SUMMARY = prefiltered(r"\b(summari[sz]e|summary|tl;?dr|overview|bullet)", re.I)
 _COUNT = re.compile(r"\b(\d|one|two|three|four|five|six)\s+(bullet|point|sentence|item)", re.I)
 _NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
 _CATEGORIES: dict[str, tuple[str, ...]] = {

@@ -20,6 +20,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 
 from workers.prefilter import Scanned, prefiltered, word_family
 from workers.routing.tokens import count_tokens
@@ -207,8 +208,7 @@ def extract(prompt: str, *, prior_turns: int = 0, retrieval_confidence: float = 
         min(1.0, reasoning) * sources,  # reasoning_x_sources
     )
     list_items_log = _log(_list_items(prompt, prompt_items))
-    rule_large, rule_at_least_medium = _rule_prior(dict(zip(_BEFORE_PRIORS, values, strict=True)), list_items_log,
-                                                   material_words)
+    rule_large, rule_at_least_medium = _rule_prior(_PRIOR_VALUES(values), list_items_log, material_words)
     return Features(FEATURE_NAMES, (*values, rule_at_least_medium, rule_large, list_items_log), instruction_words,
                     material_words)
 
@@ -228,28 +228,35 @@ def _list_items(prompt: str, item_lines: int) -> int:
 
 
 _BEFORE_PRIORS = FEATURE_NAMES[:-3]  # the features computed before the rule priors and the list items
+_PRIOR_FEATURES = ("constraints_log", "plan", "writing", "proof", "design", "code", "long_output",
+                   "structured_output", "sources", "reasoning", "transform", "numbers_log", "math",
+                   "instruction_tokens_log")
+_PRIOR_VALUES = itemgetter(*(_BEFORE_PRIORS.index(name) for name in _PRIOR_FEATURES))  # the values _rule_prior reads
 _FIVE_LOG = math.log1p(5)
 _FOUR_LOG = math.log1p(4)
 _THREE_LOG = math.log1p(3)
 _TWENTY_LOG = math.log1p(20)
 
 
-def _rule_prior(v: dict[str, float], list_items_log: float, material_words: int) -> tuple[float, float]:
+def _rule_prior(prior_values: tuple[float, ...], list_items_log: float, material_words: int) -> tuple[float, float]:
     """(large, at least medium) by the labelling rules: large for a plan under several constraints, hard maths,
     complex code design, long structured output with many requirements, or weighing several sources; medium for a
-    long input to read, code, a few reasoning steps, a word problem or moderate writing."""
+    long input to read, code, a few reasoning steps, a word problem or moderate writing. ``prior_values``: the
+    features named in ``_PRIOR_FEATURES``, in that order."""
+    (constraints_log, plan, writing, proof, design, code, long_output, structured_output, sources, reasoning,
+     transform, numbers_log, maths, instruction_tokens_log) = prior_values
     items = math.expm1(list_items_log)
-    many = v["constraints_log"] >= _FIVE_LOG or items >= 5  # >= 5 listed requirements
-    several = v["constraints_log"] >= _FOUR_LOG or items >= 4
-    large = (v["plan"] >= 2 and several) or (v["plan"] >= 1 and v["writing"] and many) or v["proof"] >= 1 \
-        or (v["design"] >= 2 and v["code"] >= 1) or (v["design"] >= 3 and many) \
-        or (v["design"] >= 1 and v["code"] >= 1 and many) \
-        or (v["writing"] and (v["long_output"] or v["structured_output"] or items >= 6) and many) \
-        or (v["sources"] and (v["reasoning"] or v["plan"]))
-    medium = large or material_words > SHORT_MATERIAL_WORDS or v["code"] >= 1 or v["reasoning"] >= 1 \
-        or (v["transform"] and items >= 3) or v["numbers_log"] >= _FOUR_LOG \
-        or (v["math"] >= 1 and v["numbers_log"] >= _THREE_LOG) \
-        or (v["writing"] and v["instruction_tokens_log"] >= _TWENTY_LOG)
+    many = constraints_log >= _FIVE_LOG or items >= 5  # >= 5 listed requirements
+    several = constraints_log >= _FOUR_LOG or items >= 4
+    large = (plan >= 2 and several) or (plan >= 1 and writing and many) or proof >= 1 \
+        or (design >= 2 and code >= 1) or (design >= 3 and many) \
+        or (design >= 1 and code >= 1 and many) \
+        or (writing and (long_output or structured_output or items >= 6) and many) \
+        or (sources and (reasoning or plan))
+    medium = large or material_words > SHORT_MATERIAL_WORDS or code >= 1 or reasoning >= 1 \
+        or (transform and items >= 3) or numbers_log >= _FOUR_LOG \
+        or (maths >= 1 and numbers_log >= _THREE_LOG) \
+        or (writing and instruction_tokens_log >= _TWENTY_LOG)
     return float(large), float(medium)
 
 

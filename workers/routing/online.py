@@ -39,6 +39,7 @@ import hashlib
 import math
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Final, Literal
 
 import numpy as np
@@ -58,28 +59,42 @@ TIERS: Final = ("small", "medium", "large")
 DEFAULT_TIER_COST: Final = (0.04, 0.16, 1.0)
 
 
+_KIND_FEATURES: Final = ("proof", "plan", "constraints_log", "writing", "design", "code", "math", "transform",
+                          "material_over_short", "greeting", "reasoning", "sources", "lookup")
+_KIND_VALUES: Final = itemgetter(*(FEATURE_NAMES.index(name) for name in _KIND_FEATURES))
+_TWO_CONSTRAINTS_LOG: Final = math.log1p(2)
+
+
 def task_kind(features: Features) -> str:
     """The coarse kind of request, from the features (the order is the precedence)."""
+    if features.names is FEATURE_NAMES:  # the extractor's layout (an immutable tuple): read by position, no dict
+        return _kind(*_KIND_VALUES(features.values))
     v = features.as_dict()
-    if v["proof"] >= 1:
+    return _kind(*[v[name] for name in _KIND_FEATURES])
+
+
+def _kind(proof: float, plan: float, constraints_log: float, writing: float, design: float, code: float,
+          maths: float, transform: float, material_over_short: float, greeting: float, reasoning: float,
+          sources: float, lookup: float) -> str:
+    if proof >= 1:
         return "proof"
-    if v["plan"] >= 1 and (v["constraints_log"] >= math.log1p(2) or v["writing"]):
+    if plan >= 1 and (constraints_log >= _TWO_CONSTRAINTS_LOG or writing):
         return "plan"
-    if v["design"] >= 1 and v["code"] >= 1:
+    if design >= 1 and code >= 1:
         return "design"
-    if v["code"] >= 1:
+    if code >= 1:
         return "code"
-    if v["math"] >= 1:
+    if maths >= 1:
         return "maths"
-    if v["transform"]:
-        return "transform_long" if v["material_over_short"] else "transform_short"
-    if v["greeting"]:
+    if transform:
+        return "transform_long" if material_over_short else "transform_short"
+    if greeting:
         return "greeting"
-    if v["writing"]:
+    if writing:
         return "writing"
-    if v["reasoning"] >= 1 or v["sources"]:
+    if reasoning >= 1 or sources:
         return "reasoning"
-    if v["lookup"]:
+    if lookup:
         return "lookup"
     return "other"
 

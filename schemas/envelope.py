@@ -201,6 +201,8 @@ _new = object.__new__
 _set = object.__setattr__
 _EXACT_NS = 1 << 53  # below this, ns / 1e6 is within a thousandth of a microsecond of its exact value
 _ARRIVED = frozenset({"stage", "worker_id", "produced_at_ns", "received_at_ns", "started_at_ns"})
+_FINISHED = frozenset({"status", "code", "message", "stage", "retry_after_s"})  # an Outcome's fields set by finish
+_FINISHED_ENVELOPE = frozenset({"outcome", "route"})
 
 
 class Passage(_Model):
@@ -411,9 +413,29 @@ class Envelope(_Model):
 
     def finish(self, status: Status, *, code: str = "", message: str = "", stage: str = "",
                retry_after_s: float | None = None) -> None:
-        """Give the request its terminal outcome; what is left of the route collapses to the audit stage."""
-        self.outcome = Outcome(status=status, code=code, message=message, stage=stage, retry_after_s=retry_after_s)
-        self.route = ["audit"] if stage != "audit" else []
+        """Give the request its terminal outcome; what is left of the route collapses to the audit stage.
+
+        The outcome is the instance ``Outcome(status=…, code=…, message=…, stage=…, retry_after_s=…)`` builds — same
+        fields in the same order, same fields-set — written directly when every value is already what validation
+        would give (a ``Status``, plain strs, no or a float ``retry_after_s``); anything else (an int retry, which
+        validation writes as a float, a status given as its value) is validated as before. Both assignments are
+        written as pydantic's own (validate_assignment is off). Once per request; tests/schemas/test_envelope.py
+        compares the two."""
+        if (type(status) is Status and type(code) is str and type(message) is str and type(stage) is str
+                and (retry_after_s is None or type(retry_after_s) is float)):
+            outcome = _new(Outcome)
+            _set(outcome, "__dict__", {"status": status, "code": code, "message": message,
+                                       "retry_after_s": retry_after_s, "stage": stage, "key_id": None,
+                                       "signature": None})
+            _set(outcome, "__pydantic_fields_set__", set(_FINISHED))
+            _set(outcome, "__pydantic_extra__", None)
+            _set(outcome, "__pydantic_private__", None)
+        else:
+            outcome = Outcome(status=status, code=code, message=message, stage=stage, retry_after_s=retry_after_s)
+        fields = self.__dict__
+        fields["outcome"] = outcome
+        fields["route"] = ["audit"] if stage != "audit" else []
+        self.__pydantic_fields_set__.update(_FINISHED_ENVELOPE)
 
     def remaining_budget_ms(self, now_ns: int) -> float:
         return (self.deadline_at_ns - now_ns) / 1e6

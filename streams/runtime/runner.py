@@ -306,11 +306,6 @@ class StageRunner(ConsumerLoop, Generic[C]):
         # This stage's allocation of each tier's budget, looked up once (TierBudget.violated_by per hop, inlined).
         self._allocation_ms = {tier: budget.allocation_ms(self.stage) for tier, budget in self.budgets.tiers.items()}
         self._violations: dict[Tier, Any] = {}  # BUDGET_VIOLATIONS' children by tier
-        # Topic names, formatted once (Topology formats them at every call): the next stage's lane by (stage, tier),
-        # filled as routes use them (at most every stage × tier), and where responses go.
-        self._lanes: dict[tuple[str, Tier], str] = {}
-        self._responses = topology.responses
-        self._replies_prefix = topology.replies_prefix
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -511,24 +506,21 @@ class StageRunner(ConsumerLoop, Generic[C]):
             sign_outcome(env, self.keys)  # this stage ended it: what it counts is sealed here
         if outcome is not None and not env.responded:
             response = response_bytes(env, completed_at_ns=now_ns)  # = encode(Response.from_envelope(…))
-            topics = [self._responses]
+            topics = [self.topology.responses]
             reply_to = env.request.reply_to
             if reply_to:
-                if reply_to.startswith(self._replies_prefix):
+                if reply_to.startswith(self.topology.replies_prefix):
                     topics.append(reply_to)
                 else:
                     # A producer must not make the pipeline write into arbitrary topics (say another stage's input).
                     log.warning("request %s: reply_to %r is outside %s*; answered on %s only", env.request_id,
-                                reply_to, self._replies_prefix, self._responses)
+                                reply_to, self.topology.replies_prefix, self.topology.responses)
             answers.add(env.request_id, response, topics)
             env.responded = True
             result.responses += 1
             result.outcomes[outcome.status] += 1
         if env.route:
-            lane = (env.route[0], env.tier)
-            topic = self._lanes.get(lane)
-            if topic is None:
-                topic = self._lanes[lane] = self.topology.stage(*lane)
+            topic = self.topology.lanes[env.route[0], env.tier]  # the next stage's lane, formatted once
             if self._hand_over is None or not self._hand_over(topic, env, key):
                 self.publisher.publish(topic, encode(env), key=key)
             result.forwarded += 1

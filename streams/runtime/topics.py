@@ -16,7 +16,8 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
@@ -29,58 +30,83 @@ from streams.settings import Settings
 LANES = ("", ".batch")
 
 
+class LaneNames(dict[tuple[str, str], str]):
+    """``lanes[stage, tier]``: the topic of ``stage`` in ``tier``'s lane (``<prefix>.<stage>``, ``.batch`` for the
+    batch tier), each name formatted once and then looked up (the runner asks at every forward). At most one entry
+    per stage and tier a caller names (a ``Tier`` and its value are the same key)."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def __missing__(self, key: tuple[str, str]) -> str:
+        stage, tier = key
+        name = self[key] = f"{self.prefix}.{stage}{'.batch' if tier == Tier.BATCH else ''}"
+        return name
+
+
 @dataclass(frozen=True)
 class Topology:
+    """Every topic name of one prefix, each formatted once per topology (the names are attributes after their first
+    use, the stage lanes a :class:`LaneNames`): the runner, the chain, the ingress, the SDK and the publisher ask
+    here rather than keep copies."""
+
     prefix: str
+    lanes: LaneNames = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lanes", LaneNames(self.prefix))
 
     def stage(self, stage: str, tier: Tier | str = Tier.STANDARD) -> str:
-        return f"{self.prefix}.{stage}{'.batch' if tier == Tier.BATCH else ''}"
+        return self.lanes[stage, tier]
 
     def ingress(self, tier: Tier | str = Tier.STANDARD) -> str:
-        return self.stage("ingress", tier)
+        return self.lanes["ingress", tier]
 
     def stage_lanes(self, stage: str) -> tuple[str, str]:
         """(interactive lane, batch lane) for a stage."""
-        return self.stage(stage), self.stage(stage, Tier.BATCH)
+        return self.lanes[stage, Tier.STANDARD], self.lanes[stage, Tier.BATCH]
 
-    @property
+    @cached_property
     def responses(self) -> str:
         return f"{self.prefix}.responses"
 
-    @property
+    @cached_property
     def replies_prefix(self) -> str:
         """Per-client reply topics (``request.reply_to``) must start with this."""
         return f"{self.prefix}.replies."
 
-    @property
+    @cached_property
     def audit_log(self) -> str:
         return f"{self.prefix}.audit.log"
 
-    @property
+    @cached_property
     def audit_checkpoints(self) -> str:
         return f"{self.prefix}.audit.checkpoints"
 
-    @property
+    @cached_property
     def deadletter(self) -> str:
         return f"{self.prefix}.deadletter"
 
-    @property
+    @cached_property
     def policy(self) -> str:
         return f"{self.prefix}.policy.docs"
 
-    @property
+    @cached_property
     def index(self) -> str:
         return f"{self.prefix}.index.chunks"
 
-    @property
+    @cached_property
     def outcomes(self) -> str:
         return f"{self.prefix}.outcomes"
 
-    @property
+    @cached_property
     def tool_approvals(self) -> str:
         return f"{self.prefix}.tools.approvals"
 
-    @property
+    @cached_property
     def routing_snapshots(self) -> str:
         return f"{self.prefix}.routing.snapshots"
 

@@ -4,7 +4,8 @@ from collections.abc import Callable
 import pytest
 from pydantic import ValidationError
 
-from schemas.envelope import DEFAULT_ROUTE, Envelope, Hop, Status, Usage, ms_rounded
+from schemas.envelope import DEFAULT_ROUTE, Envelope, Hop, Outcome, Status, Usage, ms_rounded
+from streams.runtime.codec import encode
 
 
 def test_default_route_is_the_six_stages(make_envelope: Callable[..., Envelope]) -> None:
@@ -32,6 +33,39 @@ def test_finish_collapses_route_to_audit(make_envelope: Callable[..., Envelope])
     env.finish(Status.DENIED, code="pii_blocked", stage="policy")
     assert env.route == ["audit"]
     assert env.terminal and env.outcome is not None and env.outcome.code == "pii_blocked"
+
+
+@pytest.mark.parametrize("retry_after_s", [None, 2.5, 0.0, float("inf"), 3, True, 10**400])
+@pytest.mark.parametrize("status", [Status.OK, Status.DENIED, "failed"])
+@pytest.mark.parametrize("stage", ["model", "audit", ""])
+def test_finish_builds_the_validated_outcome(make_envelope: Callable[..., Envelope], status: Status | str,
+                                             stage: str, retry_after_s: float | None) -> None:
+    """finish writes the Outcome validation builds (or validates, where a value is not already what validation
+    gives: an int retry is written as a float, a status as its enum): same fields, order, fields set, bytes."""
+    kwargs = {"status": status, "code": "c", "message": "m é", "stage": stage, "retry_after_s": retry_after_s}
+    try:
+        validated = Outcome(**kwargs)  # type: ignore[arg-type]
+    except ValidationError:
+        with pytest.raises(ValidationError):
+            make_envelope().finish(status, code="c", message="m é", stage=stage,  # type: ignore[arg-type]
+                                   retry_after_s=retry_after_s)
+        return
+    env = make_envelope()
+    by_assignment = env.model_copy(deep=True)
+    env.finish(status, code="c", message="m é", stage=stage, retry_after_s=retry_after_s)  # type: ignore[arg-type]
+    by_assignment.outcome = validated
+    by_assignment.route = ["audit"] if stage != "audit" else []
+    direct = env.outcome
+    assert direct is not None
+    assert list(direct.__dict__.items()) == list(validated.__dict__.items())
+    assert [type(v) for v in direct.__dict__.values()] == [type(v) for v in validated.__dict__.values()]
+    assert direct.__pydantic_fields_set__ == validated.__pydantic_fields_set__
+    assert (direct.__pydantic_extra__, direct.__pydantic_private__) == (None, None)
+    assert direct.model_dump_json() == validated.model_dump_json()
+    assert list(env.__dict__.items()) == list(by_assignment.__dict__.items())
+    assert env.__pydantic_fields_set__ == by_assignment.__pydantic_fields_set__
+    assert env.model_dump_json() == by_assignment.model_dump_json()
+    assert encode(env) == encode(by_assignment)
 
 
 def test_hop_arithmetic() -> None:

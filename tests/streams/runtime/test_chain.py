@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import defaultdict
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,16 +13,17 @@ from schemas.envelope import DEFAULT_ROUTE, STAGES, Envelope, Status
 from schemas.errors import ConfigError
 from schemas.response import Response
 from streams.clients.envelopes import new_envelope
-from streams.runtime.chain import ChainPublisher, ChainRunner, PacedCommitter, SinkPublisher, member_topics
+from streams.runtime.chain import ChainPublisher, ChainRunner, SinkPublisher, member_topics
 from streams.runtime.codec import decode, decode_as, encode
 from streams.runtime.replays import MemoryReplayMemory
-from streams.runtime.runner import OffsetCommitter, StageRunner
+from streams.runtime.runner import OffsetCommitter, PacedCommitter, StageRunner
 from streams.runtime.stage import Stage
 from streams.runtime.topics import Topology
 from streams.settings import load_settings
 from streams.stages import registry
 from streams.stages.registry import resolve_units
 from streams.testing import MemoryTopics, as_records
+from tests.streams.runtime.loop_fakes import GatedTopics, ScriptedConsumer, until
 from workers.context import StageContext, SystemClock
 
 SETTINGS = load_settings(topic_prefix="t")
@@ -145,68 +144,6 @@ async def test_a_response_is_sent_before_the_audit_behind_it_runs() -> None:
     assert TOPICS.audit_log in shipped[-1]
     assert len(kafka.values(TOPICS.responses)) == 3 and len(kafka.values(TOPICS.audit_log)) == 3
     assert kafka.flushes == 1  # still one acknowledged flush per cycle, before the commit
-
-
-class GatedTopics(MemoryTopics):
-    """Acknowledgements held until the test opens the gate; what was sent, flushed and committed, in order."""
-
-    def __init__(self, log: list[str]) -> None:
-        super().__init__()
-        self.log = log
-        self.gate = asyncio.Event()
-
-    async def send(self) -> None:
-        self.log.extend(f"sent {topic}" for topic, _value, _key in self.pending)
-        await MemoryTopics.flush(self)  # on the topics at once; acknowledged at the gate
-        self.flushes -= 1
-
-    async def flush(self) -> None:
-        await self.send()
-        self.log.append("awaiting acks")
-        await self.gate.wait()
-        self.log.append("acked")
-        self.flushes += 1
-
-
-class ScriptedConsumer:
-    """Just what the chain's loop uses: hands out the given batches one poll at a time, then nothing."""
-
-    def __init__(self, batches: list[dict[TopicPartition, Any]], log: list[str]) -> None:
-        self.batches = batches
-        self.log = log
-        self.tps = {tp for batch in batches for tp in batch}
-
-    def assignment(self) -> set[TopicPartition]:
-        return self.tps
-
-    def highwater(self, tp: TopicPartition) -> int:
-        return 0
-
-    async def getmany(self, *tps: TopicPartition, timeout_ms: int = 0,
-                      max_records: int | None = None) -> dict[TopicPartition, Any]:
-        if self.batches:
-            return self.batches.pop(0)
-        await asyncio.sleep(0.001)
-        return {}
-
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        self.log.append(f"commit {sorted(offsets.values())}")
-
-    def paused(self) -> set[TopicPartition]:
-        return set()
-
-    def last_poll_timestamp(self, tp: TopicPartition) -> int | None:
-        return None
-
-    async def position(self, tp: TopicPartition) -> int:
-        return 0
-
-
-async def until(condition: Callable[[], bool], what: str, timeout_s: float = 10) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.001)
 
 
 def two_cycles(*, overlap: bool) -> tuple[list[str], GatedTopics, ChainRunner, asyncio.Task[None]]:

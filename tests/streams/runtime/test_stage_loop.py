@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
@@ -18,7 +15,8 @@ from streams.runtime.runner import StageRunner
 from streams.runtime.stage import Stage, base_context
 from streams.runtime.topics import Topology
 from streams.settings import Settings, load_settings
-from streams.testing import MemoryTopics, as_records
+from streams.testing import as_records
+from tests.streams.runtime.loop_fakes import GatedTopics, ScriptedConsumer, until
 from workers.context import StageContext, SystemClock
 
 SETTINGS = load_settings(topic_prefix="t")
@@ -35,59 +33,6 @@ async def keep(batch: list[Envelope], ctx: StageContext) -> list[Envelope]:
 
 RETRIEVAL = Stage("retrieval", StageContext, hand_on, base_context)
 AUDIT = Stage("audit", StageContext, keep, base_context, sink=True)
-
-
-class GatedTopics(MemoryTopics):
-    """Acknowledgements held until the test opens the gate; what was sent, awaited and committed, in order."""
-
-    def __init__(self, log: list[str]) -> None:
-        super().__init__()
-        self.log = log
-        self.gate = asyncio.Event()
-        self.fail = False
-
-    async def send(self) -> None:
-        self.log.extend(f"sent {topic}" for topic, _value, _key in self.pending)
-        await MemoryTopics.flush(self)
-        self.flushes -= 1
-
-    async def flush(self) -> None:
-        await self.send()
-        self.log.append("awaiting acks")
-        await self.gate.wait()
-        if self.fail:
-            raise RuntimeError("not acknowledged")
-        self.log.append("acked")
-        self.flushes += 1
-
-
-class ScriptedConsumer:
-    """What the loop uses of a consumer: the given batches one poll at a time, then nothing."""
-
-    def __init__(self, batches: list[dict[TopicPartition, Any]], log: list[str]) -> None:
-        self.batches = batches
-        self.log = log
-        self.tps = {tp for batch in batches for tp in batch}
-
-    def assignment(self) -> set[TopicPartition]:
-        return self.tps
-
-    async def getmany(self, *tps: TopicPartition, timeout_ms: int = 0,
-                      max_records: int | None = None) -> dict[TopicPartition, Any]:
-        if self.batches:
-            return self.batches.pop(0)
-        await asyncio.sleep(0.001)
-        return {}
-
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        self.log.append(f"commit {sorted(offsets.values())}")
-
-
-async def until(condition: Callable[[], bool], what: str, timeout_s: float = 10) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.001)
 
 
 def loop_of(stage: Stage[StageContext], batches: int, settings: Settings = SETTINGS

@@ -17,6 +17,7 @@ from phonenumbers import PhoneMetadata
 from stdnum import luhn
 
 from workers.detectors import pii
+from workers.detectors.pii import INTERNATIONAL_PHONE_MIN_DIGITS
 
 
 class Redactor(Protocol):
@@ -39,9 +40,6 @@ _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za
 _CARD = re.compile(r"\d(?<!\w.)(?:[ -]?\d){12,18}\b")
 _SSN = re.compile(r"\d(?<!\w.)\d{2}(?<!000|666|9\d\d)-(?!00)\d{2}-(?!0000)\d{4}\b")
 _DIGIT = re.compile(r"\d")
-# The fewest digits of a phone number written with its country code ("+43 1112": Austria, Germany and Iran have
-# numbers of 4 digits): tests/workers/detectors/test_redaction.py checks it against every region's metadata.
-INTERNATIONAL_PHONE_MIN_DIGITS = 6
 
 
 @cache
@@ -101,8 +99,6 @@ class PiiRedactor:
         self.phone_region = phone_region
 
     def redact(self, text: str) -> tuple[str, dict[str, int]]:
-        from workers.detectors import pii
-
         findings = pii.detect(text, phone_region=self.phone_region)
         if not findings:  # most answers: no redactor to build
             return text, {}

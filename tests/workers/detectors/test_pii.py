@@ -7,6 +7,7 @@ import re
 import string
 
 import phonenumbers
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from stdnum import iban as stdnum_iban
@@ -15,7 +16,7 @@ from stdnum import luhn
 from bench.pii_eval import evaluate
 from schemas.policy import PiiAction
 from workers.detectors import pii
-from workers.detectors.pii import Finding, Redactor, detect
+from workers.detectors.pii import INTERNATIONAL_PHONE_MIN_DIGITS, Finding, Redactor, detect
 
 
 def test_labelled_set_precision_and_recall_per_type() -> None:
@@ -160,3 +161,17 @@ def test_the_patterns_match_as_their_lookbehind_first_forms(parts: list[str], se
             [(m.span(), m.groups()) for m in old.finditer(text)], name
         new_at, old_at = pattern.search(text, pos), old.search(text, pos)  # _ibans searches from a position
         assert (new_at and new_at.span()) == (old_at and old_at.span()), name
+
+
+@pytest.mark.parametrize("text, number", [
+    ("Ruf an: +43 1112", "+43 1112"),  # 6 digits with its country code: Austria has 4-digit numbers
+    ("call +49 30 1234", "+49 30 1234"),
+])
+def test_the_shortest_international_numbers_are_found(text: str, number: str) -> None:
+    assert [(f.entity, f.text) for f in detect(text)] == [("phone", number)]
+    assert INTERNATIONAL_PHONE_MIN_DIGITS == 6
+
+
+@pytest.mark.parametrize("text", ["order 123456 shipped", "in 2024 and 2025", "ticket #4711, room 12"])
+def test_six_digits_that_are_no_number_stay_text(text: str) -> None:
+    assert detect(text) == []

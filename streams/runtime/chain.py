@@ -44,8 +44,8 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from schemas.envelope import Envelope
 from streams.runtime.acls import ALL_STAGES
 from streams.runtime.codec import encode
-from streams.runtime.lanes import QuietPartitions
-from streams.runtime.runner import BatchPublisher, ConsumerLoop, OffsetCommitter, PacedCommitter, Records, StageRunner
+from streams.runtime.lanes import LanePoller, QuietPartitions
+from streams.runtime.runner import BatchPublisher, ConsumerLoop, Records, SendOnFlush, StageRunner
 from streams.runtime.stage import Stage
 from streams.runtime.topics import Topology
 from streams.settings import Settings
@@ -94,21 +94,6 @@ class ChainPublisher:
         return local
 
 
-class SinkPublisher:
-    """A chain's sink member (the audit) publishes through this: everything it writes goes to Kafka, even a record
-    for a member's topic (a request that reached the sink with route left over — only a forged one can), because
-    the sink runs in the cycle's tail while the next cycle's members hand requests over (``ChainRunner.run``)."""
-
-    def __init__(self, chain: ChainPublisher) -> None:
-        self.chain = chain
-
-    def publish(self, topic: str, value: bytes, *, key: bytes | None = None) -> None:
-        self.chain.kafka.publish(topic, value, key=key)
-
-    async def flush(self) -> None:
-        await self.chain.flush()
-
-
 def member_topics(stages: Sequence[Stage[Any]], topology: Topology) -> frozenset[str]:
     """Every topic the members of a chain read: their lanes, and the ingress when the entry stage is a member."""
     topics = frozenset(t for stage in stages for t in topology.stage_lanes(stage.name))
@@ -126,8 +111,12 @@ class ChainRunner(ConsumerLoop):
                  settings: Settings, topology: Topology) -> None:
         self.members = list(members)
         for member in self.members:
-            if member.spec.sink:  # worked in the cycle's tail, beside the next cycle's members (``run``)
-                member.use_publisher(SinkPublisher(publisher))
+            if member.spec.sink:
+                # The sink (audit) is worked in the cycle's tail, beside the next cycle's members: everything it
+                # writes goes straight to Kafka, even a record for a member's topic (a request that reached the sink
+                # with route left over — only a forged one can), never into the shared hand-overs; its end of batch
+                # sends what is pending, as any member's does.
+                member.use_publisher(SendOnFlush(publisher.kafka, publisher.flush))
         self.publisher = publisher
         self.kafka = kafka
         self.settings = settings
@@ -175,45 +164,24 @@ class ChainRunner(ConsumerLoop):
     async def finish(self, sink_work: dict[StageRunner[Any], Records]) -> None:
         """The cycle's tail: the sink member's work, then every acknowledgement of the cycle's output."""
         for member, work in sink_work.items():
-            # The sink's output goes straight to Kafka (SinkPublisher), never into the shared hand-overs: while
+            # The sink's output goes straight to Kafka (SendOnFlush), never into the shared hand-overs: while
             # this tail runs, those are the next cycle's members'.
             await member.handle(work)
         await self.kafka.flush()
 
     async def run(self) -> None:
-        """Poll → work → (the previous cycle's tail finished) → this cycle's tail in the background → poll."""
-        assert self.consumer is not None, "start() first"
-        poller = self.lane_poller()
+        """The consumer loop (:meth:`ConsumerLoop.run`) with the chain's settings: the cycle's tail (the sink member,
+        the acknowledgements, the commit) runs beside the next cycle's members, one tail at a time and in order — an
+        audit batch starts only once the previous one's output is acknowledged, since a tail returns only then."""
+        self.overlap_tail = self.settings.chain_overlap_tail
+        self.commit_interval_s = self.settings.chain_commit_interval_ms / 1000
+        await super().run()
+
+    def lane_poller(self) -> LanePoller:
+        poller = super().lane_poller()
         if self.settings.chain_park_quiet_partitions and any(member.spec.entry for member in self.members):
             poller.quiet = QuietPartitions(steady_topics=frozenset(self.topology.stage_lanes("ingress")))
-        committer = PacedCommitter(OffsetCommitter(self.consumer, self.name),
-                                   self.settings.chain_commit_interval_ms / 1000)
-        tail: asyncio.Task[None] | None = None
-        try:
-            while not self._stopping.is_set():
-                batches = await poller.poll(self.consumer)
-                if not batches:
-                    if tail is None or tail.done():  # a tail still running commits its own offsets
-                        await committer.idle()
-                    continue
-                sink_work = await self.work(batches)
-                if tail is not None:
-                    await tail  # one tail at a time: audit batches and commits stay in cycle order
-                offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()}
-                tail = asyncio.create_task(self._tail(sink_work, offsets, committer), name=f"tail-{self.name}")
-                if not self.settings.chain_overlap_tail:
-                    await tail
-            if tail is not None:
-                await tail
-        finally:
-            if tail is not None and not tail.done():
-                await asyncio.wait([tail])
-            await committer.wait()
-
-    async def _tail(self, sink_work: dict[StageRunner[Any], Records], offsets: dict[TopicPartition, int],
-                    committer: PacedCommitter) -> None:
-        await self.finish(sink_work)  # returns once everything the cycle produced is acknowledged
-        await committer.commit(offsets)
+        return poller
 
     def _to_kafka(self, pending: dict[StageRunner[Any], Records]) -> None:
         for records in (r for work in pending.values() for r in work.values()):

@@ -65,9 +65,10 @@ class BatchPublisher(Protocol):
 
 
 class SendOnFlush:
-    """A lone stage's publisher while its loop overlaps the tail: the batch's end (``flush`` in ``handle``) ships
-    the batch's records without waiting; the tail (:meth:`StageRunner.acknowledge`) awaits their acknowledgements
-    on the wrapped publisher before the batch's offsets are committed."""
+    """A publisher whose end of batch (``flush`` in ``handle``) only ships the records (``send``) without waiting for
+    their acknowledgements: a lone stage's while its loop overlaps the tail (:meth:`StageRunner.finish` awaits them
+    on the wrapped publisher before the batch's offsets are committed), and a chain's sink member's (straight to
+    Kafka; the chain awaits them in the cycle's tail)."""
 
     def __init__(self, kafka: BatchPublisher, send: Callable[[], Awaitable[None]]) -> None:
         self.kafka = kafka
@@ -210,19 +211,24 @@ class ConsumerLoop:
                           max_records=self.settings.batch_max_records, batch_quota=self.settings.lane_batch_quota,
                           batch_share=self.settings.lane_batch_share, pause_lag=self.settings.lane_pause_lag)
 
-    # How ``run`` cycles (a lone stage's settings; a chain runs its own loop, streams/runtime/chain.py).
+    # How ``run`` cycles (a lone stage's and a chain's own settings).
     overlap_tail = False  # work the next batch while the previous batch's tail (acknowledgements, commit) finishes
     commit_interval_s = 0.0  # commit at most this often (PacedCommitter)
     tail_first = False  # the next batch's work waits for the previous tail (only the poll overlaps it)
 
-    async def acknowledge(self) -> None:
+    async def work(self, batches: Records) -> Any:
+        """A polled batch up to its tail; what it returns is handed to :meth:`finish` in the tail."""
+        await self.handle(batches)
+
+    async def finish(self, worked: Any) -> None:
         """The batch's tail before its commit: returns once everything the batch produced is acknowledged (by
         default ``handle`` already waited for that)."""
 
     async def run(self) -> None:
-        """Poll → handle → (the previous batch's tail finished) → this batch's tail in the background → poll. A tail
-        awaits the batch's acknowledgements, then hands its offsets to the paced committer: one tail at a time, in
-        batch order, so every commit follows its own batch's acknowledgements and commits never overtake each other.
+        """Poll → work → (the previous batch's tail finished) → this batch's tail in the background → poll. A tail
+        (:meth:`finish`) returns once the batch's output is acknowledged, then hands its offsets to the paced
+        committer: one tail at a time, in batch order, so every commit follows its own batch's acknowledgements and
+        commits never overtake each other.
         """
         assert self.consumer is not None, "start() first"
         poller = self.lane_poller()
@@ -241,11 +247,11 @@ class ConsumerLoop:
                 if tail is not None and self.tail_first:
                     await tail
                     tail = None
-                await self.handle(batches)
+                worked = await self.work(batches)
                 if tail is not None:
                     await tail  # one tail at a time: acknowledgements awaited and commits made in batch order
                 offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()}
-                tail = asyncio.create_task(self._batch_tail(offsets, committer), name=f"tail-{self.name}")
+                tail = asyncio.create_task(self._tail(worked, offsets, committer), name=f"tail-{self.name}")
                 if not self.overlap_tail:
                     await tail
                     tail = None
@@ -256,8 +262,8 @@ class ConsumerLoop:
                 await asyncio.wait([tail])
             await committer.wait()
 
-    async def _batch_tail(self, offsets: dict[TopicPartition, int], committer: PacedCommitter) -> None:
-        await self.acknowledge()  # everything the batch produced is acknowledged before its offsets are committed
+    async def _tail(self, worked: Any, offsets: dict[TopicPartition, int], committer: PacedCommitter) -> None:
+        await self.finish(worked)  # everything the batch produced is acknowledged before its offsets are committed
         await committer.commit(offsets)
 
 
@@ -326,7 +332,7 @@ class StageRunner(ConsumerLoop, Generic[C]):
                 self.use_publisher(kafka)
                 self._acknowledged = None
 
-    async def acknowledge(self) -> None:
+    async def finish(self, worked: Any) -> None:
         if self._acknowledged is not None:
             await self._acknowledged.flush()
 

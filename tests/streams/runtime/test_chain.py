@@ -13,10 +13,10 @@ from schemas.envelope import DEFAULT_ROUTE, STAGES, Envelope, Status
 from schemas.errors import ConfigError
 from schemas.response import Response
 from streams.clients.envelopes import new_envelope
-from streams.runtime.chain import ChainPublisher, ChainRunner, SinkPublisher, member_topics
+from streams.runtime.chain import ChainPublisher, ChainRunner, member_topics
 from streams.runtime.codec import decode, decode_as, encode
 from streams.runtime.replays import MemoryReplayMemory
-from streams.runtime.runner import OffsetCommitter, PacedCommitter, StageRunner
+from streams.runtime.runner import OffsetCommitter, PacedCommitter, SendOnFlush, StageRunner
 from streams.runtime.stage import Stage
 from streams.runtime.topics import Topology
 from streams.settings import load_settings
@@ -224,7 +224,7 @@ async def test_the_sink_writes_to_kafka_and_never_takes_the_next_cycles_hand_ove
     whatever the sink writes (even for a member's topic) goes to Kafka."""
     chain, kafka = chain_of(registry.resolve_units(["all+"])[0])  # type: ignore[arg-type]
     sink = next(m for m in chain.members if m.spec.sink)
-    assert isinstance(sink.publisher, SinkPublisher) and sink._hand_over is None
+    assert isinstance(sink.publisher, SendOnFlush) and sink._hand_over is None
     member_topic = TOPICS.stage("model")
     in_flight = new_envelope("hi", tenant="acme", settings=SETTINGS)
     chain.publisher.hand_over(member_topic, in_flight, b"k")  # a member's hand-over of the next cycle

@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import signal
 import sys
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,14 +80,16 @@ class Phase:
     missing: int
     wall_s: float
     cpu_s: float
-    stages: dict[str, dict[str, float]]
+    stages: dict[str, Any]
     backfill: dict[str, Any] = field(default_factory=dict)
+    models: dict[str, int] = field(default_factory=dict)  # the interactive requests' models (the phases compare)
 
     def summary(self) -> dict[str, Any]:
         return {"phase": self.name, "round": self.round, "interactive": percentiles(self.latencies_ms),
                 "statuses": self.statuses, "missing": self.missing, "wall_s": round(self.wall_s, 2),
                 "cpu_s": round(self.cpu_s, 2), "cpu_cores": round(self.cpu_s / max(1e-9, self.wall_s), 2),
-                "stages": self.stages, **({"backfill": self.backfill} if self.backfill else {})}
+                "models": self.models, "stages": self.stages,
+                **({"backfill": self.backfill} if self.backfill else {})}
 
 
 def _hops(raw: bytes | None, arrived_ns: int | None = None) -> list[dict[str, Any]]:
@@ -101,7 +105,7 @@ def _hops(raw: bytes | None, arrived_ns: int | None = None) -> list[dict[str, An
 
 
 def stage_profile(collector: Collector, topic: str, ids: list[str], latencies_ms: dict[str, float] | None = None,
-                  sizes_topic: str | None = None) -> dict[str, dict[str, float]]:
+                  sizes_topic: str | None = None) -> dict[str, Any]:
     """Per stage, over the interactive requests' audit records (every hop, the audit's own, and ``audit→log``: the
     audit's write until the record arrived): mean batch size, queue and service ms, their p99s, the p99 of both
     summed (where a tail comes from: a stage whose p99 grows under the flood is the one letting batch work in the
@@ -124,7 +128,20 @@ def stage_profile(collector: Collector, topic: str, ids: list[str], latencies_ms
             per_stage.setdefault(hop["stage"], []).append(row)
             if rid in slowest:
                 slow.setdefault(hop["stage"], []).append(row[1:])
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, Any] = {}
+    if slowest and sized:
+        # The slowest requests one by one (model, output tokens, and their model hop): what they waited for.
+        detail = []
+        for rid in sorted(slowest, key=lambda r: -(latencies_ms or {}).get(r, 0.0)):
+            raw = sized.get(rid)
+            response = orjson.loads(raw) if raw else {}
+            hop = next((h for h in _hops(values.get(rid)) if h["stage"] == "model"), {})
+            size = next((h.get("batch_size", 0) for h in _hops(raw) if h["stage"] == "model"), 0)
+            detail.append({"ms": round((latencies_ms or {}).get(rid, 0.0)), "model": response.get("model"),
+                           "out": (response.get("usage") or {}).get("output_tokens"), "batch": size,
+                           "model_queue_ms": round(float(hop.get("queue_ms", 0.0))),
+                           "model_service_ms": round(float(hop.get("service_ms", 0.0)))})
+        out["slowest"] = detail
     for stage, rows in per_stage.items():
         arr = np.asarray(rows)
         out[stage] = {"mean_batch": round(float(arr[:, 0].mean()), 1),
@@ -171,15 +188,18 @@ class LanesBench:
             await self._warm_up()
             phases: list[Phase] = []
             for round_no in range(1, self.opts.rounds + 1):
+                prompts = self._round_prompts(round_no)
                 for name in ("alone", "flood"):
-                    phase = await self._phase(name, round_no)
+                    phase = await self._phase(name, round_no, prompts[name])
                     phases.append(phase)
                     self.log(f"  round {round_no} {name:5}: interactive {percentiles(phase.latencies_ms)} "
+                             f"models {phase.models} "
                              f"statuses {phase.statuses} cpu {phase.cpu_s:.1f} s / {phase.wall_s:.1f} s"
                              + (f"\n    backfill {phase.backfill}" if phase.backfill else "")
                              + "\n    slowest 2 %, queue/service ms by stage: "
                              + ", ".join(f"{stage} {row.get('slow_queue_ms', 0):g}/{row.get('slow_service_ms', 0):g}"
-                                         for stage, row in phase.stages.items()))
+                                         for stage, row in phase.stages.items() if stage != "slowest")
+                             + f"\n    slowest: {phase.stages.get('slowest', [])}")
         finally:
             await self.backfill.stop()
             await self.interactive.stop()
@@ -202,12 +222,31 @@ class LanesBench:
         if missing:
             raise TimeoutError(f"{missing} of {len(ids)} warm-up requests never came out")
 
-    async def _phase(self, name: str, round_no: int) -> Phase:
+    def _round_prompts(self, round_no: int) -> dict[str, list[int]]:
+        """The interactive prompts of a round's two phases: one block, each consecutive pair split between them by a
+        seeded coin. The bench's prompts are not alike along the index — which model the calibrated router picks
+        comes in runs of a hundred prompts and more (blocks of 200 alternate between 0 and 20 prompts for a medium
+        model, ~1 s calls) — and phases of consecutive ranges compared different workloads: every alone phase drew a
+        block without medium-model prompts and every flood phase one with them, and that alone made the ratio
+        ~2.3× (seen in the slowest requests' models). Paired, both phases get the same mix."""
+        count = max(1, round(self.opts.rate * self.opts.seconds))
+        first = self._prompts(2 * count)
+        coin = random.Random(f"{self.run_id}-{round_no}")
+        alone: list[int] = []
+        flood: list[int] = []
+        for pair in range(count):
+            a, b = first + 2 * pair, first + 2 * pair + 1
+            if coin.random() < 0.5:
+                a, b = b, a
+            alone.append(a)
+            flood.append(b)
+        return {"alone": alone, "flood": flood}
+
+    async def _phase(self, name: str, round_no: int, prompts: list[int]) -> Phase:
         run = f"{self.run_id}{name[0]}{round_no}"
         # A tenant per phase, and another for the flood: the semantic cache's work grows with the tenant's entries,
         # and a later phase must not look slower only because earlier phases filled the same tenant's cache.
         tenant, flood_tenant = f"{self.tenant}-{name}{round_no}", f"{self.tenant}-backfill{round_no}"
-        interactive_first = self._prompts(round(self.opts.rate * self.opts.seconds))
         items: list[tuple[str, bytes]] = []
         if name == "flood":  # encoded before the clock starts: a few ms of the harness's CPU each
             first = self._prompts(self.opts.flood)
@@ -220,7 +259,7 @@ class LanesBench:
         flood = asyncio.create_task(self._flood(items)) if items else None
         scheduled = await self.interactive.open_loop(
             self.topo.ingress(Tier.INTERACTIVE), f"{run}i", self.opts.rate, self.opts.seconds, tenant=tenant,
-            first_prompt=interactive_first, tier=Tier.INTERACTIVE)
+            prompts=prompts, tier=Tier.INTERACTIVE)
         flood_started_ns = await flood if flood is not None else 0
         missing = await self.collector.wait_for(self.system.output, scheduled, 120, check=self.system.check)
         arrived = self.collector.arrivals[self.system.output].at_ns
@@ -231,10 +270,13 @@ class LanesBench:
         # Responses may trail the audit records by a poll; the statuses are read once both are in.
         await self.collector.wait_for(self.topo.responses, ids, 30, check=self.system.check)
         latencies = {rid: (arrived[rid] - at_ns) / 1e6 for rid, at_ns in scheduled.items() if rid in arrived}
+        models = Counter(orjson.loads(raw).get("model") for rid in ids
+                         if (raw := self.collector.arrivals[self.topo.responses].values.get(rid)))
         phase = Phase(name, round_no, list(latencies.values()),
                       statuses(self.collector, self.topo.responses, ids), missing, wall_s, cpu_s,
                       stage_profile(self.collector, self.system.output, ids, latencies,
                                     self.topo.responses))
+        phase.models = dict(models)
         if flood_ids:
             phase.backfill = await self._drain(flood_ids, flood_started_ns=flood_started_ns, last_ns=ended_ns)
         return phase

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -216,8 +216,10 @@ class Loader:
         return started_ns
 
     async def open_loop(self, topic: str, run: str, rate_per_s: float, duration_s: float, *, tenant: str = "acme",
-                        first_prompt: int = 0, tier: Tier = Tier.STANDARD) -> dict[str, int]:
-        """Send ``rate × duration`` requests on a fixed schedule; returns each id's scheduled send time (ns)."""
+                        first_prompt: int = 0, tier: Tier = Tier.STANDARD,
+                        prompts: Sequence[int] | None = None) -> dict[str, int]:
+        """Send ``rate × duration`` requests on a fixed schedule; returns each id's scheduled send time (ns).
+        Request ``i`` asks prompt ``first_prompt + i``, or ``prompts[i]`` when given."""
         count = max(1, round(rate_per_s * duration_s))
         scheduled: dict[str, int] = {}
         deliveries = []
@@ -227,7 +229,8 @@ class Loader:
             delay_s = (at_ns - time.time_ns()) / 1e9
             if delay_s > 0:
                 await asyncio.sleep(delay_s)
-            rid, value = request(run, i, tenant=tenant, prompt_index=first_prompt + i, tier=tier)
+            index = prompts[i] if prompts is not None else first_prompt + i
+            rid, value = request(run, i, tenant=tenant, prompt_index=index, tier=tier)
             scheduled[rid] = at_ns
             deliveries.append(await self.producer.send(topic, value, key=rid.encode()))
         await asyncio.gather(*deliveries)

@@ -223,23 +223,9 @@ class LanesBench:
             raise TimeoutError(f"{missing} of {len(ids)} warm-up requests never came out")
 
     def _round_prompts(self, round_no: int) -> dict[str, list[int]]:
-        """The interactive prompts of a round's two phases: one block, each consecutive pair split between them by a
-        seeded coin. The bench's prompts are not alike along the index — which model the calibrated router picks
-        comes in runs of a hundred prompts and more (blocks of 200 alternate between 0 and 20 prompts for a medium
-        model, ~1 s calls) — and phases of consecutive ranges compared different workloads: every alone phase drew a
-        block without medium-model prompts and every flood phase one with them, and that alone made the ratio
-        ~2.3× (seen in the slowest requests' models). Paired, both phases get the same mix."""
+        """The interactive prompts of a round's two phases (:func:`paired_prompts`)."""
         count = max(1, round(self.opts.rate * self.opts.seconds))
-        first = self._prompts(2 * count)
-        coin = random.Random(f"{self.run_id}-{round_no}")
-        alone: list[int] = []
-        flood: list[int] = []
-        for pair in range(count):
-            a, b = first + 2 * pair, first + 2 * pair + 1
-            if coin.random() < 0.5:
-                a, b = b, a
-            alone.append(a)
-            flood.append(b)
+        alone, flood = paired_prompts(self._prompts(2 * count), count, f"{self.run_id}-{round_no}")
         return {"alone": alone, "flood": flood}
 
     async def _phase(self, name: str, round_no: int, prompts: list[int]) -> Phase:
@@ -353,6 +339,26 @@ class LanesBench:
                             "overrides": self.opts.overrides},
                 "pooled": {"alone": pool_a, "flood": pool_b}, "phases": [p.summary() for p in phases],
                 "rows": rows}
+
+
+def paired_prompts(first: int, count: int, seed: str) -> tuple[list[int], list[int]]:
+    """Two phases' prompts from one block of ``2 × count``: each consecutive pair split between them by a seeded coin.
+
+    The bench's prompts are not alike along the index — which model the calibrated router picks comes in runs of a
+    hundred prompts and more (blocks of 200 alternate between 0 and 20 prompts for a medium model, ~1 s calls) — and
+    phases of consecutive ranges compared different workloads: every alone phase drew a block without medium-model
+    prompts and every flood phase one with them, which alone made the ratio ~2.3× (the slowest requests' models
+    showed it). Paired, both phases get the same mix of models."""
+    coin = random.Random(seed)
+    alone: list[int] = []
+    flood: list[int] = []
+    for pair in range(count):
+        a, b = first + 2 * pair, first + 2 * pair + 1
+        if coin.random() < 0.5:
+            a, b = b, a
+        alone.append(a)
+        flood.append(b)
+    return alone, flood
 
 
 def _row(figure: str, value: float | None, unit: str, *, baseline: float | None = None, baseline_name: str = "",

@@ -45,3 +45,36 @@ def test_the_stage_profile_shows_where_the_slowest_requests_waited() -> None:
     assert (model["slow_queue_ms"], model["slow_service_ms"]) == (850.0, 625.0)  # the slowest 2 %: r99 and one more
     assert profile["audit→log"]["mean_queue_ms"] == 10.0  # audited → arrived on the audit log
     assert "slow_queue_ms" in profile["audit"]
+
+
+def test_the_two_phases_of_a_round_draw_their_prompts_pairwise_from_one_block() -> None:
+    from bench.lanes_bench import paired_prompts
+
+    alone, flood = paired_prompts(1000, 200, "run-1")
+    assert len(alone) == len(flood) == 200 and sorted(alone + flood) == list(range(1000, 1400))  # distinct, one block
+    assert all({a, f} == {1000 + 2 * k, 1001 + 2 * k} for k, (a, f) in enumerate(zip(alone, flood, strict=True)))
+    assert 0 < sum(a % 2 for a in alone) < 200  # the coin decides which of a pair each phase gets
+    assert paired_prompts(1000, 200, "run-1") == (alone, flood)  # seeded: a run can be repeated
+
+
+def test_the_slowest_requests_are_listed_with_their_model_and_model_hop() -> None:
+    from types import SimpleNamespace
+
+    import orjson
+
+    from bench.lanes_bench import stage_profile
+    from bench.load import Arrivals
+
+    audit, responses = Arrivals(), Arrivals()
+    for i in range(50):
+        rid = f"r{i}"
+        audit.values[rid] = orjson.dumps({"hops": [{"stage": "model", "queue_ms": 10.0 * i, "service_ms": 5.0}]})
+        responses.values[rid] = orjson.dumps({"model": "core-us" if i == 49 else "nano-us",
+                                              "usage": {"output_tokens": 70},
+                                              "hops": [{"stage": "model", "queue_ms": 0, "service_ms": 0,
+                                                        "batch_size": 3}]})
+    collector = SimpleNamespace(arrivals={"audit": audit, "responses": responses})
+    latencies = {f"r{i}": float(i) for i in range(50)}
+    profile = stage_profile(collector, "audit", list(latencies), latencies, "responses")  # type: ignore[arg-type]
+    assert profile["slowest"] == [{"ms": 49, "model": "core-us", "out": 70, "batch": 3, "model_queue_ms": 490,
+                                   "model_service_ms": 5}]

@@ -15,6 +15,9 @@ Method (one pipeline, one run, so every figure has its baseline beside it):
   B  first ``--flood`` batch-tier requests published as fast as the producer takes them to the batch ingress lane
      (as ``tollway backfill`` publishes, minus its rate limit), then the same interactive open loop over the
      backlog; afterwards the backlog is left to drain with interactive traffic idle before the next A;
+* both phases of a round ask prompts of one block, each consecutive pair split between them by a seeded coin
+  (:func:`paired_prompts`): the bench's prompts come in runs that the router sends to one model or another, and
+  consecutive ranges gave the alone and flood phases different mixes of models; each phase prints its models;
 * interactive end-to-end latency = its audit record's arrival − its scheduled send; every request must come out
   ``ok`` (distinct prompts and fresh tenants — one per phase, another for each flood — so there are no cache hits,
   no budget or rate limit shared with anyone, and no phase's cache lookups scan entries an earlier phase stored);

@@ -99,10 +99,6 @@ class Settings(BaseSettings):
     # 0: the runner already batches (one produce per partition per batch, sent at once); a linger only delays each
     # hop (issue: ~2.5–3 ms per hop at low rates; bench scenario 3 measures both with --set producer_linger_ms=2).
     producer_linger_ms: int = Field(default=0, ge=0)
-    # A worker sends responses (and reply-topic copies) on a second producer: aiokafka has one produce request in
-    # flight per broker, and a response queued behind the cycle's audit records waited for their acknowledgement
-    # (streams/runtime/publisher.py RepliesApart). False: one producer per worker process.
-    responses_own_producer: bool = True
     max_message_bytes: int = Field(default=1_048_576, ge=1024)
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     state_dir: Path = REPO_ROOT / ".state"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
@@ -89,27 +88,3 @@ class KafkaPublisher:
     async def _partitions(self, topic: str) -> list[int]:
         known = self.producer.client.cluster.partitions_for_topic(topic)
         return sorted(known if known else await self.producer.partitions_for(topic))
-
-
-@dataclass
-class RepliesApart:
-    """Responses on a producer of their own, everything else on the shared one.
-
-    aiokafka sends one produce request per broker at a time: a response handed to the producer while the previous
-    request (a cycle's audit records, forwards) waits for its acknowledgement waited a whole round trip behind it,
-    and a caller — ``tollway serve``'s reply reader above all — with it. ``send`` and ``flush`` cover both, so a
-    batch's offsets are still committed only once every record it produced is acknowledged.
-    """
-
-    main: KafkaPublisher
-    replies: KafkaPublisher
-    is_reply: Callable[[str], bool]
-
-    def publish(self, topic: str, value: bytes, *, key: bytes | None = None) -> None:
-        (self.replies if self.is_reply(topic) else self.main).publish(topic, value, key=key)
-
-    async def send(self) -> None:
-        await asyncio.gather(self.replies.send(), self.main.send())
-
-    async def flush(self) -> None:
-        await asyncio.gather(self.replies.flush(), self.main.flush())

@@ -78,10 +78,6 @@ class Topology:
         """Per-client reply topics (``request.reply_to``) must start with this."""
         return f"{self.prefix}.replies."
 
-    def is_reply(self, topic: str) -> bool:
-        """A topic callers wait on: the responses, or a client's own reply topic."""
-        return topic == self.responses or topic.startswith(self.replies_prefix)
-
     @cached_property
     def audit_log(self) -> str:
         return f"{self.prefix}.audit.log"

@@ -15,7 +15,7 @@ from streams.runtime.acls import stage_principal
 from streams.runtime.chain import ChainPublisher, ChainRunner, member_topics
 from streams.runtime.connections import new_producer, redis_client, start
 from streams.runtime.metrics import serve_metrics
-from streams.runtime.publisher import KafkaPublisher, RepliesApart
+from streams.runtime.publisher import KafkaPublisher
 from streams.runtime.replays import RedisReplayMemory, ReplayMemory
 from streams.runtime.runner import BatchPublisher, StageRunner
 from streams.runtime.stage import Stage
@@ -65,18 +65,6 @@ async def run_workers(settings: Settings, stages: Sequence[Unit], *, ready: asyn
         producer = new_producer(settings, role=stage_principal(names))
         await start(producer, settings, "stage producer")
         stack.push_async_callback(producer.stop)
-        reply_producer = None
-        if settings.responses_own_producer:
-            reply_producer = new_producer(settings, role=stage_principal(names),
-                                          client_id=f"{settings.worker_id}-responses")
-            await start(reply_producer, settings, "response producer")
-            stack.push_async_callback(reply_producer.stop)
-
-        def kafka_publisher() -> KafkaPublisher | RepliesApart:
-            if reply_producer is None:
-                return KafkaPublisher(producer)
-            return RepliesApart(KafkaPublisher(producer), KafkaPublisher(reply_producer), topo.is_reply)
-
         replay_client = redis_client(settings, timeout_ms=max(settings.redis_timeout_ms, 1000))
         stack.push_async_callback(replay_client.aclose)
         # Remembered a little longer than the work topics keep records, so any redelivery is recognised.
@@ -84,11 +72,11 @@ async def run_workers(settings: Settings, stages: Sequence[Unit], *, ready: asyn
         runners: list[StageRunner[Any] | ChainRunner] = []
         for unit in stages:
             if isinstance(unit, Stage):
-                publisher = kafka_publisher()
+                publisher = KafkaPublisher(producer)
                 runner: StageRunner[Any] | ChainRunner = await _open_runner(stack, settings, unit, publisher,
                                                                             replays, clock)
             else:
-                kafka = kafka_publisher()
+                kafka = KafkaPublisher(producer)
                 shared = ChainPublisher(kafka, member_topics(unit, topo))
                 members = [await _open_runner(stack, settings, s, shared, replays, clock) for s in unit]
                 runner = ChainRunner(members, shared, kafka, settings, topo)

@@ -25,6 +25,7 @@ from schemas.envelope import (
     Usage,
 )
 from tests.schemas.test_properties import envelopes
+from workers import decisions
 from workers.decisions import (
     DecisionKeys,
     _decision_message,
@@ -97,6 +98,30 @@ def test_the_precomputed_hmac_is_hmac_sha256(secret_len: int) -> None:
         assert not keys.verify(message, "k2", signature)
         assert keys.verify(message, "k2", hmac.new(b"another-secret-of-enough-length", message,
                                                    hashlib.sha256).hexdigest())
+
+
+def test_macs_and_digests_looked_up_by_message_are_the_ones_computed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message MACed (or a request digested) before is looked up by its bytes: the same MAC whichever instance of
+    the key asks, never another key's, again after the oldest entries were dropped, and long messages not kept."""
+    monkeypatch.setattr(decisions, "_MEMO_ENTRIES", 4)
+    secret = "a-memo-test-secret-0123"
+    first, second = DecisionKeys.parse(f"m1:{secret}"), DecisionKeys.parse(f"m1:{secret}")
+    other = DecisionKeys.parse("m1:another-memo-test-secret")
+    messages = [b"decision %d" % i for i in range(10)] + [b"x" * (decisions._MEMO_MAX_BYTES + 1)]
+    for _round in range(2):
+        for message in messages:
+            expected = hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+            assert first.sign(message) == ("m1", expected) == second.sign(message)
+            assert second.verify(message, "m1", expected)
+            assert other.sign(message)[1] == hmac.new(b"another-memo-test-secret", message, hashlib.sha256).hexdigest()
+            assert not other.verify(message, "m1", expected)
+    assert len(decisions._MACS[secret.encode()]) <= 4
+    assert all(len(message) <= decisions._MEMO_MAX_BYTES for message in decisions._MACS[secret.encode()])
+    env = Envelope(request_id="r1", tenant="acme", created_at_ns=1, deadline_at_ns=2,
+                   request=Request(messages=[Message(role="user", content="hi")]))
+    for content in ("hi", "hello", "hi"):  # a changed request gets its own digest, and back
+        env.request.messages[0].content = content
+        assert request_digest(env) == _digest_reference(env)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -58,14 +58,19 @@ class Probe:
         self.select_s = 0.0
         self.cycles: list[tuple[int, float, float]] = []  # (records, fetched→taken ms, work ms)
         self.tails: list[float] = []
+        self.after_work: list[float] = []  # work's end → the next poll (the wait for the previous tail)
+        self.work_ended: float | None = None
         self.polls = 0
+        self.handles: Counter[str] = Counter()  # event-loop callbacks run, by coroutine or function name
         self.cpu0 = time.process_time()
         self.wall0 = time.monotonic()
 
     def dump(self) -> None:
         cpu, wall = time.process_time() - self.cpu0, time.monotonic() - self.wall0
         data = {"kafka": dict(self.kafka), "redis": self.redis, "threads": self.threads, "wakeups": self.wakeups,
-                "select_s": self.select_s, "cycles": self.cycles, "tails": self.tails, "polls": self.polls,
+                "select_s": self.select_s, "cycles": self.cycles, "tails": self.tails,
+                "after_work": self.after_work, "polls": self.polls,
+                "handles": dict(self.handles.most_common(25)),
                 "cpu_s": cpu, "wall_s": wall}
         tmp = self.out.with_suffix(".tmp")
         tmp.write_bytes(orjson.dumps(data))
@@ -74,6 +79,20 @@ class Probe:
 
 
 def install(probe: Probe) -> None:
+    handle_run = asyncio.events.Handle._run
+
+    def counted_run(self: asyncio.Handle) -> None:
+        callback = self._callback  # type: ignore[attr-defined]
+        owner = getattr(callback, "__self__", None)
+        if isinstance(owner, asyncio.Task):
+            coro = owner.get_coro()
+            name = getattr(coro, "__qualname__", repr(coro))
+        else:
+            name = getattr(callback, "__qualname__", type(callback).__name__)
+        probe.handles[name] += 1
+        handle_run(self)
+
+    asyncio.events.Handle._run = counted_run  # type: ignore[method-assign]
     import aiokafka.client
     import aiokafka.consumer.fetcher
     import redis.asyncio.connection
@@ -117,6 +136,9 @@ def install(probe: Probe) -> None:
     poll = lanes.LanePoller.poll
 
     async def timed_poll(self: Any, consumer: Any) -> Any:
+        if probe.work_ended is not None:  # how long the loop waited for the previous tail before polling again
+            probe.after_work.append((time.monotonic() - probe.work_ended) * 1000)
+            probe.work_ended = None
         batches = await poll(self, consumer)
         probe.polls += 1
         if batches:
@@ -133,6 +155,7 @@ def install(probe: Probe) -> None:
         out = await work(self, batches)
         probe.cycles.append((sum(len(r) for r in batches.values()), probe.fetched_ms,
                              (time.monotonic() - started) * 1000))
+        probe.work_ended = time.monotonic()
         return out
 
     async def timed_finish(self: Any, worked: Any) -> None:
@@ -211,7 +234,7 @@ async def drive(opts: argparse.Namespace) -> dict[str, Any]:
     topo = topology(settings)
     stats = Path(tempfile.mkdtemp(prefix="chain-stamps-")) / "probe.json"
     env = {**os.environ, "TOLLWAY_TOPIC_PREFIX": settings.topic_prefix, "TOLLWAY_PARTITIONS": "4",
-           "TOLLWAY_LOG_LEVEL": "WARNING", "PYTHONPATH": str(REPO_ROOT),
+           "TOLLWAY_LOG_LEVEL": "WARNING", "PYTHONPATH": str(REPO_ROOT), "TOLLWAY_MODEL_LATENCY_SCALE": "0",
            **{f"TOLLWAY_{k.upper()}": v for k, v in overrides.items()}}
     proc = _spawn(stats, env)
     print(f"worker pid {proc.pid}", file=sys.stderr, flush=True)
@@ -229,6 +252,14 @@ async def drive(opts: argparse.Namespace) -> dict[str, Any]:
             raise TimeoutError("warm-up requests never came out")
         await asyncio.sleep(3)  # quiet partitions parked, commits settled
         first = 50
+        if opts.idle:
+            proc.send_signal(signal.SIGUSR1)
+            await asyncio.sleep(opts.idle)
+            idle = await asyncio.to_thread(_collect_probe, proc, stats)
+            results["idle"] = {"wakeups_per_s": round(idle["wakeups"] / idle["wall_s"], 1),
+                               "cpu_ms_per_s": round(1000 * idle["cpu_s"] / idle["wall_s"], 2),
+                               "kafka_per_s": {k: round(v / idle["wall_s"], 2) for k, v in idle["kafka"].items()},
+                               "redis_per_s": round(idle["redis"] / idle["wall_s"], 2), "handles": idle["handles"]}
         for rate in opts.rates:
             proc.send_signal(signal.SIGUSR1)
             await asyncio.sleep(0.2)
@@ -291,6 +322,7 @@ def _report(rate: float, scheduled: dict[str, int], collector: Collector, audit:
         "fetched_to_taken_ms": _pct([c[1] for c in cycles]),
         "cycle_work_ms": _pct([c[2] for c in cycles]),
         "cycle_tail_ms": _pct(probe["tails"]),
+        "work_end_to_next_poll_ms": _pct(probe["after_work"]),
         "polls_per_request": round(probe["polls"] / n, 2),
         "kafka_requests_per_request": kafka,
         "redis_commands_per_request": round(probe["redis"] / n, 2),
@@ -298,6 +330,7 @@ def _report(rate: float, scheduled: dict[str, int], collector: Collector, audit:
         "wakeups_per_request": round(probe["wakeups"] / n, 2),
         "busy_share": round(1 - probe["select_s"] / max(1e-9, probe["wall_s"]), 3),
         "cpu_ms_per_request": round(1000 * probe["cpu_s"] / n, 3),
+        "handles_per_request": {k: round(v / n, 2) for k, v in probe["handles"].items()},
     }
     return out
 
@@ -308,6 +341,7 @@ def main() -> None:
     parser.add_argument("--rates", default="10,100")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--set", action="append", default=[], help="a Settings field for the worker, k=v")
+    parser.add_argument("--idle", type=float, default=0.0, help="first measure the idle worker for this many s")
     parser.add_argument("--json", action="store_true")
     opts = parser.parse_args()
     if opts.worker is not None:
@@ -322,6 +356,9 @@ def main() -> None:
         return
     for rate, r in results.items():
         if rate == "load":
+            continue
+        if rate == "idle":
+            print(f"== idle: {r}")
             continue
         print(f"== {rate} req/s: {r['requests']} requests, {r['missing']} missing")
         for k, v in r.items():

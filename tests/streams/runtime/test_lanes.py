@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -337,3 +338,35 @@ async def test_a_parked_partition_with_records_left_is_never_held_back(clock: Cl
     consumer.ends[INNER] = 5  # records beyond its position (say a fetch brought them but they were not taken)
     clock.now += 2.5
     assert await quiet.parked(consumer, {}) == set()
+
+
+class ResettingConsumer(FetchingConsumer):
+    """A consumer whose position of INNER is being reset (out of range): ``position`` waits until it is known."""
+
+    async def position(self, tp: TopicPartition) -> int:
+        if tp == INNER:
+            await asyncio.Event().wait()
+        return self.positions[tp]
+
+
+async def test_a_known_position_is_read_in_place_and_one_being_reset_is_not_waited_for(clock: Clock) -> None:
+    consumer = ResettingConsumer()
+    await consumer.getmany()  # fetched once: high watermarks known
+    tasks = len(asyncio.all_tasks())
+    loop_turns = 0
+
+    async def count_turns() -> None:
+        nonlocal loop_turns
+        while True:
+            await asyncio.sleep(0)
+            loop_turns += 1
+
+    counter = asyncio.create_task(count_turns())
+    await asyncio.sleep(0)
+    before = loop_turns
+    assert await QuietPartitions._has_records(consumer, ENTRY) is False  # position 0 = high watermark 0
+    assert loop_turns == before and len(asyncio.all_tasks()) == tasks + 1  # no task, no trip round the loop
+    started = time.monotonic()
+    assert await QuietPartitions._has_records(consumer, INNER) is True  # a reset in progress: never held back
+    assert 0.04 <= time.monotonic() - started < 1.0
+    counter.cancel()

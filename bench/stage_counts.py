@@ -31,9 +31,9 @@ from schemas.envelope import DEFAULT_ROUTE
 from streams.settings import Settings
 
 # The columns printed, in order (the JSON has every counter).
-COLUMNS = ("cpu_ms", "loop.wakeups", "loop.timers", "loop.tasks", "kafka.getmany", "kafka.req.Fetch",
-           "kafka.fetch_partitions", "kafka.req.Produce", "kafka.req.OffsetCommit", "kafka.req.Heartbeat",
-           "kafka.req.Metadata", "redis.commands", "redis.round_trips")
+COLUMNS = ("cpu_ms", "loop.wakeups", "loop.timers", "loop.tasks", "kafka.getmany", "kafka.req.FetchRequest",
+           "kafka.fetch_partitions", "kafka.req.ProduceRequest", "kafka.req.OffsetCommitRequest",
+           "kafka.req.HeartbeatRequest", "redis.commands", "redis.round_trips")
 
 
 class CountedSystem(System):
@@ -78,6 +78,7 @@ def rates_of(before: dict[str, float], after: dict[str, float]) -> dict[str, flo
     out = {key: (after.get(key, 0) - before.get(key, 0)) / seconds for key in after
            if key not in ("seq", "at_s", "cpu_s")}
     out["cpu_ms"] = 1000 * (after["cpu_s"] - before["cpu_s"]) / seconds
+    out["window_s"] = seconds  # the round and its drain: per request = per second × window ÷ sent
     return out
 
 
@@ -158,23 +159,27 @@ def areas(raw: Path) -> dict[str, float]:
 
 def table(result: dict[str, Any]) -> str:
     lines = [f"## {result['system']}"]
-    short = [c.replace("kafka.req.", "").replace("kafka.", "").replace("loop.", "").replace("redis.", "redis ")
-             for c in COLUMNS]
+    short = [c.replace("kafka.req.", "").replace("Request", "").replace("kafka.", "").replace("loop.", "")
+             .replace("redis.", "redis ") for c in COLUMNS]
     for rate, data in result["rates"].items():
         lines.append(f"\n### {rate} req/s — per second (per request where the rate is not 0)\n")
         lines.append("| process | " + " | ".join(short) + " |")
         lines.append("|---|" + "---:|" * len(COLUMNS))
         total: dict[str, float] = {}
+        sent = data["sent"]
         for label, counts in data["processes"].items():
             for key in COLUMNS:
                 total[key] = total.get(key, 0.0) + counts.get(key, 0.0)
-            lines.append(f"| {label} | " + " | ".join(_cell(counts.get(k, 0.0), float(rate)) for k in COLUMNS) + " |")
-        lines.append("| **all** | " + " | ".join(_cell(total[k], float(rate)) for k in COLUMNS) + " |")
+            per = counts.get("window_s", 0.0) / sent if sent else 0.0  # seconds of the window per request sent
+            lines.append(f"| {label} | " + " | ".join(_cell(counts.get(k, 0.0), per) for k in COLUMNS) + " |")
+        windows = [c.get("window_s", 0.0) for c in data["processes"].values()]
+        per = sum(windows) / len(windows) / sent if sent and windows else 0.0
+        lines.append("| **all** | " + " | ".join(_cell(total[k], per) for k in COLUMNS) + " |")
     return "\n".join(lines)
 
 
-def _cell(per_s: float, rate: float) -> str:
-    return f"{per_s:.1f}" if rate <= 0 else f"{per_s:.1f} ({per_s / rate:.2f})"
+def _cell(per_s: float, seconds_per_request: float) -> str:
+    return f"{per_s:.1f}" if seconds_per_request <= 0 else f"{per_s:.1f} ({per_s * seconds_per_request:.2f})"
 
 
 async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:

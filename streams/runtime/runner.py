@@ -12,6 +12,8 @@ A lone stage's loop (``tollway worker <stage>``, one consumer group per stage) o
 for its acknowledgements and its commit — with the next poll and batch (``TOLLWAY_STAGE_OVERLAP_TAIL``; one tail at
 a time, in order; the sink stage works its next batch only once the previous one's output is acknowledged), and
 commits at most once per ``TOLLWAY_STAGE_COMMIT_INTERVAL_MS`` (:class:`PacedCommitter`), as a co-located chain does.
+Its poll waits as long as its fetch when idle, and its quiet batch lanes are left out of its fetches
+(``TOLLWAY_STAGE_PARK_QUIET_BATCH_LANES``, :meth:`StageRunner.lane_poller`).
 """
 
 from __future__ import annotations

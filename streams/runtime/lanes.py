@@ -211,11 +211,15 @@ class LanePoller:
             batches = await consumer.getmany(*interactive, timeout_ms=self.wait_ms, max_records=self.max_records)
         elif now >= self._batch_due:
             batches = await consumer.getmany(*interactive, timeout_ms=0, max_records=self.max_records)
-            extra = await consumer.getmany(*batch, timeout_ms=0, max_records=self.batch_quota)
-            if extra:
-                batches.update(extra)
-                self._start_slice()
-            elif not batches:  # both lanes empty: wait for whichever comes first, as an idle stage does
+            if batches:
+                extra = await consumer.getmany(*batch, timeout_ms=0, max_records=self.batch_quota)
+                if extra:
+                    batches.update(extra)
+                    self._start_slice()
+            else:
+                # Nothing interactive in hand: one wait on both lanes for whichever comes first, as an idle stage
+                # does. What the batch lane already holds comes back at once, a slice as before (a separate look at
+                # it first cost one more getmany per poll, three per idle poll).
                 batches = await consumer.getmany(timeout_ms=self.wait_ms, max_records=self.batch_quota)
                 if any(tp.topic in self.batch_topics for tp in batches):
                     self._start_slice()

@@ -144,6 +144,37 @@ async def test_a_resting_batch_lane_waits_on_the_interactive_lane_only(clock: Cl
     assert counts(await lanes.poll(consumer)) == (0, 16)
 
 
+async def test_a_hot_stage_polls_with_two_getmany_calls_at_most(clock: Clock, consumer: FakeConsumer) -> None:
+    """Interactive records in hand: they and a batch slice (two calls); none: one wait on both lanes, which returns a
+    slice the batch lane already holds at once (it was three calls per idle poll)."""
+    lanes = poller(clock, batch_share=0.5)
+    calls: list[tuple[TopicPartition, ...]] = []
+    getmany = consumer.getmany
+
+    async def counted(*tps: TopicPartition, timeout_ms: int = 0,
+                      max_records: int | None = None) -> dict[TopicPartition, list[Record]]:
+        calls.append(tps)
+        return await getmany(*tps, timeout_ms=timeout_ms, max_records=max_records)
+
+    consumer.getmany = counted  # type: ignore[method-assign]
+    consumer.add(FAST, 1)
+    await lanes.poll(consumer)  # hot from here on
+    calls.clear()
+    assert counts(await lanes.poll(consumer)) == (0, 0)  # idle: one look at the interactive lane, one wait on both
+    assert calls == [(FAST,), ()]
+    assert consumer.waits_ms[-1] == 100
+    calls.clear()
+    consumer.add(SLOW, 100)
+    assert counts(await lanes.poll(consumer)) == (0, 16)  # what the batch lane holds: a slice, at once
+    assert calls == [(FAST,), ()]
+    clock.now += 0.010  # the slice kept the stage busy 10 ms: the batch lane rests 10 ms
+    assert counts(await lanes.poll(consumer)) == (0, 0)  # resting: the interactive lane alone, until it is due
+    calls.clear()
+    consumer.add(FAST, 2)
+    assert counts(await lanes.poll(consumer)) == (2, 16)  # interactive records in hand, and a slice beside them
+    assert calls == [(FAST,), (SLOW,)]
+
+
 async def test_a_slow_stage_stays_hot_between_polls_longer_than_the_window(clock: Clock,
                                                                           consumer: FakeConsumer) -> None:
     lanes = poller(clock, hot_window_ms=100.0, hot_polls=3)

@@ -96,14 +96,6 @@ class Settings(BaseSettings):
     # commit after every batch. A crash redelivers at most the interval's worth more (the audit and claims dedupe).
     stage_overlap_tail: bool = True
     stage_commit_interval_ms: int = Field(default=250, ge=0)
-    # A lone stage fetches its batch lanes (``.batch``: backfill) only while they carry records, probing the quiet
-    # ones every second (streams/runtime/lanes.py QuietPartitions), as a chain does with its inner topics: every
-    # fetch named both lanes' partitions (retrieval: the ingress's and its own, 16) and the broker answered for
-    # each. The first backfill record after a quiet spell waits ~1 s longer per hop (its budget is an hour). Off by
-    # default: python -m bench.stage_counts, six stage processes at 10 req/s, partitions fetched per request
-    # 57.7 → 35.5 but event-loop wake-ups 157 → 170 and tasks 31 → 35 (the probes' position checks); no CPU gain
-    # showed beside this shared machine's noise.
-    stage_park_quiet_batch_lanes: bool = False
     # 0: the runner already batches (one produce per partition per batch, sent at once); a linger only delays each
     # hop (issue: ~2.5–3 ms per hop at low rates; bench scenario 3 measures both with --set producer_linger_ms=2).
     producer_linger_ms: int = Field(default=0, ge=0)

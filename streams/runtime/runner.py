@@ -12,8 +12,7 @@ A lone stage's loop (``tollway worker <stage>``, one consumer group per stage) o
 for its acknowledgements and its commit — with the next poll and batch (``TOLLWAY_STAGE_OVERLAP_TAIL``; one tail at
 a time, in order; the sink stage works its next batch only once the previous one's output is acknowledged), and
 commits at most once per ``TOLLWAY_STAGE_COMMIT_INTERVAL_MS`` (:class:`PacedCommitter`), as a co-located chain does.
-Its poll waits as long as its fetch when idle, and its quiet batch lanes are left out of its fetches
-(``TOLLWAY_STAGE_PARK_QUIET_BATCH_LANES``, :meth:`StageRunner.lane_poller`).
+Its poll waits as long as its fetch when idle (:meth:`StageRunner.lane_poller`).
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ from schemas.response import DeadLetter, response_bytes
 from streams.runtime import metrics, tracing
 from streams.runtime.codec import decode, encode
 from streams.runtime.connections import new_consumer
-from streams.runtime.lanes import LanePoller, QuietPartitions, owned_offsets
+from streams.runtime.lanes import LanePoller, owned_offsets
 from streams.runtime.replays import Answers, NoReplayMemory, ReplayMemory
 from streams.runtime.stage import C, Stage
 from streams.runtime.topics import Topology
@@ -339,10 +338,6 @@ class StageRunner(ConsumerLoop, Generic[C]):
         # An idle stage waits as long as its fetch does (the broker answers at the first record, so does the poll):
         # at 100 ms an idle stage woke ten times a second for nothing.
         poller.wait_ms = self.settings.batch_wait_ms
-        if self.settings.stage_park_quiet_batch_lanes:
-            # Only the batch lanes are parked when quiet: an interactive record never waits for a probe.
-            poller.quiet = QuietPartitions(steady_topics=frozenset(t for t in self.topics
-                                                                   if t not in poller.batch_topics))
         return poller
 
     async def finish(self, worked: Any) -> None:

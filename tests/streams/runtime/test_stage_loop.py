@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from aiokafka import TopicPartition
 
-from schemas.envelope import Envelope, Tier
+from schemas.envelope import Envelope
 from streams.clients.envelopes import new_envelope
 from streams.runtime.codec import encode
 from streams.runtime.replays import MemoryReplayMemory
@@ -108,17 +108,9 @@ async def test_a_batch_never_acknowledged_is_never_committed() -> None:
     assert not any(line.startswith("commit") for line in log)
 
 
-def test_a_lone_stage_waits_as_long_as_its_fetch_and_parks_only_its_quiet_batch_lanes_if_asked() -> None:
+def test_a_lone_stage_waits_as_long_as_its_fetch() -> None:
     base = StageContext(stage="retrieval", clock=SystemClock(), publisher=GatedTopics([]), topic_prefix="t")
-    assert SETTINGS.stage_park_quiet_batch_lanes is False
     runner = StageRunner(stage=RETRIEVAL, ctx=RETRIEVAL.memory_context(base), settings=SETTINGS, topology=TOPICS,
                          publisher=GatedTopics([]), clock=SystemClock())
     assert runner.lane_poller().quiet is None
     assert runner.lane_poller().wait_ms == SETTINGS.batch_wait_ms  # idle, it wakes once per fetch, not 10× a second
-    on = load_settings(topic_prefix="t", stage_park_quiet_batch_lanes=True)
-    runner = StageRunner(stage=RETRIEVAL, ctx=RETRIEVAL.memory_context(base), settings=on, topology=TOPICS,
-                         publisher=GatedTopics([]), clock=SystemClock())
-    poller = runner.lane_poller()
-    assert poller.quiet is not None
-    assert poller.quiet.steady_topics == {TOPICS.stage("retrieval")}  # the interactive lane: never parked
-    assert poller.batch_topics == {TOPICS.stage("retrieval", Tier.BATCH)}

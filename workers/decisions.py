@@ -53,6 +53,7 @@ def _remember(memo: dict[bytes, str], message: bytes, digest: str) -> None:
 
 
 _MACS: dict[bytes, dict[bytes, str]] = {}  # MACs by message, per key (see _remember)
+_DIGESTS: dict[bytes, str] = {}  # request digests by payload (see _remember)
 
 
 class _Hmac:
@@ -152,9 +153,6 @@ def request_digest(env: Envelope) -> str:
         digest = hashlib.sha256(payload).hexdigest()
         _remember(_DIGESTS, payload, digest)
     return digest
-
-
-_DIGESTS: dict[bytes, str] = {}  # request digests by payload (see _remember)
 
 
 def _decision_message(env: Envelope) -> bytes:

@@ -25,25 +25,26 @@ import orjson
 
 from bench.gateway_bench import listener_pid, tree_cpu_s
 from bench.relay import HOPS
-from bench.run import Options, measure
+from bench.run import MODEL_ZERO_LATENCY_ENV, Options, measure
 from bench.systems import System
 from streams.settings import Settings
 
 CLIENTS = ("aiokafka", "librdkafka")
-KINDS = ("relay", "floor")
+KINDS = ("relay", "floor", "tollway", "colocated")  # tollway: a process per stage; colocated: `worker all+`
 
 
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     opts = Options(requests=args.requests, warmup=args.warmup, rates=tuple(args.rates),
                    rate_seconds=args.rate_seconds, partitions=4, extras="none")
-    combos = [(kind, client) for kind in KINDS for client in CLIENTS]
+    combos = [(kind, client) for kind in args.kinds for client in CLIENTS]
     settings0 = Settings()
     broker = listener_pid(int(settings0.bootstrap_servers.rsplit(":", 1)[1]))
     results: list[dict[str, Any]] = []
     for k in range(args.rounds):
         for kind, client in (combos if k % 2 == 0 else combos[::-1]):
             settings = Settings(topic_prefix=f"kc{kind[0]}{client[0]}{uuid.uuid4().hex[:6]}", partitions=4)
-            system = System(kind, args.processes, settings, extra_env={"TOLLWAY_KAFKA_CLIENT": client})
+            env = {"TOLLWAY_KAFKA_CLIENT": client, **(MODEL_ZERO_LATENCY_ENV if kind in ("tollway", "colocated") else {})}
+            system = System(kind, args.processes, settings, extra_env=env)
             broker_before = tree_cpu_s([broker]) if broker else 0.0
             try:
                 out = await measure(system, opts, latency=True)
@@ -118,6 +119,8 @@ def main() -> None:
     parser.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")], default=[10.0, 100.0])
     parser.add_argument("--rate-seconds", type=float, default=8.0)
     parser.add_argument("--processes", type=int, default=1, help="1: every hop in one process; 6: one per hop")
+    parser.add_argument("--kinds", type=lambda s: s.split(","), default=["relay", "floor"],
+                        help=f"comma-separated, of {', '.join(KINDS)}")
     parser.add_argument("--json", action="store_true", help="accepted for bench/run.py; the last line is JSON anyway")
     args = parser.parse_args()
     results = asyncio.run(run(args))

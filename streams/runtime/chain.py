@@ -39,12 +39,12 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 
 from schemas.envelope import Envelope
 from streams.runtime.acls import ALL_STAGES
 from streams.runtime.codec import encode
-from streams.runtime.lanes import LanePoller, QuietPartitions
+from streams.runtime.lanes import LanePoller, QuietPartitions, StageConsumer
 from streams.runtime.runner import BatchPublisher, ConsumerLoop, Records, SendOnFlush, StageRunner
 from streams.runtime.stage import Stage
 from streams.runtime.topics import Topology
@@ -127,7 +127,7 @@ class ChainRunner(ConsumerLoop):
             for topic in member.topics:
                 self.owner.setdefault(topic, member)
         self.topics = list(self.owner)
-        self.consumer: AIOKafkaConsumer | None = None
+        self.consumer: StageConsumer | None = None
         self._stopping = asyncio.Event()
         self.stage = self.name  # for the process's task names and logs
 
@@ -179,7 +179,10 @@ class ChainRunner(ConsumerLoop):
 
     def lane_poller(self) -> LanePoller:
         poller = super().lane_poller()
-        if self.settings.chain_park_quiet_partitions and any(member.spec.entry for member in self.members):
+        # aiokafka names every assigned partition in every fetch (no incremental fetch sessions); librdkafka's fetches
+        # are its own business, so its chains park nothing.
+        if (self.settings.chain_park_quiet_partitions and self.settings.kafka_client == "aiokafka"
+                and any(member.spec.entry for member in self.members)):
             poller.quiet = QuietPartitions(steady_topics=frozenset(self.topology.stage_lanes("ingress")))
         return poller
 

@@ -27,15 +27,45 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import IllegalStateError
 
 from streams.runtime import metrics
 
 Batches = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+
+
+class StageConsumer(Protocol):
+    """What the stage runtime (the runner, the lane poller, a chain) uses of a group consumer: aiokafka's
+    ``AIOKafkaConsumer`` (the default) or :class:`streams.runtime.rdkafka.RdKafkaConsumer`
+    (``TOLLWAY_KAFKA_CLIENT=librdkafka``)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def assignment(self) -> Set[TopicPartition]: ...
+
+    async def getmany(self, *partitions: TopicPartition, timeout_ms: int = 0,
+                      max_records: int | None = None) -> Batches: ...
+
+    def highwater(self, partition: TopicPartition) -> int | None: ...
+
+    async def position(self, partition: TopicPartition) -> int: ...
+
+    def last_poll_timestamp(self, partition: TopicPartition) -> int: ...
+
+    def pause(self, *partitions: TopicPartition) -> None: ...
+
+    def resume(self, *partitions: TopicPartition) -> None: ...
+
+    def paused(self) -> Set[TopicPartition]: ...
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None: ...
 
 
 @dataclass
@@ -77,7 +107,7 @@ class QuietPartitions:
     _probe_started: float = 0.0
     _next_probe: float = 0.0
 
-    async def parked(self, consumer: AIOKafkaConsumer, batches: Batches) -> set[TopicPartition]:
+    async def parked(self, consumer: StageConsumer, batches: Batches) -> set[TopicPartition]:
         """The partitions to leave out of fetches after this poll."""
         now = self.clock()
         for tp in batches:
@@ -117,7 +147,7 @@ class QuietPartitions:
         return set(self._parked)
 
     @staticmethod
-    async def _has_records(consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
+    async def _has_records(consumer: StageConsumer, tp: TopicPartition) -> bool:
         """Records left to read, or not known yet (never fetched): either way, not one to pause."""
         try:
             high = consumer.highwater(tp)
@@ -165,14 +195,14 @@ class LanePoller:
         if not 0 < self.batch_share <= 1:
             raise ValueError(f"batch_share must be in (0, 1], got {self.batch_share}")
 
-    def _split(self, consumer: AIOKafkaConsumer) -> tuple[list[TopicPartition], list[TopicPartition]]:
+    def _split(self, consumer: StageConsumer) -> tuple[list[TopicPartition], list[TopicPartition]]:
         assigned = consumer.assignment()
         interactive = [tp for tp in assigned if tp.topic not in self.batch_topics]
         batch = [tp for tp in assigned if tp.topic in self.batch_topics]
         return interactive, batch
 
     @staticmethod
-    def _lag(consumer: AIOKafkaConsumer, partitions: list[TopicPartition], batches: Batches) -> int:
+    def _lag(consumer: StageConsumer, partitions: list[TopicPartition], batches: Batches) -> int:
         lag = 0
         for tp in partitions:
             high = consumer.highwater(tp)
@@ -196,7 +226,7 @@ class LanePoller:
     def _start_slice(self) -> None:
         self._slice_started = self.clock()
 
-    async def poll(self, consumer: AIOKafkaConsumer) -> Batches:
+    async def poll(self, consumer: StageConsumer) -> Batches:
         now = self.clock()
         self._charge_slice(now)
         interactive, batch = self._split(consumer)
@@ -232,7 +262,7 @@ class LanePoller:
         await self._park_quiet(consumer, batches)
         return batches
 
-    async def _park_quiet(self, consumer: AIOKafkaConsumer, batches: Batches) -> None:
+    async def _park_quiet(self, consumer: StageConsumer, batches: Batches) -> None:
         """Pause what is quiet (``quiet``) beside what the lanes pause, and resume the rest."""
         if self.quiet is None:
             return
@@ -247,7 +277,7 @@ class LanePoller:
         if (paused - want) & assigned:
             consumer.resume(*((paused - want) & assigned))
 
-    def _observe(self, consumer: AIOKafkaConsumer, batches: Batches) -> None:
+    def _observe(self, consumer: StageConsumer, batches: Batches) -> None:
         interactive, batch = self._split(consumer)  # owned now: a rebalance may have completed during getmany
         if any(tp.topic not in self.batch_topics for tp in batches):
             self.shared.last_interactive = self.clock()
@@ -267,7 +297,7 @@ class LanePoller:
         metrics.LANE_PAUSED.labels(self.stage).set(1 if self._paused else 0)
 
 
-def owned_offsets(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+def owned_offsets(consumer: StageConsumer, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
     """The offsets of partitions the consumer still owns (a rebalance may have moved the others since the poll)."""
     owned = consumer.assignment()
     return {tp: offset for tp, offset in offsets.items() if tp in owned}

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError
 
 from schemas.envelope import Envelope, Hop, Status, Tier, ms_rounded
@@ -35,7 +35,7 @@ from schemas.response import DeadLetter, response_bytes
 from streams.runtime import metrics, tracing
 from streams.runtime.codec import decode, encode
 from streams.runtime.connections import new_consumer
-from streams.runtime.lanes import LanePoller, owned_offsets
+from streams.runtime.lanes import LanePoller, StageConsumer, owned_offsets
 from streams.runtime.replays import Answers, NoReplayMemory, ReplayMemory
 from streams.runtime.stage import C, Stage
 from streams.runtime.topics import Topology
@@ -95,7 +95,7 @@ class OffsetCommitter:
     latency at low rates, its cycle under load).
     """
 
-    def __init__(self, consumer: AIOKafkaConsumer, stage: str) -> None:
+    def __init__(self, consumer: StageConsumer, stage: str) -> None:
         self.consumer = consumer
         self.stage = stage
         self._inflight: asyncio.Task[None] | None = None
@@ -184,17 +184,23 @@ class ConsumerLoop:
     name: str
     topics: list[str]
     settings: Settings
-    consumer: AIOKafkaConsumer | None
+    consumer: StageConsumer | None
     _stopping: asyncio.Event
 
     async def handle(self, batches: Records) -> object:
         raise NotImplementedError
 
     async def open_consumer(self, *, role: str, group: str) -> None:
-        self.consumer = new_consumer(self.settings, *self.topics, role=role, group_id=group,
-                                     client_id=f"{self.settings.worker_id}-{self.name}",
-                                     group_instance_id=self.settings.group_instance_id(self.name),
-                                     **consumer_options(self.settings))
+        client_id = f"{self.settings.worker_id}-{self.name}"
+        instance = self.settings.group_instance_id(self.name)
+        if self.settings.kafka_client == "librdkafka":
+            from streams.runtime.rdkafka import RdKafkaConsumer
+
+            self.consumer = RdKafkaConsumer(self.settings, *self.topics, role=role, group_id=group,
+                                            client_id=client_id, group_instance_id=instance)
+        else:
+            self.consumer = new_consumer(self.settings, *self.topics, role=role, group_id=group, client_id=client_id,
+                                         group_instance_id=instance, **consumer_options(self.settings))
         await self.consumer.start()
 
     def stop(self) -> None:
@@ -296,7 +302,7 @@ class StageRunner(ConsumerLoop, Generic[C]):
         self.topics: list[str] = list(topology.stage_lanes(stage.name))
         self.ingress_topics = frozenset(topology.stage_lanes("ingress")) if stage.entry else frozenset()
         self.topics += sorted(self.ingress_topics)
-        self.consumer: AIOKafkaConsumer | None = None
+        self.consumer: StageConsumer | None = None
         self._stopping = asyncio.Event()
         self.overlap_tail = settings.stage_overlap_tail
         self.commit_interval_s = settings.stage_commit_interval_ms / 1000
@@ -614,7 +620,7 @@ _STARTED = frozenset({"started_at_ns", "batch_size"})
 _RUNNER_SECTIONS = ("outcome", "retrieval", "policy", "cache", "model", "postprocess", "tools", "answer")
 
 
-def leave_even_if_static(consumer: AIOKafkaConsumer) -> None:
+def leave_even_if_static(consumer: StageConsumer) -> None:
     """Make ``consumer.stop()`` send its LeaveGroup although it is a static member.
 
     aiokafka never sends one for a consumer with a ``group_instance_id`` (and has no LeaveGroup v3, which names the

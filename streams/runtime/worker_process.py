@@ -7,7 +7,7 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -62,9 +62,7 @@ async def run_workers(settings: Settings, stages: Sequence[Unit], *, ready: asyn
             loop.add_signal_handler(sig, stop.set)
     async with AsyncExitStack() as stack:
         names = [s.name for unit in stages for s in ([unit] if isinstance(unit, Stage) else unit)]
-        producer = new_producer(settings, role=stage_principal(names))
-        await start(producer, settings, "stage producer")
-        stack.push_async_callback(producer.stop)
+        new_publisher = await _open_publishers(stack, settings, stage_principal(names))
         replay_client = redis_client(settings, timeout_ms=max(settings.redis_timeout_ms, 1000))
         stack.push_async_callback(replay_client.aclose)
         # Remembered a little longer than the work topics keep records, so any redelivery is recognised.
@@ -72,11 +70,11 @@ async def run_workers(settings: Settings, stages: Sequence[Unit], *, ready: asyn
         runners: list[StageRunner[Any] | ChainRunner] = []
         for unit in stages:
             if isinstance(unit, Stage):
-                publisher = KafkaPublisher(producer)
+                publisher = new_publisher()
                 runner: StageRunner[Any] | ChainRunner = await _open_runner(stack, settings, unit, publisher,
                                                                             replays, clock)
             else:
-                kafka = KafkaPublisher(producer)
+                kafka = new_publisher()
                 shared = ChainPublisher(kafka, member_topics(unit, topo))
                 members = [await _open_runner(stack, settings, s, shared, replays, clock) for s in unit]
                 runner = ChainRunner(members, shared, kafka, settings, topo)
@@ -97,6 +95,22 @@ async def run_workers(settings: Settings, stages: Sequence[Unit], *, ready: asyn
                 raise task.exception()  # type: ignore[misc]
         await asyncio.wait(tasks, timeout=10)
         stopper.cancel()
+
+
+async def _open_publishers(stack: AsyncExitStack, settings: Settings, role: str) -> Callable[[], BatchPublisher]:
+    """The process's one producer (``TOLLWAY_KAFKA_CLIENT``), started; returns a publisher factory on it (one
+    publisher per runner, as each keeps its own batch's records)."""
+    if settings.kafka_client == "librdkafka":
+        from streams.runtime.rdkafka import RdKafkaProducer, RdKafkaPublisher
+
+        rdkafka = RdKafkaProducer(settings, role=role, client_id=f"{settings.worker_id}-producer")
+        stack.push_async_callback(rdkafka.stop)
+        await rdkafka.start()
+        return lambda: RdKafkaPublisher(rdkafka)
+    producer = new_producer(settings, role=role)
+    await start(producer, settings, "stage producer")
+    stack.push_async_callback(producer.stop)
+    return lambda: KafkaPublisher(producer)
 
 
 async def _open_runner(stack: AsyncExitStack, settings: Settings, stage: Stage[Any], publisher: BatchPublisher,

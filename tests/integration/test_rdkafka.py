@@ -1,6 +1,7 @@
-"""The librdkafka publisher (TOLLWAY_KAFKA_CLIENT=librdkafka) against the real broker: SASL/SCRAM as the ``producer``
-principal, every record acknowledged, keys on the partitions aiokafka would choose; the HTTP ingress on it end to
-end; bad credentials fail at start."""
+"""librdkafka (TOLLWAY_KAFKA_CLIENT=librdkafka) against the real broker: the publisher (SASL/SCRAM as the ``producer``
+principal, every record acknowledged, keys on the partitions aiokafka would choose); the stage consumer (lanes taken
+apart, every record once and in order through its own holding back, commits that a successor resumes from); the
+whole route on it, lone stages and co-located; the HTTP ingress on it end to end; bad credentials fail at start."""
 
 from __future__ import annotations
 
@@ -11,13 +12,20 @@ import uuid
 import aiohttp
 import orjson
 import pytest
+from aiokafka import TopicPartition
 from aiokafka.partitioner import murmur2
 from pydantic import SecretStr
 
 from schemas.errors import ServiceUnavailable
 from streams.ingress.server import serving
 from streams.runtime.connections import new_consumer
-from streams.runtime.rdkafka import RdKafkaProducer, RdKafkaPublisher
+from schemas.envelope import DEFAULT_ROUTE, Status
+from streams.clients.envelopes import new_envelope
+from streams.clients.sdk import TollwayClient
+from streams.runtime.rdkafka import RdKafkaConsumer, RdKafkaProducer, RdKafkaPublisher
+from streams.runtime.worker_process import run_workers
+from streams.stages.registry import resolve_units
+from tests.kafka_helpers import read_until
 from streams.runtime.topics import ensure_topics, topology
 from streams.settings import Settings
 
@@ -73,3 +81,103 @@ async def test_wrong_credentials_fail_at_start(settings: Settings) -> None:
     with pytest.raises(ServiceUnavailable):
         await producer.start()
     await producer.stop()
+
+
+async def _produce(settings: Settings, records: list[tuple[str, bytes]]) -> None:
+    producer = RdKafkaProducer(settings, role="admin", client_id="test-rdkafka-feed")
+    await producer.start()
+    publisher = RdKafkaPublisher(producer)
+    try:
+        for topic, value in records:
+            publisher.publish(topic, value, key=value)
+        await asyncio.wait_for(publisher.flush(), 30)
+    finally:
+        await producer.stop()
+
+
+async def _assigned(consumer: RdKafkaConsumer, n: int) -> None:
+    """Polls (and drops what it polls) until the group assigned ``n`` partitions: before anything is produced."""
+    deadline = time.monotonic() + 30
+    while len(consumer.assignment()) < n:  # the first polls join the group
+        assert time.monotonic() < deadline, "no assignment within 30 s"
+        await consumer.getmany(timeout_ms=200)
+
+
+async def test_the_stage_consumer_takes_lanes_apart_and_every_record_once_in_order(settings: Settings) -> None:
+    await ensure_topics(settings)
+    topo = topology(settings)
+    interactive, batch = topo.stage_lanes("policy")
+    consumer = RdKafkaConsumer(settings, interactive, batch, role="admin", group_id=f"{settings.topic_prefix}-lanes",
+                               client_id="test-rdkafka-lanes", max_records=8)
+    await consumer.start()
+    seen: dict[TopicPartition, list[int]] = {}
+    try:
+        await _assigned(consumer, 2 * settings.partitions)
+        await _produce(settings, [(batch, f"b{i}".encode()) for i in range(60)])
+        interactive_tps = [tp for tp in consumer.assignment() if tp.topic == interactive]
+        # Only the interactive lane asked for: nothing of the backfill waiting beside it comes back.
+        assert not await consumer.getmany(*interactive_tps, timeout_ms=300)
+        await _produce(settings, [(interactive, f"i{i}".encode()) for i in range(5)])
+        got: list[bytes] = []
+        deadline = time.monotonic() + 30
+        while len(got) < 5 and time.monotonic() < deadline:
+            for tp, records in (await consumer.getmany(*interactive_tps, timeout_ms=500)).items():
+                assert tp.topic == interactive
+                got += [r.value for r in records]
+                seen.setdefault(tp, []).extend(r.offset for r in records)
+        assert sorted(got) == [f"i{i}".encode() for i in range(5)]
+        # Paused: nothing of the batch lane, though it waits; resumed: all of it, each record once, in order.
+        batch_tps = [tp for tp in consumer.assignment() if tp.topic == batch]
+        consumer.pause(*batch_tps)
+        assert set(consumer.paused()) == set(batch_tps)
+        assert not await consumer.getmany(timeout_ms=300)
+        consumer.resume(*batch_tps)
+        values: list[bytes] = []
+        deadline = time.monotonic() + 30
+        while len(values) < 60 and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            assert sum(len(r) for r in batches.values()) <= 8
+            for tp, records in batches.items():
+                values += [r.value for r in records]
+                seen.setdefault(tp, []).extend(r.offset for r in records)
+        assert sorted(values) == sorted(f"b{i}".encode() for i in range(60))
+        for tp, offsets in seen.items():
+            assert offsets == list(range(offsets[0], offsets[0] + len(offsets))), tp
+            assert await consumer.position(tp) == offsets[-1] + 1
+            assert consumer.highwater(tp) == offsets[-1] + 1
+        await consumer.commit({tp: offsets[-1] + 1 for tp, offsets in seen.items()})
+    finally:
+        await consumer.stop()
+    # The group's next member starts where the commit left off: nothing again.
+    successor = RdKafkaConsumer(settings, interactive, batch, role="admin", group_id=f"{settings.topic_prefix}-lanes",
+                                client_id="test-rdkafka-lanes-2")
+    await successor.start()
+    try:
+        await _assigned(successor, 2 * settings.partitions)
+        await _produce(settings, [(batch, b"after")])
+        values = []
+        deadline = time.monotonic() + 30
+        while not values and time.monotonic() < deadline:
+            values = [r.value for records in (await successor.getmany(timeout_ms=500)).values() for r in records]
+        assert values == [b"after"]
+    finally:
+        await successor.stop()
+
+
+@pytest.mark.parametrize("units", [["all"], ["all+"]])
+async def test_the_route_runs_on_librdkafka(settings: Settings, units: list[str]) -> None:
+    settings = settings.model_copy(update={"kafka_client": "librdkafka"})
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(run_workers(settings, resolve_units(units), ready=ready, stop=stop))
+    try:
+        await asyncio.wait_for(ready.wait(), 60)
+        envs = [new_envelope(f"question {i}?", tenant="acme", settings=settings) for i in range(20)]
+        async with TollwayClient(settings) as client:
+            responses = await client.complete_envelopes(envs, timeout_s=60)
+        assert all(r.status is Status.OK for r in responses)
+        assert [h.stage for h in responses[0].hops] == list(DEFAULT_ROUTE[:-1])
+        audited = await read_until(settings, topology(settings).audit_log, lambda records: len(records) >= 20)
+        assert len({r.key for r in audited}) == 20
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)

@@ -43,7 +43,8 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     for k in range(args.rounds):
         for kind, client in (combos if k % 2 == 0 else combos[::-1]):
             settings = Settings(topic_prefix=f"kc{kind[0]}{client[0]}{uuid.uuid4().hex[:6]}", partitions=4)
-            env = {"TOLLWAY_KAFKA_CLIENT": client, **(MODEL_ZERO_LATENCY_ENV if kind in ("tollway", "colocated") else {})}
+            env = {"TOLLWAY_KAFKA_CLIENT": client,
+                   **(MODEL_ZERO_LATENCY_ENV if kind in ("tollway", "colocated") else {})}
             system = System(kind, args.processes, settings, extra_env=env)
             broker_before = tree_cpu_s([broker]) if broker else 0.0
             try:

@@ -16,18 +16,18 @@ from aiokafka import TopicPartition
 from aiokafka.partitioner import murmur2
 from pydantic import SecretStr
 
-from schemas.errors import ServiceUnavailable
-from streams.ingress.server import serving
-from streams.runtime.connections import new_consumer
 from schemas.envelope import DEFAULT_ROUTE, Status
+from schemas.errors import ServiceUnavailable
 from streams.clients.envelopes import new_envelope
 from streams.clients.sdk import TollwayClient
+from streams.ingress.server import serving
+from streams.runtime.connections import new_consumer
 from streams.runtime.rdkafka import RdKafkaConsumer, RdKafkaProducer, RdKafkaPublisher
+from streams.runtime.topics import ensure_topics, topology
 from streams.runtime.worker_process import run_workers
+from streams.settings import Settings
 from streams.stages.registry import resolve_units
 from tests.kafka_helpers import read_until
-from streams.runtime.topics import ensure_topics, topology
-from streams.settings import Settings
 
 pytest.importorskip("confluent_kafka")
 

@@ -44,7 +44,8 @@ from aiokafka import ConsumerRecord, TopicPartition
 from schemas.envelope import Envelope
 from streams.runtime.acls import ALL_STAGES
 from streams.runtime.codec import encode
-from streams.runtime.lanes import LanePoller, QuietPartitions, StageConsumer
+from streams.runtime.connections import StageConsumer
+from streams.runtime.lanes import LanePoller, QuietPartitions
 from streams.runtime.runner import BatchPublisher, ConsumerLoop, Records, SendOnFlush, StageRunner
 from streams.runtime.stage import Stage
 from streams.runtime.topics import Topology

@@ -1,4 +1,6 @@
-"""The one place that opens connections: Kafka producers, consumers and admin clients, and Redis clients.
+"""The one place that opens connections: Kafka producers, consumers and admin clients, and Redis clients (the
+librdkafka clients of ``TOLLWAY_KAFKA_CLIENT=librdkafka`` are built in ``streams/runtime/rdkafka.py`` from the same
+address and security, :func:`kafka_security`).
 
 Every client gets the broker's address, the configured security (SASL credentials when the broker asks for them)
 and timeouts from :class:`~streams.settings.Settings`, so no caller can forget one; starting a Kafka client that
@@ -8,12 +10,13 @@ cannot reach its broker raises :class:`~schemas.errors.ServiceUnavailable` namin
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Set
 from pathlib import Path
 from typing import Any, Protocol
 
 import hiredis
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import Connection
@@ -102,6 +105,50 @@ def new_consumer(settings: Settings, *topics: str, role: str, group_id: str | No
     }
     params.update(options)
     return AIOKafkaConsumer(*topics, **params)
+
+
+Batches = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+
+
+class StageConsumer(Protocol):
+    """What the stage runtime (the runner, the lane poller, a chain) uses of a group consumer: aiokafka's
+    ``AIOKafkaConsumer`` or :class:`streams.runtime.rdkafka.RdKafkaConsumer` (:func:`new_stage_consumer`)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def assignment(self) -> Set[TopicPartition]: ...
+
+    async def getmany(self, *partitions: TopicPartition, timeout_ms: int = 0,
+                      max_records: int | None = None) -> Batches: ...
+
+    def highwater(self, partition: TopicPartition) -> int | None: ...
+
+    async def position(self, partition: TopicPartition) -> int: ...
+
+    def last_poll_timestamp(self, partition: TopicPartition) -> int: ...
+
+    def pause(self, *partitions: TopicPartition) -> None: ...
+
+    def resume(self, *partitions: TopicPartition) -> None: ...
+
+    def paused(self) -> Set[TopicPartition]: ...
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None: ...
+
+
+def new_stage_consumer(settings: Settings, *topics: str, role: str, group_id: str, client_id: str,
+                       group_instance_id: str | None, **aiokafka_options: Any) -> StageConsumer:
+    """A stage's (or a co-located chain's) group consumer on the client ``TOLLWAY_KAFKA_CLIENT`` names."""
+    if settings.kafka_client == "librdkafka":
+        from streams.runtime.rdkafka import RdKafkaConsumer
+
+        return RdKafkaConsumer(settings, *topics, role=role, group_id=group_id, client_id=client_id,
+                               group_instance_id=group_instance_id)
+    consumer: StageConsumer = new_consumer(settings, *topics, role=role, group_id=group_id, client_id=client_id,
+                                           group_instance_id=group_instance_id, **aiokafka_options)
+    return consumer
 
 
 def new_admin(settings: Settings, *, role: str = "admin") -> AIOKafkaAdminClient:

@@ -27,45 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Set
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
-from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import IllegalStateError
 
 from streams.runtime import metrics
-
-Batches = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
-
-
-class StageConsumer(Protocol):
-    """What the stage runtime (the runner, the lane poller, a chain) uses of a group consumer: aiokafka's
-    ``AIOKafkaConsumer`` (the default) or :class:`streams.runtime.rdkafka.RdKafkaConsumer`
-    (``TOLLWAY_KAFKA_CLIENT=librdkafka``)."""
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    def assignment(self) -> Set[TopicPartition]: ...
-
-    async def getmany(self, *partitions: TopicPartition, timeout_ms: int = 0,
-                      max_records: int | None = None) -> Batches: ...
-
-    def highwater(self, partition: TopicPartition) -> int | None: ...
-
-    async def position(self, partition: TopicPartition) -> int: ...
-
-    def last_poll_timestamp(self, partition: TopicPartition) -> int: ...
-
-    def pause(self, *partitions: TopicPartition) -> None: ...
-
-    def resume(self, *partitions: TopicPartition) -> None: ...
-
-    def paused(self) -> Set[TopicPartition]: ...
-
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None: ...
+from streams.runtime.connections import Batches, StageConsumer
 
 
 @dataclass

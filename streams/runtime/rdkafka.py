@@ -12,7 +12,7 @@ request on other partitions than its aiokafka-produced neighbours).
 record is acknowledged) on that producer.
 
 
-:class:`RdKafkaConsumer` — the stage runtime's consumer (:class:`streams.runtime.lanes.StageConsumer`, the part of
+:class:`RdKafkaConsumer` — the stage runtime's consumer (:class:`streams.runtime.connections.StageConsumer`, the part of
 aiokafka's ``AIOKafkaConsumer`` the runner, the lane poller and a chain use). librdkafka fetches on its own threads;
 one thread of the consumer's waits for records (``poll``, the GIL released) when the loop has none in hand, and what
 it returns is kept per partition, so ``getmany`` can take from some partitions only (the lanes) as aiokafka's does.

@@ -34,8 +34,8 @@ from schemas.errors import BadEvent
 from schemas.response import DeadLetter, response_bytes
 from streams.runtime import metrics, tracing
 from streams.runtime.codec import decode, encode
-from streams.runtime.connections import new_consumer
-from streams.runtime.lanes import LanePoller, StageConsumer, owned_offsets
+from streams.runtime.connections import StageConsumer, new_stage_consumer
+from streams.runtime.lanes import LanePoller, owned_offsets
 from streams.runtime.replays import Answers, NoReplayMemory, ReplayMemory
 from streams.runtime.stage import C, Stage
 from streams.runtime.topics import Topology
@@ -191,16 +191,10 @@ class ConsumerLoop:
         raise NotImplementedError
 
     async def open_consumer(self, *, role: str, group: str) -> None:
-        client_id = f"{self.settings.worker_id}-{self.name}"
-        instance = self.settings.group_instance_id(self.name)
-        if self.settings.kafka_client == "librdkafka":
-            from streams.runtime.rdkafka import RdKafkaConsumer
-
-            self.consumer = RdKafkaConsumer(self.settings, *self.topics, role=role, group_id=group,
-                                            client_id=client_id, group_instance_id=instance)
-        else:
-            self.consumer = new_consumer(self.settings, *self.topics, role=role, group_id=group, client_id=client_id,
-                                         group_instance_id=instance, **consumer_options(self.settings))
+        self.consumer = new_stage_consumer(self.settings, *self.topics, role=role, group_id=group,
+                                           client_id=f"{self.settings.worker_id}-{self.name}",
+                                           group_instance_id=self.settings.group_instance_id(self.name),
+                                           **consumer_options(self.settings))
         await self.consumer.start()
 
     def stop(self) -> None:

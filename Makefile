@@ -25,14 +25,13 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Bench-only peers (issue 18): LiteLLM's proxy in a virtualenv of its own (its pins must not change tollway's), and
-# librdkafka (confluent-kafka) for bench/kafka_client_bench.py. Installed at build time; nothing downloads at run time.
+# Bench-only peer (issue 18): LiteLLM's proxy in a virtualenv of its own (its pins must not change tollway's).
+# Installed at build time; nothing downloads at run time.
 litellm-venv:
 	@[ -x .venv-litellm/bin/litellm ] || { $(PY) -m venv .venv-litellm && \
 	 .venv-litellm/bin/pip install -q "$$($(BIN)/python -c 'import tomllib; print(tomllib.load(open("pyproject.toml","rb"))["project"]["optional-dependencies"]["gateway-bench"][0])')"; }
 
-librdkafka: $(STAMP)
-	$(BIN)/pip install -q -e '.[librdkafka]'
+librdkafka: $(STAMP)  # kept for old instructions: confluent-kafka (librdkafka) is a dependency of tollway now
 
 up:
 	@infra/services.sh up

@@ -239,8 +239,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hops", default=f"1-{HOPS}", help="which hops this process runs, e.g. 1-6 or 3")
     parser.add_argument("--floor", action="store_true", help="the minimal chain: await each record's send")
+    asked = os.environ.get("TOLLWAY_KAFKA_CLIENT", "")  # the floor is aiokafka's unless librdkafka is named
     parser.add_argument("--client", choices=("aiokafka", "librdkafka"),
-                        default=os.environ.get("TOLLWAY_KAFKA_CLIENT", "aiokafka"))
+                        default="librdkafka" if asked == "librdkafka" else "aiokafka")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     asyncio.run(run_relay(load_settings(), parse_hops(args.hops), floor=args.floor, client=args.client))

@@ -41,9 +41,11 @@ class Settings(BaseSettings):
     kafka_credentials_file: Path | None = None  # default: <state_dir>/credentials/kafka.json
     kafka_security_protocol: Literal["SASL_PLAINTEXT", "SASL_SSL"] = "SASL_PLAINTEXT"
     kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
-    # The Kafka client of the HTTP ingress's publisher: aiokafka, or librdkafka (confluent-kafka, the optional extra
-    # `librdkafka`; streams/runtime/rdkafka.py). bench/kafka_client_bench.py compares them (README, Benchmarks).
-    kafka_client: Literal["aiokafka", "librdkafka"] = "aiokafka"
+    # The Kafka client of the stage workers and of the HTTP ingress's publisher. auto: librdkafka (confluent-kafka,
+    # streams/runtime/rdkafka.py) in a worker whose stages each run alone, aiokafka in a worker that runs a co-located
+    # chain and in the ingress — where each measured ahead (bench/kafka_client_bench.py; docs/PERFORMANCE.md).
+    # aiokafka or librdkafka: that client everywhere. Admin, followers, the SDK and reply readers stay on aiokafka.
+    kafka_client: Literal["auto", "aiokafka", "librdkafka"] = "auto"
     # Every topic and consumer group name starts with this, so tests and several deployments can share a broker.
     topic_prefix: str = "tollway"
     partitions: int = Field(default=4, ge=1)

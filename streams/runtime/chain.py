@@ -182,7 +182,7 @@ class ChainRunner(ConsumerLoop):
         poller = super().lane_poller()
         # aiokafka names every assigned partition in every fetch (no incremental fetch sessions); librdkafka's fetches
         # are its own business, so its chains park nothing.
-        if (self.settings.chain_park_quiet_partitions and self.settings.kafka_client == "aiokafka"
+        if (self.settings.chain_park_quiet_partitions and self.settings.kafka_client != "librdkafka"
                 and any(member.spec.entry for member in self.members)):
             poller.quiet = QuietPartitions(steady_topics=frozenset(self.topology.stage_lanes("ingress")))
         return poller

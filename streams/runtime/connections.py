@@ -140,7 +140,8 @@ class StageConsumer(Protocol):
 
 def new_stage_consumer(settings: Settings, *topics: str, role: str, group_id: str, client_id: str,
                        group_instance_id: str | None, **aiokafka_options: Any) -> StageConsumer:
-    """A stage's (or a co-located chain's) group consumer on the client ``TOLLWAY_KAFKA_CLIENT`` names."""
+    """A stage's (or a co-located chain's) group consumer on the client ``TOLLWAY_KAFKA_CLIENT`` names (``auto`` is
+    resolved per worker process by :func:`streams.runtime.worker_process.run_workers`; unresolved, it is aiokafka)."""
     if settings.kafka_client == "librdkafka":
         from streams.runtime.rdkafka import RdKafkaConsumer
 

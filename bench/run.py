@@ -51,7 +51,7 @@ EXTRA_SCENARIOS: tuple[tuple[str, tuple[tuple[str, tuple[str, ...]], ...]], ...]
 MORE_EXTRAS: tuple[tuple[str, tuple[tuple[str, tuple[str, ...]], ...]], ...] = (
     ("ingress", (("ingress_bench", ()),)),
     ("gateway_overhead", (("gateway_bench", ()),)),  # needs `make litellm-venv`
-    ("kafka_client", (("kafka_client_bench", ()),)),  # needs `make librdkafka`
+    ("kafka_client", (("kafka_client_bench", ()),)),  # aiokafka vs librdkafka
     ("policy", (("policy_bench", ()),)),
     ("pii", (("pii_eval", ()),)),
     ("injection", (("injection_eval", ()),)),

@@ -23,8 +23,8 @@ one is logged and its records are redelivered after a rebalance, as with aiokafk
 (``group.instance.id``) librdkafka never leaves the group on close, ``TOLLWAY_LEAVE_GROUP_ON_STOP`` notwithstanding.
 
 Security is every tollway client's: SASL/SCRAM (or PLAIN) credentials of the role from
-:func:`streams.runtime.connections.kafka_security`, in librdkafka's names. confluent-kafka is an optional
-dependency (``pip install -e '.[librdkafka]'``).
+:func:`streams.runtime.connections.kafka_security`, in librdkafka's names. confluent-kafka is a dependency of
+tollway; the import is guarded so an install without it still runs on aiokafka.
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ except ImportError:  # pragma: no cover - exercised only without the extra
     confluent_kafka = None
 
 log = logging.getLogger(__name__)
+_MISSING = ("the librdkafka Kafka client needs confluent-kafka (a dependency of tollway: reinstall it, or set "
+            "TOLLWAY_KAFKA_CLIENT=aiokafka)")
 _new = object.__new__
 Batches = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
 
@@ -72,7 +74,7 @@ class RdKafkaProducer:
 
     def __init__(self, settings: Settings, *, role: str, client_id: str, linger_ms: int | None = None) -> None:
         if confluent_kafka is None:
-            raise ConfigError("TOLLWAY_KAFKA_CLIENT=librdkafka needs confluent-kafka: pip install -e '.[librdkafka]'")
+            raise ConfigError(_MISSING)
         self.settings = settings
         self.conf = {**rdkafka_config(settings, role), "client.id": client_id, "enable.idempotence": True,
                      "acks": "all", "partitioner": "murmur2_random",
@@ -175,7 +177,7 @@ class RdKafkaConsumer:
     def __init__(self, settings: Settings, *topics: str, role: str, group_id: str, client_id: str,
                  group_instance_id: str | None = None, max_records: int | None = None) -> None:
         if confluent_kafka is None:
-            raise ConfigError("TOLLWAY_KAFKA_CLIENT=librdkafka needs confluent-kafka: pip install -e '.[librdkafka]'")
+            raise ConfigError(_MISSING)
         self.settings = settings
         self.topics = list(topics)
         self.max_records = max_records or settings.batch_max_records

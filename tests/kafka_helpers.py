@@ -39,3 +39,29 @@ async def produce_raw(settings: Settings, topic: str, values: list[bytes | None]
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
+
+
+async def route_answers_and_audits(settings: Settings, units: list[str], n: int = 20) -> None:
+    """Run ``tollway worker <units…>`` in this process, send ``n`` requests: each answered ok through the default
+    route and audited once."""
+    from schemas.envelope import DEFAULT_ROUTE, Status
+    from streams.clients.envelopes import new_envelope
+    from streams.clients.sdk import TollwayClient
+    from streams.runtime.topics import topology
+    from streams.runtime.worker_process import run_workers
+    from streams.stages.registry import resolve_units
+
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(run_workers(settings, resolve_units(units), ready=ready, stop=stop))
+    try:
+        await asyncio.wait_for(ready.wait(), 60)
+        envs = [new_envelope(f"question {i}?", tenant="acme", settings=settings) for i in range(n)]
+        async with TollwayClient(settings) as client:
+            responses = await client.complete_envelopes(envs, timeout_s=60)
+        assert all(r.status is Status.OK for r in responses)
+        assert [h.stage for h in responses[0].hops] == list(DEFAULT_ROUTE[:-1])
+        audited = await read_until(settings, topology(settings).audit_log, lambda records: len(records) >= n)
+        assert len({r.key for r in audited}) == n
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)

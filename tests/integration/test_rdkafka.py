@@ -16,18 +16,13 @@ from aiokafka import TopicPartition
 from aiokafka.partitioner import murmur2
 from pydantic import SecretStr
 
-from schemas.envelope import DEFAULT_ROUTE, Status
 from schemas.errors import ServiceUnavailable
-from streams.clients.envelopes import new_envelope
-from streams.clients.sdk import TollwayClient
 from streams.ingress.server import serving
 from streams.runtime.connections import new_consumer
 from streams.runtime.rdkafka import RdKafkaConsumer, RdKafkaProducer, RdKafkaPublisher
 from streams.runtime.topics import ensure_topics, topology
-from streams.runtime.worker_process import run_workers
 from streams.settings import Settings
-from streams.stages.registry import resolve_units
-from tests.kafka_helpers import read_until
+from tests.kafka_helpers import route_answers_and_audits
 
 pytest.importorskip("confluent_kafka")
 
@@ -166,18 +161,4 @@ async def test_the_stage_consumer_takes_lanes_apart_and_every_record_once_in_ord
 
 @pytest.mark.parametrize("units", [["all"], ["all+"]])
 async def test_the_route_runs_on_librdkafka(settings: Settings, units: list[str]) -> None:
-    settings = settings.model_copy(update={"kafka_client": "librdkafka"})
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(run_workers(settings, resolve_units(units), ready=ready, stop=stop))
-    try:
-        await asyncio.wait_for(ready.wait(), 60)
-        envs = [new_envelope(f"question {i}?", tenant="acme", settings=settings) for i in range(20)]
-        async with TollwayClient(settings) as client:
-            responses = await client.complete_envelopes(envs, timeout_s=60)
-        assert all(r.status is Status.OK for r in responses)
-        assert [h.stage for h in responses[0].hops] == list(DEFAULT_ROUTE[:-1])
-        audited = await read_until(settings, topology(settings).audit_log, lambda records: len(records) >= 20)
-        assert len({r.key for r in audited}) == 20
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
+    await route_answers_and_audits(settings.model_copy(update={"kafka_client": "librdkafka"}), units)

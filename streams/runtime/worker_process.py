@@ -101,7 +101,7 @@ async def run_workers(settings: Settings, stages: Sequence[Unit], *, ready: asyn
 def resolve_kafka_client(settings: Settings, stages: Sequence[Unit]) -> Settings:
     """``TOLLWAY_KAFKA_CLIENT=auto``: librdkafka when every stage of the process runs alone, aiokafka when one of its
     units is a co-located chain (one producer per process, so one client). Same run, one process per stage: p50 at
-    10–50 req/s 1.4–3× lower, CPU per request 0.7–0.9×, throughput 1.2–1.3×; co-located, aiokafka's p50 and p99 at
+    10–50 req/s 1.4–3× lower, CPU per request 0.7–0.9×, throughput 1.1–1.4×; co-located, aiokafka's p50 and p99 at
     100 req/s were lower (librdkafka's threads hand every fetch and acknowledgement to a busy event loop)."""
     if settings.kafka_client != "auto":
         return settings

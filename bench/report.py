@@ -74,12 +74,22 @@ def _fmt(value: float | None) -> str:
     return f"{value:.2f}" if abs(value) >= 1 else f"{value:.3f}"
 
 
+def _clients(setting: str) -> str:
+    """Which Kafka client each system ran on (TOLLWAY_KAFKA_CLIENT; bench/relay.py follows it only when it names
+    librdkafka)."""
+    if setting == "auto":
+        return "Kafka clients: tollway's lone stages librdkafka, its chains aiokafka, the floor and the relay aiokafka"
+    peers = "librdkafka" if setting == "librdkafka" else "aiokafka"
+    return f"Kafka clients: tollway {setting}, the floor and the relay {peers}"
+
+
 def markdown(results: dict[str, Any]) -> str:
     run = results["run"]
     lines = [
         f"Run {run['started_at']} on {run['host']} ({run['cpus']} CPUs, load {run['loadavg_start'][0]:.1f} → "
         f"{run.get('loadavg_end', [0])[0]:.1f}), commit {run['git']}, {run['requests']:,} requests per burst, "
-        f"{run['partitions']} partitions; every ratio is against a baseline measured in this run.",
+        f"{run['partitions']} partitions, {_clients(run.get('settings', {}).get('kafka_client', 'aiokafka'))}; "
+        "every ratio is against a baseline measured in this run.",
         "",
         "| figure | value | baseline | ratio | target | pass |",
         "|---|---:|---:|---:|---|:---:|",

@@ -228,7 +228,7 @@ async def run_all(opts: Options, log: Any = print) -> dict[str, Any]:
             "loadavg_start": list(os.getloadavg()), "git": _git_head(), "requests": opts.requests,
             "partitions": opts.partitions, "rates_per_s": list(opts.rates), "rate_seconds": opts.rate_seconds,
             "settings": {k: v for k, v in Settings(**opts.settings_overrides).model_dump(mode="json").items()
-                         if k.startswith(("batch_", "producer_", "max_message"))},
+                         if k.startswith(("batch_", "producer_", "max_message", "kafka_client"))},
         },
         "scenarios": {},
     }

@@ -236,6 +236,15 @@ class RdKafkaConsumer:
 
     def _on_revoke(self, _consumer: Any, partitions: list[Any]) -> None:
         self._assigned = frozenset()  # eager protocol: everything is revoked, then the new set assigned
+        # What is acknowledged and not yet committed is committed now, before the partitions move (their next owner
+        # starts there instead of redelivering it); a failure only means that redelivery.
+        with self._commit_lock:
+            offsets, self._commits = self._commits, {}
+        if offsets:
+            try:
+                self.consumer.commit(offsets=[_ctp(tp, o) for tp, o in offsets.items()], asynchronous=False)
+            except confluent_kafka.KafkaException as exc:
+                log.warning("offsets not committed before a rebalance, their records will be redelivered: %s", exc)
 
     @staticmethod
     def _committed(err: Any, partitions: list[Any]) -> None:

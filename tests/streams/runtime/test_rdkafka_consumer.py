@@ -199,7 +199,9 @@ async def test_revoked_partitions_drop_what_was_kept_for_them(fake_module: dict[
     handle = fake_module["handle"]
     await consumer.getmany(TopicPartition("work", 1), timeout_ms=0)
     assert consumer._kept.get(TopicPartition("work", 0))
-    consumer._on_revoke(handle, [])
+    await consumer.commit({TopicPartition("work", 1): 2})
+    consumer._on_revoke(handle, [])  # on the consumer's thread, inside poll: what is kept for commit goes first
+    assert handle.commits[-1][1] == {("work", 1): 2}
     consumer._on_assign(handle, [FakeTopicPartition("work", 1)])
     assert await consumer.getmany(TopicPartition("work", 0), timeout_ms=0) == {}
     assert TopicPartition("work", 0) not in consumer._kept

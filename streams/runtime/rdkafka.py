@@ -41,6 +41,7 @@ from typing import Any
 from aiokafka import ConsumerRecord, TopicPartition
 
 from schemas.errors import ConfigError, ServiceUnavailable
+from streams.runtime.connections import Batches, kafka_security
 from streams.settings import Settings
 
 try:  # optional: only TOLLWAY_KAFKA_CLIENT=librdkafka needs it
@@ -52,13 +53,13 @@ log = logging.getLogger(__name__)
 _MISSING = ("the librdkafka Kafka client needs confluent-kafka (a dependency of tollway: reinstall it, or set "
             "TOLLWAY_KAFKA_CLIENT=aiokafka)")
 _new = object.__new__
-Batches = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
 
 
 def rdkafka_config(settings: Settings, role: str) -> dict[str, Any]:
-    """Address and security of ``role`` in librdkafka's configuration names."""
-    from streams.runtime.connections import kafka_security
-
+    """Address and security of ``role`` in librdkafka's configuration names (every librdkafka client of tollway
+    starts from these: without confluent-kafka installed, this says how to mend it)."""
+    if confluent_kafka is None:
+        raise ConfigError(_MISSING)
     conf: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers}
     security = kafka_security(settings, role)
     if security:
@@ -73,8 +74,6 @@ class RdKafkaProducer:
     """An idempotent librdkafka producer whose deliveries resolve asyncio futures."""
 
     def __init__(self, settings: Settings, *, role: str, client_id: str, linger_ms: int | None = None) -> None:
-        if confluent_kafka is None:
-            raise ConfigError(_MISSING)
         self.settings = settings
         self.conf = {**rdkafka_config(settings, role), "client.id": client_id, "enable.idempotence": True,
                      "acks": "all", "partitioner": "murmur2_random",
@@ -176,8 +175,6 @@ class RdKafkaConsumer:
 
     def __init__(self, settings: Settings, *topics: str, role: str, group_id: str, client_id: str,
                  group_instance_id: str | None = None, max_records: int | None = None) -> None:
-        if confluent_kafka is None:
-            raise ConfigError(_MISSING)
         self.settings = settings
         self.topics = list(topics)
         self.max_records = max_records or settings.batch_max_records
@@ -198,6 +195,7 @@ class RdKafkaConsumer:
         self._positions: dict[TopicPartition, int] = {}
         self._paused: set[TopicPartition] = set()  # by the caller (lanes)
         self._held: set[TopicPartition] = set()  # by this consumer: more kept than a batch
+        self._kept_for: frozenset[TopicPartition] = self._assigned  # the assignment the state above was pruned to
         self._last_poll_ms = 0
         self._commits: dict[TopicPartition, int] = {}  # to send from the consumer's thread (``commit``)
         self._commit_lock = threading.Lock()
@@ -217,13 +215,7 @@ class RdKafkaConsumer:
     async def stop(self) -> None:
         def close() -> None:
             if self.consumer is not None:
-                with self._commit_lock:
-                    offsets, self._commits = self._commits, {}
-                if offsets:  # the last commit is waited for: a closed consumer sends nothing more
-                    try:
-                        self.consumer.commit(offsets=[_ctp(tp, o) for tp, o in offsets.items()], asynchronous=False)
-                    except confluent_kafka.KafkaException as exc:
-                        log.warning("offsets not committed at close, their records will be redelivered: %s", exc)
+                self._send_commits(wait="at close")  # waited for: a closed consumer sends nothing more
                 self.consumer.close()
         try:
             await asyncio.get_running_loop().run_in_executor(self._executor, close)
@@ -238,13 +230,7 @@ class RdKafkaConsumer:
         self._assigned = frozenset()  # eager protocol: everything is revoked, then the new set assigned
         # What is acknowledged and not yet committed is committed now, before the partitions move (their next owner
         # starts there instead of redelivering it); a failure only means that redelivery.
-        with self._commit_lock:
-            offsets, self._commits = self._commits, {}
-        if offsets:
-            try:
-                self.consumer.commit(offsets=[_ctp(tp, o) for tp, o in offsets.items()], asynchronous=False)
-            except confluent_kafka.KafkaException as exc:
-                log.warning("offsets not committed before a rebalance, their records will be redelivered: %s", exc)
+        self._send_commits(wait="before a rebalance")
 
     @staticmethod
     def _committed(err: Any, partitions: list[Any]) -> None:
@@ -300,12 +286,22 @@ class RdKafkaConsumer:
             with self._commit_lock:
                 self._commits.update(offsets)
 
-    def _send_commits(self) -> None:
-        """On the consumer's thread (or the loop's, when that thread is not waiting)."""
+    def _send_commits(self, *, wait: str = "") -> None:
+        """What ``commit`` kept, sent on the consumer's thread (or the loop's, when that thread is not waiting):
+        asynchronously, or — ``wait`` saying when, for the log — waited for, a failure logged (its records are
+        redelivered)."""
         with self._commit_lock:
             offsets, self._commits = self._commits, {}
-        if offsets:
-            self.consumer.commit(offsets=[_ctp(tp, offset) for tp, offset in offsets.items()], asynchronous=True)
+        if not offsets:
+            return
+        positions = [_ctp(tp, offset) for tp, offset in offsets.items()]
+        if not wait:
+            self.consumer.commit(offsets=positions, asynchronous=True)
+            return
+        try:
+            self.consumer.commit(offsets=positions, asynchronous=False)
+        except confluent_kafka.KafkaException as exc:
+            log.warning("offsets not committed %s, their records will be redelivered: %s", wait, exc)
 
     async def getmany(self, *partitions: TopicPartition, timeout_ms: int = 0,
                       max_records: int | None = None) -> Batches:
@@ -351,9 +347,10 @@ class RdKafkaConsumer:
             if tp not in assigned:
                 continue  # revoked since the fetch: its new owner reads it
             key, value = message.key(), message.value()
+            timestamp_type, timestamp = message.timestamp()
             record: ConsumerRecord[bytes, bytes] = _new(ConsumerRecord)
             record.__dict__ = {"topic": tp.topic, "partition": tp.partition, "offset": message.offset(),
-                               "timestamp": message.timestamp()[1], "timestamp_type": message.timestamp()[0],
+                               "timestamp": timestamp, "timestamp_type": timestamp_type,
                                "key": key, "value": value, "checksum": None,
                                "serialized_key_size": len(key) if key else 0,
                                "serialized_value_size": len(value) if value else 0,
@@ -388,6 +385,9 @@ class RdKafkaConsumer:
 
     def _forget_revoked(self) -> None:
         assigned = self._assigned
+        if assigned is self._kept_for:  # the callbacks replace the set whole: unchanged since the last pruning
+            return
+        self._kept_for = assigned
         for tp in [tp for tp in self._kept if tp not in assigned]:
             del self._kept[tp]
         for tp in [tp for tp in self._positions if tp not in assigned]:

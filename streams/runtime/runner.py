@@ -34,7 +34,7 @@ from schemas.errors import BadEvent
 from schemas.response import DeadLetter, response_bytes
 from streams.runtime import metrics, tracing
 from streams.runtime.codec import decode, encode
-from streams.runtime.connections import StageConsumer, new_stage_consumer
+from streams.runtime.connections import Batches, StageConsumer, new_stage_consumer
 from streams.runtime.lanes import LanePoller, owned_offsets
 from streams.runtime.replays import Answers, NoReplayMemory, ReplayMemory
 from streams.runtime.stage import C, Stage
@@ -53,7 +53,7 @@ from workers.decisions import (
 
 log = logging.getLogger(__name__)
 
-Records = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+Records = Batches  # a polled batch: records by partition
 
 
 class BatchPublisher(Protocol):

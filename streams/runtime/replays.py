@@ -14,6 +14,12 @@ workers answering the same request at once (a rebalance) publish the same bytes 
 responses go out, so a crash after it and before the acknowledgements marks the only delivery as a replay as well —
 a harmless "you may have seen this" rather than an unmarked, different duplicate.
 
+What is audited is what was answered: a request worked twice travels on to the audit stage saying what its first
+response said — status, answer, model, usage, cost, savings and that response's seal (:func:`as_answered`) — so the
+audit log, the responses and the ledger agree on a request that a crash made the pipeline work again. (In a chain,
+a crash after a cycle's responses went out and before its audit records were stored repeats the whole route, model
+call included, and the second call may cost another amount than the first, billed one.)
+
 A missing or unreachable Redis never blocks a response: the memory then claims nothing, and responses go out as
 answered, unmarked.
 """
@@ -26,9 +32,11 @@ from typing import Protocol
 
 from redis.asyncio import Redis
 
+from schemas.envelope import CacheResult, Envelope, ModelResult, Outcome, ToolsResult
 from schemas.errors import BadEvent
 from schemas.response import Response
 from streams.runtime.codec import decode_as, encode
+from workers.decisions import envelope_claims, response_claims
 
 log = logging.getLogger(__name__)
 
@@ -100,33 +108,88 @@ class Answers:
 
     def __init__(self, memory: ReplayMemory) -> None:
         self.memory = memory
-        self.pending: list[tuple[str, bytes, Sequence[str]]] = []  # request id, response, topics
+        # request id, response, topics, the envelope answered (None: nothing travels on)
+        self.pending: list[tuple[str, bytes, Sequence[str], Envelope | None]] = []
 
-    def add(self, request_id: str, response: bytes, topics: Sequence[str]) -> None:
-        self.pending.append((request_id, response, topics))
+    def add(self, request_id: str, response: bytes, topics: Sequence[str], *,
+            envelope: Envelope | None = None) -> None:
+        self.pending.append((request_id, response, topics, envelope))
 
-    async def publish(self, publisher: Publisher) -> None:
+    async def publish(self, publisher: Publisher) -> list[tuple[Envelope, bytes]]:
+        """Publish the batch's responses; return the envelopes of those that went out as replays, each with the
+        first response (its bytes) — what the request was answered with, and so what it is audited as."""
         if not self.pending:
-            return
+            return []
         pending, self.pending = self.pending, []
         first: dict[str, bytes] = {}
-        for rid, response, _topics in pending:
+        for rid, response, _topics, _env in pending:
             first.setdefault(rid, response)  # a request twice in one batch: its first response here is the first
         earlier = await self.memory.claim(first)
         published: set[str] = set()
-        for rid, response, topics in pending:
+        answered_before: list[tuple[Envelope, bytes]] = []
+        for rid, response, topics, env in pending:
             if rid in earlier:
                 value = replay_of(earlier[rid], response)
             elif rid in published:
                 value = replay_of(first[rid], response)
             else:
                 value = response
+            if value is not response and env is not None:
+                answered_before.append((env, earlier.get(rid, first[rid])))
             published.add(rid)
             for topic in topics:
                 publisher.publish(topic, value, key=rid.encode())
+        return answered_before
 
 
 def replay_of(first: bytes, fresh: bytes) -> bytes:
     """The first response again, marked; the fresh one marked if the first is unreadable (an older memory's "1")."""
     replay = as_replay(first) or as_replay(fresh)
     return replay if replay is not None else fresh
+
+
+def as_answered(env: Envelope, first_response: bytes) -> bool:
+    """Make a request worked again say what its first response said, so it is audited as it was answered: the
+    outcome (status, code, message, the stage that ended it and that response's seal), the answer, the model, its
+    usage and cost, the tool calls' cost and the cache's savings. The rest (hops, policy, retrieval, each tool call)
+    stays this pass's. False, and ``env`` unchanged, when the first response cannot be read, carries no seal (an older
+    memory's marker; a pass without keys) or does not say the same claims once written on the envelope.
+
+    What the seal covers (:func:`~workers.decisions.response_claims`) is the same list for an envelope and its
+    response, so the first response's signature verifies on the rewritten envelope at every stage after this one."""
+    try:
+        first = decode_as(first_response, Response)
+    except BadEvent:
+        return False
+    if first.signature is None or first.request_id != env.request_id:
+        return False
+    before = (env.outcome, env.answer, env.model, env.tools, env.cache)
+    env.outcome = Outcome(status=first.status, code=first.code, message=first.message,
+                          retry_after_s=first.retry_after_s, stage=first.stage, key_id=first.key_id,
+                          signature=first.signature)
+    env.answer = first.answer
+    if first.model is None:  # a response names a model exactly when its envelope had a model section
+        env.model = None
+    else:
+        env.model = (env.model or ModelResult()).model_copy(update={
+            "model": first.model, "usage": first.usage, "cost_micros": first.cost_micros - first.tool_cost_micros,
+            "step_cost_micros": [s.cost_micros for s in first.steps if s.kind == "model"],
+            "learn": first.route, "cascade_model": first.cascade_model,
+            "cascade_cost_micros": first.cascade_cost_micros})
+    if env.tools is not None:
+        env.tools = env.tools.model_copy(update={"cost_micros": first.tool_cost_micros})
+    elif first.tool_cost_micros:
+        env.tools = ToolsResult(cost_micros=first.tool_cost_micros)
+    if first.cache is None and not first.saved_micros:
+        env.cache = None
+    elif env.cache is not None:
+        env.cache = env.cache.model_copy(update={"outcome": first.cache or env.cache.outcome,
+                                                 "saved_micros": first.saved_micros})
+    else:
+        env.cache = CacheResult.model_validate({"outcome": first.cache or "miss", "saved_micros": first.saved_micros})
+    if envelope_claims(env) == response_claims(first):
+        return True
+    log.warning("request %s answered before: its first response does not map onto its envelope; audited as "
+                "worked this time", env.request_id)
+    env.outcome, env.answer, env.model, env.tools, env.cache = before
+    return False

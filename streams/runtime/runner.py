@@ -36,7 +36,7 @@ from streams.runtime import metrics, tracing
 from streams.runtime.codec import decode, encode
 from streams.runtime.connections import Batches, StageConsumer, new_stage_consumer
 from streams.runtime.lanes import LanePoller, owned_offsets
-from streams.runtime.replays import Answers, NoReplayMemory, ReplayMemory
+from streams.runtime.replays import Answers, NoReplayMemory, ReplayMemory, as_answered
 from streams.runtime.stage import C, Stage
 from streams.runtime.topics import Topology
 from streams.settings import Settings
@@ -458,8 +458,15 @@ class StageRunner(ConsumerLoop, Generic[C]):
                     violations.inc()
                 if trace is not None:
                     trace.hop(env, stamp_or_none)
-            self._forward(env, finished_ns, result, answers)
-        await answers.publish(self.publisher)
+            self._answer(env, finished_ns, result, answers)
+        # The responses first (one replay-memory round trip for the batch), then the envelopes on their routes: a
+        # request answered before travels on saying what it was answered with (replays.as_answered).
+        for env, first in await answers.publish(self.publisher):
+            if env.route:
+                as_answered(env, first)
+        for env in onward:
+            if env.route:
+                self._route(env, result)
         if trace is not None:
             trace.close(live)  # also the hops of the envelopes a sink stage keeps (not forwarded)
         await self.publisher.flush()
@@ -509,8 +516,8 @@ class StageRunner(ConsumerLoop, Generic[C]):
             self._deadletter(record, exc, result, None)
             return None
 
-    def _forward(self, env: Envelope, now_ns: int, result: BatchOutcome, answers: Answers) -> None:
-        key = env.request_id.encode()
+    def _answer(self, env: Envelope, now_ns: int, result: BatchOutcome, answers: Answers) -> None:
+        """A request this stage ended (or that ended before it and was not answered yet) gets its response."""
         if not env.route and not self.spec.sink and env.outcome is None:
             # A route that ends before the audit stage would lose the request silently; end it, explained.
             env.finish(Status.FAILED, code="route_ended", stage=self.stage,
@@ -529,15 +536,18 @@ class StageRunner(ConsumerLoop, Generic[C]):
                     # A producer must not make the pipeline write into arbitrary topics (say another stage's input).
                     log.warning("request %s: reply_to %r is outside %s*; answered on %s only", env.request_id,
                                 reply_to, self.topology.replies_prefix, self.topology.responses)
-            answers.add(env.request_id, response, topics)
+            answers.add(env.request_id, response, topics, envelope=env)
             env.responded = True
             result.responses += 1
             result.outcomes[outcome.status] += 1
-        if env.route:
-            topic = self.topology.lanes[env.route[0], env.tier]  # the next stage's lane, formatted once
-            if self._hand_over is None or not self._hand_over(topic, env, key):
-                self.publisher.publish(topic, encode(env), key=key)
-            result.forwarded += 1
+
+    def _route(self, env: Envelope, result: BatchOutcome) -> None:
+        """On to the next stage of the route: handed over in memory to a co-located member, else produced."""
+        key = env.request_id.encode()
+        topic = self.topology.lanes[env.route[0], env.tier]  # the next stage's lane, formatted once
+        if self._hand_over is None or not self._hand_over(topic, env, key):
+            self.publisher.publish(topic, encode(env), key=key)
+        result.forwarded += 1
 
     def _refused(self, env: Envelope, result: BatchOutcome) -> bool:
         """Zero trust: an outcome must carry its deciding stage's signature, and a governed stage works a request

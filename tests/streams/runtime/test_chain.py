@@ -6,10 +6,11 @@ import asyncio
 from collections import defaultdict
 from typing import Any
 
+import orjson
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 
-from schemas.envelope import DEFAULT_ROUTE, STAGES, Envelope, Status
+from schemas.envelope import DEFAULT_ROUTE, STAGES, Envelope, Status, Usage
 from schemas.errors import ConfigError
 from schemas.response import Response
 from streams.clients.envelopes import new_envelope
@@ -24,16 +25,19 @@ from streams.stages import registry
 from streams.stages.registry import resolve_units
 from streams.testing import MemoryTopics, as_records
 from tests.streams.runtime.loop_fakes import GatedTopics, ScriptedConsumer, until
+from workers.audit.record import sha256_hex
 from workers.context import StageContext, SystemClock
+from workers.decisions import response_claims
 
 SETTINGS = load_settings(topic_prefix="t")
 TOPICS = Topology("t")
 
 
-def chain_of(stages: list[Stage[Any]], kafka: MemoryTopics | None = None) -> tuple[ChainRunner, MemoryTopics]:
+def chain_of(stages: list[Stage[Any]], kafka: MemoryTopics | None = None,
+             replays: MemoryReplayMemory | None = None) -> tuple[ChainRunner, MemoryTopics]:
     kafka = kafka or MemoryTopics()
     shared = ChainPublisher(kafka, member_topics(stages, TOPICS))
-    replays = MemoryReplayMemory()
+    replays = replays or MemoryReplayMemory()
     members = []
     for stage in stages:
         base = StageContext(stage=stage.name, clock=SystemClock(), publisher=shared, topic_prefix="t")
@@ -59,6 +63,50 @@ async def test_the_whole_route_as_one_chain_answers_and_audits_every_request() -
     for stage in DEFAULT_ROUTE:  # no hop inside the chain touched Kafka
         assert not any(kafka.values(t) for t in TOPICS.stage_lanes(stage))
     assert kafka.flushes == 1  # one acknowledged produce per cycle
+
+
+async def test_a_request_worked_again_after_a_crash_is_audited_as_it_was_answered() -> None:
+    """A crash after a cycle's responses went out and before its audit records were stored makes the chain work the
+    request again, model call included: the response is the first one again (a replay), and the audit records what
+    that first response said — its answer, model, usage and cost — not the second pass's, so the audit log and the
+    ledger (which bills the first response) agree."""
+    env = new_envelope("what does the second pass cost?", tenant="acme", settings=SETTINGS)
+    chain, kafka = chain_of(list(registry.STAGES))
+    await chain.handle(ingress([env]))
+    (worked,) = [decode_as(v, Response) for v in kafka.values(TOPICS.responses)]
+    keys = chain.members[0].keys
+    # What the first pass answered before the crash: another answer, another cost (a model is not deterministic).
+    first = worked.model_copy(update={"answer": "the first pass's answer", "cost_micros": worked.cost_micros + 1_234,
+                                      "usage": Usage(input_tokens=11, output_tokens=22), "completed_at_ns": 5})
+    key_id, signature = keys.sign(response_claims(first))
+    first = first.model_copy(update={"key_id": key_id, "signature": signature})
+    memory = MemoryReplayMemory()
+    memory.responses[env.request_id] = encode(first)
+
+    again, kafka = chain_of(list(registry.STAGES), replays=memory)
+    await again.handle(ingress([env]))
+    (replayed,) = [decode_as(v, Response) for v in kafka.values(TOPICS.responses)]
+    assert replayed == first.model_copy(update={"replay": True})
+    (audited,) = [orjson.loads(v) for v in kafka.values(TOPICS.audit_log)]
+    assert audited["source"] == "pipeline" and audited["status"] == "ok", audited["code"]
+    assert (audited["cost_micros"], audited["usage"], audited["model"]) == (
+        first.cost_micros, first.usage.model_dump(), first.model)
+    assert audited["answer_sha256"] == sha256_hex("the first pass's answer")
+    assert [h["stage"] for h in audited["hops"]] == list(DEFAULT_ROUTE)  # the rest is the second pass's
+
+
+async def test_a_first_response_without_a_seal_leaves_the_second_pass_audited() -> None:
+    """An older replay memory's marker, or a response without a seal, cannot vouch for what was answered."""
+    env = new_envelope("hello again", tenant="acme", settings=SETTINGS)
+    memory = MemoryReplayMemory()
+    memory.responses[env.request_id] = b"1"
+    chain, kafka = chain_of(list(registry.STAGES), replays=memory)
+    await chain.handle(ingress([env]))
+    (replayed,) = [decode_as(v, Response) for v in kafka.values(TOPICS.responses)]
+    (audited,) = [orjson.loads(v) for v in kafka.values(TOPICS.audit_log)]
+    assert replayed.replay and audited["status"] == "ok"
+    assert audited["cost_micros"] == replayed.cost_micros and audited["answer_sha256"] == sha256_hex(
+        replayed.answer or "")
 
 
 async def test_a_partial_chain_produces_to_the_first_stage_outside_it() -> None:

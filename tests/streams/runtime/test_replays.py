@@ -9,15 +9,23 @@ from dataclasses import dataclass, field
 import pytest
 from redis.asyncio import Redis
 
-from schemas.envelope import Status
+from schemas.envelope import CacheResult, Envelope, ModelResult, Status, ToolsResult, Usage
 from schemas.response import Response
 from streams.clients.envelopes import new_envelope
 from streams.clients.sdk import TollwayClient
 from streams.runtime.codec import decode_as, encode
-from streams.runtime.replays import Answers, MemoryReplayMemory, NoReplayMemory, RedisReplayMemory, as_replay
+from streams.runtime.replays import (
+    Answers,
+    MemoryReplayMemory,
+    NoReplayMemory,
+    RedisReplayMemory,
+    as_answered,
+    as_replay,
+)
 from streams.runtime.topics import topology
-from streams.settings import Settings
+from streams.settings import Settings, load_settings
 from tests.kafka_helpers import read_until
+from workers.decisions import DecisionKeys, outcome_verifies, sign_outcome
 
 
 @dataclass
@@ -70,6 +78,79 @@ async def test_a_request_twice_in_one_batch_is_answered_once_then_replayed() -> 
 async def test_without_a_memory_responses_go_out_as_answered() -> None:
     fresh = response("r1", "hello")
     assert await answer(NoReplayMemory(), ("r1", fresh), ("r1", fresh)) == [fresh, marked(fresh)]
+
+
+async def test_the_envelopes_answered_before_come_back_with_their_first_response() -> None:
+    memory, out = MemoryReplayMemory(), Published()
+    first = response("r1", "first")
+    memory.responses["r1"] = first
+    answers = Answers(memory)
+    a, b, c = (new_envelope("q", tenant="acme", settings=SETTINGS) for _ in range(3))
+    answers.add("r1", response("r1", "again"), ["t.responses"], envelope=a)
+    answers.add("r2", response("r2", "new"), ["t.responses"], envelope=b)
+    answers.add("r2", response("r2", "twice"), ["t.responses"], envelope=c)
+    answers.add("r3", response("r3", "nothing travels on"), ["t.responses"])
+    assert await answers.publish(out) == [(a, first), (c, response("r2", "new"))]
+
+
+# ------------------------------------------------------------------------------------- audited as answered
+SETTINGS = load_settings(topic_prefix="t")
+KEYS = DecisionKeys.parse(SETTINGS.decision_keys.get_secret_value())
+
+
+def ended(*, model: ModelResult | None = None, cache: CacheResult | None = None, tools: ToolsResult | None = None,
+          answer: str | None = "an answer", status: Status = Status.OK, code: str = "") -> Envelope:
+    env = new_envelope("what is the capital of France?", tenant="acme", settings=SETTINGS)
+    env.request_id = "r1"
+    env.model, env.cache, env.tools, env.answer = model, cache, tools, answer
+    env.finish(status, code=code, stage="postprocess")
+    sign_outcome(env, KEYS)
+    return env
+
+
+MODEL = ModelResult(model="nano-us", backend="local", usage=Usage(input_tokens=9, output_tokens=30), cost_micros=41)
+PASSES = {
+    "model": lambda: ended(model=MODEL.model_copy(), cache=CacheResult(outcome="miss")),
+    "other model": lambda: ended(model=ModelResult(model="large-eu", usage=Usage(input_tokens=9, output_tokens=3),
+                                                   cost_micros=900, cascade_model="nano-us",
+                                                   cascade_cost_micros=12), cache=CacheResult(outcome="miss")),
+    "cache hit": lambda: ended(cache=CacheResult(outcome="hit", kind="exact", saved_micros=41)),
+    "tools": lambda: ended(model=MODEL.model_copy(update={"step_cost_micros": [20, 21]}),
+                           tools=ToolsResult(cost_micros=300, steps=1)),
+    "denied": lambda: ended(answer=None, status=Status.DENIED, code="budget_exceeded"),
+}
+
+
+@pytest.mark.parametrize("first_pass", list(PASSES))
+@pytest.mark.parametrize("second_pass", list(PASSES))
+def test_a_request_worked_again_says_what_its_first_response_said(first_pass: str, second_pass: str) -> None:
+    first = Response.from_envelope(PASSES[first_pass](), completed_at_ns=10)
+    env = PASSES[second_pass]()
+    assert as_answered(env, encode(first))
+    assert outcome_verifies(env, KEYS)  # the first response's seal holds on the envelope that says the same
+    again = Response.from_envelope(env, completed_at_ns=10)
+    same = {"status", "code", "message", "stage", "answer", "model", "usage", "cost_micros", "tool_cost_micros",
+            "saved_micros", "cache", "key_id", "signature", "cascade_model", "cascade_cost_micros"}
+    assert again.model_dump(include=same) == first.model_dump(include=same)
+
+
+@pytest.mark.parametrize("stored", [b"1", b"not json", encode(Response(request_id="r1", tenant="acme",
+                                                                        status=Status.OK, answer="unsealed"))])
+def test_what_cannot_vouch_for_the_first_answer_changes_nothing(stored: bytes) -> None:
+    env = PASSES["model"]()
+    before = env.model_dump()
+    assert not as_answered(env, stored)
+    assert env.model_dump() == before
+
+
+def test_another_request_s_response_changes_nothing() -> None:
+    other = PASSES["cache hit"]()
+    other.request_id = "r2"
+    sign_outcome(other, KEYS)
+    env = PASSES["model"]()
+    before = env.model_dump()
+    assert not as_answered(env, encode(Response.from_envelope(other, completed_at_ns=1)))
+    assert env.model_dump() == before
 
 
 # ------------------------------------------------------------------------------------------------ real Redis

@@ -1,4 +1,5 @@
-"""A tollway process runs numpy's OpenBLAS on one thread unless the operator sets it (streams/cli/__init__.py)."""
+"""A tollway process runs numpy's OpenBLAS and Hugging Face tokenizers on one thread unless the operator sets them
+(streams/cli/__init__.py)."""
 
 from __future__ import annotations
 
@@ -25,3 +26,12 @@ def _blas_threads(**env: str) -> str:
 ])
 def test_one_blas_thread_unless_the_operator_sets_one(env: dict[str, str], expected: str) -> None:
     assert _blas_threads(**env) == expected
+
+
+@pytest.mark.parametrize(("env", "expected"), [({}, "false"), ({"TOKENIZERS_PARALLELISM": "true"}, "true")])
+def test_tokenizers_run_on_the_calling_thread_unless_the_operator_says_otherwise(env: dict[str, str],
+                                                                               expected: str) -> None:
+    clean = {k: v for k, v in os.environ.items() if k != "TOKENIZERS_PARALLELISM"}
+    out = subprocess.run([sys.executable, "-c", "import streams.cli, os; print(os.environ['TOKENIZERS_PARALLELISM'])"],
+                         env={**clean, **env}, capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == expected

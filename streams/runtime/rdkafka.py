@@ -375,7 +375,9 @@ class RdKafkaConsumer:
             taken[tp] = records
             self._positions[tp] = records[-1].offset + 1
             limit -= n
-            if tp in self._held and len(kept) < self.max_records // 2:
+            # Fetched again once half a batch is left (none left, for a batch of one record: 1 // 2 is 0, and a
+            # held partition with a one-record batch was never resumed).
+            if tp in self._held and len(kept) < max(1, self.max_records // 2):
                 self._held.discard(tp)
                 if tp not in self._paused:
                     self.consumer.resume([_ctp(tp)])

@@ -159,6 +159,27 @@ async def test_the_stage_consumer_takes_lanes_apart_and_every_record_once_in_ord
         await successor.stop()
 
 
+async def test_a_consumer_of_one_record_per_batch_reads_every_record(settings: Settings) -> None:
+    """TOLLWAY_BATCH_MAX_RECORDS=1: each record kept holds its partition in librdkafka, and taking it fetches again."""
+    await ensure_topics(settings)
+    lane = topology(settings).stage_lanes("model")[0]
+    consumer = RdKafkaConsumer(settings, lane, role="admin", group_id=f"{settings.topic_prefix}-one",
+                               client_id="test-rdkafka-one", max_records=1)
+    await consumer.start()
+    try:
+        await _assigned(consumer, settings.partitions)
+        await _produce(settings, [(lane, f"r{i}".encode()) for i in range(40)])
+        values: list[bytes] = []
+        deadline = time.monotonic() + 30
+        while len(values) < 40 and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            assert sum(len(r) for r in batches.values()) <= 1
+            values += [r.value for records in batches.values() for r in records]
+        assert sorted(values) == sorted(f"r{i}".encode() for i in range(40))
+    finally:
+        await consumer.stop()
+
+
 @pytest.mark.parametrize("units", [["all"], ["all+"]])
 async def test_the_route_runs_on_librdkafka(settings: Settings, units: list[str]) -> None:
     await route_answers_and_audits(settings.model_copy(update={"kafka_client": "librdkafka"}), units)

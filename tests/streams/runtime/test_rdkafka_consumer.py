@@ -131,8 +131,10 @@ async def _consumer(max_records: int = 8) -> RdKafkaConsumer:
     return consumer
 
 
-async def test_lanes_are_taken_apart_and_every_record_comes_once_in_order(fake_module: dict[str, FakeHandle]) -> None:
-    consumer = await _consumer()
+@pytest.mark.parametrize("batch", [8, 3, 1])  # 1: TOLLWAY_BATCH_MAX_RECORDS=1 (tests/chaos test_slow_stage_backlog)
+async def test_lanes_are_taken_apart_and_every_record_comes_once_in_order(fake_module: dict[str, FakeHandle],
+                                                                          batch: int) -> None:
+    consumer = await _consumer(max_records=batch)
     handle = fake_module["handle"]
     rng = random.Random(7)
     taken: dict[TopicPartition, list[int]] = {}
@@ -143,15 +145,15 @@ async def test_lanes_are_taken_apart_and_every_record_comes_once_in_order(fake_m
             consumer.pause(*rng.sample(assigned, 1))
         if rng.random() < 0.3:
             consumer.resume(*assigned)
-        batches = await consumer.getmany(*subset, timeout_ms=rng.choice([0, 5]), max_records=rng.randint(1, 8))
-        assert sum(len(r) for r in batches.values()) <= 8
+        batches = await consumer.getmany(*subset, timeout_ms=rng.choice([0, 5]), max_records=rng.randint(1, batch))
+        assert sum(len(r) for r in batches.values()) <= batch
         for tp, records in batches.items():
             assert not subset or tp in subset
             assert tp not in consumer.paused()
             taken.setdefault(tp, []).extend(r.offset for r in records)
             assert await consumer.position(tp) == records[-1].offset + 1
         # Never more kept by the adapter than a batch and a fetch's worth per partition.
-        assert all(len(kept) <= 2 * 8 for kept in consumer._kept.values())
+        assert all(len(kept) <= 2 * batch for kept in consumer._kept.values())
     consumer.resume(*consumer.assignment())
     while batches := await consumer.getmany(timeout_ms=0):
         for tp, records in batches.items():
@@ -176,6 +178,20 @@ async def test_a_partition_kept_past_a_batch_is_held_in_librdkafka_until_taken(
     assert ("work", 0) not in handle.paused  # drained: fetched again, from offset 8
     batches = await consumer.getmany(TopicPartition("work", 0), timeout_ms=0)
     assert batches[TopicPartition("work", 0)][0].offset == 8
+
+
+async def test_a_consumer_of_one_record_per_batch_resumes_each_partition_it_drained(
+        fake_module: dict[str, FakeHandle]) -> None:
+    """With a batch of one record, a partition is held as soon as one record is kept — and fetched again once that
+    record is taken (it used to stay paused for good: a model stage with TOLLWAY_BATCH_MAX_RECORDS=1 stopped after one
+    record per partition)."""
+    consumer = await _consumer(max_records=1)
+    handle = fake_module["handle"]
+    taken = 0
+    while batches := await consumer.getmany(timeout_ms=5):
+        taken += sum(len(records) for records in batches.values())
+    assert taken == sum(handle.log.values())
+    assert not handle.paused
 
 
 async def test_commits_leave_on_the_consumers_thread_and_the_last_one_at_close(

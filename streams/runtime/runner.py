@@ -462,8 +462,7 @@ class StageRunner(ConsumerLoop, Generic[C]):
         # The responses first (one replay-memory round trip for the batch), then the envelopes on their routes: a
         # request answered before travels on saying what it was answered with (replays.as_answered).
         for env, first in await answers.publish(self.publisher):
-            if env.route:
-                as_answered(env, first)
+            as_answered(env, first)
         for env in onward:
             if env.route:
                 self._route(env, result)
@@ -536,7 +535,7 @@ class StageRunner(ConsumerLoop, Generic[C]):
                     # A producer must not make the pipeline write into arbitrary topics (say another stage's input).
                     log.warning("request %s: reply_to %r is outside %s*; answered on %s only", env.request_id,
                                 reply_to, self.topology.replies_prefix, self.topology.responses)
-            answers.add(env.request_id, response, topics, envelope=env)
+            answers.add(env.request_id, response, topics, envelope=env if env.route else None)
             env.responded = True
             result.responses += 1
             result.outcomes[outcome.status] += 1
